@@ -1,0 +1,168 @@
+//! The gateway's own configuration (`herse.toml`): where its state lives and how it listens.
+//! Parsed once into typed values; every problem is reported with file:line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diag::{self, Diagnostics, Source};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Spanned<PathBuf>,
+    master_key_file: Option<Spanned<PathBuf>>,
+    policy: Spanned<PathBuf>,
+    database_url: Option<Spanned<String>>,
+    ssh: RawSsh,
+    #[serde(default)]
+    recordings: RawRecordings,
+    #[serde(default)]
+    sessions: RawSessions,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    listen: Vec<Spanned<String>>,
+    max_connections: Option<Spanned<usize>>,
+    auth_timeout: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRecordings {
+    dir: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSessions {
+    #[serde(default)]
+    env_allow: Vec<Spanned<String>>,
+}
+
+/// The validated gateway configuration. Relative paths are resolved against the
+/// directory of the configuration file.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub path: PathBuf,
+    pub data_dir: PathBuf,
+    pub master_key_file: PathBuf,
+    pub policy_path: PathBuf,
+    pub database_url: String,
+    pub ssh_listen: Vec<SocketAddr>,
+    pub max_connections: usize,
+    pub auth_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub recordings_dir: PathBuf,
+    pub env_allow: Vec<glob::Pattern>,
+}
+
+impl GatewayConfig {
+    pub fn load(path: &Path) -> Result<Self, Diagnostics> {
+        let text = diag::read(path)?;
+        let src = Source { path, text: &text };
+        let raw: RawConfig = src.parse()?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let mut errors = Vec::new();
+
+        let data_dir = resolve(raw.data_dir.get_ref());
+        let master_key_file = match &raw.master_key_file {
+            Some(p) => resolve(p.get_ref()),
+            None => PathBuf::from("/etc/herse/master.key"),
+        };
+        if master_key_file.starts_with(&data_dir) {
+            errors.push(src.at(
+                raw.master_key_file.as_ref().map(|p| p.span()),
+                "master_key_file must not live inside data_dir: the key that encrypts the data \
+                 is never stored beside it",
+            ));
+        }
+        let mut ssh_listen = Vec::new();
+        for l in &raw.ssh.listen {
+            match l.get_ref().parse::<SocketAddr>() {
+                Ok(a) => ssh_listen.push(a),
+                Err(e) => errors.push(src.at(Some(l.span()), format!("ssh.listen: {e}"))),
+            }
+        }
+        if raw.ssh.listen.is_empty() {
+            errors.push(src.at(None, "ssh.listen must name at least one address"));
+        }
+        let mut duration = |v: &Option<Spanned<String>>, what: &str, default: Duration| match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s.get_ref()) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    errors.push(src.at(Some(s.span()), format!("{what} must be more than zero")));
+                    default
+                }
+                Err(e) => {
+                    errors.push(src.at(Some(s.span()), format!("{what}: {e}")));
+                    default
+                }
+            },
+        };
+        let auth_timeout = duration(&raw.ssh.auth_timeout, "ssh.auth_timeout", Duration::from_secs(60));
+        let drain_timeout =
+            duration(&raw.ssh.drain_timeout, "ssh.drain_timeout", Duration::from_secs(30));
+        let max_connections = match &raw.ssh.max_connections {
+            Some(m) if *m.get_ref() == 0 => {
+                errors.push(src.at(Some(m.span()), "ssh.max_connections must be at least 1"));
+                1
+            }
+            Some(m) => *m.get_ref(),
+            None => 512,
+        };
+        let mut env_allow = Vec::new();
+        for p in &raw.sessions.env_allow {
+            match glob::Pattern::new(p.get_ref()) {
+                Ok(g) => env_allow.push(g),
+                Err(e) => errors.push(src.at(Some(p.span()), format!("sessions.env_allow: {e}"))),
+            }
+        }
+        let database_url = match &raw.database_url {
+            Some(u) => {
+                let u = u.get_ref().clone();
+                if !(u.starts_with("sqlite:") || u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                    errors.push(src.at(
+                        raw.database_url.as_ref().map(|u| u.span()),
+                        "database_url must start with sqlite:, postgres:// or postgresql://",
+                    ));
+                }
+                u
+            }
+            None => format!("sqlite://{}", data_dir.join("herse.db").display()),
+        };
+        let recordings_dir = match &raw.recordings.dir {
+            Some(d) => resolve(d.get_ref()),
+            None => data_dir.join("recordings"),
+        };
+        if !errors.is_empty() {
+            return Err(Diagnostics(errors));
+        }
+        Ok(GatewayConfig {
+            path: path.to_owned(),
+            data_dir,
+            master_key_file,
+            policy_path: resolve(raw.policy.get_ref()),
+            database_url,
+            ssh_listen,
+            max_connections,
+            auth_timeout,
+            drain_timeout,
+            recordings_dir,
+            env_allow,
+        })
+    }
+
+    /// Whether a client may pass this environment variable to the target.
+    pub fn env_allowed(&self, name: &str) -> bool {
+        self.env_allow.iter().any(|p| p.matches(name))
+    }
+}

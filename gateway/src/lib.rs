@@ -1,0 +1,12 @@
+//! Herse, a bastion gateway: the only door into production SSH.
+//!
+//! See ARCHITECTURE.md at the repository root for how a connection flows through these
+//! modules and for the invariants they keep.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod diag;
+pub mod ident;
+pub mod policy;
+pub mod secrets;
+pub mod store;

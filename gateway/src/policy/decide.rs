@@ -1,0 +1,334 @@
+//! Pure access decisions.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::{ForwardTarget, Operation, Policy, Target};
+use crate::ident::{Login, RoleName, TargetName, TierName, UserName};
+
+/// Why access was refused. The text is shown to the client and written to the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("unknown target {0}")]
+    UnknownTarget(TargetName),
+    #[error("user {0} has no role")]
+    NoRoles(UserName),
+    #[error("none of your roles ({roles}) covers tier {tier} (target {target})")]
+    TierNotAllowed {
+        roles: String,
+        tier: TierName,
+        target: TargetName,
+    },
+    #[error("none of your roles allows target {0}")]
+    TargetNotAllowed(TargetName),
+    #[error("login {login} is not allowed on {target} (allowed: {allowed})")]
+    LoginNotAllowed {
+        login: Login,
+        target: TargetName,
+        allowed: String,
+    },
+    #[error("tier {tier} requires an approved access grant and you have none active")]
+    GrantRequired { tier: TierName },
+}
+
+/// A request made on an authorized session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    Shell,
+    Exec(&'a str),
+    Subsystem(&'a str),
+    Forward { host: &'a str, port: u32 },
+}
+
+/// Proof that policy allowed `user` to log in as `login` on `target`. Only
+/// [`Authorized::decide`] builds one, and the relay takes one to start.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    user: UserName,
+    target: Target,
+    login: Login,
+    roles: Vec<RoleName>,
+    operations: BTreeSet<Operation>,
+    forwards: Vec<ForwardTarget>,
+    max_session: Duration,
+    idle_timeout: Duration,
+}
+
+impl Authorized {
+    /// Decide whether `user`, holding `bound_roles`, may log in as `login` on `target`.
+    ///
+    /// Roles that allow the target and the login are combined (their operations and
+    /// forwards are a union; the session may last as long as the longest of them). Roles
+    /// naming unknown role names (bindings left over after a policy change) are ignored.
+    pub fn decide(
+        policy: &Policy,
+        user: &UserName,
+        bound_roles: &[RoleName],
+        target: &TargetName,
+        login: &Login,
+    ) -> Result<Authorized, Denial> {
+        let t = policy
+            .target(target)
+            .ok_or_else(|| Denial::UnknownTarget(target.clone()))?;
+        let roles: Vec<_> = bound_roles
+            .iter()
+            .filter_map(|r| policy.roles.get(r))
+            .collect();
+        if roles.is_empty() {
+            return Err(Denial::NoRoles(user.clone()));
+        }
+        let on_tier: Vec<_> = roles.iter().filter(|r| r.tiers.contains(&t.tier)).collect();
+        if on_tier.is_empty() {
+            return Err(Denial::TierNotAllowed {
+                roles: join(roles.iter().map(|r| r.name.as_str())),
+                tier: t.tier.clone(),
+                target: target.clone(),
+            });
+        }
+        let on_target: Vec<_> = on_tier
+            .into_iter()
+            .filter(|r| match &r.targets {
+                None => true,
+                Some(pats) => pats.iter().any(|p| p.matches(target.as_str())),
+            })
+            .collect();
+        if on_target.is_empty() {
+            return Err(Denial::TargetNotAllowed(target.clone()));
+        }
+        let with_login: Vec<_> = on_target
+            .iter()
+            .filter(|r| r.logins.contains(login))
+            .collect();
+        if with_login.is_empty() {
+            return Err(Denial::LoginNotAllowed {
+                login: login.clone(),
+                target: target.clone(),
+                allowed: join(on_target.iter().flat_map(|r| r.logins.iter().map(|l| l.as_str()))),
+            });
+        }
+        // Grants arrive with the access-request workflow; until a grant is proven, a role
+        // that requires one allows nothing (fail closed).
+        let granted: Vec<_> = with_login.iter().filter(|r| !r.requires_grant).collect();
+        if granted.is_empty() {
+            return Err(Denial::GrantRequired {
+                tier: t.tier.clone(),
+            });
+        }
+        let mut operations = BTreeSet::new();
+        let mut forwards = Vec::new();
+        for r in &granted {
+            operations.extend(r.operations.iter().copied());
+            forwards.extend(r.forwards.iter().cloned());
+        }
+        forwards.sort();
+        forwards.dedup();
+        Ok(Authorized {
+            user: user.clone(),
+            target: t.clone(),
+            login: login.clone(),
+            roles: granted.iter().map(|r| r.name.clone()).collect(),
+            operations,
+            forwards,
+            max_session: granted.iter().map(|r| r.max_session).max().unwrap_or_default(),
+            idle_timeout: granted.iter().map(|r| r.idle_timeout).max().unwrap_or_default(),
+        })
+    }
+
+    /// Whether a request on this session is allowed; `Err` carries the reason.
+    pub fn check(&self, request: &Request<'_>) -> Result<(), String> {
+        let need = |op: Operation| {
+            if self.operations.contains(&op) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} is not allowed for {} on {} (roles: {})",
+                    op.as_str(),
+                    self.login,
+                    self.target.name,
+                    self.role_label()
+                ))
+            }
+        };
+        match request {
+            Request::Shell => need(Operation::Shell),
+            Request::Exec(_) => need(Operation::Exec),
+            Request::Subsystem("sftp") => {
+                // Read-only SFTP needs the SFTP parser to refuse writes; until the relay
+                // enforces it, only roles that may both read and write get SFTP.
+                need(Operation::SftpRead)?;
+                need(Operation::SftpWrite)
+            }
+            Request::Subsystem(other) => Err(format!("subsystem {other:?} is not supported")),
+            Request::Forward { host, port } => {
+                need(Operation::PortForward)?;
+                let allowed = self
+                    .forwards
+                    .iter()
+                    .any(|f| f.host == *host && u32::from(f.port) == *port);
+                if allowed {
+                    Ok(())
+                } else {
+                    Err(format!("port forwarding to {host}:{port} is not allowed"))
+                }
+            }
+        }
+    }
+
+    pub fn user(&self) -> &UserName {
+        &self.user
+    }
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+    pub fn login(&self) -> &Login {
+        &self.login
+    }
+    pub fn roles(&self) -> &[RoleName] {
+        &self.roles
+    }
+    pub fn role_label(&self) -> String {
+        join(self.roles.iter().map(|r| r.as_str()))
+    }
+    pub fn max_session(&self) -> Duration {
+        self.max_session
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+    pub fn allows(&self, op: Operation) -> bool {
+        self.operations.contains(&op)
+    }
+    /// A one-line account of the decision, for recordings and the audit log.
+    pub fn describe(&self) -> String {
+        let ops: Vec<_> = self.operations.iter().map(|o| o.as_str()).collect();
+        format!(
+            "allowed {}@{} (tier {}) by roles [{}]: operations [{}], max session {}s, idle timeout {}s",
+            self.login,
+            self.target.name,
+            self.target.tier,
+            self.role_label(),
+            ops.join(", "),
+            self.max_session.as_secs(),
+            self.idle_timeout.as_secs()
+        )
+    }
+}
+
+fn join<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let set: BTreeSet<&str> = names.collect();
+    set.into_iter().collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::load::parse;
+    use std::path::Path;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEh4KR6w7B2dEyE62oDLhFFbFtVWeUwyH8zqz4pWX5VA";
+
+    fn policy() -> Policy {
+        let text = format!(
+            r#"
+[tiers.web.targets.web1]
+address = "127.0.0.1"
+host_keys = ["{KEY}"]
+[tiers.web.targets.web2]
+address = "127.0.0.2"
+host_keys = ["{KEY}"]
+[tiers.db.targets.db1]
+address = "127.0.0.3"
+host_keys = ["{KEY}"]
+
+[roles.web-ops]
+tiers = ["web"]
+targets = ["web1"]
+logins = ["deploy"]
+operations = ["shell"]
+max_session = "1h"
+idle_timeout = "10m"
+
+[roles.web-exec]
+tiers = ["web"]
+logins = ["deploy", "app"]
+operations = ["exec", "port-forward"]
+forward = ["127.0.0.1:5432"]
+max_session = "2h"
+idle_timeout = "5m"
+
+[roles.dba]
+tiers = ["db"]
+logins = ["postgres"]
+operations = ["shell"]
+max_session = "1h"
+idle_timeout = "10m"
+requires_grant = true
+"#
+        );
+        parse(Path::new("p.toml"), &text).unwrap()
+    }
+
+    fn n<T>(f: fn(&str) -> Result<T, crate::ident::NameError>, s: &str) -> T {
+        f(s).unwrap()
+    }
+
+    #[test]
+    fn decisions() {
+        let p = policy();
+        let alice = n(UserName::parse, "alice");
+        let roles = [n(RoleName::parse, "web-ops"), n(RoleName::parse, "web-exec")];
+        let a = Authorized::decide(&p, &alice, &roles, &n(TargetName::parse, "web1"), &n(Login::parse, "deploy")).unwrap();
+        assert!(a.check(&Request::Shell).is_ok());
+        assert!(a.check(&Request::Exec("id")).is_ok());
+        assert!(a.check(&Request::Subsystem("sftp")).is_err());
+        assert!(a.check(&Request::Forward { host: "127.0.0.1", port: 5432 }).is_ok());
+        assert!(a.check(&Request::Forward { host: "127.0.0.1", port: 22 }).is_err());
+        assert_eq!(a.max_session(), Duration::from_secs(7200));
+
+        // web2 is outside web-ops' target list: only web-exec applies, so no shell.
+        let b = Authorized::decide(&p, &alice, &roles, &n(TargetName::parse, "web2"), &n(Login::parse, "deploy")).unwrap();
+        assert!(b.check(&Request::Shell).is_err());
+
+        let deny = |t: &str, l: &str| Authorized::decide(&p, &alice, &roles, &n(TargetName::parse, t), &n(Login::parse, l)).unwrap_err();
+        assert!(matches!(deny("nope", "deploy"), Denial::UnknownTarget(_)));
+        assert!(matches!(deny("web1", "root"), Denial::LoginNotAllowed { .. }));
+        assert!(matches!(deny("db1", "postgres"), Denial::TierNotAllowed { .. }));
+        let dba = [n(RoleName::parse, "dba")];
+        assert!(matches!(
+            Authorized::decide(&p, &alice, &dba, &n(TargetName::parse, "db1"), &n(Login::parse, "postgres")),
+            Err(Denial::GrantRequired { .. })
+        ));
+        assert!(matches!(
+            Authorized::decide(&p, &alice, &[], &n(TargetName::parse, "web1"), &n(Login::parse, "deploy")),
+            Err(Denial::NoRoles(_))
+        ));
+    }
+
+    /// Property: whatever roles a user holds, an allowed decision only ever grants
+    /// operations and logins that one of those roles lists for that target's tier.
+    #[test]
+    fn never_more_than_the_roles_grant() {
+        let p = policy();
+        let alice = n(UserName::parse, "alice");
+        let all_roles: Vec<RoleName> = p.roles.keys().cloned().collect();
+        let logins = ["deploy", "app", "postgres", "root"];
+        for mask in 0u32..(1 << all_roles.len()) {
+            let held: Vec<RoleName> = all_roles.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, r)| r.clone()).collect();
+            for t in p.targets.keys() {
+                for l in logins {
+                    let login = n(Login::parse, l);
+                    if let Ok(a) = Authorized::decide(&p, &alice, &held, t, &login) {
+                        for op in [Operation::Shell, Operation::Exec, Operation::SftpRead, Operation::SftpWrite, Operation::PortForward] {
+                            if a.allows(op) {
+                                assert!(held.iter().any(|r| {
+                                    let role = &p.roles[r];
+                                    role.tiers.contains(&a.target().tier) && role.logins.contains(&login) && role.operations.contains(&op) && !role.requires_grant
+                                }), "{op:?} on {t} as {l} with {held:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! TOML to [`Policy`], collecting every error with its file:line.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use russh::keys::ssh_key::PublicKey;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ForwardTarget, HostKeyCheck, Operation, Policy, Role, Target, Tier};
+use crate::diag::{self, Diagnostic, Diagnostics, Source};
+use crate::ident::{Login, RoleName, TargetName, TierName};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    tiers: BTreeMap<Spanned<String>, RawTier>,
+    #[serde(default)]
+    roles: BTreeMap<Spanned<String>, RawRole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    targets: BTreeMap<Spanned<String>, RawTarget>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    address: Spanned<String>,
+    port: Option<Spanned<u16>>,
+    #[serde(default)]
+    host_keys: Vec<Spanned<String>>,
+    #[serde(default)]
+    host_cas: Vec<Spanned<String>>,
+    host_principal: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    tiers: Vec<Spanned<String>>,
+    targets: Option<Vec<Spanned<String>>>,
+    logins: Vec<Spanned<String>>,
+    operations: Vec<Spanned<Operation>>,
+    #[serde(default)]
+    forward: Vec<Spanned<String>>,
+    max_session: Spanned<String>,
+    idle_timeout: Spanned<String>,
+    #[serde(default)]
+    requires_grant: bool,
+}
+
+/// Read and validate a policy file. Every problem is reported, not only the first.
+pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
+    let text = diag::read(path)?;
+    parse(path, &text)
+}
+
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Policy, Diagnostics> {
+    let src = Source { path, text };
+    let raw: RawPolicy = src.parse()?;
+    let mut errors: Vec<Diagnostic> = Vec::new();
+    let mut policy = Policy::default();
+
+    for (tier_key, raw_tier) in &raw.tiers {
+        let Some(tier) = name(&src, &mut errors, tier_key, TierName::parse) else {
+            continue;
+        };
+        for (target_key, raw_target) in &raw_tier.targets {
+            let Some(target_name) = name(&src, &mut errors, target_key, TargetName::parse) else {
+                continue;
+            };
+            if policy.targets.contains_key(&target_name) {
+                errors.push(src.at(
+                    Some(target_key.span()),
+                    format!("target {target_name} is defined twice: target names are global"),
+                ));
+                continue;
+            }
+            if let Some(t) = target(&src, &mut errors, &tier, &target_name, raw_target) {
+                policy.targets.insert(target_name, t);
+            }
+        }
+        policy.tiers.insert(
+            tier.clone(),
+            Tier {
+                name: tier,
+                description: raw_tier.description.clone(),
+            },
+        );
+    }
+
+    for (role_key, raw_role) in &raw.roles {
+        let Some(role_name) = name(&src, &mut errors, role_key, RoleName::parse) else {
+            continue;
+        };
+        if let Some(r) = role(&src, &mut errors, &policy, role_name.clone(), raw_role) {
+            policy.roles.insert(role_name, r);
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(Diagnostics(errors))
+    }
+}
+
+fn name<T, E: std::fmt::Display>(
+    src: &Source<'_>,
+    errors: &mut Vec<Diagnostic>,
+    key: &Spanned<String>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Option<T> {
+    parse(key.get_ref())
+        .map_err(|e| errors.push(src.at(Some(key.span()), e.to_string())))
+        .ok()
+}
+
+fn public_keys(
+    src: &Source<'_>,
+    errors: &mut Vec<Diagnostic>,
+    lines: &[Spanned<String>],
+    what: &str,
+) -> Vec<PublicKey> {
+    lines
+        .iter()
+        .filter_map(|l| match PublicKey::from_openssh(l.get_ref().trim()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                errors.push(src.at(Some(l.span()), format!("{what}: not an OpenSSH public key: {e}")));
+                None
+            }
+        })
+        .collect()
+}
+
+fn target(
+    src: &Source<'_>,
+    errors: &mut Vec<Diagnostic>,
+    tier: &TierName,
+    name: &TargetName,
+    raw: &RawTarget,
+) -> Option<Target> {
+    let before = errors.len();
+    let host = raw.address.get_ref().trim().to_owned();
+    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+        errors.push(src.at(Some(raw.address.span()), "address must be a host name or IP address"));
+    }
+    let port = match &raw.port {
+        Some(p) if *p.get_ref() == 0 => {
+            errors.push(src.at(Some(p.span()), "port must not be 0"));
+            22
+        }
+        Some(p) => *p.get_ref(),
+        None => 22,
+    };
+    let host_key = match (raw.host_keys.is_empty(), raw.host_cas.is_empty()) {
+        (false, true) => HostKeyCheck::Pinned(public_keys(src, errors, &raw.host_keys, "host_keys")),
+        (true, false) => HostKeyCheck::Ca {
+            authorities: public_keys(src, errors, &raw.host_cas, "host_cas"),
+            principal: raw.host_principal.clone().unwrap_or_else(|| host.clone()),
+        },
+        _ => {
+            errors.push(src.at(
+                Some(raw.address.span()),
+                format!("target {name}: give exactly one of host_keys (pinned keys) or host_cas (trusted host CAs)"),
+            ));
+            HostKeyCheck::Pinned(Vec::new())
+        }
+    };
+    (errors.len() == before).then(|| Target {
+        name: name.clone(),
+        tier: tier.clone(),
+        host,
+        port,
+        host_key,
+    })
+}
+
+fn duration(src: &Source<'_>, errors: &mut Vec<Diagnostic>, v: &Spanned<String>, what: &str) -> Duration {
+    match humantime::parse_duration(v.get_ref()) {
+        Ok(d) if d >= Duration::from_secs(1) => d,
+        Ok(_) => {
+            errors.push(src.at(Some(v.span()), format!("{what} must be at least 1s")));
+            Duration::from_secs(1)
+        }
+        Err(e) => {
+            errors.push(src.at(Some(v.span()), format!("{what}: {e} (write e.g. \"8h\" or \"30m\")")));
+            Duration::from_secs(1)
+        }
+    }
+}
+
+fn role(
+    src: &Source<'_>,
+    errors: &mut Vec<Diagnostic>,
+    policy: &Policy,
+    name: RoleName,
+    raw: &RawRole,
+) -> Option<Role> {
+    let before = errors.len();
+    let mut tiers = BTreeSet::new();
+    for t in &raw.tiers {
+        if let Some(tier) = self::name(src, errors, t, TierName::parse) {
+            if !policy.tiers.contains_key(&tier) {
+                errors.push(src.at(Some(t.span()), format!("role {name}: unknown tier {tier}")));
+            }
+            tiers.insert(tier);
+        }
+    }
+    if raw.tiers.is_empty() {
+        errors.push(src.at(Some(raw.max_session.span()), format!("role {name}: tiers must not be empty")));
+    }
+    let targets = raw.targets.as_ref().map(|pats| {
+        pats.iter()
+            .filter_map(|p| match glob::Pattern::new(p.get_ref()) {
+                Ok(g) => {
+                    let matches_any = policy
+                        .targets
+                        .values()
+                        .any(|t| tiers.contains(&t.tier) && g.matches(t.name.as_str()));
+                    if !matches_any {
+                        errors.push(src.at(
+                            Some(p.span()),
+                            format!("role {name}: target pattern {:?} matches no target in the role's tiers", p.get_ref()),
+                        ));
+                    }
+                    Some(g)
+                }
+                Err(e) => {
+                    errors.push(src.at(Some(p.span()), format!("role {name}: bad target pattern: {e}")));
+                    None
+                }
+            })
+            .collect()
+    });
+    let mut logins = BTreeSet::new();
+    for l in &raw.logins {
+        if let Some(login) = self::name(src, errors, l, Login::parse) {
+            logins.insert(login);
+        }
+    }
+    let operations: BTreeSet<Operation> = raw.operations.iter().map(|o| *o.get_ref()).collect();
+    let mut forwards = Vec::new();
+    for f in &raw.forward {
+        match parse_forward(f.get_ref()) {
+            Some(ft) => forwards.push(ft),
+            None => errors.push(src.at(Some(f.span()), format!("role {name}: forward entries are \"host:port\""))),
+        }
+    }
+    if !forwards.is_empty() && !operations.contains(&Operation::PortForward) {
+        errors.push(src.at(
+            Some(raw.forward[0].span()),
+            format!("role {name}: forward is listed but operations lacks \"port-forward\""),
+        ));
+    }
+    let max_session = duration(src, errors, &raw.max_session, "max_session");
+    let idle_timeout = duration(src, errors, &raw.idle_timeout, "idle_timeout");
+    (errors.len() == before).then(|| Role {
+        name,
+        tiers,
+        targets,
+        logins,
+        operations,
+        forwards,
+        max_session,
+        idle_timeout,
+        requires_grant: raw.requires_grant,
+    })
+}
+
+fn parse_forward(s: &str) -> Option<ForwardTarget> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(ForwardTarget {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEh4KR6w7B2dEyE62oDLhFFbFtVWeUwyH8zqz4pWX5VA";
+
+    fn ok_policy() -> String {
+        format!(
+            r#"
+[tiers.web]
+description = "web front"
+[tiers.web.targets.web1]
+address = "127.0.0.1"
+port = 2201
+host_keys = ["{KEY}"]
+
+[roles.dev]
+tiers = ["web"]
+logins = ["deploy"]
+operations = ["shell", "exec", "port-forward"]
+forward = ["127.0.0.1:8080"]
+max_session = "8h"
+idle_timeout = "30m"
+"#
+        )
+    }
+
+    #[test]
+    fn parses_a_good_policy() {
+        let p = parse(Path::new("policy.toml"), &ok_policy()).unwrap();
+        let t = p.target(&TargetName::parse("web1").unwrap()).unwrap();
+        assert_eq!(t.port, 2201);
+        let r = &p.roles[&RoleName::parse("dev").unwrap()];
+        assert_eq!(r.max_session, Duration::from_secs(8 * 3600));
+        assert_eq!(r.forwards[0].port, 8080);
+    }
+
+    #[test]
+    fn reports_every_error_with_its_line() {
+        let text = r#"
+[tiers.web.targets.web1]
+address = "127.0.0.1"
+
+[roles.dev]
+tiers = ["nope"]
+logins = ["Root"]
+operations = ["shell"]
+max_session = "forever"
+idle_timeout = "30m"
+"#;
+        let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
+        let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+        let all = Diagnostics(errs.clone()).to_string();
+        assert!(all.contains("exactly one of host_keys"), "{all}");
+        assert!(all.contains("unknown tier nope"), "{all}");
+        assert!(all.contains("invalid login"), "{all}");
+        assert!(all.contains("max_session"), "{all}");
+        assert!(lines.contains(&3) && lines.contains(&6) && lines.contains(&7) && lines.contains(&9), "{all}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = ok_policy().replace("port = 2201", "port = 2201\nprot = 1");
+        let err = parse(Path::new("p.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `prot`"), "{err}");
+        assert!(err.starts_with("p.toml:7:"), "{err}");
+    }
+
+    #[test]
+    fn operations_are_a_closed_set() {
+        let text = ok_policy().replace("\"shell\",", "\"root-everything\",");
+        assert!(parse(Path::new("p.toml"), &text).is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! The access policy (`policy.toml`): tiers, their targets, and roles.
+//!
+//! Only this module builds an [`Authorized`] value; the relay needs one to start. Every
+//! decision is a pure function of the policy, the user's role bindings and the request.
+
+mod decide;
+mod load;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use russh::keys::ssh_key::PublicKey;
+
+pub use decide::{Authorized, Denial, Request};
+pub use load::load;
+
+use crate::ident::{Login, RoleName, TargetName, TierName};
+
+/// How the gateway recognises a target's host key.
+#[derive(Debug, Clone)]
+pub enum HostKeyCheck {
+    /// Exactly these keys.
+    Pinned(Vec<PublicKey>),
+    /// A host certificate signed by one of these CAs, naming `principal`.
+    Ca {
+        authorities: Vec<PublicKey>,
+        principal: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: TargetName,
+    pub tier: TierName,
+    pub host: String,
+    pub port: u16,
+    pub host_key: HostKeyCheck,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: TierName,
+    pub description: String,
+}
+
+/// Something a role may do on a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    Shell,
+    Exec,
+    SftpRead,
+    SftpWrite,
+    PortForward,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Shell => "shell",
+            Operation::Exec => "exec",
+            Operation::SftpRead => "sftp-read",
+            Operation::SftpWrite => "sftp-write",
+            Operation::PortForward => "port-forward",
+        }
+    }
+}
+
+/// A `host:port` a role may forward to, as seen from the target.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ForwardTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: RoleName,
+    pub tiers: BTreeSet<TierName>,
+    /// Glob patterns on target names; `None` means every target of the role's tiers.
+    pub targets: Option<Vec<glob::Pattern>>,
+    pub logins: BTreeSet<Login>,
+    pub operations: BTreeSet<Operation>,
+    pub forwards: Vec<ForwardTarget>,
+    pub max_session: Duration,
+    pub idle_timeout: Duration,
+    pub requires_grant: bool,
+}
+
+/// A whole, validated policy.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub tiers: BTreeMap<TierName, Tier>,
+    pub targets: BTreeMap<TargetName, Target>,
+    pub roles: BTreeMap<RoleName, Role>,
+}
+
+impl Policy {
+    pub fn target(&self, name: &TargetName) -> Option<&Target> {
+        self.targets.get(name)
+    }
+}

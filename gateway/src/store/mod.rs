@@ -1,0 +1,149 @@
+//! Durable state: users, their keys and role bindings, the gateway's sealed keys, live
+//! sessions and the audit log. One code base for SQLite (embedded default) and
+//! PostgreSQL, through sqlx's `Any` driver with portable SQL.
+
+mod audit;
+mod sessions;
+mod users;
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions};
+
+pub use audit::{AuditEvent, AuditRow, Severity};
+pub use sessions::{SessionRow, SessionStart};
+pub use users::{KeyRow, UserRow, UserStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("stored data is invalid: {0}")]
+    Invalid(String),
+}
+
+/// Unix time in microseconds.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl Store {
+    /// Open the database. With `create`, a missing SQLite file is created; otherwise
+    /// it must exist (so a typo in the path is an error, not an empty gateway).
+    pub async fn connect(url: &str, create: bool) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let url = if sqlite {
+            let mode = if create { "rwc" } else { "rw" };
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}mode={mode}")
+        } else {
+            url.to_owned()
+        };
+        let opts = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        if sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        }
+        Ok(Store { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Store a sealed gateway key; refuses to replace one.
+    pub async fn put_gateway_key(&self, name: &str, public: &str, sealed: &str) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO gateway_keys (name, public_key, sealed, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(name)
+        .bind(public)
+        .bind(sealed)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(format!("gateway key {name}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `(public, sealed)` of a gateway key.
+    pub async fn gateway_key(&self, name: &str) -> Result<(String, String), StoreError> {
+        use sqlx::Row;
+        let row = sqlx::query("SELECT public_key, sealed FROM gateway_keys WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("gateway key {name}")))?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    pub async fn has_gateway_keys(&self) -> Result<bool, StoreError> {
+        use sqlx::Row;
+        let row = sqlx::query("SELECT COUNT(*) FROM gateway_keys").fetch_one(&self.pool).await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.is_unique_violation() || d.message().contains("UNIQUE") || d.code().as_deref() == Some("23505")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+pub(crate) async fn memory_store() -> Store {
+    // One connection: every pooled `sqlite::memory:` connection is its own database.
+    sqlx::any::install_default_drivers();
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let s = Store { pool };
+    s.migrate().await.unwrap();
+    s
+}

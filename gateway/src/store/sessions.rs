@@ -1,0 +1,158 @@
+use sqlx::Row;
+
+use super::{now_micros, Store, StoreError};
+use crate::ident::SessionId;
+
+/// What the gateway writes when a session starts.
+#[derive(Debug, Clone)]
+pub struct SessionStart<'a> {
+    pub id: &'a SessionId,
+    pub node: &'a str,
+    pub user: &'a str,
+    pub target: &'a str,
+    pub tier: &'a str,
+    pub login: &'a str,
+    pub client_addr: &'a str,
+    pub recording: &'a str,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub node: String,
+    pub user: String,
+    pub target: String,
+    pub tier: String,
+    pub login: String,
+    pub client_addr: String,
+    pub recording: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+    pub kill_requested_by: Option<String>,
+}
+
+const COLUMNS: &str = "id, node, user_name, target, tier, login, client_addr, recording, started_at, ended_at, end_reason, kill_requested_by";
+
+fn row(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
+    Ok(SessionRow {
+        id: r.try_get(0)?,
+        node: r.try_get(1)?,
+        user: r.try_get(2)?,
+        target: r.try_get(3)?,
+        tier: r.try_get(4)?,
+        login: r.try_get(5)?,
+        client_addr: r.try_get(6)?,
+        recording: r.try_get(7)?,
+        started_at: r.try_get(8)?,
+        ended_at: r.try_get(9)?,
+        end_reason: r.try_get(10)?,
+        kill_requested_by: r.try_get(11)?,
+    })
+}
+
+impl Store {
+    pub async fn session_started(&self, s: &SessionStart<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (id, node, user_name, target, tier, login, client_addr, recording, started_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(s.id.as_str())
+        .bind(s.node)
+        .bind(s.user)
+        .bind(s.target)
+        .bind(s.tier)
+        .bind(s.login)
+        .bind(s.client_addr)
+        .bind(s.recording)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn session_ended(&self, id: &SessionId, reason: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET ended_at = $1, end_reason = $2 WHERE id = $3 AND ended_at IS NULL")
+            .bind(now_micros())
+            .bind(reason)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Ask the node running a live session to end it; false if no such live session.
+    pub async fn request_kill(&self, id: &SessionId, by: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE sessions SET kill_requested_at = $1, kill_requested_by = $2 WHERE id = $3 AND ended_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(by)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Live sessions on `node` that must end now, with the reason: a kill was requested,
+    /// or their user was suspended or removed.
+    pub async fn sessions_to_end(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query(
+            "SELECT s.id, s.kill_requested_by, u.status FROM sessions s LEFT JOIN users u ON u.name = s.user_name \
+             WHERE s.node = $1 AND s.ended_at IS NULL \
+             AND (s.kill_requested_at IS NOT NULL OR u.name IS NULL OR u.status <> 'active')",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let id: String = r.try_get(0)?;
+            let by: Option<String> = r.try_get(1)?;
+            let status: Option<String> = r.try_get(2)?;
+            let reason = match (by, status) {
+                (Some(by), _) => format!("killed by {by}"),
+                (None, None) => "user removed".to_owned(),
+                (None, Some(s)) => format!("user {s}"),
+            };
+            Ok((id, reason))
+        })
+        .collect()
+    }
+
+    /// Sessions left open by a node that stopped without closing them (a crash).
+    pub async fn close_orphaned_sessions(&self, node: &str) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE sessions SET ended_at = $1, end_reason = 'gateway restarted' WHERE node = $2 AND ended_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn sessions(&self, live_only: bool, limit: i64) -> Result<Vec<SessionRow>, StoreError> {
+        let sql = if live_only {
+            format!("SELECT {COLUMNS} FROM sessions WHERE ended_at IS NULL ORDER BY started_at DESC LIMIT $1")
+        } else {
+            format!("SELECT {COLUMNS} FROM sessions ORDER BY started_at DESC LIMIT $1")
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| row(r).map_err(StoreError::from))
+            .collect()
+    }
+
+    pub async fn session(&self, id: &SessionId) -> Result<Option<SessionRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM sessions WHERE id = $1");
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(row).transpose().map_err(StoreError::from)
+    }
+}

@@ -1,0 +1,269 @@
+use russh::keys::ssh_key::{HashAlg, PublicKey};
+use sqlx::Row;
+
+use super::{is_unique_violation, now_micros, Store, StoreError};
+use crate::ident::{RoleName, UserName};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    Active,
+    Suspended,
+}
+
+impl UserStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Suspended => "suspended",
+        }
+    }
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "active" => Ok(UserStatus::Active),
+            "suspended" => Ok(UserStatus::Suspended),
+            other => Err(StoreError::Invalid(format!("user status {other:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UserRow {
+    pub name: String,
+    pub status: UserStatus,
+    pub status_reason: Option<String>,
+    pub created_at: i64,
+    pub roles: Vec<String>,
+    pub keys: Vec<KeyRow>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyRow {
+    pub fingerprint: String,
+    pub public_key: String,
+    pub comment: String,
+    pub added_at: i64,
+}
+
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+impl Store {
+    pub async fn add_user(&self, name: &UserName) -> Result<(), StoreError> {
+        let r = sqlx::query("INSERT INTO users (name, status, created_at) VALUES ($1, 'active', $2)")
+            .bind(name.as_str())
+            .bind(now_micros())
+            .execute(&self.pool)
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(format!("user {name}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn user(&self, name: &UserName) -> Result<Option<UserRow>, StoreError> {
+        let Some(row) = sqlx::query("SELECT name, status, status_reason, created_at FROM users WHERE name = $1")
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut u = UserRow {
+            name: row.try_get(0)?,
+            status: UserStatus::parse(&row.try_get::<String, _>(1)?)?,
+            status_reason: row.try_get(2)?,
+            created_at: row.try_get(3)?,
+            roles: Vec::new(),
+            keys: Vec::new(),
+        };
+        u.roles = self.roles_of(name).await?.into_iter().map(|r| r.to_string()).collect();
+        u.keys = self.keys_of(name).await?;
+        Ok(Some(u))
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+        let names: Vec<String> = sqlx::query("SELECT name FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for n in names {
+            let name = UserName::parse(&n).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            if let Some(u) = self.user(&name).await? {
+                out.push(u);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn set_user_status(&self, name: &UserName, status: UserStatus, reason: Option<&str>) -> Result<(), StoreError> {
+        let r = sqlx::query("UPDATE users SET status = $1, status_reason = $2 WHERE name = $3")
+            .bind(status.as_str())
+            .bind(reason)
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {name}")));
+        }
+        Ok(())
+    }
+
+    pub async fn remove_user(&self, name: &UserName) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM user_keys WHERE user_name = $1").bind(name.as_str()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM role_bindings WHERE user_name = $1").bind(name.as_str()).execute(&mut *tx).await?;
+        let r = sqlx::query("DELETE FROM users WHERE name = $1").bind(name.as_str()).execute(&mut *tx).await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {name}")));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn add_key(&self, user: &UserName, key: &PublicKey) -> Result<String, StoreError> {
+        let fp = fingerprint(key);
+        let text = key
+            .to_openssh()
+            .map_err(|e| StoreError::Invalid(format!("public key: {e}")))?;
+        let r = sqlx::query(
+            "INSERT INTO user_keys (fingerprint, user_name, public_key, comment, added_at) \
+             SELECT $1, name, $2, $3, $4 FROM users WHERE name = $5",
+        )
+        .bind(&fp)
+        .bind(text)
+        .bind(key.comment().to_string())
+        .bind(now_micros())
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(r) if r.rows_affected() == 0 => Err(StoreError::NotFound(format!("user {user}"))),
+            Ok(_) => Ok(fp),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(format!("key {fp}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn remove_key(&self, user: &UserName, fp: &str) -> Result<(), StoreError> {
+        let r = sqlx::query("DELETE FROM user_keys WHERE user_name = $1 AND fingerprint = $2")
+            .bind(user.as_str())
+            .bind(fp)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("key {fp} of user {user}")));
+        }
+        Ok(())
+    }
+
+    pub async fn keys_of(&self, user: &UserName) -> Result<Vec<KeyRow>, StoreError> {
+        sqlx::query("SELECT fingerprint, public_key, comment, added_at FROM user_keys WHERE user_name = $1 ORDER BY added_at")
+            .bind(user.as_str())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(KeyRow {
+                    fingerprint: r.try_get(0)?,
+                    public_key: r.try_get(1)?,
+                    comment: r.try_get(2)?,
+                    added_at: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The user, if active and holding `key`; the check every public-key login makes.
+    pub async fn active_user_with_key(&self, user: &UserName, key: &PublicKey) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM user_keys k JOIN users u ON u.name = k.user_name \
+             WHERE k.user_name = $1 AND k.fingerprint = $2 AND u.status = 'active'",
+        )
+        .bind(user.as_str())
+        .bind(fingerprint(key))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+
+    pub async fn is_active(&self, user: &UserName) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM users WHERE name = $1 AND status = 'active'")
+            .bind(user.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+
+    pub async fn bind_role(&self, user: &UserName, role: &RoleName) -> Result<(), StoreError> {
+        let r = sqlx::query("INSERT INTO role_bindings (user_name, role) SELECT name, $1 FROM users WHERE name = $2")
+            .bind(role.as_str())
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await;
+        match r {
+            Ok(r) if r.rows_affected() == 0 => Err(StoreError::NotFound(format!("user {user}"))),
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(format!("binding of {user} to {role}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn unbind_role(&self, user: &UserName, role: &RoleName) -> Result<(), StoreError> {
+        let r = sqlx::query("DELETE FROM role_bindings WHERE user_name = $1 AND role = $2")
+            .bind(user.as_str())
+            .bind(role.as_str())
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("binding of {user} to {role}")));
+        }
+        Ok(())
+    }
+
+    pub async fn roles_of(&self, user: &UserName) -> Result<Vec<RoleName>, StoreError> {
+        sqlx::query("SELECT role FROM role_bindings WHERE user_name = $1 ORDER BY role")
+            .bind(user.as_str())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let s: String = r.try_get(0)?;
+                RoleName::parse(&s).map_err(|e| StoreError::Invalid(e.to_string()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory_store;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEh4KR6w7B2dEyE62oDLhFFbFtVWeUwyH8zqz4pWX5VA alice@ws";
+
+    #[tokio::test]
+    async fn users_keys_roles() {
+        let s = memory_store().await;
+        let alice = UserName::parse("alice").unwrap();
+        let key = PublicKey::from_openssh(KEY).unwrap();
+        assert!(matches!(s.add_key(&alice, &key).await, Err(StoreError::NotFound(_))));
+        s.add_user(&alice).await.unwrap();
+        assert!(matches!(s.add_user(&alice).await, Err(StoreError::Exists(_))));
+        let fp = s.add_key(&alice, &key).await.unwrap();
+        assert!(s.active_user_with_key(&alice, &key).await.unwrap());
+        s.bind_role(&alice, &RoleName::parse("dev").unwrap()).await.unwrap();
+        let u = s.user(&alice).await.unwrap().unwrap();
+        assert_eq!(u.roles, vec!["dev"]);
+        assert_eq!(u.keys[0].fingerprint, fp);
+        s.set_user_status(&alice, UserStatus::Suspended, Some("left")).await.unwrap();
+        assert!(!s.active_user_with_key(&alice, &key).await.unwrap(), "suspension locks keys out");
+        s.remove_user(&alice).await.unwrap();
+        assert!(s.user(&alice).await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,105 @@
+use serde::{Deserialize, Serialize};
+
+/// Who, from where, to which target, under which decision. Written first in every recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    pub session_id: String,
+    pub user: String,
+    pub client_addr: String,
+    /// The enrolled workstation the connection came from, once WireGuard binding exists.
+    pub workstation: Option<String>,
+    pub target: String,
+    pub target_addr: String,
+    pub tier: String,
+    pub login: String,
+    pub role: String,
+    pub grant: Option<String>,
+    /// The policy decision that allowed the session, in words.
+    pub decision: String,
+    /// Unix time in microseconds at which the session started.
+    pub started_at_micros: u64,
+}
+
+/// What a channel is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum ChannelKind {
+    Session,
+    DirectTcpip { host: String, port: u32 },
+}
+
+/// Direction of bytes on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataDirection {
+    /// From the client towards the target (keystrokes, uploads).
+    Input,
+    /// From the target towards the client (terminal output, stdout, downloads).
+    Output,
+    /// The target's stderr.
+    Stderr,
+}
+
+/// Everything that is not bulk data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum Meta {
+    ChannelOpen { kind: ChannelKind },
+    Pty { term: String, cols: u32, rows: u32 },
+    Resize { cols: u32, rows: u32 },
+    Shell,
+    Exec { command: String },
+    Subsystem { name: String },
+    Env { name: String, value: String },
+    Signal { name: String },
+    ExitStatus { code: u32 },
+    ExitSignal { signal: String, core_dumped: bool },
+    Eof { from_client: bool },
+    Close,
+    /// A request refused by policy; nothing of it reached the target.
+    Denied { request: String, reason: String },
+    /// The session ended; the last event of a whole recording.
+    End { reason: String },
+}
+
+/// One event as read back from a recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Data {
+        t_micros: u64,
+        channel: u32,
+        direction: DataDirection,
+        data: Vec<u8>,
+    },
+    Meta {
+        t_micros: u64,
+        channel: u32,
+        meta: Meta,
+    },
+}
+
+impl Event {
+    pub fn t_micros(&self) -> u64 {
+        match self {
+            Event::Data { t_micros, .. } | Event::Meta { t_micros, .. } => *t_micros,
+        }
+    }
+}
+
+pub(crate) mod kind {
+    pub const INPUT: u8 = 1;
+    pub const OUTPUT: u8 = 2;
+    pub const STDERR: u8 = 3;
+    pub const META: u8 = 16;
+}
+
+impl DataDirection {
+    pub(crate) fn kind(self) -> u8 {
+        match self {
+            DataDirection::Input => kind::INPUT,
+            DataDirection::Output => kind::OUTPUT,
+            DataDirection::Stderr => kind::STDERR,
+        }
+    }
+}
