@@ -1,1 +1,70 @@
-fn main() {}
+//! `hersectl`: Herse's administration tool. Local mode runs on the gateway host and
+//! reads the same configuration as `herse`.
+#![forbid(unsafe_code)]
+
+mod output;
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hersectl", version, about = "Administer a Herse gateway")]
+pub struct Cli {
+    /// Gateway configuration file (local mode).
+    #[arg(long, short, global = true, env = "HERSE_CONFIG", default_value = "/etc/herse/herse.toml")]
+    pub config: PathBuf,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// People who may log in through the gateway.
+    #[command(subcommand)]
+    Users(commands::UsersCmd),
+    /// Users' SSH public keys.
+    #[command(subcommand)]
+    Keys(commands::KeysCmd),
+    /// Bindings of users to policy roles.
+    #[command(subcommand)]
+    Roles(commands::RolesCmd),
+    /// Live and past sessions.
+    #[command(subcommand)]
+    Sessions(commands::SessionsCmd),
+    /// Targets defined in the policy.
+    #[command(subcommand)]
+    Targets(commands::TargetsCmd),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(commands::AuditCmd),
+}
+
+/// Exit codes: 0 success, 1 the operation failed, 2 usage or configuration error,
+/// 3 the named object does not exist.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HERSE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hersectl: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hersectl: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The commands, in local mode: each opens the gateway's database from its configuration.
+
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use herse::config::GatewayConfig;
+use herse::ident::{RoleName, SessionId, TargetName, UserName};
+use herse::store::{AuditEvent, Severity, Store, StoreError, UserStatus};
+use russh::keys::ssh_key::PublicKey;
+
+use crate::output;
+use crate::Cli;
+
+/// A failure with its exit code.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure { code: 1, message: e.to_string() }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure { code: 2, message: message.into() }
+}
+
+fn store_err(e: StoreError) -> Failure {
+    let code = match e {
+        StoreError::NotFound(_) => 3,
+        _ => 1,
+    };
+    Failure { code, message: e.to_string() }
+}
+
+#[derive(Subcommand)]
+pub enum UsersCmd {
+    /// Create a user, optionally with a first public key file.
+    Add { name: String, #[arg(long)] key: Option<std::path::PathBuf> },
+    List,
+    Show { name: String },
+    /// Suspend a user: logins are refused and live sessions end within a second.
+    Suspend { name: String, #[arg(long)] reason: String },
+    Resume { name: String },
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCmd {
+    /// Add an OpenSSH public key (a .pub file, or - for standard input).
+    Add { user: String, file: std::path::PathBuf },
+    /// Remove a key by its SHA256 fingerprint.
+    Remove { user: String, fingerprint: String },
+    List { user: String },
+}
+
+#[derive(Subcommand)]
+pub enum RolesCmd {
+    Bind { user: String, role: String },
+    Unbind { user: String, role: String },
+}
+
+#[derive(Subcommand)]
+pub enum SessionsCmd {
+    /// Live sessions (with --all, past ones too).
+    List { #[arg(long)] all: bool, #[arg(long, default_value_t = 100)] limit: i64 },
+    /// End a live session; waits until the gateway has closed it.
+    Kill { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum TargetsCmd {
+    /// Targets in the policy.
+    List,
+    /// Connect to a target and verify its host key.
+    Check { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    List { #[arg(long)] kind: Option<String>, #[arg(long, default_value_t = 100)] limit: i64 },
+}
+
+fn load_config(cli: &Cli) -> Result<GatewayConfig, Failure> {
+    GatewayConfig::load(&cli.config).map_err(|d| usage(d.to_string()))
+}
+
+async fn open(cli: &Cli) -> Result<Store, Failure> {
+    let config = load_config(cli)?;
+    herse::runtime::open_store(&config).await.map_err(|e| Failure { code: 1, message: format!("{e:#}") })
+}
+
+fn operator() -> String {
+    let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
+    format!("local:{user}")
+}
+
+fn user_name(s: &str) -> Result<UserName, Failure> {
+    UserName::parse(s).map_err(|e| usage(e.to_string()))
+}
+
+fn read_key(path: &std::path::Path) -> Result<PublicKey, Failure> {
+    let text = if path == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?
+    };
+    let line = text.lines().find(|l| !l.trim().is_empty() && !l.starts_with('#')).unwrap_or("");
+    PublicKey::from_openssh(line.trim()).map_err(|e| usage(format!("{}: not an OpenSSH public key: {e}", path.display())))
+}
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        crate::Command::Users(c) => users(&cli, c).await,
+        crate::Command::Keys(c) => keys(&cli, c).await,
+        crate::Command::Roles(c) => roles(&cli, c).await,
+        crate::Command::Sessions(c) => sessions(&cli, c).await,
+        crate::Command::Targets(c) => targets(&cli, c).await,
+        crate::Command::Audit(c) => audit(&cli, c).await,
+    }
+}
+
+async fn users(cli: &Cli, c: &UsersCmd) -> Result<(), Failure> {
+    let store = open(cli).await?;
+    let op = operator();
+    match c {
+        UsersCmd::Add { name, key } => {
+            let u = user_name(name)?;
+            let key = key.as_deref().map(read_key).transpose()?;
+            store.add_user(&u).await.map_err(store_err)?;
+            store.audit(&AuditEvent::new("user.add", Severity::Info, format!("by {op}")).user(&u)).await?;
+            if let Some(k) = key {
+                let fp = store.add_key(&u, &k).await.map_err(store_err)?;
+                store.audit(&AuditEvent::new("key.add", Severity::Info, format!("{fp} by {op}")).user(&u)).await?;
+            }
+            println!("user {u} added");
+        }
+        UsersCmd::List => {
+            let list = store.users().await.map_err(store_err)?;
+            output::table(cli.json, &list, &["NAME", "STATUS", "ROLES", "KEYS", "CREATED"], |u| {
+                vec![u.name.clone(), format!("{:?}", u.status).to_lowercase(), u.roles.join(","), u.keys.len().to_string(), output::time(u.created_at)]
+            });
+        }
+        UsersCmd::Show { name } => {
+            let u = user_name(name)?;
+            let row = store.user(&u).await.map_err(store_err)?.ok_or_else(|| Failure { code: 3, message: format!("user {u} not found") })?;
+            output::object(cli.json, &row);
+        }
+        UsersCmd::Suspend { name, reason } => {
+            let u = user_name(name)?;
+            store.set_user_status(&u, UserStatus::Suspended, Some(reason)).await.map_err(store_err)?;
+            store.audit(&AuditEvent::new("user.suspend", Severity::Warning, format!("{reason} (by {op})")).user(&u)).await?;
+            println!("user {u} suspended; live sessions end within a second");
+        }
+        UsersCmd::Resume { name } => {
+            let u = user_name(name)?;
+            store.set_user_status(&u, UserStatus::Active, None).await.map_err(store_err)?;
+            store.audit(&AuditEvent::new("user.resume", Severity::Info, format!("by {op}")).user(&u)).await?;
+            println!("user {u} resumed");
+        }
+        UsersCmd::Remove { name } => {
+            let u = user_name(name)?;
+            store.remove_user(&u).await.map_err(store_err)?;
+            store.audit(&AuditEvent::new("user.remove", Severity::Warning, format!("by {op}")).user(&u)).await?;
+            println!("user {u} removed");
+        }
+    }
+    Ok(())
+}
+
+async fn keys(cli: &Cli, c: &KeysCmd) -> Result<(), Failure> {
+    let store = open(cli).await?;
+    let op = operator();
+    match c {
+        KeysCmd::Add { user, file } => {
+            let u = user_name(user)?;
+            let k = read_key(file)?;
+            let fp = store.add_key(&u, &k).await.map_err(store_err)?;
+            store.audit(&AuditEvent::new("key.add", Severity::Info, format!("{fp} by {op}")).user(&u)).await?;
+            println!("{fp}");
+        }
+        KeysCmd::Remove { user, fingerprint } => {
+            let u = user_name(user)?;
+            store.remove_key(&u, fingerprint).await.map_err(store_err)?;
+            store.audit(&AuditEvent::new("key.remove", Severity::Info, format!("{fingerprint} by {op}")).user(&u)).await?;
+            println!("key {fingerprint} removed from {u}");
+        }
+        KeysCmd::List { user } => {
+            let u = user_name(user)?;
+            let keys = store.keys_of(&u).await.map_err(store_err)?;
+            output::table(cli.json, &keys, &["FINGERPRINT", "COMMENT", "ADDED"], |k| vec![k.fingerprint.clone(), k.comment.clone(), output::time(k.added_at)]);
+        }
+    }
+    Ok(())
+}
+
+async fn roles(cli: &Cli, c: &RolesCmd) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    let policy = herse::policy::load(&config.policy_path).map_err(|d| usage(d.to_string()))?;
+    let store = open(cli).await?;
+    let op = operator();
+    match c {
+        RolesCmd::Bind { user, role } => {
+            let u = user_name(user)?;
+            let r = RoleName::parse(role).map_err(|e| usage(e.to_string()))?;
+            if !policy.roles.contains_key(&r) {
+                let known: Vec<_> = policy.roles.keys().map(|r| r.to_string()).collect();
+                return Err(usage(format!("role {r} is not defined in the policy (roles: {})", known.join(", "))));
+            }
+            store.bind_role(&u, &r).await.map_err(store_err)?;
+            store.audit(&AuditEvent::new("role.bind", Severity::Info, format!("{r} by {op}")).user(&u)).await?;
+            println!("{u} now holds role {r}");
+        }
+        RolesCmd::Unbind { user, role } => {
+            let u = user_name(user)?;
+            let r = RoleName::parse(role).map_err(|e| usage(e.to_string()))?;
+            store.unbind_role(&u, &r).await.map_err(store_err)?;
+            store.audit(&AuditEvent::new("role.unbind", Severity::Info, format!("{r} by {op}")).user(&u)).await?;
+            println!("{u} no longer holds role {r}");
+        }
+    }
+    Ok(())
+}
+
+async fn sessions(cli: &Cli, c: &SessionsCmd) -> Result<(), Failure> {
+    let store = open(cli).await?;
+    match c {
+        SessionsCmd::List { all, limit } => {
+            let list = store.sessions(!all, *limit).await.map_err(store_err)?;
+            output::table(cli.json, &list, &["ID", "USER", "TARGET", "LOGIN", "CLIENT", "STARTED", "ENDED"], |s| {
+                vec![
+                    s.id.clone(),
+                    s.user.clone(),
+                    s.target.clone(),
+                    s.login.clone(),
+                    s.client_addr.clone(),
+                    output::time(s.started_at),
+                    s.ended_at.map(output::time).unwrap_or_else(|| "live".into()),
+                ]
+            });
+        }
+        SessionsCmd::Kill { id } => {
+            let sid = SessionId::parse(id).map_err(|e| usage(e.to_string()))?;
+            let op = operator();
+            if !store.request_kill(&sid, &op).await.map_err(store_err)? {
+                return Err(Failure { code: 3, message: format!("no live session {sid}") });
+            }
+            store.audit(&AuditEvent::new("session.kill", Severity::Warning, format!("requested by {op}")).session(&sid)).await?;
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Some(s) = store.session(&sid).await.map_err(store_err)? {
+                    if s.ended_at.is_some() {
+                        println!("session {sid} ended after {} ms", start.elapsed().as_millis());
+                        return Ok(());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            return Err(Failure { code: 1, message: format!("kill requested, but session {sid} has not ended after 5 s (is its gateway node running?)") });
+        }
+    }
+    Ok(())
+}
+
+async fn targets(cli: &Cli, c: &TargetsCmd) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    let policy = herse::policy::load(&config.policy_path).map_err(|d| usage(d.to_string()))?;
+    match c {
+        TargetsCmd::List => {
+            let list: Vec<_> = policy
+                .targets
+                .values()
+                .map(|t| serde_json::json!({"name": t.name, "tier": t.tier.to_string(), "address": format!("{}:{}", t.host, t.port),
+                    "host_key": match &t.host_key { herse::policy::HostKeyCheck::Pinned(_) => "pinned", herse::policy::HostKeyCheck::Ca { .. } => "host CA" }}))
+                .collect();
+            output::table(cli.json, &list, &["NAME", "TIER", "ADDRESS", "HOST KEY"], |v| {
+                ["name", "tier", "address", "host_key"].iter().map(|k| v[k].as_str().unwrap_or("").to_owned()).collect()
+            });
+        }
+        TargetsCmd::Check { name } => {
+            let n = TargetName::parse(name).map_err(|e| usage(e.to_string()))?;
+            let t = policy.target(&n).ok_or_else(|| Failure { code: 3, message: format!("target {n} is not in the policy") })?;
+            let report = herse::upstream::probe(t, Duration::from_secs(10)).await;
+            output::object(cli.json, &report);
+            if !report.host_key_ok {
+                return Err(Failure { code: 1, message: format!("target {n}: {}", report.detail) });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn audit(cli: &Cli, c: &AuditCmd) -> Result<(), Failure> {
+    let store = open(cli).await?;
+    match c {
+        AuditCmd::List { kind, limit } => {
+            let rows = store.audit_events(kind.as_deref(), *limit).await.map_err(store_err)?;
+            output::table(cli.json, &rows, &["TIME", "KIND", "SEVERITY", "USER", "SESSION", "DETAIL"], |r| {
+                vec![output::time(r.at), r.kind.clone(), r.severity.clone(), r.user.clone().unwrap_or_default(), r.session.clone().unwrap_or_default(), r.detail.clone()]
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! The SSH front: the russh server every client talks to.
+//!
+//! One handler type serves two kinds of connection:
+//! - **outer** connections arrive from the network. The SSH user name is either `alice`
+//!   (a jump login: targets are then named in `direct-tcpip` channels, as OpenSSH's
+//!   ProxyJump does) or `alice+root+db1` (single hop straight to `root` on `db1`).
+//! - **inner** connections run inside an outer connection's `direct-tcpip` channel
+//!   (ProxyJump). The gateway presents a host certificate for the target's name, signed
+//!   by its host CA, and the inner user name is the target login.
+//!
+//! Authentication state is tracked here, per connection, and never assumed from russh:
+//! a public key must be verified for the very user name being logged in, and
+//! keyboard-interactive is only ever used to show a refusal, never to accept.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::ssh_key::PublicKey;
+use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+
+use crate::certs;
+use crate::gateway::Gateway;
+use crate::ident::{FrontLogin, Login, TargetName, UserName};
+use crate::policy::Request;
+use crate::relay;
+use crate::session::TargetSession;
+use crate::store::{AuditEvent, Severity};
+
+/// What the connection is.
+#[derive(Clone)]
+enum Mode {
+    Outer,
+    Inner { user: UserName, target: TargetName },
+}
+
+/// Where authentication stands on this connection.
+enum AuthState {
+    None,
+    /// The key was verified but access was refused; the next keyboard-interactive round
+    /// shows `message` to `ssh_user`, then the login fails.
+    Refused { ssh_user: String, message: String },
+    /// `alice` logged in for ProxyJump.
+    Jump { user: UserName },
+    /// Logged in to a target session.
+    Target(Arc<TargetSession>),
+}
+
+pub struct FrontHandler {
+    gw: Arc<Gateway>,
+    authenticated: Arc<AtomicBool>,
+    peer: SocketAddr,
+    mode: Mode,
+    state: AuthState,
+}
+
+impl FrontHandler {
+    pub fn outer(gw: Arc<Gateway>, peer: SocketAddr, authenticated: Arc<AtomicBool>) -> Self {
+        FrontHandler { gw, authenticated, peer, mode: Mode::Outer, state: AuthState::None }
+    }
+
+    fn refuse(&mut self, ssh_user: &str, message: String) -> Auth {
+        self.state = AuthState::Refused { ssh_user: ssh_user.to_owned(), message };
+        Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
+            partial_success: false,
+        }
+    }
+
+    async fn audit_failure(&self, user: &str, reason: &str) {
+        self.gw
+            .audit(AuditEvent::new("login.failure", Severity::Warning, reason.to_owned()).user(user).client(self.peer))
+            .await;
+    }
+
+    async fn start_target(&mut self, ssh_user: &str, user: &UserName, target: &TargetName, login: &Login) -> Auth {
+        match TargetSession::start(&self.gw, user, target, login, self.peer).await {
+            Ok(s) => {
+                self.state = AuthState::Target(s);
+                Auth::Accept
+            }
+            Err(e) => self.refuse(ssh_user, format!("herse: {e}")),
+        }
+    }
+}
+
+impl Drop for FrontHandler {
+    fn drop(&mut self) {
+        if let AuthState::Target(s) = &self.state {
+            s.end("client disconnected");
+        }
+    }
+}
+
+/// The host certificate the inner server presents for `target`.
+fn inner_config(gw: &Gateway, target: &TargetName) -> Result<server::Config, certs::CertError> {
+    let cert = certs::host_certificate(&gw.keys.host_ca, gw.keys.host_public(), target.as_str(), Duration::from_secs(24 * 3600))?;
+    Ok(server::Config {
+        keys: vec![gw.keys.host.clone()],
+        certificates: vec![cert],
+        ..base_config(gw)
+    })
+}
+
+/// Settings shared by outer and inner servers.
+pub fn base_config(gw: &Gateway) -> server::Config {
+    server::Config {
+        server_id: russh::SshId::Standard("SSH-2.0-Herse".into()),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::from_millis(0)),
+        keys: vec![gw.keys.host.clone()],
+        window_size: 8 * 1024 * 1024,
+        maximum_packet_size: 65535,
+        channel_buffer_size: 64,
+        max_auth_attempts: 6,
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+impl server::Handler for FrontHandler {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(&mut self, user: &str, offer: server::PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+        let key: &PublicKey = offer.public_key;
+        // Only say "yes, prove it" for keys the user really holds, so probing reveals nothing
+        // beyond what a signature attempt would.
+        let Ok(login) = FrontLogin::parse(user) else { return Ok(Auth::reject()) };
+        let owner = match &self.mode {
+            Mode::Outer => login.user().clone(),
+            Mode::Inner { user: u, .. } => u.clone(),
+        };
+        match self.gw.store.active_user_with_key(&owner, key).await {
+            Ok(true) => Ok(Auth::Accept),
+            _ => Ok(Auth::reject()),
+        }
+    }
+
+    async fn auth_publickey(&mut self, ssh_user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        self.state = AuthState::None;
+        match self.mode.clone() {
+            Mode::Outer => {
+                let front = match FrontLogin::parse(ssh_user) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.audit_failure(ssh_user, &e.to_string()).await;
+                        return Ok(self.refuse(ssh_user, format!("herse: {e}")));
+                    }
+                };
+                let user = front.user().clone();
+                match self.gw.store.active_user_with_key(&user, key.public_key).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.audit_failure(ssh_user, "unknown user, suspended user, or key not registered").await;
+                        return Ok(Auth::reject());
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store unavailable during login");
+                        return Ok(Auth::reject());
+                    }
+                }
+                self.gw
+                    .audit(AuditEvent::new("login.success", Severity::Info, format!("public key as {ssh_user}")).user(&user).client(self.peer))
+                    .await;
+                match front {
+                    FrontLogin::Jump { user } => {
+                        self.state = AuthState::Jump { user };
+                        Ok(Auth::Accept)
+                    }
+                    FrontLogin::Direct { user, login, target } => Ok(self.start_target(ssh_user, &user, &target, &login).await),
+                }
+            }
+            Mode::Inner { user, target } => {
+                // The inner login must be proven again with one of the same user's keys.
+                match self.gw.store.active_user_with_key(&user, key.public_key).await {
+                    Ok(true) => {}
+                    _ => {
+                        self.audit_failure(user.as_str(), "inner login with a key the user does not hold").await;
+                        return Ok(Auth::reject());
+                    }
+                }
+                let login = match Login::parse(ssh_user) {
+                    Ok(l) => l,
+                    Err(e) => return Ok(self.refuse(ssh_user, format!("herse: {e}"))),
+                };
+                Ok(self.start_target(ssh_user, &user, &target, &login).await)
+            }
+        }
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        ssh_user: &str,
+        _submethods: &str,
+        response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        // Never accepts: only shows why a verified login was refused.
+        match (&self.state, response) {
+            (AuthState::Refused { ssh_user: u, message }, None) if u == ssh_user => Ok(Auth::Partial {
+                name: "".into(),
+                instructions: format!("{message}\n").into(),
+                prompts: Vec::new().into(),
+            }),
+            _ => {
+                self.state = AuthState::None;
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.authenticated.store(true, Ordering::Release);
+        if let AuthState::Target(s) = &self.state {
+            s.set_front(session.handle());
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(&mut self, channel: Channel<Msg>, reply: ChannelOpenHandle, session: &mut Session) -> Result<(), Self::Error> {
+        match &self.state {
+            AuthState::Target(s) => {
+                reply.accept().await;
+                let s = s.clone();
+                let handle = session.handle();
+                let cfg = self.gw.clone();
+                self.gw.tasks.spawn(async move {
+                    relay::session_channel(s, channel, handle, move |name| cfg.config.env_allowed(name)).await;
+                });
+            }
+            AuthState::Jump { user } => {
+                reply.accept().await;
+                let user = user.clone();
+                self.gw.tasks.spawn(async move {
+                    let msg = format!(
+                        "herse: {user}, name a target: ssh -J {user}@<gateway> LOGIN@TARGET, or ssh {user}+LOGIN+TARGET@<gateway>\r\n"
+                    );
+                    let _ = channel.extended_data_bytes(1, msg).await;
+                    let _ = channel.exit_status(1).await;
+                    let _ = channel.eof().await;
+                    let _ = channel.close().await;
+                });
+            }
+            _ => reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await,
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        orig_addr: &str,
+        orig_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match &self.state {
+            AuthState::Jump { user } => {
+                let user = user.clone();
+                let known = TargetName::parse(host).ok().filter(|t| self.gw.policy.load().target(t).is_some());
+                let Some(target) = known else {
+                    self.gw
+                        .audit(AuditEvent::new("access.denied", Severity::Warning, format!("ProxyJump to unknown target {host:?}:{port}")).user(&user).client(self.peer))
+                        .await;
+                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                    return Ok(());
+                };
+                let config = match inner_config(&self.gw, &target) {
+                    Ok(c) => Arc::new(c),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot mint host certificate");
+                        reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                        return Ok(());
+                    }
+                };
+                reply.accept().await;
+                let inner = FrontHandler {
+                    gw: self.gw.clone(),
+                    authenticated: Arc::new(AtomicBool::new(false)),
+                    peer: self.peer,
+                    mode: Mode::Inner { user, target },
+                    state: AuthState::None,
+                };
+                let tasks = self.gw.tasks.clone();
+                tasks.spawn(async move {
+                    match server::run_stream(config, channel.into_stream(), inner).await {
+                        Ok(running) => {
+                            if let Err(e) = running.await {
+                                tracing::debug!(error = ?e, "inner connection ended");
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = ?e, "inner connection failed"),
+                    }
+                });
+            }
+            AuthState::Target(s) => {
+                let decision = s.authorized().check(&Request::Forward { host, port });
+                match decision {
+                    Ok(()) => {
+                        reply.accept().await;
+                        let s = s.clone();
+                        let handle = session.handle();
+                        let (host, orig) = (host.to_owned(), (orig_addr.to_owned(), orig_port));
+                        self.gw.tasks.spawn(relay::forward_channel(s, channel, handle, host, port, orig));
+                    }
+                    Err(reason) => {
+                        let _ = s.recorder().meta(u32::from(channel.id()), &session_recordings::Meta::Denied {
+                            request: format!("direct-tcpip {host}:{port}"),
+                            reason: reason.clone(),
+                        });
+                        self.gw
+                            .audit(AuditEvent::new("access.denied", Severity::Warning, reason).user(s.authorized().user()).session(s.id()).client(self.peer))
+                            .await;
+                        reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+                    }
+                }
+            }
+            _ => reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await,
+        }
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pw: u32,
+        _ph: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = match &self.state {
+            AuthState::Target(s) => s.authorized().check(&Request::Shell).is_ok() || s.authorized().check(&Request::Exec("")).is_ok(),
+            _ => false,
+        };
+        reply(session, channel, ok)
+    }
+
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        let ok = matches!(&self.state, AuthState::Target(s) if s.authorized().check(&Request::Shell).is_ok());
+        reply(session, channel, ok)
+    }
+
+    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+        let cmd = String::from_utf8_lossy(data);
+        let ok = matches!(&self.state, AuthState::Target(s) if s.authorized().check(&Request::Exec(&cmd)).is_ok());
+        reply(session, channel, ok)
+    }
+
+    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+        let ok = matches!(&self.state, AuthState::Target(s) if s.authorized().check(&Request::Subsystem(name)).is_ok());
+        reply(session, channel, ok)
+    }
+
+    async fn env_request(&mut self, channel: ChannelId, name: &str, _value: &str, session: &mut Session) -> Result<(), Self::Error> {
+        let ok = matches!(&self.state, AuthState::Target(_)) && self.gw.config.env_allowed(name);
+        reply(session, channel, ok)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _proto: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply(session, channel, false)
+    }
+
+    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+
+    async fn tcpip_forward(&mut self, _address: &str, _port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+        // Remote forwarding (-R) would open a path from production into the workstation.
+        Ok(false)
+    }
+}
+
+fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
+    if ok {
+        session.channel_success(channel)
+    } else {
+        session.channel_failure(channel)
+    }
+}

@@ -1,0 +1,69 @@
+//! The running gateway's shared state: configuration, the current policy (swapped on
+//! SIGHUP), the store, the opened keys and the registry of live sessions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::GatewayConfig;
+use crate::keys::GatewayKeys;
+use crate::policy::Policy;
+use crate::session::TargetSession;
+use crate::store::{AuditEvent, Store};
+
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub policy: ArcSwap<Policy>,
+    pub store: Store,
+    pub keys: GatewayKeys,
+    /// This node's name in the sessions table (one gateway process per name).
+    pub node: String,
+    live: Mutex<HashMap<String, Arc<TargetSession>>>,
+    /// Cancelled to stop accepting new connections (drain).
+    pub stop_accepting: CancellationToken,
+    /// Every connection and session task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig, policy: Policy, store: Store, keys: GatewayKeys, node: String) -> Arc<Self> {
+        Arc::new(Gateway {
+            config,
+            policy: ArcSwap::from_pointee(policy),
+            store,
+            keys,
+            node,
+            live: Mutex::new(HashMap::new()),
+            stop_accepting: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Write an audit event; a failure is logged (the event's action already happened or
+    /// was refused, so there is nothing to roll back).
+    pub async fn audit(&self, event: AuditEvent) {
+        tracing::info!(kind = event.kind, user = ?event.user, session = ?event.session, detail = %event.detail, "audit");
+        if let Err(e) = self.store.audit(&event).await {
+            tracing::error!(error = %e, kind = event.kind, "cannot write audit event");
+        }
+    }
+
+    pub(crate) fn register(&self, s: Arc<TargetSession>) {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(s.id().to_string(), s);
+    }
+
+    pub(crate) fn unregister(&self, id: &str) {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    pub fn live_session(&self, id: &str) -> Option<Arc<TargetSession>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    pub fn live_sessions(&self) -> Vec<Arc<TargetSession>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}

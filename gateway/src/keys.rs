@@ -1,0 +1,134 @@
+//! The gateway's own keys: SSH host key, user CA, host CA and audit-signing key.
+//! Created once by `herse init`, stored sealed under the master key, opened at start.
+
+use ed25519_dalek::SigningKey;
+use rand::RngExt;
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::ssh_key::{LineEnding, PrivateKey, PublicKey};
+use zeroize::Zeroizing;
+
+use crate::secrets::{MasterKey, SecretError};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("stored key {0} is not a valid key")]
+    Invalid(&'static str),
+    #[error("the gateway is already initialised (keys exist in the database); refusing to overwrite")]
+    AlreadyInitialised,
+}
+
+const HOST: &str = "ssh-host";
+const USER_CA: &str = "user-ca";
+const HOST_CA: &str = "host-ca";
+const AUDIT: &str = "audit";
+
+/// The opened keys. Private halves are zeroized on drop (by ssh-key and ed25519-dalek).
+pub struct GatewayKeys {
+    pub host: PrivateKey,
+    pub user_ca: PrivateKey,
+    pub host_ca: PrivateKey,
+    pub audit: SigningKey,
+}
+
+impl std::fmt::Debug for GatewayKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayKeys")
+            .field("host", &self.host.public_key().to_openssh().unwrap_or_default())
+            .field("user_ca", &self.user_ca.public_key().to_openssh().unwrap_or_default())
+            .field("host_ca", &self.host_ca.public_key().to_openssh().unwrap_or_default())
+            .finish_non_exhaustive()
+    }
+}
+
+fn label(name: &str) -> String {
+    format!("herse-gateway-key:{name}")
+}
+
+/// A fresh ed25519 SSH key.
+pub fn new_ssh_key(comment: &str) -> PrivateKey {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rand::rng().fill(&mut seed[..]);
+    let mut k = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    k.set_comment(comment);
+    k
+}
+
+impl GatewayKeys {
+    pub fn generate() -> Self {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rand::rng().fill(&mut seed[..]);
+        GatewayKeys {
+            host: new_ssh_key("herse host key"),
+            user_ca: new_ssh_key("herse user CA"),
+            host_ca: new_ssh_key("herse host CA"),
+            audit: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// Seal and store every key; fails if any key already exists.
+    pub async fn save(&self, store: &Store, master: &MasterKey) -> Result<(), KeyError> {
+        if store.has_gateway_keys().await? {
+            return Err(KeyError::AlreadyInitialised);
+        }
+        for (name, key) in [(HOST, &self.host), (USER_CA, &self.user_ca), (HOST_CA, &self.host_ca)] {
+            let private = key.to_openssh(LineEnding::LF).map_err(|_| KeyError::Invalid(name))?;
+            let public = key.public_key().to_openssh().map_err(|_| KeyError::Invalid(name))?;
+            store
+                .put_gateway_key(name, &public, &master.seal(&label(name), private.as_bytes()))
+                .await?;
+        }
+        let audit_public = hex::encode(self.audit.verifying_key().as_bytes());
+        store
+            .put_gateway_key(AUDIT, &audit_public, &master.seal(&label(AUDIT), self.audit.as_bytes()))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn load(store: &Store, master: &MasterKey) -> Result<Self, KeyError> {
+        async fn ssh(store: &Store, master: &MasterKey, name: &'static str) -> Result<PrivateKey, KeyError> {
+            let (_, sealed) = store.gateway_key(name).await?;
+            let pem = master.open(&label(name), &sealed)?;
+            PrivateKey::from_openssh(&pem[..]).map_err(|_| KeyError::Invalid(name))
+        }
+        let (_, sealed) = store.gateway_key(AUDIT).await?;
+        let seed = master.open(&label(AUDIT), &sealed)?;
+        let seed: [u8; 32] = seed[..].try_into().map_err(|_| KeyError::Invalid(AUDIT))?;
+        Ok(GatewayKeys {
+            host: ssh(store, master, HOST).await?,
+            user_ca: ssh(store, master, USER_CA).await?,
+            host_ca: ssh(store, master, HOST_CA).await?,
+            audit: SigningKey::from_bytes(&seed),
+        })
+    }
+
+    pub fn host_public(&self) -> &PublicKey {
+        self.host.public_key()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory_store;
+
+    #[tokio::test]
+    async fn save_load_refuse_overwrite() {
+        let s = memory_store().await;
+        let m = MasterKey::generate();
+        let k = GatewayKeys::generate();
+        k.save(&s, &m).await.unwrap();
+        let l = GatewayKeys::load(&s, &m).await.unwrap();
+        assert_eq!(l.user_ca.public_key(), k.user_ca.public_key());
+        assert_eq!(l.audit.verifying_key(), k.audit.verifying_key());
+        assert!(matches!(GatewayKeys::generate().save(&s, &m).await, Err(KeyError::AlreadyInitialised)));
+        assert!(GatewayKeys::load(&s, &MasterKey::generate()).await.is_err(), "wrong master key");
+        // Nothing stored in the database reveals a private key.
+        let (_, sealed) = s.gateway_key("user-ca").await.unwrap();
+        assert!(!sealed.contains("PRIVATE KEY"));
+    }
+}

@@ -1,0 +1,42 @@
+//! Opening the gateway's state from its configuration: shared by `herse serve` and the
+//! local mode of `hersectl`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::GatewayConfig;
+use crate::gateway::Gateway;
+use crate::keys::GatewayKeys;
+use crate::policy;
+use crate::secrets::{MasterKey, MasterKeySource};
+use crate::store::Store;
+
+/// This machine's name, used as the node name in the sessions table.
+pub fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "herse".to_owned())
+}
+
+pub async fn open_store(config: &GatewayConfig) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.database_url, false)
+        .await
+        .with_context(|| format!("cannot open the database {} (did you run `herse init`?)", config.database_url))?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Everything `serve` needs; errors name what is wrong.
+pub async fn open_gateway(config_path: &Path, master_key_fd: Option<u32>) -> anyhow::Result<Arc<Gateway>> {
+    let config = GatewayConfig::load(config_path).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let policy = policy::load(&config.policy_path).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let master = MasterKey::load(&MasterKeySource::resolve(master_key_fd, &config.master_key_file))?;
+    let store = open_store(&config).await?;
+    let keys = GatewayKeys::load(&store, &master).await?;
+    drop(master);
+    Ok(Gateway::new(config, policy, store, keys, node_name()))
+}

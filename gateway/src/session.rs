@@ -1,0 +1,286 @@
+//! A target session: one authorized login on one target through one upstream SSH
+//! connection, with one recording. It ends exactly once, for one reason, and on every
+//! end path the recording is sealed and the session row closed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use russh::server;
+use session_recordings::{FileRecorder, Header, Recorder};
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Gateway;
+use crate::ident::{Login, SessionId, TargetName, UserName};
+use crate::policy::{Authorized, Denial};
+use crate::store::{AuditEvent, SessionStart, Severity};
+use crate::upstream::{self, UpstreamError, UpstreamHandle, UpstreamLogin};
+
+/// Why a session could not start. `client_message` is safe to show to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("access denied: {0}")]
+    Denied(#[from] Denial),
+    #[error("session refused: recording is unavailable ({0})")]
+    Recording(String),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("session refused: gateway storage error")]
+    Store(String),
+}
+
+pub struct TargetSession {
+    id: SessionId,
+    authorized: Authorized,
+    client_addr: SocketAddr,
+    upstream: UpstreamHandle,
+    recorder: Arc<dyn Recorder>,
+    cancel: CancellationToken,
+    end_reason: Mutex<Option<String>>,
+    front: Mutex<Option<server::Handle>>,
+    started: Instant,
+    /// Milliseconds since `started` of the last byte in either direction.
+    last_activity_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for TargetSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetSession").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl TargetSession {
+    /// Decide, record, connect upstream, and register; any failure refuses the session
+    /// and is audited.
+    pub async fn start(
+        gw: &Arc<Gateway>,
+        user: &UserName,
+        target: &TargetName,
+        login: &Login,
+        client_addr: SocketAddr,
+    ) -> Result<Arc<TargetSession>, StartError> {
+        let roles = gw.store.roles_of(user).await.map_err(|e| StartError::Store(e.to_string()))?;
+        let policy = gw.policy.load_full();
+        let authorized = match Authorized::decide(&policy, user, &roles, target, login) {
+            Ok(a) => a,
+            Err(denial) => {
+                gw.audit(
+                    AuditEvent::new("access.denied", Severity::Warning, format!("{login}@{target}: {denial}"))
+                        .user(user)
+                        .client(client_addr),
+                )
+                .await;
+                return Err(denial.into());
+            }
+        };
+        let id = SessionId::random();
+        let recorder = match open_recording(gw, &id, &authorized, client_addr) {
+            Ok(r) => r,
+            Err(e) => {
+                gw.audit(
+                    AuditEvent::new("session.refused", Severity::Alert, format!("{login}@{target}: recording unavailable: {e}"))
+                        .user(user)
+                        .session(&id)
+                        .client(client_addr),
+                )
+                .await;
+                return Err(StartError::Recording(e));
+            }
+        };
+        let upstream = match upstream::connect(
+            &authorized,
+            UpstreamLogin {
+                user_ca: &gw.keys.user_ca,
+                session: &id,
+                connect_timeout: Duration::from_secs(15),
+            },
+        )
+        .await
+        {
+            Ok(u) => u,
+            Err(e) => {
+                let severity = match e {
+                    UpstreamError::HostKey { .. } => Severity::Alert,
+                    _ => Severity::Warning,
+                };
+                gw.audit(AuditEvent::new("upstream.failed", severity, e.to_string()).user(user).session(&id).client(client_addr))
+                    .await;
+                let _ = recorder.finish(&format!("upstream failed: {e}"));
+                return Err(e.into());
+            }
+        };
+        let recording = recording_path(gw, &id);
+        let row = SessionStart {
+            id: &id,
+            node: &gw.node,
+            user: user.as_str(),
+            target: target.as_str(),
+            tier: authorized.target().tier.as_str(),
+            login: login.as_str(),
+            client_addr: &client_addr.to_string(),
+            recording: &recording.to_string_lossy(),
+        };
+        if let Err(e) = gw.store.session_started(&row).await {
+            let _ = recorder.finish("gateway storage error");
+            return Err(StartError::Store(e.to_string()));
+        }
+        gw.audit(
+            AuditEvent::new("session.start", Severity::Info, authorized.describe())
+                .user(user)
+                .session(&id)
+                .client(client_addr),
+        )
+        .await;
+        let session = Arc::new(TargetSession {
+            id,
+            authorized,
+            client_addr,
+            upstream,
+            recorder,
+            cancel: CancellationToken::new(),
+            end_reason: Mutex::new(None),
+            front: Mutex::new(None),
+            started: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+        });
+        gw.register(session.clone());
+        gw.tasks.spawn(supervise(gw.clone(), session.clone()));
+        Ok(session)
+    }
+
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+    pub fn authorized(&self) -> &Authorized {
+        &self.authorized
+    }
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+    pub fn upstream(&self) -> &UpstreamHandle {
+        &self.upstream
+    }
+    pub fn recorder(&self) -> &Arc<dyn Recorder> {
+        &self.recorder
+    }
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+    pub fn is_ended(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The client connection carrying this session, to disconnect it when the session ends.
+    pub fn set_front(&self, handle: server::Handle) {
+        *self.front.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+    }
+
+    /// Note traffic (for the idle timeout).
+    pub fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// End the session for `reason`; the first reason given wins.
+    pub fn end(&self, reason: impl Into<String>) {
+        {
+            let mut r = self.end_reason.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_none() {
+                *r = Some(reason.into());
+            }
+        }
+        self.cancel.cancel();
+    }
+
+    fn reason(&self) -> String {
+        self.end_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "ended".to_owned())
+    }
+}
+
+fn recording_path(gw: &Gateway, id: &SessionId) -> std::path::PathBuf {
+    gw.config.recordings_dir.join(format!("{id}.herserec"))
+}
+
+fn open_recording(gw: &Gateway, id: &SessionId, a: &Authorized, client: SocketAddr) -> Result<Arc<dyn Recorder>, String> {
+    std::fs::create_dir_all(&gw.config.recordings_dir).map_err(|e| e.to_string())?;
+    let header = Header {
+        session_id: id.to_string(),
+        user: a.user().to_string(),
+        client_addr: client.to_string(),
+        workstation: None,
+        target: a.target().name.to_string(),
+        target_addr: format!("{}:{}", a.target().host, a.target().port),
+        tier: a.target().tier.to_string(),
+        login: a.login().to_string(),
+        role: a.role_label(),
+        grant: None,
+        decision: a.describe(),
+        started_at_micros: unix_micros(),
+    };
+    let r = FileRecorder::create(&recording_path(gw, id), &header).map_err(|e| e.to_string())?;
+    Ok(Arc::new(r))
+}
+
+/// Runs beside a session until it ends: flushes the recording every second (a failed
+/// flush ends the session), enforces the maximum length and the idle timeout, then
+/// seals the recording, closes the row and disconnects the client.
+async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
+    let deadline = tokio::time::Instant::now() + s.authorized.max_session();
+    let idle = s.authorized.idle_timeout();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = s.cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline) => {
+                s.end("maximum session length reached");
+            }
+            _ = tick.tick() => {
+                if let Err(e) = s.recorder.flush() {
+                    s.end(format!("recording failed: {e}"));
+                }
+                let idle_for = s.started.elapsed().saturating_sub(Duration::from_millis(s.last_activity_ms.load(Ordering::Relaxed)));
+                if idle_for >= idle {
+                    s.end("idle timeout");
+                }
+                if s.upstream.is_closed() {
+                    s.end("target closed the connection");
+                }
+            }
+        }
+    }
+    let reason = s.reason();
+    let front = s.front.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(front) = front {
+        let _ = front
+            .disconnect(russh::Disconnect::ByApplication, format!("herse: session ended: {reason}"), String::new())
+            .await;
+    }
+    let _ = s
+        .upstream
+        .disconnect(russh::Disconnect::ByApplication, "session ended", "")
+        .await;
+    let sealed = s.recorder.finish(&reason);
+    if let Err(e) = &sealed {
+        tracing::error!(session = %s.id, error = %e, "cannot seal recording");
+    }
+    if let Err(e) = gw.store.session_ended(&s.id, &reason).await {
+        tracing::error!(session = %s.id, error = %e, "cannot close session row");
+    }
+    gw.audit(
+        AuditEvent::new("session.end", Severity::Info, reason)
+            .user(s.authorized.user())
+            .session(&s.id)
+            .client(s.client_addr),
+    )
+    .await;
+    gw.unregister(s.id.as_str());
+}

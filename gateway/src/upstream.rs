@@ -1,0 +1,173 @@
+//! The gateway's SSH client towards targets: verifies the target's host key or host
+//! certificate against policy, then logs in with a fresh key and a user certificate
+//! that is valid only as long as the session may last.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::ssh_key::Algorithm;
+use russh::keys::PublicKeyOrCertificate;
+
+use crate::certs::{self, HostKeyError, Presented, UserCertRights};
+use crate::ident::SessionId;
+use crate::keys::new_ssh_key;
+use crate::policy::{Authorized, HostKeyCheck, Operation, Target};
+
+/// Why the gateway could not open a target connection.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("timed out connecting to {0}")]
+    Timeout(String),
+    #[error("host key verification failed for {target}: {reason}")]
+    HostKey { target: String, reason: HostKeyError },
+    #[error("{target} refused the gateway's certificate for login {login} (check TrustedUserCAKeys and the account)")]
+    AuthRejected { target: String, login: String },
+    #[error("SSH error talking to {target}: {source}")]
+    Ssh { target: String, source: russh::Error },
+    #[error("cannot mint a certificate: {0}")]
+    Cert(#[from] certs::CertError),
+}
+
+/// Verifies the target's identity; remembers why it refused, for the error message.
+pub struct UpstreamHandler {
+    check: HostKeyCheck,
+    refusal: Arc<Mutex<Option<HostKeyError>>>,
+}
+
+impl client::Handler for UpstreamHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let presented = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => Presented::Key(key),
+            PublicKeyOrCertificate::Certificate(c) => Presented::Certificate(c),
+        };
+        match certs::verify_host(&self.check, presented) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Ok(false)
+            }
+        }
+    }
+}
+
+pub type UpstreamHandle = client::Handle<UpstreamHandler>;
+
+fn client_config(target: &Target) -> client::Config {
+    let mut cfg = client::Config {
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        window_size: 8 * 1024 * 1024,
+        maximum_packet_size: 65535,
+        channel_buffer_size: 64,
+        ..Default::default()
+    };
+    if matches!(target.host_key, HostKeyCheck::Ca { .. }) {
+        cfg.preferred.host_key_certificates = std::borrow::Cow::Owned(vec![
+            Algorithm::Ed25519,
+            Algorithm::Ecdsa { curve: russh::keys::ssh_key::EcdsaCurve::NistP256 },
+            Algorithm::Rsa { hash: Some(russh::keys::ssh_key::HashAlg::Sha512) },
+            Algorithm::Rsa { hash: Some(russh::keys::ssh_key::HashAlg::Sha256) },
+        ]);
+    }
+    cfg
+}
+
+/// What the upstream login needs beyond the authorization.
+pub struct UpstreamLogin<'a> {
+    pub user_ca: &'a russh::keys::ssh_key::PrivateKey,
+    pub session: &'a SessionId,
+    pub connect_timeout: Duration,
+}
+
+/// Open and authenticate the connection to the authorized target.
+pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<UpstreamHandle, UpstreamError> {
+    let target = auth.target();
+    let addr = format!("{}:{}", target.host, target.port);
+    let refusal = Arc::new(Mutex::new(None));
+    let handler = UpstreamHandler {
+        check: target.host_key.clone(),
+        refusal: refusal.clone(),
+    };
+    let tcp = tokio::time::timeout(login.connect_timeout, tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|_| UpstreamError::Timeout(addr.clone()))?
+        .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
+    let _ = tcp.set_nodelay(true);
+    let connecting = client::connect_stream(Arc::new(client_config(target)), tcp, handler);
+    let mut handle = match tokio::time::timeout(login.connect_timeout, connecting).await {
+        Err(_) => return Err(UpstreamError::Timeout(addr)),
+        Ok(Ok(h)) => h,
+        Ok(Err(source)) => {
+            if let Some(reason) = refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(UpstreamError::HostKey { target: target.name.to_string(), reason });
+            }
+            return Err(UpstreamError::Ssh { target: target.name.to_string(), source });
+        }
+    };
+
+    let key = new_ssh_key("herse upstream");
+    let cert = certs::user_certificate(
+        login.user_ca,
+        key.public_key(),
+        auth.login().as_str(),
+        &format!("herse:user={}:session={}", auth.user(), login.session),
+        // The certificate must not outlive the session; a little slack for clock skew.
+        auth.max_session() + Duration::from_secs(60),
+        UserCertRights {
+            pty: auth.allows(Operation::Shell) || auth.allows(Operation::Exec),
+            port_forwarding: auth.allows(Operation::PortForward),
+        },
+    )?;
+    let result = handle
+        .authenticate_openssh_cert(auth.login().as_str(), Arc::new(key), cert)
+        .await
+        .map_err(|source| UpstreamError::Ssh { target: target.name.to_string(), source })?;
+    if !result.success() {
+        return Err(UpstreamError::AuthRejected {
+            target: target.name.to_string(),
+            login: auth.login().to_string(),
+        });
+    }
+    Ok(handle)
+}
+
+/// What `hersectl targets check` reports.
+#[derive(Debug, serde::Serialize)]
+pub struct ProbeReport {
+    pub target: String,
+    pub address: String,
+    pub host_key_ok: bool,
+    pub detail: String,
+}
+
+/// Connect to a target and verify its host key or certificate, without logging in.
+pub async fn probe(target: &Target, timeout: Duration) -> ProbeReport {
+    let address = format!("{}:{}", target.host, target.port);
+    let refusal = Arc::new(Mutex::new(None));
+    let handler = UpstreamHandler { check: target.host_key.clone(), refusal: refusal.clone() };
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(&address).await.map_err(|e| e.to_string())?;
+        client::connect_stream(Arc::new(client_config(target)), tcp, handler)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let (ok, detail) = match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => (false, format!("timed out after {timeout:?}")),
+        Ok(Ok(h)) => {
+            let _ = h.disconnect(russh::Disconnect::ByApplication, "probe", "").await;
+            (true, "host key verified".to_owned())
+        }
+        Ok(Err(e)) => match refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(r) => (false, format!("host key verification failed: {r}")),
+            None => (false, e),
+        },
+    };
+    ProbeReport { target: target.name.to_string(), address, host_key_ok: ok, detail }
+}
