@@ -19,12 +19,18 @@ pub struct Failure {
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure { code: 1, message: e.to_string() }
+        Failure {
+            code: 1,
+            message: e.to_string(),
+        }
     }
 }
 
 fn usage(message: impl Into<String>) -> Failure {
-    Failure { code: 2, message: message.into() }
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
 }
 
 fn store_err(e: StoreError) -> Failure {
@@ -32,28 +38,53 @@ fn store_err(e: StoreError) -> Failure {
         StoreError::NotFound(_) => 3,
         _ => 1,
     };
-    Failure { code, message: e.to_string() }
+    Failure {
+        code,
+        message: e.to_string(),
+    }
 }
 
 #[derive(Subcommand)]
 pub enum UsersCmd {
     /// Create a user, optionally with a first public key file.
-    Add { name: String, #[arg(long)] key: Option<std::path::PathBuf> },
+    Add {
+        name: String,
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
+    },
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
     /// Suspend a user: logins are refused and live sessions end within a second.
-    Suspend { name: String, #[arg(long)] reason: String },
-    Resume { name: String },
-    Remove { name: String },
+    Suspend {
+        name: String,
+        #[arg(long)]
+        reason: String,
+    },
+    Resume {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum KeysCmd {
     /// Add an OpenSSH public key (a .pub file, or - for standard input).
-    Add { user: String, file: std::path::PathBuf },
+    Add {
+        user: String,
+        file: std::path::PathBuf,
+    },
     /// Remove a key by its SHA256 fingerprint.
-    Remove { user: String, fingerprint: String },
-    List { user: String },
+    Remove {
+        user: String,
+        fingerprint: String,
+    },
+    List {
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -65,7 +96,12 @@ pub enum RolesCmd {
 #[derive(Subcommand)]
 pub enum SessionsCmd {
     /// Live sessions (with --all, past ones too).
-    List { #[arg(long)] all: bool, #[arg(long, default_value_t = 100)] limit: i64 },
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
     /// End a live session; waits until the gateway has closed it.
     Kill { id: String },
 }
@@ -80,7 +116,12 @@ pub enum TargetsCmd {
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
-    List { #[arg(long)] kind: Option<String>, #[arg(long, default_value_t = 100)] limit: i64 },
+    List {
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<GatewayConfig, Failure> {
@@ -89,11 +130,16 @@ fn load_config(cli: &Cli) -> Result<GatewayConfig, Failure> {
 
 async fn open(cli: &Cli) -> Result<Store, Failure> {
     let config = load_config(cli)?;
-    herse::runtime::open_store(&config).await.map_err(|e| Failure { code: 1, message: format!("{e:#}") })
+    herse::runtime::open_store(&config).await.map_err(|e| Failure {
+        code: 1,
+        message: format!("{e:#}"),
+    })
 }
 
 fn operator() -> String {
-    let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
     format!("local:{user}")
 }
 
@@ -107,8 +153,12 @@ fn read_key(path: &std::path::Path) -> Result<PublicKey, Failure> {
     } else {
         std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?
     };
-    let line = text.lines().find(|l| !l.trim().is_empty() && !l.starts_with('#')).unwrap_or("");
-    PublicKey::from_openssh(line.trim()).map_err(|e| usage(format!("{}: not an OpenSSH public key: {e}", path.display())))
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .unwrap_or("");
+    PublicKey::from_openssh(line.trim())
+        .map_err(|e| usage(format!("{}: not an OpenSSH public key: {e}", path.display())))
 }
 
 pub async fn run(cli: Cli) -> Result<(), Failure> {
@@ -130,40 +180,65 @@ async fn users(cli: &Cli, c: &UsersCmd) -> Result<(), Failure> {
             let u = user_name(name)?;
             let key = key.as_deref().map(read_key).transpose()?;
             store.add_user(&u).await.map_err(store_err)?;
-            store.audit(&AuditEvent::new("user.add", Severity::Info, format!("by {op}")).user(&u)).await?;
+            store
+                .audit(&AuditEvent::new("user.add", Severity::Info, format!("by {op}")).user(&u))
+                .await?;
             if let Some(k) = key {
                 let fp = store.add_key(&u, &k).await.map_err(store_err)?;
-                store.audit(&AuditEvent::new("key.add", Severity::Info, format!("{fp} by {op}")).user(&u)).await?;
+                store
+                    .audit(&AuditEvent::new("key.add", Severity::Info, format!("{fp} by {op}")).user(&u))
+                    .await?;
             }
             println!("user {u} added");
         }
         UsersCmd::List => {
             let list = store.users().await.map_err(store_err)?;
             output::table(cli.json, &list, &["NAME", "STATUS", "ROLES", "KEYS", "CREATED"], |u| {
-                vec![u.name.clone(), format!("{:?}", u.status).to_lowercase(), u.roles.join(","), u.keys.len().to_string(), output::time(u.created_at)]
+                vec![
+                    u.name.clone(),
+                    format!("{:?}", u.status).to_lowercase(),
+                    u.roles.join(","),
+                    u.keys.len().to_string(),
+                    output::time(u.created_at),
+                ]
             });
         }
         UsersCmd::Show { name } => {
             let u = user_name(name)?;
-            let row = store.user(&u).await.map_err(store_err)?.ok_or_else(|| Failure { code: 3, message: format!("user {u} not found") })?;
+            let row = store.user(&u).await.map_err(store_err)?.ok_or_else(|| Failure {
+                code: 3,
+                message: format!("user {u} not found"),
+            })?;
             output::object(cli.json, &row);
         }
         UsersCmd::Suspend { name, reason } => {
             let u = user_name(name)?;
-            store.set_user_status(&u, UserStatus::Suspended, Some(reason)).await.map_err(store_err)?;
-            store.audit(&AuditEvent::new("user.suspend", Severity::Warning, format!("{reason} (by {op})")).user(&u)).await?;
+            store
+                .set_user_status(&u, UserStatus::Suspended, Some(reason))
+                .await
+                .map_err(store_err)?;
+            store
+                .audit(&AuditEvent::new("user.suspend", Severity::Warning, format!("{reason} (by {op})")).user(&u))
+                .await?;
             println!("user {u} suspended; live sessions end within a second");
         }
         UsersCmd::Resume { name } => {
             let u = user_name(name)?;
-            store.set_user_status(&u, UserStatus::Active, None).await.map_err(store_err)?;
-            store.audit(&AuditEvent::new("user.resume", Severity::Info, format!("by {op}")).user(&u)).await?;
+            store
+                .set_user_status(&u, UserStatus::Active, None)
+                .await
+                .map_err(store_err)?;
+            store
+                .audit(&AuditEvent::new("user.resume", Severity::Info, format!("by {op}")).user(&u))
+                .await?;
             println!("user {u} resumed");
         }
         UsersCmd::Remove { name } => {
             let u = user_name(name)?;
             store.remove_user(&u).await.map_err(store_err)?;
-            store.audit(&AuditEvent::new("user.remove", Severity::Warning, format!("by {op}")).user(&u)).await?;
+            store
+                .audit(&AuditEvent::new("user.remove", Severity::Warning, format!("by {op}")).user(&u))
+                .await?;
             println!("user {u} removed");
         }
     }
@@ -178,19 +253,25 @@ async fn keys(cli: &Cli, c: &KeysCmd) -> Result<(), Failure> {
             let u = user_name(user)?;
             let k = read_key(file)?;
             let fp = store.add_key(&u, &k).await.map_err(store_err)?;
-            store.audit(&AuditEvent::new("key.add", Severity::Info, format!("{fp} by {op}")).user(&u)).await?;
+            store
+                .audit(&AuditEvent::new("key.add", Severity::Info, format!("{fp} by {op}")).user(&u))
+                .await?;
             println!("{fp}");
         }
         KeysCmd::Remove { user, fingerprint } => {
             let u = user_name(user)?;
             store.remove_key(&u, fingerprint).await.map_err(store_err)?;
-            store.audit(&AuditEvent::new("key.remove", Severity::Info, format!("{fingerprint} by {op}")).user(&u)).await?;
+            store
+                .audit(&AuditEvent::new("key.remove", Severity::Info, format!("{fingerprint} by {op}")).user(&u))
+                .await?;
             println!("key {fingerprint} removed from {u}");
         }
         KeysCmd::List { user } => {
             let u = user_name(user)?;
             let keys = store.keys_of(&u).await.map_err(store_err)?;
-            output::table(cli.json, &keys, &["FINGERPRINT", "COMMENT", "ADDED"], |k| vec![k.fingerprint.clone(), k.comment.clone(), output::time(k.added_at)]);
+            output::table(cli.json, &keys, &["FINGERPRINT", "COMMENT", "ADDED"], |k| {
+                vec![k.fingerprint.clone(), k.comment.clone(), output::time(k.added_at)]
+            });
         }
     }
     Ok(())
@@ -207,17 +288,24 @@ async fn roles(cli: &Cli, c: &RolesCmd) -> Result<(), Failure> {
             let r = RoleName::parse(role).map_err(|e| usage(e.to_string()))?;
             if !policy.roles.contains_key(&r) {
                 let known: Vec<_> = policy.roles.keys().map(|r| r.to_string()).collect();
-                return Err(usage(format!("role {r} is not defined in the policy (roles: {})", known.join(", "))));
+                return Err(usage(format!(
+                    "role {r} is not defined in the policy (roles: {})",
+                    known.join(", ")
+                )));
             }
             store.bind_role(&u, &r).await.map_err(store_err)?;
-            store.audit(&AuditEvent::new("role.bind", Severity::Info, format!("{r} by {op}")).user(&u)).await?;
+            store
+                .audit(&AuditEvent::new("role.bind", Severity::Info, format!("{r} by {op}")).user(&u))
+                .await?;
             println!("{u} now holds role {r}");
         }
         RolesCmd::Unbind { user, role } => {
             let u = user_name(user)?;
             let r = RoleName::parse(role).map_err(|e| usage(e.to_string()))?;
             store.unbind_role(&u, &r).await.map_err(store_err)?;
-            store.audit(&AuditEvent::new("role.unbind", Severity::Info, format!("{r} by {op}")).user(&u)).await?;
+            store
+                .audit(&AuditEvent::new("role.unbind", Severity::Info, format!("{r} by {op}")).user(&u))
+                .await?;
             println!("{u} no longer holds role {r}");
         }
     }
@@ -229,25 +317,35 @@ async fn sessions(cli: &Cli, c: &SessionsCmd) -> Result<(), Failure> {
     match c {
         SessionsCmd::List { all, limit } => {
             let list = store.sessions(!all, *limit).await.map_err(store_err)?;
-            output::table(cli.json, &list, &["ID", "USER", "TARGET", "LOGIN", "CLIENT", "STARTED", "ENDED"], |s| {
-                vec![
-                    s.id.clone(),
-                    s.user.clone(),
-                    s.target.clone(),
-                    s.login.clone(),
-                    s.client_addr.clone(),
-                    output::time(s.started_at),
-                    s.ended_at.map(output::time).unwrap_or_else(|| "live".into()),
-                ]
-            });
+            output::table(
+                cli.json,
+                &list,
+                &["ID", "USER", "TARGET", "LOGIN", "CLIENT", "STARTED", "ENDED"],
+                |s| {
+                    vec![
+                        s.id.clone(),
+                        s.user.clone(),
+                        s.target.clone(),
+                        s.login.clone(),
+                        s.client_addr.clone(),
+                        output::time(s.started_at),
+                        s.ended_at.map(output::time).unwrap_or_else(|| "live".into()),
+                    ]
+                },
+            );
         }
         SessionsCmd::Kill { id } => {
             let sid = SessionId::parse(id).map_err(|e| usage(e.to_string()))?;
             let op = operator();
             if !store.request_kill(&sid, &op).await.map_err(store_err)? {
-                return Err(Failure { code: 3, message: format!("no live session {sid}") });
+                return Err(Failure {
+                    code: 3,
+                    message: format!("no live session {sid}"),
+                });
             }
-            store.audit(&AuditEvent::new("session.kill", Severity::Warning, format!("requested by {op}")).session(&sid)).await?;
+            store
+                .audit(&AuditEvent::new("session.kill", Severity::Warning, format!("requested by {op}")).session(&sid))
+                .await?;
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(5) {
                 if let Some(s) = store.session(&sid).await.map_err(store_err)? {
@@ -258,7 +356,12 @@ async fn sessions(cli: &Cli, c: &SessionsCmd) -> Result<(), Failure> {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            return Err(Failure { code: 1, message: format!("kill requested, but session {sid} has not ended after 5 s (is its gateway node running?)") });
+            return Err(Failure {
+                code: 1,
+                message: format!(
+                    "kill requested, but session {sid} has not ended after 5 s (is its gateway node running?)"
+                ),
+            });
         }
     }
     Ok(())
@@ -276,16 +379,25 @@ async fn targets(cli: &Cli, c: &TargetsCmd) -> Result<(), Failure> {
                     "host_key": match &t.host_key { herse::policy::HostKeyCheck::Pinned(_) => "pinned", herse::policy::HostKeyCheck::Ca { .. } => "host CA" }}))
                 .collect();
             output::table(cli.json, &list, &["NAME", "TIER", "ADDRESS", "HOST KEY"], |v| {
-                ["name", "tier", "address", "host_key"].iter().map(|k| v[k].as_str().unwrap_or("").to_owned()).collect()
+                ["name", "tier", "address", "host_key"]
+                    .iter()
+                    .map(|k| v[k].as_str().unwrap_or("").to_owned())
+                    .collect()
             });
         }
         TargetsCmd::Check { name } => {
             let n = TargetName::parse(name).map_err(|e| usage(e.to_string()))?;
-            let t = policy.target(&n).ok_or_else(|| Failure { code: 3, message: format!("target {n} is not in the policy") })?;
+            let t = policy.target(&n).ok_or_else(|| Failure {
+                code: 3,
+                message: format!("target {n} is not in the policy"),
+            })?;
             let report = herse::upstream::probe(t, Duration::from_secs(10)).await;
             output::object(cli.json, &report);
             if !report.host_key_ok {
-                return Err(Failure { code: 1, message: format!("target {n}: {}", report.detail) });
+                return Err(Failure {
+                    code: 1,
+                    message: format!("target {n}: {}", report.detail),
+                });
             }
         }
     }
@@ -297,9 +409,21 @@ async fn audit(cli: &Cli, c: &AuditCmd) -> Result<(), Failure> {
     match c {
         AuditCmd::List { kind, limit } => {
             let rows = store.audit_events(kind.as_deref(), *limit).await.map_err(store_err)?;
-            output::table(cli.json, &rows, &["TIME", "KIND", "SEVERITY", "USER", "SESSION", "DETAIL"], |r| {
-                vec![output::time(r.at), r.kind.clone(), r.severity.clone(), r.user.clone().unwrap_or_default(), r.session.clone().unwrap_or_default(), r.detail.clone()]
-            });
+            output::table(
+                cli.json,
+                &rows,
+                &["TIME", "KIND", "SEVERITY", "USER", "SESSION", "DETAIL"],
+                |r| {
+                    vec![
+                        output::time(r.at),
+                        r.kind.clone(),
+                        r.severity.clone(),
+                        r.user.clone().unwrap_or_default(),
+                        r.session.clone().unwrap_or_default(),
+                        r.detail.clone(),
+                    ]
+                },
+            );
         }
     }
     Ok(())

@@ -2,8 +2,8 @@
 //! reads the same configuration as `herse`.
 #![forbid(unsafe_code)]
 
-mod output;
 mod commands;
+mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +14,13 @@ use clap::{Parser, Subcommand};
 #[command(name = "hersectl", version, about = "Administer a Herse gateway")]
 pub struct Cli {
     /// Gateway configuration file (local mode).
-    #[arg(long, short, global = true, env = "HERSE_CONFIG", default_value = "/etc/herse/herse.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "HERSE_CONFIG",
+        default_value = "/etc/herse/herse.toml"
+    )]
     pub config: PathBuf,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]

@@ -38,7 +38,10 @@ pub enum HostKeyError {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Clock skew tolerated between the gateway and targets when a certificate starts.
@@ -67,7 +70,12 @@ pub fn user_certificate(
     rights: UserCertRights,
 ) -> Result<Certificate, CertError> {
     let now = unix_now();
-    let mut b = Builder::new(nonce(), subject.key_data().clone(), now.saturating_sub(BACKDATE), now + valid_for.as_secs().max(1))?;
+    let mut b = Builder::new(
+        nonce(),
+        subject.key_data().clone(),
+        now.saturating_sub(BACKDATE),
+        now + valid_for.as_secs().max(1),
+    )?;
     b.serial(rand::rng().random())?;
     b.cert_type(CertType::User)?;
     b.key_id(key_id)?;
@@ -82,9 +90,19 @@ pub fn user_certificate(
 }
 
 /// A host certificate naming `principal`, presented by the gateway's inner SSH server.
-pub fn host_certificate(ca: &PrivateKey, host_key: &PublicKey, principal: &str, valid_for: Duration) -> Result<Certificate, CertError> {
+pub fn host_certificate(
+    ca: &PrivateKey,
+    host_key: &PublicKey,
+    principal: &str,
+    valid_for: Duration,
+) -> Result<Certificate, CertError> {
     let now = unix_now();
-    let mut b = Builder::new(nonce(), host_key.key_data().clone(), now.saturating_sub(BACKDATE), now + valid_for.as_secs().max(1))?;
+    let mut b = Builder::new(
+        nonce(),
+        host_key.key_data().clone(),
+        now.saturating_sub(BACKDATE),
+        now + valid_for.as_secs().max(1),
+    )?;
     b.cert_type(CertType::Host)?;
     b.key_id(format!("herse-proxy:{principal}"))?;
     b.valid_principal(principal)?;
@@ -112,9 +130,9 @@ pub fn verify_host_at(check: &HostKeyCheck, presented: Presented<'_>, now: u64) 
             }
         }
         (HostKeyCheck::Pinned(_), Presented::Certificate(_)) => Err(HostKeyError::UnexpectedCertificate),
-        (HostKeyCheck::Ca { .. }, Presented::Key(k)) => {
-            Err(HostKeyError::CertificateRequired(k.fingerprint(HashAlg::Sha256).to_string()))
-        }
+        (HostKeyCheck::Ca { .. }, Presented::Key(k)) => Err(HostKeyError::CertificateRequired(
+            k.fingerprint(HashAlg::Sha256).to_string(),
+        )),
         (HostKeyCheck::Ca { authorities, principal }, Presented::Certificate(c)) => {
             let signer = c.signature_key();
             if !authorities.iter().any(|a| a.key_data() == signer) {
@@ -134,7 +152,9 @@ pub fn verify_host_at(check: &HostKeyCheck, presented: Presented<'_>, now: u64) 
             let fps: Vec<_> = authorities.iter().map(|a| a.fingerprint(HashAlg::Sha256)).collect();
             match c.validate_at(now, fps.iter()) {
                 Ok(()) => Ok(()),
-                Err(russh::keys::ssh_key::Error::CertificateValidation) if now < c.valid_after() || now >= c.valid_before() => {
+                Err(russh::keys::ssh_key::Error::CertificateValidation)
+                    if now < c.valid_after() || now >= c.valid_before() =>
+                {
                     Err(HostKeyError::Expired)
                 }
                 Err(_) => Err(HostKeyError::BadSignature),
@@ -152,7 +172,18 @@ mod tests {
     fn user_certificate_fields() {
         let ca = new_ssh_key("ca");
         let subject = new_ssh_key("s");
-        let c = user_certificate(&ca, subject.public_key(), "root", "alice/s1", Duration::from_secs(600), UserCertRights { pty: true, port_forwarding: false }).unwrap();
+        let c = user_certificate(
+            &ca,
+            subject.public_key(),
+            "root",
+            "alice/s1",
+            Duration::from_secs(600),
+            UserCertRights {
+                pty: true,
+                port_forwarding: false,
+            },
+        )
+        .unwrap();
         assert_eq!(c.cert_type(), CertType::User);
         assert_eq!(c.valid_principals(), ["root".to_string()]);
         assert_eq!(c.key_id(), "alice/s1");
@@ -167,23 +198,52 @@ mod tests {
         let ca = new_ssh_key("ca");
         let other_ca = new_ssh_key("other");
         let host = new_ssh_key("host");
-        let check = HostKeyCheck::Ca { authorities: vec![ca.public_key().clone()], principal: "db1".into() };
+        let check = HostKeyCheck::Ca {
+            authorities: vec![ca.public_key().clone()],
+            principal: "db1".into(),
+        };
         let good = host_certificate(&ca, host.public_key(), "db1", Duration::from_secs(3600)).unwrap();
         assert_eq!(verify_host(&check, Presented::Certificate(&good)), Ok(()));
         let wrong_name = host_certificate(&ca, host.public_key(), "db2", Duration::from_secs(3600)).unwrap();
-        assert!(matches!(verify_host(&check, Presented::Certificate(&wrong_name)), Err(HostKeyError::WrongPrincipal { .. })));
+        assert!(matches!(
+            verify_host(&check, Presented::Certificate(&wrong_name)),
+            Err(HostKeyError::WrongPrincipal { .. })
+        ));
         let untrusted = host_certificate(&other_ca, host.public_key(), "db1", Duration::from_secs(3600)).unwrap();
-        assert!(matches!(verify_host(&check, Presented::Certificate(&untrusted)), Err(HostKeyError::UntrustedCa(_))));
-        let user_type = user_certificate(&ca, host.public_key(), "db1", "x", Duration::from_secs(60), UserCertRights { pty: false, port_forwarding: false }).unwrap();
-        assert_eq!(verify_host(&check, Presented::Certificate(&user_type)), Err(HostKeyError::WrongType));
+        assert!(matches!(
+            verify_host(&check, Presented::Certificate(&untrusted)),
+            Err(HostKeyError::UntrustedCa(_))
+        ));
+        let user_type = user_certificate(
+            &ca,
+            host.public_key(),
+            "db1",
+            "x",
+            Duration::from_secs(60),
+            UserCertRights {
+                pty: false,
+                port_forwarding: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            verify_host(&check, Presented::Certificate(&user_type)),
+            Err(HostKeyError::WrongType)
+        );
         assert_eq!(
             verify_host_at(&check, Presented::Certificate(&good), unix_now() + 7200),
             Err(HostKeyError::Expired)
         );
-        assert!(matches!(verify_host(&check, Presented::Key(host.public_key())), Err(HostKeyError::CertificateRequired(_))));
+        assert!(matches!(
+            verify_host(&check, Presented::Key(host.public_key())),
+            Err(HostKeyError::CertificateRequired(_))
+        ));
 
         let pinned = HostKeyCheck::Pinned(vec![host.public_key().clone()]);
         assert_eq!(verify_host(&pinned, Presented::Key(host.public_key())), Ok(()));
-        assert!(matches!(verify_host(&pinned, Presented::Key(other_ca.public_key())), Err(HostKeyError::NotPinned(_))));
+        assert!(matches!(
+            verify_host(&pinned, Presented::Key(other_ca.public_key())),
+            Err(HostKeyError::NotPinned(_))
+        ));
     }
 }

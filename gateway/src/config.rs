@@ -109,8 +109,7 @@ impl GatewayConfig {
             },
         };
         let auth_timeout = duration(&raw.ssh.auth_timeout, "ssh.auth_timeout", Duration::from_secs(60));
-        let drain_timeout =
-            duration(&raw.ssh.drain_timeout, "ssh.drain_timeout", Duration::from_secs(30));
+        let drain_timeout = duration(&raw.ssh.drain_timeout, "ssh.drain_timeout", Duration::from_secs(30));
         let max_connections = match &raw.ssh.max_connections {
             Some(m) if *m.get_ref() == 0 => {
                 errors.push(src.at(Some(m.span()), "ssh.max_connections must be at least 1"));

@@ -64,9 +64,7 @@ impl Source<'_> {
 
     /// Parse TOML into `T`, turning a syntax or schema error into a diagnostic.
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Diagnostics> {
-        toml::from_str(self.text).map_err(|e| {
-            Diagnostics(vec![self.at(e.span(), e.message().trim_end().to_owned())])
-        })
+        toml::from_str(self.text).map_err(|e| Diagnostics(vec![self.at(e.span(), e.message().trim_end().to_owned())]))
     }
 }
 
@@ -88,7 +86,10 @@ mod tests {
 
     #[test]
     fn line_and_column() {
-        let s = Source { path: Path::new("p.toml"), text: "a = 1\nbb = 2\n" };
+        let s = Source {
+            path: Path::new("p.toml"),
+            text: "a = 1\nbb = 2\n",
+        };
         let d = s.at(Some(7..8), "x");
         assert_eq!((d.line, d.column), (2, 2));
         assert_eq!(d.to_string(), "p.toml:2:2: x");

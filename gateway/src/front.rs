@@ -41,9 +41,14 @@ enum AuthState {
     None,
     /// The key was verified but access was refused; the next keyboard-interactive round
     /// shows `message` to `ssh_user`, then the login fails.
-    Refused { ssh_user: String, message: String },
+    Refused {
+        ssh_user: String,
+        message: String,
+    },
     /// `alice` logged in for ProxyJump.
-    Jump { user: UserName },
+    Jump {
+        user: UserName,
+    },
     /// Logged in to a target session.
     Target(Arc<TargetSession>),
 }
@@ -58,11 +63,20 @@ pub struct FrontHandler {
 
 impl FrontHandler {
     pub fn outer(gw: Arc<Gateway>, peer: SocketAddr, authenticated: Arc<AtomicBool>) -> Self {
-        FrontHandler { gw, authenticated, peer, mode: Mode::Outer, state: AuthState::None }
+        FrontHandler {
+            gw,
+            authenticated,
+            peer,
+            mode: Mode::Outer,
+            state: AuthState::None,
+        }
     }
 
     fn refuse(&mut self, ssh_user: &str, message: String) -> Auth {
-        self.state = AuthState::Refused { ssh_user: ssh_user.to_owned(), message };
+        self.state = AuthState::Refused {
+            ssh_user: ssh_user.to_owned(),
+            message,
+        };
         Auth::Reject {
             proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
             partial_success: false,
@@ -71,7 +85,11 @@ impl FrontHandler {
 
     async fn audit_failure(&self, user: &str, reason: &str) {
         self.gw
-            .audit(AuditEvent::new("login.failure", Severity::Warning, reason.to_owned()).user(user).client(self.peer))
+            .audit(
+                AuditEvent::new("login.failure", Severity::Warning, reason.to_owned())
+                    .user(user)
+                    .client(self.peer),
+            )
             .await;
     }
 
@@ -96,7 +114,12 @@ impl Drop for FrontHandler {
 
 /// The host certificate the inner server presents for `target`.
 fn inner_config(gw: &Gateway, target: &TargetName) -> Result<server::Config, certs::CertError> {
-    let cert = certs::host_certificate(&gw.keys.host_ca, gw.keys.host_public(), target.as_str(), Duration::from_secs(24 * 3600))?;
+    let cert = certs::host_certificate(
+        &gw.keys.host_ca,
+        gw.keys.host_public(),
+        target.as_str(),
+        Duration::from_secs(24 * 3600),
+    )?;
     Ok(server::Config {
         keys: vec![gw.keys.host.clone()],
         certificates: vec![cert],
@@ -127,11 +150,17 @@ pub fn base_config(gw: &Gateway) -> server::Config {
 impl server::Handler for FrontHandler {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(&mut self, user: &str, offer: server::PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
         let key: &PublicKey = offer.public_key;
         // Only say "yes, prove it" for keys the user really holds, so probing reveals nothing
         // beyond what a signature attempt would.
-        let Ok(login) = FrontLogin::parse(user) else { return Ok(Auth::reject()) };
+        let Ok(login) = FrontLogin::parse(user) else {
+            return Ok(Auth::reject());
+        };
         let owner = match &self.mode {
             Mode::Outer => login.user().clone(),
             Mode::Inner { user: u, .. } => u.clone(),
@@ -157,7 +186,8 @@ impl server::Handler for FrontHandler {
                 match self.gw.store.active_user_with_key(&user, key.public_key).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        self.audit_failure(ssh_user, "unknown user, suspended user, or key not registered").await;
+                        self.audit_failure(ssh_user, "unknown user, suspended user, or key not registered")
+                            .await;
                         return Ok(Auth::reject());
                     }
                     Err(e) => {
@@ -166,14 +196,20 @@ impl server::Handler for FrontHandler {
                     }
                 }
                 self.gw
-                    .audit(AuditEvent::new("login.success", Severity::Info, format!("public key as {ssh_user}")).user(&user).client(self.peer))
+                    .audit(
+                        AuditEvent::new("login.success", Severity::Info, format!("public key as {ssh_user}"))
+                            .user(&user)
+                            .client(self.peer),
+                    )
                     .await;
                 match front {
                     FrontLogin::Jump { user } => {
                         self.state = AuthState::Jump { user };
                         Ok(Auth::Accept)
                     }
-                    FrontLogin::Direct { user, login, target } => Ok(self.start_target(ssh_user, &user, &target, &login).await),
+                    FrontLogin::Direct { user, login, target } => {
+                        Ok(self.start_target(ssh_user, &user, &target, &login).await)
+                    }
                 }
             }
             Mode::Inner { user, target } => {
@@ -181,7 +217,8 @@ impl server::Handler for FrontHandler {
                 match self.gw.store.active_user_with_key(&user, key.public_key).await {
                     Ok(true) => {}
                     _ => {
-                        self.audit_failure(user.as_str(), "inner login with a key the user does not hold").await;
+                        self.audit_failure(user.as_str(), "inner login with a key the user does not hold")
+                            .await;
                         return Ok(Auth::reject());
                     }
                 }
@@ -222,7 +259,12 @@ impl server::Handler for FrontHandler {
         Ok(())
     }
 
-    async fn channel_open_session(&mut self, channel: Channel<Msg>, reply: ChannelOpenHandle, session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         match &self.state {
             AuthState::Target(s) => {
                 reply.accept().await;
@@ -246,7 +288,11 @@ impl server::Handler for FrontHandler {
                     let _ = channel.close().await;
                 });
             }
-            _ => reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await,
+            _ => {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
         }
         Ok(())
     }
@@ -264,10 +310,20 @@ impl server::Handler for FrontHandler {
         match &self.state {
             AuthState::Jump { user } => {
                 let user = user.clone();
-                let known = TargetName::parse(host).ok().filter(|t| self.gw.policy.load().target(t).is_some());
+                let known = TargetName::parse(host)
+                    .ok()
+                    .filter(|t| self.gw.policy.load().target(t).is_some());
                 let Some(target) = known else {
                     self.gw
-                        .audit(AuditEvent::new("access.denied", Severity::Warning, format!("ProxyJump to unknown target {host:?}:{port}")).user(&user).client(self.peer))
+                        .audit(
+                            AuditEvent::new(
+                                "access.denied",
+                                Severity::Warning,
+                                format!("ProxyJump to unknown target {host:?}:{port}"),
+                            )
+                            .user(&user)
+                            .client(self.peer),
+                        )
                         .await;
                     reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
                     return Ok(());
@@ -308,21 +364,37 @@ impl server::Handler for FrontHandler {
                         let s = s.clone();
                         let handle = session.handle();
                         let (host, orig) = (host.to_owned(), (orig_addr.to_owned(), orig_port));
-                        self.gw.tasks.spawn(relay::forward_channel(s, channel, handle, host, port, orig));
+                        self.gw
+                            .tasks
+                            .spawn(relay::forward_channel(s, channel, handle, host, port, orig));
                     }
                     Err(reason) => {
-                        let _ = s.recorder().meta(u32::from(channel.id()), &session_recordings::Meta::Denied {
-                            request: format!("direct-tcpip {host}:{port}"),
-                            reason: reason.clone(),
-                        });
+                        let _ = s.recorder().meta(
+                            u32::from(channel.id()),
+                            &session_recordings::Meta::Denied {
+                                request: format!("direct-tcpip {host}:{port}"),
+                                reason: reason.clone(),
+                            },
+                        );
                         self.gw
-                            .audit(AuditEvent::new("access.denied", Severity::Warning, reason).user(s.authorized().user()).session(s.id()).client(self.peer))
+                            .audit(
+                                AuditEvent::new("access.denied", Severity::Warning, reason)
+                                    .user(s.authorized().user())
+                                    .session(s.id())
+                                    .client(self.peer),
+                            )
                             .await;
-                        reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+                        reply
+                            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                            .await;
                     }
                 }
             }
-            _ => reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await,
+            _ => {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
         }
         Ok(())
     }
@@ -339,7 +411,9 @@ impl server::Handler for FrontHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let ok = match &self.state {
-            AuthState::Target(s) => s.authorized().check(&Request::Shell).is_ok() || s.authorized().check(&Request::Exec("")).is_ok(),
+            AuthState::Target(s) => {
+                s.authorized().check(&Request::Shell).is_ok() || s.authorized().check(&Request::Exec("")).is_ok()
+            }
             _ => false,
         };
         reply(session, channel, ok)
@@ -350,18 +424,34 @@ impl server::Handler for FrontHandler {
         reply(session, channel, ok)
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let cmd = String::from_utf8_lossy(data);
         let ok = matches!(&self.state, AuthState::Target(s) if s.authorized().check(&Request::Exec(&cmd)).is_ok());
         reply(session, channel, ok)
     }
 
-    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let ok = matches!(&self.state, AuthState::Target(s) if s.authorized().check(&Request::Subsystem(name)).is_ok());
         reply(session, channel, ok)
     }
 
-    async fn env_request(&mut self, channel: ChannelId, name: &str, _value: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let ok = matches!(&self.state, AuthState::Target(_)) && self.gw.config.env_allowed(name);
         reply(session, channel, ok)
     }
@@ -382,7 +472,12 @@ impl server::Handler for FrontHandler {
         Ok(false)
     }
 
-    async fn tcpip_forward(&mut self, _address: &str, _port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         // Remote forwarding (-R) would open a path from production into the workstation.
         Ok(false)
     }

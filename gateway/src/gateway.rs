@@ -52,7 +52,10 @@ impl Gateway {
     }
 
     pub(crate) fn register(&self, s: Arc<TargetSession>) {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(s.id().to_string(), s);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(s.id().to_string(), s);
     }
 
     pub(crate) fn unregister(&self, id: &str) {
@@ -64,6 +67,11 @@ impl Gateway {
     }
 
     pub fn live_sessions(&self) -> Vec<Arc<TargetSession>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }

@@ -185,12 +185,23 @@ mod tests {
     fn front_login_forms() {
         assert_eq!(
             FrontLogin::parse("alice").unwrap(),
-            FrontLogin::Jump { user: UserName::parse("alice").unwrap() }
+            FrontLogin::Jump {
+                user: UserName::parse("alice").unwrap()
+            }
         );
         let d = FrontLogin::parse("alice+root+db1.prod").unwrap();
         assert!(matches!(d, FrontLogin::Direct { ref login, ref target, .. }
             if login.as_str() == "root" && target.as_str() == "db1.prod"));
-        for bad in ["", "alice+root", "a+b+c+d", "Alice", "alice+root+", "al ice", "alice+ro/ot+db1", "-x"] {
+        for bad in [
+            "",
+            "alice+root",
+            "a+b+c+d",
+            "Alice",
+            "alice+root+",
+            "al ice",
+            "alice+ro/ot+db1",
+            "-x",
+        ] {
             assert!(FrontLogin::parse(bad).is_err(), "{bad:?} must be refused");
         }
     }

@@ -31,12 +31,21 @@ pub async fn init(config: &GatewayConfig) -> anyhow::Result<InitReport> {
             config.master_key_file.display()
         );
     }
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.data_dir)?;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.recordings_dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.recordings_dir)?;
     let store = Store::connect(&config.database_url, true).await?;
     store.migrate().await?;
     if store.has_gateway_keys().await? {
-        anyhow::bail!("the database {} already holds gateway keys; refusing to overwrite", config.database_url);
+        anyhow::bail!(
+            "the database {} already holds gateway keys; refusing to overwrite",
+            config.database_url
+        );
     }
     let master = MasterKey::generate();
     let keys = GatewayKeys::generate();

@@ -125,8 +125,14 @@ mod tests {
         let l = GatewayKeys::load(&s, &m).await.unwrap();
         assert_eq!(l.user_ca.public_key(), k.user_ca.public_key());
         assert_eq!(l.audit.verifying_key(), k.audit.verifying_key());
-        assert!(matches!(GatewayKeys::generate().save(&s, &m).await, Err(KeyError::AlreadyInitialised)));
-        assert!(GatewayKeys::load(&s, &MasterKey::generate()).await.is_err(), "wrong master key");
+        assert!(matches!(
+            GatewayKeys::generate().save(&s, &m).await,
+            Err(KeyError::AlreadyInitialised)
+        ));
+        assert!(
+            GatewayKeys::load(&s, &MasterKey::generate()).await.is_err(),
+            "wrong master key"
+        );
         // Nothing stored in the database reveals a private key.
         let (_, sealed) = s.gateway_key("user-ca").await.unwrap();
         assert!(!sealed.contains("PRIVATE KEY"));

@@ -4,19 +4,19 @@
 //! modules and for the invariants they keep.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod config;
 pub mod diag;
-pub mod ident;
-pub mod policy;
-pub mod secrets;
-pub mod store;
-pub mod certs;
-pub mod keys;
-pub mod upstream;
-pub mod gateway;
-pub mod session;
-pub mod relay;
 pub mod front;
+pub mod gateway;
+pub mod ident;
 pub mod init;
+pub mod keys;
+pub mod policy;
+pub mod relay;
 pub mod runtime;
+pub mod secrets;
 pub mod serve;
+pub mod session;
+pub mod store;
+pub mod upstream;

@@ -7,10 +7,20 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "herse", version, about = "Herse bastion gateway: the only door into production SSH")]
+#[command(
+    name = "herse",
+    version,
+    about = "Herse bastion gateway: the only door into production SSH"
+)]
 struct Cli {
     /// Gateway configuration file.
-    #[arg(long, short, global = true, env = "HERSE_CONFIG", default_value = "/etc/herse/herse.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "HERSE_CONFIG",
+        default_value = "/etc/herse/herse.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -134,10 +144,16 @@ fn check_config(path: &std::path::Path, json: bool) -> ExitCode {
 
 fn print_init(r: &herse::init::InitReport) {
     println!("Herse initialised in {}", r.data_dir);
-    println!("Master key written to {} (keep it off this disk's backups; mode 0600)", r.master_key_file);
+    println!(
+        "Master key written to {} (keep it off this disk's backups; mode 0600)",
+        r.master_key_file
+    );
     println!();
     println!("User CA (targets trust it for logins):\n  {}", r.user_ca);
-    println!("Host CA (users trust it for targets reached through Herse):\n  {}", r.host_ca);
+    println!(
+        "Host CA (users trust it for targets reached through Herse):\n  {}",
+        r.host_ca
+    );
     println!("Gateway host key:\n  {}", r.host_key);
     println!("Audit public key (ed25519, hex): {}", r.audit_public_key);
     println!();

@@ -46,13 +46,24 @@ pub fn judge(s: &TargetSession, msg: &ChannelMsg) -> Option<Result<(), String>> 
 }
 
 /// Relay a session channel opened by the client.
-pub async fn session_channel(s: Arc<TargetSession>, front: FrontChannel, front_handle: server::Handle, env_allowed: impl Fn(&str) -> bool + Send + Sync) {
+pub async fn session_channel(
+    s: Arc<TargetSession>,
+    front: FrontChannel,
+    front_handle: server::Handle,
+    env_allowed: impl Fn(&str) -> bool + Send + Sync,
+) {
     let id = u32::from(front.id());
     let up = match s.upstream().channel_open_session().await {
         Ok(c) => c,
         Err(e) => {
             let _ = front
-                .extended_data_bytes(1, format!("herse: cannot open a channel on {}: {e}\r\n", s.authorized().target().name))
+                .extended_data_bytes(
+                    1,
+                    format!(
+                        "herse: cannot open a channel on {}: {e}\r\n",
+                        s.authorized().target().name
+                    ),
+                )
                 .await;
             let _ = front.exit_status(1).await;
             let _ = front.close().await;
@@ -63,7 +74,14 @@ pub async fn session_channel(s: Arc<TargetSession>, front: FrontChannel, front_h
 }
 
 /// Relay a `direct-tcpip` channel (port forwarding) that policy already allowed.
-pub async fn forward_channel(s: Arc<TargetSession>, front: FrontChannel, front_handle: server::Handle, host: String, port: u32, orig: (String, u32)) {
+pub async fn forward_channel(
+    s: Arc<TargetSession>,
+    front: FrontChannel,
+    front_handle: server::Handle,
+    host: String,
+    port: u32,
+    orig: (String, u32),
+) {
     let id = u32::from(front.id());
     let up = match s
         .upstream()
@@ -77,7 +95,16 @@ pub async fn forward_channel(s: Arc<TargetSession>, front: FrontChannel, front_h
             return;
         }
     };
-    run(s, id, ChannelKind::DirectTcpip { host, port }, front, up, front_handle, &|_| false).await;
+    run(
+        s,
+        id,
+        ChannelKind::DirectTcpip { host, port },
+        front,
+        up,
+        front_handle,
+        &|_| false,
+    )
+    .await;
 }
 
 async fn run(
@@ -140,9 +167,18 @@ async fn client_to_target(
     let rec = s.recorder();
     if let Some(Err(reason)) = judge(s, &msg) {
         let request = request_name(&msg);
-        rec.meta(id, &Meta::Denied { request: request.clone(), reason: reason.clone() })?;
+        rec.meta(
+            id,
+            &Meta::Denied {
+                request: request.clone(),
+                reason: reason.clone(),
+            },
+        )?;
         tracing::info!(session = %s.id(), request, reason, "request denied");
-        if matches!(msg, ChannelMsg::RequestShell { .. } | ChannelMsg::Exec { .. } | ChannelMsg::RequestSubsystem { .. }) {
+        if matches!(
+            msg,
+            ChannelMsg::RequestShell { .. } | ChannelMsg::Exec { .. } | ChannelMsg::RequestSubsystem { .. }
+        ) {
             let _ = front.extended_data_bytes(1, format!("herse: {reason}\r\n")).await;
             let _ = front.exit_status(1).await;
             let _ = front.eof().await;
@@ -167,34 +203,89 @@ async fn client_to_target(
             up.eof().await?;
         }
         ChannelMsg::Close => return Ok(false),
-        ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. } => {
-            rec.meta(id, &Meta::Pty { term: term.clone(), cols: col_width, rows: row_height })?;
-            up.request_pty(false, &term, col_width, row_height, pix_width, pix_height, &terminal_modes).await?;
+        ChannelMsg::RequestPty {
+            term,
+            col_width,
+            row_height,
+            pix_width,
+            pix_height,
+            terminal_modes,
+            ..
+        } => {
+            rec.meta(
+                id,
+                &Meta::Pty {
+                    term: term.clone(),
+                    cols: col_width,
+                    rows: row_height,
+                },
+            )?;
+            up.request_pty(
+                false,
+                &term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                &terminal_modes,
+            )
+            .await?;
         }
         ChannelMsg::RequestShell { .. } => {
             rec.meta(id, &Meta::Shell)?;
             up.request_shell(false).await?;
         }
         ChannelMsg::Exec { command, .. } => {
-            rec.meta(id, &Meta::Exec { command: String::from_utf8_lossy(&command).into_owned() })?;
+            rec.meta(
+                id,
+                &Meta::Exec {
+                    command: String::from_utf8_lossy(&command).into_owned(),
+                },
+            )?;
             up.exec(false, command).await?;
         }
         ChannelMsg::RequestSubsystem { name, .. } => {
             rec.meta(id, &Meta::Subsystem { name: name.clone() })?;
             up.request_subsystem(false, name).await?;
         }
-        ChannelMsg::SetEnv { variable_name, variable_value, .. } => {
+        ChannelMsg::SetEnv {
+            variable_name,
+            variable_value,
+            ..
+        } => {
             if env_allowed(&variable_name) {
-                rec.meta(id, &Meta::Env { name: variable_name.clone(), value: variable_value.clone() })?;
+                rec.meta(
+                    id,
+                    &Meta::Env {
+                        name: variable_name.clone(),
+                        value: variable_value.clone(),
+                    },
+                )?;
                 up.set_env(false, variable_name, variable_value).await?;
             }
         }
-        ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
-            rec.meta(id, &Meta::Resize { cols: col_width, rows: row_height })?;
+        ChannelMsg::WindowChange {
+            col_width,
+            row_height,
+            pix_width,
+            pix_height,
+        } => {
+            rec.meta(
+                id,
+                &Meta::Resize {
+                    cols: col_width,
+                    rows: row_height,
+                },
+            )?;
             up.window_change(col_width, row_height, pix_width, pix_height).await?;
         }
         ChannelMsg::Signal { signal } => {
-            rec.meta(id, &Meta::Signal { name: format!("{signal:?}") })?;
+            rec.meta(
+                id,
+                &Meta::Signal {
+                    name: format!("{signal:?}"),
+                },
+            )?;
             up.signal(signal).await?;
         }
         _ => {}
@@ -230,8 +321,19 @@ async fn target_to_client(
             rec.meta(id, &Meta::ExitStatus { code: exit_status })?;
             front.exit_status(exit_status).await?;
         }
-        ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
-            rec.meta(id, &Meta::ExitSignal { signal: format!("{signal_name:?}"), core_dumped })?;
+        ChannelMsg::ExitSignal {
+            signal_name,
+            core_dumped,
+            error_message,
+            lang_tag,
+        } => {
+            rec.meta(
+                id,
+                &Meta::ExitSignal {
+                    signal: format!("{signal_name:?}"),
+                    core_dumped,
+                },
+            )?;
             let _ = front_handle
                 .exit_signal_request(front.id(), signal_name, core_dumped, error_message, lang_tag)
                 .await;

@@ -23,9 +23,12 @@ pub fn node_name() -> String {
 }
 
 pub async fn open_store(config: &GatewayConfig) -> anyhow::Result<Store> {
-    let store = Store::connect(&config.database_url, false)
-        .await
-        .with_context(|| format!("cannot open the database {} (did you run `herse init`?)", config.database_url))?;
+    let store = Store::connect(&config.database_url, false).await.with_context(|| {
+        format!(
+            "cannot open the database {} (did you run `herse init`?)",
+            config.database_url
+        )
+    })?;
     store.migrate().await?;
     Ok(store)
 }

@@ -99,9 +99,7 @@ impl MasterKey {
                 .decode(b64)
                 .map_err(|_| SecretError::Malformed(path.clone()))?,
         );
-        let arr: [u8; 32] = bytes[..]
-            .try_into()
-            .map_err(|_| SecretError::Malformed(path.clone()))?;
+        let arr: [u8; 32] = bytes[..].try_into().map_err(|_| SecretError::Malformed(path.clone()))?;
         Ok(MasterKey(Zeroizing::new(arr)))
     }
 
@@ -205,7 +203,10 @@ mod tests {
         let l = MasterKey::load(&MasterKeySource::File(p.clone())).unwrap();
         assert_eq!(&l.0[..], &k.0[..]);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(MasterKey::load(&MasterKeySource::File(p.clone())), Err(SecretError::Permissions(_))));
+        assert!(matches!(
+            MasterKey::load(&MasterKeySource::File(p.clone())),
+            Err(SecretError::Permissions(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

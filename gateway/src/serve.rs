@@ -20,20 +20,36 @@ use crate::store::{AuditEvent, Severity};
 pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     let closed = gw.store.close_orphaned_sessions(&gw.node).await?;
     if closed > 0 {
-        gw.audit(AuditEvent::new("session.end", Severity::Warning, format!("{closed} session(s) left open by a previous run closed as 'gateway restarted'")))
-            .await;
+        gw.audit(AuditEvent::new(
+            "session.end",
+            Severity::Warning,
+            format!("{closed} session(s) left open by a previous run closed as 'gateway restarted'"),
+        ))
+        .await;
     }
     let config = Arc::new(base_config(&gw));
     let permits = Arc::new(Semaphore::new(gw.config.max_connections));
     let mut listeners = Vec::new();
     for addr in &gw.config.ssh_listen {
-        let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let local = l.local_addr()?;
         eprintln!("herse: SSH listening on {local}");
         tracing::info!(%local, "SSH listening");
-        listeners.push(tokio::spawn(accept_loop(gw.clone(), l, config.clone(), permits.clone())));
+        listeners.push(tokio::spawn(accept_loop(
+            gw.clone(),
+            l,
+            config.clone(),
+            permits.clone(),
+        )));
     }
-    gw.audit(AuditEvent::new("gateway.start", Severity::Info, format!("node {} listening on {:?}", gw.node, gw.config.ssh_listen))).await;
+    gw.audit(AuditEvent::new(
+        "gateway.start",
+        Severity::Info,
+        format!("node {} listening on {:?}", gw.node, gw.config.ssh_listen),
+    ))
+    .await;
     let watcher = tokio::spawn(watch_sessions(gw.clone()));
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -51,12 +67,22 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     for l in listeners {
         l.abort();
     }
-    gw.audit(AuditEvent::new("gateway.stop", Severity::Info, format!("node {} stopped", gw.node))).await;
+    gw.audit(AuditEvent::new(
+        "gateway.stop",
+        Severity::Info,
+        format!("node {} stopped", gw.node),
+    ))
+    .await;
     gw.store.close().await;
     Ok(())
 }
 
-async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, config: Arc<russh::server::Config>, permits: Arc<Semaphore>) {
+async fn accept_loop(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+    permits: Arc<Semaphore>,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             _ = gw.stop_accepting.cancelled() => return,
@@ -86,7 +112,12 @@ async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, config: Arc<russh:
     }
 }
 
-async fn serve_connection(gw: Arc<Gateway>, tcp: tokio::net::TcpStream, peer: SocketAddr, config: Arc<russh::server::Config>) {
+async fn serve_connection(
+    gw: Arc<Gateway>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    config: Arc<russh::server::Config>,
+) {
     let authenticated = Arc::new(AtomicBool::new(false));
     let handler = FrontHandler::outer(gw.clone(), peer, authenticated.clone());
     let running = match russh::server::run_stream(config, tcp, handler).await {
@@ -104,7 +135,11 @@ async fn serve_connection(gw: Arc<Gateway>, tcp: tokio::net::TcpStream, peer: So
         tokio::time::sleep(auth_timeout).await;
         if !authenticated.load(Ordering::Acquire) {
             let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, "herse: authentication timed out".into(), String::new())
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "herse: authentication timed out".into(),
+                    String::new(),
+                )
                 .await;
         }
     });
@@ -127,7 +162,14 @@ async fn watch_sessions(gw: Arc<Gateway>) {
                         s.end(reason);
                     } else {
                         // A row for a session this process does not run (it crashed earlier).
-                        let _ = gw.store.session_ended(&crate::ident::SessionId::parse(&id).unwrap_or_else(|_| crate::ident::SessionId::random()), &reason).await;
+                        let _ = gw
+                            .store
+                            .session_ended(
+                                &crate::ident::SessionId::parse(&id)
+                                    .unwrap_or_else(|_| crate::ident::SessionId::random()),
+                                &reason,
+                            )
+                            .await;
                     }
                 }
             }
@@ -140,20 +182,35 @@ async fn watch_sessions(gw: Arc<Gateway>) {
 pub async fn reload(gw: &Gateway) {
     match policy::load(&gw.config.policy_path) {
         Ok(p) => {
-            let summary = format!("{} tiers, {} targets, {} roles", p.tiers.len(), p.targets.len(), p.roles.len());
+            let summary = format!(
+                "{} tiers, {} targets, {} roles",
+                p.tiers.len(),
+                p.targets.len(),
+                p.roles.len()
+            );
             gw.policy.store(Arc::new(p));
             eprintln!("herse: policy reloaded ({summary})");
-            gw.audit(AuditEvent::new("policy.reload", Severity::Info, summary)).await;
+            gw.audit(AuditEvent::new("policy.reload", Severity::Info, summary))
+                .await;
         }
         Err(diags) => {
             eprintln!("herse: policy reload refused, keeping the previous policy:\n{diags}");
-            gw.audit(AuditEvent::new("policy.reload_refused", Severity::Alert, diags.to_string())).await;
+            gw.audit(AuditEvent::new(
+                "policy.reload_refused",
+                Severity::Alert,
+                diags.to_string(),
+            ))
+            .await;
         }
     }
 }
 
 async fn drain(gw: &Arc<Gateway>) {
-    eprintln!("herse: draining ({} live sessions, up to {:?})", gw.live_sessions().len(), gw.config.drain_timeout);
+    eprintln!(
+        "herse: draining ({} live sessions, up to {:?})",
+        gw.live_sessions().len(),
+        gw.config.drain_timeout
+    );
     gw.stop_accepting.cancel();
     let deadline = tokio::time::Instant::now() + gw.config.drain_timeout;
     while !gw.live_sessions().is_empty() && tokio::time::Instant::now() < deadline {

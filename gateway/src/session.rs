@@ -46,12 +46,17 @@ pub struct TargetSession {
 
 impl std::fmt::Debug for TargetSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TargetSession").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("TargetSession")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
 fn unix_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 impl TargetSession {
@@ -64,15 +69,23 @@ impl TargetSession {
         login: &Login,
         client_addr: SocketAddr,
     ) -> Result<Arc<TargetSession>, StartError> {
-        let roles = gw.store.roles_of(user).await.map_err(|e| StartError::Store(e.to_string()))?;
+        let roles = gw
+            .store
+            .roles_of(user)
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
         let policy = gw.policy.load_full();
         let authorized = match Authorized::decide(&policy, user, &roles, target, login) {
             Ok(a) => a,
             Err(denial) => {
                 gw.audit(
-                    AuditEvent::new("access.denied", Severity::Warning, format!("{login}@{target}: {denial}"))
-                        .user(user)
-                        .client(client_addr),
+                    AuditEvent::new(
+                        "access.denied",
+                        Severity::Warning,
+                        format!("{login}@{target}: {denial}"),
+                    )
+                    .user(user)
+                    .client(client_addr),
                 )
                 .await;
                 return Err(denial.into());
@@ -83,10 +96,14 @@ impl TargetSession {
             Ok(r) => r,
             Err(e) => {
                 gw.audit(
-                    AuditEvent::new("session.refused", Severity::Alert, format!("{login}@{target}: recording unavailable: {e}"))
-                        .user(user)
-                        .session(&id)
-                        .client(client_addr),
+                    AuditEvent::new(
+                        "session.refused",
+                        Severity::Alert,
+                        format!("{login}@{target}: recording unavailable: {e}"),
+                    )
+                    .user(user)
+                    .session(&id)
+                    .client(client_addr),
                 )
                 .await;
                 return Err(StartError::Recording(e));
@@ -108,8 +125,13 @@ impl TargetSession {
                     UpstreamError::HostKey { .. } => Severity::Alert,
                     _ => Severity::Warning,
                 };
-                gw.audit(AuditEvent::new("upstream.failed", severity, e.to_string()).user(user).session(&id).client(client_addr))
-                    .await;
+                gw.audit(
+                    AuditEvent::new("upstream.failed", severity, e.to_string())
+                        .user(user)
+                        .session(&id)
+                        .client(client_addr),
+                )
+                .await;
                 let _ = recorder.finish(&format!("upstream failed: {e}"));
                 return Err(e.into());
             }
@@ -210,7 +232,12 @@ fn recording_path(gw: &Gateway, id: &SessionId) -> std::path::PathBuf {
     gw.config.recordings_dir.join(format!("{id}.herserec"))
 }
 
-fn open_recording(gw: &Gateway, id: &SessionId, a: &Authorized, client: SocketAddr) -> Result<Arc<dyn Recorder>, String> {
+fn open_recording(
+    gw: &Gateway,
+    id: &SessionId,
+    a: &Authorized,
+    client: SocketAddr,
+) -> Result<Arc<dyn Recorder>, String> {
     std::fs::create_dir_all(&gw.config.recordings_dir).map_err(|e| e.to_string())?;
     let header = Header {
         session_id: id.to_string(),
@@ -261,7 +288,11 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
     let front = s.front.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(front) = front {
         let _ = front
-            .disconnect(russh::Disconnect::ByApplication, format!("herse: session ended: {reason}"), String::new())
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                format!("herse: session ended: {reason}"),
+                String::new(),
+            )
             .await;
     }
     let _ = s

@@ -71,9 +71,15 @@ fn client_config(target: &Target) -> client::Config {
     if matches!(target.host_key, HostKeyCheck::Ca { .. }) {
         cfg.preferred.host_key_certificates = std::borrow::Cow::Owned(vec![
             Algorithm::Ed25519,
-            Algorithm::Ecdsa { curve: russh::keys::ssh_key::EcdsaCurve::NistP256 },
-            Algorithm::Rsa { hash: Some(russh::keys::ssh_key::HashAlg::Sha512) },
-            Algorithm::Rsa { hash: Some(russh::keys::ssh_key::HashAlg::Sha256) },
+            Algorithm::Ecdsa {
+                curve: russh::keys::ssh_key::EcdsaCurve::NistP256,
+            },
+            Algorithm::Rsa {
+                hash: Some(russh::keys::ssh_key::HashAlg::Sha512),
+            },
+            Algorithm::Rsa {
+                hash: Some(russh::keys::ssh_key::HashAlg::Sha256),
+            },
         ]);
     }
     cfg
@@ -98,7 +104,10 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
     let tcp = tokio::time::timeout(login.connect_timeout, tokio::net::TcpStream::connect(&addr))
         .await
         .map_err(|_| UpstreamError::Timeout(addr.clone()))?
-        .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
+        .map_err(|source| UpstreamError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     let _ = tcp.set_nodelay(true);
     let connecting = client::connect_stream(Arc::new(client_config(target)), tcp, handler);
     let mut handle = match tokio::time::timeout(login.connect_timeout, connecting).await {
@@ -106,9 +115,15 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
         Ok(Ok(h)) => h,
         Ok(Err(source)) => {
             if let Some(reason) = refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                return Err(UpstreamError::HostKey { target: target.name.to_string(), reason });
+                return Err(UpstreamError::HostKey {
+                    target: target.name.to_string(),
+                    reason,
+                });
             }
-            return Err(UpstreamError::Ssh { target: target.name.to_string(), source });
+            return Err(UpstreamError::Ssh {
+                target: target.name.to_string(),
+                source,
+            });
         }
     };
 
@@ -128,7 +143,10 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
     let result = handle
         .authenticate_openssh_cert(auth.login().as_str(), Arc::new(key), cert)
         .await
-        .map_err(|source| UpstreamError::Ssh { target: target.name.to_string(), source })?;
+        .map_err(|source| UpstreamError::Ssh {
+            target: target.name.to_string(),
+            source,
+        })?;
     if !result.success() {
         return Err(UpstreamError::AuthRejected {
             target: target.name.to_string(),
@@ -151,9 +169,14 @@ pub struct ProbeReport {
 pub async fn probe(target: &Target, timeout: Duration) -> ProbeReport {
     let address = format!("{}:{}", target.host, target.port);
     let refusal = Arc::new(Mutex::new(None));
-    let handler = UpstreamHandler { check: target.host_key.clone(), refusal: refusal.clone() };
+    let handler = UpstreamHandler {
+        check: target.host_key.clone(),
+        refusal: refusal.clone(),
+    };
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(&address).await.map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(&address)
+            .await
+            .map_err(|e| e.to_string())?;
         client::connect_stream(Arc::new(client_config(target)), tcp, handler)
             .await
             .map_err(|e| e.to_string())
@@ -169,5 +192,10 @@ pub async fn probe(target: &Target, timeout: Duration) -> ProbeReport {
             None => (false, e),
         },
     };
-    ProbeReport { target: target.name.to_string(), address, host_key_ok: ok, detail }
+    ProbeReport {
+        target: target.name.to_string(),
+        address,
+        host_key_ok: ok,
+        detail,
+    }
 }

@@ -45,22 +45,52 @@ pub enum DataDirection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "event")]
 pub enum Meta {
-    ChannelOpen { kind: ChannelKind },
-    Pty { term: String, cols: u32, rows: u32 },
-    Resize { cols: u32, rows: u32 },
+    ChannelOpen {
+        kind: ChannelKind,
+    },
+    Pty {
+        term: String,
+        cols: u32,
+        rows: u32,
+    },
+    Resize {
+        cols: u32,
+        rows: u32,
+    },
     Shell,
-    Exec { command: String },
-    Subsystem { name: String },
-    Env { name: String, value: String },
-    Signal { name: String },
-    ExitStatus { code: u32 },
-    ExitSignal { signal: String, core_dumped: bool },
-    Eof { from_client: bool },
+    Exec {
+        command: String,
+    },
+    Subsystem {
+        name: String,
+    },
+    Env {
+        name: String,
+        value: String,
+    },
+    Signal {
+        name: String,
+    },
+    ExitStatus {
+        code: u32,
+    },
+    ExitSignal {
+        signal: String,
+        core_dumped: bool,
+    },
+    Eof {
+        from_client: bool,
+    },
     Close,
     /// A request refused by policy; nothing of it reached the target.
-    Denied { request: String, reason: String },
+    Denied {
+        request: String,
+        reason: String,
+    },
     /// The session ended; the last event of a whole recording.
-    End { reason: String },
+    End {
+        reason: String,
+    },
 }
 
 /// One event as read back from a recording.

@@ -110,11 +110,10 @@ impl<R: Read> RecordingReader<R> {
             kind::OUTPUT => DataDirection::Output,
             kind::STDERR => DataDirection::Stderr,
             kind::META => {
-                let meta: Meta =
-                    serde_json::from_slice(&payload).map_err(|e| ReadError::Corrupt {
-                        offset: at,
-                        what: format!("event: {e}"),
-                    })?;
+                let meta: Meta = serde_json::from_slice(&payload).map_err(|e| ReadError::Corrupt {
+                    offset: at,
+                    what: format!("event: {e}"),
+                })?;
                 return Ok(Some(Event::Meta {
                     t_micros,
                     channel,
@@ -212,7 +211,10 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(matches!(RecordingReader::new(&b"NOTHERSE.."[..]), Err(ReadError::BadMagic)));
+        assert!(matches!(
+            RecordingReader::new(&b"NOTHERSE.."[..]),
+            Err(ReadError::BadMagic)
+        ));
         let mut bad = Vec::new();
         bad.extend_from_slice(MAGIC);
         bad.extend_from_slice(&VERSION.to_be_bytes());

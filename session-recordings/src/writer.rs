@@ -11,10 +11,7 @@ use crate::{MAGIC, MAX_RECORD_PAYLOAD, VERSION};
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("cannot create recording {path}: {source}")]
-    Create {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Create { path: PathBuf, source: std::io::Error },
     #[error("cannot write recording: {0}")]
     Write(#[from] std::io::Error),
     #[error("cannot encode recording event: {0}")]
@@ -70,9 +67,8 @@ impl FileRecorder {
             .map_err(create_err)?;
         let mut out = BufWriter::with_capacity(BUFFER, file);
         let header_json = serde_json::to_vec(header)?;
-        let header_len = u32::try_from(header_json.len()).map_err(|_| {
-            RecordError::Write(std::io::Error::other("recording header too large"))
-        })?;
+        let header_len = u32::try_from(header_json.len())
+            .map_err(|_| RecordError::Write(std::io::Error::other("recording header too large")))?;
         out.write_all(MAGIC).map_err(create_err)?;
         out.write_all(&VERSION.to_be_bytes()).map_err(create_err)?;
         out.write_all(&header_len.to_be_bytes()).map_err(create_err)?;
@@ -112,9 +108,7 @@ fn chunks(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
     // An empty payload still makes one record (a meta event is never empty, data may be).
     let empty: &[u8] = &[];
     let first_empty = payload.is_empty().then_some(empty);
-    first_empty
-        .into_iter()
-        .chain(payload.chunks(MAX_RECORD_PAYLOAD))
+    first_empty.into_iter().chain(payload.chunks(MAX_RECORD_PAYLOAD))
 }
 
 impl Recorder for FileRecorder {

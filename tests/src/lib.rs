@@ -1,1 +1,316 @@
+//! End-to-end test harness: real OpenSSH `sshd` targets, the real `herse` gateway and
+//! `hersectl`, and the real OpenSSH client, all on loopback in a throwaway directory.
 #![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use anyhow::Result;
+
+/// Directory holding the built `herse` and `hersectl` binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("HERSE_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(|p| p.parent()).expect("target dir").to_owned()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Unix account on this machine for targets to log in to (created once, idempotent).
+pub fn ensure_account(login: &str) {
+    let exists = Command::new("id")
+        .arg(login)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    if !exists {
+        // `-p '*'`: no password, but not locked (sshd with UsePAM no refuses locked accounts).
+        let st = Command::new("useradd")
+            .args(["-m", "-p", "*", "-s", "/bin/sh", login])
+            .status()
+            .unwrap();
+        assert!(
+            st.success() || Command::new("id").arg(login).status().unwrap().success(),
+            "useradd {login}"
+        );
+    }
+}
+
+/// Kill the child on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An OpenSSH sshd target.
+pub struct Sshd {
+    pub port: u16,
+    pub host_key_pub: String,
+    pub dir: PathBuf,
+    pub proc: Proc,
+}
+
+pub struct SshdOptions<'a> {
+    pub user_ca_pub: &'a Path,
+    /// An OpenSSH host certificate file to present, if any.
+    pub host_cert: Option<&'a Path>,
+    pub host_key: Option<&'a Path>,
+}
+
+impl Sshd {
+    pub fn start(dir: &Path, name: &str, opts: SshdOptions<'_>) -> Sshd {
+        std::fs::create_dir_all("/run/sshd").ok();
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let key = match opts.host_key {
+            Some(k) => k.to_owned(),
+            None => {
+                let k = d.join("host_ed25519");
+                if !k.exists() {
+                    ok(Command::new("ssh-keygen")
+                        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                        .arg(&k));
+                }
+                k
+            }
+        };
+        let host_key_pub =
+            std::fs::read_to_string(key.with_extension("pub").to_string_lossy().replace(".pub", "") + ".pub")
+                .unwrap_or_else(|_| std::fs::read_to_string(format!("{}.pub", key.display())).unwrap());
+        let port = free_port();
+        let mut cfg = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nTrustedUserCAKeys {}\nAuthorizedKeysFile none\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
+             AllowTcpForwarding yes\nSubsystem sftp /usr/lib/openssh/sftp-server\nLogLevel VERBOSE\nPrintMotd no\n\
+             AcceptEnv LANG LC_* TZ HERSE_TEST_*\n",
+            key.display(),
+            opts.user_ca_pub.display()
+        );
+        if let Some(c) = opts.host_cert {
+            cfg.push_str(&format!("HostCertificate {}\n", c.display()));
+        }
+        let cfg_path = d.join("sshd_config");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let check = run(Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&cfg_path));
+        assert!(
+            check.status.success(),
+            "sshd -t: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let child = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-f")
+            .arg(&cfg_path)
+            .arg("-E")
+            .arg(d.join("sshd.log"))
+            .spawn()
+            .unwrap();
+        let proc = Proc {
+            child,
+            name: format!("sshd {name}"),
+        };
+        wait_port(port);
+        Sshd {
+            port,
+            host_key_pub: host_key_pub.trim().to_owned(),
+            dir: d,
+            proc,
+        }
+    }
+}
+
+pub fn wait_port(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `herse serve` with its configuration directory.
+pub struct Gateway {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub port: u16,
+    pub proc: Option<Proc>,
+    pub stderr_lines: mpsc::Receiver<String>,
+}
+
+impl Gateway {
+    /// Write the config (listening on an ephemeral port), run `herse init`.
+    pub fn init(dir: &Path) -> PathBuf {
+        let cfg = dir.join("herse.toml");
+        std::fs::write(
+            &cfg,
+            "data_dir = \"data\"\nmaster_key_file = \"secrets/master.key\"\npolicy = \"policy.toml\"\n\
+             [ssh]\nlisten = [\"127.0.0.1:0\"]\nauth_timeout = \"20s\"\ndrain_timeout = \"3s\"\n\
+             [sessions]\nenv_allow = [\"LANG\", \"HERSE_TEST_*\"]\n",
+        )
+        .unwrap();
+        ok(Command::new(bin("herse")).arg("-c").arg(&cfg).arg("init").arg("--json"));
+        cfg
+    }
+
+    pub fn start(dir: &Path, config: &Path) -> Gateway {
+        let mut child = Command::new(bin("herse"))
+            .arg("-c")
+            .arg(config)
+            .arg("serve")
+            .env("HERSE_LOG", "info,russh=warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = dir.join("herse.log");
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut gw = Gateway {
+            dir: dir.to_owned(),
+            config: config.to_owned(),
+            port: 0,
+            proc: Some(Proc {
+                child,
+                name: "herse".into(),
+            }),
+            stderr_lines: rx,
+        };
+        let line = gw.wait_line("SSH listening on", Duration::from_secs(20));
+        gw.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        gw
+    }
+
+    /// Wait for a line of the gateway's stderr containing `needle`.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "gateway never printed {needle:?}; see {}",
+                    self.dir.join("herse.log").display()
+                ),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().unwrap().child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        ok(Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()));
+    }
+
+    /// Resident memory of the gateway process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    pub fn ctl(&self) -> Command {
+        let mut c = Command::new(bin("hersectl"));
+        c.arg("-c").arg(&self.config);
+        c
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+/// A throwaway directory removed on drop (kept when HERSE_KEEP_TEST_DIRS is set).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("herse-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("HERSE_KEEP_TEST_DIRS").is_none() && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Make an ed25519 key pair; returns the private key path.
+pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let k = dir.join(name);
+    ok(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+        .arg(name)
+        .arg("-f")
+        .arg(&k));
+    k
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut f = std::fs::File::open(path).unwrap();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}

@@ -70,10 +70,7 @@ impl Authorized {
         let t = policy
             .target(target)
             .ok_or_else(|| Denial::UnknownTarget(target.clone()))?;
-        let roles: Vec<_> = bound_roles
-            .iter()
-            .filter_map(|r| policy.roles.get(r))
-            .collect();
+        let roles: Vec<_> = bound_roles.iter().filter_map(|r| policy.roles.get(r)).collect();
         if roles.is_empty() {
             return Err(Denial::NoRoles(user.clone()));
         }
@@ -95,10 +92,7 @@ impl Authorized {
         if on_target.is_empty() {
             return Err(Denial::TargetNotAllowed(target.clone()));
         }
-        let with_login: Vec<_> = on_target
-            .iter()
-            .filter(|r| r.logins.contains(login))
-            .collect();
+        let with_login: Vec<_> = on_target.iter().filter(|r| r.logins.contains(login)).collect();
         if with_login.is_empty() {
             return Err(Denial::LoginNotAllowed {
                 login: login.clone(),
@@ -110,9 +104,7 @@ impl Authorized {
         // that requires one allows nothing (fail closed).
         let granted: Vec<_> = with_login.iter().filter(|r| !r.requires_grant).collect();
         if granted.is_empty() {
-            return Err(Denial::GrantRequired {
-                tier: t.tier.clone(),
-            });
+            return Err(Denial::GrantRequired { tier: t.tier.clone() });
         }
         let mut operations = BTreeSet::new();
         let mut forwards = Vec::new();
@@ -277,29 +269,67 @@ requires_grant = true
         let p = policy();
         let alice = n(UserName::parse, "alice");
         let roles = [n(RoleName::parse, "web-ops"), n(RoleName::parse, "web-exec")];
-        let a = Authorized::decide(&p, &alice, &roles, &n(TargetName::parse, "web1"), &n(Login::parse, "deploy")).unwrap();
+        let a = Authorized::decide(
+            &p,
+            &alice,
+            &roles,
+            &n(TargetName::parse, "web1"),
+            &n(Login::parse, "deploy"),
+        )
+        .unwrap();
         assert!(a.check(&Request::Shell).is_ok());
         assert!(a.check(&Request::Exec("id")).is_ok());
         assert!(a.check(&Request::Subsystem("sftp")).is_err());
-        assert!(a.check(&Request::Forward { host: "127.0.0.1", port: 5432 }).is_ok());
-        assert!(a.check(&Request::Forward { host: "127.0.0.1", port: 22 }).is_err());
+        assert!(a
+            .check(&Request::Forward {
+                host: "127.0.0.1",
+                port: 5432
+            })
+            .is_ok());
+        assert!(a
+            .check(&Request::Forward {
+                host: "127.0.0.1",
+                port: 22
+            })
+            .is_err());
         assert_eq!(a.max_session(), Duration::from_secs(7200));
 
         // web2 is outside web-ops' target list: only web-exec applies, so no shell.
-        let b = Authorized::decide(&p, &alice, &roles, &n(TargetName::parse, "web2"), &n(Login::parse, "deploy")).unwrap();
+        let b = Authorized::decide(
+            &p,
+            &alice,
+            &roles,
+            &n(TargetName::parse, "web2"),
+            &n(Login::parse, "deploy"),
+        )
+        .unwrap();
         assert!(b.check(&Request::Shell).is_err());
 
-        let deny = |t: &str, l: &str| Authorized::decide(&p, &alice, &roles, &n(TargetName::parse, t), &n(Login::parse, l)).unwrap_err();
+        let deny = |t: &str, l: &str| {
+            Authorized::decide(&p, &alice, &roles, &n(TargetName::parse, t), &n(Login::parse, l)).unwrap_err()
+        };
         assert!(matches!(deny("nope", "deploy"), Denial::UnknownTarget(_)));
         assert!(matches!(deny("web1", "root"), Denial::LoginNotAllowed { .. }));
         assert!(matches!(deny("db1", "postgres"), Denial::TierNotAllowed { .. }));
         let dba = [n(RoleName::parse, "dba")];
         assert!(matches!(
-            Authorized::decide(&p, &alice, &dba, &n(TargetName::parse, "db1"), &n(Login::parse, "postgres")),
+            Authorized::decide(
+                &p,
+                &alice,
+                &dba,
+                &n(TargetName::parse, "db1"),
+                &n(Login::parse, "postgres")
+            ),
             Err(Denial::GrantRequired { .. })
         ));
         assert!(matches!(
-            Authorized::decide(&p, &alice, &[], &n(TargetName::parse, "web1"), &n(Login::parse, "deploy")),
+            Authorized::decide(
+                &p,
+                &alice,
+                &[],
+                &n(TargetName::parse, "web1"),
+                &n(Login::parse, "deploy")
+            ),
             Err(Denial::NoRoles(_))
         ));
     }
@@ -313,17 +343,34 @@ requires_grant = true
         let all_roles: Vec<RoleName> = p.roles.keys().cloned().collect();
         let logins = ["deploy", "app", "postgres", "root"];
         for mask in 0u32..(1 << all_roles.len()) {
-            let held: Vec<RoleName> = all_roles.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, r)| r.clone()).collect();
+            let held: Vec<RoleName> = all_roles
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, r)| r.clone())
+                .collect();
             for t in p.targets.keys() {
                 for l in logins {
                     let login = n(Login::parse, l);
                     if let Ok(a) = Authorized::decide(&p, &alice, &held, t, &login) {
-                        for op in [Operation::Shell, Operation::Exec, Operation::SftpRead, Operation::SftpWrite, Operation::PortForward] {
+                        for op in [
+                            Operation::Shell,
+                            Operation::Exec,
+                            Operation::SftpRead,
+                            Operation::SftpWrite,
+                            Operation::PortForward,
+                        ] {
                             if a.allows(op) {
-                                assert!(held.iter().any(|r| {
-                                    let role = &p.roles[r];
-                                    role.tiers.contains(&a.target().tier) && role.logins.contains(&login) && role.operations.contains(&op) && !role.requires_grant
-                                }), "{op:?} on {t} as {l} with {held:?}");
+                                assert!(
+                                    held.iter().any(|r| {
+                                        let role = &p.roles[r];
+                                        role.tiers.contains(&a.target().tier)
+                                            && role.logins.contains(&login)
+                                            && role.operations.contains(&op)
+                                            && !role.requires_grant
+                                    }),
+                                    "{op:?} on {t} as {l} with {held:?}"
+                                );
                             }
                         }
                     }

@@ -217,7 +217,10 @@ fn role(
         }
     }
     if raw.tiers.is_empty() {
-        errors.push(src.at(Some(raw.max_session.span()), format!("role {name}: tiers must not be empty")));
+        errors.push(src.at(
+            Some(raw.max_session.span()),
+            format!("role {name}: tiers must not be empty"),
+        ));
     }
     let targets = raw.targets.as_ref().map(|pats| {
         pats.iter()
@@ -230,7 +233,10 @@ fn role(
                     if !matches_any {
                         errors.push(src.at(
                             Some(p.span()),
-                            format!("role {name}: target pattern {:?} matches no target in the role's tiers", p.get_ref()),
+                            format!(
+                                "role {name}: target pattern {:?} matches no target in the role's tiers",
+                                p.get_ref()
+                            ),
                         ));
                     }
                     Some(g)
@@ -253,7 +259,10 @@ fn role(
     for f in &raw.forward {
         match parse_forward(f.get_ref()) {
             Some(ft) => forwards.push(ft),
-            None => errors.push(src.at(Some(f.span()), format!("role {name}: forward entries are \"host:port\""))),
+            None => errors.push(src.at(
+                Some(f.span()),
+                format!("role {name}: forward entries are \"host:port\""),
+            )),
         }
     }
     if !forwards.is_empty() && !operations.contains(&Operation::PortForward) {
@@ -347,7 +356,10 @@ idle_timeout = "30m"
         assert!(all.contains("unknown tier nope"), "{all}");
         assert!(all.contains("invalid login"), "{all}");
         assert!(all.contains("max_session"), "{all}");
-        assert!(lines.contains(&3) && lines.contains(&6) && lines.contains(&7) && lines.contains(&9), "{all}");
+        assert!(
+            lines.contains(&3) && lines.contains(&6) && lines.contains(&7) && lines.contains(&9),
+            "{all}"
+        );
     }
 
     #[test]

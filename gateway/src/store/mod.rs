@@ -91,15 +91,13 @@ impl Store {
 
     /// Store a sealed gateway key; refuses to replace one.
     pub async fn put_gateway_key(&self, name: &str, public: &str, sealed: &str) -> Result<(), StoreError> {
-        let r = sqlx::query(
-            "INSERT INTO gateway_keys (name, public_key, sealed, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(name)
-        .bind(public)
-        .bind(sealed)
-        .bind(now_micros())
-        .execute(&self.pool)
-        .await;
+        let r = sqlx::query("INSERT INTO gateway_keys (name, public_key, sealed, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(name)
+            .bind(public)
+            .bind(sealed)
+            .bind(now_micros())
+            .execute(&self.pool)
+            .await;
         match r {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(format!("gateway key {name}"))),
@@ -120,7 +118,9 @@ impl Store {
 
     pub async fn has_gateway_keys(&self) -> Result<bool, StoreError> {
         use sqlx::Row;
-        let row = sqlx::query("SELECT COUNT(*) FROM gateway_keys").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) FROM gateway_keys")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get::<i64, _>(0)? > 0)
     }
 }

@@ -101,7 +101,12 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn set_user_status(&self, name: &UserName, status: UserStatus, reason: Option<&str>) -> Result<(), StoreError> {
+    pub async fn set_user_status(
+        &self,
+        name: &UserName,
+        status: UserStatus,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
         let r = sqlx::query("UPDATE users SET status = $1, status_reason = $2 WHERE name = $3")
             .bind(status.as_str())
             .bind(reason)
@@ -116,9 +121,18 @@ impl Store {
 
     pub async fn remove_user(&self, name: &UserName) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM user_keys WHERE user_name = $1").bind(name.as_str()).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM role_bindings WHERE user_name = $1").bind(name.as_str()).execute(&mut *tx).await?;
-        let r = sqlx::query("DELETE FROM users WHERE name = $1").bind(name.as_str()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM user_keys WHERE user_name = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM role_bindings WHERE user_name = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let r = sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("user {name}")));
         }
@@ -163,20 +177,22 @@ impl Store {
     }
 
     pub async fn keys_of(&self, user: &UserName) -> Result<Vec<KeyRow>, StoreError> {
-        sqlx::query("SELECT fingerprint, public_key, comment, added_at FROM user_keys WHERE user_name = $1 ORDER BY added_at")
-            .bind(user.as_str())
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(KeyRow {
-                    fingerprint: r.try_get(0)?,
-                    public_key: r.try_get(1)?,
-                    comment: r.try_get(2)?,
-                    added_at: r.try_get(3)?,
-                })
+        sqlx::query(
+            "SELECT fingerprint, public_key, comment, added_at FROM user_keys WHERE user_name = $1 ORDER BY added_at",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(KeyRow {
+                fingerprint: r.try_get(0)?,
+                public_key: r.try_get(1)?,
+                comment: r.try_get(2)?,
+                added_at: r.try_get(3)?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     /// The user, if active and holding `key`; the check every public-key login makes.
@@ -261,8 +277,13 @@ mod tests {
         let u = s.user(&alice).await.unwrap().unwrap();
         assert_eq!(u.roles, vec!["dev"]);
         assert_eq!(u.keys[0].fingerprint, fp);
-        s.set_user_status(&alice, UserStatus::Suspended, Some("left")).await.unwrap();
-        assert!(!s.active_user_with_key(&alice, &key).await.unwrap(), "suspension locks keys out");
+        s.set_user_status(&alice, UserStatus::Suspended, Some("left"))
+            .await
+            .unwrap();
+        assert!(
+            !s.active_user_with_key(&alice, &key).await.unwrap(),
+            "suspension locks keys out"
+        );
         s.remove_user(&alice).await.unwrap();
         assert!(s.user(&alice).await.unwrap().is_none());
     }
