@@ -167,7 +167,16 @@ impl server::Handler for FrontHandler {
         };
         match self.gw.store.active_user_with_key(&owner, key).await {
             Ok(true) => Ok(Auth::Accept),
-            _ => Ok(Auth::reject()),
+            Ok(false) => {
+                let fp = crate::store::fingerprint(key);
+                self.audit_failure(user, &format!("key {fp} is not registered to an active user {owner}"))
+                    .await;
+                Ok(Auth::reject())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store unavailable during login");
+                Ok(Auth::reject())
+            }
         }
     }
 
@@ -419,30 +428,30 @@ impl server::Handler for FrontHandler {
         reply(session, channel, ok)
     }
 
+    // Shell, exec and subsystem requests on a target session are acknowledged, and the
+    // relay (which judges them with the same policy check) either forwards them or
+    // writes the refusal to the client's stderr and exits 1: OpenSSH drops a channel's
+    // output after a failed request, so a failure reply would hide the reason.
     async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
-        let ok = matches!(&self.state, AuthState::Target(s) if s.authorized().check(&Request::Shell).is_ok());
-        reply(session, channel, ok)
+        reply(session, channel, matches!(self.state, AuthState::Target(_)))
     }
 
     async fn exec_request(
         &mut self,
         channel: ChannelId,
-        data: &[u8],
+        _data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let cmd = String::from_utf8_lossy(data);
-        let ok = matches!(&self.state, AuthState::Target(s) if s.authorized().check(&Request::Exec(&cmd)).is_ok());
-        reply(session, channel, ok)
+        reply(session, channel, matches!(self.state, AuthState::Target(_)))
     }
 
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
-        name: &str,
+        _name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let ok = matches!(&self.state, AuthState::Target(s) if s.authorized().check(&Request::Subsystem(name)).is_ok());
-        reply(session, channel, ok)
+        reply(session, channel, matches!(self.state, AuthState::Target(_)))
     }
 
     async fn env_request(

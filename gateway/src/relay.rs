@@ -175,6 +175,7 @@ async fn client_to_target(
             },
         )?;
         tracing::info!(session = %s.id(), request, reason, "request denied");
+        s.audit_denied(&request, &reason).await;
         if matches!(
             msg,
             ChannelMsg::RequestShell { .. } | ChannelMsg::Exec { .. } | ChannelMsg::RequestSubsystem { .. }

@@ -42,6 +42,7 @@ pub struct TargetSession {
     started: Instant,
     /// Milliseconds since `started` of the last byte in either direction.
     last_activity_ms: AtomicU64,
+    store: crate::store::Store,
 }
 
 impl std::fmt::Debug for TargetSession {
@@ -169,6 +170,7 @@ impl TargetSession {
             front: Mutex::new(None),
             started: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
+            store: gw.store.clone(),
         });
         gw.register(session.clone());
         gw.tasks.spawn(supervise(gw.clone(), session.clone()));
@@ -200,6 +202,17 @@ impl TargetSession {
     /// The client connection carrying this session, to disconnect it when the session ends.
     pub fn set_front(&self, handle: server::Handle) {
         *self.front.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+    }
+
+    /// Audit a request refused on this session.
+    pub async fn audit_denied(&self, request: &str, reason: &str) {
+        let e = AuditEvent::new("access.denied", Severity::Warning, format!("{request}: {reason}"))
+            .user(self.authorized.user())
+            .session(&self.id)
+            .client(self.client_addr);
+        if let Err(err) = self.store.audit(&e).await {
+            tracing::error!(error = %err, "cannot write audit event");
+        }
     }
 
     /// Note traffic (for the idle timeout).

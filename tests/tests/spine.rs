@@ -166,7 +166,8 @@ idle_timeout = "10m"
 }
 
 fn client_config(d: &Path, user: &str, key: &Path, gw_port: u16) -> PathBuf {
-    let p = d.join(format!("ssh_config_{user}"));
+    let tag = key.file_name().unwrap().to_string_lossy();
+    let p = d.join(format!("ssh_config_{user}_{tag}"));
     std::fs::write(
         &p,
         format!(

@@ -14,7 +14,7 @@ use sqlx::{AnyPool, ConnectOptions};
 
 pub use audit::{AuditEvent, AuditRow, Severity};
 pub use sessions::{SessionRow, SessionStart};
-pub use users::{KeyRow, UserRow, UserStatus};
+pub use users::{fingerprint, KeyRow, UserRow, UserStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
