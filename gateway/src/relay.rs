@@ -253,17 +253,15 @@ async fn client_to_target(
             variable_name,
             variable_value,
             ..
-        } => {
-            if env_allowed(&variable_name) {
-                rec.meta(
-                    id,
-                    &Meta::Env {
-                        name: variable_name.clone(),
-                        value: variable_value.clone(),
-                    },
-                )?;
-                up.set_env(false, variable_name, variable_value).await?;
-            }
+        } if env_allowed(&variable_name) => {
+            rec.meta(
+                id,
+                &Meta::Env {
+                    name: variable_name.clone(),
+                    value: variable_value.clone(),
+                },
+            )?;
+            up.set_env(false, variable_name, variable_value).await?;
         }
         ChannelMsg::WindowChange {
             col_width,

@@ -273,7 +273,7 @@ fn role(
     }
     let max_session = duration(src, errors, &raw.max_session, "max_session");
     let idle_timeout = duration(src, errors, &raw.idle_timeout, "idle_timeout");
-    (errors.len() == before).then(|| Role {
+    (errors.len() == before).then_some(Role {
         name,
         tiers,
         targets,
