@@ -53,6 +53,27 @@ fn nonce() -> [u8; 32] {
     n
 }
 
+/// A certificate for one principal, valid from a little before now for `valid_for`.
+fn builder(
+    subject: &PublicKey,
+    cert_type: CertType,
+    key_id: &str,
+    principal: &str,
+    valid_for: Duration,
+) -> Result<Builder, CertError> {
+    let now = unix_now();
+    let mut b = Builder::new(
+        nonce(),
+        subject.key_data().clone(),
+        now.saturating_sub(BACKDATE),
+        now + valid_for.as_secs().max(1),
+    )?;
+    b.cert_type(cert_type)?;
+    b.key_id(key_id)?;
+    b.valid_principal(principal)?;
+    Ok(b)
+}
+
 /// What a user certificate may do on the target.
 #[derive(Debug, Clone, Copy)]
 pub struct UserCertRights {
@@ -69,17 +90,8 @@ pub fn user_certificate(
     valid_for: Duration,
     rights: UserCertRights,
 ) -> Result<Certificate, CertError> {
-    let now = unix_now();
-    let mut b = Builder::new(
-        nonce(),
-        subject.key_data().clone(),
-        now.saturating_sub(BACKDATE),
-        now + valid_for.as_secs().max(1),
-    )?;
+    let mut b = builder(subject, CertType::User, key_id, login, valid_for)?;
     b.serial(rand::rng().random())?;
-    b.cert_type(CertType::User)?;
-    b.key_id(key_id)?;
-    b.valid_principal(login)?;
     if rights.pty {
         b.extension("permit-pty", "")?;
     }
@@ -96,16 +108,13 @@ pub fn host_certificate(
     principal: &str,
     valid_for: Duration,
 ) -> Result<Certificate, CertError> {
-    let now = unix_now();
-    let mut b = Builder::new(
-        nonce(),
-        host_key.key_data().clone(),
-        now.saturating_sub(BACKDATE),
-        now + valid_for.as_secs().max(1),
+    let b = builder(
+        host_key,
+        CertType::Host,
+        &format!("herse-proxy:{principal}"),
+        principal,
+        valid_for,
     )?;
-    b.cert_type(CertType::Host)?;
-    b.key_id(format!("herse-proxy:{principal}"))?;
-    b.valid_principal(principal)?;
     Ok(b.sign(ca)?)
 }
 
