@@ -147,3 +147,39 @@ pub(crate) async fn memory_store() -> Store {
     s.migrate().await.unwrap();
     s
 }
+
+/// Every backend the store tests run on: SQLite always, and a fresh PostgreSQL database
+/// when `HERSE_TEST_POSTGRES_URL` names a server (`scripts/test-all` starts one and sets
+/// `HERSE_REQUIRE_POSTGRES`, so CI cannot skip it silently).
+#[cfg(test)]
+pub(crate) async fn test_backends() -> Vec<(&'static str, Store)> {
+    let mut out = vec![("sqlite", memory_store().await)];
+    match std::env::var("HERSE_TEST_POSTGRES_URL") {
+        Ok(admin_url) => {
+            use rand::RngExt;
+            let name = format!("herse_test_{}", hex::encode(rand::rng().random::<[u8; 6]>()));
+            let admin = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&admin_url)
+                .await
+                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+            let url = match admin_url.rsplit_once('/') {
+                Some((base, _)) => format!("{base}/{name}"),
+                None => panic!("HERSE_TEST_POSTGRES_URL must end in /DATABASE"),
+            };
+            let s = Store::connect(&url, false).await.unwrap();
+            s.migrate().await.unwrap();
+            out.push(("postgres", s));
+        }
+        Err(_) => assert!(
+            std::env::var_os("HERSE_REQUIRE_POSTGRES").is_none(),
+            "HERSE_REQUIRE_POSTGRES is set but HERSE_TEST_POSTGRES_URL is not"
+        ),
+    }
+    out
+}

@@ -259,24 +259,32 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory_store;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEh4KR6w7B2dEyE62oDLhFFbFtVWeUwyH8zqz4pWX5VA alice@ws";
 
     #[tokio::test]
-    async fn users_keys_roles() {
-        let s = memory_store().await;
+    async fn users_keys_roles_sessions_audit_on_every_backend() {
+        for (backend, s) in crate::store::test_backends().await {
+            users_keys_roles(&s).await;
+            sessions_and_audit(&s).await;
+            eprintln!("store tests passed on {backend}");
+        }
+    }
+
+    async fn users_keys_roles(s: &Store) {
         let alice = UserName::parse("alice").unwrap();
         let key = PublicKey::from_openssh(KEY).unwrap();
         assert!(matches!(s.add_key(&alice, &key).await, Err(StoreError::NotFound(_))));
         s.add_user(&alice).await.unwrap();
         assert!(matches!(s.add_user(&alice).await, Err(StoreError::Exists(_))));
         let fp = s.add_key(&alice, &key).await.unwrap();
+        assert!(matches!(s.add_key(&alice, &key).await, Err(StoreError::Exists(_))));
         assert!(s.active_user_with_key(&alice, &key).await.unwrap());
         s.bind_role(&alice, &RoleName::parse("dev").unwrap()).await.unwrap();
         let u = s.user(&alice).await.unwrap().unwrap();
         assert_eq!(u.roles, vec!["dev"]);
         assert_eq!(u.keys[0].fingerprint, fp);
+        assert_eq!(s.users().await.unwrap().len(), 1);
         s.set_user_status(&alice, UserStatus::Suspended, Some("left"))
             .await
             .unwrap();
@@ -284,7 +292,77 @@ mod tests {
             !s.active_user_with_key(&alice, &key).await.unwrap(),
             "suspension locks keys out"
         );
+        s.set_user_status(&alice, UserStatus::Active, None).await.unwrap();
+        s.remove_key(&alice, &fp).await.unwrap();
+        assert!(!s.active_user_with_key(&alice, &key).await.unwrap());
         s.remove_user(&alice).await.unwrap();
         assert!(s.user(&alice).await.unwrap().is_none());
+    }
+
+    async fn sessions_and_audit(s: &Store) {
+        use crate::ident::SessionId;
+        use crate::store::{AuditEvent, SessionStart, Severity};
+        let bob = UserName::parse("bob").unwrap();
+        s.add_user(&bob).await.unwrap();
+        let id = SessionId::random();
+        s.session_started(&SessionStart {
+            id: &id,
+            node: "n1",
+            user: "bob",
+            target: "web1",
+            tier: "web",
+            login: "deploy",
+            client_addr: "127.0.0.1:1",
+            recording: "/r",
+        })
+        .await
+        .unwrap();
+        assert!(s.sessions_to_end("n1").await.unwrap().is_empty());
+        assert!(s.request_kill(&id, "local:root").await.unwrap());
+        assert_eq!(
+            s.sessions_to_end("n1").await.unwrap(),
+            vec![(id.to_string(), "killed by local:root".to_string())]
+        );
+        assert!(
+            s.sessions_to_end("n2").await.unwrap().is_empty(),
+            "other nodes do not see it"
+        );
+        s.session_ended(&id, "killed").await.unwrap();
+        assert!(
+            !s.request_kill(&id, "x").await.unwrap(),
+            "ended sessions cannot be killed"
+        );
+        assert_eq!(s.sessions(true, 10).await.unwrap().len(), 0);
+        assert_eq!(
+            s.sessions(false, 10).await.unwrap()[0].end_reason.as_deref(),
+            Some("killed")
+        );
+
+        // A suspended user's live session is reported for ending.
+        let id2 = SessionId::random();
+        s.session_started(&SessionStart {
+            id: &id2,
+            node: "n1",
+            user: "bob",
+            target: "web1",
+            tier: "web",
+            login: "deploy",
+            client_addr: "a",
+            recording: "r",
+        })
+        .await
+        .unwrap();
+        s.set_user_status(&bob, UserStatus::Suspended, None).await.unwrap();
+        assert_eq!(s.sessions_to_end("n1").await.unwrap()[0].1, "user suspended");
+        assert_eq!(s.close_orphaned_sessions("n1").await.unwrap(), 1);
+
+        s.audit(&AuditEvent::new("login.failure", Severity::Warning, "x").user("bob"))
+            .await
+            .unwrap();
+        s.audit(&AuditEvent::new("login.success", Severity::Info, "y"))
+            .await
+            .unwrap();
+        assert_eq!(s.audit_events(Some("login.failure"), 10).await.unwrap().len(), 1);
+        assert_eq!(s.audit_events(None, 10).await.unwrap().len(), 2);
     }
 }
