@@ -22,6 +22,7 @@
 
 mod event;
 mod reader;
+pub mod sftp;
 mod writer;
 
 pub use event::{ChannelKind, DataDirection, Event, Header, Meta};

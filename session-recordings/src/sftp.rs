@@ -1,0 +1,561 @@
+//! SFTP version 3 as OpenSSH speaks it (draft-ietf-secsh-filexfer-02): framing and the
+//! parsing of every request and response, for audit and enforcement.
+//!
+//! Bytes arrive in arbitrary pieces; [`Framer`] reassembles whole packets and refuses
+//! oversized ones. [`parse_request`] and [`parse_response`] never panic on any input.
+
+use std::fmt;
+
+/// Largest packet accepted in either direction. OpenSSH's sftp-server refuses messages
+/// above 256 KiB; a little room is left for headers.
+pub const MAX_PACKET: usize = 256 * 1024 + 1024;
+
+/// SFTP status codes (subset used by Herse).
+pub const FX_OK: u32 = 0;
+pub const FX_PERMISSION_DENIED: u32 = 3;
+
+/// Open flags.
+pub const FXF_READ: u32 = 0x01;
+pub const FXF_WRITE: u32 = 0x02;
+pub const FXF_APPEND: u32 = 0x04;
+pub const FXF_CREAT: u32 = 0x08;
+pub const FXF_TRUNC: u32 = 0x10;
+pub const FXF_EXCL: u32 = 0x20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SftpError {
+    #[error("SFTP packet of {0} bytes exceeds the {MAX_PACKET}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed SFTP packet: {0}")]
+    Malformed(&'static str),
+    #[error("unknown SFTP packet type {0}")]
+    UnknownType(u8),
+}
+
+/// Reassembles whole packets (length prefix included) from a byte stream.
+#[derive(Debug, Default)]
+pub struct Framer {
+    buf: Vec<u8>,
+}
+
+impl Framer {
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next whole packet, if one is buffered.
+    pub fn next_packet(&mut self) -> Result<Option<Vec<u8>>, SftpError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_PACKET {
+            return Err(SftpError::TooLarge(len));
+        }
+        if len == 0 {
+            return Err(SftpError::Malformed("empty packet"));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let rest = self.buf.split_off(4 + len);
+        Ok(Some(std::mem::replace(&mut self.buf, rest)))
+    }
+
+    /// Bytes of an incomplete packet still buffered.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> Result<u8, SftpError> {
+        let (&v, rest) = self.b.split_first().ok_or(SftpError::Malformed("truncated"))?;
+        self.b = rest;
+        Ok(v)
+    }
+    fn u32(&mut self) -> Result<u32, SftpError> {
+        if self.b.len() < 4 {
+            return Err(SftpError::Malformed("truncated"));
+        }
+        let (v, rest) = self.b.split_at(4);
+        self.b = rest;
+        Ok(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, SftpError> {
+        let hi = u64::from(self.u32()?);
+        let lo = u64::from(self.u32()?);
+        Ok(hi << 32 | lo)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], SftpError> {
+        let len = self.u32()? as usize;
+        if self.b.len() < len {
+            return Err(SftpError::Malformed("string longer than packet"));
+        }
+        let (v, rest) = self.b.split_at(len);
+        self.b = rest;
+        Ok(v)
+    }
+    fn string(&mut self) -> Result<String, SftpError> {
+        Ok(String::from_utf8_lossy(self.bytes()?).into_owned())
+    }
+}
+
+/// A client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Init {
+        version: u32,
+    },
+    Open {
+        id: u32,
+        path: String,
+        pflags: u32,
+    },
+    Close {
+        id: u32,
+        handle: Vec<u8>,
+    },
+    Read {
+        id: u32,
+        handle: Vec<u8>,
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        id: u32,
+        handle: Vec<u8>,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Lstat {
+        id: u32,
+        path: String,
+    },
+    Fstat {
+        id: u32,
+        handle: Vec<u8>,
+    },
+    Setstat {
+        id: u32,
+        path: String,
+    },
+    Fsetstat {
+        id: u32,
+        handle: Vec<u8>,
+    },
+    Opendir {
+        id: u32,
+        path: String,
+    },
+    Readdir {
+        id: u32,
+        handle: Vec<u8>,
+    },
+    Remove {
+        id: u32,
+        path: String,
+    },
+    Mkdir {
+        id: u32,
+        path: String,
+    },
+    Rmdir {
+        id: u32,
+        path: String,
+    },
+    Realpath {
+        id: u32,
+        path: String,
+    },
+    Stat {
+        id: u32,
+        path: String,
+    },
+    Rename {
+        id: u32,
+        from: String,
+        to: String,
+    },
+    Readlink {
+        id: u32,
+        path: String,
+    },
+    Symlink {
+        id: u32,
+        link: String,
+        target: String,
+    },
+    Extended {
+        id: u32,
+        name: String,
+        paths: Vec<String>,
+    },
+}
+
+/// Extended requests that only read.
+const READ_ONLY_EXTENSIONS: &[&str] = &[
+    "statvfs@openssh.com",
+    "fstatvfs@openssh.com",
+    "limits@openssh.com",
+    "expand-path@openssh.com",
+    "home-directory",
+    "users-groups-by-id@openssh.com",
+];
+
+impl Request {
+    pub fn id(&self) -> Option<u32> {
+        use Request::*;
+        match self {
+            Init { .. } => None,
+            Open { id, .. }
+            | Close { id, .. }
+            | Read { id, .. }
+            | Write { id, .. }
+            | Lstat { id, .. }
+            | Fstat { id, .. }
+            | Setstat { id, .. }
+            | Fsetstat { id, .. }
+            | Opendir { id, .. }
+            | Readdir { id, .. }
+            | Remove { id, .. }
+            | Mkdir { id, .. }
+            | Rmdir { id, .. }
+            | Realpath { id, .. }
+            | Stat { id, .. }
+            | Rename { id, .. }
+            | Readlink { id, .. }
+            | Symlink { id, .. }
+            | Extended { id, .. } => Some(*id),
+        }
+    }
+
+    /// Whether the request can change the target's filesystem. Unknown extensions count
+    /// as writes (fail closed).
+    pub fn is_write(&self) -> bool {
+        use Request::*;
+        match self {
+            Open { pflags, .. } => pflags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC) != 0,
+            Write { .. }
+            | Setstat { .. }
+            | Fsetstat { .. }
+            | Remove { .. }
+            | Mkdir { .. }
+            | Rmdir { .. }
+            | Rename { .. }
+            | Symlink { .. } => true,
+            Extended { name, .. } => !READ_ONLY_EXTENSIONS.contains(&name.as_str()),
+            Init { .. }
+            | Close { .. }
+            | Read { .. }
+            | Lstat { .. }
+            | Fstat { .. }
+            | Opendir { .. }
+            | Readdir { .. }
+            | Realpath { .. }
+            | Stat { .. }
+            | Readlink { .. } => false,
+        }
+    }
+
+    /// A short name for the operation.
+    pub fn op(&self) -> &'static str {
+        use Request::*;
+        match self {
+            Init { .. } => "init",
+            Open { .. } => "open",
+            Close { .. } => "close",
+            Read { .. } => "read",
+            Write { .. } => "write",
+            Lstat { .. } => "lstat",
+            Fstat { .. } => "fstat",
+            Setstat { .. } => "setstat",
+            Fsetstat { .. } => "fsetstat",
+            Opendir { .. } => "opendir",
+            Readdir { .. } => "readdir",
+            Remove { .. } => "remove",
+            Mkdir { .. } => "mkdir",
+            Rmdir { .. } => "rmdir",
+            Realpath { .. } => "realpath",
+            Stat { .. } => "stat",
+            Rename { .. } => "rename",
+            Readlink { .. } => "readlink",
+            Symlink { .. } => "symlink",
+            Extended { .. } => "extended",
+        }
+    }
+}
+
+/// Parse a whole client packet (with its length prefix).
+pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
+    let mut r = Reader {
+        b: packet.get(4..).ok_or(SftpError::Malformed("truncated"))?,
+    };
+    let ty = r.u8()?;
+    if ty == 1 {
+        return Ok(Request::Init { version: r.u32()? });
+    }
+    let id = r.u32()?;
+    use Request::*;
+    Ok(match ty {
+        3 => Open {
+            id,
+            path: r.string()?,
+            pflags: r.u32()?,
+        },
+        4 => Close {
+            id,
+            handle: r.bytes()?.to_vec(),
+        },
+        5 => Read {
+            id,
+            handle: r.bytes()?.to_vec(),
+            offset: r.u64()?,
+            len: r.u32()?,
+        },
+        6 => Write {
+            id,
+            handle: r.bytes()?.to_vec(),
+            offset: r.u64()?,
+            data: r.bytes()?.to_vec(),
+        },
+        7 => Lstat { id, path: r.string()? },
+        8 => Fstat {
+            id,
+            handle: r.bytes()?.to_vec(),
+        },
+        9 => Setstat { id, path: r.string()? },
+        10 => Fsetstat {
+            id,
+            handle: r.bytes()?.to_vec(),
+        },
+        11 => Opendir { id, path: r.string()? },
+        12 => Readdir {
+            id,
+            handle: r.bytes()?.to_vec(),
+        },
+        13 => Remove { id, path: r.string()? },
+        14 => Mkdir { id, path: r.string()? },
+        15 => Rmdir { id, path: r.string()? },
+        16 => Realpath { id, path: r.string()? },
+        17 => Stat { id, path: r.string()? },
+        18 => Rename {
+            id,
+            from: r.string()?,
+            to: r.string()?,
+        },
+        19 => Readlink { id, path: r.string()? },
+        // OpenSSH sends SYMLINK's arguments as (target, link), the reverse of the draft.
+        20 => {
+            let target = r.string()?;
+            let link = r.string()?;
+            Symlink { id, link, target }
+        }
+        200 => {
+            let name = r.string()?;
+            // Most OpenSSH extensions carry one or two paths next; keep what parses.
+            let mut paths = Vec::new();
+            if matches!(
+                name.as_str(),
+                "posix-rename@openssh.com"
+                    | "hardlink@openssh.com"
+                    | "statvfs@openssh.com"
+                    | "lsetstat@openssh.com"
+                    | "expand-path@openssh.com"
+            ) {
+                while paths.len() < 2 {
+                    match r.string() {
+                        Ok(p) => paths.push(p),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Extended { id, name, paths }
+        }
+        other => return Err(SftpError::UnknownType(other)),
+    })
+}
+
+/// A server response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Version { version: u32 },
+    Status { id: u32, code: u32, message: String },
+    Handle { id: u32, handle: Vec<u8> },
+    Data { id: u32, data: Vec<u8> },
+    Name { id: u32 },
+    Attrs { id: u32 },
+    ExtendedReply { id: u32 },
+}
+
+pub fn parse_response(packet: &[u8]) -> Result<Response, SftpError> {
+    let mut r = Reader {
+        b: packet.get(4..).ok_or(SftpError::Malformed("truncated"))?,
+    };
+    let ty = r.u8()?;
+    if ty == 2 {
+        return Ok(Response::Version { version: r.u32()? });
+    }
+    let id = r.u32()?;
+    Ok(match ty {
+        101 => Response::Status {
+            id,
+            code: r.u32()?,
+            message: r.string().unwrap_or_default(),
+        },
+        102 => Response::Handle {
+            id,
+            handle: r.bytes()?.to_vec(),
+        },
+        103 => Response::Data {
+            id,
+            data: r.bytes()?.to_vec(),
+        },
+        104 => Response::Name { id },
+        105 => Response::Attrs { id },
+        201 => Response::ExtendedReply { id },
+        other => return Err(SftpError::UnknownType(other)),
+    })
+}
+
+/// A STATUS packet, as the gateway sends it for a refused request.
+pub fn status_packet(id: u32, code: u32, message: &str) -> Vec<u8> {
+    let mut body = vec![101u8];
+    body.extend_from_slice(&id.to_be_bytes());
+    body.extend_from_slice(&code.to_be_bytes());
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message.as_bytes());
+    body.extend_from_slice(&2u32.to_be_bytes());
+    body.extend_from_slice(b"en");
+    let mut p = (body.len() as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(&body);
+    p
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Request::*;
+        match self {
+            Open { path, pflags, .. } => write!(f, "open {path:?} flags {pflags:#x}"),
+            Remove { path, .. } | Mkdir { path, .. } | Rmdir { path, .. } | Setstat { path, .. } => {
+                write!(f, "{} {path:?}", self.op())
+            }
+            Rename { from, to, .. } => write!(f, "rename {from:?} -> {to:?}"),
+            Symlink { link, target, .. } => write!(f, "symlink {link:?} -> {target:?}"),
+            Extended { name, paths, .. } => write!(f, "extended {name} {paths:?}"),
+            other => f.write_str(other.op()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(body: &[u8]) -> Vec<u8> {
+        let mut p = (body.len() as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(body);
+        p
+    }
+    fn s(v: &str) -> Vec<u8> {
+        let mut o = (v.len() as u32).to_be_bytes().to_vec();
+        o.extend_from_slice(v.as_bytes());
+        o
+    }
+
+    #[test]
+    fn framing_across_pieces_and_limits() {
+        let mut body = vec![3u8];
+        body.extend_from_slice(&7u32.to_be_bytes());
+        body.extend(s("/etc/passwd"));
+        body.extend_from_slice(&FXF_READ.to_be_bytes());
+        body.extend_from_slice(&0u32.to_be_bytes());
+        let p = packet(&body);
+        let mut f = Framer::default();
+        for b in p.iter().chain(p.iter()) {
+            f.push(&[*b]);
+        }
+        let a = f.next_packet().unwrap().unwrap();
+        let b = f.next_packet().unwrap().unwrap();
+        assert_eq!(a, p);
+        assert_eq!(b, p);
+        assert_eq!(f.next_packet().unwrap(), None);
+        let req = parse_request(&a).unwrap();
+        assert_eq!(
+            req,
+            Request::Open {
+                id: 7,
+                path: "/etc/passwd".into(),
+                pflags: FXF_READ
+            }
+        );
+        assert!(!req.is_write());
+
+        let mut big = Framer::default();
+        big.push(&(MAX_PACKET as u32 + 1).to_be_bytes());
+        assert!(matches!(big.next_packet(), Err(SftpError::TooLarge(_))));
+    }
+
+    #[test]
+    fn write_classification() {
+        let open = |flags| Request::Open {
+            id: 1,
+            path: "x".into(),
+            pflags: flags,
+        };
+        assert!(open(FXF_WRITE | FXF_CREAT | FXF_TRUNC).is_write());
+        assert!(open(FXF_READ | FXF_APPEND).is_write());
+        assert!(Request::Remove {
+            id: 1,
+            path: "x".into()
+        }
+        .is_write());
+        assert!(Request::Extended {
+            id: 1,
+            name: "posix-rename@openssh.com".into(),
+            paths: vec![]
+        }
+        .is_write());
+        assert!(
+            Request::Extended {
+                id: 1,
+                name: "something-new".into(),
+                paths: vec![]
+            }
+            .is_write(),
+            "unknown = write"
+        );
+        assert!(!Request::Extended {
+            id: 1,
+            name: "statvfs@openssh.com".into(),
+            paths: vec![]
+        }
+        .is_write());
+    }
+
+    #[test]
+    fn status_round_trip_and_garbage() {
+        let p = status_packet(9, FX_PERMISSION_DENIED, "no");
+        assert_eq!(
+            parse_response(&p).unwrap(),
+            Response::Status {
+                id: 9,
+                code: 3,
+                message: "no".into()
+            }
+        );
+        for junk in [
+            &b""[..],
+            b"\0\0\0\x01",
+            b"\0\0\0\x05\x03\0\0\0\x01",
+            b"\0\0\0\x09\x06\0\0\0\x01\xff\xff\xff\xff",
+        ] {
+            assert!(parse_request(junk).is_err());
+            let _ = parse_response(junk);
+        }
+    }
+}
