@@ -82,6 +82,25 @@ pub enum Meta {
         from_client: bool,
     },
     Close,
+    /// An SFTP operation and how the target answered it.
+    SftpOp {
+        op: String,
+        path: String,
+        target: Option<String>,
+        flags: Option<u32>,
+        outcome: String,
+    },
+    /// A file handle closed: what was transferred through it.
+    SftpFile {
+        path: String,
+        flags: u32,
+        bytes_read: u64,
+        bytes_written: u64,
+        /// SHA-256 of the bytes read, when they were read in order from the start.
+        sha256_read: Option<String>,
+        /// SHA-256 of the bytes written, when they were written in order from the start.
+        sha256_written: Option<String>,
+    },
     /// A request refused by policy; nothing of it reached the target.
     Denied {
         request: String,

@@ -23,6 +23,7 @@
 mod event;
 mod reader;
 pub mod sftp;
+pub mod sftp_audit;
 mod writer;
 
 pub use event::{ChannelKind, DataDirection, Event, Header, Meta};

@@ -1,0 +1,406 @@
+//! Follows an SFTP conversation and turns it into audit events: each file opened with
+//! its flags, bytes read and written, the SHA-256 of what was transferred, and every
+//! changing operation (remove, rename, mkdir, rmdir, setstat, symlink) with its outcome.
+//!
+//! Memory is bounded: at most [`MAX_OUTSTANDING`] requests awaiting an answer and
+//! [`MAX_HANDLES`] open handles; beyond that the conversation is refused.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::event::Meta;
+use crate::sftp::{Request, Response, SftpError, FX_OK};
+
+pub const MAX_OUTSTANDING: usize = 4096;
+pub const MAX_HANDLES: usize = 1024;
+
+#[derive(Debug)]
+enum Pending {
+    Open {
+        path: String,
+        pflags: u32,
+    },
+    Opendir,
+    Close {
+        handle: Vec<u8>,
+    },
+    Read {
+        handle: Vec<u8>,
+        offset: u64,
+    },
+    Change {
+        op: &'static str,
+        path: String,
+        target: Option<String>,
+    },
+    Other,
+}
+
+struct Hashing {
+    hasher: Sha256,
+    next: u64,
+    contiguous: bool,
+}
+
+impl Hashing {
+    fn new() -> Self {
+        Hashing {
+            hasher: Sha256::new(),
+            next: 0,
+            contiguous: true,
+        }
+    }
+    fn feed(&mut self, offset: u64, data: &[u8]) {
+        if self.contiguous && offset == self.next {
+            self.hasher.update(data);
+            self.next += data.len() as u64;
+        } else {
+            self.contiguous = false;
+        }
+    }
+    fn finish(self) -> Option<String> {
+        (self.contiguous && self.next > 0).then(|| hex(&self.hasher.finalize()))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+struct OpenFile {
+    path: String,
+    pflags: u32,
+    read: u64,
+    written: u64,
+    read_hash: Hashing,
+    write_hash: Hashing,
+}
+
+/// Tracks one SFTP channel.
+#[derive(Default)]
+pub struct SftpAudit {
+    pending: HashMap<u32, Pending>,
+    files: HashMap<Vec<u8>, OpenFile>,
+}
+
+impl std::fmt::Debug for SftpAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SftpAudit")
+            .field("pending", &self.pending.len())
+            .field("files", &self.files.len())
+            .finish()
+    }
+}
+
+impl SftpAudit {
+    /// A request the gateway forwards to the target.
+    pub fn request(&mut self, req: &Request) -> Result<(), SftpError> {
+        let Some(id) = req.id() else { return Ok(()) };
+        if self.pending.len() >= MAX_OUTSTANDING {
+            return Err(SftpError::Malformed("too many outstanding SFTP requests"));
+        }
+        let p = match req {
+            Request::Open { path, pflags, .. } => Pending::Open {
+                path: path.clone(),
+                pflags: *pflags,
+            },
+            Request::Opendir { .. } => Pending::Opendir,
+            Request::Close { handle, .. } => Pending::Close { handle: handle.clone() },
+            Request::Read { handle, offset, .. } => Pending::Read {
+                handle: handle.clone(),
+                offset: *offset,
+            },
+            Request::Write {
+                handle, offset, data, ..
+            } => {
+                if let Some(f) = self.files.get_mut(handle) {
+                    f.written += data.len() as u64;
+                    f.write_hash.feed(*offset, data);
+                }
+                Pending::Other
+            }
+            Request::Remove { path, .. } => change("remove", path, None),
+            Request::Mkdir { path, .. } => change("mkdir", path, None),
+            Request::Rmdir { path, .. } => change("rmdir", path, None),
+            Request::Setstat { path, .. } => change("setstat", path, None),
+            Request::Rename { from, to, .. } => change("rename", from, Some(to)),
+            Request::Symlink { link, target, .. } => change("symlink", link, Some(target)),
+            Request::Extended { name, paths, .. } if req.is_write() => Pending::Change {
+                op: "extended",
+                path: format!("{name} {}", paths.first().cloned().unwrap_or_default()),
+                target: paths.get(1).cloned(),
+            },
+            _ => Pending::Other,
+        };
+        self.pending.insert(id, p);
+        Ok(())
+    }
+
+    /// A response from the target; returns the audit events it completes.
+    pub fn response(&mut self, resp: &Response) -> Result<Vec<Meta>, SftpError> {
+        let mut out = Vec::new();
+        let (id, status) = match resp {
+            Response::Version { .. } => return Ok(out),
+            Response::Status { id, code, message } => (*id, Some((*code, message))),
+            Response::Handle { id, .. }
+            | Response::Data { id, .. }
+            | Response::Name { id }
+            | Response::Attrs { id }
+            | Response::ExtendedReply { id } => (*id, None),
+        };
+        let Some(p) = self.pending.remove(&id) else {
+            return Ok(out);
+        };
+        let outcome = |s: Option<(u32, &String)>| match s {
+            None | Some((FX_OK, _)) => "ok".to_owned(),
+            Some((code, msg)) => format!("error {code}: {msg}"),
+        };
+        match (p, resp) {
+            (Pending::Open { path, pflags }, Response::Handle { handle, .. }) => {
+                if self.files.len() >= MAX_HANDLES {
+                    return Err(SftpError::Malformed("too many open SFTP handles"));
+                }
+                out.push(Meta::SftpOp {
+                    op: "open".into(),
+                    path: path.clone(),
+                    target: None,
+                    flags: Some(pflags),
+                    outcome: "ok".into(),
+                });
+                self.files.insert(
+                    handle.clone(),
+                    OpenFile {
+                        path,
+                        pflags,
+                        read: 0,
+                        written: 0,
+                        read_hash: Hashing::new(),
+                        write_hash: Hashing::new(),
+                    },
+                );
+            }
+            (Pending::Open { path, pflags }, _) => {
+                out.push(Meta::SftpOp {
+                    op: "open".into(),
+                    path,
+                    target: None,
+                    flags: Some(pflags),
+                    outcome: outcome(status),
+                });
+            }
+            (Pending::Read { handle, offset }, Response::Data { data, .. }) => {
+                if let Some(f) = self.files.get_mut(&handle) {
+                    f.read += data.len() as u64;
+                    f.read_hash.feed(offset, data);
+                }
+            }
+            (Pending::Close { handle }, _) => {
+                if let Some(f) = self.files.remove(&handle) {
+                    out.push(Meta::SftpFile {
+                        path: f.path,
+                        flags: f.pflags,
+                        bytes_read: f.read,
+                        bytes_written: f.written,
+                        sha256_read: f.read_hash.finish(),
+                        sha256_written: f.write_hash.finish(),
+                    });
+                }
+            }
+            (Pending::Change { op, path, target }, _) => {
+                out.push(Meta::SftpOp {
+                    op: op.into(),
+                    path,
+                    target,
+                    flags: None,
+                    outcome: outcome(status),
+                });
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    /// Files still open when the channel ends, as summaries.
+    pub fn finish(&mut self) -> Vec<Meta> {
+        self.files
+            .drain()
+            .map(|(_, f)| Meta::SftpFile {
+                path: f.path,
+                flags: f.pflags,
+                bytes_read: f.read,
+                bytes_written: f.written,
+                sha256_read: f.read_hash.finish(),
+                sha256_written: f.write_hash.finish(),
+            })
+            .collect()
+    }
+}
+
+fn change(op: &'static str, path: &str, target: Option<&String>) -> Pending {
+    Pending::Change {
+        op,
+        path: path.to_owned(),
+        target: target.cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sftp::{FXF_CREAT, FXF_READ, FXF_TRUNC, FXF_WRITE};
+
+    #[test]
+    fn upload_and_download_are_summarised_with_hashes() {
+        let mut a = SftpAudit::default();
+        let h = b"h1".to_vec();
+        a.request(&Request::Open {
+            id: 1,
+            path: "/tmp/f".into(),
+            pflags: FXF_WRITE | FXF_CREAT | FXF_TRUNC,
+        })
+        .unwrap();
+        let ev = a
+            .response(&Response::Handle {
+                id: 1,
+                handle: h.clone(),
+            })
+            .unwrap();
+        assert!(matches!(&ev[0], Meta::SftpOp { op, path, .. } if op == "open" && path == "/tmp/f"));
+        a.request(&Request::Write {
+            id: 2,
+            handle: h.clone(),
+            offset: 0,
+            data: b"hello ".to_vec(),
+        })
+        .unwrap();
+        a.request(&Request::Write {
+            id: 3,
+            handle: h.clone(),
+            offset: 6,
+            data: b"world".to_vec(),
+        })
+        .unwrap();
+        a.response(&Response::Status {
+            id: 2,
+            code: 0,
+            message: String::new(),
+        })
+        .unwrap();
+        a.response(&Response::Status {
+            id: 3,
+            code: 0,
+            message: String::new(),
+        })
+        .unwrap();
+        a.request(&Request::Close {
+            id: 4,
+            handle: h.clone(),
+        })
+        .unwrap();
+        let ev = a
+            .response(&Response::Status {
+                id: 4,
+                code: 0,
+                message: String::new(),
+            })
+            .unwrap();
+        let want = hex(&Sha256::digest(b"hello world"));
+        assert_eq!(
+            ev,
+            vec![Meta::SftpFile {
+                path: "/tmp/f".into(),
+                flags: FXF_WRITE | FXF_CREAT | FXF_TRUNC,
+                bytes_read: 0,
+                bytes_written: 11,
+                sha256_read: None,
+                sha256_written: Some(want)
+            }]
+        );
+
+        a.request(&Request::Open {
+            id: 5,
+            path: "/etc/motd".into(),
+            pflags: FXF_READ,
+        })
+        .unwrap();
+        a.response(&Response::Handle {
+            id: 5,
+            handle: h.clone(),
+        })
+        .unwrap();
+        a.request(&Request::Read {
+            id: 6,
+            handle: h.clone(),
+            offset: 0,
+            len: 4,
+        })
+        .unwrap();
+        a.request(&Request::Read {
+            id: 7,
+            handle: h.clone(),
+            offset: 4,
+            len: 4,
+        })
+        .unwrap();
+        a.response(&Response::Data {
+            id: 6,
+            data: b"abcd".to_vec(),
+        })
+        .unwrap();
+        a.response(&Response::Data {
+            id: 7,
+            data: b"ef".to_vec(),
+        })
+        .unwrap();
+        a.request(&Request::Close {
+            id: 8,
+            handle: h.clone(),
+        })
+        .unwrap();
+        let ev = a
+            .response(&Response::Status {
+                id: 8,
+                code: 0,
+                message: String::new(),
+            })
+            .unwrap();
+        assert!(
+            matches!(&ev[0], Meta::SftpFile { bytes_read: 6, sha256_read: Some(s), .. } if *s == hex(&Sha256::digest(b"abcdef")))
+        );
+    }
+
+    #[test]
+    fn changes_carry_their_outcome_and_state_is_bounded() {
+        let mut a = SftpAudit::default();
+        a.request(&Request::Rename {
+            id: 1,
+            from: "a".into(),
+            to: "b".into(),
+        })
+        .unwrap();
+        let ev = a
+            .response(&Response::Status {
+                id: 1,
+                code: 2,
+                message: "No such file".into(),
+            })
+            .unwrap();
+        assert!(
+            matches!(&ev[0], Meta::SftpOp { op, target: Some(t), outcome, .. } if op == "rename" && t == "b" && outcome.contains("No such file"))
+        );
+        for i in 0..MAX_OUTSTANDING as u32 {
+            a.request(&Request::Stat {
+                id: i,
+                path: "x".into(),
+            })
+            .unwrap();
+        }
+        assert!(a
+            .request(&Request::Stat {
+                id: u32::MAX,
+                path: "x".into()
+            })
+            .is_err());
+    }
+}
