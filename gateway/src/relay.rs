@@ -12,7 +12,10 @@ use std::sync::Arc;
 use russh::{server, Channel, ChannelMsg};
 use session_recordings::{ChannelKind, DataDirection, Meta, RecordError};
 
-use crate::policy::Request;
+use session_recordings::sftp::{self, Framer};
+use session_recordings::sftp_audit::SftpAudit;
+
+use crate::policy::{Request, SftpAccess};
 use crate::session::TargetSession;
 
 type FrontChannel = Channel<server::Msg>;
@@ -24,6 +27,9 @@ enum RelayError {
     Record(#[from] RecordError),
     #[error("channel error: {0}")]
     Ssh(#[from] russh::Error),
+    /// Ends this channel only (for example a malformed SFTP packet); the session goes on.
+    #[error("{0}")]
+    Channel(String),
 }
 
 /// How a request on a session channel is judged; the front handler uses the same
@@ -107,6 +113,34 @@ pub async fn forward_channel(
     .await;
 }
 
+/// State shared by the two directions of one channel.
+struct Chan<'a> {
+    s: &'a TargetSession,
+    id: u32,
+    up: &'a russh::ChannelWriteHalf<russh::client::Msg>,
+    front: &'a russh::ChannelWriteHalf<server::Msg>,
+    /// Held while writing one whole message to the client, so a packet the gateway
+    /// injects (an SFTP refusal) never lands inside a packet from the target.
+    front_lock: tokio::sync::Mutex<()>,
+    /// Set once the channel runs the sftp subsystem.
+    sftp: std::sync::Mutex<Option<SftpAudit>>,
+}
+
+impl Chan<'_> {
+    fn sftp_active(&self) -> bool {
+        self.sftp.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Tell the client why the channel is refused or ends, then close it.
+    async fn fail(&self, message: &str) {
+        let _g = self.front_lock.lock().await;
+        let _ = self.front.extended_data_bytes(1, format!("herse: {message}\r\n")).await;
+        let _ = self.front.exit_status(1).await;
+        let _ = self.front.eof().await;
+        let _ = self.front.close().await;
+    }
+}
+
 async fn run(
     s: Arc<TargetSession>,
     id: u32,
@@ -122,21 +156,29 @@ async fn run(
     }
     let (mut front_rx, front_tx) = front.split();
     let (mut up_rx, up_tx) = up.split();
+    let chan = Chan {
+        s: &s,
+        id,
+        up: &up_tx,
+        front: &front_tx,
+        front_lock: tokio::sync::Mutex::new(()),
+        sftp: std::sync::Mutex::new(None),
+    };
 
     let inbound = async {
+        let mut framer = Framer::default();
         while let Some(msg) = front_rx.wait().await {
-            match client_to_target(&s, id, msg, &up_tx, &front_tx, env_allowed).await {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => return Err(e),
+            if !client_to_target(&chan, msg, &mut framer, env_allowed).await? {
+                break;
             }
         }
         let _ = up_tx.close().await;
         Ok::<(), RelayError>(())
     };
     let outbound = async {
+        let mut framer = Framer::default();
         while let Some(msg) = up_rx.wait().await {
-            if !target_to_client(&s, id, msg, &front_tx, &front_handle).await? {
+            if !target_to_client(&chan, msg, &mut framer, &front_handle).await? {
                 break;
             }
         }
@@ -145,25 +187,101 @@ async fn run(
     };
     let both = async { tokio::try_join!(inbound, outbound) };
     tokio::select! {
-        r = both => {
-            if let Err(e) = r {
-                s.end(e.to_string());
+        r = both => match r {
+            Err(RelayError::Channel(reason)) => {
+                let _ = s.recorder().meta(id, &Meta::Denied { request: "channel".into(), reason: reason.clone() });
+                tracing::warn!(session = %s.id(), channel = id, %reason, "channel ended");
+                chan.fail(&reason).await;
+                let _ = up_tx.close().await;
             }
-        }
+            Err(e) => s.end(e.to_string()),
+            Ok(_) => {}
+        },
         _ = s.cancelled() => {}
+    }
+    let leftovers = chan
+        .sftp
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+        .map(|a| a.finish())
+        .unwrap_or_default();
+    for m in leftovers {
+        let _ = s.recorder().meta(id, &m);
     }
     let _ = s.recorder().meta(id, &Meta::Close);
 }
 
+/// Pass client bytes on an sftp channel packet by packet, refusing what the role forbids
+/// with an SFTP permission-denied status; the session goes on.
+async fn sftp_inbound(chan: &Chan<'_>, framer: &mut Framer, data: &[u8]) -> Result<(), RelayError> {
+    framer.push(data);
+    while let Some(packet) = framer
+        .next_packet()
+        .map_err(|e| RelayError::Channel(format!("client sent {e}")))?
+    {
+        let req = sftp::parse_request(&packet).map_err(|e| RelayError::Channel(format!("client sent {e}")))?;
+        let access = match &req {
+            r if r.is_write() => SftpAccess::Write,
+            sftp::Request::Open { .. } => SftpAccess::ReadFile,
+            _ => SftpAccess::Metadata,
+        };
+        match chan.s.authorized().check_sftp(access) {
+            Ok(()) => {
+                if let Some(a) = chan.sftp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    a.request(&req).map_err(|e| RelayError::Channel(e.to_string()))?;
+                }
+                chan.up.data_bytes(bytes::Bytes::from(packet)).await?;
+            }
+            Err(reason) => {
+                let request = format!("sftp {req}");
+                chan.s.recorder().meta(
+                    chan.id,
+                    &Meta::Denied {
+                        request: request.clone(),
+                        reason: reason.clone(),
+                    },
+                )?;
+                chan.s.audit_denied(&request, &reason).await;
+                let id = req.id().unwrap_or(0);
+                let status = sftp::status_packet(id, sftp::FX_PERMISSION_DENIED, &format!("herse: {reason}"));
+                let _g = chan.front_lock.lock().await;
+                chan.front.data_bytes(bytes::Bytes::from(status)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pass target bytes on an sftp channel to the client in whole packets, auditing them.
+async fn sftp_outbound(chan: &Chan<'_>, framer: &mut Framer, data: &[u8]) -> Result<(), RelayError> {
+    framer.push(data);
+    while let Some(packet) = framer
+        .next_packet()
+        .map_err(|e| RelayError::Channel(format!("target sent {e}")))?
+    {
+        let resp = sftp::parse_response(&packet).map_err(|e| RelayError::Channel(format!("target sent {e}")))?;
+        let events = match chan.sftp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(a) => a.response(&resp).map_err(|e| RelayError::Channel(e.to_string()))?,
+            None => Vec::new(),
+        };
+        for m in &events {
+            chan.s.recorder().meta(chan.id, m)?;
+        }
+        let _g = chan.front_lock.lock().await;
+        chan.front.data_bytes(bytes::Bytes::from(packet)).await?;
+    }
+    Ok(())
+}
+
 /// Forward one message from the client. `Ok(false)` ends this direction.
 async fn client_to_target(
-    s: &TargetSession,
-    id: u32,
+    chan: &Chan<'_>,
     msg: ChannelMsg,
-    up: &russh::ChannelWriteHalf<russh::client::Msg>,
-    front: &russh::ChannelWriteHalf<server::Msg>,
+    framer: &mut Framer,
     env_allowed: &(dyn Fn(&str) -> bool + Send + Sync),
 ) -> Result<bool, RelayError> {
+    let (s, id, up) = (chan.s, chan.id, chan.up);
     let rec = s.recorder();
     if let Some(Err(reason)) = judge(s, &msg) {
         let request = request_name(&msg);
@@ -180,10 +298,7 @@ async fn client_to_target(
             msg,
             ChannelMsg::RequestShell { .. } | ChannelMsg::Exec { .. } | ChannelMsg::RequestSubsystem { .. }
         ) {
-            let _ = front.extended_data_bytes(1, format!("herse: {reason}\r\n")).await;
-            let _ = front.exit_status(1).await;
-            let _ = front.eof().await;
-            let _ = front.close().await;
+            chan.fail(&reason).await;
             return Ok(false);
         }
         return Ok(true);
@@ -192,7 +307,11 @@ async fn client_to_target(
         ChannelMsg::Data { data } => {
             s.touch();
             rec.data(id, DataDirection::Input, &data)?;
-            up.data_bytes(data).await?;
+            if chan.sftp_active() {
+                sftp_inbound(chan, framer, &data).await?;
+            } else {
+                up.data_bytes(data).await?;
+            }
         }
         ChannelMsg::ExtendedData { data, ext } => {
             s.touch();
@@ -247,6 +366,9 @@ async fn client_to_target(
         }
         ChannelMsg::RequestSubsystem { name, .. } => {
             rec.meta(id, &Meta::Subsystem { name: name.clone() })?;
+            if name == "sftp" {
+                *chan.sftp.lock().unwrap_or_else(|p| p.into_inner()) = Some(SftpAudit::default());
+            }
             up.request_subsystem(false, name).await?;
         }
         ChannelMsg::SetEnv {
@@ -294,18 +416,23 @@ async fn client_to_target(
 
 /// Forward one message from the target. `Ok(false)` ends this direction.
 async fn target_to_client(
-    s: &TargetSession,
-    id: u32,
+    chan: &Chan<'_>,
     msg: ChannelMsg,
-    front: &russh::ChannelWriteHalf<server::Msg>,
+    framer: &mut Framer,
     front_handle: &server::Handle,
 ) -> Result<bool, RelayError> {
+    let (s, id, front) = (chan.s, chan.id, chan.front);
     let rec = s.recorder();
     match msg {
         ChannelMsg::Data { data } => {
             s.touch();
             rec.data(id, DataDirection::Output, &data)?;
-            front.data_bytes(data).await?;
+            if chan.sftp_active() {
+                sftp_outbound(chan, framer, &data).await?;
+            } else {
+                let _g = chan.front_lock.lock().await;
+                front.data_bytes(data).await?;
+            }
         }
         ChannelMsg::ExtendedData { data, ext } => {
             s.touch();

@@ -126,11 +126,24 @@ impl SftpAudit {
             Request::Setstat { path, .. } => change("setstat", path, None),
             Request::Rename { from, to, .. } => change("rename", from, Some(to)),
             Request::Symlink { link, target, .. } => change("symlink", link, Some(target)),
-            Request::Extended { name, paths, .. } if req.is_write() => Pending::Change {
-                op: "extended",
-                path: format!("{name} {}", paths.first().cloned().unwrap_or_default()),
-                target: paths.get(1).cloned(),
-            },
+            Request::Extended { name, paths, .. } if req.is_write() => {
+                let op = match name.as_str() {
+                    "posix-rename@openssh.com" => "rename",
+                    "hardlink@openssh.com" => "hardlink",
+                    "lsetstat@openssh.com" => "setstat",
+                    "fsync@openssh.com" => "fsync",
+                    _ => "extended",
+                };
+                let path = match op {
+                    "extended" => format!("{name} {}", paths.first().cloned().unwrap_or_default()),
+                    _ => paths.first().cloned().unwrap_or_default(),
+                };
+                Pending::Change {
+                    op,
+                    path,
+                    target: paths.get(1).cloned(),
+                }
+            }
             _ => Pending::Other,
         };
         self.pending.insert(id, p);

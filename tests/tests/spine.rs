@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herse_e2e::*;
+use session_recordings::{Event, Meta};
 
 const DEPLOY: &str = "hdeploy";
 const OPS: &str = "hops";
@@ -106,6 +107,13 @@ operations = ["shell"]
 max_session = "1h"
 idle_timeout = "10m"
 
+[roles.web-readonly]
+tiers = ["web"]
+logins = ["{OPS}"]
+operations = ["sftp-read"]
+max_session = "1h"
+idle_timeout = "10m"
+
 [roles.db-exec]
 tiers = ["db"]
 logins = ["{DEPLOY}"]
@@ -133,7 +141,12 @@ idle_timeout = "10m"
             .ctl()
             .args(["users", "add", "bob", "--key"])
             .arg(format!("{}.pub", bob_key.display())));
-        for (u, r) in [("alice", "web-full"), ("alice", "db-exec"), ("bob", "web-shell")] {
+        for (u, r) in [
+            ("alice", "web-full"),
+            ("alice", "db-exec"),
+            ("bob", "web-shell"),
+            ("bob", "web-readonly"),
+        ] {
             ok(gw.ctl().args(["roles", "bind", u, r]));
         }
         let host_ca = std::fs::read_to_string(d.join("data/host_ca.pub")).unwrap();
@@ -188,6 +201,19 @@ fn ssh(cfg: &Path) -> Command {
     let mut c = Command::new("ssh");
     c.arg("-F").arg(cfg).stdin(Stdio::null());
     c
+}
+
+fn recordings(w: &World) -> Vec<(session_recordings::Header, Vec<Event>)> {
+    std::fs::read_dir(w.gw.data().join("recordings"))
+        .unwrap()
+        .map(|e| {
+            let (h, ev, _) = session_recordings::RecordingReader::open(&e.unwrap().path())
+                .unwrap()
+                .events()
+                .unwrap();
+            (h, ev)
+        })
+        .collect()
 }
 
 fn text(b: &[u8]) -> String {
@@ -360,6 +386,14 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
         .stdout(std::fs::File::create(&back).unwrap()));
     assert_eq!(sha256_file(&back), want);
     eprintln!("256 MiB scp upload through herse took {up:?}");
+    // The recording of that upload names the file, its size and its SHA-256.
+    let found = recordings(&w).into_iter().any(|(_, events)| {
+        events.iter().any(|e| {
+            matches!(e, Event::Meta { meta: Meta::SftpFile { path, bytes_written, sha256_written: Some(h), .. }, .. }
+            if path.ends_with("/big.bin") && *bytes_written == 256 << 20 && *h == want)
+        })
+    });
+    assert!(found, "no SftpFile event with the upload's size and hash");
     std::fs::remove_file(&back).unwrap();
 
     // scp down.
@@ -398,6 +432,26 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
     assert!(out.contains("put.txt"), "{out}");
     assert_eq!(std::fs::read_to_string(d.join("got.txt")).unwrap(), "hello herse\n");
     let listing = ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", &format!("ls {remote_dir}")]));
+    let ops: Vec<(String, String)> = recordings(&w)
+        .into_iter()
+        .flat_map(|(_, events)| events)
+        .filter_map(|e| match e {
+            Event::Meta {
+                meta: Meta::SftpOp { op, path, outcome, .. },
+                ..
+            } => Some((op, format!("{path} {outcome}"))),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        ops.iter().any(|(op, p)| op == "rename" && p.ends_with("put.txt ok")),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter()
+            .any(|(op, p)| op == "remove" && p.ends_with("renamed.txt ok")),
+        "{ops:?}"
+    );
     assert!(
         !listing.contains("renamed.txt") && !listing.contains("put.txt"),
         "{listing}"
@@ -743,4 +797,74 @@ fn init_refuses_to_overwrite_and_sigterm_drains() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn read_only_sftp_refuses_writes_and_allows_reads() {
+    let w = World::new("sftpro");
+    let home = format!("/home/{OPS}");
+    let file = format!("{home}/herse-ro-{}.txt", std::process::id());
+    std::fs::write(&file, "read me\n").unwrap();
+    ok(Command::new("chown").arg(format!("{OPS}:{OPS}")).arg(&file));
+    let local = w.d().join("upload.txt");
+    std::fs::write(&local, "nope\n").unwrap();
+    let name = Path::new(&file).file_name().unwrap().to_string_lossy().into_owned();
+    let batch = |cmds: &str| {
+        let b = w.d().join("ro-batch");
+        std::fs::write(&b, cmds).unwrap();
+        run(Command::new("sftp")
+            .arg("-F")
+            .arg(&w.bob)
+            .arg("-b")
+            .arg(&b)
+            .arg(format!("{OPS}@web1")))
+    };
+    // get works.
+    let got = w.d().join("got.txt");
+    let out = batch(&format!("get {name} {}\n", got.display()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), "read me\n");
+    // put, rm and rename are refused with permission denied, and the session goes on.
+    for cmd in [
+        format!("put {} up.txt", local.display()),
+        format!("rm {name}"),
+        format!("rename {name} moved.txt"),
+        "mkdir d".to_string(),
+    ] {
+        let out = batch(&format!("{cmd}\n"));
+        assert!(!out.status.success(), "{cmd} succeeded");
+        assert!(
+            text(&out.stderr).to_lowercase().contains("permission denied"),
+            "{cmd}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = batch(&format!(
+        "-rm {name}\nls\nget {name} {}\n",
+        w.d().join("again.txt").display()
+    ));
+    assert!(
+        out.status.success(),
+        "reads still work after a refusal in the same session: {}",
+        text(&out.stderr)
+    );
+    assert!(Path::new(&file).exists(), "the file survived");
+    assert!(!Path::new(&format!("{home}/up.txt")).exists());
+    std::fs::remove_file(&file).unwrap();
+    // Refusals are recorded and audited.
+    let denied: Vec<String> = recordings(&w)
+        .into_iter()
+        .flat_map(|(_, ev)| ev)
+        .filter_map(|e| match e {
+            Event::Meta {
+                meta: Meta::Denied { request, .. },
+                ..
+            } => Some(request),
+            _ => None,
+        })
+        .collect();
+    assert!(denied.iter().any(|r| r.contains("remove")), "{denied:?}");
+    assert!(denied.iter().any(|r| r.contains("rename")), "{denied:?}");
+    let audit = ok(w.gw.ctl().args(["audit", "list", "--kind", "access.denied", "--json"]));
+    assert!(audit.contains("sftp-write is not allowed"), "{audit}");
 }

@@ -31,6 +31,17 @@ pub enum Denial {
     GrantRequired { tier: TierName },
 }
 
+/// What an SFTP request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SftpAccess {
+    /// stat, list, realpath, readlink.
+    Metadata,
+    /// Opening a file for reading.
+    ReadFile,
+    /// Anything that can change the target.
+    Write,
+}
+
 /// A request made on an authorized session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
@@ -144,12 +155,8 @@ impl Authorized {
         match request {
             Request::Shell => need(Operation::Shell),
             Request::Exec(_) => need(Operation::Exec),
-            Request::Subsystem("sftp") => {
-                // Read-only SFTP needs the SFTP parser to refuse writes; until the relay
-                // enforces it, only roles that may both read and write get SFTP.
-                need(Operation::SftpRead)?;
-                need(Operation::SftpWrite)
-            }
+            // The relay parses the SFTP stream and checks each request with `check_sftp`.
+            Request::Subsystem("sftp") => need(Operation::SftpRead).or_else(|_| need(Operation::SftpWrite)),
             Request::Subsystem(other) => Err(format!("subsystem {other:?} is not supported")),
             Request::Forward { host, port } => {
                 need(Operation::PortForward)?;
@@ -163,6 +170,29 @@ impl Authorized {
                     Err(format!("port forwarding to {host}:{port} is not allowed"))
                 }
             }
+        }
+    }
+
+    /// Whether one SFTP request is allowed: reading a file needs `sftp-read`, anything
+    /// that changes the target needs `sftp-write`, listing and stat need either.
+    pub fn check_sftp(&self, access: SftpAccess) -> Result<(), String> {
+        let op = match access {
+            SftpAccess::Metadata if self.allows(Operation::SftpRead) || self.allows(Operation::SftpWrite) => {
+                return Ok(())
+            }
+            SftpAccess::Metadata | SftpAccess::ReadFile => Operation::SftpRead,
+            SftpAccess::Write => Operation::SftpWrite,
+        };
+        if self.allows(op) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} is not allowed for {} on {} (roles: {})",
+                op.as_str(),
+                self.login,
+                self.target.name,
+                self.role_label()
+            ))
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use russh::keys::ssh_key::PublicKey;
 
-pub use decide::{Authorized, Denial, Request};
+pub use decide::{Authorized, Denial, Request, SftpAccess};
 pub use load::load;
 
 use crate::ident::{Login, RoleName, TargetName, TierName};
