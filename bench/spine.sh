@@ -36,7 +36,18 @@ id "$LOGIN" >/dev/null 2>&1 || useradd -m -p '*' -s /bin/sh "$LOGIN"
 
 W=$(mktemp -d /tmp/herse-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
+# CPU accounting per process tree with cgroup v1 cpuacct (children inherit the group,
+# and a process's time is counted even before its parent reaps it).
+CG=/sys/fs/cgroup/cpuacct
+cg_new() { mkdir -p "$CG/herse-bench-$1"; }
+cg_add() { echo "$2" > "$CG/herse-bench-$1/cgroup.procs"; }
+cg_ns() { cat "$CG/herse-bench-$1/cpuacct.usage"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for g in target jump herse; do rmdir "$CG/herse-bench-$g" 2>/dev/null || true; done
+  rm -rf "$W"
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -58,6 +69,8 @@ ssh-keygen -q -t ed25519 -N '' -f "$W/user"
 TPORT=$(port); JPORT=$(port)
 # The target trusts Herse's user CA and the bench user's key (for the direct and jump paths).
 mkdir -p "$W/ak"; cp "$W/user.pub" "$W/ak/authorized_keys"
+# sshd reads AuthorizedKeysFile as the login user.
+chmod 755 "$W" "$W/ak"; chmod 644 "$W/ak/authorized_keys"
 common="PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
@@ -72,8 +85,9 @@ printf 'Port %s\nListenAddress 127.0.0.1\nHostKey %s\nTrustedUserCAKeys %s\nAuth
 printf 'Port %s\nListenAddress 127.0.0.1\nHostKey %s\nAuthorizedKeysFile %s\n%s\n' \
   "$JPORT" "$W/jump_host" "$W/ak/authorized_keys" "$common" > "$W/jump.conf"
 mkdir -p /run/sshd
-/usr/sbin/sshd -D -f "$W/target.conf" & TPID=$!; pids+=($TPID)
-/usr/sbin/sshd -D -f "$W/jump.conf" & JPID=$!; pids+=($JPID)
+for g in target jump herse; do cg_new $g; done
+/usr/sbin/sshd -D -f "$W/target.conf" & TPID=$!; pids+=($TPID); cg_add target $TPID
+/usr/sbin/sshd -D -f "$W/jump.conf" & JPID=$!; pids+=($JPID); cg_add jump $JPID
 
 cat > "$W/policy.toml" <<POL
 [tiers.bench.targets.t1]
@@ -87,7 +101,7 @@ operations = ["shell", "exec", "sftp-read", "sftp-write"]
 max_session = "8h"
 idle_timeout = "1h"
 POL
-"$BIN/herse" -c "$W/herse.toml" serve 2> "$W/herse.log" & HPID=$!; pids+=($HPID)
+"$BIN/herse" -c "$W/herse.toml" serve 2> "$W/herse.log" & HPID=$!; pids+=($HPID); cg_add herse $HPID
 for _ in $(seq 100); do grep -q "SSH listening on" "$W/herse.log" && break; sleep 0.1; done
 HPORT=$(grep -o 'SSH listening on .*' "$W/herse.log" | head -1 | sed 's/.*://')
 "$BIN/hersectl" -c "$W/herse.toml" users add alice --key "$W/user.pub" > /dev/null
@@ -132,18 +146,7 @@ Host *
 SSH
 
 declare -A DEST=([direct]="direct" [jump]="viajump" [herse-jump]="t1" [herse-hop]="alice+$LOGIN+t1@herse")
-declare -A MIDDLE=([direct]="" [jump]="$JPID" [herse-jump]="$HPID" [herse-hop]="$HPID")
-
-# CPU ticks (utime+stime, children included) of a process tree.
-ticks() {
-  local root=$1 total=0
-  for p in $root $(pgrep -P "$root" 2>/dev/null) $(for c in $(pgrep -P "$root" 2>/dev/null); do pgrep -P "$c"; done); do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(awk '{print $14+$15+$16+$17}' "/proc/$p/stat")))
-  done
-  echo $total
-}
-HZ=$(getconf CLK_TCK)
+declare -A MIDDLE=([direct]="" [jump]="jump" [herse-jump]="herse" [herse-hop]="herse")
 
 printf '| path | setup median ms | setup p90 ms | throughput MB/s | client CPU-s/GiB | middle CPU-s/GiB | target CPU-s/GiB |\n'
 printf '|---|---|---|---|---|---|---|\n'
@@ -157,18 +160,19 @@ for path in direct jump herse-jump herse-hop; do
   sorted=($(printf '%s\n' "${times[@]}" | sort -n))
   med=${sorted[$((SETUPS / 2))]}; p90=${sorted[$((SETUPS * 9 / 10))]}
   mid=${MIDDLE[$path]}
-  t0=$(ticks $TPID); m0=0; [ -n "$mid" ] && m0=$(ticks "$mid")
+  t0=$(cg_ns target); m0=0; [ -n "$mid" ] && m0=$(cg_ns "$mid")
   s=$(date +%s%N)
   /usr/bin/time -f '%U %S' -o "$W/client.time" \
     bash -c "head -c ${SIZE_MIB}M /dev/zero | ssh -F '$W/ssh_config' '$dest' 'cat > /dev/null'"
   e=$(date +%s%N)
-  t1=$(ticks $TPID); m1=0; [ -n "$mid" ] && m1=$(ticks "$mid")
+  sleep 0.5
+  t1=$(cg_ns target); m1=0; [ -n "$mid" ] && m1=$(cg_ns "$mid")
   secs=$(echo "($e - $s) / 1000000000" | bc -l)
   gib=$(echo "$SIZE_MIB / 1024" | bc -l)
   mbps=$(echo "$SIZE_MIB * 1.048576 / $secs" | bc -l)
   client=$(awk '{print $1+$2}' "$W/client.time")
   printf '| %s | %d | %d | %.0f | %.2f | %s | %.2f |\n' "$path" "$med" "$p90" "$mbps" \
     "$(echo "$client / $gib" | bc -l)" \
-    "$( [ -n "$mid" ] && printf '%.2f' "$(echo "($m1 - $m0) / $HZ / $gib" | bc -l)" || echo '-')" \
-    "$(echo "($t1 - $t0) / $HZ / $gib" | bc -l)"
+    "$( [ -n "$mid" ] && printf '%.2f' "$(echo "($m1 - $m0) / 1000000000 / $gib" | bc -l)" || echo '-')" \
+    "$(echo "($t1 - $t0) / 1000000000 / $gib" | bc -l)"
 done

@@ -143,6 +143,7 @@ pub fn base_config(gw: &Gateway) -> server::Config {
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 3,
         nodelay: true,
+        preferred: crate::upstream::preferred_algorithms(),
         ..Default::default()
     }
 }

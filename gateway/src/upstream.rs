@@ -57,8 +57,26 @@ impl client::Handler for UpstreamHandler {
 
 pub type UpstreamHandle = client::Handle<UpstreamHandler>;
 
+/// Algorithms offered on both sides: russh's defaults plus aes128-gcm, which OpenSSH
+/// users commonly select for speed on AES-NI hardware.
+pub fn preferred_algorithms() -> russh::Preferred {
+    use russh::cipher;
+    russh::Preferred {
+        cipher: std::borrow::Cow::Borrowed(&[
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_256_GCM,
+            cipher::AES_128_GCM,
+            cipher::AES_256_CTR,
+            cipher::AES_192_CTR,
+            cipher::AES_128_CTR,
+        ]),
+        ..russh::Preferred::DEFAULT
+    }
+}
+
 fn client_config(target: &Target) -> client::Config {
     let mut cfg = client::Config {
+        preferred: preferred_algorithms(),
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 3,
