@@ -11,6 +11,7 @@
 # trees), because wall time on a shared 2-core machine is noisy.
 #
 # Usage: bench/spine.sh [--cipher chacha20-poly1305@openssh.com] [--size-mib 1024] [--setups 30]
+# HERSE_BENCH_PERF=FILE also records a perf profile of the gateway during the single-hop transfer.
 # Needs root (creates a throwaway login), OpenSSH server and client, and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -161,10 +162,17 @@ for path in direct jump herse-jump herse-hop; do
   med=${sorted[$((SETUPS / 2))]}; p90=${sorted[$((SETUPS * 9 / 10))]}
   mid=${MIDDLE[$path]}
   t0=$(cg_ns target); m0=0; [ -n "$mid" ] && m0=$(cg_ns "$mid")
+  perf_pid=""
+  if [ -n "${HERSE_BENCH_PERF:-}" ] && [ "$path" = herse-hop ]; then
+    # Optional profile of the gateway during the single-hop transfer (bench/README).
+    perf record -q -F 999 -g -e cpu-clock -p "$HPID" -o "$HERSE_BENCH_PERF" 2>/dev/null & perf_pid=$!
+    sleep 0.3
+  fi
   s=$(date +%s%N)
   /usr/bin/time -f '%U %S' -o "$W/client.time" \
     bash -c "head -c ${SIZE_MIB}M /dev/zero | ssh -F '$W/ssh_config' '$dest' 'cat > /dev/null'"
   e=$(date +%s%N)
+  [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
   sleep 0.5
   t1=$(cg_ns target); m1=0; [ -n "$mid" ] && m1=$(cg_ns "$mid")
   secs=$(echo "($e - $s) / 1000000000" | bc -l)
