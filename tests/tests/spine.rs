@@ -109,6 +109,7 @@ idle_timeout = "10m"
 
 [roles.web-readonly]
 tiers = ["web"]
+targets = ["web1"]
 logins = ["{OPS}"]
 operations = ["sftp-read"]
 max_session = "1h"
@@ -270,7 +271,19 @@ fn exec_exit_codes_stderr_and_env_in_both_forms() {
             })
         {
             assert!(events.iter().any(|e| matches!(e, session_recordings::Event::Meta { meta: session_recordings::Meta::Exec { command }, .. } if command.contains("exit 7"))));
-            assert!(events.iter().any(|e| matches!(e, session_recordings::Event::Data { direction: session_recordings::DataDirection::Output, data, .. } if data == b"out\nenv=passed\n")));
+            let stdout: Vec<u8> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Data {
+                        direction: session_recordings::DataDirection::Output,
+                        data,
+                        ..
+                    } => Some(data.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            assert_eq!(stdout, b"out\nenv=passed\n");
             assert!(events.iter().any(|e| matches!(
                 e,
                 session_recordings::Event::Data {
