@@ -169,6 +169,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         crate::Command::Sessions(c) => sessions(&cli, c).await,
         crate::Command::Targets(c) => targets(&cli, c).await,
         crate::Command::Audit(c) => audit(&cli, c).await,
+        crate::Command::Recordings(c) => {
+            let store = open(&cli).await?;
+            crate::recordings::run(&store, cli.json, c).await
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod commands;
 mod output;
+mod recordings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,9 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(commands::AuditCmd),
+    /// Session recordings: list, show, verify, export.
+    #[command(subcommand)]
+    Recordings(recordings::RecordingsCmd),
 }
 
 /// Exit codes: 0 success, 1 the operation failed, 2 usage or configuration error,

@@ -26,6 +26,8 @@ pub struct Gateway {
     pub stop_accepting: CancellationToken,
     /// Every connection and session task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Serialises recording creation so this node's chain of recordings stays linear.
+    pub(crate) recording_chain: tokio::sync::Mutex<()>,
 }
 
 impl Gateway {
@@ -39,6 +41,7 @@ impl Gateway {
             live: Mutex::new(HashMap::new()),
             stop_accepting: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            recording_chain: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -59,6 +59,10 @@ pub async fn init(config: &GatewayConfig) -> anyhow::Result<InitReport> {
     std::fs::write(config.data_dir.join("user_ca.pub"), format!("{user_ca}\n"))?;
     std::fs::write(config.data_dir.join("host_ca.pub"), format!("{host_ca}\n"))?;
     std::fs::write(config.data_dir.join("host_key.pub"), format!("{host_key}\n"))?;
+    std::fs::write(
+        config.data_dir.join("audit_key.pub"),
+        format!("{}\n", hex::encode(keys.audit.verifying_key().as_bytes())),
+    )?;
     let mut known_hosts = vec![format!("@cert-authority * {host_ca}")];
     for addr in &config.ssh_listen {
         known_hosts.push(format!("[{}]:{} {host_key}", addr.ip(), addr.port()));

@@ -210,6 +210,10 @@ async fn run(
         let _ = s.recorder().meta(id, &m);
     }
     let _ = s.recorder().meta(id, &Meta::Close);
+    // Channel close is a flush point: what the channel did is on disk now.
+    if let Err(e) = s.recorder().flush() {
+        s.end(format!("recording failed: {e}"));
+    }
 }
 
 /// Pass client bytes on an sftp channel packet by packet, refusing what the role forbids

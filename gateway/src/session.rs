@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use russh::server;
-use session_recordings::{FileRecorder, Header, Recorder};
+use session_recordings::{FileRecorder, Header, PreviousRecording, Recorder};
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
@@ -93,7 +93,7 @@ impl TargetSession {
             }
         };
         let id = SessionId::random();
-        let recorder = match open_recording(gw, &id, &authorized, client_addr) {
+        let recorder = match open_recording(gw, &id, &authorized, client_addr).await {
             Ok(r) => r,
             Err(e) => {
                 gw.audit(
@@ -245,13 +245,23 @@ fn recording_path(gw: &Gateway, id: &SessionId) -> std::path::PathBuf {
     gw.config.recordings_dir.join(format!("{id}.herserec"))
 }
 
-fn open_recording(
+async fn open_recording(
     gw: &Gateway,
     id: &SessionId,
     a: &Authorized,
     client: SocketAddr,
 ) -> Result<Arc<dyn Recorder>, String> {
     std::fs::create_dir_all(&gw.config.recordings_dir).map_err(|e| e.to_string())?;
+    let _chain = gw.recording_chain.lock().await;
+    let previous = gw
+        .store
+        .recording_chain_head(&gw.node)
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|(session_id, header_hash)| PreviousRecording {
+            session_id,
+            header_hash,
+        });
     let header = Header {
         session_id: id.to_string(),
         user: a.user().to_string(),
@@ -265,8 +275,14 @@ fn open_recording(
         grant: None,
         decision: a.describe(),
         started_at_micros: unix_micros(),
+        previous,
+        signing_key: hex::encode(gw.keys.audit.verifying_key().as_bytes()),
     };
-    let r = FileRecorder::create(&recording_path(gw, id), &header).map_err(|e| e.to_string())?;
+    let r = FileRecorder::create(&recording_path(gw, id), &header, gw.keys.audit.clone()).map_err(|e| e.to_string())?;
+    gw.store
+        .set_recording_chain_head(&gw.node, id.as_str(), &hex::encode(r.header_hash()))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Arc::new(r))
 }
 

@@ -19,6 +19,42 @@ pub struct Header {
     pub decision: String,
     /// Unix time in microseconds at which the session started.
     pub started_at_micros: u64,
+    /// The recording this gateway created just before this one, so that a deleted
+    /// recording leaves a visible gap in the chain.
+    pub previous: Option<PreviousRecording>,
+    /// The audit key that signs this recording's checkpoints (hex Ed25519 public key;
+    /// informative only: verifiers use the key they trust).
+    pub signing_key: String,
+}
+
+/// A link to the previous recording of the same gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousRecording {
+    pub session_id: String,
+    /// Hex SHA-256 hash of that recording's header frame.
+    pub header_hash: String,
+}
+
+impl Header {
+    pub(crate) fn placeholder() -> Self {
+        Header {
+            session_id: String::new(),
+            user: String::new(),
+            client_addr: String::new(),
+            workstation: None,
+            target: String::new(),
+            target_addr: String::new(),
+            tier: String::new(),
+            login: String::new(),
+            role: String::new(),
+            grant: None,
+            decision: String::new(),
+            started_at_micros: 0,
+            previous: None,
+            signing_key: String::new(),
+        }
+    }
 }
 
 /// What a channel is.

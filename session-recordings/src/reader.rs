@@ -1,10 +1,16 @@
+use std::collections::VecDeque;
 use std::io::{BufReader, ErrorKind, Read};
 use std::path::Path;
 
-use crate::event::{kind, DataDirection, Event, Header, Meta};
-use crate::{MAGIC, MAX_RECORD_PAYLOAD, VERSION};
+use ed25519_dalek::{Signature, VerifyingKey};
 
-/// Why a recording could not be read.
+use crate::event::{kind, DataDirection, Event, Header, Meta};
+use crate::format::{
+    self, FRAME_CHECKPOINT, FRAME_EVENTS, FRAME_HEADER, FRAME_SEAL, MAX_FRAME_PAYLOAD, RECORD_HEADER_LEN,
+};
+
+/// Why a recording could not be read or verified. Positions name the frame number and
+/// its byte offset in the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("cannot read recording: {0}")]
@@ -13,126 +19,281 @@ pub enum ReadError {
     BadMagic,
     #[error("unsupported recording version {0}")]
     Version(u16),
-    #[error("corrupt recording at byte {offset}: {what}")]
-    Corrupt { offset: u64, what: String },
+    #[error("recording is empty or cut before its header")]
+    NoHeader,
+    #[error("frame {frame} at byte {offset}: {what}")]
+    Corrupt { frame: u64, offset: u64, what: String },
+    #[error("frame {frame} at byte {offset}: signature does not verify with the audit key")]
+    BadSignature { frame: u64, offset: u64 },
 }
 
-/// Reads a recording written by [`crate::FileRecorder`], event by event.
+/// Whether a recording is whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completeness {
+    /// Sealed: every byte is authenticated.
+    Complete { sealed_at_micros: u64 },
+    /// Ends without a seal (a crash or a cut). Authenticated up to the last checkpoint;
+    /// `unauthenticated_bytes` follow it.
+    Truncated {
+        authenticated_until_micros: u64,
+        unauthenticated_bytes: u64,
+    },
+}
+
+/// The result of a successful verification.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub header: Header,
+    pub header_hash: [u8; 32],
+    pub completeness: Completeness,
+    pub frames: u64,
+    pub events: u64,
+}
+
+/// Reads a recording frame by frame, checking the hash chain as it goes and, when given
+/// the audit public key, every checkpoint signature.
 pub struct RecordingReader<R> {
     input: R,
     offset: u64,
+    seq: u64,
+    prev: [u8; 32],
     header: Header,
-    /// Set when the file ended inside a record (a crash while writing).
+    header_hash: [u8; 32],
+    key: Option<VerifyingKey>,
+    pending: VecDeque<Event>,
     truncated: bool,
+    sealed_at: Option<u64>,
+    last_checkpoint_t: Option<u64>,
+    bytes_since_checkpoint: u64,
+    frames: u64,
+    events: u64,
 }
 
 impl RecordingReader<BufReader<std::fs::File>> {
     pub fn open(path: &Path) -> Result<Self, ReadError> {
-        Self::new(BufReader::new(std::fs::File::open(path)?))
+        Self::new(BufReader::with_capacity(1 << 20, std::fs::File::open(path)?), None)
+    }
+
+    pub fn open_verified(path: &Path, key: &VerifyingKey) -> Result<Self, ReadError> {
+        Self::new(
+            BufReader::with_capacity(1 << 20, std::fs::File::open(path)?),
+            Some(*key),
+        )
     }
 }
 
+struct Frame {
+    kind: u8,
+    seq: u64,
+    offset: u64,
+    payload: Vec<u8>,
+}
+
 impl<R: Read> RecordingReader<R> {
-    pub fn new(mut input: R) -> Result<Self, ReadError> {
-        let mut magic = [0u8; 8];
-        input.read_exact(&mut magic)?;
-        if &magic != MAGIC {
+    pub fn new(mut input: R, key: Option<VerifyingKey>) -> Result<Self, ReadError> {
+        let mut pre = [0u8; 10];
+        if read_full(&mut input, &mut pre)? < 10 {
+            return Err(ReadError::NoHeader);
+        }
+        if &pre[..8] != format::MAGIC {
             return Err(ReadError::BadMagic);
         }
-        let mut v = [0u8; 2];
-        input.read_exact(&mut v)?;
-        let version = u16::from_be_bytes(v);
-        if version != VERSION {
+        let version = u16::from_be_bytes([pre[8], pre[9]]);
+        if version != format::VERSION {
             return Err(ReadError::Version(version));
         }
-        let mut l = [0u8; 4];
-        input.read_exact(&mut l)?;
-        let len = u32::from_be_bytes(l) as usize;
-        if len > MAX_RECORD_PAYLOAD {
+        let mut r = RecordingReader {
+            input,
+            offset: format::PREAMBLE_LEN,
+            seq: 0,
+            prev: [0u8; 32],
+            header: Header::placeholder(),
+            header_hash: [0u8; 32],
+            key,
+            pending: VecDeque::new(),
+            truncated: false,
+            sealed_at: None,
+            last_checkpoint_t: None,
+            bytes_since_checkpoint: 0,
+            frames: 0,
+            events: 0,
+        };
+        let f = r.next_frame()?.ok_or(ReadError::NoHeader)?;
+        if f.kind != FRAME_HEADER {
             return Err(ReadError::Corrupt {
-                offset: 10,
-                what: format!("header length {len} too large"),
+                frame: 0,
+                offset: f.offset,
+                what: "first frame is not the header".into(),
             });
         }
-        let mut json = vec![0u8; len];
-        input.read_exact(&mut json)?;
-        let header = serde_json::from_slice(&json).map_err(|e| ReadError::Corrupt {
-            offset: 14,
+        r.header = serde_json::from_slice(&f.payload).map_err(|e| ReadError::Corrupt {
+            frame: 0,
+            offset: f.offset,
             what: format!("header: {e}"),
         })?;
-        Ok(Self {
-            input,
-            offset: 14 + len as u64,
-            header,
-            truncated: false,
-        })
+        r.header_hash = r.prev;
+        Ok(r)
     }
 
     pub fn header(&self) -> &Header {
         &self.header
     }
 
-    /// True once [`Self::next_event`] met a record cut short by the end of the file.
+    pub fn header_hash(&self) -> [u8; 32] {
+        self.header_hash
+    }
+
+    /// True once the end of the file was reached without a seal.
     pub fn truncated(&self) -> bool {
         self.truncated
     }
 
-    /// The next event, `Ok(None)` at the end of the file.
-    pub fn next_event(&mut self) -> Result<Option<Event>, ReadError> {
-        let mut head = [0u8; 17];
+    fn corrupt(&self, frame: u64, offset: u64, what: impl Into<String>) -> ReadError {
+        ReadError::Corrupt {
+            frame,
+            offset,
+            what: what.into(),
+        }
+    }
+
+    /// The next frame, checked against the chain; `None` at the end of the file.
+    fn next_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        let offset = self.offset;
+        let mut head = [0u8; 13];
         match read_full(&mut self.input, &mut head)? {
             0 => return Ok(None),
-            17 => {}
+            13 => {}
             _ => {
                 self.truncated = true;
                 return Ok(None);
             }
         }
-        let at = self.offset;
-        let kind_byte = head[0];
-        let t_micros = u64::from_be_bytes(head[1..9].try_into().unwrap_or_default());
-        let channel = u32::from_be_bytes(head[9..13].try_into().unwrap_or_default());
-        let len = u32::from_be_bytes(head[13..17].try_into().unwrap_or_default()) as usize;
-        if len > MAX_RECORD_PAYLOAD {
-            return Err(ReadError::Corrupt {
-                offset: at,
-                what: format!("record length {len} too large"),
-            });
+        let kind = head[0];
+        let seq = u64::from_be_bytes(head[1..9].try_into().unwrap_or_default());
+        let len = u32::from_be_bytes(head[9..13].try_into().unwrap_or_default()) as usize;
+        if seq != self.seq {
+            let what = match seq.cmp(&self.seq) {
+                std::cmp::Ordering::Less => "duplicated or reordered",
+                _ => "a frame before it was dropped, or frames were reordered",
+            };
+            return Err(self.corrupt(self.seq, offset, format!("found frame number {seq}: {what}")));
+        }
+        if len > MAX_FRAME_PAYLOAD {
+            return Err(self.corrupt(seq, offset, format!("frame length {len} exceeds the limit")));
         }
         let mut payload = vec![0u8; len];
-        if read_full(&mut self.input, &mut payload)? != len {
+        let mut hash = [0u8; 32];
+        if read_full(&mut self.input, &mut payload)? < len || read_full(&mut self.input, &mut hash)? < 32 {
             self.truncated = true;
             return Ok(None);
         }
-        self.offset += 17 + len as u64;
-        let direction = match kind_byte {
-            kind::INPUT => DataDirection::Input,
-            kind::OUTPUT => DataDirection::Output,
-            kind::STDERR => DataDirection::Stderr,
-            kind::META => {
-                let meta: Meta = serde_json::from_slice(&payload).map_err(|e| ReadError::Corrupt {
-                    offset: at,
-                    what: format!("event: {e}"),
-                })?;
-                return Ok(Some(Event::Meta {
+        let expect = format::frame_hash(&self.prev, kind, seq, &payload);
+        if expect != hash {
+            return Err(self.corrupt(seq, offset, "hash mismatch: the frame was altered"));
+        }
+        if self.sealed_at.is_some() {
+            return Err(self.corrupt(seq, offset, "data after the seal"));
+        }
+        let prev_before = self.prev;
+        self.prev = hash;
+        self.seq += 1;
+        self.offset += (format::FRAME_OVERHEAD + len) as u64;
+        self.frames += 1;
+        if matches!(kind, FRAME_CHECKPOINT | FRAME_SEAL) {
+            self.check_signature(kind, seq, offset, &prev_before, &payload)?;
+        } else {
+            self.bytes_since_checkpoint += (format::FRAME_OVERHEAD + len) as u64;
+        }
+        Ok(Some(Frame {
+            kind,
+            seq,
+            offset,
+            payload,
+        }))
+    }
+
+    fn check_signature(
+        &mut self,
+        kind: u8,
+        seq: u64,
+        offset: u64,
+        prev: &[u8; 32],
+        payload: &[u8],
+    ) -> Result<(), ReadError> {
+        if payload.len() != 72 {
+            return Err(self.corrupt(seq, offset, "checkpoint has the wrong size"));
+        }
+        let t = u64::from_be_bytes(payload[..8].try_into().unwrap_or_default());
+        if let Some(key) = &self.key {
+            let sig =
+                Signature::from_slice(&payload[8..]).map_err(|_| ReadError::BadSignature { frame: seq, offset })?;
+            let msg = format::checkpoint_message(kind == FRAME_SEAL, &self.header.session_id, seq, prev, t);
+            key.verify_strict(&msg, &sig)
+                .map_err(|_| ReadError::BadSignature { frame: seq, offset })?;
+        }
+        self.last_checkpoint_t = Some(t);
+        self.bytes_since_checkpoint = 0;
+        if kind == FRAME_SEAL {
+            self.sealed_at = Some(t);
+        }
+        Ok(())
+    }
+
+    fn decode_events(&mut self, f: &Frame) -> Result<(), ReadError> {
+        let mut b = &f.payload[..];
+        while !b.is_empty() {
+            if b.len() < RECORD_HEADER_LEN {
+                return Err(self.corrupt(f.seq, f.offset, "truncated event record"));
+            }
+            let kind_byte = b[0];
+            let t_micros = u64::from_be_bytes(b[1..9].try_into().unwrap_or_default());
+            let channel = u32::from_be_bytes(b[9..13].try_into().unwrap_or_default());
+            let len = u32::from_be_bytes(b[13..17].try_into().unwrap_or_default()) as usize;
+            let Some(data) = b.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len) else {
+                return Err(self.corrupt(f.seq, f.offset, "event record longer than its frame"));
+            };
+            let event = match kind_byte {
+                kind::INPUT | kind::OUTPUT | kind::STDERR => Event::Data {
                     t_micros,
                     channel,
-                    meta,
-                }));
+                    direction: match kind_byte {
+                        kind::INPUT => DataDirection::Input,
+                        kind::OUTPUT => DataDirection::Output,
+                        _ => DataDirection::Stderr,
+                    },
+                    data: data.to_vec(),
+                },
+                kind::META => {
+                    let meta: Meta = serde_json::from_slice(data)
+                        .map_err(|e| self.corrupt(f.seq, f.offset, format!("event: {e}")))?;
+                    Event::Meta {
+                        t_micros,
+                        channel,
+                        meta,
+                    }
+                }
+                other => return Err(self.corrupt(f.seq, f.offset, format!("unknown event kind {other}"))),
+            };
+            self.pending.push_back(event);
+            self.events += 1;
+            b = &b[RECORD_HEADER_LEN + len..];
+        }
+        Ok(())
+    }
+
+    /// The next event, `Ok(None)` at the end of the file.
+    pub fn next_event(&mut self) -> Result<Option<Event>, ReadError> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
             }
-            other => {
-                return Err(ReadError::Corrupt {
-                    offset: at,
-                    what: format!("unknown record kind {other}"),
-                })
+            let Some(f) = self.next_frame()? else { return Ok(None) };
+            match f.kind {
+                FRAME_EVENTS => self.decode_events(&f)?,
+                FRAME_CHECKPOINT | FRAME_SEAL => {}
+                other => return Err(self.corrupt(f.seq, f.offset, format!("unexpected frame kind {other}"))),
             }
-        };
-        Ok(Some(Event::Data {
-            t_micros,
-            channel,
-            direction,
-            data: payload,
-        }))
+        }
     }
 
     /// Every remaining event.
@@ -141,7 +302,34 @@ impl<R: Read> RecordingReader<R> {
         while let Some(e) = self.next_event()? {
             events.push(e);
         }
-        Ok((self.header, events, self.truncated))
+        let truncated = self.sealed_at.is_none();
+        Ok((self.header, events, truncated))
+    }
+
+    /// Read to the end and say whether the recording is whole.
+    pub fn verify(mut self) -> Result<Verified, ReadError> {
+        while self.next_event()?.is_some() {}
+        let completeness = match (self.sealed_at, self.last_checkpoint_t) {
+            (Some(t), _) => Completeness::Complete { sealed_at_micros: t },
+            (None, Some(t)) => Completeness::Truncated {
+                authenticated_until_micros: t,
+                unauthenticated_bytes: self.bytes_since_checkpoint,
+            },
+            (None, None) => {
+                return Err(self.corrupt(
+                    self.seq,
+                    self.offset,
+                    "no checkpoint: nothing in this recording is authenticated",
+                ))
+            }
+        };
+        Ok(Verified {
+            header: self.header,
+            header_hash: self.header_hash,
+            completeness,
+            frames: self.frames + 1,
+            events: self.events,
+        })
     }
 }
 
@@ -156,69 +344,4 @@ fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> Result<usize, std::io::E
         }
     }
     Ok(filled)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{FileRecorder, Recorder};
-
-    fn header() -> Header {
-        Header {
-            session_id: "s1".into(),
-            user: "alice".into(),
-            client_addr: "127.0.0.1:5000".into(),
-            workstation: None,
-            target: "db1".into(),
-            target_addr: "127.0.0.1:22".into(),
-            tier: "db".into(),
-            login: "root".into(),
-            role: "dba".into(),
-            grant: None,
-            decision: "role dba allows root on db1".into(),
-            started_at_micros: 1,
-        }
-    }
-
-    #[test]
-    fn round_trip_and_truncation() {
-        let dir = std::env::temp_dir().join(format!("herse-rec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("a.herserec");
-        let _ = std::fs::remove_file(&path);
-        let rec = FileRecorder::create(&path, &header()).unwrap();
-        rec.meta(0, &Meta::Exec { command: "ls".into() }).unwrap();
-        rec.data(0, DataDirection::Output, b"file\n").unwrap();
-        rec.meta(0, &Meta::ExitStatus { code: 3 }).unwrap();
-        rec.finish("client closed").unwrap();
-        assert!(FileRecorder::create(&path, &header()).is_err(), "never overwrites");
-
-        let (h, events, truncated) = RecordingReader::open(&path).unwrap().events().unwrap();
-        assert_eq!(h, header());
-        assert!(!truncated);
-        assert_eq!(events.len(), 4);
-        assert!(matches!(&events[1], Event::Data { data, direction: DataDirection::Output, .. } if data == b"file\n"));
-        assert!(matches!(&events[3], Event::Meta { meta: Meta::End { reason }, .. } if reason == "client closed"));
-
-        // Cut the file inside the last record: the reader stops and says so.
-        let bytes = std::fs::read(&path).unwrap();
-        let cut = &bytes[..bytes.len() - 3];
-        let (_, events, truncated) = RecordingReader::new(cut).unwrap().events().unwrap();
-        assert!(truncated);
-        assert_eq!(events.len(), 3);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn garbage_is_an_error_not_a_panic() {
-        assert!(matches!(
-            RecordingReader::new(&b"NOTHERSE.."[..]),
-            Err(ReadError::BadMagic)
-        ));
-        let mut bad = Vec::new();
-        bad.extend_from_slice(MAGIC);
-        bad.extend_from_slice(&VERSION.to_be_bytes());
-        bad.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(RecordingReader::new(&bad[..]), Err(ReadError::Corrupt { .. })));
-    }
 }

@@ -1,11 +1,15 @@
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signer, SigningKey};
 
 use crate::event::{kind, DataDirection, Header, Meta};
-use crate::{MAGIC, MAX_RECORD_PAYLOAD, VERSION};
+use crate::format::{
+    self, EVENTS_FRAME_TARGET, FRAME_CHECKPOINT, FRAME_EVENTS, FRAME_HEADER, FRAME_SEAL, MAX_RECORD_PAYLOAD,
+};
 
 /// Why a recorder could not record. Any of these ends the session it records.
 #[derive(Debug, thiserror::Error)]
@@ -27,109 +31,200 @@ pub trait Recorder: Send + Sync {
     fn data(&self, channel: u32, direction: DataDirection, bytes: &[u8]) -> Result<(), RecordError>;
     /// Any other event.
     fn meta(&self, channel: u32, meta: &Meta) -> Result<(), RecordError>;
-    /// Push buffered records to stable storage.
+    /// Write buffered events and, when due, a signed checkpoint.
     fn flush(&self) -> Result<(), RecordError>;
-    /// Write the closing event and flush; later calls fail with [`RecordError::Finished`].
+    /// Write the closing event and the signed seal; later calls fail with
+    /// [`RecordError::Finished`].
     fn finish(&self, reason: &str) -> Result<(), RecordError>;
 }
 
+/// Source of the time stamps: microseconds since the session started.
+pub type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
+
+/// How often a checkpoint is signed while events keep coming.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+
 struct State {
-    out: Option<BufWriter<File>>,
+    file: Option<File>,
+    /// The EVENTS frame being filled (bounded by [`EVENTS_FRAME_TARGET`] plus one record).
+    chunk: Vec<u8>,
+    /// Encoded frames waiting for one `write` call.
+    out: Vec<u8>,
+    seq: u64,
+    prev: [u8; 32],
+    dirty_since_checkpoint: bool,
+    last_checkpoint: Instant,
 }
 
-/// Writes a recording to a file. The file is created exclusively (never overwritten).
+/// Writes a signed, hash-chained recording to a file it creates (never overwrites).
 pub struct FileRecorder {
     path: PathBuf,
-    started: Instant,
+    session_id: String,
+    header_hash: [u8; 32],
+    key: SigningKey,
+    clock: Clock,
     state: Mutex<State>,
 }
 
 impl std::fmt::Debug for FileRecorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileRecorder").field("path", &self.path).finish()
+        f.debug_struct("FileRecorder")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
-const BUFFER: usize = 256 * 1024;
-
 impl FileRecorder {
-    /// Create `path` (which must not exist) and write the header, synced to disk, so a
-    /// session never starts without a recording that names it.
-    pub fn create(path: &Path, header: &Header) -> Result<Self, RecordError> {
+    /// Create `path` and write the header and a first signed checkpoint, synced to disk,
+    /// so a session never starts without an authenticated recording that names it.
+    pub fn create(path: &Path, header: &Header, key: SigningKey) -> Result<Self, RecordError> {
+        let started = Instant::now();
+        Self::create_with_clock(
+            path,
+            header,
+            key,
+            Box::new(move || started.elapsed().as_micros() as u64),
+        )
+    }
+
+    /// As [`Self::create`] with an explicit clock (deterministic output for tests).
+    pub fn create_with_clock(path: &Path, header: &Header, key: SigningKey, clock: Clock) -> Result<Self, RecordError> {
         let create_err = |source| RecordError::Create {
             path: path.to_owned(),
             source,
         };
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)
             .map_err(create_err)?;
-        let mut out = BufWriter::with_capacity(BUFFER, file);
+        let mut out = Vec::with_capacity(4096);
+        out.extend_from_slice(format::MAGIC);
+        out.extend_from_slice(&format::VERSION.to_be_bytes());
         let header_json = serde_json::to_vec(header)?;
-        let header_len = u32::try_from(header_json.len())
-            .map_err(|_| RecordError::Write(std::io::Error::other("recording header too large")))?;
-        out.write_all(MAGIC).map_err(create_err)?;
-        out.write_all(&VERSION.to_be_bytes()).map_err(create_err)?;
-        out.write_all(&header_len.to_be_bytes()).map_err(create_err)?;
-        out.write_all(&header_json).map_err(create_err)?;
-        out.flush().map_err(create_err)?;
-        out.get_ref().sync_data().map_err(create_err)?;
-        Ok(Self {
+        let header_hash = format::encode_frame(&mut out, &[0u8; 32], FRAME_HEADER, 0, &header_json);
+        let rec = FileRecorder {
             path: path.to_owned(),
-            started: Instant::now(),
-            state: Mutex::new(State { out: Some(out) }),
-        })
+            session_id: header.session_id.clone(),
+            header_hash,
+            key,
+            clock,
+            state: Mutex::new(State {
+                file: None,
+                chunk: Vec::with_capacity(EVENTS_FRAME_TARGET + 1024),
+                out: Vec::new(),
+                seq: 1,
+                prev: header_hash,
+                dirty_since_checkpoint: true,
+                last_checkpoint: Instant::now(),
+            }),
+        };
+        {
+            let mut st = rec.lock();
+            st.out = out;
+            rec.sign_frame(&mut st, FRAME_CHECKPOINT);
+            file.write_all(&st.out).map_err(create_err)?;
+            file.sync_data().map_err(create_err)?;
+            st.out.clear();
+            st.file = Some(file);
+        }
+        Ok(rec)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn write_record(&self, kind: u8, channel: u32, payload: &[u8]) -> Result<(), RecordError> {
-        let t = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let out = state.out.as_mut().ok_or(RecordError::Finished)?;
-        for piece in chunks(payload) {
-            let mut head = [0u8; 17];
-            head[0] = kind;
-            head[1..9].copy_from_slice(&t.to_be_bytes());
-            head[9..13].copy_from_slice(&channel.to_be_bytes());
-            // `chunks` yields at most MAX_RECORD_PAYLOAD bytes, which fits in u32.
-            head[13..17].copy_from_slice(&(piece.len() as u32).to_be_bytes());
-            out.write_all(&head)?;
-            out.write_all(piece)?;
+    /// The hash of this recording's header frame: the next recording links to it.
+    pub fn header_hash(&self) -> [u8; 32] {
+        self.header_hash
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sign_frame(&self, st: &mut State, kind: u8) {
+        let t = (self.clock)();
+        let msg = format::checkpoint_message(kind == FRAME_SEAL, &self.session_id, st.seq, &st.prev, t);
+        let sig = self.key.sign(&msg);
+        let mut payload = Vec::with_capacity(72);
+        payload.extend_from_slice(&t.to_be_bytes());
+        payload.extend_from_slice(&sig.to_bytes());
+        st.prev = format::encode_frame(&mut st.out, &st.prev, kind, st.seq, &payload);
+        st.seq += 1;
+        st.dirty_since_checkpoint = false;
+        st.last_checkpoint = Instant::now();
+    }
+
+    fn close_chunk(st: &mut State) {
+        if st.chunk.is_empty() {
+            return;
+        }
+        let chunk = std::mem::take(&mut st.chunk);
+        st.prev = format::encode_frame(&mut st.out, &st.prev, FRAME_EVENTS, st.seq, &chunk);
+        st.seq += 1;
+        st.chunk = chunk;
+        st.chunk.clear();
+        st.dirty_since_checkpoint = true;
+    }
+
+    fn write_out(st: &mut State) -> Result<(), RecordError> {
+        if st.out.is_empty() {
+            return Ok(());
+        }
+        let file = st.file.as_mut().ok_or(RecordError::Finished)?;
+        file.write_all(&st.out)?;
+        st.out.clear();
+        Ok(())
+    }
+
+    fn record(&self, kind: u8, channel: u32, payload: &[u8]) -> Result<(), RecordError> {
+        let t = (self.clock)();
+        let mut st = self.lock();
+        if st.file.is_none() {
+            return Err(RecordError::Finished);
+        }
+        let pieces = payload.chunks(MAX_RECORD_PAYLOAD);
+        let empty = payload.is_empty().then_some(&[][..]);
+        for piece in empty.into_iter().chain(pieces) {
+            format::encode_record(&mut st.chunk, kind, t, channel, piece);
+            if st.chunk.len() >= EVENTS_FRAME_TARGET {
+                Self::close_chunk(&mut st);
+                Self::write_out(&mut st)?;
+            }
         }
         Ok(())
     }
 }
 
-fn chunks(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
-    // An empty payload still makes one record (a meta event is never empty, data may be).
-    let empty: &[u8] = &[];
-    let first_empty = payload.is_empty().then_some(empty);
-    first_empty.into_iter().chain(payload.chunks(MAX_RECORD_PAYLOAD))
-}
-
 impl Recorder for FileRecorder {
     fn data(&self, channel: u32, direction: DataDirection, bytes: &[u8]) -> Result<(), RecordError> {
-        self.write_record(direction.kind(), channel, bytes)
+        self.record(direction.kind(), channel, bytes)
     }
 
     fn meta(&self, channel: u32, meta: &Meta) -> Result<(), RecordError> {
         let json = serde_json::to_vec(meta)?;
-        self.write_record(kind::META, channel, &json)
+        self.record(kind::META, channel, &json)
     }
 
     fn flush(&self) -> Result<(), RecordError> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match state.out.as_mut() {
-            Some(out) => {
-                out.flush()?;
-                Ok(())
-            }
-            None => Ok(()),
+        let mut st = self.lock();
+        if st.file.is_none() {
+            return Ok(());
         }
+        Self::close_chunk(&mut st);
+        let checkpoint = st.dirty_since_checkpoint && st.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+        if checkpoint {
+            self.sign_frame(&mut st, FRAME_CHECKPOINT);
+        }
+        Self::write_out(&mut st)?;
+        if checkpoint {
+            if let Some(f) = st.file.as_ref() {
+                f.sync_data()?;
+            }
+        }
+        Ok(())
     }
 
     fn finish(&self, reason: &str) -> Result<(), RecordError> {
@@ -139,10 +234,12 @@ impl Recorder for FileRecorder {
                 reason: reason.to_owned(),
             },
         )?;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = state.out.take().ok_or(RecordError::Finished)?;
-        out.flush()?;
-        out.get_ref().sync_data()?;
+        let mut st = self.lock();
+        Self::close_chunk(&mut st);
+        self.sign_frame(&mut st, FRAME_SEAL);
+        Self::write_out(&mut st)?;
+        let file = st.file.take().ok_or(RecordError::Finished)?;
+        file.sync_data()?;
         Ok(())
     }
 }

@@ -881,3 +881,131 @@ fn read_only_sftp_refuses_writes_and_allows_reads() {
     let audit = ok(w.gw.ctl().args(["audit", "list", "--kind", "access.denied", "--json"]));
     assert!(audit.contains("sftp-write is not allowed"), "{audit}");
 }
+
+fn recording_ids(w: &World) -> Vec<String> {
+    let list = ok(w.gw.ctl().args(["recordings", "list", "--json"]));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    rows.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
+    let w = World::new("recverify");
+    // A terminal session with a recognisable output, then two exec sessions.
+    let out = run(ssh(&w.alice).args(["-tt", "-l", DEPLOY, "web1", "printf 'hello from herse %s\\n' $((6*7))"]));
+    assert!(
+        text(&out.stdout).contains("hello from herse 42"),
+        "{}",
+        text(&out.stderr)
+    );
+    for i in 0..2 {
+        ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", &format!("echo run {i}")]));
+    }
+    // Sessions end asynchronously after the client leaves; wait for the seals.
+    let start = Instant::now();
+    while !ok(w.gw.ctl().args(["sessions", "list", "--json"])).trim().eq("[]") {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v = run(w.gw.ctl().args(["recordings", "verify", "--all"]));
+    assert!(v.status.success(), "{}{}", text(&v.stdout), text(&v.stderr));
+    let ids = recording_ids(&w);
+    assert_eq!(ids.len(), 3);
+    let oldest = ids.last().unwrap().clone();
+
+    // Export the terminal session and play it with the real asciinema.
+    let cast = w.d().join("s.cast");
+    ok(w.gw
+        .ctl()
+        .args(["recordings", "export", &oldest, "--format", "asciicast", "-o"])
+        .arg(&cast));
+    let played = ok(Command::new("asciinema").arg("cat").arg(&cast));
+    assert!(played.contains("hello from herse 42"), "{played}");
+    let transcript = ok(w.gw.ctl().args(["recordings", "export", &oldest, "--format", "text"]));
+    assert!(
+        transcript.contains("hello from herse 42") && transcript.contains("[exit 0]"),
+        "{transcript}"
+    );
+    let show = ok(w.gw.ctl().args(["recordings", "show", &oldest, "--json"]));
+    assert!(show.contains("\"verification\": \"complete\""), "{show}");
+
+    // Flip one byte in the middle recording: verify names it and fails.
+    let middle = &ids[1];
+    let path = w.gw.data().join("recordings").join(format!("{middle}.herserec"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let pos = bytes.len() / 2;
+    bytes[pos] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let v = run(w.gw.ctl().args(["recordings", "verify", middle]));
+    assert_eq!(v.status.code(), Some(1));
+    assert!(text(&v.stdout).contains("frame"), "{}", text(&v.stdout));
+    bytes[pos] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(run(w.gw.ctl().args(["recordings", "verify", middle])).status.success());
+
+    // Delete it: the next recording's link shows the gap.
+    std::fs::remove_file(&path).unwrap();
+    let v = run(w.gw.ctl().args(["recordings", "verify", "--all"]));
+    assert_eq!(v.status.code(), Some(1));
+    assert!(
+        text(&v.stdout).contains(&format!("recording {middle} is missing")),
+        "{}",
+        text(&v.stdout)
+    );
+}
+
+#[test]
+fn sigkill_during_a_transfer_leaves_a_truncated_recording_that_replays() {
+    let w = World::new("sigkill");
+    let mut child = ssh(&w.alice)
+        .args([
+            "-l",
+            DEPLOY,
+            "web1",
+            "for i in $(seq 1 100000); do echo line $i; sleep 0.001; done",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 65536];
+    let mut seen = String::new();
+    // Let it run past a few checkpoints.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(4500) {
+        let n = child.stdout.as_mut().unwrap().read(&mut buf).unwrap();
+        seen.push_str(&text(&buf[..n]));
+    }
+    let mut gw = w.gw;
+    gw.signal("KILL");
+    let _ = gw.proc.take().unwrap().child.wait();
+    let _ = child.kill();
+    let _ = child.wait();
+    let ids = {
+        let list = ok(Command::new(bin("hersectl"))
+            .arg("-c")
+            .arg(&gw.config)
+            .args(["recordings", "list", "--json"]));
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+        rows.iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids.len(), 1);
+    let v =
+        run(Command::new(bin("hersectl"))
+            .arg("-c")
+            .arg(&gw.config)
+            .args(["recordings", "verify", &ids[0], "--json"]));
+    let out = text(&v.stdout);
+    assert!(out.contains("truncated at"), "{out}");
+    assert!(!out.contains("complete"), "a killed session is never complete: {out}");
+    let transcript = ok(Command::new(bin("hersectl")).arg("-c").arg(&gw.config).args([
+        "recordings",
+        "export",
+        &ids[0],
+        "--format",
+        "text",
+    ]));
+    assert!(transcript.contains("line 1\n"), "replays up to the cut");
+}

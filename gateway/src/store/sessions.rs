@@ -52,6 +52,37 @@ fn row(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
 }
 
 impl Store {
+    /// The newest recording of `node`: `(session_id, header_hash)`.
+    pub async fn recording_chain_head(&self, node: &str) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query("SELECT session_id, header_hash FROM recording_chain WHERE node = $1")
+            .bind(node)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    /// Move `node`'s chain head to a new recording.
+    pub async fn set_recording_chain_head(
+        &self,
+        node: &str,
+        session: &str,
+        header_hash: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM recording_chain WHERE node = $1")
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO recording_chain (node, session_id, header_hash) VALUES ($1, $2, $3)")
+            .bind(node)
+            .bind(session)
+            .bind(header_hash)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn session_started(&self, s: &SessionStart<'_>) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO sessions (id, node, user_name, target, tier, login, client_addr, recording, started_at) \

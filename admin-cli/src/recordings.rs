@@ -1,0 +1,550 @@
+//! `hersectl recordings`: list, show, verify and export session recordings.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Subcommand, ValueEnum};
+use ed25519_dalek::VerifyingKey;
+use herse::ident::SessionId;
+use herse::store::{SessionRow, Store};
+use session_recordings::{Completeness, DataDirection, Event, Meta, RecordingReader};
+
+use crate::commands::Failure;
+use crate::output;
+
+#[derive(Subcommand)]
+pub enum RecordingsCmd {
+    /// Recordings, newest first.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Metadata and a summary of execs, SFTP operations and denials.
+    Show { id: String },
+    /// Check hash chains, signatures and the chain of recordings; exit 1 on any failure.
+    Verify {
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Write a recording as asciicast v2, a plain-text transcript, or JSON lines.
+    Export {
+        id: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Asciicast)]
+        format: ExportFormat,
+        /// Output file (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Asciicast,
+    Text,
+    Json,
+}
+
+async fn audit_key(store: &Store) -> Result<VerifyingKey, Failure> {
+    let (public, _) = store.gateway_key("audit").await?;
+    let bytes: [u8; 32] = hex::decode(public.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Failure {
+            code: 1,
+            message: "stored audit public key is malformed".into(),
+        })?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| Failure {
+        code: 1,
+        message: format!("audit public key: {e}"),
+    })
+}
+
+async fn session_row(store: &Store, id: &str) -> Result<SessionRow, Failure> {
+    let sid = SessionId::parse(id).map_err(|e| Failure {
+        code: 2,
+        message: e.to_string(),
+    })?;
+    store.session(&sid).await?.ok_or_else(|| Failure {
+        code: 3,
+        message: format!("no recording for session {sid}"),
+    })
+}
+
+pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), Failure> {
+    match cmd {
+        RecordingsCmd::List { user, target, limit } => {
+            let rows: Vec<SessionRow> = store
+                .sessions(false, *limit)
+                .await?
+                .into_iter()
+                .filter(|s| {
+                    user.as_ref().is_none_or(|u| &s.user == u) && target.as_ref().is_none_or(|t| &s.target == t)
+                })
+                .collect();
+            output::table(
+                json,
+                &rows,
+                &["ID", "USER", "TARGET", "LOGIN", "TIER", "STARTED", "ENDED", "REASON"],
+                |s| {
+                    vec![
+                        s.id.clone(),
+                        s.user.clone(),
+                        s.target.clone(),
+                        s.login.clone(),
+                        s.tier.clone(),
+                        output::time(s.started_at),
+                        s.ended_at.map(output::time).unwrap_or_else(|| "live".into()),
+                        s.end_reason.clone().unwrap_or_default(),
+                    ]
+                },
+            );
+            Ok(())
+        }
+        RecordingsCmd::Show { id } => show(store, json, id).await,
+        RecordingsCmd::Verify { id, all } => verify(store, json, id.as_deref(), *all).await,
+        RecordingsCmd::Export { id, format, output } => {
+            let row = session_row(store, id).await?;
+            let reader = RecordingReader::open(Path::new(&row.recording)).map_err(|e| Failure {
+                code: 1,
+                message: format!("{}: {e}", row.recording),
+            })?;
+            let (header, events, _) = reader.events().map_err(|e| Failure {
+                code: 1,
+                message: e.to_string(),
+            })?;
+            let text = match format {
+                ExportFormat::Asciicast => asciicast(&header, &events),
+                ExportFormat::Text => transcript(&events),
+                ExportFormat::Json => json_lines(&events),
+            };
+            match output {
+                Some(p) => std::fs::write(p, text)?,
+                None => std::io::stdout().write_all(text.as_bytes())?,
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn show(store: &Store, json: bool, id: &str) -> Result<(), Failure> {
+    let row = session_row(store, id).await?;
+    let key = audit_key(store).await?;
+    let verified = RecordingReader::open_verified(Path::new(&row.recording), &key).and_then(|r| r.verify());
+    let (header, events, _) = RecordingReader::open(Path::new(&row.recording))
+        .and_then(|r| r.events())
+        .map_err(|e| Failure {
+            code: 1,
+            message: e.to_string(),
+        })?;
+    let mut execs = Vec::new();
+    let mut sftp = Vec::new();
+    let mut denied = Vec::new();
+    let mut bytes = HashMap::<&str, u64>::new();
+    for e in &events {
+        match e {
+            Event::Meta {
+                meta: Meta::Exec { command },
+                ..
+            } => execs.push(command.clone()),
+            Event::Meta {
+                meta:
+                    Meta::SftpFile {
+                        path,
+                        bytes_read,
+                        bytes_written,
+                        sha256_read,
+                        sha256_written,
+                        ..
+                    },
+                ..
+            } => sftp.push(format!(
+                "{path}: read {bytes_read} B{}, written {bytes_written} B{}",
+                sha256_read
+                    .as_ref()
+                    .map(|h| format!(" (sha256 {h})"))
+                    .unwrap_or_default(),
+                sha256_written
+                    .as_ref()
+                    .map(|h| format!(" (sha256 {h})"))
+                    .unwrap_or_default()
+            )),
+            Event::Meta {
+                meta:
+                    Meta::SftpOp {
+                        op,
+                        path,
+                        target,
+                        outcome,
+                        ..
+                    },
+                ..
+            } if op != "open" => sftp.push(format!(
+                "{op} {path}{} -> {outcome}",
+                target.as_ref().map(|t| format!(" {t}")).unwrap_or_default()
+            )),
+            Event::Meta {
+                meta: Meta::Denied { request, reason },
+                ..
+            } => denied.push(format!("{request}: {reason}")),
+            Event::Data { direction, data, .. } => {
+                let k = match direction {
+                    DataDirection::Input => "input",
+                    DataDirection::Output => "output",
+                    DataDirection::Stderr => "stderr",
+                };
+                *bytes.entry(k).or_default() += data.len() as u64;
+            }
+            _ => {}
+        }
+    }
+    let status = match &verified {
+        Ok(v) => completeness(&v.completeness),
+        Err(e) => format!("FAILED: {e}"),
+    };
+    let summary = serde_json::json!({
+        "session": header.session_id, "user": header.user, "client": header.client_addr, "workstation": header.workstation,
+        "target": header.target, "target_address": header.target_addr, "tier": header.tier, "login": header.login,
+        "role": header.role, "grant": header.grant, "decision": header.decision,
+        "started": output::time(header.started_at_micros as i64), "ended": row.ended_at.map(output::time), "end_reason": row.end_reason,
+        "verification": status, "events": events.len(), "bytes": bytes, "execs": execs, "sftp": sftp, "denied": denied,
+        "file": row.recording,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    } else if let serde_json::Value::Object(map) = summary {
+        for (k, v) in map {
+            match v {
+                serde_json::Value::Array(items) if !items.is_empty() => {
+                    println!("{k}:");
+                    for i in items {
+                        println!("  {}", i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()));
+                    }
+                }
+                serde_json::Value::String(s) => println!("{k}: {s}"),
+                serde_json::Value::Null => println!("{k}: -"),
+                other => println!("{k}: {other}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn completeness(c: &Completeness) -> String {
+    match c {
+        Completeness::Complete { .. } => "complete".to_owned(),
+        Completeness::Truncated {
+            authenticated_until_micros,
+            unauthenticated_bytes,
+        } => format!(
+            "truncated at {:.3}s (authenticated up to there; {unauthenticated_bytes} bytes after it unauthenticated)",
+            *authenticated_until_micros as f64 / 1e6
+        ),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct VerifyLine {
+    session: String,
+    file: String,
+    ok: bool,
+    status: String,
+}
+
+async fn verify(store: &Store, json: bool, id: Option<&str>, all: bool) -> Result<(), Failure> {
+    let key = audit_key(store).await?;
+    let rows = match (id, all) {
+        (Some(id), _) => vec![session_row(store, id).await?],
+        (None, true) => store.sessions(false, i64::MAX).await?,
+        (None, false) => {
+            return Err(Failure {
+                code: 2,
+                message: "name a session ID or pass --all".into(),
+            })
+        }
+    };
+    let mut lines = Vec::new();
+    let mut headers = HashMap::new();
+    let mut links = Vec::new();
+    let total = rows.len();
+    for (i, row) in rows.iter().enumerate() {
+        if all && !json && total > 20 {
+            eprint!("\rverifying {}/{total}", i + 1);
+        }
+        let line = match RecordingReader::open_verified(Path::new(&row.recording), &key).and_then(|r| r.verify()) {
+            Ok(v) => {
+                headers.insert(row.id.clone(), hex::encode(v.header_hash));
+                if let Some(p) = &v.header.previous {
+                    links.push((row.id.clone(), p.clone()));
+                }
+                let complete = matches!(v.completeness, Completeness::Complete { .. });
+                // A live session is legitimately unsealed; an ended one must be sealed.
+                let ok = complete || row.ended_at.is_none();
+                VerifyLine {
+                    session: row.id.clone(),
+                    file: row.recording.clone(),
+                    ok,
+                    status: completeness(&v.completeness),
+                }
+            }
+            Err(e) => VerifyLine {
+                session: row.id.clone(),
+                file: row.recording.clone(),
+                ok: false,
+                status: format!("FAILED: {e}"),
+            },
+        };
+        lines.push(line);
+    }
+    if all && !json && total > 20 {
+        eprintln!();
+    }
+    if all {
+        // The chain of recordings: every link must name a recording that is still here,
+        // with the same header.
+        for (from, prev) in links {
+            let status = match headers.get(&prev.session_id) {
+                Some(h) if *h == prev.header_hash => continue,
+                Some(_) => format!(
+                    "FAILED: recording {} was replaced (named by {from} with another header)",
+                    prev.session_id
+                ),
+                None => format!("FAILED: recording {} is missing (named by {from})", prev.session_id),
+            };
+            lines.push(VerifyLine {
+                session: prev.session_id.clone(),
+                file: String::new(),
+                ok: false,
+                status,
+            });
+        }
+    }
+    output::table(json, &lines, &["SESSION", "OK", "STATUS"], |l| {
+        vec![
+            l.session.clone(),
+            if l.ok { "yes" } else { "NO" }.into(),
+            l.status.clone(),
+        ]
+    });
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    if failed > 0 {
+        return Err(Failure {
+            code: 1,
+            message: format!("{failed} recording check(s) failed"),
+        });
+    }
+    Ok(())
+}
+
+/// Assemble UTF-8 text from byte chunks that may split a character.
+#[derive(Default)]
+struct Utf8Joiner {
+    carry: Vec<u8>,
+}
+
+impl Utf8Joiner {
+    fn push(&mut self, data: &[u8]) -> String {
+        self.carry.extend_from_slice(data);
+        let valid_up_to = match std::str::from_utf8(&self.carry) {
+            Ok(_) => self.carry.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => self.carry.len(),
+        };
+        let rest = self.carry.split_off(valid_up_to);
+        let text = String::from_utf8_lossy(&self.carry).into_owned();
+        self.carry = rest;
+        text
+    }
+}
+
+/// asciicast v2 of the first terminal channel (the one with a pty, else the first with output).
+fn asciicast(header: &session_recordings::Header, events: &[Event]) -> String {
+    let pty = events.iter().find_map(|e| match e {
+        Event::Meta {
+            channel,
+            meta: Meta::Pty { term, cols, rows },
+            ..
+        } => Some((*channel, term.clone(), *cols, *rows)),
+        _ => None,
+    });
+    let (channel, term, cols, rows) = pty.unwrap_or_else(|| {
+        let ch = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Data {
+                    channel,
+                    direction: DataDirection::Output,
+                    ..
+                } => Some(*channel),
+                _ => None,
+            })
+            .unwrap_or(0);
+        (ch, "xterm".into(), 80, 24)
+    });
+    let head = serde_json::json!({
+        "version": 2, "width": cols, "height": rows, "timestamp": header.started_at_micros / 1_000_000,
+        "env": {"TERM": term}, "title": format!("{}@{} via Herse ({})", header.login, header.target, header.user),
+    });
+    let mut out = format!("{head}\n");
+    let mut joiner = Utf8Joiner::default();
+    for e in events {
+        if let Event::Data {
+            t_micros,
+            channel: ch,
+            direction: DataDirection::Output | DataDirection::Stderr,
+            data,
+        } = e
+        {
+            if *ch == channel {
+                let text = joiner.push(data);
+                if !text.is_empty() {
+                    out.push_str(&serde_json::json!([*t_micros as f64 / 1e6, "o", text]).to_string());
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A readable transcript: commands, output without terminal escapes, exit codes.
+fn transcript(events: &[Event]) -> String {
+    let mut out = String::new();
+    let mut joiners: HashMap<u32, Utf8Joiner> = HashMap::new();
+    for e in events {
+        match e {
+            Event::Meta {
+                t_micros,
+                channel,
+                meta,
+            } => {
+                let t = *t_micros as f64 / 1e6;
+                let line = match meta {
+                    Meta::Exec { command } => Some(format!("$ {command}")),
+                    Meta::Shell => Some("[shell]".into()),
+                    Meta::Subsystem { name } => Some(format!("[subsystem {name}]")),
+                    Meta::ExitStatus { code } => Some(format!("[exit {code}]")),
+                    Meta::ExitSignal { signal, .. } => Some(format!("[killed by {signal}]")),
+                    Meta::Denied { request, reason } => Some(format!("[denied: {request}: {reason}]")),
+                    Meta::SftpOp {
+                        op,
+                        path,
+                        target,
+                        outcome,
+                        ..
+                    } => Some(format!(
+                        "[sftp {op} {path}{} -> {outcome}]",
+                        target.as_ref().map(|t| format!(" {t}")).unwrap_or_default()
+                    )),
+                    Meta::SftpFile {
+                        path,
+                        bytes_read,
+                        bytes_written,
+                        ..
+                    } => Some(format!(
+                        "[sftp file {path}: read {bytes_read} B, written {bytes_written} B]"
+                    )),
+                    Meta::End { reason } => Some(format!("[session ended: {reason}]")),
+                    _ => None,
+                };
+                if let Some(l) = line {
+                    if !out.is_empty() && !out.ends_with('\n') {
+                        out.push('\n');
+                    }
+                    out.push_str(&format!("{t:>9.3} #{channel} {l}\n"));
+                }
+            }
+            Event::Data {
+                channel,
+                direction: DataDirection::Output | DataDirection::Stderr,
+                data,
+                ..
+            } => {
+                let text = joiners.entry(*channel).or_default().push(data);
+                out.push_str(&strip_ansi(&text));
+            }
+            Event::Data { .. } => {}
+        }
+    }
+    out
+}
+
+/// Remove terminal control sequences (CSI, OSC, other escapes) and carriage returns.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\u{1b}' => match it.next() {
+                Some('[') => {
+                    for d in it.by_ref() {
+                        if ('@'..='~').contains(&d) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    while let Some(d) = it.next() {
+                        if d == '\u{7}' || (d == '\u{1b}' && it.peek() == Some(&'\\')) {
+                            if d == '\u{1b}' {
+                                it.next();
+                            }
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\r' => {}
+            c if c.is_control() && c != '\n' && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn json_lines(events: &[Event]) -> String {
+    let mut out = String::new();
+    for e in events {
+        let v = match e {
+            Event::Data {
+                t_micros,
+                channel,
+                direction,
+                data,
+            } => serde_json::json!({
+                "t": *t_micros as f64 / 1e6, "channel": channel, "type": direction, "bytes": data.len(),
+                "data": String::from_utf8_lossy(data),
+            }),
+            Event::Meta {
+                t_micros,
+                channel,
+                meta,
+            } => serde_json::json!({
+                "t": *t_micros as f64 / 1e6, "channel": channel, "type": "meta", "meta": meta,
+            }),
+        };
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ansi_is_stripped_and_utf8_is_joined() {
+        assert_eq!(strip_ansi("\u{1b}[1;32mok\u{1b}[0m\r\n\u{1b}]0;title\u{7}x"), "ok\nx");
+        let mut j = Utf8Joiner::default();
+        let e = "é".as_bytes();
+        assert_eq!(j.push(&e[..1]), "");
+        assert_eq!(j.push(&e[1..]), "é");
+    }
+}

@@ -1,0 +1,101 @@
+//! The on-disk format, version 1: a specification precise enough to write an
+//! independent verifier from.
+//!
+//! ```text
+//! file    := magic version frame*
+//! magic   := "HERSEREC"                      (8 bytes)
+//! version := u16 = 1
+//! frame   := kind:u8 seq:u64 len:u32 payload[len] hash[32]
+//! ```
+//! All integers are big-endian. `seq` starts at 0 and grows by one per frame. Each
+//! frame's `hash` is `SHA-256(prev || kind || seq || len || payload)` where `prev` is the
+//! previous frame's hash (32 zero bytes for frame 0): the frames form a hash chain, so a
+//! changed, dropped, duplicated or reordered frame breaks it.
+//!
+//! Frame kinds:
+//! - `1` HEADER, always frame 0: the JSON [`crate::Header`] (who, from where, which
+//!   target, login, tier, role, grant, policy decision, the previous recording of this
+//!   gateway).
+//! - `2` EVENTS: a sequence of records `kind:u8 t_micros:u64 channel:u32 len:u32
+//!   data[len]`; record kinds 1 input, 2 output, 3 stderr, 16 JSON [`crate::Meta`].
+//!   `t_micros` counts from the session start (monotonic clock).
+//! - `3` CHECKPOINT: `t_micros:u64 signature[64]`, an Ed25519 signature by the gateway's
+//!   audit key over [`checkpoint_message`]`(session_id, seq, prev, t_micros)`, where
+//!   `seq` is the checkpoint frame's own number and `prev` the hash of the frame before
+//!   it. Everything up to a valid checkpoint is authenticated.
+//! - `4` SEAL: same payload and signature as a checkpoint, over the message with the
+//!   context `herse-seal-v1`. Only a recording whose last frame is a valid SEAL is
+//!   complete; one that ends otherwise (a crash) is truncated at its last checkpoint.
+//!
+//! The writer emits a checkpoint right after the header, then whenever events were
+//! added and two seconds have passed, and a SEAL at the end; it writes buffered events
+//! at least once a second.
+
+use sha2::{Digest, Sha256};
+
+pub const MAGIC: &[u8; 8] = b"HERSEREC";
+pub const VERSION: u16 = 1;
+pub const PREAMBLE_LEN: u64 = 10;
+pub const FRAME_OVERHEAD: usize = 1 + 8 + 4 + 32;
+
+pub const FRAME_HEADER: u8 = 1;
+pub const FRAME_EVENTS: u8 = 2;
+pub const FRAME_CHECKPOINT: u8 = 3;
+pub const FRAME_SEAL: u8 = 4;
+
+/// Largest frame payload a reader accepts.
+pub const MAX_FRAME_PAYLOAD: usize = 4 << 20;
+/// The writer closes an EVENTS frame once it holds this much.
+pub const EVENTS_FRAME_TARGET: usize = 256 << 10;
+/// Largest payload of a single event record; longer data is split.
+pub const MAX_RECORD_PAYLOAD: usize = 1 << 20;
+pub const RECORD_HEADER_LEN: usize = 17;
+
+/// The hash of frame `seq`, chained to `prev`.
+pub fn frame_hash(prev: &[u8; 32], kind: u8, seq: u64, payload: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update([kind]);
+    h.update(seq.to_be_bytes());
+    h.update((payload.len() as u32).to_be_bytes());
+    h.update(payload);
+    h.finalize().into()
+}
+
+/// Append a whole frame to `out`; returns its hash.
+pub fn encode_frame(out: &mut Vec<u8>, prev: &[u8; 32], kind: u8, seq: u64, payload: &[u8]) -> [u8; 32] {
+    let hash = frame_hash(prev, kind, seq, payload);
+    out.push(kind);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&hash);
+    hash
+}
+
+/// What a checkpoint (`seal = false`) or the seal signs.
+pub fn checkpoint_message(seal: bool, session_id: &str, seq: u64, prev: &[u8; 32], t_micros: u64) -> Vec<u8> {
+    let context: &[u8] = if seal { b"herse-seal-v1" } else { b"herse-checkpoint-v1" };
+    let mut m = Vec::with_capacity(context.len() + session_id.len() + 60);
+    m.extend_from_slice(context);
+    m.extend_from_slice(&(session_id.len() as u32).to_be_bytes());
+    m.extend_from_slice(session_id.as_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(prev);
+    m.extend_from_slice(&t_micros.to_be_bytes());
+    m
+}
+
+/// Append one event record to an EVENTS payload.
+pub fn encode_record(out: &mut Vec<u8>, kind: u8, t_micros: u64, channel: u32, data: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(&t_micros.to_be_bytes());
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+/// The hex SHA-256 of a header frame, by which the next recording links to this one.
+pub fn header_link(header_frame_hash: &[u8; 32]) -> String {
+    hex::encode(header_frame_hash)
+}

@@ -1,0 +1,301 @@
+//! The recording format: a golden file checked byte for byte, and tamper tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use session_recordings::*;
+
+fn header() -> Header {
+    Header {
+        session_id: "00112233445566778899aabbccddeeff".into(),
+        user: "alice".into(),
+        client_addr: "10.77.0.2:50000".into(),
+        workstation: Some("alice-ws1".into()),
+        target: "db1".into(),
+        target_addr: "192.0.2.10:22".into(),
+        tier: "db".into(),
+        login: "postgres".into(),
+        role: "dba".into(),
+        grant: None,
+        decision: "allowed postgres@db1 (tier db) by roles [dba]".into(),
+        started_at_micros: 1_700_000_000_000_000,
+        previous: Some(PreviousRecording {
+            session_id: "ffeeddccbbaa99887766554433221100".into(),
+            header_hash: "ab".repeat(32),
+        }),
+        signing_key: hex_key(),
+    }
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32])
+}
+
+fn hex_key() -> String {
+    key()
+        .verifying_key()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("herse-format-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d.join("r.herserec")
+}
+
+/// A deterministic recording: fixed key, header and clock.
+fn write_golden(path: &Path) {
+    let t = Arc::new(AtomicU64::new(0));
+    let t2 = t.clone();
+    let rec = FileRecorder::create_with_clock(
+        path,
+        &header(),
+        key(),
+        Box::new(move || t2.fetch_add(250_000, Ordering::SeqCst)),
+    )
+    .unwrap();
+    rec.meta(
+        0,
+        &Meta::ChannelOpen {
+            kind: ChannelKind::Session,
+        },
+    )
+    .unwrap();
+    rec.meta(
+        0,
+        &Meta::Pty {
+            term: "xterm".into(),
+            cols: 80,
+            rows: 24,
+        },
+    )
+    .unwrap();
+    rec.meta(0, &Meta::Shell).unwrap();
+    rec.data(0, DataDirection::Input, b"ls\r").unwrap();
+    rec.data(0, DataDirection::Output, b"ls\r\nfile1  file2\r\n$ ").unwrap();
+    rec.meta(0, &Meta::Resize { cols: 120, rows: 40 }).unwrap();
+    // Large output spans several EVENTS frames.
+    let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    rec.data(0, DataDirection::Output, &big).unwrap();
+    rec.meta(0, &Meta::ExitStatus { code: 0 }).unwrap();
+    rec.meta(0, &Meta::Close).unwrap();
+    rec.finish("client closed").unwrap();
+}
+
+fn golden_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1.herserec")
+}
+
+#[test]
+fn golden_recording_is_byte_for_byte_stable_and_reads_back() {
+    let path = tmp("golden");
+    write_golden(&path);
+    let written = std::fs::read(&path).unwrap();
+    if std::env::var_os("HERSE_UPDATE_GOLDEN").is_some() {
+        std::fs::write(golden_path(), &written).unwrap();
+    }
+    let golden = std::fs::read(golden_path()).expect("golden file (regenerate with HERSE_UPDATE_GOLDEN=1)");
+    assert!(
+        written == golden,
+        "the writer's output changed: the format is a contract (regenerate only with a version bump)"
+    );
+
+    let (h, events, truncated) = RecordingReader::new(&golden[..], None).unwrap().events().unwrap();
+    assert_eq!(h, header());
+    assert!(!truncated);
+    let metas: Vec<&Meta> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Meta { meta, .. } => Some(meta),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        metas[0],
+        &Meta::ChannelOpen {
+            kind: ChannelKind::Session
+        }
+    );
+    assert_eq!(
+        metas.last().unwrap(),
+        &&Meta::End {
+            reason: "client closed".into()
+        }
+    );
+    let output: Vec<u8> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Data {
+                direction: DataDirection::Output,
+                data,
+                ..
+            } => Some(data.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(output.len(), 300_000 + 20);
+    // Time stamps come from the clock, in order.
+    let ts: Vec<u64> = events.iter().map(|e| e.t_micros()).collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]));
+
+    let v = RecordingReader::new(&golden[..], Some(key().verifying_key()))
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert!(
+        matches!(v.completeness, Completeness::Complete { .. }),
+        "{:?}",
+        v.completeness
+    );
+    assert!(v.frames >= 5, "header, checkpoint, events frames, seal: {}", v.frames);
+}
+
+/// Byte ranges of the frames of a recording.
+fn frames(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut at = 10;
+    while at + 13 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at + 9..at + 13].try_into().unwrap()) as usize;
+        let end = at + 13 + len + 32;
+        out.push(at..end.min(bytes.len()));
+        at = end;
+    }
+    out
+}
+
+fn verify(bytes: &[u8]) -> Result<Verified, ReadError> {
+    RecordingReader::new(bytes, Some(key().verifying_key()))?.verify()
+}
+
+#[test]
+fn any_changed_byte_fails_with_its_position() {
+    let golden = std::fs::read(golden_path()).unwrap();
+    let fr = frames(&golden);
+    // One byte in every frame, and a sample of positions across the whole file.
+    let mut positions: Vec<usize> = fr.iter().map(|r| r.start + (r.end - r.start) / 2).collect();
+    positions.extend((10..golden.len()).step_by(997));
+    for pos in positions {
+        let mut t = golden.clone();
+        t[pos] ^= 0x20;
+        match verify(&t) {
+            Err(ReadError::Corrupt { frame, offset, .. }) | Err(ReadError::BadSignature { frame, offset }) => {
+                let owner = fr.iter().position(|r| r.contains(&pos)).unwrap() as u64;
+                assert!(frame <= owner, "byte {pos} in frame {owner} reported at frame {frame}");
+                assert!(offset as usize <= pos);
+            }
+            Err(e) => panic!("byte {pos}: unexpected error {e}"),
+            Ok(v) => panic!("byte {pos} flipped but verified: {:?}", v.completeness),
+        }
+    }
+    // Wrong key.
+    let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+    assert!(matches!(
+        RecordingReader::new(&golden[..], Some(other)).unwrap().verify(),
+        Err(ReadError::BadSignature { frame: 1, .. })
+    ));
+}
+
+#[test]
+fn dropped_duplicated_and_swapped_frames_fail() {
+    let golden = std::fs::read(golden_path()).unwrap();
+    let fr = frames(&golden);
+    assert!(fr.len() >= 5);
+    let splice = |parts: Vec<std::ops::Range<usize>>| -> Vec<u8> {
+        let mut v = golden[..10].to_vec();
+        for p in parts {
+            v.extend_from_slice(&golden[p]);
+        }
+        v
+    };
+    let mut dropped = fr.clone();
+    dropped.remove(2);
+    let e = verify(&splice(dropped)).unwrap_err().to_string();
+    assert!(e.contains("frame 2") && e.contains("dropped"), "{e}");
+
+    let mut dup = fr.clone();
+    dup.insert(3, fr[2].clone());
+    let e = verify(&splice(dup)).unwrap_err().to_string();
+    assert!(e.contains("frame 3") && e.contains("duplicated"), "{e}");
+
+    let mut swapped = fr.clone();
+    swapped.swap(2, 3);
+    let e = verify(&splice(swapped)).unwrap_err().to_string();
+    assert!(e.contains("frame 2"), "{e}");
+}
+
+#[test]
+fn a_cut_recording_is_truncated_never_complete() {
+    let golden = std::fs::read(golden_path()).unwrap();
+    let fr = frames(&golden);
+    // Without the seal: truncated at the first checkpoint (the only one before it).
+    let no_seal = &golden[..fr[fr.len() - 1].start];
+    match verify(no_seal).unwrap().completeness {
+        Completeness::Truncated {
+            authenticated_until_micros,
+            unauthenticated_bytes,
+        } => {
+            assert_eq!(authenticated_until_micros, 0, "the checkpoint right after the header");
+            assert!(unauthenticated_bytes > 0);
+        }
+        c => panic!("{c:?}"),
+    }
+    // Cut in the middle of a frame: the same, and events before the cut still replay.
+    let mid = fr[3].start + 100;
+    assert!(matches!(
+        verify(&golden[..mid]).unwrap().completeness,
+        Completeness::Truncated { .. }
+    ));
+    let (_, events, truncated) = RecordingReader::new(&golden[..mid], None).unwrap().events().unwrap();
+    assert!(truncated && !events.is_empty());
+    // Cut inside the header: not a recording at all.
+    assert!(verify(&golden[..20]).is_err());
+}
+
+#[test]
+fn flush_writes_events_and_checkpoints_while_running() {
+    let path = tmp("live");
+    let rec = FileRecorder::create(&path, &header(), key()).unwrap();
+    rec.data(1, DataDirection::Output, b"hello").unwrap();
+    rec.flush().unwrap();
+    // Readable (and authenticated up to the first checkpoint) while still open.
+    let v = RecordingReader::open_verified(&path, &key().verifying_key())
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert!(matches!(v.completeness, Completeness::Truncated { .. }));
+    assert_eq!(v.events, 1);
+    std::thread::sleep(CHECKPOINT_EVERY + std::time::Duration::from_millis(100));
+    rec.data(1, DataDirection::Output, b"world").unwrap();
+    rec.flush().unwrap();
+    let v = RecordingReader::open_verified(&path, &key().verifying_key())
+        .unwrap()
+        .verify()
+        .unwrap();
+    match v.completeness {
+        Completeness::Truncated {
+            unauthenticated_bytes, ..
+        } => assert_eq!(unauthenticated_bytes, 0, "the second flush signed a checkpoint"),
+        c => panic!("{c:?}"),
+    }
+    rec.finish("done").unwrap();
+    assert!(matches!(
+        rec.data(1, DataDirection::Output, b"late"),
+        Err(RecordError::Finished)
+    ));
+    let v = RecordingReader::open_verified(&path, &key().verifying_key())
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert!(matches!(v.completeness, Completeness::Complete { .. }));
+    assert!(
+        FileRecorder::create(&path, &header(), key()).is_err(),
+        "never overwrites"
+    );
+}
