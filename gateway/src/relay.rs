@@ -8,6 +8,7 @@
 //! the session (fail closed).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use russh::{server, Channel, ChannelMsg};
 use session_recordings::{ChannelKind, DataDirection, Meta, RecordError};
@@ -150,6 +151,8 @@ async fn run(
     front_handle: server::Handle,
     env_allowed: &(dyn Fn(&str) -> bool + Send + Sync),
 ) {
+    let _guard = s.channel_guard();
+    let is_session = kind == ChannelKind::Session;
     if let Err(e) = s.recorder().meta(id, &Meta::ChannelOpen { kind }) {
         s.end(format!("recording failed: {e}"));
         return;
@@ -194,10 +197,21 @@ async fn run(
                 chan.fail(&reason).await;
                 let _ = up_tx.close().await;
             }
-            Err(e) => s.end(e.to_string()),
+            Err(e) => {
+                s.end(e.to_string());
+                if is_session {
+                    let message = format!("session ended: {}", s.reason());
+                    let _ = tokio::time::timeout(Duration::from_millis(500), chan.fail(&message)).await;
+                }
+            }
             Ok(_) => {}
         },
-        _ = s.cancelled() => {}
+        _ = s.cancelled() => {
+            if is_session {
+                // Best effort: the client may not be reading.
+                let _ = tokio::time::timeout(Duration::from_millis(500), chan.fail(&format!("session ended: {}", s.reason()))).await;
+            }
+        }
     }
     let leftovers = chan
         .sftp

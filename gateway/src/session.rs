@@ -3,7 +3,7 @@
 //! end path the recording is sealed and the session row closed.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +43,21 @@ pub struct TargetSession {
     /// Milliseconds since `started` of the last byte in either direction.
     last_activity_ms: AtomicU64,
     store: crate::store::Store,
+    /// Relayed channels still running; the supervisor lets them tell the client why the
+    /// session ends before it disconnects.
+    open_channels: AtomicUsize,
+    channels_done: tokio::sync::Notify,
+}
+
+/// Counts a relayed channel while it lives.
+pub struct ChannelGuard(Arc<TargetSession>);
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        if self.0.open_channels.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.channels_done.notify_waiters();
+        }
+    }
 }
 
 impl std::fmt::Debug for TargetSession {
@@ -171,6 +186,8 @@ impl TargetSession {
             started: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
             store: gw.store.clone(),
+            open_channels: AtomicUsize::new(0),
+            channels_done: tokio::sync::Notify::new(),
         });
         gw.register(session.clone());
         gw.tasks.spawn(supervise(gw.clone(), session.clone()));
@@ -232,7 +249,14 @@ impl TargetSession {
         self.cancel.cancel();
     }
 
-    fn reason(&self) -> String {
+    /// Count a relayed channel until the guard drops.
+    pub fn channel_guard(self: &Arc<Self>) -> ChannelGuard {
+        self.open_channels.fetch_add(1, Ordering::AcqRel);
+        ChannelGuard(self.clone())
+    }
+
+    /// Why the session ended (once it has).
+    pub fn reason(&self) -> String {
         self.end_reason
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -314,6 +338,11 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
         }
     }
     let reason = s.reason();
+    // Give the relays a moment to write the reason to the client's terminals.
+    let drained = s.channels_done.notified();
+    if s.open_channels.load(Ordering::Acquire) > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
+    }
     let front = s.front.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(front) = front {
         let _ = front

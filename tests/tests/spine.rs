@@ -1009,3 +1009,54 @@ fn sigkill_during_a_transfer_leaves_a_truncated_recording_that_replays() {
     ]));
     assert!(transcript.contains("line 1\n"), "replays up to the cut");
 }
+
+/// Unmounts on drop.
+struct Mount(PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_recording_store_fails_closed() {
+    let w = World::new("full");
+    let dir = w.gw.data().join("recordings");
+    std::fs::create_dir_all(&dir).unwrap();
+    ok(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "herse-test-full"])
+        .arg(&dir));
+    let _m = Mount(dir.clone());
+
+    // A session whose output outgrows the store ends; the client is told why.
+    let start = Instant::now();
+    let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "head -c 16000000 /dev/zero"]));
+    assert!(!out.status.success(), "the session must not outlive its recording");
+    assert!(
+        out.stdout.len() < 16_000_000,
+        "output went on unrecorded: {} bytes",
+        out.stdout.len()
+    );
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert!(text(&out.stderr).contains("recording failed"), "{}", text(&out.stderr));
+
+    // The store is full: new sessions are refused with a clear message.
+    let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo should-not-run"]));
+    assert!(!out.status.success());
+    assert!(!text(&out.stdout).contains("should-not-run"));
+    assert!(
+        text(&out.stderr).contains("recording is unavailable"),
+        "{}",
+        text(&out.stderr)
+    );
+    let audit = ok(w
+        .gw
+        .ctl()
+        .args(["audit", "list", "--kind", "session.refused", "--json"]));
+    assert!(audit.contains("alert"), "{audit}");
+
+    // Space again: sessions work.
+    drop(_m);
+    let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo back"]));
+    assert_eq!(text(&out.stdout).trim(), "back", "{}", text(&out.stderr));
+}
