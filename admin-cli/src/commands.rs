@@ -104,6 +104,12 @@ pub enum SessionsCmd {
     },
     /// End a live session; waits until the gateway has closed it.
     Kill { id: String },
+    /// Show a live session's terminal in real time, read-only (from now, or --from-start).
+    Watch {
+        id: String,
+        #[arg(long)]
+        from_start: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -367,6 +373,7 @@ async fn sessions(cli: &Cli, c: &SessionsCmd) -> Result<(), Failure> {
                 ),
             });
         }
+        SessionsCmd::Watch { id, from_start } => return crate::recordings::watch(&store, id, *from_start).await,
     }
     Ok(())
 }

@@ -548,3 +548,81 @@ mod tests {
         assert_eq!(j.push(&e[1..]), "é");
     }
 }
+
+/// Follow a live session's recording and print its terminal output as it is written.
+pub async fn watch(store: &Store, id: &str, from_start: bool) -> Result<(), Failure> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let row = session_row(store, id).await?;
+    if row.ended_at.is_some() {
+        return Err(Failure {
+            code: 1,
+            message: format!("session {} has ended; use `hersectl recordings export`", row.id),
+        });
+    }
+    let key = audit_key(store).await?;
+    let file = std::fs::File::open(&row.recording)?;
+    let join_at = file.metadata()?.len();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader_stop = stop.clone();
+    let follow = tokio::task::spawn_blocking(move || -> Result<String, Failure> {
+        let tail = session_recordings::TailFile::new(file, reader_stop);
+        let mut reader = RecordingReader::new(tail, Some(key)).map_err(|e| Failure {
+            code: 1,
+            message: e.to_string(),
+        })?;
+        let mut out = std::io::stdout().lock();
+        eprintln!(
+            "herse: watching session {} ({}@{}, user {}), read-only; Ctrl-C to stop",
+            reader.header().session_id,
+            reader.header().login,
+            reader.header().target,
+            reader.header().user
+        );
+        while let Some(e) = reader.next_event().map_err(|e| Failure {
+            code: 1,
+            message: e.to_string(),
+        })? {
+            match e {
+                Event::Data {
+                    direction: DataDirection::Output | DataDirection::Stderr,
+                    data,
+                    ..
+                } => {
+                    if from_start || reader.offset() > join_at {
+                        out.write_all(&data)?;
+                        out.flush()?;
+                    }
+                }
+                Event::Meta {
+                    meta: Meta::End { reason },
+                    ..
+                } => return Ok(reason),
+                _ => {}
+            }
+        }
+        Ok("the recording stopped growing".into())
+    });
+    tokio::pin!(follow);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut ended_since: Option<std::time::Instant> = None;
+    let reason = loop {
+        tokio::select! {
+            r = &mut follow => break r.map_err(|e| Failure { code: 1, message: e.to_string() })??,
+            _ = tick.tick() => {
+                // A gateway that died leaves the recording unsealed: stop when the row says
+                // the session is over and nothing more arrives.
+                let live = store.session(&SessionId::parse(&row.id).map_err(|e| Failure { code: 1, message: e.to_string() })?).await?
+                    .is_some_and(|s| s.ended_at.is_none());
+                if !live {
+                    let since = *ended_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > std::time::Duration::from_secs(3) {
+                        stop.store(true, Ordering::Release);
+                    }
+                }
+            }
+        }
+    };
+    eprintln!("\r\nherse: session ended: {reason}");
+    Ok(())
+}

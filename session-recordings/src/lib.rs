@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod event;
+mod follow;
 pub mod format;
 mod reader;
 pub mod sftp;
@@ -22,4 +23,5 @@ pub use event::{ChannelKind, DataDirection, Event, Header, Meta, PreviousRecordi
 pub use reader::{Completeness, ReadError, RecordingReader, Verified};
 pub use writer::{Clock, FileRecorder, NullRecorder, RecordError, Recorder, CHECKPOINT_EVERY};
 
+pub use follow::TailFile;
 pub use format::{MAGIC, MAX_RECORD_PAYLOAD, VERSION};

@@ -143,6 +143,16 @@ impl<R: Read> RecordingReader<R> {
         self.header_hash
     }
 
+    /// True once the seal frame was read: the recording is whole and nothing follows.
+    pub fn sealed(&self) -> bool {
+        self.sealed_at.is_some()
+    }
+
+    /// Bytes of the file consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// True once the end of the file was reached without a seal.
     pub fn truncated(&self) -> bool {
         self.truncated

@@ -1060,3 +1060,66 @@ fn a_full_recording_store_fails_closed() {
     let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo back"]));
     assert_eq!(text(&out.stdout).trim(), "back", "{}", text(&out.stderr));
 }
+
+#[test]
+fn sessions_watch_follows_a_live_session_read_only() {
+    let w = World::new("watch");
+    let mut live = ssh(&w.alice)
+        .args([
+            "-l",
+            DEPLOY,
+            "web1",
+            "i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo tick $i; sleep 0.1; done",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let id = loop {
+        let list = ok(w.gw.ctl().args(["sessions", "list", "--json"]));
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+        if let Some(r) = rows.first() {
+            break r["id"].as_str().unwrap().to_owned();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut watch =
+        w.gw.ctl()
+            .args(["sessions", "watch", &id])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let t = Instant::now();
+    // New ticks arrive while watching (at most about a second behind).
+    let first_tick = loop {
+        let n = watch.stdout.as_mut().unwrap().read(&mut buf).unwrap();
+        assert!(n > 0, "watch ended early");
+        seen.push_str(&text(&buf[..n]));
+        let ticks: Vec<u32> = seen
+            .lines()
+            .filter_map(|l| l.strip_prefix("tick ")?.trim().parse().ok())
+            .collect();
+        if ticks.len() >= 2 {
+            break ticks[0];
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no live output: {seen}");
+    };
+    assert!(
+        first_tick > 5,
+        "watch joined at the current point, not the start (first tick {first_tick})"
+    );
+    ok(w.gw.ctl().args(["sessions", "kill", &id]));
+    let status = watch.wait().unwrap();
+    let mut err = String::new();
+    watch.stderr.as_mut().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("session ended: killed by local:"), "{err}");
+    let _ = live.kill();
+    let _ = live.wait();
+}
