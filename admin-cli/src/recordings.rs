@@ -535,20 +535,6 @@ fn json_lines(events: &[Event]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ansi_is_stripped_and_utf8_is_joined() {
-        assert_eq!(strip_ansi("\u{1b}[1;32mok\u{1b}[0m\r\n\u{1b}]0;title\u{7}x"), "ok\nx");
-        let mut j = Utf8Joiner::default();
-        let e = "é".as_bytes();
-        assert_eq!(j.push(&e[..1]), "");
-        assert_eq!(j.push(&e[1..]), "é");
-    }
-}
-
 /// Follow a live session's recording and print its terminal output as it is written.
 pub async fn watch(store: &Store, id: &str, from_start: bool) -> Result<(), Failure> {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -625,4 +611,18 @@ pub async fn watch(store: &Store, id: &str, from_start: bool) -> Result<(), Fail
     };
     eprintln!("\r\nherse: session ended: {reason}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ansi_is_stripped_and_utf8_is_joined() {
+        assert_eq!(strip_ansi("\u{1b}[1;32mok\u{1b}[0m\r\n\u{1b}]0;title\u{7}x"), "ok\nx");
+        let mut j = Utf8Joiner::default();
+        let e = "é".as_bytes();
+        assert_eq!(j.push(&e[..1]), "");
+        assert_eq!(j.push(&e[1..]), "é");
+    }
 }
