@@ -574,11 +574,9 @@ pub async fn watch(store: &Store, id: &str, from_start: bool) -> Result<(), Fail
                     direction: DataDirection::Output | DataDirection::Stderr,
                     data,
                     ..
-                } => {
-                    if from_start || reader.offset() > join_at {
-                        out.write_all(&data)?;
-                        out.flush()?;
-                    }
+                } if from_start || reader.offset() > join_at => {
+                    out.write_all(&data)?;
+                    out.flush()?;
                 }
                 Event::Meta {
                     meta: Meta::End { reason },
