@@ -142,7 +142,7 @@ async fn open(cli: &Cli) -> Result<Store, Failure> {
     })
 }
 
-fn operator() -> String {
+pub fn operator() -> String {
     let user = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown".into());
@@ -175,6 +175,21 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         crate::Command::Sessions(c) => sessions(&cli, c).await,
         crate::Command::Targets(c) => targets(&cli, c).await,
         crate::Command::Audit(c) => audit(&cli, c).await,
+        crate::Command::Recordings(crate::recordings::RecordingsCmd::Purge) => {
+            let config = load_config(&cli)?;
+            let policy = herse::policy::load(&config.policy_path).map_err(|d| usage(d.to_string()))?;
+            let store = open(&cli).await?;
+            let ids = herse::retention::purge(&store, &policy, &herse::runtime::node_name())
+                .await
+                .map_err(store_err)?;
+            println!(
+                "purged {} recording(s){}{}",
+                ids.len(),
+                if ids.is_empty() { "" } else { ": " },
+                ids.join(", ")
+            );
+            Ok(())
+        }
         crate::Command::Recordings(c) => {
             let store = open(&cli).await?;
             crate::recordings::run(&store, cli.json, c).await

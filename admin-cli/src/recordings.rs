@@ -32,6 +32,14 @@ pub enum RecordingsCmd {
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },
+    /// Put a recording under legal hold (never purged), or release it with --release.
+    Hold {
+        id: String,
+        #[arg(long)]
+        release: bool,
+    },
+    /// Purge recordings past their tier's retention now (the gateway also does it hourly).
+    Purge,
     /// Write a recording as asciicast v2, a plain-text transcript, or JSON lines.
     Export {
         id: String,
@@ -107,6 +115,39 @@ pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), F
             Ok(())
         }
         RecordingsCmd::Show { id } => show(store, json, id).await,
+        RecordingsCmd::Hold { id, release } => {
+            let sid = SessionId::parse(id).map_err(|e| Failure {
+                code: 2,
+                message: e.to_string(),
+            })?;
+            if !store.set_legal_hold(&sid, !release).await? {
+                return Err(Failure {
+                    code: 3,
+                    message: format!("no recording for session {sid}"),
+                });
+            }
+            let (kind, word) = if *release {
+                ("recording.release", "released from")
+            } else {
+                ("recording.hold", "placed under")
+            };
+            store
+                .audit(
+                    &herse::store::AuditEvent::new(
+                        kind,
+                        herse::store::Severity::Info,
+                        format!("by {}", crate::commands::operator()),
+                    )
+                    .session(&sid),
+                )
+                .await?;
+            println!("recording {sid} {word} legal hold");
+            Ok(())
+        }
+        RecordingsCmd::Purge => Err(Failure {
+            code: 2,
+            message: "internal: purge is run by the caller".into(),
+        }),
         RecordingsCmd::Verify { id, all } => verify(store, json, id.as_deref(), *all).await,
         RecordingsCmd::Export { id, format, output } => {
             let row = session_row(store, id).await?;
@@ -272,7 +313,18 @@ async fn verify(store: &Store, json: bool, id: Option<&str>, all: bool) -> Resul
     let mut headers = HashMap::new();
     let mut links = Vec::new();
     let total = rows.len();
+    let mut purged = std::collections::HashSet::new();
     for (i, row) in rows.iter().enumerate() {
+        if row.purged_at.is_some() {
+            purged.insert(row.id.clone());
+            lines.push(VerifyLine {
+                session: row.id.clone(),
+                file: row.recording.clone(),
+                ok: true,
+                status: "purged by retention".into(),
+            });
+            continue;
+        }
         if all && !json && total > 20 {
             eprint!("\rverifying {}/{total}", i + 1);
         }
@@ -310,6 +362,7 @@ async fn verify(store: &Store, json: bool, id: Option<&str>, all: bool) -> Resul
         for (from, prev) in links {
             let status = match headers.get(&prev.session_id) {
                 Some(h) if *h == prev.header_hash => continue,
+                None if purged.contains(&prev.session_id) => continue,
                 Some(_) => format!(
                     "FAILED: recording {} was replaced (named by {from} with another header)",
                     prev.session_id

@@ -14,6 +14,7 @@ pub mod init;
 pub mod keys;
 pub mod policy;
 pub mod relay;
+pub mod retention;
 pub mod runtime;
 pub mod secrets;
 pub mod serve;

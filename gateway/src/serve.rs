@@ -51,6 +51,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     ))
     .await;
     let watcher = tokio::spawn(watch_sessions(gw.clone()));
+    let purger = tokio::spawn(purge_loop(gw.clone()));
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -64,6 +65,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     }
     drain(&gw).await;
     watcher.abort();
+    purger.abort();
     for l in listeners {
         l.abort();
     }
@@ -174,6 +176,20 @@ async fn watch_sessions(gw: Arc<Gateway>) {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot read session kill requests"),
+        }
+    }
+}
+
+/// Apply recording retention at start and then every hour.
+async fn purge_loop(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(crate::retention::PURGE_EVERY);
+    loop {
+        tick.tick().await;
+        let policy = gw.policy.load_full();
+        match crate::retention::purge(&gw.store, &policy, &gw.node).await {
+            Ok(ids) if !ids.is_empty() => tracing::info!(count = ids.len(), "purged recordings past retention"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "recording purge failed"),
         }
     }
 }

@@ -1123,3 +1123,49 @@ fn sessions_watch_follows_a_live_session_read_only() {
     let _ = live.kill();
     let _ = live.wait();
 }
+
+#[test]
+fn retention_purges_old_recordings_except_those_on_hold() {
+    let w = World::new("retain");
+    for i in 0..3 {
+        ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", &format!("echo {i}")]));
+    }
+    let start = Instant::now();
+    while !ok(w.gw.ctl().args(["sessions", "list", "--json"])).trim().eq("[]") {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ids = recording_ids(&w);
+    assert_eq!(ids.len(), 3);
+    ok(w.gw.ctl().args(["recordings", "hold", &ids[1]]));
+    let policy_path = w.d().join("policy.toml");
+    let policy = std::fs::read_to_string(&policy_path).unwrap();
+    std::fs::write(
+        &policy_path,
+        policy.replace(
+            "description = \"web tier\"",
+            "description = \"web tier\"\nretention = \"1s\"",
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = ok(w.gw.ctl().args(["recordings", "purge"]));
+    assert!(out.contains("purged 2 recording(s)"), "{out}");
+    let dir = w.gw.data().join("recordings");
+    assert!(!dir.join(format!("{}.herserec", ids[0])).exists());
+    assert!(dir.join(format!("{}.herserec", ids[1])).exists(), "held recording kept");
+    assert!(!dir.join(format!("{}.herserec", ids[2])).exists());
+    // Purged by policy is not tampering: the chain still verifies.
+    let v = run(w.gw.ctl().args(["recordings", "verify", "--all"]));
+    assert!(v.status.success(), "{}", text(&v.stdout));
+    assert!(text(&v.stdout).contains("purged by retention"));
+    let audit = ok(w
+        .gw
+        .ctl()
+        .args(["audit", "list", "--kind", "recording.purge", "--json"]));
+    let events: Vec<serde_json::Value> = serde_json::from_str(&audit).unwrap();
+    assert_eq!(events.len(), 2);
+    // Releasing the hold makes it purgeable.
+    ok(w.gw.ctl().args(["recordings", "hold", "--release", &ids[1]]));
+    assert!(ok(w.gw.ctl().args(["recordings", "purge"])).contains("purged 1 recording(s)"));
+}

@@ -26,6 +26,8 @@ struct RawPolicy {
 struct RawTier {
     #[serde(default)]
     description: String,
+    /// How long recordings of this tier are kept (e.g. "400d"); absent: forever.
+    retention: Option<Spanned<String>>,
     #[serde(default)]
     targets: BTreeMap<Spanned<String>, RawTarget>,
 }
@@ -88,11 +90,16 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Policy, Diagnostics> {
                 policy.targets.insert(target_name, t);
             }
         }
+        let retention = raw_tier
+            .retention
+            .as_ref()
+            .map(|r| duration(&src, &mut errors, r, "retention"));
         policy.tiers.insert(
             tier.clone(),
             Tier {
                 name: tier,
                 description: raw_tier.description.clone(),
+                retention,
             },
         );
     }

@@ -41,6 +41,8 @@ pub struct Target {
 pub struct Tier {
     pub name: TierName,
     pub description: String,
+    /// Recordings older than this (since the session ended) are purged; `None` keeps them.
+    pub retention: Option<Duration>,
 }
 
 /// Something a role may do on a target.

@@ -30,9 +30,11 @@ pub struct SessionRow {
     pub ended_at: Option<i64>,
     pub end_reason: Option<String>,
     pub kill_requested_by: Option<String>,
+    pub legal_hold: bool,
+    pub purged_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, node, user_name, target, tier, login, client_addr, recording, started_at, ended_at, end_reason, kill_requested_by";
+const COLUMNS: &str = "id, node, user_name, target, tier, login, client_addr, recording, started_at, ended_at, end_reason, kill_requested_by, legal_hold, purged_at";
 
 fn row(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
     Ok(SessionRow {
@@ -48,10 +50,48 @@ fn row(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
         ended_at: r.try_get(9)?,
         end_reason: r.try_get(10)?,
         kill_requested_by: r.try_get(11)?,
+        legal_hold: r.try_get::<i64, _>(12)? != 0,
+        purged_at: r.try_get(13)?,
     })
 }
 
 impl Store {
+    /// Put a recording under legal hold (or release it); false if no such session.
+    pub async fn set_legal_hold(&self, id: &SessionId, hold: bool) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE sessions SET legal_hold = $1 WHERE id = $2")
+            .bind(i64::from(hold))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Ended, unheld, unpurged sessions of `node` and `tier` that ended before `before`.
+    pub async fn purgeable(&self, node: &str, tier: &str, before: i64) -> Result<Vec<SessionRow>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM sessions WHERE node = $1 AND tier = $2 AND ended_at IS NOT NULL \
+             AND ended_at < $3 AND legal_hold = 0 AND purged_at IS NULL ORDER BY ended_at"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(node)
+            .bind(tier)
+            .bind(before)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| row(r).map_err(StoreError::from))
+            .collect()
+    }
+
+    pub async fn mark_purged(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET purged_at = $1 WHERE id = $2 AND legal_hold = 0")
+            .bind(now_micros())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The newest recording of `node`: `(session_id, header_hash)`.
     pub async fn recording_chain_head(&self, node: &str) -> Result<Option<(String, String)>, StoreError> {
         let row = sqlx::query("SELECT session_id, header_hash FROM recording_chain WHERE node = $1")
