@@ -4,6 +4,7 @@
 
 mod commands;
 mod output;
+mod play;
 mod recordings;
 
 use std::path::PathBuf;

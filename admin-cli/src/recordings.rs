@@ -21,8 +21,48 @@ pub enum RecordingsCmd {
         user: Option<String>,
         #[arg(long)]
         target: Option<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        /// Client address or workstation.
+        #[arg(long)]
+        workstation: Option<String>,
+        /// Started within this long ago ("2h", "7d") or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Started before this long ago or this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only recordings whose terminal text, commands or SFTP paths contain TEXT.
+        #[arg(long)]
+        contains: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
+    },
+    /// Replay a terminal: real time, --speed N, --at SECONDS; in a terminal, keys pause
+    /// (space), jump (arrows, 10 s), change speed (+/-), skip idle (i), quit (q).
+    Play {
+        id: String,
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Start this many seconds into the recording.
+        #[arg(long, default_value_t = 0.0)]
+        at: f64,
+        /// Shorten pauses longer than one second.
+        #[arg(long)]
+        skip_idle: bool,
+    },
+    /// Find TEXT across recordings (terminal output and input, commands, SFTP paths), with
+    /// the time of each hit; --play replays the first hit from just before it.
+    Search {
+        text: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        #[arg(long)]
+        play: bool,
     },
     /// Metadata and a summary of execs, SFTP operations and denials.
     Show { id: String },
@@ -86,15 +126,45 @@ async fn session_row(store: &Store, id: &str) -> Result<SessionRow, Failure> {
 
 pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), Failure> {
     match cmd {
-        RecordingsCmd::List { user, target, limit } => {
-            let rows: Vec<SessionRow> = store
-                .sessions(false, *limit)
-                .await?
-                .into_iter()
-                .filter(|s| {
-                    user.as_ref().is_none_or(|u| &s.user == u) && target.as_ref().is_none_or(|t| &s.target == t)
-                })
-                .collect();
+        RecordingsCmd::List {
+            user,
+            target,
+            tier,
+            workstation,
+            since,
+            until,
+            contains,
+            limit,
+        } => {
+            let since = since.as_deref().map(parse_when).transpose()?;
+            let until = until.as_deref().map(parse_when).transpose()?;
+            let mut rows = Vec::new();
+            for s in store.sessions(false, i64::MAX).await? {
+                let keep = user.as_ref().is_none_or(|u| &s.user == u)
+                    && target.as_ref().is_none_or(|t| &s.target == t)
+                    && tier.as_ref().is_none_or(|t| &s.tier == t)
+                    && workstation
+                        .as_ref()
+                        .is_none_or(|w| s.client_addr.starts_with(w.as_str()))
+                    && since.is_none_or(|t| s.started_at >= t)
+                    && until.is_none_or(|t| s.started_at < t)
+                    && s.purged_at.is_none();
+                if !keep {
+                    continue;
+                }
+                if let Some(text) = contains {
+                    if hits(Path::new(&s.recording), text, 1)
+                        .map(|h| h.is_empty())
+                        .unwrap_or(true)
+                    {
+                        continue;
+                    }
+                }
+                rows.push(s);
+                if rows.len() as i64 >= *limit {
+                    break;
+                }
+            }
             output::table(
                 json,
                 &rows,
@@ -112,6 +182,73 @@ pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), F
                     ]
                 },
             );
+            Ok(())
+        }
+        RecordingsCmd::Play {
+            id,
+            speed,
+            at,
+            skip_idle,
+        } => {
+            let row = session_row(store, id).await?;
+            play_file(&row.recording, *speed, *at, *skip_idle)
+        }
+        RecordingsCmd::Search {
+            text,
+            user,
+            target,
+            limit,
+            play,
+        } => {
+            let mut found: Vec<Hit> = Vec::new();
+            for s in store.sessions(false, i64::MAX).await? {
+                if s.purged_at.is_some()
+                    || user.as_ref().is_some_and(|u| &s.user != u)
+                    || target.as_ref().is_some_and(|t| &s.target != t)
+                {
+                    continue;
+                }
+                let left = (*limit as usize).saturating_sub(found.len());
+                if left == 0 {
+                    break;
+                }
+                match hits(Path::new(&s.recording), text, left) {
+                    Ok(h) => found.extend(h.into_iter().map(|(t, snippet)| Hit {
+                        session: s.id.clone(),
+                        user: s.user.clone(),
+                        target: s.target.clone(),
+                        at_seconds: t as f64 / 1e6,
+                        snippet,
+                    })),
+                    Err(e) => eprintln!("hersectl: {}: {e}", s.recording),
+                }
+            }
+            if *play {
+                let first = found.first().ok_or_else(|| Failure {
+                    code: 3,
+                    message: format!("no recording contains {text:?}"),
+                })?;
+                let row = session_row(store, &first.session).await?;
+                return play_file(&row.recording, 1.0, (first.at_seconds - 2.0).max(0.0), false);
+            }
+            output::table(json, &found, &["SESSION", "USER", "TARGET", "AT", "MATCH"], |h| {
+                vec![
+                    h.session.clone(),
+                    h.user.clone(),
+                    h.target.clone(),
+                    format!("{:.1}s", h.at_seconds),
+                    h.snippet.clone(),
+                ]
+            });
+            if !json && !found.is_empty() {
+                eprintln!("replay a hit: hersectl recordings play SESSION --at SECONDS");
+            }
+            if found.is_empty() {
+                return Err(Failure {
+                    code: 3,
+                    message: format!("no recording contains {text:?}"),
+                });
+            }
             Ok(())
         }
         RecordingsCmd::Show { id } => show(store, json, id).await,
@@ -676,4 +813,112 @@ mod tests {
         assert_eq!(j.push(&e[..1]), "");
         assert_eq!(j.push(&e[1..]), "é");
     }
+}
+
+#[derive(serde::Serialize)]
+struct Hit {
+    session: String,
+    user: String,
+    target: String,
+    at_seconds: f64,
+    snippet: String,
+}
+
+/// Microseconds since the epoch from "2h" (ago) or an RFC 3339 time.
+fn parse_when(s: &str) -> Result<i64, Failure> {
+    let now = std::time::SystemTime::now();
+    let t = match humantime::parse_duration(s) {
+        Ok(d) => now - d,
+        Err(_) => humantime::parse_rfc3339_weak(s).map_err(|e| Failure {
+            code: 2,
+            message: format!("{s:?}: not a duration (\"2h\") or a time (RFC 3339): {e}"),
+        })?,
+    };
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0))
+}
+
+fn play_file(path: &str, speed: f64, at: f64, skip_idle: bool) -> Result<(), Failure> {
+    let (_, events, _) = RecordingReader::open(Path::new(path))
+        .and_then(|r| r.events())
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("{path}: {e}"),
+        })?;
+    let timeline = crate::play::Timeline::from_events(&events);
+    crate::play::play(
+        &timeline,
+        &crate::play::PlayOptions {
+            speed,
+            at_micros: (at.max(0.0) * 1e6) as u64,
+            max_idle: skip_idle.then_some(std::time::Duration::from_secs(1)),
+        },
+    )
+}
+
+/// Where `needle` occurs in a recording: (time, snippet), at most `limit`.
+fn hits(path: &Path, needle: &str, limit: usize) -> Result<Vec<(u64, String)>, session_recordings::ReadError> {
+    let mut reader = RecordingReader::open(path)?;
+    let mut out = Vec::new();
+    let mut tails: HashMap<(u32, bool), String> = HashMap::new();
+    let keep = needle.chars().count().saturating_sub(1);
+    while let Some(e) = reader.next_event()? {
+        let (t, text, key) = match &e {
+            Event::Data {
+                t_micros,
+                channel,
+                direction,
+                data,
+            } => (
+                *t_micros,
+                strip_ansi(&String::from_utf8_lossy(data)),
+                Some((*channel, *direction == DataDirection::Input)),
+            ),
+            Event::Meta {
+                t_micros,
+                meta: Meta::Exec { command },
+                ..
+            } => (*t_micros, command.clone(), None),
+            Event::Meta {
+                t_micros,
+                meta: Meta::SftpOp { path, target, .. },
+                ..
+            } => (
+                *t_micros,
+                format!("{path} {}", target.clone().unwrap_or_default()),
+                None,
+            ),
+            _ => continue,
+        };
+        let joined = match key {
+            Some(k) => {
+                let tail = tails.entry(k).or_default();
+                let joined = format!("{tail}{text}");
+                *tail = joined
+                    .chars()
+                    .rev()
+                    .take(keep)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                joined
+            }
+            None => text,
+        };
+        if let Some(i) = joined.find(needle) {
+            let start = joined[..i].char_indices().rev().nth(30).map(|(j, _)| j).unwrap_or(0);
+            let snippet: String = joined[start..]
+                .chars()
+                .take(80)
+                .collect::<String>()
+                .replace(['\n', '\r'], " ");
+            out.push((t, snippet.trim().to_owned()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
 }

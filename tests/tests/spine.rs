@@ -929,6 +929,63 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     let show = ok(w.gw.ctl().args(["recordings", "show", &oldest, "--json"]));
     assert!(show.contains("\"verification\": \"complete\""), "{show}");
 
+    // Search finds the text with its time; list filters by content; play replays it.
+    let found = ok(w.gw.ctl().args(["recordings", "search", "hello from herse 42", "--json"]));
+    let found: Vec<serde_json::Value> = serde_json::from_str(&found).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["session"], oldest.as_str());
+    assert!(found[0]["at_seconds"].as_f64().unwrap() >= 0.0);
+    let listed = ok(w
+        .gw
+        .ctl()
+        .args(["recordings", "list", "--contains", "hello from herse", "--json"]));
+    assert!(listed.contains(&oldest) && !listed.contains(&ids[0]), "{listed}");
+    assert_eq!(
+        run(w.gw.ctl().args(["recordings", "search", "no such text anywhere"]))
+            .status
+            .code(),
+        Some(3)
+    );
+    let played = ok(w.gw.ctl().args(["recordings", "play", &oldest, "--speed", "100"]));
+    assert!(played.contains("hello from herse 42"), "{played}");
+    // In a terminal the player shows its progress bar and quits on 'q'.
+    let sock = w.d().join("play.sock");
+    let tmux = |args: &[&str]| run(Command::new("tmux").arg("-S").arg(&sock).args(args));
+    let cmd = format!(
+        "{} -c {} recordings play {oldest} --speed 0.25",
+        bin("hersectl").display(),
+        w.gw.config.display()
+    );
+    tmux(&[
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-s",
+        "p",
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &cmd,
+    ]);
+    let t = Instant::now();
+    loop {
+        let screen = text(&tmux(&["capture-pane", "-p", "-t", "p"]).stdout);
+        if screen.contains("[q] quit") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no player bar:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tmux(&["send-keys", "-t", "p", "q"]);
+    let t = Instant::now();
+    while tmux(&["has-session", "-t", "p"]).status.success() {
+        assert!(t.elapsed() < Duration::from_secs(5), "player did not quit on q");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = tmux(&["kill-server"]);
+
     // Flip one byte in the middle recording: verify names it and fails.
     let middle = &ids[1];
     let path = w.gw.data().join("recordings").join(format!("{middle}.herserec"));
