@@ -930,7 +930,10 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     assert!(show.contains("\"verification\": \"complete\""), "{show}");
 
     // Search finds the text with its time; list filters by content; play replays it.
-    let found = ok(w.gw.ctl().args(["recordings", "search", "hello from herse 42", "--json"]));
+    let found = ok(w
+        .gw
+        .ctl()
+        .args(["recordings", "search", "hello from herse 42", "--json"]));
     let found: Vec<serde_json::Value> = serde_json::from_str(&found).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["session"], oldest.as_str());
