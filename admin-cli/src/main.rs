@@ -27,6 +27,10 @@ pub struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// An auditor's age identity file, to read recordings of tiers that encrypt them
+    /// (repeatable).
+    #[arg(long, global = true)]
+    pub identity: Vec<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -60,6 +64,7 @@ pub enum Command {
 /// 3 the named object does not exist.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    recordings::set_identities(cli.identity.clone());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HERSE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

@@ -98,6 +98,37 @@ pub enum ExportFormat {
     Json,
 }
 
+static IDENTITIES: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+pub fn set_identities(paths: Vec<PathBuf>) {
+    let _ = IDENTITIES.set(paths);
+}
+
+/// Unlock an encrypted recording with the `--identity` files, if any were given.
+fn unlock<R: std::io::Read>(reader: &mut RecordingReader<R>) -> Result<(), session_recordings::ReadError> {
+    if reader.header().encryption.is_none() {
+        return Ok(());
+    }
+    let paths = IDENTITIES.get().map(Vec::as_slice).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(session_recordings::ReadError::Encrypted);
+    }
+    let mut ids = Vec::new();
+    for p in paths {
+        ids.extend(session_recordings::crypt::load_identities(p)?);
+    }
+    reader.unlock(&ids)
+}
+
+/// Open a recording for reading its events (unlocking it when encrypted).
+fn open_reader(
+    path: &Path,
+) -> Result<RecordingReader<std::io::BufReader<std::fs::File>>, session_recordings::ReadError> {
+    let mut r = RecordingReader::open(path)?;
+    unlock(&mut r)?;
+    Ok(r)
+}
+
 async fn audit_key(store: &Store) -> Result<VerifyingKey, Failure> {
     let (public, _) = store.gateway_key("audit").await?;
     let bytes: [u8; 32] = hex::decode(public.trim())
@@ -288,7 +319,7 @@ pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), F
         RecordingsCmd::Verify { id, all } => verify(store, json, id.as_deref(), *all).await,
         RecordingsCmd::Export { id, format, output } => {
             let row = session_row(store, id).await?;
-            let reader = RecordingReader::open(Path::new(&row.recording)).map_err(|e| Failure {
+            let reader = open_reader(Path::new(&row.recording)).map_err(|e| Failure {
                 code: 1,
                 message: format!("{}: {e}", row.recording),
             })?;
@@ -314,7 +345,7 @@ async fn show(store: &Store, json: bool, id: &str) -> Result<(), Failure> {
     let row = session_row(store, id).await?;
     let key = audit_key(store).await?;
     let verified = RecordingReader::open_verified(Path::new(&row.recording), &key).and_then(|r| r.verify());
-    let (header, events, _) = RecordingReader::open(Path::new(&row.recording))
+    let (header, events, _) = open_reader(Path::new(&row.recording))
         .and_then(|r| r.events())
         .map_err(|e| Failure {
             code: 1,
@@ -747,6 +778,10 @@ pub async fn watch(store: &Store, id: &str, from_start: bool) -> Result<(), Fail
             code: 1,
             message: e.to_string(),
         })?;
+        unlock(&mut reader).map_err(|e| Failure {
+            code: 1,
+            message: e.to_string(),
+        })?;
         let mut out = std::io::stdout().lock();
         eprintln!(
             "herse: watching session {} ({}@{}, user {}), read-only; Ctrl-C to stop",
@@ -840,7 +875,7 @@ fn parse_when(s: &str) -> Result<i64, Failure> {
 }
 
 fn play_file(path: &str, speed: f64, at: f64, skip_idle: bool) -> Result<(), Failure> {
-    let (_, events, _) = RecordingReader::open(Path::new(path))
+    let (_, events, _) = open_reader(Path::new(path))
         .and_then(|r| r.events())
         .map_err(|e| Failure {
             code: 1,
@@ -859,7 +894,7 @@ fn play_file(path: &str, speed: f64, at: f64, skip_idle: bool) -> Result<(), Fai
 
 /// Where `needle` occurs in a recording: (time, snippet), at most `limit`.
 fn hits(path: &Path, needle: &str, limit: usize) -> Result<Vec<(u64, String)>, session_recordings::ReadError> {
-    let mut reader = RecordingReader::open(path)?;
+    let mut reader = open_reader(path)?;
     let mut out = Vec::new();
     let mut tails: HashMap<(u32, bool), String> = HashMap::new();
     let keep = needle.chars().count().saturating_sub(1);

@@ -301,8 +301,28 @@ async fn open_recording(
         started_at_micros: unix_micros(),
         previous,
         signing_key: hex::encode(gw.keys.audit.verifying_key().as_bytes()),
+        encryption: None,
     };
-    let r = FileRecorder::create(&recording_path(gw, id), &header, gw.keys.audit.clone()).map_err(|e| e.to_string())?;
+    let recipients = gw
+        .policy
+        .load()
+        .tiers
+        .get(&a.target().tier)
+        .map(|t| t.encrypt_to.clone())
+        .unwrap_or_default();
+    let path = recording_path(gw, id);
+    let r = if recipients.is_empty() {
+        FileRecorder::create(&path, &header, gw.keys.audit.clone())
+    } else {
+        let parsed = session_recordings::crypt::parse_recipients(&recipients).map_err(|e| e.to_string())?;
+        let (data_key, encryption) = session_recordings::crypt::new_key(&parsed).map_err(|e| e.to_string())?;
+        let header = Header {
+            encryption: Some(encryption),
+            ..header
+        };
+        FileRecorder::create_encrypted(&path, &header, gw.keys.audit.clone(), data_key)
+    }
+    .map_err(|e| e.to_string())?;
     gw.store
         .set_recording_chain_head(&gw.node, id.as_str(), &hex::encode(r.header_hash()))
         .await

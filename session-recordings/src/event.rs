@@ -25,6 +25,9 @@ pub struct Header {
     /// The audit key that signs this recording's checkpoints (hex Ed25519 public key;
     /// informative only: verifiers use the key they trust).
     pub signing_key: String,
+    /// Present when EVENTS frames are encrypted to auditors (see [`crate::crypt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypt::Encryption>,
 }
 
 /// A link to the previous recording of the same gateway.
@@ -53,6 +56,7 @@ impl Header {
             started_at_micros: 0,
             previous: None,
             signing_key: String::new(),
+            encryption: None,
         }
     }
 }

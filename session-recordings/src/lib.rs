@@ -11,6 +11,7 @@
 //! The file format is specified in [`format`].
 #![forbid(unsafe_code)]
 
+pub mod crypt;
 mod event;
 mod follow;
 pub mod format;

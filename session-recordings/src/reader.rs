@@ -25,6 +25,10 @@ pub enum ReadError {
     Corrupt { frame: u64, offset: u64, what: String },
     #[error("frame {frame} at byte {offset}: signature does not verify with the audit key")]
     BadSignature { frame: u64, offset: u64 },
+    #[error("the recording is encrypted: give an auditor identity file (--identity)")]
+    Encrypted,
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::CryptError),
 }
 
 /// Whether a recording is whole.
@@ -67,6 +71,7 @@ pub struct RecordingReader<R> {
     bytes_since_checkpoint: u64,
     frames: u64,
     events: u64,
+    data_key: Option<crate::crypt::DataKey>,
 }
 
 impl RecordingReader<BufReader<std::fs::File>> {
@@ -117,6 +122,7 @@ impl<R: Read> RecordingReader<R> {
             bytes_since_checkpoint: 0,
             frames: 0,
             events: 0,
+            data_key: None,
         };
         let f = r.next_frame()?.ok_or(ReadError::NoHeader)?;
         if f.kind != FRAME_HEADER {
@@ -141,6 +147,14 @@ impl<R: Read> RecordingReader<R> {
 
     pub fn header_hash(&self) -> [u8; 32] {
         self.header_hash
+    }
+
+    /// Unlock an encrypted recording with an auditor's identities (no-op if plain).
+    pub fn unlock(&mut self, identities: &[Box<dyn age::Identity>]) -> Result<(), ReadError> {
+        if let Some(enc) = &self.header.encryption {
+            self.data_key = Some(crate::crypt::open_key(enc, identities)?);
+        }
+        Ok(())
     }
 
     /// True once the seal frame was read: the recording is whole and nothing follows.
@@ -250,7 +264,15 @@ impl<R: Read> RecordingReader<R> {
     }
 
     fn decode_events(&mut self, f: &Frame) -> Result<(), ReadError> {
-        let mut b = &f.payload[..];
+        let plain;
+        let mut b = match (&self.header.encryption, &self.data_key) {
+            (None, _) => &f.payload[..],
+            (Some(_), Some(k)) => {
+                plain = k.open(&self.header.session_id, f.seq, &f.payload)?;
+                &plain[..]
+            }
+            (Some(_), None) => return Err(ReadError::Encrypted),
+        };
         while !b.is_empty() {
             if b.len() < RECORD_HEADER_LEN {
                 return Err(self.corrupt(f.seq, f.offset, "truncated event record"));
@@ -316,9 +338,21 @@ impl<R: Read> RecordingReader<R> {
         Ok((self.header, events, truncated))
     }
 
-    /// Read to the end and say whether the recording is whole.
+    /// Read to the end and say whether the recording is whole. An encrypted recording is
+    /// verified without its key (the chain and signatures cover the ciphertext); its
+    /// events are only counted when it was unlocked.
     pub fn verify(mut self) -> Result<Verified, ReadError> {
-        while self.next_event()?.is_some() {}
+        let decode = self.header.encryption.is_none() || self.data_key.is_some();
+        while let Some(f) = self.next_frame()? {
+            match f.kind {
+                FRAME_EVENTS if decode => {
+                    self.decode_events(&f)?;
+                    self.pending.clear();
+                }
+                FRAME_EVENTS | FRAME_CHECKPOINT | FRAME_SEAL => {}
+                other => return Err(self.corrupt(f.seq, f.offset, format!("unexpected frame kind {other}"))),
+            }
+        }
         let completeness = match (self.sealed_at, self.last_checkpoint_t) {
             (Some(t), _) => Completeness::Complete { sealed_at_micros: t },
             (None, Some(t)) => Completeness::Truncated {

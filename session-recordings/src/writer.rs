@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signer, SigningKey};
 
+use crate::crypt::DataKey;
 use crate::event::{kind, DataDirection, Header, Meta};
 use crate::format::{
     self, EVENTS_FRAME_TARGET, FRAME_CHECKPOINT, FRAME_EVENTS, FRAME_HEADER, FRAME_SEAL, MAX_RECORD_PAYLOAD,
@@ -62,6 +63,8 @@ pub struct FileRecorder {
     session_id: String,
     header_hash: [u8; 32],
     key: SigningKey,
+    /// Encrypts EVENTS payloads when the tier asks for it; dropped (zeroized) at the seal.
+    data_key: Mutex<Option<DataKey>>,
     clock: Clock,
     state: Mutex<State>,
 }
@@ -87,6 +90,24 @@ impl FileRecorder {
         )
     }
 
+    /// As [`Self::create`], encrypting events with `data_key`; `header.encryption` must
+    /// carry the wrapped key.
+    pub fn create_encrypted(
+        path: &Path,
+        header: &Header,
+        key: SigningKey,
+        data_key: DataKey,
+    ) -> Result<Self, RecordError> {
+        if header.encryption.is_none() {
+            return Err(RecordError::Write(std::io::Error::other(
+                "encrypted recording without an encryption header",
+            )));
+        }
+        let rec = Self::create(path, header, key)?;
+        *rec.data_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(data_key);
+        Ok(rec)
+    }
+
     /// As [`Self::create`] with an explicit clock (deterministic output for tests).
     pub fn create_with_clock(path: &Path, header: &Header, key: SigningKey, clock: Clock) -> Result<Self, RecordError> {
         let create_err = |source| RecordError::Create {
@@ -108,6 +129,7 @@ impl FileRecorder {
             session_id: header.session_id.clone(),
             header_hash,
             key,
+            data_key: Mutex::new(None),
             clock,
             state: Mutex::new(State {
                 file: None,
@@ -157,12 +179,19 @@ impl FileRecorder {
         st.last_checkpoint = Instant::now();
     }
 
-    fn close_chunk(st: &mut State) {
+    fn close_chunk(&self, st: &mut State) {
         if st.chunk.is_empty() {
             return;
         }
         let chunk = std::mem::take(&mut st.chunk);
-        st.prev = format::encode_frame(&mut st.out, &st.prev, FRAME_EVENTS, st.seq, &chunk);
+        let sealed = self
+            .data_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|k| k.seal(&self.session_id, st.seq, &chunk));
+        let payload = sealed.as_deref().unwrap_or(&chunk);
+        st.prev = format::encode_frame(&mut st.out, &st.prev, FRAME_EVENTS, st.seq, payload);
         st.seq += 1;
         st.chunk = chunk;
         st.chunk.clear();
@@ -190,7 +219,7 @@ impl FileRecorder {
         for piece in empty.into_iter().chain(pieces) {
             format::encode_record(&mut st.chunk, kind, t, channel, piece);
             if st.chunk.len() >= EVENTS_FRAME_TARGET {
-                Self::close_chunk(&mut st);
+                self.close_chunk(&mut st);
                 Self::write_out(&mut st)?;
             }
         }
@@ -213,7 +242,7 @@ impl Recorder for FileRecorder {
         if st.file.is_none() {
             return Ok(());
         }
-        Self::close_chunk(&mut st);
+        self.close_chunk(&mut st);
         let checkpoint = st.dirty_since_checkpoint && st.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
         if checkpoint {
             self.sign_frame(&mut st, FRAME_CHECKPOINT);
@@ -235,10 +264,11 @@ impl Recorder for FileRecorder {
             },
         )?;
         let mut st = self.lock();
-        Self::close_chunk(&mut st);
+        self.close_chunk(&mut st);
         self.sign_frame(&mut st, FRAME_SEAL);
         Self::write_out(&mut st)?;
         let file = st.file.take().ok_or(RecordError::Finished)?;
+        *self.data_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
         file.sync_data()?;
         Ok(())
     }

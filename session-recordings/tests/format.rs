@@ -26,6 +26,7 @@ fn header() -> Header {
             header_hash: "ab".repeat(32),
         }),
         signing_key: hex_key(),
+        encryption: None,
     }
 }
 
@@ -298,4 +299,38 @@ fn flush_writes_events_and_checkpoints_while_running() {
         FileRecorder::create(&path, &header(), key()).is_err(),
         "never overwrites"
     );
+}
+
+#[test]
+fn encrypted_events_verify_without_the_key_and_read_only_with_it() {
+    let path = tmp("encrypted");
+    let auditor = age::x25519::Identity::generate();
+    let (data_key, enc) = session_recordings::crypt::new_key(&[auditor.to_public()]).unwrap();
+    let h = Header {
+        encryption: Some(enc),
+        ..header()
+    };
+    let rec = FileRecorder::create_encrypted(&path, &h, key(), data_key).unwrap();
+    rec.data(0, DataDirection::Output, b"secret output").unwrap();
+    rec.finish("done").unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(!bytes.windows(13).any(|w| w == b"secret output"));
+    let v = RecordingReader::new(&bytes[..], Some(key().verifying_key()))
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert!(matches!(v.completeness, Completeness::Complete { .. }));
+    assert!(matches!(
+        RecordingReader::new(&bytes[..], None).unwrap().events(),
+        Err(ReadError::Encrypted)
+    ));
+    let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(auditor)];
+    let mut r = RecordingReader::new(&bytes[..], None).unwrap();
+    r.unlock(&ids).unwrap();
+    let (_, events, _) = r.events().unwrap();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::Data { data, .. } if data == b"secret output")));
+    let wrong: Vec<Box<dyn age::Identity>> = vec![Box::new(age::x25519::Identity::generate())];
+    assert!(RecordingReader::new(&bytes[..], None).unwrap().unlock(&wrong).is_err());
 }

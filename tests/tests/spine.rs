@@ -155,7 +155,7 @@ idle_timeout = "10m"
         std::fs::write(
             d.join("known_hosts"),
             format!(
-                "@cert-authority web1,web-bad,db1,db-wrongname {}\n[127.0.0.1]:{} {}\n",
+                "@cert-authority web1,web-bad,db1,db-wrongname,vault1 {}\n[127.0.0.1]:{} {}\n",
                 host_ca.trim(),
                 gw.port,
                 host_key.trim()
@@ -1228,4 +1228,69 @@ fn retention_purges_old_recordings_except_those_on_hold() {
     // Releasing the hold makes it purgeable.
     ok(w.gw.ctl().args(["recordings", "hold", "--release", &ids[1]]));
     assert!(ok(w.gw.ctl().args(["recordings", "purge"])).contains("purged 1 recording(s)"));
+}
+
+#[test]
+fn recordings_of_an_encrypting_tier_need_an_auditor_identity() {
+    use age::secrecy::ExposeSecret;
+    let w = World::new("encrypt");
+    let auditor = age::x25519::Identity::generate();
+    let identity_file = w.d().join("auditor.age");
+    std::fs::write(&identity_file, format!("{}\n", auditor.to_string().expose_secret())).unwrap();
+    let policy_path = w.d().join("policy.toml");
+    let mut policy = std::fs::read_to_string(&policy_path).unwrap();
+    policy.push_str(&format!(
+        "\n[tiers.vault]\nencrypt_to = [\"{}\"]\n[tiers.vault.targets.vault1]\naddress = \"127.0.0.1\"\nport = {}\nhost_keys = [\"{}\"]\n\
+         [roles.vault-exec]\ntiers = [\"vault\"]\nlogins = [\"{DEPLOY}\"]\noperations = [\"exec\"]\nmax_session = \"1h\"\nidle_timeout = \"10m\"\n",
+        auditor.to_public(),
+        w.web.port,
+        w.web.host_key_pub
+    ));
+    std::fs::write(&policy_path, policy).unwrap();
+    w.gw.signal("HUP");
+    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    ok(w.gw.ctl().args(["roles", "bind", "alice", "vault-exec"]));
+    let out = run(ssh(&w.alice).args(["-J", "gw", "-l", DEPLOY, "vault1", "echo top-secret-$((40+2))"]));
+    assert_eq!(text(&out.stdout).trim(), "top-secret-42", "{}", text(&out.stderr));
+    let start = Instant::now();
+    while !ok(w.gw.ctl().args(["sessions", "list", "--json"])).trim().eq("[]") {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let id = recording_ids(&w).remove(0);
+    let raw = std::fs::read(w.gw.data().join("recordings").join(format!("{id}.herserec"))).unwrap();
+    assert!(!text(&raw).contains("top-secret-42"), "plaintext on the gateway's disk");
+    assert!(
+        !text(&raw).contains("echo top-secret"),
+        "command in plaintext on the gateway's disk"
+    );
+    // Anyone with the audit public key can verify it; only the auditor can read it.
+    ok(w.gw.ctl().args(["recordings", "verify", &id]));
+    let denied = run(w.gw.ctl().args(["recordings", "export", &id, "--format", "text"]));
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(text(&denied.stderr).contains("encrypted"), "{}", text(&denied.stderr));
+    let other = w.d().join("other.age");
+    std::fs::write(
+        &other,
+        format!("{}\n", age::x25519::Identity::generate().to_string().expose_secret()),
+    )
+    .unwrap();
+    assert!(!run(w
+        .gw
+        .ctl()
+        .arg("--identity")
+        .arg(&other)
+        .args(["recordings", "export", &id, "--format", "text"]))
+    .status
+    .success());
+    let plain =
+        ok(w.gw
+            .ctl()
+            .arg("--identity")
+            .arg(&identity_file)
+            .args(["recordings", "export", &id, "--format", "text"]));
+    assert!(
+        plain.contains("top-secret-42") && plain.contains("$ echo top-secret"),
+        "{plain}"
+    );
 }

@@ -28,6 +28,9 @@ struct RawTier {
     description: String,
     /// How long recordings of this tier are kept (e.g. "400d"); absent: forever.
     retention: Option<Spanned<String>>,
+    /// Encrypt recordings of this tier to these age X25519 recipients (auditors).
+    #[serde(default)]
+    encrypt_to: Vec<Spanned<String>>,
     #[serde(default)]
     targets: BTreeMap<Spanned<String>, RawTarget>,
 }
@@ -94,12 +97,20 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Policy, Diagnostics> {
             .retention
             .as_ref()
             .map(|r| duration(&src, &mut errors, r, "retention"));
+        let mut encrypt_to = Vec::new();
+        for r in &raw_tier.encrypt_to {
+            match session_recordings::crypt::parse_recipients(std::slice::from_ref(r.get_ref())) {
+                Ok(_) => encrypt_to.push(r.get_ref().trim().to_owned()),
+                Err(e) => errors.push(src.at(Some(r.span()), format!("encrypt_to: {e}"))),
+            }
+        }
         policy.tiers.insert(
             tier.clone(),
             Tier {
                 name: tier,
                 description: raw_tier.description.clone(),
                 retention,
+                encrypt_to,
             },
         );
     }

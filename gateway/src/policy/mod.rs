@@ -43,6 +43,8 @@ pub struct Tier {
     pub description: String,
     /// Recordings older than this (since the session ended) are purged; `None` keeps them.
     pub retention: Option<Duration>,
+    /// age X25519 recipients recordings are encrypted to; empty: not encrypted.
+    pub encrypt_to: Vec<String>,
 }
 
 /// Something a role may do on a target.
