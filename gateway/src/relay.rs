@@ -13,6 +13,7 @@ use std::time::Duration;
 use russh::{server, Channel, ChannelMsg};
 use session_recordings::{ChannelKind, DataDirection, Meta, RecordError};
 
+use session_recordings::scp::{self, ScpDirection, ScpTracker};
 use session_recordings::sftp::{self, Framer};
 use session_recordings::sftp_audit::SftpAudit;
 
@@ -125,9 +126,23 @@ struct Chan<'a> {
     front_lock: tokio::sync::Mutex<()>,
     /// Set once the channel runs the sftp subsystem.
     sftp: std::sync::Mutex<Option<SftpAudit>>,
+    /// Set once the channel runs a legacy `scp -t` / `scp -f`.
+    scp: std::sync::Mutex<Option<(ScpDirection, ScpTracker)>>,
 }
 
 impl Chan<'_> {
+    /// Follow a legacy scp stream flowing in `direction`; record the files it carries.
+    fn scp_feed(&self, direction: ScpDirection, data: &[u8]) -> Result<(), RelayError> {
+        let events = match self.scp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some((d, t)) if *d == direction => t.feed(data),
+            _ => return Ok(()),
+        };
+        for m in &events {
+            self.s.recorder().meta(self.id, m)?;
+        }
+        Ok(())
+    }
+
     fn sftp_active(&self) -> bool {
         self.sftp.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
@@ -166,6 +181,7 @@ async fn run(
         front: &front_tx,
         front_lock: tokio::sync::Mutex::new(()),
         sftp: std::sync::Mutex::new(None),
+        scp: std::sync::Mutex::new(None),
     };
 
     let inbound = async {
@@ -328,6 +344,7 @@ async fn client_to_target(
             if chan.sftp_active() {
                 sftp_inbound(chan, framer, &data).await?;
             } else {
+                chan.scp_feed(ScpDirection::Upload, &data)?;
                 up.data_bytes(data).await?;
             }
         }
@@ -374,12 +391,12 @@ async fn client_to_target(
             up.request_shell(false).await?;
         }
         ChannelMsg::Exec { command, .. } => {
-            rec.meta(
-                id,
-                &Meta::Exec {
-                    command: String::from_utf8_lossy(&command).into_owned(),
-                },
-            )?;
+            let text = String::from_utf8_lossy(&command).into_owned();
+            if let Some((direction, path)) = scp::parse_command(&text) {
+                *chan.scp.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((direction, ScpTracker::new(direction, path)));
+            }
+            rec.meta(id, &Meta::Exec { command: text })?;
             up.exec(false, command).await?;
         }
         ChannelMsg::RequestSubsystem { name, .. } => {
@@ -448,6 +465,7 @@ async fn target_to_client(
             if chan.sftp_active() {
                 sftp_outbound(chan, framer, &data).await?;
             } else {
+                chan.scp_feed(ScpDirection::Download, &data)?;
                 let _g = chan.front_lock.lock().await;
                 front.data_bytes(data).await?;
             }

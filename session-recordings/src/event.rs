@@ -141,6 +141,14 @@ pub enum Meta {
         /// SHA-256 of the bytes written, when they were written in order from the start.
         sha256_written: Option<String>,
     },
+    /// A file moved by a protocol other than SFTP (legacy scp).
+    FileTransfer {
+        protocol: String,
+        upload: bool,
+        path: String,
+        bytes: u64,
+        sha256: Option<String>,
+    },
     /// A request refused by policy; nothing of it reached the target.
     Denied {
         request: String,

@@ -16,6 +16,7 @@ mod event;
 mod follow;
 pub mod format;
 mod reader;
+pub mod scp;
 pub mod sftp;
 pub mod sftp_audit;
 mod writer;

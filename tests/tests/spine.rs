@@ -863,6 +863,44 @@ fn read_only_sftp_refuses_writes_and_allows_reads() {
     );
     assert!(Path::new(&file).exists(), "the file survived");
     assert!(!Path::new(&format!("{home}/up.txt")).exists());
+    // Legacy scp (-O) is a file transfer too: download allowed, upload refused.
+    let legacy = w.d().join("legacy.txt");
+    ok(Command::new("scp")
+        .arg("-O")
+        .arg("-F")
+        .arg(&w.bob)
+        .arg(format!("{OPS}@web1:{name}"))
+        .arg(&legacy));
+    assert_eq!(std::fs::read_to_string(&legacy).unwrap(), "read me\n");
+    let up = run(Command::new("scp")
+        .arg("-O")
+        .arg("-F")
+        .arg(&w.bob)
+        .arg(&local)
+        .arg(format!("{OPS}@web1:up2.txt")));
+    assert!(!up.status.success());
+    assert!(!Path::new(&format!("{home}/up2.txt")).exists());
+    let transfers: Vec<(String, u64)> = recordings(&w)
+        .into_iter()
+        .flat_map(|(_, ev)| ev)
+        .filter_map(|e| match e {
+            Event::Meta {
+                meta:
+                    Meta::FileTransfer {
+                        path,
+                        bytes,
+                        upload: false,
+                        ..
+                    },
+                ..
+            } => Some((path, bytes)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        transfers.iter().any(|(p, b)| p.ends_with(&name) && *b == 8),
+        "{transfers:?}"
+    );
     std::fs::remove_file(&file).unwrap();
     // Refusals are recorded and audited.
     let denied: Vec<String> = recordings(&w)

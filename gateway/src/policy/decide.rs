@@ -154,7 +154,16 @@ impl Authorized {
         };
         match request {
             Request::Shell => need(Operation::Shell),
-            Request::Exec(_) => need(Operation::Exec),
+            // Legacy scp is a file transfer: the SFTP rights allow it (exec does too).
+            Request::Exec(cmd) => match session_recordings::scp::parse_command(cmd) {
+                Some((session_recordings::scp::ScpDirection::Upload, _)) => {
+                    need(Operation::SftpWrite).or_else(|_| need(Operation::Exec))
+                }
+                Some((session_recordings::scp::ScpDirection::Download, _)) => {
+                    need(Operation::SftpRead).or_else(|_| need(Operation::Exec))
+                }
+                None => need(Operation::Exec),
+            },
             // The relay parses the SFTP stream and checks each request with `check_sftp`.
             Request::Subsystem("sftp") => need(Operation::SftpRead).or_else(|_| need(Operation::SftpWrite)),
             Request::Subsystem(other) => Err(format!("subsystem {other:?} is not supported")),

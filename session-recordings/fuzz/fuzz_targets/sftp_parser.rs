@@ -1,9 +1,10 @@
 //! Any byte stream, in any split, through the SFTP framer, parsers and audit tracker, in
-//! both directions.
+//! both directions, and through the legacy scp command parser and stream follower.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use session_recordings::sftp::{parse_request, parse_response, Framer};
+use session_recordings::scp::{parse_command, ScpDirection, ScpTracker};
 use session_recordings::sftp_audit::SftpAudit;
 
 fuzz_target!(|data: &[u8]| {
@@ -30,4 +31,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = audit.finish();
+    let _ = parse_command(&String::from_utf8_lossy(rest));
+    let mut scp = ScpTracker::new(if split % 2 == 0 { ScpDirection::Upload } else { ScpDirection::Download }, "/t".into());
+    for piece in rest.chunks(usize::from(split).max(1)) {
+        let _ = scp.feed(piece);
+    }
 });
