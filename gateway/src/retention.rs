@@ -22,6 +22,9 @@ pub async fn purge(store: &Store, policy: &Policy, node: &str) -> Result<Vec<Str
                     continue;
                 }
             }
+            let _ = std::fs::remove_file(session_recordings::format::index_path(std::path::Path::new(
+                &row.recording,
+            )));
             store.mark_purged(&row.id).await?;
             store
                 .audit(

@@ -27,6 +27,12 @@
 //!   context `herse-seal-v1`. Only a recording whose last frame is a valid SEAL is
 //!   complete; one that ends otherwise (a crash) is truncated at its last checkpoint.
 //!
+//! Beside each recording `NAME.herserec` the writer keeps a seek index `NAME.herseidx`:
+//! `"HERSEIDX"` then one 56-byte entry per EVENTS frame: `seq:u64 offset:u64
+//! first_t_micros:u64 prev_hash[32]`. It is a convenience, not evidence: a reader that
+//! jumps to an entry resumes the hash chain from `prev_hash`, so a wrong entry fails
+//! like any other break in the chain.
+//!
 //! The writer emits a checkpoint right after the header, then whenever events were
 //! added and two seconds have passed, and a SEAL at the end; it writes buffered events
 //! at least once a second.
@@ -98,4 +104,43 @@ pub fn encode_record(out: &mut Vec<u8>, kind: u8, t_micros: u64, channel: u32, d
 /// The hex SHA-256 of a header frame, by which the next recording links to this one.
 pub fn header_link(header_frame_hash: &[u8; 32]) -> String {
     hex::encode(header_frame_hash)
+}
+
+pub const INDEX_MAGIC: &[u8; 8] = b"HERSEIDX";
+pub const INDEX_ENTRY_LEN: usize = 56;
+
+/// The seek index that goes with a recording file.
+pub fn index_path(recording: &std::path::Path) -> std::path::PathBuf {
+    recording.with_extension("herseidx")
+}
+
+pub fn encode_index_entry(out: &mut Vec<u8>, seq: u64, offset: u64, first_t: u64, prev: &[u8; 32]) {
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&first_t.to_be_bytes());
+    out.extend_from_slice(prev);
+}
+
+/// An index entry: where an EVENTS frame starts and what precedes it in the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub seq: u64,
+    pub offset: u64,
+    pub first_t: u64,
+    pub prev: [u8; 32],
+}
+
+/// Parse an index file's bytes (a trailing partial entry is ignored).
+pub fn decode_index(bytes: &[u8]) -> Option<Vec<IndexEntry>> {
+    let body = bytes.strip_prefix(INDEX_MAGIC.as_slice())?;
+    Some(
+        body.chunks_exact(INDEX_ENTRY_LEN)
+            .map(|e| IndexEntry {
+                seq: u64::from_be_bytes(e[0..8].try_into().unwrap_or_default()),
+                offset: u64::from_be_bytes(e[8..16].try_into().unwrap_or_default()),
+                first_t: u64::from_be_bytes(e[16..24].try_into().unwrap_or_default()),
+                prev: e[24..56].try_into().unwrap_or([0u8; 32]),
+            })
+            .collect(),
+    )
 }

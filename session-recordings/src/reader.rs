@@ -79,6 +79,30 @@ impl RecordingReader<BufReader<std::fs::File>> {
         Self::new(BufReader::with_capacity(1 << 20, std::fs::File::open(path)?), None)
     }
 
+    /// Open positioned at the EVENTS frame that holds time `t_micros` (from the seek
+    /// index; without an index, from the start). Events before `t_micros` in that frame
+    /// are still returned; the caller skips them.
+    pub fn open_at(path: &Path, t_micros: u64) -> Result<Self, ReadError> {
+        use std::io::{Seek, SeekFrom};
+        let mut r = Self::open(path)?;
+        let Ok(bytes) = std::fs::read(format::index_path(path)) else {
+            return Ok(r);
+        };
+        let Some(entries) = format::decode_index(&bytes) else {
+            return Ok(r);
+        };
+        let i = entries.partition_point(|e| e.first_t <= t_micros);
+        if let Some(e) = i.checked_sub(1).map(|i| entries[i]) {
+            if e.offset > r.offset && e.seq >= r.seq {
+                r.input.seek(SeekFrom::Start(e.offset))?;
+                r.offset = e.offset;
+                r.seq = e.seq;
+                r.prev = e.prev;
+            }
+        }
+        Ok(r)
+    }
+
     pub fn open_verified(path: &Path, key: &VerifyingKey) -> Result<Self, ReadError> {
         Self::new(
             BufReader::with_capacity(1 << 20, std::fs::File::open(path)?),

@@ -55,6 +55,14 @@ struct State {
     prev: [u8; 32],
     dirty_since_checkpoint: bool,
     last_checkpoint: Instant,
+    /// Bytes of the recording already written to the file.
+    written: u64,
+    /// Time of the first record in `chunk`.
+    chunk_first_t: Option<u64>,
+    /// Seek index (see [`crate::format`]): one entry per EVENTS frame, written beside
+    /// the recording.
+    index_file: Option<File>,
+    index: Vec<u8>,
 }
 
 /// Writes a signed, hash-chained recording to a file it creates (never overwrites).
@@ -139,6 +147,10 @@ impl FileRecorder {
                 prev: header_hash,
                 dirty_since_checkpoint: true,
                 last_checkpoint: Instant::now(),
+                written: 0,
+                chunk_first_t: None,
+                index_file: None,
+                index: Vec::new(),
             }),
         };
         {
@@ -147,8 +159,16 @@ impl FileRecorder {
             rec.sign_frame(&mut st, FRAME_CHECKPOINT);
             file.write_all(&st.out).map_err(create_err)?;
             file.sync_data().map_err(create_err)?;
+            st.written = st.out.len() as u64;
             st.out.clear();
             st.file = Some(file);
+            let mut index = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(format::index_path(path))
+                .map_err(create_err)?;
+            index.write_all(format::INDEX_MAGIC).map_err(create_err)?;
+            st.index_file = Some(index);
         }
         Ok(rec)
     }
@@ -191,6 +211,10 @@ impl FileRecorder {
             .as_ref()
             .map(|k| k.seal(&self.session_id, st.seq, &chunk));
         let payload = sealed.as_deref().unwrap_or(&chunk);
+        let offset = st.written + st.out.len() as u64;
+        let first_t = st.chunk_first_t.take().unwrap_or(0);
+        let (seq, prev) = (st.seq, st.prev);
+        format::encode_index_entry(&mut st.index, seq, offset, first_t, &prev);
         st.prev = format::encode_frame(&mut st.out, &st.prev, FRAME_EVENTS, st.seq, payload);
         st.seq += 1;
         st.chunk = chunk;
@@ -204,7 +228,14 @@ impl FileRecorder {
         }
         let file = st.file.as_mut().ok_or(RecordError::Finished)?;
         file.write_all(&st.out)?;
+        st.written += st.out.len() as u64;
         st.out.clear();
+        if !st.index.is_empty() {
+            if let Some(index) = st.index_file.as_mut() {
+                index.write_all(&st.index)?;
+            }
+            st.index.clear();
+        }
         Ok(())
     }
 
@@ -217,6 +248,9 @@ impl FileRecorder {
         let pieces = payload.chunks(MAX_RECORD_PAYLOAD);
         let empty = payload.is_empty().then_some(&[][..]);
         for piece in empty.into_iter().chain(pieces) {
+            if st.chunk.is_empty() {
+                st.chunk_first_t = Some(t);
+            }
             format::encode_record(&mut st.chunk, kind, t, channel, piece);
             if st.chunk.len() >= EVENTS_FRAME_TARGET {
                 self.close_chunk(&mut st);

@@ -334,3 +334,48 @@ fn encrypted_events_verify_without_the_key_and_read_only_with_it() {
     let wrong: Vec<Box<dyn age::Identity>> = vec![Box::new(age::x25519::Identity::generate())];
     assert!(RecordingReader::new(&bytes[..], None).unwrap().unlock(&wrong).is_err());
 }
+
+#[test]
+fn the_seek_index_jumps_near_a_time_and_cannot_forge_data() {
+    let path = tmp("seek");
+    let t = Arc::new(AtomicU64::new(0));
+    let t2 = t.clone();
+    let rec = FileRecorder::create_with_clock(
+        &path,
+        &header(),
+        key(),
+        Box::new(move || t2.fetch_add(1_000, Ordering::SeqCst)),
+    )
+    .unwrap();
+    let block = vec![b'x'; 64 * 1024];
+    for _ in 0..200 {
+        rec.data(0, DataDirection::Output, &block).unwrap();
+    }
+    rec.finish("done").unwrap();
+    let middle = 100_000; // µs: about the 100th record
+    let mut r = RecordingReader::open_at(&path, middle).unwrap();
+    assert!(
+        r.offset() > 1_000_000,
+        "jumped into the file, not read from the start: {}",
+        r.offset()
+    );
+    let first = r.next_event().unwrap().unwrap();
+    assert!(
+        first.t_micros() <= middle && first.t_micros() + 10_000 >= middle,
+        "{}",
+        first.t_micros()
+    );
+    let mut n = 1;
+    while r.next_event().unwrap().is_some() {
+        n += 1;
+    }
+    assert!(n < 200 && n > 50, "{n}");
+    // A forged index entry breaks the chain instead of yielding data.
+    let idx_path = session_recordings::format::index_path(&path);
+    let mut idx = std::fs::read(&idx_path).unwrap();
+    let last = idx.len() - 32;
+    idx[last] ^= 1;
+    std::fs::write(&idx_path, &idx).unwrap();
+    let mut r = RecordingReader::open_at(&path, u64::MAX).unwrap();
+    assert!(r.next_event().is_err());
+}

@@ -207,6 +207,7 @@ fn ssh(cfg: &Path) -> Command {
 fn recordings(w: &World) -> Vec<(session_recordings::Header, Vec<Event>)> {
     std::fs::read_dir(w.gw.data().join("recordings"))
         .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "herserec"))
         .map(|e| {
             let (h, ev, _) = session_recordings::RecordingReader::open(&e.unwrap().path())
                 .unwrap()
@@ -252,6 +253,7 @@ fn exec_exit_codes_stderr_and_env_in_both_forms() {
     let recs: Vec<_> = std::fs::read_dir(w.gw.data().join("recordings"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "herserec"))
         .collect();
     assert_eq!(recs.len(), 3, "{recs:?}");
     let mut saw = false;
