@@ -204,6 +204,15 @@ fn ssh(cfg: &Path) -> Command {
     c
 }
 
+/// Sessions end (and their recordings are sealed) just after their clients leave.
+fn wait_sessions_ended(w: &World) {
+    let start = Instant::now();
+    while !ok(w.gw.ctl().args(["sessions", "list", "--json"])).trim().eq("[]") {
+        assert!(start.elapsed() < Duration::from_secs(10), "sessions still live");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn recordings(w: &World) -> Vec<(session_recordings::Header, Vec<Event>)> {
     std::fs::read_dir(w.gw.data().join("recordings"))
         .unwrap()
@@ -250,6 +259,7 @@ fn exec_exit_codes_stderr_and_env_in_both_forms() {
     assert!(log.contains("herse:user=alice:session="), "sshd log: {log}");
 
     // Every session left a recording with the command, the output and the exit code.
+    wait_sessions_ended(&w);
     let recs: Vec<_> = std::fs::read_dir(w.gw.data().join("recordings"))
         .unwrap()
         .map(|e| e.unwrap().path())
