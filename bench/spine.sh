@@ -31,6 +31,9 @@ KEX=curve25519-sha256
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/herse/target}"
 cargo build --release --quiet -p herse-gateway -p hersectl
 BIN="$CARGO_TARGET_DIR/release"
+HERSE_BIN=${HERSE_BIN:-$BIN/herse}
+# PATHS limits the paths measured (default: all four).
+PATHS=${PATHS:-"direct jump herse-jump herse-hop"}
 scripts/install-test-deps
 LOGIN=hbench
 id "$LOGIN" >/dev/null 2>&1 || useradd -m -p '*' -s /bin/sh "$LOGIN"
@@ -61,7 +64,7 @@ policy = "policy.toml"
 listen = ["127.0.0.1:0"]
 CFG
 : > "$W/policy.toml"
-"$BIN/herse" -c "$W/herse.toml" init --json > /dev/null
+"$HERSE_BIN" -c "$W/herse.toml" init --json > /dev/null
 
 # Target and OpenSSH jump host.
 ssh-keygen -q -t ed25519 -N '' -f "$W/target_host"
@@ -102,7 +105,7 @@ operations = ["shell", "exec", "sftp-read", "sftp-write"]
 max_session = "8h"
 idle_timeout = "1h"
 POL
-"$BIN/herse" -c "$W/herse.toml" serve 2> "$W/herse.log" & HPID=$!; pids+=($HPID); cg_add herse $HPID
+"$HERSE_BIN" -c "$W/herse.toml" serve 2> "$W/herse.log" & HPID=$!; pids+=($HPID); cg_add herse $HPID
 for _ in $(seq 100); do grep -q "SSH listening on" "$W/herse.log" && break; sleep 0.1; done
 HPORT=$(grep -o 'SSH listening on .*' "$W/herse.log" | head -1 | sed 's/.*://')
 "$BIN/hersectl" -c "$W/herse.toml" users add alice --key "$W/user.pub" > /dev/null
@@ -151,7 +154,7 @@ declare -A MIDDLE=([direct]="" [jump]="jump" [herse-jump]="herse" [herse-hop]="h
 
 printf '| path | setup median ms | setup p90 ms | throughput MB/s | client CPU-s/GiB | middle CPU-s/GiB | target CPU-s/GiB |\n'
 printf '|---|---|---|---|---|---|---|\n'
-for path in direct jump herse-jump herse-hop; do
+for path in $PATHS; do
   dest=${DEST[$path]}
   times=()
   for _ in $(seq "$SETUPS"); do

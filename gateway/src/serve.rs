@@ -18,6 +18,12 @@ use crate::store::{AuditEvent, Severity};
 
 /// Run until SIGTERM or SIGINT, then drain.
 pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
+    if cfg!(feature = "bench-null-recorder") {
+        if std::env::var("HERSE_BENCH_UNRECORDED").as_deref() != Ok("1") {
+            anyhow::bail!("this is a benchmark build that records nothing; refusing to serve");
+        }
+        eprintln!("herse: WARNING: benchmark build, sessions are NOT recorded");
+    }
     let closed = gw.store.close_orphaned_sessions(&gw.node).await?;
     if closed > 0 {
         gw.audit(AuditEvent::new(

@@ -269,6 +269,20 @@ fn recording_path(gw: &Gateway, id: &SessionId) -> std::path::PathBuf {
     gw.config.recordings_dir.join(format!("{id}.herserec"))
 }
 
+/// Benchmark-only build (`--features bench-null-recorder`): measures the relay without
+/// recording. `herse serve` built this way refuses to start unless
+/// `HERSE_BENCH_UNRECORDED=1`; release and test builds never enable the feature.
+#[cfg(feature = "bench-null-recorder")]
+async fn open_recording(
+    _gw: &Gateway,
+    _id: &SessionId,
+    _a: &Authorized,
+    _client: SocketAddr,
+) -> Result<Arc<dyn Recorder>, String> {
+    Ok(Arc::new(session_recordings::NullRecorder))
+}
+
+#[cfg(not(feature = "bench-null-recorder"))]
 async fn open_recording(
     gw: &Gateway,
     id: &SessionId,
