@@ -269,26 +269,18 @@ fn recording_path(gw: &Gateway, id: &SessionId) -> std::path::PathBuf {
     gw.config.recordings_dir.join(format!("{id}.herserec"))
 }
 
-/// Benchmark-only build (`--features bench-null-recorder`): measures the relay without
-/// recording. `herse serve` built this way refuses to start unless
-/// `HERSE_BENCH_UNRECORDED=1`; release and test builds never enable the feature.
-#[cfg(feature = "bench-null-recorder")]
-async fn open_recording(
-    _gw: &Gateway,
-    _id: &SessionId,
-    _a: &Authorized,
-    _client: SocketAddr,
-) -> Result<Arc<dyn Recorder>, String> {
-    Ok(Arc::new(session_recordings::NullRecorder))
-}
-
-#[cfg(not(feature = "bench-null-recorder"))]
 async fn open_recording(
     gw: &Gateway,
     id: &SessionId,
     a: &Authorized,
     client: SocketAddr,
 ) -> Result<Arc<dyn Recorder>, String> {
+    // Benchmark-only build (`--features bench-null-recorder`): measures the relay without
+    // recording. `herse serve` built this way refuses to start unless
+    // HERSE_BENCH_UNRECORDED=1; no release or test build enables the feature.
+    if cfg!(feature = "bench-null-recorder") {
+        return Ok(Arc::new(session_recordings::NullRecorder));
+    }
     std::fs::create_dir_all(&gw.config.recordings_dir).map_err(|e| e.to_string())?;
     let _chain = gw.recording_chain.lock().await;
     let previous = gw
