@@ -10,6 +10,33 @@ use session_recordings::{DataDirection, Event, Meta};
 
 use crate::commands::Failure;
 
+/// The terminal channel of a recording and its size: the channel with a pty, else the
+/// first with output (an 80x24 xterm).
+pub fn terminal_channel(events: &[Event]) -> (u32, String, u32, u32) {
+    let pty = events.iter().find_map(|e| match e {
+        Event::Meta {
+            channel,
+            meta: Meta::Pty { term, cols, rows },
+            ..
+        } => Some((*channel, term.clone(), *cols, *rows)),
+        _ => None,
+    });
+    pty.unwrap_or_else(|| {
+        let ch = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Data {
+                    channel,
+                    direction: DataDirection::Output,
+                    ..
+                } => Some(*channel),
+                _ => None,
+            })
+            .unwrap_or(0);
+        (ch, "xterm".into(), 80, 24)
+    })
+}
+
 /// The output of one channel, in time order.
 pub struct Timeline {
     pub frames: Vec<(u64, Vec<u8>)>,
@@ -19,27 +46,7 @@ pub struct Timeline {
 impl Timeline {
     /// The terminal channel: the one with a pty, else the first with output.
     pub fn from_events(events: &[Event]) -> Timeline {
-        let pty = events.iter().find_map(|e| match e {
-            Event::Meta {
-                channel,
-                meta: Meta::Pty { .. },
-                ..
-            } => Some(*channel),
-            _ => None,
-        });
-        let channel = pty.unwrap_or_else(|| {
-            events
-                .iter()
-                .find_map(|e| match e {
-                    Event::Data {
-                        channel,
-                        direction: DataDirection::Output,
-                        ..
-                    } => Some(*channel),
-                    _ => None,
-                })
-                .unwrap_or(0)
-        });
+        let (channel, ..) = terminal_channel(events);
         let frames = events
             .iter()
             .filter_map(|e| match e {

@@ -585,28 +585,7 @@ impl Utf8Joiner {
 
 /// asciicast v2 of the first terminal channel (the one with a pty, else the first with output).
 fn asciicast(header: &session_recordings::Header, events: &[Event]) -> String {
-    let pty = events.iter().find_map(|e| match e {
-        Event::Meta {
-            channel,
-            meta: Meta::Pty { term, cols, rows },
-            ..
-        } => Some((*channel, term.clone(), *cols, *rows)),
-        _ => None,
-    });
-    let (channel, term, cols, rows) = pty.unwrap_or_else(|| {
-        let ch = events
-            .iter()
-            .find_map(|e| match e {
-                Event::Data {
-                    channel,
-                    direction: DataDirection::Output,
-                    ..
-                } => Some(*channel),
-                _ => None,
-            })
-            .unwrap_or(0);
-        (ch, "xterm".into(), 80, 24)
-    });
+    let (channel, term, cols, rows) = crate::play::terminal_channel(events);
     let head = serde_json::json!({
         "version": 2, "width": cols, "height": rows, "timestamp": header.started_at_micros / 1_000_000,
         "env": {"TERM": term}, "title": format!("{}@{} via Herse ({})", header.login, header.target, header.user),

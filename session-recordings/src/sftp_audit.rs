@@ -77,6 +77,20 @@ struct OpenFile {
     write_hash: Hashing,
 }
 
+impl OpenFile {
+    /// What was transferred through this handle.
+    fn summary(self) -> Meta {
+        Meta::SftpFile {
+            path: self.path,
+            flags: self.pflags,
+            bytes_read: self.read,
+            bytes_written: self.written,
+            sha256_read: self.read_hash.finish(),
+            sha256_written: self.write_hash.finish(),
+        }
+    }
+}
+
 /// Tracks one SFTP channel.
 #[derive(Default)]
 pub struct SftpAudit {
@@ -210,14 +224,7 @@ impl SftpAudit {
             }
             (Pending::Close { handle }, _) => {
                 if let Some(f) = self.files.remove(&handle) {
-                    out.push(Meta::SftpFile {
-                        path: f.path,
-                        flags: f.pflags,
-                        bytes_read: f.read,
-                        bytes_written: f.written,
-                        sha256_read: f.read_hash.finish(),
-                        sha256_written: f.write_hash.finish(),
-                    });
+                    out.push(f.summary());
                 }
             }
             (Pending::Change { op, path, target }, _) => {
@@ -236,17 +243,7 @@ impl SftpAudit {
 
     /// Files still open when the channel ends, as summaries.
     pub fn finish(&mut self) -> Vec<Meta> {
-        self.files
-            .drain()
-            .map(|(_, f)| Meta::SftpFile {
-                path: f.path,
-                flags: f.pflags,
-                bytes_read: f.read,
-                bytes_written: f.written,
-                sha256_read: f.read_hash.finish(),
-                sha256_written: f.write_hash.finish(),
-            })
-            .collect()
+        self.files.drain().map(|(_, f)| f.summary()).collect()
     }
 }
 

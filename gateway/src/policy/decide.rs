@@ -137,21 +137,24 @@ impl Authorized {
         })
     }
 
+    /// `Ok` if the roles grant `op`, else the reason shown to the client.
+    fn need(&self, op: Operation) -> Result<(), String> {
+        if self.operations.contains(&op) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} is not allowed for {} on {} (roles: {})",
+                op.as_str(),
+                self.login,
+                self.target.name,
+                self.role_label()
+            ))
+        }
+    }
+
     /// Whether a request on this session is allowed; `Err` carries the reason.
     pub fn check(&self, request: &Request<'_>) -> Result<(), String> {
-        let need = |op: Operation| {
-            if self.operations.contains(&op) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{} is not allowed for {} on {} (roles: {})",
-                    op.as_str(),
-                    self.login,
-                    self.target.name,
-                    self.role_label()
-                ))
-            }
-        };
+        let need = |op: Operation| self.need(op);
         match request {
             Request::Shell => need(Operation::Shell),
             // Legacy scp is a file transfer: the SFTP rights allow it (exec does too).
@@ -192,17 +195,7 @@ impl Authorized {
             SftpAccess::Metadata | SftpAccess::ReadFile => Operation::SftpRead,
             SftpAccess::Write => Operation::SftpWrite,
         };
-        if self.allows(op) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} is not allowed for {} on {} (roles: {})",
-                op.as_str(),
-                self.login,
-                self.target.name,
-                self.role_label()
-            ))
-        }
+        self.need(op)
     }
 
     pub fn user(&self) -> &UserName {
