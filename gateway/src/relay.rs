@@ -205,6 +205,8 @@ async fn run(
         Ok::<(), RelayError>(())
     };
     let both = async { tokio::try_join!(inbound, outbound) };
+    // Set when the channel is ended by the gateway with a message to the client.
+    let mut told_client = false;
     tokio::select! {
         r = both => match r {
             Err(RelayError::Channel(reason)) => {
@@ -212,12 +214,14 @@ async fn run(
                 tracing::warn!(session = %s.id(), channel = id, %reason, "channel ended");
                 chan.fail(&reason).await;
                 let _ = up_tx.close().await;
+                told_client = true;
             }
             Err(e) => {
                 s.end(e.to_string());
                 if is_session {
                     let message = format!("session ended: {}", s.reason());
                     let _ = tokio::time::timeout(Duration::from_millis(500), chan.fail(&message)).await;
+                    told_client = true;
                 }
             }
             Ok(_) => {}
@@ -226,8 +230,22 @@ async fn run(
             if is_session {
                 // Best effort: the client may not be reading.
                 let _ = tokio::time::timeout(Duration::from_millis(500), chan.fail(&format!("session ended: {}", s.reason()))).await;
+                told_client = true;
             }
         }
+    }
+    if told_client {
+        // Let the client read the message and close the channel itself before the
+        // connection goes: an OpenSSH client that is still writing when the connection
+        // drops reports a broken pipe instead of the reason. Nothing is forwarded here.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(m) = front_rx.wait().await {
+                if matches!(m, ChannelMsg::Close) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     let leftovers = chan
         .sftp
