@@ -854,12 +854,21 @@ fn parse_when(s: &str) -> Result<i64, Failure> {
 }
 
 fn play_file(path: &str, speed: f64, at: f64, skip_idle: bool) -> Result<(), Failure> {
-    let (_, events, _) = open_reader(Path::new(path))
-        .and_then(|r| r.events())
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("{path}: {e}"),
-        })?;
+    let at_micros = (at.max(0.0) * 1e6) as u64;
+    // Starting later: jump through the seek index instead of decoding from the start
+    // (the player can then seek back only to the frame it started from).
+    let open = |p: &Path| {
+        if at_micros == 0 {
+            return open_reader(p);
+        }
+        let mut r = RecordingReader::open_at(p, at_micros)?;
+        unlock(&mut r)?;
+        Ok(r)
+    };
+    let (_, events, _) = open(Path::new(path)).and_then(|r| r.events()).map_err(|e| Failure {
+        code: 1,
+        message: format!("{path}: {e}"),
+    })?;
     let timeline = crate::play::Timeline::from_events(&events);
     crate::play::play(
         &timeline,

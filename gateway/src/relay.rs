@@ -128,6 +128,9 @@ struct Chan<'a> {
     sftp: std::sync::Mutex<Option<SftpAudit>>,
     /// Set once the channel runs a legacy `scp -t` / `scp -f`.
     scp: std::sync::Mutex<Option<(ScpDirection, ScpTracker)>>,
+    /// Bytes from the client and from the target, for the channel's closing record.
+    bytes_in: std::sync::atomic::AtomicU64,
+    bytes_out: std::sync::atomic::AtomicU64,
 }
 
 impl Chan<'_> {
@@ -182,6 +185,8 @@ async fn run(
         front_lock: tokio::sync::Mutex::new(()),
         sftp: std::sync::Mutex::new(None),
         scp: std::sync::Mutex::new(None),
+        bytes_in: std::sync::atomic::AtomicU64::new(0),
+        bytes_out: std::sync::atomic::AtomicU64::new(0),
     };
 
     let inbound = async {
@@ -256,6 +261,11 @@ async fn run(
         .unwrap_or_default();
     for m in leftovers {
         let _ = s.recorder().meta(id, &m);
+    }
+    if !is_session {
+        let bytes_in = chan.bytes_in.load(std::sync::atomic::Ordering::Relaxed);
+        let bytes_out = chan.bytes_out.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = s.recorder().meta(id, &Meta::ForwardClosed { bytes_in, bytes_out });
     }
     let _ = s.recorder().meta(id, &Meta::Close);
     // Channel close is a flush point: what the channel did is on disk now.
@@ -358,6 +368,8 @@ async fn client_to_target(
     match msg {
         ChannelMsg::Data { data } => {
             s.touch();
+            chan.bytes_in
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             rec.data(id, DataDirection::Input, &data)?;
             if chan.sftp_active() {
                 sftp_inbound(chan, framer, &data).await?;
@@ -479,6 +491,8 @@ async fn target_to_client(
     match msg {
         ChannelMsg::Data { data } => {
             s.touch();
+            chan.bytes_out
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             rec.data(id, DataDirection::Output, &data)?;
             if chan.sftp_active() {
                 sftp_outbound(chan, framer, &data).await?;

@@ -121,6 +121,11 @@ pub enum Meta {
     Eof {
         from_client: bool,
     },
+    /// A port-forward channel's totals, just before its `Close`.
+    ForwardClosed {
+        bytes_in: u64,
+        bytes_out: u64,
+    },
     Close,
     /// An SFTP operation and how the target answered it.
     SftpOp {

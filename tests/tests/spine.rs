@@ -615,6 +615,11 @@ fn refusals_are_clear_and_audited() {
     let _ = fwd.stdin.as_mut().unwrap().write_all(b"bye\r\n");
     let _ = fwd.kill();
     let _ = fwd.wait();
+    wait_sessions_ended(&w);
+    let forwarded = recordings(&w).into_iter().flat_map(|(_, ev)| ev).any(|e| {
+        matches!(e, Event::Meta { meta: Meta::ForwardClosed { bytes_in, bytes_out }, .. } if bytes_out >= 8 && bytes_in < 1 << 20)
+    });
+    assert!(forwarded, "the port forward's byte totals are recorded");
     refused(
         &run(ssh(&w.alice).args(["-l", DEPLOY, "-W", "127.0.0.1:1", "web1"])),
         "open failed",
@@ -971,6 +976,11 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
         .arg(&cast));
     let played = ok(Command::new("asciinema").arg("cat").arg(&cast));
     assert!(played.contains("hello from herse 42"), "{played}");
+    let later = ok(w
+        .gw
+        .ctl()
+        .args(["recordings", "play", &oldest, "--speed", "100", "--at", "0.05"]));
+    assert!(later.contains("hello from herse 42"), "{later}");
     let transcript = ok(w.gw.ctl().args(["recordings", "export", &oldest, "--format", "text"]));
     assert!(
         transcript.contains("hello from herse 42") && transcript.contains("[exit 0]"),
