@@ -68,8 +68,14 @@ impl GatewayConfig {
         let text = diag::read(path)?;
         let src = Source { path, text: &text };
         let raw: RawConfig = src.parse()?;
-        let base = path.parent().unwrap_or(Path::new(".")).to_owned();
-        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        // Relative paths are relative to the configuration file's directory, made
+        // absolute once so every later use (SQLite URL, recordings) agrees.
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let base = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_owned());
+        let resolve = |p: &Path| normalize(&if p.is_absolute() { p.to_owned() } else { base.join(p) });
         let mut errors = Vec::new();
 
         let data_dir = resolve(raw.data_dir.get_ref());
@@ -163,5 +169,49 @@ impl GatewayConfig {
     /// Whether a client may pass this environment variable to the target.
     pub fn env_allowed(&self, name: &str) -> bool {
         self.env_allow.iter().any(|p| p.matches(name))
+    }
+}
+
+/// Remove `.` and `..` components without touching the filesystem, so that containment
+/// checks (the master key outside the data directory) cannot be dodged with `..`.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<GatewayConfig, Diagnostics> {
+        let dir = std::env::temp_dir().join(format!("herse-cfg-{}-{}", std::process::id(), text.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("herse.toml");
+        std::fs::write(&p, text).unwrap();
+        let r = GatewayConfig::load(&p);
+        std::fs::remove_dir_all(&dir).unwrap();
+        r
+    }
+
+    #[test]
+    fn paths_are_absolute_and_the_master_key_stays_out_of_the_data_dir() {
+        let c = load("data_dir = \"d\"\nmaster_key_file = \"../k/master.key\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
+        assert!(c.data_dir.is_absolute() && c.database_url.starts_with("sqlite:///"));
+        assert!(!c.master_key_file.to_string_lossy().contains(".."));
+        let e = load("data_dir = \"d\"\nmaster_key_file = \"x/../d/master.key\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n").unwrap_err();
+        assert!(e.to_string().contains("must not live inside data_dir"), "{e}");
+        let e = load("data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"nope\"]\nauth_timeout = \"soon\"\n")
+            .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
     }
 }
