@@ -128,6 +128,10 @@ struct Chan<'a> {
     sftp: std::sync::Mutex<Option<SftpAudit>>,
     /// Set once the channel runs a legacy `scp -t` / `scp -f`.
     scp: std::sync::Mutex<Option<(ScpDirection, ScpTracker)>>,
+    /// A session channel runs exactly one shell, exec or subsystem, and carries no data
+    /// before it (so nothing reaches the target outside a judged command).
+    is_session: bool,
+    started: std::sync::atomic::AtomicBool,
     /// Bytes from the client and from the target, for the channel's closing record.
     bytes_in: std::sync::atomic::AtomicU64,
     bytes_out: std::sync::atomic::AtomicU64,
@@ -187,6 +191,8 @@ async fn run(
         scp: std::sync::Mutex::new(None),
         bytes_in: std::sync::atomic::AtomicU64::new(0),
         bytes_out: std::sync::atomic::AtomicU64::new(0),
+        is_session,
+        started: std::sync::atomic::AtomicBool::new(false),
     };
 
     let inbound = async {
@@ -364,6 +370,20 @@ async fn client_to_target(
             return Ok(false);
         }
         return Ok(true);
+    }
+    if chan.is_session {
+        use std::sync::atomic::Ordering::AcqRel;
+        let starts = matches!(
+            msg,
+            ChannelMsg::RequestShell { .. } | ChannelMsg::Exec { .. } | ChannelMsg::RequestSubsystem { .. }
+        );
+        if starts && chan.started.swap(true, AcqRel) {
+            return Err(RelayError::Channel("a channel runs one command".into()));
+        }
+        let data = matches!(msg, ChannelMsg::Data { .. } | ChannelMsg::ExtendedData { .. });
+        if data && !chan.started.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(RelayError::Channel("data sent before a command was started".into()));
+        }
     }
     match msg {
         ChannelMsg::Data { data } => {

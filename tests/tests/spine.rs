@@ -1354,3 +1354,84 @@ fn recordings_of_an_encrypting_tier_need_an_auditor_identity() {
         "{plain}"
     );
 }
+
+/// A raw SSH client (russh), to send what OpenSSH never would.
+struct AcceptAny;
+impl russh::client::Handler for AcceptAny {
+    type Error = russh::Error;
+    async fn check_server_key(&mut self, _: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// Log in as alice+hdeploy+web1 with a raw client.
+async fn raw_login(port: u16, key: std::sync::Arc<russh::keys::PrivateKey>) -> russh::client::Handle<AcceptAny> {
+    let mut h = russh::client::connect(
+        std::sync::Arc::new(russh::client::Config::default()),
+        ("127.0.0.1", port),
+        AcceptAny,
+    )
+    .await
+    .unwrap();
+    let auth = h
+        .authenticate_publickey(
+            format!("alice+{DEPLOY}+web1"),
+            russh::keys::PrivateKeyWithHashAlg::new(key, None),
+        )
+        .await
+        .unwrap();
+    assert!(auth.success());
+    h
+}
+
+#[test]
+fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
+    use russh::ChannelMsg;
+    let w = World::new("raw");
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Data before any command: the channel is ended with a reason, nothing runs.
+        let h = raw_login(w.gw.port, key.clone()).await;
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.data(&b"echo smuggled > /tmp/herse-smuggled\n"[..]).await.unwrap();
+        let mut stderr = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(m) = ch.wait().await {
+                if let ChannelMsg::ExtendedData { data, .. } = m {
+                    stderr.extend_from_slice(&data);
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the gateway did not end the channel");
+        assert!(
+            String::from_utf8_lossy(&stderr).contains("data sent before a command"),
+            "{}",
+            String::from_utf8_lossy(&stderr)
+        );
+
+        // A second command on the same channel is refused.
+        let h = raw_login(w.gw.port, key.clone()).await;
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, "sleep 2").await.unwrap();
+        ch.exec(true, "touch /tmp/herse-second-command").await.unwrap();
+        let mut stderr = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(m) = ch.wait().await {
+                if let ChannelMsg::ExtendedData { data, .. } = m {
+                    stderr.extend_from_slice(&data);
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the gateway did not end the channel");
+        assert!(
+            String::from_utf8_lossy(&stderr).contains("one command"),
+            "{}",
+            String::from_utf8_lossy(&stderr)
+        );
+    });
+    assert!(!Path::new("/tmp/herse-smuggled").exists());
+    assert!(!Path::new("/tmp/herse-second-command").exists());
+}
