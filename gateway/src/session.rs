@@ -153,27 +153,6 @@ impl TargetSession {
             }
         };
         let recording = recording_path(gw, &id);
-        let row = SessionStart {
-            id: &id,
-            node: &gw.node,
-            user: user.as_str(),
-            target: target.as_str(),
-            tier: authorized.target().tier.as_str(),
-            login: login.as_str(),
-            client_addr: &client_addr.to_string(),
-            recording: &recording.to_string_lossy(),
-        };
-        if let Err(e) = gw.store.session_started(&row).await {
-            let _ = recorder.finish("gateway storage error");
-            return Err(StartError::Store(e.to_string()));
-        }
-        gw.audit(
-            AuditEvent::new("session.start", Severity::Info, authorized.describe())
-                .user(user)
-                .session(&id)
-                .client(client_addr),
-        )
-        .await;
         let session = Arc::new(TargetSession {
             id,
             authorized,
@@ -189,7 +168,35 @@ impl TargetSession {
             open_channels: AtomicUsize::new(0),
             channels_done: tokio::sync::Notify::new(),
         });
+        // Registered before its row exists, so the watcher never mistakes this session's
+        // row for one left behind by a crash (and closes the row while it still runs).
         gw.register(session.clone());
+        let row = SessionStart {
+            id: &session.id,
+            node: &gw.node,
+            user: user.as_str(),
+            target: target.as_str(),
+            tier: session.authorized.target().tier.as_str(),
+            login: login.as_str(),
+            client_addr: &client_addr.to_string(),
+            recording: &recording.to_string_lossy(),
+        };
+        if let Err(e) = gw.store.session_started(&row).await {
+            gw.unregister(session.id.as_str());
+            let _ = session
+                .upstream
+                .disconnect(russh::Disconnect::ByApplication, "session refused", "")
+                .await;
+            let _ = session.recorder.finish("gateway storage error");
+            return Err(StartError::Store(e.to_string()));
+        }
+        gw.audit(
+            AuditEvent::new("session.start", Severity::Info, session.authorized.describe())
+                .user(user)
+                .session(&session.id)
+                .client(client_addr),
+        )
+        .await;
         gw.tasks.spawn(supervise(gw.clone(), session.clone()));
         Ok(session)
     }
