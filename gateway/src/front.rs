@@ -84,6 +84,9 @@ impl FrontHandler {
     }
 
     async fn audit_failure(&self, user: &str, reason: &str) {
+        // The name comes from an unauthenticated client: escaped and bounded before it
+        // reaches the audit log.
+        let user: String = user.escape_debug().take(80).collect();
         self.gw
             .audit(
                 AuditEvent::new("login.failure", Severity::Warning, reason.to_owned())

@@ -170,14 +170,9 @@ async fn watch_sessions(gw: Arc<Gateway>) {
                         s.end(reason);
                     } else {
                         // A row for a session this process does not run (it crashed earlier).
-                        let _ = gw
-                            .store
-                            .session_ended(
-                                &crate::ident::SessionId::parse(&id)
-                                    .unwrap_or_else(|_| crate::ident::SessionId::random()),
-                                &reason,
-                            )
-                            .await;
+                        if let Ok(sid) = crate::ident::SessionId::parse(&id) {
+                            let _ = gw.store.session_ended(&sid, &reason).await;
+                        }
                     }
                 }
             }
