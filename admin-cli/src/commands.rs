@@ -26,14 +26,14 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-fn usage(message: impl Into<String>) -> Failure {
+pub(crate) fn usage(message: impl Into<String>) -> Failure {
     Failure {
         code: 2,
         message: message.into(),
     }
 }
 
-fn store_err(e: StoreError) -> Failure {
+pub(crate) fn store_err(e: StoreError) -> Failure {
     let code = match e {
         StoreError::NotFound(_) => 3,
         _ => 1,
@@ -130,11 +130,11 @@ pub enum AuditCmd {
     },
 }
 
-fn load_config(cli: &Cli) -> Result<GatewayConfig, Failure> {
+pub(crate) fn load_config(cli: &Cli) -> Result<GatewayConfig, Failure> {
     GatewayConfig::load(&cli.config).map_err(|d| usage(d.to_string()))
 }
 
-async fn open(cli: &Cli) -> Result<Store, Failure> {
+pub(crate) async fn open(cli: &Cli) -> Result<Store, Failure> {
     let config = load_config(cli)?;
     herse::runtime::open_store(&config).await.map_err(|e| Failure {
         code: 1,
@@ -175,6 +175,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         crate::Command::Sessions(c) => sessions(&cli, c).await,
         crate::Command::Targets(c) => targets(&cli, c).await,
         crate::Command::Audit(c) => audit(&cli, c).await,
+        crate::Command::Workstations(c) => crate::workstations::run(&cli, c).await,
         crate::Command::Recordings(crate::recordings::RecordingsCmd::Purge) => {
             let config = load_config(&cli)?;
             let policy = herse::policy::load(&config.policy_path).map_err(|d| usage(d.to_string()))?;

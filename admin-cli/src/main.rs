@@ -6,6 +6,7 @@ mod commands;
 mod output;
 mod play;
 mod recordings;
+mod workstations;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,9 @@ pub enum Command {
     /// Targets defined in the policy.
     #[command(subcommand)]
     Targets(commands::TargetsCmd),
+    /// Enrolled workstations: the WireGuard peers, each bound to its owner.
+    #[command(subcommand)]
+    Workstations(workstations::WorkstationsCmd),
     /// The audit log.
     #[command(subcommand)]
     Audit(commands::AuditCmd),

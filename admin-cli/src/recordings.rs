@@ -174,9 +174,9 @@ pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), F
                 let keep = user.as_ref().is_none_or(|u| &s.user == u)
                     && target.as_ref().is_none_or(|t| &s.target == t)
                     && tier.as_ref().is_none_or(|t| &s.tier == t)
-                    && workstation
-                        .as_ref()
-                        .is_none_or(|w| s.client_addr.starts_with(w.as_str()))
+                    && workstation.as_ref().is_none_or(|w| {
+                        s.workstation.as_deref() == Some(w.as_str()) || s.client_addr.starts_with(w.as_str())
+                    })
                     && since.is_none_or(|t| s.started_at >= t)
                     && until.is_none_or(|t| s.started_at < t)
                     && s.purged_at.is_none();
@@ -199,11 +199,22 @@ pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), F
             output::table(
                 json,
                 &rows,
-                &["ID", "USER", "TARGET", "LOGIN", "TIER", "STARTED", "ENDED", "REASON"],
+                &[
+                    "ID",
+                    "USER",
+                    "WORKSTATION",
+                    "TARGET",
+                    "LOGIN",
+                    "TIER",
+                    "STARTED",
+                    "ENDED",
+                    "REASON",
+                ],
                 |s| {
                     vec![
                         s.id.clone(),
                         s.user.clone(),
+                        s.workstation.clone().unwrap_or_else(|| "-".into()),
                         s.target.clone(),
                         s.login.clone(),
                         s.tier.clone(),

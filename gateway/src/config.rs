@@ -9,6 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::diag::{self, Diagnostics, Source};
+use crate::wg::pool::TunnelNet;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +19,7 @@ struct RawConfig {
     policy: Spanned<PathBuf>,
     database_url: Option<Spanned<String>>,
     ssh: RawSsh,
+    wireguard: Option<RawWireguard>,
     #[serde(default)]
     recordings: RawRecordings,
     #[serde(default)]
@@ -27,10 +29,21 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSsh {
+    #[serde(default)]
     listen: Vec<Spanned<String>>,
+    tunnel_port: Option<Spanned<u16>>,
     max_connections: Option<Spanned<usize>>,
     auth_timeout: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWireguard {
+    listen: Spanned<String>,
+    address: Spanned<String>,
+    endpoint: Spanned<String>,
+    persistent_keepalive: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -46,6 +59,20 @@ struct RawSessions {
     env_allow: Vec<Spanned<String>>,
 }
 
+/// The WireGuard front door.
+#[derive(Debug, Clone)]
+pub struct WireguardConfig {
+    /// The UDP socket: the gateway's only public surface.
+    pub listen: SocketAddr,
+    /// The gateway's tunnel address; the rest of its subnet is the workstation pool.
+    pub net: TunnelNet,
+    /// `host:port` that workstations' wg-quick configs name as `Endpoint`.
+    pub endpoint: String,
+    pub persistent_keepalive: u16,
+    /// The SSH front's port on the tunnel address.
+    pub ssh_port: u16,
+}
+
 /// The validated gateway configuration. Relative paths are resolved against the
 /// directory of the configuration file.
 #[derive(Debug, Clone)]
@@ -55,7 +82,9 @@ pub struct GatewayConfig {
     pub master_key_file: PathBuf,
     pub policy_path: PathBuf,
     pub database_url: String,
+    /// Plain TCP listeners, loopback only (local admin, quickstart, tests).
     pub ssh_listen: Vec<SocketAddr>,
+    pub wireguard: Option<WireguardConfig>,
     pub max_connections: usize,
     pub auth_timeout: Duration,
     pub drain_timeout: Duration,
@@ -97,8 +126,65 @@ impl GatewayConfig {
                 Err(e) => errors.push(src.at(Some(l.span()), format!("ssh.listen: {e}"))),
             }
         }
-        if raw.ssh.listen.is_empty() {
-            errors.push(src.at(None, "ssh.listen must name at least one address"));
+        for (l, a) in raw.ssh.listen.iter().zip(&ssh_listen) {
+            if !a.ip().is_loopback() {
+                errors.push(src.at(
+                    Some(l.span()),
+                    "ssh.listen accepts loopback addresses only: workstations reach the gateway through \
+                     WireGuard ([wireguard]), never a plain TCP port",
+                ));
+            }
+        }
+        let wireguard = raw.wireguard.as_ref().and_then(|w| {
+            let listen = match w.listen.get_ref().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    errors.push(src.at(Some(w.listen.span()), format!("wireguard.listen: {e}")));
+                    None
+                }
+            };
+            let net = match TunnelNet::parse(w.address.get_ref()) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    errors.push(src.at(Some(w.address.span()), format!("wireguard.address: {e}")));
+                    None
+                }
+            };
+            let endpoint = w.endpoint.get_ref().trim().to_owned();
+            let port_ok = endpoint
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            if !port_ok || endpoint.contains(char::is_whitespace) {
+                errors.push(src.at(
+                    Some(w.endpoint.span()),
+                    "wireguard.endpoint must be HOST:PORT as workstations reach it (e.g. gw.example.com:51820)",
+                ));
+            }
+            let ssh_port = raw.ssh.tunnel_port.as_ref().map(|p| *p.get_ref()).unwrap_or(22);
+            if ssh_port == 0 {
+                errors.push(src.at(
+                    raw.ssh.tunnel_port.as_ref().map(|p| p.span()),
+                    "ssh.tunnel_port must not be 0",
+                ));
+            }
+            Some(WireguardConfig {
+                listen: listen?,
+                net: net?,
+                endpoint,
+                persistent_keepalive: w.persistent_keepalive.as_ref().map(|k| *k.get_ref()).unwrap_or(25),
+                ssh_port,
+            })
+        });
+        if raw.ssh.listen.is_empty() && raw.wireguard.is_none() {
+            errors.push(src.at(
+                None,
+                "nothing to serve: configure [wireguard] (and optionally a loopback ssh.listen)",
+            ));
+        }
+        if raw.wireguard.is_none() {
+            if let Some(p) = &raw.ssh.tunnel_port {
+                errors.push(src.at(Some(p.span()), "ssh.tunnel_port needs a [wireguard] section"));
+            }
         }
         let mut duration = |v: &Option<Spanned<String>>, what: &str, default: Duration| match v {
             None => default,
@@ -158,6 +244,7 @@ impl GatewayConfig {
             policy_path: resolve(raw.policy.get_ref()),
             database_url,
             ssh_listen,
+            wireguard,
             max_connections,
             auth_timeout,
             drain_timeout,
@@ -213,5 +300,32 @@ mod tests {
         let e = load("data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"nope\"]\nauth_timeout = \"soon\"\n")
             .unwrap_err();
         assert_eq!(e.0.len(), 2, "{e}");
+    }
+
+    #[test]
+    fn plain_listeners_are_loopback_only_and_wireguard_is_checked() {
+        let e = load("data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"0.0.0.0:22\"]\n").unwrap_err();
+        assert!(e.to_string().contains("loopback addresses only"), "{e}");
+        let e = load("data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\n").unwrap_err();
+        assert!(e.to_string().contains("nothing to serve"), "{e}");
+        let c = load(
+            "data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\ntunnel_port = 2022\n[wireguard]\nlisten = \"0.0.0.0:51820\"\n\
+             address = \"10.77.0.1/24\"\nendpoint = \"gw.example.com:51820\"\n",
+        )
+        .unwrap();
+        let w = c.wireguard.unwrap();
+        assert_eq!((w.ssh_port, w.persistent_keepalive, w.net.prefix), (2022, 25, 24));
+        let e = load(
+            "data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\n[wireguard]\nlisten = \"0.0.0.0\"\n\
+             address = \"10.77.0.0/24\"\nendpoint = \"gw.example.com\"\nextra = 1\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = load(
+            "data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\n[wireguard]\nlisten = \"0.0.0.0\"\n\
+             address = \"10.77.0.0/24\"\nendpoint = \"gw.example.com\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
     }
 }

@@ -12,7 +12,6 @@
 //! a public key must be verified for the very user name being logged in, and
 //! keyboard-interactive is only ever used to show a refusal, never to accept.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +23,7 @@ use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use crate::certs;
 use crate::gateway::Gateway;
 use crate::ident::{FrontLogin, Login, TargetName, UserName};
+use crate::origin::{Origin, Via};
 use crate::policy::Request;
 use crate::relay;
 use crate::session::TargetSession;
@@ -56,17 +56,17 @@ enum AuthState {
 pub struct FrontHandler {
     gw: Arc<Gateway>,
     authenticated: Arc<AtomicBool>,
-    peer: SocketAddr,
+    origin: Origin,
     mode: Mode,
     state: AuthState,
 }
 
 impl FrontHandler {
-    pub fn outer(gw: Arc<Gateway>, peer: SocketAddr, authenticated: Arc<AtomicBool>) -> Self {
+    pub fn outer(gw: Arc<Gateway>, origin: Origin, authenticated: Arc<AtomicBool>) -> Self {
         FrontHandler {
             gw,
             authenticated,
-            peer,
+            origin,
             mode: Mode::Outer,
             state: AuthState::None,
         }
@@ -91,13 +91,43 @@ impl FrontHandler {
             .audit(
                 AuditEvent::new("login.failure", Severity::Warning, reason.to_owned())
                     .user(user)
-                    .client(self.peer),
+                    .origin(&self.origin),
             )
             .await;
     }
 
+    /// A user logs in only from a workstation bound to them. Anything else is refused
+    /// and raises an alert: a workstation key in the wrong hands, or a shared machine.
+    async fn check_workstation(&self, user: &UserName) -> Result<(), String> {
+        let ws = match &self.origin.via {
+            Via::Loopback => return Ok(()),
+            Via::Workstation(ws) => ws,
+        };
+        let row = match self.gw.store.workstation(ws).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "store unavailable during login");
+                return Err("herse: access denied: the gateway cannot check your workstation now".into());
+            }
+        };
+        let reason = match row {
+            Some(w) if w.is_revoked() => format!("workstation {ws} is revoked"),
+            Some(w) if w.owner == user.as_str() => return Ok(()),
+            Some(w) => format!("workstation {ws} belongs to {}, not to {user}", w.owner),
+            None => format!("workstation {ws} is not enrolled"),
+        };
+        self.gw
+            .audit(
+                AuditEvent::new("login.wrong_workstation", Severity::Alert, reason.clone())
+                    .user(user)
+                    .origin(&self.origin),
+            )
+            .await;
+        Err(format!("herse: access denied: {reason}"))
+    }
+
     async fn start_target(&mut self, ssh_user: &str, user: &UserName, target: &TargetName, login: &Login) -> Auth {
-        match TargetSession::start(&self.gw, user, target, login, self.peer).await {
+        match TargetSession::start(&self.gw, user, target, login, &self.origin).await {
             Ok(s) => {
                 self.state = AuthState::Target(s);
                 Auth::Accept
@@ -208,11 +238,14 @@ impl server::Handler for FrontHandler {
                         return Ok(Auth::reject());
                     }
                 }
+                if let Err(refusal) = self.check_workstation(&user).await {
+                    return Ok(self.refuse(ssh_user, refusal));
+                }
                 self.gw
                     .audit(
                         AuditEvent::new("login.success", Severity::Info, format!("public key as {ssh_user}"))
                             .user(&user)
-                            .client(self.peer),
+                            .origin(&self.origin),
                     )
                     .await;
                 match front {
@@ -335,7 +368,7 @@ impl server::Handler for FrontHandler {
                                 format!("ProxyJump to unknown target {host:?}:{port}"),
                             )
                             .user(&user)
-                            .client(self.peer),
+                            .origin(&self.origin),
                         )
                         .await;
                     reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
@@ -353,7 +386,7 @@ impl server::Handler for FrontHandler {
                 let inner = FrontHandler {
                     gw: self.gw.clone(),
                     authenticated: Arc::new(AtomicBool::new(false)),
-                    peer: self.peer,
+                    origin: self.origin.clone(),
                     mode: Mode::Inner { user, target },
                     state: AuthState::None,
                 };
@@ -394,7 +427,7 @@ impl server::Handler for FrontHandler {
                                 AuditEvent::new("access.denied", Severity::Warning, reason)
                                     .user(s.authorized().user())
                                     .session(s.id())
-                                    .client(self.peer),
+                                    .origin(&self.origin),
                             )
                             .await;
                         reply

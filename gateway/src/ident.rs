@@ -72,6 +72,9 @@ fn check_simple(value: &str, extra: &[char], max: usize) -> Result<(), &'static 
 fn check_user(v: &str) -> Result<(), &'static str> {
     check_simple(v, &['_', '-', '.'], 64)
 }
+fn check_workstation(v: &str) -> Result<(), &'static str> {
+    check_simple(v, &['_', '-', '.'], 64)
+}
 fn check_login(v: &str) -> Result<(), &'static str> {
     // POSIX portable user names, as sshd on the target sees them.
     check_simple(v, &['_', '-', '.'], 32)
@@ -83,6 +86,12 @@ fn check_label(v: &str) -> Result<(), &'static str> {
     check_simple(v, &['-', '_'], 64)
 }
 
+name_type!(
+    /// An enrolled workstation (a WireGuard peer of the gateway).
+    WorkstationName,
+    "workstation name",
+    check_workstation
+);
 name_type!(
     /// A Herse user (a person).
     UserName, "user name", check_user

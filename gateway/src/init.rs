@@ -18,6 +18,8 @@ pub struct InitReport {
     pub user_ca: String,
     pub host_ca: String,
     pub audit_public_key: String,
+    /// The gateway's WireGuard public key (workstations' `[Peer] PublicKey`).
+    pub wireguard_public_key: String,
     /// Lines for a target's sshd_config.
     pub sshd_config: Vec<String>,
     /// Lines for a user's ~/.ssh/known_hosts.
@@ -64,6 +66,12 @@ pub async fn init(config: &GatewayConfig) -> anyhow::Result<InitReport> {
         format!("{}\n", hex::encode(keys.audit.verifying_key().as_bytes())),
     )?;
     let mut known_hosts = vec![format!("@cert-authority * {host_ca}")];
+    if let Some(w) = &config.wireguard {
+        known_hosts.push(match w.ssh_port {
+            22 => format!("{} {host_key}", w.net.gateway),
+            p => format!("[{}]:{p} {host_key}", w.net.gateway),
+        });
+    }
     for addr in &config.ssh_listen {
         known_hosts.push(format!("[{}]:{} {host_key}", addr.ip(), addr.port()));
     }
@@ -79,5 +87,6 @@ pub async fn init(config: &GatewayConfig) -> anyhow::Result<InitReport> {
         user_ca,
         host_ca,
         audit_public_key: hex::encode(keys.audit.verifying_key().as_bytes()),
+        wireguard_public_key: keys.wireguard.public().to_string(),
     })
 }

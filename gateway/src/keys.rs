@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use crate::secrets::{MasterKey, SecretError};
 use crate::store::{Store, StoreError};
+use crate::wg::{WgPublicKey, WgSecret};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -26,6 +27,7 @@ const HOST: &str = "ssh-host";
 const USER_CA: &str = "user-ca";
 const HOST_CA: &str = "host-ca";
 const AUDIT: &str = "audit";
+const WIREGUARD: &str = "wireguard";
 
 /// The opened keys. Private halves are zeroized on drop (by ssh-key and ed25519-dalek).
 pub struct GatewayKeys {
@@ -33,6 +35,8 @@ pub struct GatewayKeys {
     pub user_ca: PrivateKey,
     pub host_ca: PrivateKey,
     pub audit: SigningKey,
+    /// The WireGuard interface's static key.
+    pub wireguard: WgSecret,
 }
 
 impl std::fmt::Debug for GatewayKeys {
@@ -58,6 +62,24 @@ pub fn new_ssh_key(comment: &str) -> PrivateKey {
     k
 }
 
+async fn save_wireguard(store: &Store, master: &MasterKey, k: &WgSecret) -> Result<(), KeyError> {
+    let raw = k.to_bytes();
+    store
+        .put_gateway_key(
+            WIREGUARD,
+            &k.public().to_string(),
+            &master.seal(&label(WIREGUARD), &raw[..]),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The gateway's WireGuard public key, readable without the master key (enrolment).
+pub async fn wireguard_public(store: &Store) -> Result<WgPublicKey, KeyError> {
+    let (public, _) = store.gateway_key(WIREGUARD).await?;
+    WgPublicKey::parse(&public).map_err(|_| KeyError::Invalid(WIREGUARD))
+}
+
 impl GatewayKeys {
     pub fn generate() -> Self {
         let mut seed = Zeroizing::new([0u8; 32]);
@@ -67,6 +89,7 @@ impl GatewayKeys {
             user_ca: new_ssh_key("herse user CA"),
             host_ca: new_ssh_key("herse host CA"),
             audit: SigningKey::from_bytes(&seed),
+            wireguard: WgSecret::generate(),
         }
     }
 
@@ -86,6 +109,7 @@ impl GatewayKeys {
         store
             .put_gateway_key(AUDIT, &audit_public, &master.seal(&label(AUDIT), self.audit.as_bytes()))
             .await?;
+        save_wireguard(store, master, &self.wireguard).await?;
         Ok(())
     }
 
@@ -98,11 +122,27 @@ impl GatewayKeys {
         let (_, sealed) = store.gateway_key(AUDIT).await?;
         let seed = master.open(&label(AUDIT), &sealed)?;
         let seed: [u8; 32] = seed[..].try_into().map_err(|_| KeyError::Invalid(AUDIT))?;
+        // A gateway initialised before the WireGuard front door gets its key on first start.
+        let wireguard = match store.gateway_key(WIREGUARD).await {
+            Ok((_, sealed)) => {
+                let raw = master.open(&label(WIREGUARD), &sealed)?;
+                let raw: [u8; 32] = raw[..].try_into().map_err(|_| KeyError::Invalid(WIREGUARD))?;
+                WgSecret::from_bytes(raw)
+            }
+            Err(StoreError::NotFound(_)) => {
+                let k = WgSecret::generate();
+                save_wireguard(store, master, &k).await?;
+                tracing::info!(public_key = %k.public(), "generated the gateway's WireGuard key");
+                k
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(GatewayKeys {
             host: ssh(store, master, HOST).await?,
             user_ca: ssh(store, master, USER_CA).await?,
             host_ca: ssh(store, master, HOST_CA).await?,
             audit: SigningKey::from_bytes(&seed),
+            wireguard,
         })
     }
 
@@ -125,6 +165,8 @@ mod tests {
         let l = GatewayKeys::load(&s, &m).await.unwrap();
         assert_eq!(l.user_ca.public_key(), k.user_ca.public_key());
         assert_eq!(l.audit.verifying_key(), k.audit.verifying_key());
+        assert_eq!(l.wireguard.public(), k.wireguard.public());
+        assert_eq!(wireguard_public(&s).await.unwrap(), k.wireguard.public());
         assert!(matches!(
             GatewayKeys::generate().save(&s, &m).await,
             Err(KeyError::AlreadyInitialised)
@@ -136,5 +178,7 @@ mod tests {
         // Nothing stored in the database reveals a private key.
         let (_, sealed) = s.gateway_key("user-ca").await.unwrap();
         assert!(!sealed.contains("PRIVATE KEY"));
+        let (_, sealed) = s.gateway_key("wireguard").await.unwrap();
+        assert!(!sealed.contains(k.wireguard.to_base64().as_str()));
     }
 }

@@ -1,7 +1,6 @@
 //! `herse serve`: listeners, live-session watcher, and signal handling (SIGHUP reloads
 //! the policy, SIGTERM and SIGINT drain).
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +12,11 @@ use tracing::Instrument;
 
 use crate::front::{base_config, FrontHandler};
 use crate::gateway::Gateway;
+use crate::ident::WorkstationName;
+use crate::origin::{Origin, Via};
 use crate::policy;
-use crate::store::{AuditEvent, Severity};
+use crate::store::{ActivePeer, AuditEvent, Severity};
+use crate::wg::{Accepted, PeerSpec, WgConfig, WireGuard};
 
 /// Run until SIGTERM or SIGINT, then drain.
 pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
@@ -50,10 +52,52 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
             permits.clone(),
         )));
     }
+    let wireguard = match &gw.config.wireguard {
+        Some(wc) => {
+            let peers = peer_specs(&gw.store.active_peers().await?);
+            let (wg, acceptor) = WireGuard::start(
+                &WgConfig {
+                    listen: wc.listen,
+                    address: wc.net.gateway,
+                    prefix: wc.net.prefix,
+                    ports: vec![wc.ssh_port],
+                },
+                gw.keys.wireguard.clone(),
+                peers,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start WireGuard on {}: {e}", wc.listen))?;
+            eprintln!(
+                "herse: WireGuard on udp {} (public key {}); SSH on {}:{} inside the tunnel",
+                wg.local_addr(),
+                wg.public_key(),
+                wc.net.gateway,
+                wc.ssh_port
+            );
+            listeners.push(tokio::spawn(tunnel_accept_loop(
+                gw.clone(),
+                acceptor,
+                config.clone(),
+                permits.clone(),
+            )));
+            let wg = Arc::new(wg);
+            listeners.push(tokio::spawn(watch_workstations(gw.clone(), wg.clone())));
+            Some(wg)
+        }
+        None => None,
+    };
     gw.audit(AuditEvent::new(
         "gateway.start",
         Severity::Info,
-        format!("node {} listening on {:?}", gw.node, gw.config.ssh_listen),
+        match &wireguard {
+            Some(wg) => format!(
+                "node {} listening on WireGuard udp {} and loopback {:?}",
+                gw.node,
+                wg.local_addr(),
+                gw.config.ssh_listen
+            ),
+            None => format!("node {} listening on loopback {:?}", gw.node, gw.config.ssh_listen),
+        },
     ))
     .await;
     let watcher = tokio::spawn(watch_sessions(gw.clone()));
@@ -75,6 +119,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     for l in listeners {
         l.abort();
     }
+    drop(wireguard);
     gw.audit(AuditEvent::new(
         "gateway.stop",
         Severity::Info,
@@ -111,24 +156,161 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let gw2 = gw.clone();
         let config = config.clone();
+        let origin = Origin {
+            addr: peer,
+            via: Via::Loopback,
+        };
         gw.tasks.spawn(async move {
             let _permit = permit;
-            serve_connection(gw2, tcp, peer, config)
+            serve_connection(gw2, tcp, origin, config)
                 .instrument(tracing::info_span!("connection", client.addr = %peer))
                 .await;
         });
     }
 }
 
-async fn serve_connection(
+/// Connections through the WireGuard tunnel, attributed to the workstation whose key
+/// carried them.
+async fn tunnel_accept_loop(
     gw: Arc<Gateway>,
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
+    mut acceptor: tokio::sync::mpsc::Receiver<Accepted>,
     config: Arc<russh::server::Config>,
+    permits: Arc<Semaphore>,
 ) {
+    loop {
+        let accepted = tokio::select! {
+            _ = gw.stop_accepting.cancelled() => return,
+            a = acceptor.recv() => match a {
+                Some(a) => a,
+                None => return,
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %accepted.remote, "connection limit reached; refusing connection");
+            continue;
+        };
+        let ws = match WorkstationName::parse(&accepted.workstation) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "stored workstation name is invalid");
+                continue;
+            }
+        };
+        let origin = Origin {
+            addr: accepted.remote,
+            via: Via::Workstation(ws),
+        };
+        let gw2 = gw.clone();
+        let config = config.clone();
+        gw.tasks.spawn(async move {
+            let _permit = permit;
+            let span =
+                tracing::info_span!("connection", client.addr = %origin.addr, workstation = %accepted.workstation);
+            serve_connection(gw2, accepted.stream, origin, config)
+                .instrument(span)
+                .await;
+        });
+    }
+}
+
+fn peer_specs(peers: &[ActivePeer]) -> Vec<PeerSpec> {
+    peers
+        .iter()
+        .map(|p| PeerSpec {
+            public_key: p.public_key,
+            address: p.address,
+            workstation: p.name.clone(),
+        })
+        .collect()
+}
+
+/// Keeps the WireGuard peers equal to the enrolled, live workstations of active users,
+/// four times a second: a revoked workstation or a suspended owner loses its peer and
+/// every session from it at once. Traffic counters are saved for `workstations list`.
+async fn watch_workstations(gw: Arc<Gateway>, wg: Arc<WireGuard>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_stats = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let active = match gw.store.active_peers().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read workstations; keeping the current peers");
+                continue;
+            }
+        };
+        let live: std::collections::HashSet<&str> = active.iter().map(|p| p.name.as_str()).collect();
+        // Sessions first, so their recordings are sealed with the reason before the
+        // tunnel connections are reset.
+        let mut ending = Vec::new();
+        for s in gw.live_sessions() {
+            if let Some(ws) = s.origin().workstation() {
+                if !live.contains(ws.as_str()) {
+                    let reason = removal_reason(&gw, ws, false).await;
+                    s.end(reason);
+                    ending.push(s.id().clone());
+                }
+            }
+        }
+        // Give them a moment to tell their clients why, through the tunnel that is
+        // about to close; whatever is left is reset with the peer.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while ending.iter().any(|id| gw.live_session(id.as_str()).is_some()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for ws in wg.set_peers(peer_specs(&active)) {
+            let reason = match WorkstationName::parse(&ws) {
+                Ok(w) => removal_reason(&gw, &w, live.contains(ws.as_str())).await,
+                Err(_) => "workstation removed".to_owned(),
+            };
+            gw.audit(AuditEvent::new("workstation.peer_removed", Severity::Info, reason).workstation(&ws))
+                .await;
+        }
+        if last_stats.elapsed() >= Duration::from_secs(5) {
+            last_stats = tokio::time::Instant::now();
+            for p in wg.status() {
+                if let Err(e) = gw
+                    .store
+                    .record_workstation_traffic(&p.workstation, p.last_handshake, p.rx_bytes, p.tx_bytes)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot save workstation traffic");
+                }
+            }
+            let c = wg.counters();
+            tracing::info!(
+                handshakes = c.handshakes,
+                invalid_packets = c.invalid_packets,
+                unknown_peers = c.unknown_peers,
+                cookie_replies = c.cookie_replies,
+                "wireguard counters"
+            );
+        }
+    }
+}
+
+async fn removal_reason(gw: &Gateway, ws: &WorkstationName, still_live: bool) -> String {
+    if still_live {
+        return format!("workstation {ws} key rotated: connections under the old key reset");
+    }
+    match gw.store.workstation(ws).await {
+        Ok(Some(w)) if w.is_revoked() => format!(
+            "workstation {ws} revoked by {}: {}",
+            w.revoked_by.as_deref().unwrap_or("?"),
+            w.revoke_reason.as_deref().unwrap_or("")
+        ),
+        Ok(Some(w)) => format!("workstation {ws} owner {} suspended", w.owner),
+        _ => format!("workstation {ws} removed"),
+    }
+}
+
+async fn serve_connection<S>(gw: Arc<Gateway>, stream: S, origin: Origin, config: Arc<russh::server::Config>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let authenticated = Arc::new(AtomicBool::new(false));
-    let handler = FrontHandler::outer(gw.clone(), peer, authenticated.clone());
-    let running = match russh::server::run_stream(config, tcp, handler).await {
+    let handler = FrontHandler::outer(gw.clone(), origin, authenticated.clone());
+    let running = match russh::server::run_stream(config, stream, handler).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = ?e, "handshake failed");

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
 use crate::ident::{Login, SessionId, TargetName, UserName};
+use crate::origin::Origin;
 use crate::policy::{Authorized, Denial};
 use crate::store::{AuditEvent, SessionStart, Severity};
 use crate::upstream::{self, UpstreamError, UpstreamHandle, UpstreamLogin};
@@ -33,7 +34,7 @@ pub enum StartError {
 pub struct TargetSession {
     id: SessionId,
     authorized: Authorized,
-    client_addr: SocketAddr,
+    origin: Origin,
     upstream: UpstreamHandle,
     recorder: Arc<dyn Recorder>,
     cancel: CancellationToken,
@@ -83,7 +84,7 @@ impl TargetSession {
         user: &UserName,
         target: &TargetName,
         login: &Login,
-        client_addr: SocketAddr,
+        origin: &Origin,
     ) -> Result<Arc<TargetSession>, StartError> {
         let roles = gw
             .store
@@ -101,14 +102,14 @@ impl TargetSession {
                         format!("{login}@{target}: {denial}"),
                     )
                     .user(user)
-                    .client(client_addr),
+                    .origin(origin),
                 )
                 .await;
                 return Err(denial.into());
             }
         };
         let id = SessionId::random();
-        let recorder = match open_recording(gw, &id, &authorized, client_addr).await {
+        let recorder = match open_recording(gw, &id, &authorized, origin).await {
             Ok(r) => r,
             Err(e) => {
                 gw.audit(
@@ -119,7 +120,7 @@ impl TargetSession {
                     )
                     .user(user)
                     .session(&id)
-                    .client(client_addr),
+                    .origin(origin),
                 )
                 .await;
                 return Err(StartError::Recording(e));
@@ -145,7 +146,7 @@ impl TargetSession {
                     AuditEvent::new("upstream.failed", severity, e.to_string())
                         .user(user)
                         .session(&id)
-                        .client(client_addr),
+                        .origin(origin),
                 )
                 .await;
                 let _ = recorder.finish(&format!("upstream failed: {e}"));
@@ -156,7 +157,7 @@ impl TargetSession {
         let session = Arc::new(TargetSession {
             id,
             authorized,
-            client_addr,
+            origin: origin.clone(),
             upstream,
             recorder,
             cancel: CancellationToken::new(),
@@ -178,7 +179,8 @@ impl TargetSession {
             target: target.as_str(),
             tier: session.authorized.target().tier.as_str(),
             login: login.as_str(),
-            client_addr: &client_addr.to_string(),
+            client_addr: &origin.addr.to_string(),
+            workstation: origin.workstation().map(|w| w.as_str()),
             recording: &recording.to_string_lossy(),
         };
         if let Err(e) = gw.store.session_started(&row).await {
@@ -194,7 +196,7 @@ impl TargetSession {
             AuditEvent::new("session.start", Severity::Info, session.authorized.describe())
                 .user(user)
                 .session(&session.id)
-                .client(client_addr),
+                .origin(origin),
         )
         .await;
         gw.tasks.spawn(supervise(gw.clone(), session.clone()));
@@ -208,7 +210,10 @@ impl TargetSession {
         &self.authorized
     }
     pub fn client_addr(&self) -> SocketAddr {
-        self.client_addr
+        self.origin.addr
+    }
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
     pub fn upstream(&self) -> &UpstreamHandle {
         &self.upstream
@@ -233,7 +238,7 @@ impl TargetSession {
         let e = AuditEvent::new("access.denied", Severity::Warning, format!("{request}: {reason}"))
             .user(self.authorized.user())
             .session(&self.id)
-            .client(self.client_addr);
+            .origin(&self.origin);
         if let Err(err) = self.store.audit(&e).await {
             tracing::error!(error = %err, "cannot write audit event");
         }
@@ -280,7 +285,7 @@ async fn open_recording(
     gw: &Gateway,
     id: &SessionId,
     a: &Authorized,
-    client: SocketAddr,
+    origin: &Origin,
 ) -> Result<Arc<dyn Recorder>, String> {
     // Benchmark-only build (`--features bench-null-recorder`): measures the relay without
     // recording. `herse serve` built this way refuses to start unless
@@ -302,8 +307,8 @@ async fn open_recording(
     let header = Header {
         session_id: id.to_string(),
         user: a.user().to_string(),
-        client_addr: client.to_string(),
-        workstation: None,
+        client_addr: origin.addr.to_string(),
+        workstation: origin.workstation().map(|w| w.to_string()),
         target: a.target().name.to_string(),
         target_addr: format!("{}:{}", a.target().host, a.target().port),
         tier: a.target().tier.to_string(),
@@ -401,7 +406,7 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
         AuditEvent::new("session.end", Severity::Info, reason)
             .user(s.authorized.user())
             .session(&s.id)
-            .client(s.client_addr),
+            .origin(&s.origin),
     )
     .await;
     gw.unregister(s.id.as_str());

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 pub use anyhow::Result;
 
+pub mod netns;
+
 /// Directory holding the built `herse` and `hersectl` binaries.
 pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("HERSE_BIN_DIR") {
@@ -96,6 +98,9 @@ pub struct Sshd {
 
 pub struct SshdOptions<'a> {
     pub user_ca_pub: &'a Path,
+    /// Run inside this network namespace, listening on `(address, port)` there.
+    /// Default: loopback of the test's namespace, on a free port.
+    pub netns: Option<(&'a netns::Netns, &'a str, u16)>,
     /// An OpenSSH host certificate file to present, if any.
     pub host_cert: Option<&'a Path>,
     pub host_key: Option<&'a Path>,
@@ -121,9 +126,12 @@ impl Sshd {
         let host_key_pub =
             std::fs::read_to_string(key.with_extension("pub").to_string_lossy().replace(".pub", "") + ".pub")
                 .unwrap_or_else(|_| std::fs::read_to_string(format!("{}.pub", key.display())).unwrap());
-        let port = free_port();
+        let (port, listen) = match opts.netns {
+            Some((_, addr, port)) => (port, addr.to_owned()),
+            None => (free_port(), "127.0.0.1".to_owned()),
+        };
         let mut cfg = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nTrustedUserCAKeys {}\nAuthorizedKeysFile none\n\
+            "Port {port}\nListenAddress {listen}\nHostKey {}\nTrustedUserCAKeys {}\nAuthorizedKeysFile none\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
              AllowTcpForwarding yes\nSubsystem sftp /usr/lib/openssh/sftp-server\nLogLevel VERBOSE\nPrintMotd no\n\
              AcceptEnv LANG LC_* TZ HERSE_TEST_*\n",
@@ -141,7 +149,11 @@ impl Sshd {
             "sshd -t: {}",
             String::from_utf8_lossy(&check.stderr)
         );
-        let child = Command::new("/usr/sbin/sshd")
+        let mut cmd = match opts.netns {
+            Some((ns, _, _)) => ns.command("/usr/sbin/sshd"),
+            None => Command::new("/usr/sbin/sshd"),
+        };
+        let child = cmd
             .arg("-D")
             .arg("-f")
             .arg(&cfg_path)
@@ -153,7 +165,10 @@ impl Sshd {
             child,
             name: format!("sshd {name}"),
         };
-        wait_port(port);
+        match opts.netns {
+            Some((ns, addr, port)) => ns.wait_port(addr, port),
+            None => wait_port(port),
+        }
         Sshd {
             port,
             host_key_pub: host_key_pub.trim().to_owned(),
@@ -196,7 +211,19 @@ impl Gateway {
     }
 
     pub fn start(dir: &Path, config: &Path) -> Gateway {
-        let mut child = Command::new(bin("herse"))
+        let mut gw = Gateway::spawn(dir, config, None);
+        let line = gw.wait_line("SSH listening on", Duration::from_secs(20));
+        gw.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        gw
+    }
+
+    /// Start `herse serve` (inside `netns` if given) without waiting for a listener.
+    pub fn spawn(dir: &Path, config: &Path, netns: Option<&netns::Netns>) -> Gateway {
+        let mut cmd = match netns {
+            Some(ns) => ns.command(bin("herse")),
+            None => Command::new(bin("herse")),
+        };
+        let mut child = cmd
             .arg("-c")
             .arg(config)
             .arg("serve")
@@ -215,7 +242,7 @@ impl Gateway {
                 let _ = tx.send(line);
             }
         });
-        let mut gw = Gateway {
+        Gateway {
             dir: dir.to_owned(),
             config: config.to_owned(),
             port: 0,
@@ -224,10 +251,7 @@ impl Gateway {
                 name: "herse".into(),
             }),
             stderr_lines: rx,
-        };
-        let line = gw.wait_line("SSH listening on", Duration::from_secs(20));
-        gw.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-        gw
+        }
     }
 
     /// Wait for a line of the gateway's stderr containing `needle`.

@@ -37,6 +37,7 @@ impl World {
             "web1",
             SshdOptions {
                 user_ca_pub: &user_ca,
+                netns: None,
                 host_cert: None,
                 host_key: None,
             },
@@ -60,6 +61,7 @@ impl World {
             "db1",
             SshdOptions {
                 user_ca_pub: &user_ca,
+                netns: None,
                 host_cert: Some(&db_cert),
                 host_key: Some(&db_key),
             },

@@ -28,6 +28,8 @@ pub struct AuditEvent {
     pub user: Option<String>,
     pub session: Option<String>,
     pub client_addr: Option<String>,
+    /// The enrolled workstation the connection came through, if any.
+    pub workstation: Option<String>,
     pub detail: String,
 }
 
@@ -39,6 +41,7 @@ impl AuditEvent {
             user: None,
             session: None,
             client_addr: None,
+            workstation: None,
             detail: detail.into(),
         }
     }
@@ -54,6 +57,16 @@ impl AuditEvent {
         self.client_addr = Some(a.to_string());
         self
     }
+    pub fn workstation(mut self, w: impl ToString) -> Self {
+        self.workstation = Some(w.to_string());
+        self
+    }
+    /// Client address and workstation of a connection.
+    pub fn origin(mut self, o: &crate::origin::Origin) -> Self {
+        self.client_addr = Some(o.addr.to_string());
+        self.workstation = o.workstation().map(|w| w.to_string());
+        self
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -65,14 +78,15 @@ pub struct AuditRow {
     pub user: Option<String>,
     pub session: Option<String>,
     pub client_addr: Option<String>,
+    pub workstation: Option<String>,
     pub detail: String,
 }
 
 impl Store {
     pub async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO audit_events (id, at, kind, severity, user_name, session_id, client_addr, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO audit_events (id, at, kind, severity, user_name, session_id, client_addr, workstation, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(crate::ident::SessionId::random().to_string())
         .bind(now_micros())
@@ -81,6 +95,7 @@ impl Store {
         .bind(e.user.as_deref())
         .bind(e.session.as_deref())
         .bind(e.client_addr.as_deref())
+        .bind(e.workstation.as_deref())
         .bind(&e.detail)
         .execute(&self.pool)
         .await?;
@@ -89,7 +104,7 @@ impl Store {
 
     pub async fn audit_events(&self, kind: Option<&str>, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
         sqlx::query(
-            "SELECT id, at, kind, severity, user_name, session_id, client_addr, detail FROM audit_events \
+            "SELECT id, at, kind, severity, user_name, session_id, client_addr, detail, workstation FROM audit_events \
              WHERE ($1 IS NULL OR kind = $1) ORDER BY at DESC LIMIT $2",
         )
         .bind(kind)
@@ -107,6 +122,7 @@ impl Store {
                 session: r.try_get(5)?,
                 client_addr: r.try_get(6)?,
                 detail: r.try_get(7)?,
+                workstation: r.try_get(8)?,
             })
         })
         .collect()

@@ -5,6 +5,7 @@
 mod audit;
 mod sessions;
 mod users;
+mod workstations;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +16,7 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use audit::{AuditEvent, AuditRow, Severity};
 pub use sessions::{SessionRow, SessionStart};
 pub use users::{fingerprint, KeyRow, UserRow, UserStatus};
+pub use workstations::{ActivePeer, WorkstationRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

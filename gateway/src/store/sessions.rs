@@ -13,6 +13,7 @@ pub struct SessionStart<'a> {
     pub tier: &'a str,
     pub login: &'a str,
     pub client_addr: &'a str,
+    pub workstation: Option<&'a str>,
     pub recording: &'a str,
 }
 
@@ -25,6 +26,7 @@ pub struct SessionRow {
     pub tier: String,
     pub login: String,
     pub client_addr: String,
+    pub workstation: Option<String>,
     pub recording: String,
     pub started_at: i64,
     pub ended_at: Option<i64>,
@@ -34,7 +36,7 @@ pub struct SessionRow {
     pub purged_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, node, user_name, target, tier, login, client_addr, recording, started_at, ended_at, end_reason, kill_requested_by, legal_hold, purged_at";
+const COLUMNS: &str = "id, node, user_name, target, tier, login, client_addr, recording, started_at, ended_at, end_reason, kill_requested_by, legal_hold, purged_at, workstation";
 
 fn row(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
     Ok(SessionRow {
@@ -45,6 +47,7 @@ fn row(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
         tier: r.try_get(4)?,
         login: r.try_get(5)?,
         client_addr: r.try_get(6)?,
+        workstation: r.try_get(14)?,
         recording: r.try_get(7)?,
         started_at: r.try_get(8)?,
         ended_at: r.try_get(9)?,
@@ -125,8 +128,8 @@ impl Store {
 
     pub async fn session_started(&self, s: &SessionStart<'_>) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO sessions (id, node, user_name, target, tier, login, client_addr, recording, started_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO sessions (id, node, user_name, target, tier, login, client_addr, recording, started_at, workstation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(s.id.as_str())
         .bind(s.node)
@@ -137,6 +140,7 @@ impl Store {
         .bind(s.client_addr)
         .bind(s.recording)
         .bind(now_micros())
+        .bind(s.workstation)
         .execute(&self.pool)
         .await?;
         Ok(())

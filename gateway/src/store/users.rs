@@ -313,6 +313,7 @@ mod tests {
             tier: "web",
             login: "deploy",
             client_addr: "127.0.0.1:1",
+            workstation: None,
             recording: "/r",
         })
         .await
@@ -348,6 +349,7 @@ mod tests {
             tier: "web",
             login: "deploy",
             client_addr: "a",
+            workstation: None,
             recording: "r",
         })
         .await

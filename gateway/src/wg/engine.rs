@@ -1,0 +1,746 @@
+//! The embedded WireGuard interface: one UDP socket, a boringtun `Tunn` per enrolled
+//! workstation, and a userspace TCP/IP stack (smoltcp) that ends the tunnel inside this
+//! process. Decrypted packets never reach the host's kernel, so nothing can be routed
+//! from the tunnel to the tiers, and a workstation can reach exactly the ports this
+//! module listens on, and nothing else of the gateway host.
+//!
+//! One task owns the UDP socket's receive side and drives the stack; TCP connections are
+//! handed out as [`TunnelStream`]s that lock the stack briefly on each read and write.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::PublicKey;
+use rand::RngExt;
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::key::{WgPublicKey, WgSecret};
+use super::stream::TunnelStream;
+
+/// WireGuard's usual tunnel MTU (wg-quick's default on a 1500-byte link).
+pub const MTU: usize = 1420;
+/// Handshake initiations per second before the gateway answers with cookies only.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Listening sockets kept ready per port (smoltcp accepts one connection per socket).
+const BACKLOG: usize = 4;
+/// Connections that completed no handshake within this time are dropped.
+const SYN_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(10);
+/// Connections between SYN and established, across all ports.
+const MAX_HALF_OPEN: usize = 64;
+const RX_BUFFER: usize = 512 * 1024;
+const TX_BUFFER: usize = 512 * 1024;
+const TIMER_TICK: Duration = Duration::from_millis(100);
+
+/// What the interface is: its UDP endpoint, its own tunnel address and the TCP ports it
+/// serves on that address.
+#[derive(Debug, Clone)]
+pub struct WgConfig {
+    pub listen: SocketAddr,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub ports: Vec<u16>,
+}
+
+/// An enrolled, active workstation: the only kind of peer the interface knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub public_key: WgPublicKey,
+    pub address: Ipv4Addr,
+    pub workstation: String,
+}
+
+/// A TCP connection that arrived through the tunnel. `workstation` is the peer whose
+/// key decrypted the packets: WireGuard's cryptokey routing makes the source address
+/// proof of the workstation.
+pub struct Accepted {
+    pub stream: TunnelStream,
+    pub remote: SocketAddr,
+    pub local_port: u16,
+    pub workstation: String,
+}
+
+/// One peer as `wg show` would describe it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerStatus {
+    pub workstation: String,
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    /// Unix microseconds of the last completed handshake.
+    pub last_handshake: Option<i64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// Interface counters, for metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Handshake responses sent (each is a completed handshake from our side).
+    pub handshakes: AtomicU64,
+    /// Datagrams that failed to parse, authenticate or decrypt, or carried a spoofed
+    /// inner source address.
+    pub invalid_packets: AtomicU64,
+    /// Valid-looking handshake initiations from keys that are not enrolled (no answer).
+    pub unknown_peers: AtomicU64,
+    /// Cookie replies sent because handshakes arrived faster than the rate limit.
+    pub cookie_replies: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CounterSnapshot {
+    pub handshakes: u64,
+    pub invalid_packets: u64,
+    pub unknown_peers: u64,
+    pub cookie_replies: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            handshakes: self.handshakes.load(Ordering::Relaxed),
+            invalid_packets: self.invalid_packets.load(Ordering::Relaxed),
+            unknown_peers: self.unknown_peers.load(Ordering::Relaxed),
+            cookie_replies: self.cookie_replies.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Peer {
+    spec: PeerSpec,
+    tunn: Tunn,
+    endpoint: Option<SocketAddr>,
+    index: u32,
+}
+
+/// Decrypted IP packets in, IP packets to encrypt out.
+#[derive(Default)]
+struct Device {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+    free: Vec<Vec<u8>>,
+}
+
+struct RxToken(Vec<u8>);
+struct TxToken<'a> {
+    tx: &'a mut Vec<Vec<u8>>,
+    free: &'a mut Vec<Vec<u8>>,
+}
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = self.free.pop().unwrap_or_default();
+        buf.clear();
+        buf.resize(len, 0);
+        let r = f(&mut buf);
+        self.tx.push(buf);
+        r
+    }
+}
+
+impl phy::Device for Device {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(RxToken, TxToken<'_>)> {
+        let pkt = self.rx.pop_front()?;
+        Some((
+            RxToken(pkt),
+            TxToken {
+                tx: &mut self.tx,
+                free: &mut self.free,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<TxToken<'_>> {
+        Some(TxToken {
+            tx: &mut self.tx,
+            free: &mut self.free,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = MTU;
+        // Every received packet was authenticated by WireGuard's AEAD: verifying IP and
+        // TCP checksums again buys nothing. Sent packets carry them (the peer checks).
+        caps.checksum.ipv4 = Checksum::Tx;
+        caps.checksum.tcp = Checksum::Tx;
+        caps
+    }
+}
+
+/// Datagrams to send once the stack lock is released.
+#[derive(Default)]
+struct Outbox {
+    items: Vec<(SocketAddr, Vec<u8>)>,
+    free: Vec<Vec<u8>>,
+}
+
+impl Outbox {
+    fn push(&mut self, to: SocketAddr, data: &[u8]) {
+        let mut b = self.free.pop().unwrap_or_default();
+        b.clear();
+        b.extend_from_slice(data);
+        self.items.push((to, b));
+    }
+}
+
+pub(crate) struct Stack {
+    iface: Interface,
+    device: Device,
+    pub(crate) sockets: SocketSet<'static>,
+    listeners: Vec<(u16, SocketHandle)>,
+    half_open: Vec<(u16, SocketHandle)>,
+    /// Connections handed out, with the tunnel address they came from.
+    pub(crate) conns: HashMap<SocketHandle, Ipv4Addr>,
+    /// Connections whose stream was dropped, closing in the background.
+    pub(crate) closing: Vec<SocketHandle>,
+    peers: HashMap<WgPublicKey, Peer>,
+    /// Peers removed from the set: their connections were reset, and they stay only
+    /// until the next poll has sent those resets through their tunnel.
+    retiring: std::collections::HashSet<WgPublicKey>,
+    by_index: HashMap<u32, WgPublicKey>,
+    by_ip: HashMap<Ipv4Addr, WgPublicKey>,
+    next_index: u32,
+    secret: WgSecret,
+    public: PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+    scratch: Vec<u8>,
+    epoch: Instant,
+}
+
+pub(crate) struct Shared {
+    stack: Mutex<Stack>,
+    /// Wakes the engine: a stream wrote, read (the window opened) or closed.
+    pub(crate) wake: Notify,
+    counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Stack> {
+        self.stack.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The running interface. Dropping it stops the engine.
+pub struct WireGuard {
+    shared: Arc<Shared>,
+    public: WgPublicKey,
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for WireGuard {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl WireGuard {
+    /// Bind the UDP port and start the engine with `peers`. New connections arrive on the
+    /// returned receiver.
+    pub async fn start(
+        config: &WgConfig,
+        secret: WgSecret,
+        peers: Vec<PeerSpec>,
+    ) -> std::io::Result<(WireGuard, mpsc::Receiver<Accepted>)> {
+        let udp = UdpSocket::bind(config.listen).await?;
+        let local_addr = udp.local_addr()?;
+        let public = secret.public();
+        let x_public = public.to_x25519();
+        let mut device = Device::default();
+        let epoch = Instant::now();
+        let mut ic = IfaceConfig::new(HardwareAddress::Ip);
+        ic.random_seed = rand::rng().random();
+        let mut iface = Interface::new(ic, &mut device, smoltcp::time::Instant::from_micros(0));
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(config.address), config.prefix));
+        });
+        let mut stack = Stack {
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            listeners: Vec::new(),
+            half_open: Vec::new(),
+            conns: HashMap::new(),
+            closing: Vec::new(),
+            peers: HashMap::new(),
+            retiring: Default::default(),
+            by_index: HashMap::new(),
+            by_ip: HashMap::new(),
+            next_index: rand::rng().random::<u32>() & 0x00ff_ffff,
+            secret,
+            public: x_public,
+            rate_limiter: Arc::new(RateLimiter::new(&x_public, HANDSHAKE_RATE_LIMIT)),
+            scratch: vec![0u8; 65536 + 256],
+            epoch,
+        };
+        for &port in &config.ports {
+            for _ in 0..BACKLOG {
+                let h = stack.listen(port).map_err(std::io::Error::other)?;
+                stack.listeners.push((port, h));
+            }
+        }
+        stack.set_peers(peers);
+        let shared = Arc::new(Shared {
+            stack: Mutex::new(stack),
+            wake: Notify::new(),
+            counters: Counters::default(),
+        });
+        let (tx, rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        tokio::spawn(run(shared.clone(), Arc::new(udp), tx, stop.clone()));
+        Ok((
+            WireGuard {
+                shared,
+                public,
+                local_addr,
+                stop,
+            },
+            rx,
+        ))
+    }
+
+    pub fn public_key(&self) -> WgPublicKey {
+        self.public
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Replace the peer set. Peers that disappear (or changed key or address) are removed
+    /// at once and every TCP connection from their address is reset. Returns the
+    /// workstations removed.
+    pub fn set_peers(&self, peers: Vec<PeerSpec>) -> Vec<String> {
+        let removed = self.shared.lock().set_peers(peers);
+        self.shared.wake.notify_one();
+        removed
+    }
+
+    pub fn status(&self) -> Vec<PeerStatus> {
+        self.shared.lock().status()
+    }
+
+    pub fn counters(&self) -> CounterSnapshot {
+        self.shared.counters.snapshot()
+    }
+}
+
+impl Stack {
+    fn now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX))
+    }
+
+    fn listen(&mut self, port: u16) -> Result<SocketHandle, tcp::ListenError> {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; RX_BUFFER]),
+            tcp::SocketBuffer::new(vec![0u8; TX_BUFFER]),
+        );
+        s.set_nagle_enabled(false);
+        s.set_congestion_control(tcp::CongestionControl::Cubic);
+        s.set_timeout(Some(SYN_TIMEOUT));
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(30)));
+        s.listen(port)?;
+        Ok(self.sockets.add(s))
+    }
+
+    fn set_peers(&mut self, peers: Vec<PeerSpec>) -> Vec<String> {
+        let wanted: HashMap<WgPublicKey, PeerSpec> = peers.into_iter().map(|p| (p.public_key, p)).collect();
+        let stale: Vec<WgPublicKey> = self
+            .peers
+            .iter()
+            .filter(|(k, p)| !self.retiring.contains(*k) && wanted.get(*k) != Some(&p.spec))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut removed = Vec::new();
+        for k in stale {
+            if let Some(p) = self.peers.get(&k) {
+                // No packet from it is accepted any more; the resets of its connections
+                // still go out through its tunnel on the next poll, then it is dropped.
+                self.by_index.remove(&p.index);
+                let (addr, name) = (p.spec.address, p.spec.workstation.clone());
+                self.retiring.insert(k);
+                self.reset_connections_from(addr);
+                removed.push(name);
+            }
+        }
+        for (k, spec) in wanted {
+            if self.retiring.remove(&k) {
+                self.drop_peer(&k); // back again (e.g. owner resumed): start afresh
+            } else if self.peers.contains_key(&k) {
+                continue;
+            }
+            // An address held by another live key (the store keeps them unique, so this
+            // is a bug) goes to nobody rather than to the wrong peer.
+            if let Some(other) = self.by_ip.get(&spec.address) {
+                if *other != k && !self.retiring.contains(other) {
+                    tracing::error!(address = %spec.address, "two WireGuard peers claim one address; ignoring the newer");
+                    continue;
+                }
+            }
+            let index = self.alloc_index();
+            let tunn = Tunn::new(
+                self.secret.x25519().clone(),
+                k.to_x25519(),
+                None,
+                None,
+                index,
+                Some(self.rate_limiter.clone()),
+            );
+            self.by_index.insert(index, k);
+            self.by_ip.insert(spec.address, k);
+            self.peers.insert(
+                k,
+                Peer {
+                    spec,
+                    tunn,
+                    endpoint: None,
+                    index,
+                },
+            );
+        }
+        removed
+    }
+
+    fn drop_peer(&mut self, k: &WgPublicKey) {
+        if let Some(p) = self.peers.remove(k) {
+            if self.by_index.get(&p.index) == Some(k) {
+                self.by_index.remove(&p.index);
+            }
+            if self.by_ip.get(&p.spec.address) == Some(k) {
+                self.by_ip.remove(&p.spec.address);
+            }
+        }
+    }
+
+    fn alloc_index(&mut self) -> u32 {
+        loop {
+            self.next_index = (self.next_index + 1) & 0x00ff_ffff;
+            if !self.by_index.contains_key(&self.next_index) {
+                return self.next_index;
+            }
+        }
+    }
+
+    fn reset_connections_from(&mut self, addr: Ipv4Addr) {
+        let from_addr = |s: &tcp::Socket| matches!(s.remote_endpoint(), Some(e) if e.addr == IpAddress::Ipv4(addr));
+        for (&h, a) in &self.conns {
+            if *a == addr {
+                self.sockets.get_mut::<tcp::Socket>(h).abort();
+            }
+        }
+        for &(_, h) in &self.half_open {
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            if from_addr(s) {
+                s.abort();
+            }
+        }
+    }
+
+    fn status(&self) -> Vec<PeerStatus> {
+        let now = SystemTime::now();
+        let mut out: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|p| {
+                let (since, tx, rx, _, _) = p.tunn.stats();
+                PeerStatus {
+                    workstation: p.spec.workstation.clone(),
+                    public_key: p.spec.public_key.to_string(),
+                    endpoint: p.endpoint.map(|e| e.to_string()),
+                    last_handshake: since.and_then(|d| now.checked_sub(d)).map(|t| {
+                        t.duration_since(SystemTime::UNIX_EPOCH)
+                            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+                            .unwrap_or(0)
+                    }),
+                    rx_bytes: rx as u64,
+                    tx_bytes: tx as u64,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.workstation.cmp(&b.workstation));
+        out
+    }
+
+    /// One datagram from the network.
+    fn on_datagram(&mut self, from: SocketAddr, data: &[u8], out: &mut Outbox, counters: &Counters) {
+        let mut cookie = [0u8; 64];
+        // MAC1 (and under load MAC2) first: no Diffie-Hellman for a packet that does not
+        // even know the gateway's public key.
+        let key = match self.rate_limiter.verify_packet(Some(from.ip()), data, &mut cookie) {
+            Ok(Packet::HandshakeInit(p)) => match parse_handshake_anon(self.secret.x25519(), &self.public, &p) {
+                Ok(half) => {
+                    let k = WgPublicKey::from_bytes(half.peer_static_public);
+                    if !self.peers.contains_key(&k) || self.retiring.contains(&k) {
+                        counters.unknown_peers.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    k
+                }
+                Err(_) => {
+                    counters.invalid_packets.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            Ok(Packet::HandshakeResponse(p)) => match self.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(k) => *k,
+                None => return counters.invalid(),
+            },
+            Ok(Packet::PacketCookieReply(p)) => match self.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(k) => *k,
+                None => return counters.invalid(),
+            },
+            Ok(Packet::PacketData(p)) => match self.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(k) => *k,
+                None => return counters.invalid(),
+            },
+            Err(TunnResult::WriteToNetwork(c)) => {
+                counters.cookie_replies.fetch_add(1, Ordering::Relaxed);
+                out.push(from, c);
+                return;
+            }
+            Err(_) => return counters.invalid(),
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        match peer.tunn.decapsulate(Some(from.ip()), data, &mut self.scratch) {
+            TunnResult::Done => peer.endpoint = Some(from),
+            TunnResult::Err(_) => counters.invalid(),
+            TunnResult::WriteToNetwork(p) => {
+                peer.endpoint = Some(from);
+                if p.first() == Some(&2) {
+                    counters.handshakes.fetch_add(1, Ordering::Relaxed);
+                }
+                out.push(from, p);
+                while let TunnResult::WriteToNetwork(p) = peer.tunn.decapsulate(None, &[], &mut self.scratch) {
+                    out.push(from, p);
+                }
+            }
+            TunnResult::WriteToTunnelV4(pkt, src) => {
+                peer.endpoint = Some(from);
+                // Cryptokey routing: a peer may only speak from its own address.
+                if src == peer.spec.address {
+                    let mut b = self.device.free.pop().unwrap_or_default();
+                    b.clear();
+                    b.extend_from_slice(pkt);
+                    self.device.rx.push_back(b);
+                } else {
+                    counters.invalid();
+                }
+            }
+            TunnResult::WriteToTunnelV6(..) => counters.invalid(),
+        }
+    }
+
+    /// Run the TCP/IP stack, encrypt what it sends, and hand out new connections.
+    fn poll(&mut self, out: &mut Outbox, accept: &mpsc::Sender<Accepted>, shared: &Arc<Shared>) {
+        let now = self.now();
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        let sent = std::mem::take(&mut self.device.tx);
+        for pkt in &sent {
+            // IPv4 destination: bytes 16..20. smoltcp only emits well-formed packets.
+            let Some(dst) = pkt.get(16..20).map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3])) else {
+                continue;
+            };
+            let Some(peer) = self.by_ip.get(&dst).and_then(|k| self.peers.get_mut(k)) else {
+                continue;
+            };
+            let Some(endpoint) = peer.endpoint else {
+                continue;
+            };
+            if let TunnResult::WriteToNetwork(p) = peer.tunn.encapsulate(pkt, &mut self.scratch) {
+                out.push(endpoint, p);
+            }
+        }
+        self.device.free.extend(sent);
+        for k in std::mem::take(&mut self.retiring) {
+            self.drop_peer(&k);
+        }
+        self.accept(accept, shared);
+        self.reap();
+    }
+
+    fn accept(&mut self, accept: &mpsc::Sender<Accepted>, shared: &Arc<Shared>) {
+        for i in 0..self.listeners.len() {
+            let (port, h) = self.listeners[i];
+            if self.sockets.get::<tcp::Socket>(h).state() != tcp::State::Listen {
+                if self.half_open.len() >= MAX_HALF_OPEN {
+                    // A flood of unfinished handshakes: drop the newest rather than grow.
+                    self.sockets.get_mut::<tcp::Socket>(h).abort();
+                    let _ = self.sockets.get_mut::<tcp::Socket>(h).listen(port);
+                    continue;
+                }
+                match self.listen(port) {
+                    Ok(new) => self.listeners[i] = (port, new),
+                    Err(e) => tracing::error!(error = %e, port, "cannot re-arm tunnel listener"),
+                }
+                self.half_open.push((port, h));
+            }
+        }
+        let mut i = 0;
+        while i < self.half_open.len() {
+            let (port, h) = self.half_open[i];
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            match s.state() {
+                tcp::State::SynReceived => i += 1,
+                tcp::State::Established => {
+                    self.half_open.swap_remove(i);
+                    let remote = match s.remote_endpoint() {
+                        Some(e) => match e.addr {
+                            IpAddress::Ipv4(a) => SocketAddrV4::new(a, e.port),
+                        },
+                        None => {
+                            s.abort();
+                            self.closing.push(h);
+                            continue;
+                        }
+                    };
+                    let peer = self
+                        .by_ip
+                        .get(remote.ip())
+                        .filter(|k| !self.retiring.contains(*k))
+                        .and_then(|k| self.peers.get(k));
+                    let Some(peer) = peer else {
+                        s.abort();
+                        self.closing.push(h);
+                        continue;
+                    };
+                    s.set_timeout(None);
+                    let accepted = Accepted {
+                        stream: TunnelStream::new(shared.clone(), h),
+                        remote: SocketAddr::V4(remote),
+                        local_port: port,
+                        workstation: peer.spec.workstation.clone(),
+                    };
+                    self.conns.insert(h, *remote.ip());
+                    if let Err(e) = accept.try_send(accepted) {
+                        // The stream's drop would lock the stack we hold: take it apart here.
+                        let a = match e {
+                            mpsc::error::TrySendError::Full(a) | mpsc::error::TrySendError::Closed(a) => a,
+                        };
+                        a.stream.forget();
+                        self.conns.remove(&h);
+                        self.sockets.get_mut::<tcp::Socket>(h).abort();
+                        self.closing.push(h);
+                        tracing::warn!(remote = %remote, "tunnel accept queue full; connection reset");
+                    }
+                }
+                _ => {
+                    self.half_open.swap_remove(i);
+                    s.abort();
+                    self.closing.push(h);
+                }
+            }
+        }
+    }
+
+    /// Free sockets whose stream is gone once they are closed.
+    fn reap(&mut self) {
+        let sockets = &mut self.sockets;
+        self.closing.retain(|&h| {
+            let s = sockets.get::<tcp::Socket>(h);
+            if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                sockets.remove(h);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn timers(&mut self, out: &mut Outbox) {
+        for (k, peer) in self.peers.iter_mut() {
+            if self.retiring.contains(k) {
+                continue;
+            }
+            if let TunnResult::WriteToNetwork(p) = peer.tunn.update_timers(&mut self.scratch) {
+                if let Some(e) = peer.endpoint {
+                    out.push(e, p);
+                }
+            }
+        }
+    }
+}
+
+impl Counters {
+    fn invalid(&self) {
+        self.invalid_packets.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn run(shared: Arc<Shared>, udp: Arc<UdpSocket>, accept: mpsc::Sender<Accepted>, stop: CancellationToken) {
+    let mut buf = vec![0u8; 65536];
+    let mut out = Outbox::default();
+    let mut last_timers = Instant::now();
+    let mut last_reset = Instant::now();
+    loop {
+        let delay = {
+            let mut guard = shared.lock();
+            let st = &mut *guard;
+            let now = st.now();
+            st.iface
+                .poll_delay(now, &st.sockets)
+                .map(|d| Duration::from_micros(d.total_micros()))
+                .unwrap_or(TIMER_TICK)
+                .min(TIMER_TICK)
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = udp.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r {
+                    let mut st = shared.lock();
+                    st.on_datagram(from, &buf[..n], &mut out, &shared.counters);
+                    // Drain what else is queued before running the stack once for all.
+                    for _ in 0..256 {
+                        match udp.try_recv_from(&mut buf) {
+                            Ok((n, from)) => st.on_datagram(from, &buf[..n], &mut out, &shared.counters),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+        {
+            let mut st = shared.lock();
+            st.poll(&mut out, &accept, &shared);
+            if last_timers.elapsed() >= TIMER_TICK {
+                last_timers = Instant::now();
+                st.timers(&mut out);
+            }
+            if last_reset.elapsed() >= Duration::from_secs(1) {
+                last_reset = Instant::now();
+                st.rate_limiter.reset_count();
+            }
+        }
+        for (to, pkt) in out.items.drain(..) {
+            if let Err(e) = udp.send_to(&pkt, to).await {
+                tracing::debug!(error = %e, %to, "WireGuard send failed");
+            }
+            out.free.push(pkt);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The WireGuard front door: the gateway's only public surface.
+//!
+//! - [`key`]: Curve25519 keys in wg's base64 form.
+//! - [`engine`]: boringtun tunnels + the userspace TCP/IP stack, live peer changes.
+//! - [`stream`]: tunnel TCP connections as tokio streams.
+//! - [`quick`]: the wg-quick configuration handed to an enrolled workstation.
+//! - [`pool`]: tunnel address allocation.
+
+pub mod engine;
+pub mod key;
+pub mod pool;
+pub mod quick;
+pub mod stream;
+
+pub use engine::{Accepted, CounterSnapshot, PeerSpec, PeerStatus, WgConfig, WireGuard};
+pub use key::{BadKey, WgPublicKey, WgSecret};
+pub use stream::TunnelStream;

@@ -1,0 +1,362 @@
+//! The WireGuard front door, end to end, in network namespaces: workstations run Debian's
+//! wireguard-go configured by wg-quick from what `hersectl workstations add` printed;
+//! the gateway runs `herse serve` in its own namespace; two tiers run OpenSSH sshd.
+//!
+//! ```text
+//!  ws1 (alice) 10.210.1.2 ──┐                 ┌── 10.211.1.2 web (sshd)
+//!                           ├── gw (herse) ───┤
+//!  ws2 (bob)   10.210.2.2 ──┘  tunnel 10.77/24 └── 10.211.2.2 db  (sshd)
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herse_e2e::netns::{veth, Netns};
+use herse_e2e::*;
+
+const DEPLOY: &str = "hdeploy";
+
+struct Net {
+    gw: Netns,
+    ws1: Netns,
+    ws2: Netns,
+    web: Netns,
+    db: Netns,
+}
+
+fn topology() -> Net {
+    let n = Net {
+        gw: Netns::new("gw"),
+        ws1: Netns::new("ws1"),
+        ws2: Netns::new("ws2"),
+        web: Netns::new("web"),
+        db: Netns::new("db"),
+    };
+    veth(&n.gw, "to-ws1", "10.210.1.1/24", &n.ws1, "eth0", "10.210.1.2/24");
+    veth(&n.gw, "to-ws2", "10.210.2.1/24", &n.ws2, "eth0", "10.210.2.2/24");
+    veth(&n.gw, "to-web", "10.211.1.1/24", &n.web, "eth0", "10.211.1.2/24");
+    veth(&n.gw, "to-db", "10.211.2.1/24", &n.db, "eth0", "10.211.2.2/24");
+    // Every other host routes through the gateway host, as if it were their router:
+    // only the gateway's refusal to forward keeps the tiers apart.
+    n.ws1.ip(&["route", "add", "default", "via", "10.210.1.1"]);
+    n.ws2.ip(&["route", "add", "default", "via", "10.210.2.1"]);
+    n.web.ip(&["route", "add", "default", "via", "10.211.1.1"]);
+    n.db.ip(&["route", "add", "default", "via", "10.211.2.1"]);
+    n
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ssh_config(d: &Path, user: &str, key: &Path) -> PathBuf {
+    let p = d.join(format!(
+        "ssh_config_{user}_{}",
+        key.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(
+        &p,
+        format!(
+            "Host gw\n  HostName 10.77.0.1\n  User {user}\n\
+             Host web1 db1\n  ProxyJump gw\n\
+             Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n\
+             PasswordAuthentication no\n  KbdInteractiveAuthentication yes\n  BatchMode no\n  LogLevel INFO\n\
+             ConnectTimeout 10\n",
+            key.display(),
+            d.join("known_hosts").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn ssh(ns: &Netns, cfg: &Path) -> Command {
+    let mut c = ns.command("ssh");
+    c.arg("-F").arg(cfg).stdin(Stdio::null());
+    c
+}
+
+/// Enrol a workstation and write the wg-quick configuration hersectl printed to
+/// `DIR/IFNAME.conf` (wg-quick names the interface after the file).
+fn enrol(gw: &Gateway, d: &Path, name: &str, owner: &str, iface: &str) -> PathBuf {
+    let conf = ok(gw.ctl().args(["workstations", "add", name, "--owner", owner]));
+    assert!(
+        conf.contains("PrivateKey = ") && conf.contains("AllowedIPs = 10.77.0.1/32"),
+        "{conf}"
+    );
+    let p = d.join(format!("{iface}.conf"));
+    std::fs::write(&p, conf).unwrap();
+    p
+}
+
+fn iface(tag: &str) -> String {
+    // Interface names are global to wireguard-go's control sockets: keep them unique.
+    format!("h{tag}{}", std::process::id() % 100_000)
+}
+
+#[test]
+fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
+    ensure_account(DEPLOY);
+    let dir = TempDir::new("wireguard");
+    let d = dir.0.clone();
+    let net = topology();
+
+    // Tiers.
+    std::fs::write(d.join("policy.toml"), "").unwrap();
+    let config = d.join("herse.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"data\"\nmaster_key_file = \"secrets/master.key\"\npolicy = \"policy.toml\"\n\
+         [ssh]\nauth_timeout = \"20s\"\ndrain_timeout = \"3s\"\n\
+         [wireguard]\nlisten = \"0.0.0.0:51820\"\naddress = \"10.77.0.1/24\"\nendpoint = \"10.210.1.1:51820\"\n",
+    )
+    .unwrap();
+    let init = ok(Command::new(bin("herse"))
+        .arg("-c")
+        .arg(&config)
+        .arg("init")
+        .arg("--json"));
+    let init: serde_json::Value = serde_json::from_str(&init).unwrap();
+    let user_ca = d.join("data/user_ca.pub");
+    let web = Sshd::start(
+        &d,
+        "web1",
+        SshdOptions {
+            user_ca_pub: &user_ca,
+            netns: Some((&net.web, "10.211.1.2", 22)),
+            host_cert: None,
+            host_key: None,
+        },
+    );
+    let db = Sshd::start(
+        &d,
+        "db1",
+        SshdOptions {
+            user_ca_pub: &user_ca,
+            netns: Some((&net.db, "10.211.2.2", 22)),
+            host_cert: None,
+            host_key: None,
+        },
+    );
+    std::fs::write(
+        d.join("policy.toml"),
+        format!(
+            "[tiers.web.targets.web1]\naddress = \"10.211.1.2\"\nport = 22\nhost_keys = [\"{}\"]\n\
+             [tiers.db.targets.db1]\naddress = \"10.211.2.2\"\nport = 22\nhost_keys = [\"{}\"]\n\
+             [roles.eng]\ntiers = [\"web\", \"db\"]\nlogins = [\"{DEPLOY}\"]\noperations = [\"shell\", \"exec\"]\n\
+             max_session = \"1h\"\nidle_timeout = \"10m\"\n",
+            web.host_key_pub, db.host_key_pub
+        ),
+    )
+    .unwrap();
+
+    // People, keys, workstations.
+    let alice_key = keygen(&d, "alice");
+    let bob_key = keygen(&d, "bob");
+    let ctl = || {
+        let mut c = Command::new(bin("hersectl"));
+        c.arg("-c").arg(&config);
+        c
+    };
+    for (u, k) in [("alice", &alice_key), ("bob", &bob_key)] {
+        ok(ctl()
+            .args(["users", "add", u, "--key"])
+            .arg(format!("{}.pub", k.display())));
+        ok(ctl().args(["roles", "bind", u, "eng"]));
+    }
+    let herse = Gateway::spawn(&d, &config, Some(&net.gw));
+    herse.wait_line("WireGuard on udp", Duration::from_secs(20));
+    let (if1, if2, ifx) = (iface("a"), iface("b"), iface("x"));
+    let alice_conf = enrol(&herse, &d, "alice-ws", "alice", &if1);
+    let bob_conf = enrol(&herse, &d, "bob-ws", "bob", &if2);
+    // Enrolment reaches the running gateway without a restart.
+    std::thread::sleep(Duration::from_millis(600));
+
+    let host_ca = std::fs::read_to_string(d.join("data/host_ca.pub")).unwrap();
+    let host_key = std::fs::read_to_string(d.join("data/host_key.pub")).unwrap();
+    std::fs::write(
+        d.join("known_hosts"),
+        format!(
+            "@cert-authority web1,db1 {}\n10.77.0.1 {}\n",
+            host_ca.trim(),
+            host_key.trim()
+        ),
+    )
+    .unwrap();
+    let alice = ssh_config(&d, "alice", &alice_key);
+    let bob_on_ws1 = ssh_config(&d, "bob", &bob_key);
+
+    // 1. Alice's workstation reaches both tiers through the tunnel, ProxyJump form.
+    net.ws1.wg_quick_up(&alice_conf);
+    for target in ["web1", "db1"] {
+        let out =
+            run(ssh(&net.ws1, &alice).args(["-l", DEPLOY, target, "echo reached-$(hostname -I | cut -d' ' -f1)"]));
+        assert!(out.status.success(), "{target}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).starts_with("reached-10.211."),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    // The recording header and the session row name the workstation.
+    let listed: serde_json::Value = serde_json::from_str(&ok(ctl().args(["recordings", "list", "--json"]))).unwrap();
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{listed}");
+    for r in rows {
+        assert_eq!(r["workstation"], "alice-ws", "{r}");
+        assert!(r["client_addr"].as_str().unwrap().starts_with("10.77.0.2:"), "{r}");
+    }
+
+    // 2. Segmentation. The tiers are not reachable directly, even though the
+    //    workstation routes everything through the gateway host ...
+    assert!(
+        !net.ws1.tcp_connects("10.211.1.2", 22, 2),
+        "tier reachable around the gateway"
+    );
+    // ... nor is the gateway's SSH outside the tunnel, nor any other tunnel port.
+    assert!(
+        !net.ws1.tcp_connects("10.210.1.1", 22, 2),
+        "gateway SSH outside the tunnel"
+    );
+    assert!(
+        net.ws1.tcp_connects("10.77.0.1", 22, 2),
+        "gateway SSH inside the tunnel"
+    );
+    assert!(
+        !net.ws1.tcp_connects("10.77.0.1", 2222, 2),
+        "a port the gateway does not serve"
+    );
+    // Even with the host forwarding packets, and a workstation that widens its own
+    // AllowedIPs to the tiers, the tunnel leads nowhere but Herse's own listeners.
+    ok(net.gw.command("sysctl").args(["-q", "-w", "net.ipv4.ip_forward=1"]));
+    let gw_pub = init["wireguard_public_key"].as_str().unwrap().to_owned();
+    ok(net.ws1.command("wg").args([
+        "set",
+        &if1,
+        "peer",
+        &gw_pub,
+        "allowed-ips",
+        "10.77.0.1/32,10.211.0.0/16",
+    ]));
+    net.ws1.ip(&["route", "add", "10.211.0.0/16", "dev", &if1]);
+    assert!(
+        !net.ws1.tcp_connects("10.211.1.2", 22, 2),
+        "tier reachable through the tunnel"
+    );
+    net.ws1.ip(&["route", "del", "10.211.0.0/16", "dev", &if1]);
+    ok(net.gw.command("sysctl").args(["-q", "-w", "net.ipv4.ip_forward=0"]));
+
+    // 3. Bob's key from Alice's workstation: refused, with an alert.
+    let out = run(ssh(&net.ws1, &bob_on_ws1).args(["-l", DEPLOY, "web1", "true"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("workstation alice-ws belongs to alice, not to bob"),
+        "{}",
+        text(&out.stderr)
+    );
+    let audit: serde_json::Value = serde_json::from_str(&ok(ctl().args(["audit", "list", "--json"]))).unwrap();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "login.wrong_workstation"
+                && e["severity"] == "alert"
+                && e["workstation"] == "alice-ws"
+                && e["user"] == "bob"),
+        "{audit}"
+    );
+
+    // 4. A key the gateway does not know gets no answer at all.
+    let unknown_key = ok(net.ws2.command("wg").arg("genkey")).trim().to_owned();
+    let unknown_conf = d.join(format!("{ifx}.conf"));
+    std::fs::write(
+        &unknown_conf,
+        format!(
+            "[Interface]\nPrivateKey = {unknown_key}\nAddress = 10.77.0.99/32\n\n[Peer]\nPublicKey = {gw_pub}\n\
+             Endpoint = 10.210.1.1:51820\nAllowedIPs = 10.77.0.1/32\n"
+        ),
+    )
+    .unwrap();
+    net.ws2.wg_quick_up(&unknown_conf);
+    assert!(!net.ws2.tcp_connects("10.77.0.1", 22, 3));
+    assert_eq!(net.ws2.wg_latest_handshake(&ifx), 0, "handshake with an unknown key");
+    assert_eq!(net.ws2.wg_transfer(&ifx).0, 0, "bytes received by an unknown key");
+    net.ws2.wg_quick_down(&unknown_conf);
+
+    // 5. Revoking Alice's workstation ends her live session within a second and the
+    //    next handshake fails.
+    let mut live = ssh(&net.ws1, &alice)
+        .args(["-l", DEPLOY, "web1", "echo started; exec sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(live.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), "started");
+    let t0 = Instant::now();
+    ok(ctl().args(["workstations", "revoke", "alice-ws", "--reason", "laptop stolen"]));
+    let waited = loop {
+        if live.try_wait().unwrap().is_some() {
+            break t0.elapsed();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "session survived revocation");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!("revocation closed the live session in {waited:?}");
+    assert!(waited < Duration::from_millis(1500), "revocation took {waited:?}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&ok(ctl().args(["sessions", "list", "--all", "--json"]))).unwrap();
+    assert!(
+        rows.as_array().unwrap().iter().any(|r| r["end_reason"]
+            .as_str()
+            .is_some_and(|e| e.contains("workstation alice-ws revoked"))),
+        "{rows}"
+    );
+    net.ws1.wg_quick_down(&alice_conf);
+    net.ws1.wg_quick_up(&alice_conf);
+    assert!(
+        !net.ws1.tcp_connects("10.77.0.1", 22, 3),
+        "revoked workstation still connects"
+    );
+    assert_eq!(
+        net.ws1.wg_latest_handshake(&if1),
+        0,
+        "revoked workstation completed a handshake"
+    );
+
+    // 6. A re-keyed workstation works with its new key only.
+    net.ws2.wg_quick_up(&bob_conf);
+    let bob = ssh_config(&d, "bob", &bob_key);
+    let out = run(ssh(&net.ws2, &bob).args(["-l", DEPLOY, "web1", "echo bob-in"]));
+    assert_eq!(text(&out.stdout).trim(), "bob-in", "{}", text(&out.stderr));
+    let new_conf = ok(ctl().args(["workstations", "rotate-key", "bob-ws"]));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!net.ws2.tcp_connects("10.77.0.1", 22, 3), "the old key still works");
+    net.ws2.wg_quick_down(&bob_conf);
+    std::fs::write(&bob_conf, new_conf).unwrap();
+    net.ws2.wg_quick_up(&bob_conf);
+    let out = run(ssh(&net.ws2, &bob).args(["-l", DEPLOY, "web1", "echo bob-again"]));
+    assert_eq!(text(&out.stdout).trim(), "bob-again", "{}", text(&out.stderr));
+
+    // `workstations list` shows handshakes and traffic from the running gateway.
+    std::thread::sleep(Duration::from_millis(5500));
+    let list: serde_json::Value = serde_json::from_str(&ok(ctl().args(["workstations", "list", "--json"]))).unwrap();
+    let bob_row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "bob-ws")
+        .unwrap()
+        .clone();
+    assert!(bob_row["last_handshake_at"].as_i64().is_some(), "{bob_row}");
+    assert!(bob_row["rx_bytes"].as_i64().unwrap() > 0, "{bob_row}");
+    net.ws2.wg_quick_down(&bob_conf);
+    net.ws1.wg_quick_down(&alice_conf);
+    drop(herse);
+}
