@@ -20,6 +20,7 @@ struct RawConfig {
     database_url: Option<Spanned<String>>,
     ssh: RawSsh,
     wireguard: Option<RawWireguard>,
+    metrics: Option<RawMetrics>,
     #[serde(default)]
     recordings: RawRecordings,
     #[serde(default)]
@@ -44,6 +45,14 @@ struct RawWireguard {
     address: Spanned<String>,
     endpoint: Spanned<String>,
     persistent_keepalive: Option<Spanned<u16>>,
+    /// Serve a read-only UAPI socket under this interface name, for `wg show NAME`.
+    interface: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -71,6 +80,8 @@ pub struct WireguardConfig {
     pub persistent_keepalive: u16,
     /// The SSH front's port on the tunnel address.
     pub ssh_port: u16,
+    /// UAPI socket name (`wg show NAME`), when configured.
+    pub interface: Option<String>,
 }
 
 /// The validated gateway configuration. Relative paths are resolved against the
@@ -85,6 +96,8 @@ pub struct GatewayConfig {
     /// Plain TCP listeners, loopback only (local admin, quickstart, tests).
     pub ssh_listen: Vec<SocketAddr>,
     pub wireguard: Option<WireguardConfig>,
+    /// Loopback address serving Prometheus metrics, when configured.
+    pub metrics_listen: Option<SocketAddr>,
     pub max_connections: usize,
     pub auth_timeout: Duration,
     pub drain_timeout: Duration,
@@ -167,7 +180,24 @@ impl GatewayConfig {
                     "ssh.tunnel_port must not be 0",
                 ));
             }
+            let interface = w.interface.as_ref().and_then(|i| {
+                let n = i.get_ref();
+                let valid = !n.is_empty()
+                    && n.len() <= 15
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if valid {
+                    Some(n.clone())
+                } else {
+                    errors.push(src.at(
+                        Some(i.span()),
+                        "wireguard.interface must be an interface name: 1 to 15 letters, digits, '-', '_' or '.'",
+                    ));
+                    None
+                }
+            });
             Some(WireguardConfig {
+                interface,
                 listen: listen?,
                 net: net?,
                 endpoint,
@@ -175,6 +205,20 @@ impl GatewayConfig {
                 ssh_port,
             })
         });
+        let metrics_listen = raw
+            .metrics
+            .as_ref()
+            .and_then(|m| match m.listen.get_ref().parse::<SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => Some(a),
+                Ok(_) => {
+                    errors.push(src.at(Some(m.listen.span()), "metrics.listen accepts loopback addresses only"));
+                    None
+                }
+                Err(e) => {
+                    errors.push(src.at(Some(m.listen.span()), format!("metrics.listen: {e}")));
+                    None
+                }
+            });
         if raw.ssh.listen.is_empty() && raw.wireguard.is_none() {
             errors.push(src.at(
                 None,
@@ -245,6 +289,7 @@ impl GatewayConfig {
             database_url,
             ssh_listen,
             wireguard,
+            metrics_listen,
             max_connections,
             auth_timeout,
             drain_timeout,

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod ident;
 pub mod init;
 pub mod keys;
+pub mod metrics;
 pub mod origin;
 pub mod policy;
 pub mod relay;

@@ -16,6 +16,7 @@ use crate::ident::WorkstationName;
 use crate::origin::{Origin, Via};
 use crate::policy;
 use crate::store::{ActivePeer, AuditEvent, Severity};
+use crate::wg::uapi::{self, Uapi};
 use crate::wg::{Accepted, PeerSpec, WgConfig, WireGuard};
 
 /// Run until SIGTERM or SIGINT, then drain.
@@ -52,6 +53,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
             permits.clone(),
         )));
     }
+    let mut uapi_socket = None;
     let wireguard = match &gw.config.wireguard {
         Some(wc) => {
             let peers = peer_specs(&gw.store.active_peers().await?);
@@ -82,10 +84,23 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
             )));
             let wg = Arc::new(wg);
             listeners.push(tokio::spawn(watch_workstations(gw.clone(), wg.clone())));
+            if let Some(name) = &wc.interface {
+                let u = Uapi::start(std::path::Path::new(uapi::SOCKET_DIR), name, wg.clone())
+                    .map_err(|e| anyhow::anyhow!("cannot serve the WireGuard UAPI socket for {name}: {e}"))?;
+                eprintln!("herse: `wg show {name}` reads {}", u.path().display());
+                uapi_socket = Some(u);
+            }
             Some(wg)
         }
         None => None,
     };
+    if let Some(addr) = gw.config.metrics_listen {
+        let l = crate::metrics::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+        eprintln!("herse: metrics on http://{}/metrics", l.local_addr()?);
+        listeners.push(tokio::spawn(crate::metrics::serve(l, gw.clone(), wireguard.clone())));
+    }
     gw.audit(AuditEvent::new(
         "gateway.start",
         Severity::Info,
@@ -119,6 +134,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     for l in listeners {
         l.abort();
     }
+    drop(uapi_socket);
     drop(wireguard);
     gw.audit(AuditEvent::new(
         "gateway.stop",

@@ -108,9 +108,13 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
     let config = d.join("herse.toml");
     std::fs::write(
         &config,
-        "data_dir = \"data\"\nmaster_key_file = \"secrets/master.key\"\npolicy = \"policy.toml\"\n\
+        format!(
+            "data_dir = \"data\"\nmaster_key_file = \"secrets/master.key\"\npolicy = \"policy.toml\"\n\
          [ssh]\nauth_timeout = \"20s\"\ndrain_timeout = \"3s\"\n\
-         [wireguard]\nlisten = \"0.0.0.0:51820\"\naddress = \"10.77.0.1/24\"\nendpoint = \"10.210.1.1:51820\"\n",
+         [wireguard]\nlisten = \"0.0.0.0:51820\"\naddress = \"10.77.0.1/24\"\nendpoint = \"10.210.1.1:51820\"\n\
+         interface = \"{uapi}\"\n[metrics]\nlisten = \"127.0.0.1:9187\"\n",
+            uapi = iface("g")
+        ),
     )
     .unwrap();
     let init = ok(Command::new(bin("herse"))
@@ -285,6 +289,37 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
     assert_eq!(net.ws2.wg_latest_handshake(&ifx), 0, "handshake with an unknown key");
     assert_eq!(net.ws2.wg_transfer(&ifx).0, 0, "bytes received by an unknown key");
     net.ws2.wg_quick_down(&unknown_conf);
+    let metrics = net
+        .gw
+        .command("bash")
+        .args([
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9187; \
+        printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+        ])
+        .output()
+        .unwrap();
+    let metrics = text(&metrics.stdout);
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from metrics:\n{metrics}"))
+    };
+    assert!(
+        counter("herse_wireguard_unknown_peer_handshakes_total") >= 1,
+        "{metrics}"
+    );
+    assert!(counter("herse_wireguard_handshakes_total") >= 1, "{metrics}");
+    // Debian's `wg` reads the gateway's peers through the UAPI socket.
+    let show = ok(Command::new("wg").args(["show", &iface("g")]));
+    assert!(show.contains("listening port: 51820"), "{show}");
+    assert!(
+        show.contains("allowed ips: 10.77.0.2/32") && show.contains("latest handshake:"),
+        "{show}"
+    );
+    assert!(show.contains("transfer:"), "{show}");
 
     // 5. Revoking Alice's workstation ends her live session within a second and the
     //    next handshake fails.

@@ -76,6 +76,7 @@ pub struct Accepted {
 pub struct PeerStatus {
     pub workstation: String,
     pub public_key: String,
+    pub address: Ipv4Addr,
     pub endpoint: Option<String>,
     /// Unix microseconds of the last completed handshake.
     pub last_handshake: Option<i64>,
@@ -461,12 +462,14 @@ impl Stack {
         let now = SystemTime::now();
         let mut out: Vec<PeerStatus> = self
             .peers
-            .values()
-            .map(|p| {
+            .iter()
+            .filter(|(k, _)| !self.retiring.contains(*k))
+            .map(|(_, p)| {
                 let (since, tx, rx, _, _) = p.tunn.stats();
                 PeerStatus {
                     workstation: p.spec.workstation.clone(),
                     public_key: p.spec.public_key.to_string(),
+                    address: p.spec.address,
                     endpoint: p.endpoint.map(|e| e.to_string()),
                     last_handshake: since.and_then(|d| now.checked_sub(d)).map(|t| {
                         t.duration_since(SystemTime::UNIX_EPOCH)

@@ -5,12 +5,14 @@
 //! - [`stream`]: tunnel TCP connections as tokio streams.
 //! - [`quick`]: the wg-quick configuration handed to an enrolled workstation.
 //! - [`pool`]: tunnel address allocation.
+//! - [`uapi`]: the read-only UAPI socket `wg show` reads.
 
 pub mod engine;
 pub mod key;
 pub mod pool;
 pub mod quick;
 pub mod stream;
+pub mod uapi;
 
 pub use engine::{Accepted, CounterSnapshot, PeerSpec, PeerStatus, WgConfig, WireGuard};
 pub use key::{BadKey, WgPublicKey, WgSecret};
