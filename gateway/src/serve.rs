@@ -27,6 +27,12 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
         }
         eprintln!("herse: WARNING: benchmark build, sessions are NOT recorded");
     }
+    if cfg!(feature = "bench-tunnel-forward") {
+        if std::env::var("HERSE_BENCH_UNRECORDED").as_deref() != Ok("1") {
+            anyhow::bail!("this is a benchmark build with an unrecorded tunnel forward; refusing to serve");
+        }
+        eprintln!("herse: WARNING: benchmark build, a tunnel port is forwarded unrecorded");
+    }
     let closed = gw.store.close_orphaned_sessions(&gw.node).await?;
     if closed > 0 {
         gw.audit(AuditEvent::new(
@@ -62,7 +68,9 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
                     listen: wc.listen,
                     address: wc.net.gateway,
                     prefix: wc.net.prefix,
-                    ports: vec![wc.ssh_port],
+                    ports: std::iter::once(wc.ssh_port)
+                        .chain(bench_forward().map(|f| f.0))
+                        .collect(),
                 },
                 gw.keys.wireguard.clone(),
                 peers,
@@ -201,6 +209,17 @@ async fn tunnel_accept_loop(
                 None => return,
             },
         };
+        if let Some((port, to)) = bench_forward() {
+            if accepted.local_port == port {
+                tokio::spawn(async move {
+                    let mut a = accepted.stream;
+                    if let Ok(mut b) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 256 * 1024, 256 * 1024).await;
+                    }
+                });
+                continue;
+            }
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(remote = %accepted.remote, "connection limit reached; refusing connection");
             continue;
@@ -227,6 +246,17 @@ async fn tunnel_accept_loop(
                 .await;
         });
     }
+}
+
+/// Benchmark builds only (`--features bench-tunnel-forward`): a tunnel port piped to a
+/// local address, so iperf3 can measure the embedded WireGuard interface alone.
+fn bench_forward() -> Option<(u16, std::net::SocketAddr)> {
+    if !cfg!(feature = "bench-tunnel-forward") {
+        return None;
+    }
+    let v = std::env::var("HERSE_BENCH_TUNNEL_FORWARD").ok()?;
+    let (port, to) = v.split_once('=')?;
+    Some((port.parse().ok()?, to.parse().ok()?))
 }
 
 fn peer_specs(peers: &[ActivePeer]) -> Vec<PeerSpec> {

@@ -391,6 +391,39 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
         .clone();
     assert!(bob_row["last_handshake_at"].as_i64().is_some(), "{bob_row}");
     assert!(bob_row["rx_bytes"].as_i64().unwrap() > 0, "{bob_row}");
+
+    // 7. Suspending the owner removes the peer at once, and resuming brings it back.
+    let mut live = ssh(&net.ws2, &bob)
+        .args(["-l", DEPLOY, "web1", "echo started; exec sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(live.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let t0 = Instant::now();
+    ok(ctl().args(["users", "suspend", "bob", "--reason", "investigation"]));
+    while live.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "session survived the owner's suspension"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("suspension closed the live session in {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_millis(1500));
+    // The peer goes with the next pass of the workstation watcher (4 per second).
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        !net.ws2.tcp_connects("10.77.0.1", 22, 2),
+        "a suspended owner's workstation still connects"
+    );
+    ok(ctl().args(["users", "resume", "bob"]));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(net.ws2.tcp_connects("10.77.0.1", 22, 5), "resumed owner's workstation");
+
     net.ws2.wg_quick_down(&bob_conf);
     net.ws1.wg_quick_down(&alice_conf);
     drop(herse);

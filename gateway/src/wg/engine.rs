@@ -219,6 +219,11 @@ pub(crate) struct Stack {
     /// Peers removed from the set: their connections were reset, and they stay only
     /// until the next poll has sent those resets through their tunnel.
     retiring: std::collections::HashSet<WgPublicKey>,
+    /// Where removed peers were last seen, so a peer that comes back (owner resumed)
+    /// gets a handshake from the gateway at once instead of waiting for its own timers.
+    last_endpoints: HashMap<WgPublicKey, SocketAddr>,
+    /// Peers to send a handshake initiation to on the next poll.
+    kick: Vec<WgPublicKey>,
     by_index: HashMap<u32, WgPublicKey>,
     by_ip: HashMap<Ipv4Addr, WgPublicKey>,
     next_index: u32,
@@ -286,6 +291,8 @@ impl WireGuard {
             closing: Vec::new(),
             peers: HashMap::new(),
             retiring: Default::default(),
+            last_endpoints: HashMap::new(),
+            kick: Vec::new(),
             by_index: HashMap::new(),
             by_ip: HashMap::new(),
             next_index: rand::rng().random::<u32>() & 0x00ff_ffff,
@@ -410,12 +417,16 @@ impl Stack {
             );
             self.by_index.insert(index, k);
             self.by_ip.insert(spec.address, k);
+            let endpoint = self.last_endpoints.remove(&k);
+            if endpoint.is_some() {
+                self.kick.push(k);
+            }
             self.peers.insert(
                 k,
                 Peer {
                     spec,
                     tunn,
-                    endpoint: None,
+                    endpoint,
                     index,
                 },
             );
@@ -425,6 +436,9 @@ impl Stack {
 
     fn drop_peer(&mut self, k: &WgPublicKey) {
         if let Some(p) = self.peers.remove(k) {
+            if let Some(e) = p.endpoint {
+                self.last_endpoints.insert(*k, e);
+            }
             if self.by_index.get(&p.index) == Some(k) {
                 self.by_index.remove(&p.index);
             }
@@ -579,6 +593,16 @@ impl Stack {
         self.device.free.extend(sent);
         for k in std::mem::take(&mut self.retiring) {
             self.drop_peer(&k);
+        }
+        for k in std::mem::take(&mut self.kick) {
+            if let Some(peer) = self.peers.get_mut(&k) {
+                if let (Some(e), TunnResult::WriteToNetwork(p)) = (
+                    peer.endpoint,
+                    peer.tunn.format_handshake_initiation(&mut self.scratch, false),
+                ) {
+                    out.push(e, p);
+                }
+            }
         }
         self.accept(accept, shared);
         self.reap();

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# The WireGuard front door against wireguard-go, in one run, in one namespace topology:
+#
+#   bws (workstation) 10.220.0.2 ── veth ── 10.220.0.1 bgw (gateway host)
+#
+#   (a) veth       plain veth, no tunnel
+#   (b) wg-go      wireguard-go (workstation) <-> wireguard-go (gateway host), kernel TCP
+#   (c) herse      wireguard-go (workstation) <-> herse's embedded WireGuard + userspace TCP
+#
+# Figures per path: iperf3 throughput (TCP, workstation -> gateway, SECONDS s), ssh
+# throughput (SIZE_MIB piped into `cat > /dev/null` on an sshd in the gateway namespace),
+# and CPU seconds per GiB of the gateway-side tunnel process (wireguard-go or herse) during
+# the iperf3 run, from /proc. For (c), iperf3 goes through a tunnel port that a
+# bench-only build forwards to the gateway's loopback (--features bench-tunnel-forward;
+# that build refuses to serve without HERSE_BENCH_UNRECORDED=1), and ssh goes through
+# Herse as users do: ProxyJump, recorded — so it carries Herse's SSH relay too.
+#
+# Usage: bench/wireguard.sh [--size-mib 512] [--seconds 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=512
+SECONDS_=10
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size-mib) SIZE_MIB=$2; shift 2;;
+    --seconds) SECONDS_=$2; shift 2;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0;;
+    *) echo "unknown option $1" >&2; exit 2;;
+  esac
+done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/herse/target}"
+scripts/install-test-deps
+W=$(mktemp -d /tmp/herse-wgbench.XXXXXX)
+cargo build --release --quiet -p herse-gateway -p hersectl --features herse-gateway/bench-tunnel-forward
+cp "$CARGO_TARGET_DIR/release/herse" "$W/herse"
+cp "$CARGO_TARGET_DIR/release/hersectl" "$W/hersectl"
+LOGIN=hbench
+id "$LOGIN" >/dev/null 2>&1 || useradd -m -p '*' -s /bin/sh "$LOGIN"
+WS=hbws-$$; GW=hbgw-$$
+IFW=hbw$(($$ % 100000)); IFG=hbg$(($$ % 100000)); IFH=hbh$(($$ % 100000))
+cleanup() {
+  for ns in "$WS" "$GW"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+ip netns add "$WS"; ip netns add "$GW"
+ip -n "$WS" link set lo up; ip -n "$GW" link set lo up
+ip link add eth0 netns "$WS" type veth peer name eth0 netns "$GW"
+ip -n "$WS" addr add 10.220.0.2/24 dev eth0; ip -n "$GW" addr add 10.220.0.1/24 dev eth0
+ip -n "$WS" link set eth0 up; ip -n "$GW" link set eth0 up
+inws() { ip netns exec "$WS" "$@"; }
+ingw() { ip netns exec "$GW" "$@"; }
+
+# An sshd on the gateway host, for the ssh figures; it trusts Herse's user CA too.
+cat > "$W/herse.toml" <<CFG
+data_dir = "data"
+master_key_file = "secrets/master.key"
+policy = "policy.toml"
+[ssh]
+[wireguard]
+listen = "10.220.0.1:51821"
+address = "10.77.0.1/24"
+endpoint = "10.220.0.1:51821"
+CFG
+: > "$W/policy.toml"
+"$W/herse" -c "$W/herse.toml" init --json > /dev/null
+ssh-keygen -q -t ed25519 -N '' -f "$W/host"; ssh-keygen -q -t ed25519 -N '' -f "$W/user"
+mkdir -p "$W/ak"; cp "$W/user.pub" "$W/ak/authorized_keys"
+chmod 755 "$W" "$W/ak"; chmod 644 "$W/ak/authorized_keys"
+mkdir -p /run/sshd
+cat > "$W/sshd_config" <<CFG
+Port 22
+HostKey $W/host
+TrustedUserCAKeys $W/data/user_ca.pub
+AuthorizedKeysFile $W/ak/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile none
+LogLevel ERROR
+CFG
+ingw /usr/sbin/sshd -f "$W/sshd_config" -E "$W/sshd.log"
+ingw iperf3 -s -D --logfile "$W/iperf3.log"
+cat > "$W/policy.toml" <<POL
+[tiers.bench.targets.tgt]
+address = "127.0.0.1"
+port = 22
+host_keys = ["$(cat "$W/host.pub")"]
+[roles.bench]
+tiers = ["bench"]
+logins = ["$LOGIN"]
+operations = ["shell", "exec"]
+max_session = "8h"
+idle_timeout = "1h"
+POL
+CTL() { "$W/hersectl" -c "$W/herse.toml" "$@"; }
+CTL users add alice --key "$W/user.pub" >/dev/null
+CTL roles bind alice bench >/dev/null
+CTL workstations add bench-ws --owner alice > "$W/$IFH.conf" 2>/dev/null
+HERSE_BENCH_UNRECORDED=1 HERSE_BENCH_TUNNEL_FORWARD=5201=127.0.0.1:5201 HERSE_LOG=warn \
+  ip netns exec "$GW" "$W/herse" -c "$W/herse.toml" serve 2> "$W/herse.log" &
+sleep 1
+HERSE_PID=$(ingw pgrep -f "$W/herse -c" | head -1)
+
+# wireguard-go on both ends for (b).
+WSK=$(wg genkey); GWK=$(wg genkey)
+cat > "$W/$IFW.conf" <<CFG
+[Interface]
+PrivateKey = $WSK
+Address = 10.230.0.2/32
+[Peer]
+PublicKey = $(echo "$GWK" | wg pubkey)
+Endpoint = 10.220.0.1:51820
+AllowedIPs = 10.230.0.1/32
+CFG
+cat > "$W/$IFG.conf" <<CFG
+[Interface]
+PrivateKey = $GWK
+Address = 10.230.0.1/32
+ListenPort = 51820
+[Peer]
+PublicKey = $(echo "$WSK" | wg pubkey)
+AllowedIPs = 10.230.0.2/32
+CFG
+inws wg-quick up "$W/$IFW.conf" 2>/dev/null
+ingw wg-quick up "$W/$IFG.conf" 2>/dev/null
+inws wg-quick up "$W/$IFH.conf" 2>/dev/null
+WGGO_PID=$(pgrep -f "wireguard-go $IFG" | head -1)
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+KNOWN="$W/known_hosts"
+echo "@cert-authority tgt $(cat "$W/data/host_ca.pub")" > "$KNOWN"
+echo "10.77.0.1 $(cat "$W/data/host_key.pub")" >> "$KNOWN"
+for a in 10.220.0.1 10.230.0.1; do echo "$a $(cat "$W/host.pub")" >> "$KNOWN"; done
+# -J passes -F to the jump leg but not -o: every option lives in the file.
+cat > "$W/ssh_config" <<CFG
+Host *
+  IdentityFile $W/user
+  IdentitiesOnly yes
+  UserKnownHostsFile $KNOWN
+  StrictHostKeyChecking yes
+  Ciphers chacha20-poly1305@openssh.com
+  KexAlgorithms curve25519-sha256
+  BatchMode yes
+CFG
+SSHOPTS=(-F "$W/ssh_config")
+head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$W/payload"
+
+printf '| path | iperf3 Mbit/s | gateway tunnel CPU-s/GiB (iperf3) | ssh MB/s |\n|---|---|---|---|\n'
+for path in veth wg-go herse; do
+  case $path in
+    veth) addr=10.220.0.1; pid="";;
+    wg-go) addr=10.230.0.1; pid=$WGGO_PID;;
+    herse) addr=10.77.0.1; pid=$HERSE_PID;;
+  esac
+  t0=0; [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+  json=$(inws iperf3 -c "$addr" -t "$SECONDS_" -J)
+  t1=0; [ -n "$pid" ] && t1=$(cpu_ticks "$pid")
+  read -r mbit bytes < <(python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print(round(e["bits_per_second"]/1e6), e["bytes"])' <<<"$json")
+  cpu="-"
+  [ -n "$pid" ] && cpu=$(python3 -c "print(f'{($t1-$t0)/$HZ/($bytes/2**30):.2f}')")
+  if [ "$path" = herse ]; then
+    dest=(-J "alice@10.77.0.1" "$LOGIN@tgt")
+  else
+    dest=("$LOGIN@$addr")
+  fi
+  s=$(date +%s.%N)
+  inws ssh "${SSHOPTS[@]}" "${dest[@]}" 'cat > /dev/null' < "$W/payload"
+  e=$(date +%s.%N)
+  mbs=$(python3 -c "print(round($SIZE_MIB*1.048576/($e-$s)))")
+  printf '| %s | %s | %s | %s |\n' "$path" "$mbit" "$cpu" "$mbs"
+done
