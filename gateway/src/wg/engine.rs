@@ -37,6 +37,8 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 const BACKLOG: usize = 4;
 /// Connections that completed no handshake within this time are dropped.
 const SYN_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(10);
+/// Open connections one workstation may hold (each costs its socket buffers).
+const MAX_CONNS_PER_PEER: usize = 64;
 /// Connections between SYN and established, across all ports.
 const MAX_HALF_OPEN: usize = 64;
 const RX_BUFFER: usize = 512 * 1024;
@@ -653,6 +655,12 @@ impl Stack {
                         self.closing.push(h);
                         continue;
                     };
+                    if self.conns.values().filter(|a| *a == remote.ip()).count() >= MAX_CONNS_PER_PEER {
+                        tracing::warn!(workstation = %peer.spec.workstation, "too many tunnel connections; reset");
+                        s.abort();
+                        self.closing.push(h);
+                        continue;
+                    }
                     s.set_timeout(None);
                     let accepted = Accepted {
                         stream: TunnelStream::new(shared.clone(), h),
