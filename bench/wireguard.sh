@@ -101,8 +101,9 @@ CTL() { "$W/hersectl" -c "$W/herse.toml" "$@"; }
 CTL users add alice --key "$W/user.pub" >/dev/null
 CTL roles bind alice bench >/dev/null
 CTL workstations add bench-ws --owner alice > "$W/$IFH.conf" 2>/dev/null
-HERSE_BENCH_UNRECORDED=1 HERSE_BENCH_TUNNEL_FORWARD=5201=127.0.0.1:5201 HERSE_LOG=warn \
-  ip netns exec "$GW" "$W/herse" -c "$W/herse.toml" serve 2> "$W/herse.log" &
+# In a subshell, so this shell does not report the job killed at cleanup.
+(HERSE_BENCH_UNRECORDED=1 HERSE_BENCH_TUNNEL_FORWARD=5201=127.0.0.1:5201 HERSE_LOG=warn \
+  ip netns exec "$GW" "$W/herse" -c "$W/herse.toml" serve 2> "$W/herse.log" &)
 sleep 1
 HERSE_PID=$(ingw pgrep -f "$W/herse -c" | head -1)
 
