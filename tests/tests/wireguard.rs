@@ -175,6 +175,19 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
     let (if1, if2, ifx) = (iface("a"), iface("b"), iface("x"));
     let alice_conf = enrol(&herse, &d, "alice-ws", "alice", &if1);
     let bob_conf = enrol(&herse, &d, "bob-ws", "bob", &if2);
+    // --qr adds the same file as a terminal QR code; --json carries it as a field.
+    let qr = ok(herse.ctl().args(["workstations", "add", "spare-ws", "--owner", "alice", "--qr"]));
+    assert!(qr.contains("[Peer]") && qr.contains('█'), "{qr}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(herse.ctl().args(["workstations", "show", "spare-ws", "--json"]))).unwrap();
+    assert_eq!((shown["owner"].as_str(), shown["address"].as_str()), (Some("alice"), Some("10.77.0.4")));
+    ok(herse.ctl().args(["workstations", "revoke", "spare-ws", "--reason", "not needed"]));
+    let again = run(herse.ctl().args(["workstations", "revoke", "spare-ws", "--reason", "twice"]));
+    assert_eq!(again.status.code(), Some(1), "revoking twice is an error");
+    let missing = run(herse.ctl().args(["workstations", "show", "nope", "--json"]));
+    assert_eq!(missing.status.code(), Some(3), "unknown workstation");
+    let bad = run(herse.ctl().args(["workstations", "add", "x", "--owner", "alice", "--public-key", "bad"]));
+    assert_eq!(bad.status.code(), Some(2), "malformed key is a usage error");
     // Enrolment reaches the running gateway without a restart.
     std::thread::sleep(Duration::from_millis(600));
 
