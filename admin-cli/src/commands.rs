@@ -68,6 +68,13 @@ pub enum UsersCmd {
     Remove {
         name: String,
     },
+    /// The user's TOTP second factor.
+    #[command(subcommand)]
+    Totp(crate::mfa::TotpCmd),
+    /// Lift a second-factor lockout and forget the failures that caused it.
+    Unlock {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,7 +156,7 @@ pub fn operator() -> String {
     format!("local:{user}")
 }
 
-fn user_name(s: &str) -> Result<UserName, Failure> {
+pub(crate) fn user_name(s: &str) -> Result<UserName, Failure> {
     UserName::parse(s).map_err(|e| usage(e.to_string()))
 }
 
@@ -258,6 +265,20 @@ async fn users(cli: &Cli, c: &UsersCmd) -> Result<(), Failure> {
                 .audit(&AuditEvent::new("user.resume", Severity::Info, format!("by {op}")).user(&u))
                 .await?;
             println!("user {u} resumed");
+        }
+        UsersCmd::Totp(t) => return crate::mfa::totp(cli, t).await,
+        UsersCmd::Unlock { name } => {
+            let u = user_name(name)?;
+            if !store.reset_mfa_failures(&u).await.map_err(store_err)? {
+                return Err(Failure {
+                    code: 3,
+                    message: format!("user {u} not found"),
+                });
+            }
+            store
+                .audit(&AuditEvent::new("mfa.unlock", Severity::Info, format!("by {op}")).user(&u))
+                .await?;
+            println!("user {u}: second factor unlocked");
         }
         UsersCmd::Remove { name } => {
             let u = user_name(name)?;

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod mfa;
 mod output;
 mod play;
 mod recordings;

@@ -45,6 +45,14 @@ enum AuthState {
         ssh_user: String,
         message: String,
     },
+    /// The key (and workstation) were accepted for `ssh_user`; the login waits for a
+    /// second factor, asked through keyboard-interactive.
+    SecondFactor {
+        ssh_user: String,
+        user: UserName,
+        target: TargetName,
+        login: Login,
+    },
     /// `alice` logged in for ProxyJump.
     Jump {
         user: UserName,
@@ -126,13 +134,150 @@ impl FrontHandler {
         Err(format!("herse: access denied: {reason}"))
     }
 
+    /// The key is proven; ask for a second factor unless a recent enough proof from
+    /// this workstation covers the login, then open the session.
     async fn start_target(&mut self, ssh_user: &str, user: &UserName, target: &TargetName, login: &Login) -> Auth {
+        match self.second_factor_needed(user, target, login).await {
+            Ok(false) => self.open_session(ssh_user, user, target, login).await,
+            Ok(true) => {
+                self.state = AuthState::SecondFactor {
+                    ssh_user: ssh_user.to_owned(),
+                    user: user.clone(),
+                    target: target.clone(),
+                    login: login.clone(),
+                };
+                Auth::Reject {
+                    proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
+                    partial_success: true,
+                }
+            }
+            Err(message) => self.refuse(ssh_user, message),
+        }
+    }
+
+    /// Where a second-factor proof is remembered: the workstation, or the loopback
+    /// listener ('@' cannot appear in a workstation name).
+    fn proof_place(&self) -> &str {
+        self.origin.workstation().map(|w| w.as_str()).unwrap_or("@loopback")
+    }
+
+    async fn second_factor_needed(&self, user: &UserName, target: &TargetName, login: &Login) -> Result<bool, String> {
+        let unavailable = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "store unavailable during login");
+            "herse: access denied: the gateway cannot check your second factor now".to_owned()
+        };
+        let roles = self.gw.store.roles_of(user).await.map_err(unavailable)?;
+        let policy = self.gw.policy.load_full();
+        // A login the policy refuses anyway is refused (with its reason) without asking.
+        let Ok(authorized) = crate::policy::Authorized::decide(&policy, user, &roles, target, login) else {
+            return Ok(false);
+        };
+        let proved = self
+            .gw
+            .store
+            .last_mfa_proof(user, self.proof_place())
+            .await
+            .map_err(unavailable)?;
+        Ok(!crate::mfa::proof_covers(proved, authorized.mfa_window()))
+    }
+
+    async fn open_session(&mut self, ssh_user: &str, user: &UserName, target: &TargetName, login: &Login) -> Auth {
         match TargetSession::start(&self.gw, user, target, login, &self.origin).await {
             Ok(s) => {
                 self.state = AuthState::Target(s);
                 Auth::Accept
             }
             Err(e) => self.refuse(ssh_user, format!("herse: {e}")),
+        }
+    }
+
+    async fn audit_factor(&self, user: &UserName, kind: &'static str, severity: Severity, detail: String) {
+        self.gw
+            .audit(AuditEvent::new(kind, severity, detail).user(user).origin(&self.origin))
+            .await;
+    }
+
+    /// One answer to the TOTP prompt.
+    async fn second_factor_answer(
+        &mut self,
+        ssh_user: &str,
+        user: UserName,
+        target: TargetName,
+        login: Login,
+        code: &str,
+    ) -> Auth {
+        use crate::mfa::Verdict;
+        let verdict = crate::mfa::check_totp(&self.gw.store, &self.gw.keys.user_secrets, &user, code).await;
+        let when = |micros: i64| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64))
+        };
+        match verdict {
+            Ok(Verdict::Accepted) => {
+                if let Err(e) = self.gw.store.record_mfa_proof(&user, self.proof_place()).await {
+                    tracing::error!(error = %e, "cannot record second-factor proof");
+                }
+                self.audit_factor(&user, "mfa.success", Severity::Info, "TOTP".into())
+                    .await;
+                self.open_session(ssh_user, &user, &target, &login).await
+            }
+            Ok(Verdict::NotEnrolled) => {
+                self.audit_factor(
+                    &user,
+                    "mfa.failure",
+                    Severity::Warning,
+                    "no second factor enrolled".into(),
+                )
+                .await;
+                self.refuse(ssh_user, format!("herse: access denied: {user} has no second factor enrolled (ask an admin: hersectl users totp enroll {user})"))
+            }
+            Ok(Verdict::Locked(until)) => {
+                self.audit_factor(
+                    &user,
+                    "mfa.failure",
+                    Severity::Warning,
+                    format!("locked until {}", when(until)),
+                )
+                .await;
+                self.refuse(ssh_user, format!("herse: access denied: second factor locked after repeated failures until {} (an admin can unlock it)", when(until)))
+            }
+            Ok(Verdict::Failed { reason, locked_until }) => {
+                self.audit_factor(&user, "mfa.failure", Severity::Warning, format!("TOTP: {reason}"))
+                    .await;
+                if let Some(until) = locked_until {
+                    self.audit_factor(
+                        &user,
+                        "mfa.lockout",
+                        Severity::Alert,
+                        format!("second factor locked until {}", when(until)),
+                    )
+                    .await;
+                    return self.refuse(
+                        ssh_user,
+                        format!(
+                            "herse: access denied: {reason}; second factor locked until {}",
+                            when(until)
+                        ),
+                    );
+                }
+                // Another try, as OpenSSH offers (NumberOfPasswordPrompts).
+                self.state = AuthState::SecondFactor {
+                    ssh_user: ssh_user.to_owned(),
+                    user,
+                    target,
+                    login,
+                };
+                Auth::Reject {
+                    proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
+                    partial_success: false,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "second factor check failed");
+                self.refuse(
+                    ssh_user,
+                    "herse: access denied: the gateway cannot check your second factor now".into(),
+                )
+            }
         }
     }
 }
@@ -283,13 +428,34 @@ impl server::Handler for FrontHandler {
         _submethods: &str,
         response: Option<server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        // Never accepts: only shows why a verified login was refused.
+        // Accepts only a second factor, for the user name whose key was just proven on
+        // this connection (russh calls this method whatever was advertised, so the
+        // order is enforced here); otherwise only shows why a login was refused.
         match (&self.state, response) {
             (AuthState::Refused { ssh_user: u, message }, None) if u == ssh_user => Ok(Auth::Partial {
                 name: "".into(),
                 instructions: format!("{message}\n").into(),
                 prompts: Vec::new().into(),
             }),
+            (AuthState::SecondFactor { ssh_user: u, user, .. }, None) if u == ssh_user => Ok(Auth::Partial {
+                name: "Herse second factor".into(),
+                instructions: "".into(),
+                prompts: vec![(format!("Verification code (TOTP) for {user}: ").into(), false)].into(),
+            }),
+            (AuthState::SecondFactor { ssh_user: u, .. }, Some(mut answers)) if u == ssh_user => {
+                let AuthState::SecondFactor {
+                    user, target, login, ..
+                } = std::mem::replace(&mut self.state, AuthState::None)
+                else {
+                    return Ok(Auth::reject());
+                };
+                // A code is six digits: anything longer is cut before it is looked at.
+                let code: String = answers
+                    .next()
+                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(64)]).into_owned())
+                    .unwrap_or_default();
+                Ok(self.second_factor_answer(ssh_user, user, target, login, &code).await)
+            }
             _ => {
                 self.state = AuthState::None;
                 Ok(Auth::reject())

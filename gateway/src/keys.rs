@@ -28,6 +28,7 @@ const USER_CA: &str = "user-ca";
 const HOST_CA: &str = "host-ca";
 const AUDIT: &str = "audit";
 const WIREGUARD: &str = "wireguard";
+const USER_SECRETS: &str = "user-secrets";
 
 /// The opened keys. Private halves are zeroized on drop (by ssh-key and ed25519-dalek).
 pub struct GatewayKeys {
@@ -37,6 +38,9 @@ pub struct GatewayKeys {
     pub audit: SigningKey,
     /// The WireGuard interface's static key.
     pub wireguard: WgSecret,
+    /// Seals users' second-factor secrets (TOTP), so the gateway can check codes
+    /// without keeping the master key in memory.
+    pub user_secrets: MasterKey,
 }
 
 impl std::fmt::Debug for GatewayKeys {
@@ -74,6 +78,30 @@ async fn save_wireguard(store: &Store, master: &MasterKey, k: &WgSecret) -> Resu
     Ok(())
 }
 
+/// The key that seals users' second-factor secrets; created on first use by a gateway
+/// initialised before second factors existed.
+pub async fn user_secrets_key(store: &Store, master: &MasterKey) -> Result<MasterKey, KeyError> {
+    match store.gateway_key(USER_SECRETS).await {
+        Ok((_, sealed)) => {
+            let raw = master.open(&label(USER_SECRETS), &sealed)?;
+            MasterKey::from_bytes(&raw[..]).ok_or(KeyError::Invalid(USER_SECRETS))
+        }
+        Err(StoreError::NotFound(_)) => {
+            let k = MasterKey::generate();
+            match store
+                .put_gateway_key(USER_SECRETS, "-", &master.seal(&label(USER_SECRETS), &k.to_bytes()[..]))
+                .await
+            {
+                Ok(()) => Ok(k),
+                // Created concurrently by another process: use theirs.
+                Err(StoreError::Exists(_)) => Box::pin(user_secrets_key(store, master)).await,
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The gateway's WireGuard public key, readable without the master key (enrolment).
 pub async fn wireguard_public(store: &Store) -> Result<WgPublicKey, KeyError> {
     let (public, _) = store.gateway_key(WIREGUARD).await?;
@@ -90,6 +118,7 @@ impl GatewayKeys {
             host_ca: new_ssh_key("herse host CA"),
             audit: SigningKey::from_bytes(&seed),
             wireguard: WgSecret::generate(),
+            user_secrets: MasterKey::generate(),
         }
     }
 
@@ -110,6 +139,13 @@ impl GatewayKeys {
             .put_gateway_key(AUDIT, &audit_public, &master.seal(&label(AUDIT), self.audit.as_bytes()))
             .await?;
         save_wireguard(store, master, &self.wireguard).await?;
+        store
+            .put_gateway_key(
+                USER_SECRETS,
+                "-",
+                &master.seal(&label(USER_SECRETS), &self.user_secrets.to_bytes()[..]),
+            )
+            .await?;
         Ok(())
     }
 
@@ -143,6 +179,7 @@ impl GatewayKeys {
             host_ca: ssh(store, master, HOST_CA).await?,
             audit: SigningKey::from_bytes(&seed),
             wireguard,
+            user_secrets: user_secrets_key(store, master).await?,
         })
     }
 

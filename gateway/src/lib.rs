@@ -13,6 +13,7 @@ pub mod ident;
 pub mod init;
 pub mod keys;
 pub mod metrics;
+pub mod mfa;
 pub mod origin;
 pub mod policy;
 pub mod relay;

@@ -74,6 +74,17 @@ impl MasterKey {
         MasterKey(k)
     }
 
+    /// A key from 32 raw bytes (a sub-key unsealed from the store).
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let k: [u8; 32] = b.try_into().ok()?;
+        Some(MasterKey(Zeroizing::new(k)))
+    }
+
+    /// The raw bytes, to seal this key under another.
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(*self.0)
+    }
+
     pub fn load(source: &MasterKeySource) -> Result<Self, SecretError> {
         let path = match source {
             MasterKeySource::File(p) => p.clone(),

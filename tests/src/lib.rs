@@ -338,3 +338,105 @@ pub fn sha256_file(path: &Path) -> String {
     std::io::copy(&mut f, &mut h).unwrap();
     hex::encode(h.finalize())
 }
+
+/// Enrol a TOTP second factor for `user` with `hersectl users totp enroll`, answering its
+/// confirmation like an authenticator app would. Returns the otpauth URI.
+pub fn enrol_totp(config: &Path, user: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(bin("hersectl"))
+        .arg("-c")
+        .arg(config)
+        .args(["users", "totp", "enroll", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut uri = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut uri)
+        .unwrap();
+    let uri = uri.trim().to_owned();
+    let code = totp_rs::Totp::from_url(&uri).unwrap().generate_current();
+    writeln!(child.stdin.take().unwrap(), "{code}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "totp enroll {user}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    uri
+}
+
+/// The current TOTP code of an otpauth URI.
+pub fn totp_now(uri: &str) -> String {
+    totp_rs::Totp::from_url(uri).unwrap().generate_current().to_string()
+}
+
+/// The code of the next 30 s step (accepted now: one step of skew).
+pub fn totp_next(uri: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    totp_rs::Totp::from_url(uri).unwrap().generate(now + 30).to_string()
+}
+
+/// An `SSH_ASKPASS` program answering Herse's TOTP prompt ("... (TOTP) for USER: ") like
+/// an authenticator app: the code of that user's URI. A code is accepted once, so the
+/// script waits for the next 30 s step rather than offer one it already gave.
+pub fn write_askpass(path: &Path, users: &[(&str, &str)]) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut secrets = String::new();
+    for (user, uri) in users {
+        let t = totp_rs::Totp::from_url(uri).unwrap();
+        secrets.push_str(&format!("    {user:?}: {:?},\n", t.secret().to_base32()));
+    }
+    let state = format!("{}.state", path.display());
+    let script = format!(
+        r#"#!/usr/bin/env python3
+import base64, fcntl, hashlib, hmac, struct, sys, time
+SECRETS = {{
+{secrets}}}
+prompt = sys.argv[1] if len(sys.argv) > 1 else ""
+user = prompt.rsplit(" for ", 1)[-1].strip().rstrip(":").strip()
+if "(TOTP)" not in prompt or user not in SECRETS:
+    print("")
+    sys.exit(0)
+with open("{state}." + user, "a+") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    last = int(f.read().strip() or 0)
+    now = int(time.time()) // 30
+    # The gateway accepts one step of skew: the next step's code is valid now.
+    step = max(now, last + 1)
+    if step > now + 1:
+        time.sleep((step - 1) * 30 - time.time() + 0.3)
+    f.seek(0)
+    f.truncate()
+    f.write(str(step))
+key = base64.b32decode(SECRETS[user] + "=" * (-len(SECRETS[user]) % 8))
+h = hmac.new(key, struct.pack(">Q", step), hashlib.sha1).digest()
+o = h[-1] & 15
+print("%06d" % ((struct.unpack(">I", h[o:o + 4])[0] & 0x7FFFFFFF) % 1000000))
+"#
+    );
+    std::fs::write(path, script).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The enrolment used the current step.
+    for (user, _) in users {
+        let step = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 30;
+        std::fs::write(format!("{state}.{user}"), step.to_string()).unwrap();
+    }
+}
+
+/// Point OpenSSH at an askpass program for its keyboard-interactive prompts.
+pub fn with_askpass<'a>(cmd: &'a mut Command, askpass: &Path) -> &'a mut Command {
+    cmd.env("SSH_ASKPASS", askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+}

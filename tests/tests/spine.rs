@@ -19,6 +19,29 @@ struct World {
     _db: Sshd,
     alice: PathBuf,
     bob: PathBuf,
+    /// otpauth URI of alice's TOTP (what her authenticator app holds).
+    alice_totp: String,
+}
+
+thread_local! {
+    /// This test's SSH_ASKPASS program (each test runs on its own thread).
+    static ASKPASS: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// An OpenSSH client program that answers Herse's TOTP prompt like the user would.
+fn client(program: &str) -> Command {
+    let mut c = Command::new(program);
+    if program == "sftp" {
+        // `sftp -b` turns BatchMode on, which forbids answering the TOTP prompt; an
+        // earlier -o wins.
+        c.arg("-oBatchMode=no");
+    }
+    ASKPASS.with(|a| {
+        if let Some(p) = &*a.borrow() {
+            with_askpass(&mut c, p);
+        }
+    });
+    c
 }
 
 impl World {
@@ -99,6 +122,7 @@ logins = ["{DEPLOY}"]
 operations = ["shell", "exec", "sftp-read", "sftp-write", "port-forward"]
 forward = ["127.0.0.1:{wp}"]
 max_session = "1h"
+mfa_remember = "1h"
 idle_timeout = "10m"
 
 [roles.web-shell]
@@ -107,6 +131,7 @@ targets = ["web1"]
 logins = ["{OPS}"]
 operations = ["shell"]
 max_session = "1h"
+mfa_remember = "1h"
 idle_timeout = "10m"
 
 [roles.web-readonly]
@@ -115,6 +140,7 @@ targets = ["web1"]
 logins = ["{OPS}"]
 operations = ["sftp-read"]
 max_session = "1h"
+mfa_remember = "1h"
 idle_timeout = "10m"
 
 [roles.db-exec]
@@ -122,6 +148,7 @@ tiers = ["db"]
 logins = ["{DEPLOY}"]
 operations = ["exec"]
 max_session = "1h"
+mfa_remember = "1h"
 idle_timeout = "10m"
 "#,
             wp = web.port,
@@ -144,6 +171,13 @@ idle_timeout = "10m"
             .ctl()
             .args(["users", "add", "bob", "--key"])
             .arg(format!("{}.pub", bob_key.display())));
+        // Second factors: each user's TOTP, answered by an askpass program; the roles
+        // remember a proof for an hour, so most connections are not asked again.
+        let alice_totp = enrol_totp(&config, "alice");
+        let bob_totp = enrol_totp(&config, "bob");
+        let askpass = d.join("askpass");
+        write_askpass(&askpass, &[("alice", &alice_totp), ("bob", &bob_totp)]);
+        ASKPASS.with(|a| *a.borrow_mut() = Some(askpass));
         for (u, r) in [
             ("alice", "web-full"),
             ("alice", "db-exec"),
@@ -173,6 +207,7 @@ idle_timeout = "10m"
             _db: db,
             alice,
             bob,
+            alice_totp,
         }
     }
 
@@ -201,7 +236,7 @@ fn client_config(d: &Path, user: &str, key: &Path, gw_port: u16) -> PathBuf {
 }
 
 fn ssh(cfg: &Path) -> Command {
-    let mut c = Command::new("ssh");
+    let mut c = client("ssh");
     c.arg("-F").arg(cfg).stdin(Stdio::null());
     c
 }
@@ -323,7 +358,7 @@ fn interactive_shell_under_a_pty_with_resize() {
     let w = World::new("pty");
     let sock = w.d().join("tmux.sock");
     let tmux = |args: &[&str]| {
-        let mut c = Command::new("tmux");
+        let mut c = client("tmux");
         c.arg("-S").arg(&sock).args(args);
         run(&mut c)
     };
@@ -398,7 +433,7 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
 
     // scp up (OpenSSH 9 scp speaks SFTP) and the remote hash matches.
     let start = Instant::now();
-    ok(Command::new("scp")
+    ok(client("scp")
         .arg("-F")
         .arg(&w.alice)
         .arg(&big)
@@ -426,13 +461,13 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
     // scp down.
     let small = d.join("small.txt");
     std::fs::write(&small, "hello herse\n").unwrap();
-    ok(Command::new("scp")
+    ok(client("scp")
         .arg("-F")
         .arg(&w.alice)
         .arg(&small)
         .arg(format!("{DEPLOY}@web1:{remote_dir}/small.txt")));
     let down = d.join("down.txt");
-    ok(Command::new("scp")
+    ok(client("scp")
         .arg("-F")
         .arg(&w.alice)
         .arg(format!("{DEPLOY}@web1:{remote_dir}/small.txt"))
@@ -450,7 +485,7 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
         ),
     )
     .unwrap();
-    let out = ok(Command::new("sftp")
+    let out = ok(client("sftp")
         .arg("-F")
         .arg(&w.alice)
         .arg("-b")
@@ -495,12 +530,12 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
         .unwrap();
     }
     let e = format!("ssh -F {} -l {DEPLOY}", w.alice.display());
-    ok(Command::new("rsync")
+    ok(client("rsync")
         .args(["-a", "-e", &e])
         .arg(format!("{}/", tree.display()))
         .arg(format!("web1:{remote_dir}/tree/")));
     let back = d.join("tree-back");
-    ok(Command::new("rsync")
+    ok(client("rsync")
         .args(["-a", "-e", &e])
         .arg(format!("web1:{remote_dir}/tree/"))
         .arg(format!("{}/", back.display())));
@@ -593,7 +628,7 @@ fn refusals_are_clear_and_audited() {
     // Exec under a shell-only role.
     refused(&run(ssh(&w.bob).args(["-l", OPS, "web1", "id"])), "exec is not allowed");
     // SFTP under a role without SFTP.
-    let out = run(Command::new("sftp")
+    let out = run(client("sftp")
         .arg("-F")
         .arg(&w.alice)
         .arg("-b")
@@ -844,7 +879,7 @@ fn read_only_sftp_refuses_writes_and_allows_reads() {
     let batch = |cmds: &str| {
         let b = w.d().join("ro-batch");
         std::fs::write(&b, cmds).unwrap();
-        run(Command::new("sftp")
+        run(client("sftp")
             .arg("-F")
             .arg(&w.bob)
             .arg("-b")
@@ -884,14 +919,14 @@ fn read_only_sftp_refuses_writes_and_allows_reads() {
     assert!(!Path::new(&format!("{home}/up.txt")).exists());
     // Legacy scp (-O) is a file transfer too: download allowed, upload refused.
     let legacy = w.d().join("legacy.txt");
-    ok(Command::new("scp")
+    ok(client("scp")
         .arg("-O")
         .arg("-F")
         .arg(&w.bob)
         .arg(format!("{OPS}@web1:{name}"))
         .arg(&legacy));
     assert_eq!(std::fs::read_to_string(&legacy).unwrap(), "read me\n");
-    let up = run(Command::new("scp")
+    let up = run(client("scp")
         .arg("-O")
         .arg("-F")
         .arg(&w.bob)
@@ -1015,7 +1050,7 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     assert!(played.contains("hello from herse 42"), "{played}");
     // In a terminal the player shows its progress bar and quits on 'q'.
     let sock = w.d().join("play.sock");
-    let tmux = |args: &[&str]| run(Command::new("tmux").arg("-S").arg(&sock).args(args));
+    let tmux = |args: &[&str]| run(client("tmux").arg("-S").arg(&sock).args(args));
     let cmd = format!(
         "{} -c {} recordings play {oldest} --speed 0.25",
         bin("hersectl").display(),
@@ -1303,7 +1338,7 @@ fn recordings_of_an_encrypting_tier_need_an_auditor_identity() {
     let mut policy = std::fs::read_to_string(&policy_path).unwrap();
     policy.push_str(&format!(
         "\n[tiers.vault]\nencrypt_to = [\"{}\"]\n[tiers.vault.targets.vault1]\naddress = \"127.0.0.1\"\nport = {}\nhost_keys = [\"{}\"]\n\
-         [roles.vault-exec]\ntiers = [\"vault\"]\nlogins = [\"{DEPLOY}\"]\noperations = [\"exec\"]\nmax_session = \"1h\"\nidle_timeout = \"10m\"\n",
+         [roles.vault-exec]\ntiers = [\"vault\"]\nlogins = [\"{DEPLOY}\"]\noperations = [\"exec\"]\nmax_session = \"1h\"\nmfa_remember = \"1h\"\nidle_timeout = \"10m\"\n",
         auditor.to_public(),
         w.web.port,
         w.web.host_key_pub
@@ -1366,8 +1401,13 @@ impl russh::client::Handler for AcceptAny {
     }
 }
 
-/// Log in as alice+hdeploy+web1 with a raw client.
-async fn raw_login(port: u16, key: std::sync::Arc<russh::keys::PrivateKey>) -> russh::client::Handle<AcceptAny> {
+/// Log in as alice+hdeploy+web1 with a raw client: public key, then the TOTP code when
+/// the gateway asks for it (not when a recent proof covers the login).
+async fn raw_login(
+    port: u16,
+    key: std::sync::Arc<russh::keys::PrivateKey>,
+    totp: &str,
+) -> russh::client::Handle<AcceptAny> {
     let mut h = russh::client::connect(
         std::sync::Arc::new(russh::client::Config::default()),
         ("127.0.0.1", port),
@@ -1375,14 +1415,26 @@ async fn raw_login(port: u16, key: std::sync::Arc<russh::keys::PrivateKey>) -> r
     )
     .await
     .unwrap();
+    let user = format!("alice+{DEPLOY}+web1");
     let auth = h
-        .authenticate_publickey(
-            format!("alice+{DEPLOY}+web1"),
-            russh::keys::PrivateKeyWithHashAlg::new(key, None),
-        )
+        .authenticate_publickey(&user, russh::keys::PrivateKeyWithHashAlg::new(key, None))
         .await
         .unwrap();
-    assert!(auth.success());
+    if !auth.success() {
+        let r = h.authenticate_keyboard_interactive_start(&user, None).await.unwrap();
+        assert!(
+            matches!(r, russh::client::KeyboardInteractiveAuthResponse::InfoRequest { .. }),
+            "{r:?}"
+        );
+        let r = h
+            .authenticate_keyboard_interactive_respond(vec![totp_next(totp)])
+            .await
+            .unwrap();
+        assert!(
+            matches!(r, russh::client::KeyboardInteractiveAuthResponse::Success),
+            "{r:?}"
+        );
+    }
     h
 }
 
@@ -1394,7 +1446,7 @@ fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // Data before any command: the channel is ended with a reason, nothing runs.
-        let h = raw_login(w.gw.port, key.clone()).await;
+        let h = raw_login(w.gw.port, key.clone(), &w.alice_totp).await;
         let mut ch = h.channel_open_session().await.unwrap();
         ch.data(&b"echo smuggled > /tmp/herse-smuggled\n"[..]).await.unwrap();
         let mut stderr = Vec::new();
@@ -1414,7 +1466,7 @@ fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
         );
 
         // A second command on the same channel is refused.
-        let h = raw_login(w.gw.port, key.clone()).await;
+        let h = raw_login(w.gw.port, key.clone(), &w.alice_totp).await;
         let mut ch = h.channel_open_session().await.unwrap();
         ch.exec(true, "sleep 2").await.unwrap();
         ch.exec(true, "touch /tmp/herse-second-command").await.unwrap();

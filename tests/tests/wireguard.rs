@@ -74,6 +74,9 @@ fn ssh_config(d: &Path, user: &str, key: &Path) -> PathBuf {
 
 fn ssh(ns: &Netns, cfg: &Path) -> Command {
     let mut c = ns.command("ssh");
+    // Answers Herse's TOTP prompt (see write_askpass).
+    let askpass = cfg.parent().unwrap().join("askpass");
+    with_askpass(&mut c, &askpass);
     c.arg("-F").arg(cfg).stdin(Stdio::null());
     c
 }
@@ -150,7 +153,7 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
             "[tiers.web.targets.web1]\naddress = \"10.211.1.2\"\nport = 22\nhost_keys = [\"{}\"]\n\
              [tiers.db.targets.db1]\naddress = \"10.211.2.2\"\nport = 22\nhost_keys = [\"{}\"]\n\
              [roles.eng]\ntiers = [\"web\", \"db\"]\nlogins = [\"{DEPLOY}\"]\noperations = [\"shell\", \"exec\"]\n\
-             max_session = \"1h\"\nidle_timeout = \"10m\"\n",
+             max_session = \"1h\"\nmfa_remember = \"1h\"\nidle_timeout = \"10m\"\n",
             web.host_key_pub, db.host_key_pub
         ),
     )
@@ -170,23 +173,36 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
             .arg(format!("{}.pub", k.display())));
         ok(ctl().args(["roles", "bind", u, "eng"]));
     }
+    let (alice_totp, bob_totp) = (enrol_totp(&config, "alice"), enrol_totp(&config, "bob"));
+    write_askpass(&d.join("askpass"), &[("alice", &alice_totp), ("bob", &bob_totp)]);
     let herse = Gateway::spawn(&d, &config, Some(&net.gw));
     herse.wait_line("WireGuard on udp", Duration::from_secs(20));
     let (if1, if2, ifx) = (iface("a"), iface("b"), iface("x"));
     let alice_conf = enrol(&herse, &d, "alice-ws", "alice", &if1);
     let bob_conf = enrol(&herse, &d, "bob-ws", "bob", &if2);
     // --qr adds the same file as a terminal QR code; --json carries it as a field.
-    let qr = ok(herse.ctl().args(["workstations", "add", "spare-ws", "--owner", "alice", "--qr"]));
+    let qr = ok(herse
+        .ctl()
+        .args(["workstations", "add", "spare-ws", "--owner", "alice", "--qr"]));
     assert!(qr.contains("[Peer]") && qr.contains('█'), "{qr}");
     let shown: serde_json::Value =
         serde_json::from_str(&ok(herse.ctl().args(["workstations", "show", "spare-ws", "--json"]))).unwrap();
-    assert_eq!((shown["owner"].as_str(), shown["address"].as_str()), (Some("alice"), Some("10.77.0.4")));
-    ok(herse.ctl().args(["workstations", "revoke", "spare-ws", "--reason", "not needed"]));
-    let again = run(herse.ctl().args(["workstations", "revoke", "spare-ws", "--reason", "twice"]));
+    assert_eq!(
+        (shown["owner"].as_str(), shown["address"].as_str()),
+        (Some("alice"), Some("10.77.0.4"))
+    );
+    ok(herse
+        .ctl()
+        .args(["workstations", "revoke", "spare-ws", "--reason", "not needed"]));
+    let again = run(herse
+        .ctl()
+        .args(["workstations", "revoke", "spare-ws", "--reason", "twice"]));
     assert_eq!(again.status.code(), Some(1), "revoking twice is an error");
     let missing = run(herse.ctl().args(["workstations", "show", "nope", "--json"]));
     assert_eq!(missing.status.code(), Some(3), "unknown workstation");
-    let bad = run(herse.ctl().args(["workstations", "add", "x", "--owner", "alice", "--public-key", "bad"]));
+    let bad = run(herse
+        .ctl()
+        .args(["workstations", "add", "x", "--owner", "alice", "--public-key", "bad"]));
     assert_eq!(bad.status.code(), Some(2), "malformed key is a usage error");
     // Enrolment reaches the running gateway without a restart.
     std::thread::sleep(Duration::from_millis(600));

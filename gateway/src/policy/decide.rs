@@ -63,6 +63,8 @@ pub struct Authorized {
     forwards: Vec<ForwardTarget>,
     max_session: Duration,
     idle_timeout: Duration,
+    /// How long an earlier second-factor proof covers this login; `None`: fresh now.
+    mfa_window: Option<Duration>,
 }
 
 impl Authorized {
@@ -134,7 +136,24 @@ impl Authorized {
             forwards,
             max_session: granted.iter().map(|r| r.max_session).max().unwrap_or_default(),
             idle_timeout: granted.iter().map(|r| r.idle_timeout).max().unwrap_or_default(),
+            // The strictest wins: any role without a window, or a tier that always
+            // wants a fresh factor, means a fresh one.
+            mfa_window: if policy.tiers.get(&t.tier).is_some_and(|tier| tier.mfa_always_fresh) {
+                None
+            } else {
+                granted
+                    .iter()
+                    .map(|r| r.mfa_remember)
+                    .collect::<Option<Vec<_>>>()
+                    .and_then(|w| w.into_iter().min())
+            },
         })
+    }
+
+    /// How long an earlier second-factor proof from the same workstation covers this
+    /// login; `None` asks for a fresh one.
+    pub fn mfa_window(&self) -> Option<Duration> {
+        self.mfa_window
     }
 
     /// `Ok` if the roles grant `op`, else the reason shown to the client.

@@ -31,6 +31,9 @@ struct RawTier {
     /// Encrypt recordings of this tier to these age X25519 recipients (auditors).
     #[serde(default)]
     encrypt_to: Vec<Spanned<String>>,
+    /// Every session on this tier proves a fresh second factor, whatever roles remember.
+    #[serde(default)]
+    mfa_always_fresh: bool,
     #[serde(default)]
     targets: BTreeMap<Spanned<String>, RawTarget>,
 }
@@ -60,6 +63,9 @@ struct RawRole {
     idle_timeout: Spanned<String>,
     #[serde(default)]
     requires_grant: bool,
+    /// A second factor proven from a workstation covers this role's logins from it for
+    /// this long (e.g. "15m"); absent: a fresh one for every connection.
+    mfa_remember: Option<Spanned<String>>,
 }
 
 /// Read and validate a policy file. Every problem is reported, not only the first.
@@ -111,6 +117,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Policy, Diagnostics> {
                 description: raw_tier.description.clone(),
                 retention,
                 encrypt_to,
+                mfa_always_fresh: raw_tier.mfa_always_fresh,
             },
         );
     }
@@ -291,7 +298,12 @@ fn role(
     }
     let max_session = duration(src, errors, &raw.max_session, "max_session");
     let idle_timeout = duration(src, errors, &raw.idle_timeout, "idle_timeout");
+    let mfa_remember = raw
+        .mfa_remember
+        .as_ref()
+        .map(|r| duration(src, errors, r, "mfa_remember"));
     (errors.len() == before).then_some(Role {
+        mfa_remember,
         name,
         tiers,
         targets,

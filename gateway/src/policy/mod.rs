@@ -45,6 +45,8 @@ pub struct Tier {
     pub retention: Option<Duration>,
     /// age X25519 recipients recordings are encrypted to; empty: not encrypted.
     pub encrypt_to: Vec<String>,
+    /// Sessions here always prove a fresh second factor.
+    pub mfa_always_fresh: bool,
 }
 
 /// Something a role may do on a target.
@@ -89,6 +91,8 @@ pub struct Role {
     pub max_session: Duration,
     pub idle_timeout: Duration,
     pub requires_grant: bool,
+    /// How long a second factor proven from a workstation covers this role's logins.
+    pub mfa_remember: Option<Duration>,
 }
 
 /// A whole, validated policy.

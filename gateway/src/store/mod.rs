@@ -3,6 +3,7 @@
 //! PostgreSQL, through sqlx's `Any` driver with portable SQL.
 
 mod audit;
+mod mfa;
 mod sessions;
 mod users;
 mod workstations;

@@ -120,7 +120,23 @@ impl Store {
     }
 
     pub async fn remove_user(&self, name: &UserName) -> Result<(), StoreError> {
+        let ws: i64 = sqlx::query("SELECT COUNT(*) FROM workstations WHERE owner = $1")
+            .bind(name.as_str())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        if ws > 0 {
+            return Err(StoreError::Invalid(format!(
+                "user {name} has enrolled workstations, kept for the audit trail: suspend the user instead"
+            )));
+        }
         let mut tx = self.pool.begin().await?;
+        for q in [
+            "DELETE FROM totp WHERE user_name = $1",
+            "DELETE FROM mfa_proofs WHERE user_name = $1",
+        ] {
+            sqlx::query(q).bind(name.as_str()).execute(&mut *tx).await?;
+        }
         sqlx::query("DELETE FROM user_keys WHERE user_name = $1")
             .bind(name.as_str())
             .execute(&mut *tx)

@@ -1,0 +1,216 @@
+//! Second factors: TOTP (RFC 6238: SHA-1, 6 digits, 30 s, one step of skew either way),
+//! each code accepted once, secrets sealed at rest, lockout after repeated failures.
+
+use std::time::Duration;
+
+use totp_rs::{Builder, Totp};
+use zeroize::Zeroizing;
+
+use crate::ident::UserName;
+use crate::secrets::MasterKey;
+use crate::store::{now_micros, Store, StoreError};
+
+/// Consecutive failures before a user's second factor is locked.
+pub const MAX_FAILURES: i64 = 5;
+/// First lock length; doubled for each further failure, at most a day.
+pub const LOCK: Duration = Duration::from_secs(15 * 60);
+
+fn label(user: &UserName) -> String {
+    format!("herse-totp:{user}")
+}
+
+fn totp(secret: &[u8], user: &UserName) -> Result<Totp, String> {
+    Builder::new()
+        .with_secret(secret.to_vec())
+        .with_skew(1)
+        .with_issuer(Some("Herse"))
+        .with_account_name(user.as_str())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A TOTP enrolment waiting for its first code.
+pub struct Enrolment {
+    user: UserName,
+    secret: Zeroizing<Vec<u8>>,
+    totp: Totp,
+}
+
+impl std::fmt::Debug for Enrolment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Enrolment({}, secret redacted)", self.user)
+    }
+}
+
+impl Enrolment {
+    pub fn new(user: &UserName) -> Result<Self, String> {
+        let mut secret = Zeroizing::new(vec![0u8; 20]);
+        rand::RngExt::fill(&mut rand::rng(), &mut secret[..]);
+        let totp = totp(&secret, user)?;
+        Ok(Enrolment {
+            user: user.clone(),
+            secret,
+            totp,
+        })
+    }
+
+    /// The `otpauth://` URI authenticator apps import (it contains the secret).
+    pub fn uri(&self) -> Zeroizing<String> {
+        Zeroizing::new(self.totp.to_url().unwrap_or_default())
+    }
+
+    /// Confirm with a code from the authenticator, then store the sealed secret. The
+    /// confirming step counts as used.
+    pub async fn confirm(self, store: &Store, key: &MasterKey, code: &str, replace: bool) -> Result<(), String> {
+        let step = self
+            .totp
+            .check_current(code.trim())
+            .ok_or("the code does not match: check the authenticator's clock and try again")?;
+        store
+            .put_totp(&self.user, &key.seal(&label(&self.user), &self.secret), replace)
+            .await
+            .map_err(|e| e.to_string())?;
+        store
+            .accept_totp_step(&self.user, step as i64)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// The outcome of one TOTP check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    /// No TOTP enrolled for the user.
+    NotEnrolled,
+    /// Locked until (Unix µs) by earlier failures; the code was not even checked.
+    Locked(i64),
+    /// Refused for `reason`; `locked_until` when this failure started a lock.
+    Failed {
+        reason: &'static str,
+        locked_until: Option<i64>,
+    },
+}
+
+/// Check `code` for `user`: not locked, the right code within one step, a step never
+/// accepted before. Failures count towards the lock; a success clears them.
+pub async fn check_totp(store: &Store, key: &MasterKey, user: &UserName, code: &str) -> Result<Verdict, StoreError> {
+    if let Some(until) = store.mfa_locked_until(user).await? {
+        return Ok(Verdict::Locked(until));
+    }
+    let Some((sealed, _)) = store.totp(user).await? else {
+        return Ok(Verdict::NotEnrolled);
+    };
+    let secret = key
+        .open(&label(user), &sealed)
+        .map_err(|e| StoreError::Invalid(format!("TOTP secret of {user}: {e}")))?;
+    let totp = totp(&secret, user).map_err(StoreError::Invalid)?;
+    let code = code.trim();
+    let well_formed = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
+    let reason = match well_formed.then(|| totp.check_current(code)).flatten() {
+        Some(step) => {
+            if store.accept_totp_step(user, step as i64).await? {
+                store.reset_mfa_failures(user).await?;
+                return Ok(Verdict::Accepted);
+            }
+            "code already used"
+        }
+        None => "wrong code",
+    };
+    let (_, locked_until) = store
+        .record_mfa_failure(user, MAX_FAILURES, LOCK.as_micros() as i64)
+        .await?;
+    Ok(Verdict::Failed { reason, locked_until })
+}
+
+/// Whether a proof made at `proved_at` still covers a login now under `window`.
+pub fn proof_covers(proved_at: Option<i64>, window: Option<Duration>) -> bool {
+    match (proved_at, window) {
+        (Some(at), Some(w)) => now_micros().saturating_sub(at) < w.as_micros() as i64,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory_store;
+
+    #[tokio::test]
+    async fn codes_are_checked_once_and_failures_lock() {
+        let s = memory_store().await;
+        let key = MasterKey::generate();
+        let alice = UserName::parse("alice").unwrap();
+        let bob = UserName::parse("bob").unwrap();
+        s.add_user(&alice).await.unwrap();
+        s.add_user(&bob).await.unwrap();
+        assert_eq!(
+            check_totp(&s, &key, &alice, "123456").await.unwrap(),
+            Verdict::NotEnrolled
+        );
+
+        let e = Enrolment::new(&alice).unwrap();
+        let uri = e.uri();
+        assert!(uri.starts_with("otpauth://totp/Herse:alice?"), "{}", uri.as_str());
+        let t = Totp::from_url(uri.as_str()).unwrap();
+        assert!(e.confirm(&s, &key, "000000x", false).await.is_err());
+        let e = Enrolment::new(&alice).unwrap();
+        let t2 = Totp::from_url(e.uri().as_str()).unwrap();
+        assert_ne!(t.secret(), t2.secret());
+        // The confirming code is used up: the same code cannot then log in.
+        let code = t2.generate_current().to_string();
+        e.confirm(&s, &key, &code, false).await.unwrap();
+        assert!(matches!(
+            check_totp(&s, &key, &alice, &code).await.unwrap(),
+            Verdict::Failed {
+                reason: "code already used",
+                ..
+            }
+        ));
+        // A code from another secret, and garbage, are wrong codes.
+        let other = t.generate_current().to_string();
+        if other != code {
+            assert!(matches!(
+                check_totp(&s, &key, &alice, &other).await.unwrap(),
+                Verdict::Failed {
+                    reason: "wrong code",
+                    ..
+                }
+            ));
+        }
+        for _ in 0..3 {
+            let v = check_totp(&s, &key, &alice, "abcdef").await.unwrap();
+            assert!(matches!(v, Verdict::Failed { .. }), "{v:?}");
+        }
+        // A secret sealed for alice does not open for bob (bound to the user name).
+        let (sealed, _) = s.totp(&alice).await.unwrap().unwrap();
+        s.put_totp(&bob, &sealed, false).await.unwrap();
+        assert!(check_totp(&s, &key, &bob, &code).await.is_err());
+        // Lock after MAX_FAILURES in a row, whatever the code.
+        let mut locked = false;
+        for _ in 0..MAX_FAILURES {
+            match check_totp(&s, &key, &alice, "999999").await.unwrap() {
+                Verdict::Failed {
+                    locked_until: Some(_), ..
+                }
+                | Verdict::Locked(_) => {
+                    locked = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(locked);
+        assert!(matches!(
+            check_totp(&s, &key, &alice, &code).await.unwrap(),
+            Verdict::Locked(_)
+        ));
+        assert!(proof_covers(Some(now_micros()), Some(Duration::from_secs(60))));
+        assert!(!proof_covers(
+            Some(now_micros() - 120_000_000),
+            Some(Duration::from_secs(60))
+        ));
+        assert!(!proof_covers(Some(now_micros()), None));
+    }
+}

@@ -1,0 +1,187 @@
+//! Second-factor state: sealed TOTP secrets with their last accepted step, consecutive
+//! failures and lockouts, and when a user last proved a factor from a workstation.
+
+use sqlx::Row;
+
+use super::{now_micros, Store, StoreError};
+use crate::ident::UserName;
+
+impl Store {
+    /// Store a user's sealed TOTP secret; refuses to replace one unless `replace`.
+    pub async fn put_totp(&self, user: &UserName, sealed: &str, replace: bool) -> Result<(), StoreError> {
+        if self.user(user).await?.is_none() {
+            return Err(StoreError::NotFound(format!("user {user}")));
+        }
+        if self.totp(user).await?.is_some() {
+            if !replace {
+                return Err(StoreError::Exists(format!("TOTP for {user}")));
+            }
+            sqlx::query("DELETE FROM totp WHERE user_name = $1")
+                .bind(user.as_str())
+                .execute(&self.pool)
+                .await?;
+        }
+        sqlx::query("INSERT INTO totp (user_name, sealed_secret, last_step, enrolled_at) VALUES ($1, $2, 0, $3)")
+            .bind(user.as_str())
+            .bind(sealed)
+            .bind(now_micros())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// `(sealed secret, last accepted step)`.
+    pub async fn totp(&self, user: &UserName) -> Result<Option<(String, i64)>, StoreError> {
+        let r = sqlx::query("SELECT sealed_secret, last_step FROM totp WHERE user_name = $1")
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match r {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    pub async fn remove_totp(&self, user: &UserName) -> Result<(), StoreError> {
+        let r = sqlx::query("DELETE FROM totp WHERE user_name = $1")
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("TOTP for {user}")));
+        }
+        Ok(())
+    }
+
+    /// Accept TOTP time step `step` once: true only for the first caller with a step
+    /// above every step accepted before (atomic on both backends).
+    pub async fn accept_totp_step(&self, user: &UserName, step: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE totp SET last_step = $1 WHERE user_name = $2 AND last_step < $1")
+            .bind(step)
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Until when (Unix µs) second factors of `user` are locked, if they are now.
+    pub async fn mfa_locked_until(&self, user: &UserName) -> Result<Option<i64>, StoreError> {
+        let r = sqlx::query("SELECT mfa_locked_until FROM users WHERE name = $1")
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let until: Option<i64> = match r {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        };
+        Ok(until.filter(|u| *u > now_micros()))
+    }
+
+    /// Count a failure; at `max` consecutive failures the user is locked for
+    /// `lock_micros`, doubled for every further failure (capped at a day). Returns the
+    /// failure count and the lock, if one is now in force.
+    pub async fn record_mfa_failure(
+        &self,
+        user: &UserName,
+        max: i64,
+        lock_micros: i64,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        sqlx::query("UPDATE users SET mfa_failures = mfa_failures + 1 WHERE name = $1")
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        let n: i64 = sqlx::query("SELECT mfa_failures FROM users WHERE name = $1")
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(0);
+        if n < max {
+            return Ok((n, None));
+        }
+        let factor = 1i64 << (n - max).clamp(0, 10);
+        let until = now_micros() + (lock_micros.saturating_mul(factor)).min(86_400_000_000);
+        sqlx::query("UPDATE users SET mfa_locked_until = $1 WHERE name = $2")
+            .bind(until)
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok((n, Some(until)))
+    }
+
+    /// A success, or an admin's unlock: failures forgotten, lock lifted.
+    pub async fn reset_mfa_failures(&self, user: &UserName) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE users SET mfa_failures = 0, mfa_locked_until = NULL WHERE name = $1")
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn record_mfa_proof(&self, user: &UserName, workstation: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM mfa_proofs WHERE user_name = $1 AND workstation = $2")
+            .bind(user.as_str())
+            .bind(workstation)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO mfa_proofs (user_name, workstation, proved_at) VALUES ($1, $2, $3)")
+            .bind(user.as_str())
+            .bind(workstation)
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// When `user` last proved a second factor from `workstation` (Unix µs).
+    pub async fn last_mfa_proof(&self, user: &UserName, workstation: &str) -> Result<Option<i64>, StoreError> {
+        let r = sqlx::query("SELECT proved_at FROM mfa_proofs WHERE user_name = $1 AND workstation = $2")
+            .bind(user.as_str())
+            .bind(workstation)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match r {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ident::UserName;
+    use crate::store::test_backends;
+
+    #[tokio::test]
+    async fn steps_once_lockout_and_proofs_on_every_backend() {
+        for (backend, s) in test_backends().await {
+            let alice = UserName::parse("alice").unwrap();
+            s.add_user(&alice).await.unwrap();
+            s.put_totp(&alice, "sealed", false).await.unwrap();
+            assert!(s.put_totp(&alice, "again", false).await.is_err(), "{backend}");
+            assert!(s.accept_totp_step(&alice, 100).await.unwrap());
+            assert!(!s.accept_totp_step(&alice, 100).await.unwrap(), "{backend}: replay");
+            assert!(!s.accept_totp_step(&alice, 99).await.unwrap(), "{backend}: older step");
+            assert!(s.accept_totp_step(&alice, 101).await.unwrap());
+            for i in 1..5 {
+                assert_eq!(s.record_mfa_failure(&alice, 5, 60_000_000).await.unwrap(), (i, None));
+            }
+            let (n, lock) = s.record_mfa_failure(&alice, 5, 60_000_000).await.unwrap();
+            assert_eq!(n, 5);
+            assert!(
+                lock.is_some() && s.mfa_locked_until(&alice).await.unwrap().is_some(),
+                "{backend}"
+            );
+            assert!(s.reset_mfa_failures(&alice).await.unwrap());
+            assert!(s.mfa_locked_until(&alice).await.unwrap().is_none());
+            assert!(s.last_mfa_proof(&alice, "ws").await.unwrap().is_none());
+            s.record_mfa_proof(&alice, "ws").await.unwrap();
+            s.record_mfa_proof(&alice, "ws").await.unwrap();
+            assert!(s.last_mfa_proof(&alice, "ws").await.unwrap().is_some());
+            s.remove_user(&alice).await.unwrap();
+        }
+    }
+}
