@@ -259,16 +259,18 @@ impl FrontHandler {
                         ),
                     );
                 }
-                // Another try, as OpenSSH offers (NumberOfPasswordPrompts).
+                // Say why and ask again (each answer counts towards the lock).
+                let prompt = totp_prompt(&user);
                 self.state = AuthState::SecondFactor {
                     ssh_user: ssh_user.to_owned(),
                     user,
                     target,
                     login,
                 };
-                Auth::Reject {
-                    proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
-                    partial_success: false,
+                Auth::Partial {
+                    name: "Herse second factor".into(),
+                    instructions: format!("herse: {reason}\n").into(),
+                    prompts: vec![(prompt.into(), false)].into(),
                 }
             }
             Err(e) => {
@@ -288,6 +290,10 @@ impl Drop for FrontHandler {
             s.end("client disconnected");
         }
     }
+}
+
+fn totp_prompt(user: &UserName) -> String {
+    format!("Verification code (TOTP) for {user}: ")
 }
 
 /// The host certificate the inner server presents for `target`.
@@ -440,7 +446,7 @@ impl server::Handler for FrontHandler {
             (AuthState::SecondFactor { ssh_user: u, user, .. }, None) if u == ssh_user => Ok(Auth::Partial {
                 name: "Herse second factor".into(),
                 instructions: "".into(),
-                prompts: vec![(format!("Verification code (TOTP) for {user}: ").into(), false)].into(),
+                prompts: vec![(totp_prompt(user).into(), false)].into(),
             }),
             (AuthState::SecondFactor { ssh_user: u, .. }, Some(mut answers)) if u == ssh_user => {
                 let AuthState::SecondFactor {
@@ -454,7 +460,31 @@ impl server::Handler for FrontHandler {
                     .next()
                     .map(|b| String::from_utf8_lossy(&b[..b.len().min(64)]).into_owned())
                     .unwrap_or_default();
-                Ok(self.second_factor_answer(ssh_user, user, target, login, &code).await)
+                if code.trim().is_empty() {
+                    // An empty answer cancels this round (not a failure); the client may
+                    // start another.
+                    self.state = AuthState::SecondFactor {
+                        ssh_user: ssh_user.to_owned(),
+                        user,
+                        target,
+                        login,
+                    };
+                    return Ok(Auth::Reject {
+                        proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
+                        partial_success: false,
+                    });
+                }
+                let auth = self.second_factor_answer(ssh_user, user, target, login, &code).await;
+                // A refusal decided here is shown at once, in this same exchange (the
+                // client may not start another keyboard-interactive round).
+                match (&self.state, auth) {
+                    (AuthState::Refused { message, .. }, Auth::Reject { .. }) => Ok(Auth::Partial {
+                        name: "".into(),
+                        instructions: format!("{message}\n").into(),
+                        prompts: Vec::new().into(),
+                    }),
+                    (_, auth) => Ok(auth),
+                }
             }
             _ => {
                 self.state = AuthState::None;
