@@ -316,6 +316,57 @@ requires_grant = true
     }
 
     #[test]
+    fn the_strictest_second_factor_window_wins() {
+        let text = format!(
+            r#"
+[tiers.web.targets.web1]
+address = "127.0.0.1"
+host_keys = ["{KEY}"]
+[tiers.db]
+mfa_always_fresh = true
+[tiers.db.targets.db1]
+address = "127.0.0.3"
+host_keys = ["{KEY}"]
+[roles.long]
+tiers = ["web", "db"]
+logins = ["deploy"]
+operations = ["shell"]
+max_session = "1h"
+idle_timeout = "10m"
+mfa_remember = "1h"
+[roles.short]
+tiers = ["web"]
+logins = ["deploy"]
+operations = ["exec"]
+max_session = "1h"
+idle_timeout = "10m"
+mfa_remember = "5m"
+[roles.fresh]
+tiers = ["web"]
+logins = ["deploy"]
+operations = ["exec"]
+max_session = "1h"
+idle_timeout = "10m"
+"#
+        );
+        let p = parse(Path::new("p.toml"), &text).unwrap();
+        let alice = n(UserName::parse, "alice");
+        let deploy = n(Login::parse, "deploy");
+        let window = |roles: &[&str], target: &str| {
+            let roles: Vec<RoleName> = roles.iter().map(|r| n(RoleName::parse, r)).collect();
+            Authorized::decide(&p, &alice, &roles, &n(TargetName::parse, target), &deploy)
+                .unwrap()
+                .mfa_window()
+        };
+        assert_eq!(window(&["long"], "web1"), Some(Duration::from_secs(3600)));
+        assert_eq!(window(&["long", "short"], "web1"), Some(Duration::from_secs(300)));
+        assert_eq!(window(&["long", "fresh"], "web1"), None, "a role without a window");
+        assert_eq!(window(&["long"], "db1"), None, "a tier that always wants a fresh factor");
+        let bad = text.replace("mfa_remember = \"5m\"", "mfa_remember = \"soon\"");
+        assert!(parse(Path::new("p.toml"), &bad).unwrap_err().to_string().contains("mfa_remember"));
+    }
+
+    #[test]
     fn decisions() {
         let p = policy();
         let alice = n(UserName::parse, "alice");
