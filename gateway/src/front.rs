@@ -284,62 +284,8 @@ impl FrontHandler {
     }
 }
 
-impl Drop for FrontHandler {
-    fn drop(&mut self) {
-        if let AuthState::Target(s) = &self.state {
-            s.end("client disconnected");
-        }
-    }
-}
-
-fn totp_prompt(user: &UserName) -> String {
-    format!("Verification code (TOTP) for {user}: ")
-}
-
-/// The host certificate the inner server presents for `target`.
-fn inner_config(gw: &Gateway, target: &TargetName) -> Result<server::Config, certs::CertError> {
-    let cert = certs::host_certificate(
-        &gw.keys.host_ca,
-        gw.keys.host_public(),
-        target.as_str(),
-        Duration::from_secs(24 * 3600),
-    )?;
-    Ok(server::Config {
-        keys: vec![gw.keys.host.clone()],
-        certificates: vec![cert],
-        ..base_config(gw)
-    })
-}
-
-/// Settings shared by outer and inner servers.
-pub fn base_config(gw: &Gateway) -> server::Config {
-    server::Config {
-        server_id: russh::SshId::Standard("SSH-2.0-Herse".into()),
-        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
-        auth_rejection_time: Duration::from_millis(300),
-        auth_rejection_time_initial: Some(Duration::from_millis(0)),
-        keys: vec![gw.keys.host.clone()],
-        window_size: 8 * 1024 * 1024,
-        maximum_packet_size: 65535,
-        channel_buffer_size: 64,
-        max_auth_attempts: 6,
-        inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(30)),
-        keepalive_max: 3,
-        nodelay: true,
-        preferred: crate::upstream::preferred_algorithms(),
-        ..Default::default()
-    }
-}
-
-impl server::Handler for FrontHandler {
-    type Error = russh::Error;
-
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        offer: server::PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
+impl FrontHandler {
+    async fn publickey_offered(&mut self, user: &str, offer: server::PublicKeyOffer<'_>) -> Result<Auth, russh::Error> {
         let key: &PublicKey = offer.public_key;
         // Only say "yes, prove it" for keys the user really holds, so probing reveals nothing
         // beyond what a signature attempt would.
@@ -365,7 +311,7 @@ impl server::Handler for FrontHandler {
         }
     }
 
-    async fn auth_publickey(&mut self, ssh_user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+    async fn publickey(&mut self, ssh_user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, russh::Error> {
         self.state = AuthState::None;
         match self.mode.clone() {
             Mode::Outer => {
@@ -428,12 +374,12 @@ impl server::Handler for FrontHandler {
         }
     }
 
-    async fn auth_keyboard_interactive<'a>(
+    async fn keyboard_interactive<'a>(
         &'a mut self,
         ssh_user: &str,
         _submethods: &str,
         response: Option<server::Response<'a>>,
-    ) -> Result<Auth, Self::Error> {
+    ) -> Result<Auth, russh::Error> {
         // Accepts only a second factor, for the user name whose key was just proven on
         // this connection (russh calls this method whatever was advertised, so the
         // order is enforced here); otherwise only shows why a login was refused.
@@ -491,6 +437,98 @@ impl server::Handler for FrontHandler {
                 Ok(Auth::reject())
             }
         }
+    }
+}
+
+impl Drop for FrontHandler {
+    fn drop(&mut self) {
+        if let AuthState::Target(s) = &self.state {
+            s.end("client disconnected");
+        }
+    }
+}
+
+/// How long a failed authentication attempt is held before the answer: slows guessing
+/// and hides which check failed. Partial successes and prompts are not delayed.
+const REJECTION_PAD: Duration = Duration::from_millis(300);
+
+async fn padded(r: Result<Auth, russh::Error>) -> Result<Auth, russh::Error> {
+    if let Ok(Auth::Reject {
+        partial_success: false, ..
+    }) = &r
+    {
+        tokio::time::sleep(REJECTION_PAD).await;
+    }
+    r
+}
+
+fn totp_prompt(user: &UserName) -> String {
+    format!("Verification code (TOTP) for {user}: ")
+}
+
+/// The host certificate the inner server presents for `target`.
+fn inner_config(gw: &Gateway, target: &TargetName) -> Result<server::Config, certs::CertError> {
+    let cert = certs::host_certificate(
+        &gw.keys.host_ca,
+        gw.keys.host_public(),
+        target.as_str(),
+        Duration::from_secs(24 * 3600),
+    )?;
+    Ok(server::Config {
+        keys: vec![gw.keys.host.clone()],
+        certificates: vec![cert],
+        ..base_config(gw)
+    })
+}
+
+/// Settings shared by outer and inner servers.
+pub fn base_config(gw: &Gateway) -> server::Config {
+    server::Config {
+        server_id: russh::SshId::Standard("SSH-2.0-Herse".into()),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        // Rejections are padded by `padded`, not by russh, which would also delay a
+        // partial success (public key accepted, second factor next).
+        auth_rejection_time: Duration::ZERO,
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![gw.keys.host.clone()],
+        window_size: 8 * 1024 * 1024,
+        maximum_packet_size: 65535,
+        channel_buffer_size: 64,
+        max_auth_attempts: 6,
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        preferred: crate::upstream::preferred_algorithms(),
+        ..Default::default()
+    }
+}
+
+impl server::Handler for FrontHandler {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let r = self.publickey_offered(user, offer).await;
+        padded(r).await
+    }
+
+    async fn auth_publickey(&mut self, ssh_user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        let r = self.publickey(ssh_user, key).await;
+        padded(r).await
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        ssh_user: &str,
+        submethods: &str,
+        response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let r = self.keyboard_interactive(ssh_user, submethods, response).await;
+        padded(r).await
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {

@@ -361,9 +361,16 @@ idle_timeout = "10m"
         assert_eq!(window(&["long"], "web1"), Some(Duration::from_secs(3600)));
         assert_eq!(window(&["long", "short"], "web1"), Some(Duration::from_secs(300)));
         assert_eq!(window(&["long", "fresh"], "web1"), None, "a role without a window");
-        assert_eq!(window(&["long"], "db1"), None, "a tier that always wants a fresh factor");
+        assert_eq!(
+            window(&["long"], "db1"),
+            None,
+            "a tier that always wants a fresh factor"
+        );
         let bad = text.replace("mfa_remember = \"5m\"", "mfa_remember = \"soon\"");
-        assert!(parse(Path::new("p.toml"), &bad).unwrap_err().to_string().contains("mfa_remember"));
+        assert!(parse(Path::new("p.toml"), &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("mfa_remember"));
     }
 
     #[test]
