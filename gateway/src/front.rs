@@ -140,6 +140,32 @@ impl FrontHandler {
         match self.second_factor_needed(user, target, login).await {
             Ok(false) => self.open_session(ssh_user, user, target, login).await,
             Ok(true) => {
+                match self.gw.store.totp(user).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        self.audit_factor(
+                            user,
+                            "mfa.failure",
+                            Severity::Warning,
+                            "no second factor enrolled".into(),
+                        )
+                        .await;
+                        return self.refuse(
+                            ssh_user,
+                            format!(
+                                "herse: access denied: {user} has no second factor enrolled \
+                                 (ask an admin: hersectl users totp enroll {user})"
+                            ),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store unavailable during login");
+                        return self.refuse(
+                            ssh_user,
+                            "herse: access denied: the gateway cannot check your second factor now".into(),
+                        );
+                    }
+                }
                 self.state = AuthState::SecondFactor {
                     ssh_user: ssh_user.to_owned(),
                     user: user.clone(),

@@ -233,6 +233,37 @@ fn totp_through_openssh_in_proxyjump_form_with_replay_lockout_and_unlock() {
     assert!(!out.status.success(), "locked user logged in");
     assert!(text(&out.stderr).contains("locked"), "{}", text(&out.stderr));
 
+    // A user without a second factor is told so, before any prompt.
+    let carol_key = keygen(&d, "carol");
+    ok(w.gw
+        .ctl()
+        .args(["users", "add", "carol", "--key"])
+        .arg(format!("{}.pub", carol_key.display())));
+    ok(w.gw.ctl().args(["roles", "bind", "carol", "eng"]));
+    let carol_cfg = d.join("ssh_config_carol");
+    std::fs::write(
+        &carol_cfg,
+        std::fs::read_to_string(&w.alice_cfg)
+            .unwrap()
+            .replace("User alice", "User carol")
+            .replace(
+                &format!("{}", d.join("alice").display()),
+                &format!("{}", carol_key.display()),
+            ),
+    )
+    .unwrap();
+    let out = run(with_askpass(&mut Command::new("ssh"), &askpass)
+        .arg("-F")
+        .arg(&carol_cfg)
+        .args(["-l", DEPLOY, "web1", "true"])
+        .stdin(Stdio::null()));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("carol has no second factor enrolled"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // 7. An admin unlocks; the right code works again.
     ok(w.gw.ctl().args(["users", "unlock", "alice"]));
     let out = ssh_with(&w, &askpass, "db1", "echo unlocked");
