@@ -71,8 +71,13 @@ pub enum UsersCmd {
     /// The user's TOTP second factor.
     #[command(subcommand)]
     Totp(crate::mfa::TotpCmd),
-    /// Lift a second-factor lockout and forget the failures that caused it.
+    /// Lift second-factor and portal-login lockouts and forget the failures behind them.
     Unlock {
+        name: String,
+    },
+    /// Set the user's portal password, read from standard input (the password policy
+    /// applies; the user should change it at first login).
+    Password {
         name: String,
     },
 }
@@ -269,6 +274,7 @@ async fn users(cli: &Cli, c: &UsersCmd) -> Result<(), Failure> {
         UsersCmd::Totp(t) => return crate::mfa::totp(cli, t).await,
         UsersCmd::Unlock { name } => {
             let u = user_name(name)?;
+            store.reset_login_failures(&u).await.map_err(store_err)?;
             if !store.reset_mfa_failures(&u).await.map_err(store_err)? {
                 return Err(Failure {
                     code: 3,
@@ -278,7 +284,26 @@ async fn users(cli: &Cli, c: &UsersCmd) -> Result<(), Failure> {
             store
                 .audit(&AuditEvent::new("mfa.unlock", Severity::Info, format!("by {op}")).user(&u))
                 .await?;
-            println!("user {u}: second factor unlocked");
+            println!("user {u}: second factor and portal login unlocked");
+        }
+        UsersCmd::Password { name } => {
+            let u = user_name(name)?;
+            let config = load_config(cli)?;
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut line)?;
+            let pw = line.trim_end_matches(['\n', '\r']);
+            if let Err(reason) = config.password_policy.check(u.as_str(), pw) {
+                return Err(Failure {
+                    code: 1,
+                    message: format!("password refused: {reason}"),
+                });
+            }
+            let hash = herse::web::password::hash(pw).map_err(Failure::from)?;
+            store.set_password(&u, &hash).await.map_err(store_err)?;
+            store
+                .audit(&AuditEvent::new("password.set", Severity::Info, format!("by {op}")).user(&u))
+                .await?;
+            println!("password set for {u}");
         }
         UsersCmd::Remove { name } => {
             let u = user_name(name)?;

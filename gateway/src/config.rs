@@ -21,6 +21,9 @@ struct RawConfig {
     ssh: RawSsh,
     wireguard: Option<RawWireguard>,
     metrics: Option<RawMetrics>,
+    web: Option<RawWeb>,
+    #[serde(default)]
+    passwords: RawPasswords,
     #[serde(default)]
     recordings: RawRecordings,
     #[serde(default)]
@@ -47,6 +50,26 @@ struct RawWireguard {
     persistent_keepalive: Option<Spanned<u16>>,
     /// Serve a read-only UAPI socket under this interface name, for `wg show NAME`.
     interface: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    tunnel_port: Option<Spanned<u16>>,
+    #[serde(default)]
+    listen: Vec<Spanned<String>>,
+    #[serde(default)]
+    names: Vec<String>,
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPasswords {
+    min_length: Option<Spanned<usize>>,
+    min_classes: Option<Spanned<usize>>,
+    max_age: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +107,19 @@ pub struct WireguardConfig {
     pub interface: Option<String>,
 }
 
+/// The web portal.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Its port on the tunnel address (with `[wireguard]`).
+    pub tunnel_port: Option<u16>,
+    /// Loopback listeners (local admin, tests).
+    pub listen: Vec<SocketAddr>,
+    /// Names (and addresses) the self-signed certificate is made for.
+    pub names: Vec<String>,
+    /// A certificate chain and key (PEM files) instead of the self-signed pair.
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+}
+
 /// The validated gateway configuration. Relative paths are resolved against the
 /// directory of the configuration file.
 #[derive(Debug, Clone)]
@@ -98,6 +134,8 @@ pub struct GatewayConfig {
     pub wireguard: Option<WireguardConfig>,
     /// Loopback address serving Prometheus metrics, when configured.
     pub metrics_listen: Option<SocketAddr>,
+    pub web: Option<WebConfig>,
+    pub password_policy: crate::web::password::PasswordPolicy,
     pub max_connections: usize,
     pub auth_timeout: Duration,
     pub drain_timeout: Duration,
@@ -219,6 +257,70 @@ impl GatewayConfig {
                     None
                 }
             });
+        let web = raw.web.as_ref().map(|w| {
+            let mut listen = Vec::new();
+            for l in &w.listen {
+                match l.get_ref().parse::<SocketAddr>() {
+                    Ok(a) if a.ip().is_loopback() => listen.push(a),
+                    Ok(_) => errors.push(src.at(
+                        Some(l.span()),
+                        "web.listen accepts loopback addresses only: workstations reach the portal through WireGuard",
+                    )),
+                    Err(e) => errors.push(src.at(Some(l.span()), format!("web.listen: {e}"))),
+                }
+            }
+            let tunnel_port = match (&raw.wireguard, &w.tunnel_port) {
+                (Some(_), p) => Some(p.as_ref().map(|p| *p.get_ref()).unwrap_or(443)),
+                (None, Some(p)) => {
+                    errors.push(src.at(Some(p.span()), "web.tunnel_port needs a [wireguard] section"));
+                    None
+                }
+                (None, None) => None,
+            };
+            let cert_and_key = match (&w.cert, &w.key) {
+                (Some(c), Some(k)) => Some((resolve(c.get_ref()), resolve(k.get_ref()))),
+                (None, None) => None,
+                (Some(c), None) => {
+                    errors.push(src.at(Some(c.span()), "web.cert needs web.key"));
+                    None
+                }
+                (None, Some(k)) => {
+                    errors.push(src.at(Some(k.span()), "web.key needs web.cert"));
+                    None
+                }
+            };
+            let mut names = w.names.clone();
+            names.push("localhost".into());
+            names.push("127.0.0.1".into());
+            WebConfig {
+                tunnel_port,
+                listen,
+                names,
+                cert_and_key,
+            }
+        });
+        let mut password_policy = crate::web::password::PasswordPolicy::default();
+        if let Some(m) = &raw.passwords.min_length {
+            if *m.get_ref() < 8 {
+                errors.push(src.at(Some(m.span()), "passwords.min_length must be at least 8"));
+            }
+            password_policy.min_length = *m.get_ref();
+        }
+        if let Some(m) = &raw.passwords.min_classes {
+            if !(1..=4).contains(m.get_ref()) {
+                errors.push(src.at(Some(m.span()), "passwords.min_classes is between 1 and 4"));
+            }
+            password_policy.min_classes = *m.get_ref();
+        }
+        if let Some(m) = &raw.passwords.max_age {
+            match m.get_ref().as_str() {
+                "never" => password_policy.max_age = None,
+                v => match humantime::parse_duration(v) {
+                    Ok(d) if !d.is_zero() => password_policy.max_age = Some(d),
+                    _ => errors.push(src.at(Some(m.span()), "passwords.max_age: a duration (\"365d\") or \"never\"")),
+                },
+            }
+        }
         if raw.ssh.listen.is_empty() && raw.wireguard.is_none() {
             errors.push(src.at(
                 None,
@@ -290,6 +392,8 @@ impl GatewayConfig {
             ssh_listen,
             wireguard,
             metrics_listen,
+            web,
+            password_policy,
             max_connections,
             auth_timeout,
             drain_timeout,

@@ -28,10 +28,19 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// Serialises recording creation so this node's chain of recordings stays linear.
     pub(crate) recording_chain: tokio::sync::Mutex<()>,
+    /// The portal's TLS configuration, when `[web]` is configured.
+    pub portal_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Gateway {
-    pub fn new(config: GatewayConfig, policy: Policy, store: Store, keys: GatewayKeys, node: String) -> Arc<Self> {
+    pub fn new(
+        config: GatewayConfig,
+        policy: Policy,
+        store: Store,
+        keys: GatewayKeys,
+        node: String,
+        portal_tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Arc<Self> {
         Arc::new(Gateway {
             config,
             policy: ArcSwap::from_pointee(policy),
@@ -42,6 +51,7 @@ impl Gateway {
             stop_accepting: CancellationToken::new(),
             tasks: TaskTracker::new(),
             recording_chain: tokio::sync::Mutex::new(()),
+            portal_tls,
         })
     }
 

@@ -24,4 +24,5 @@ pub mod serve;
 pub mod session;
 pub mod store;
 pub mod upstream;
+pub mod web;
 pub mod wg;

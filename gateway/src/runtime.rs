@@ -40,6 +40,27 @@ pub async fn open_gateway(config_path: &Path, master_key_fd: Option<u32>) -> any
     let master = MasterKey::load(&MasterKeySource::resolve(master_key_fd, &config.master_key_file))?;
     let store = open_store(&config).await?;
     let keys = GatewayKeys::load(&store, &master).await?;
+    let portal_tls = match &config.web {
+        None => None,
+        Some(w) => {
+            let (cert, key) = match &w.cert_and_key {
+                Some((c, k)) => (
+                    std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display()))?,
+                    zeroize::Zeroizing::new(
+                        std::fs::read_to_string(k).with_context(|| format!("cannot read {}", k.display()))?,
+                    ),
+                ),
+                None => {
+                    let mut names = w.names.clone();
+                    if let Some(wg) = &config.wireguard {
+                        names.push(wg.net.gateway.to_string());
+                    }
+                    crate::web::tls::self_signed(&store, &master, &names).await?
+                }
+            };
+            Some(crate::web::tls::server_config(&cert, &key).map_err(|e| anyhow::anyhow!(e))?)
+        }
+    };
     drop(master);
-    Ok(Gateway::new(config, policy, store, keys, node_name()))
+    Ok(Gateway::new(config, policy, store, keys, node_name(), portal_tls))
 }

@@ -60,6 +60,20 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
         )));
     }
     let mut uapi_socket = None;
+    let portal = gw
+        .portal_tls
+        .clone()
+        .map(|tls| crate::web::Portal::new(gw.clone(), tls));
+    let web_tunnel_port = gw.config.web.as_ref().and_then(|w| w.tunnel_port);
+    if let (Some(p), Some(w)) = (&portal, &gw.config.web) {
+        for addr in &w.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            eprintln!("herse: portal listening on https://{}", l.local_addr()?);
+            listeners.push(tokio::spawn(portal_accept_loop(gw.clone(), l, p.clone())));
+        }
+    }
     let wireguard = match &gw.config.wireguard {
         Some(wc) => {
             let peers = peer_specs(&gw.store.active_peers().await?);
@@ -69,6 +83,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
                     address: wc.net.gateway,
                     prefix: wc.net.prefix,
                     ports: std::iter::once(wc.ssh_port)
+                        .chain(portal.as_ref().and(web_tunnel_port))
                         .chain(bench_forward().map(|f| f.0))
                         .collect(),
                 },
@@ -89,7 +104,11 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
                 acceptor,
                 config.clone(),
                 permits.clone(),
+                portal.clone().zip(web_tunnel_port),
             )));
+            if let Some(p) = web_tunnel_port.filter(|_| portal.is_some()) {
+                eprintln!("herse: portal on https://{}:{p} inside the tunnel", wc.net.gateway);
+            }
             let wg = Arc::new(wg);
             listeners.push(tokio::spawn(watch_workstations(gw.clone(), wg.clone())));
             if let Some(name) = &wc.interface {
@@ -193,6 +212,33 @@ async fn accept_loop(
     }
 }
 
+/// The portal's loopback listener (local admin).
+async fn portal_accept_loop(gw: Arc<Gateway>, listener: TcpListener, portal: crate::web::Portal) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = gw.stop_accepting.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let p = portal.clone();
+        gw.tasks.spawn(async move {
+            p.serve(
+                tcp,
+                Origin {
+                    addr: peer,
+                    via: Via::Loopback,
+                },
+            )
+            .await;
+        });
+    }
+}
+
 /// Connections through the WireGuard tunnel, attributed to the workstation whose key
 /// carried them.
 async fn tunnel_accept_loop(
@@ -200,6 +246,7 @@ async fn tunnel_accept_loop(
     mut acceptor: tokio::sync::mpsc::Receiver<Accepted>,
     config: Arc<russh::server::Config>,
     permits: Arc<Semaphore>,
+    portal: Option<(crate::web::Portal, u16)>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -235,6 +282,16 @@ async fn tunnel_accept_loop(
             addr: accepted.remote,
             via: Via::Workstation(ws),
         };
+        if let Some((p, port)) = &portal {
+            if accepted.local_port == *port {
+                let p = p.clone();
+                gw.tasks.spawn(async move {
+                    let _permit = permit;
+                    p.serve(accepted.stream, origin).await;
+                });
+                continue;
+            }
+        }
         let gw2 = gw.clone();
         let config = config.clone();
         gw.tasks.spawn(async move {

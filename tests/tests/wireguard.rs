@@ -115,7 +115,7 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
             "data_dir = \"data\"\nmaster_key_file = \"secrets/master.key\"\npolicy = \"policy.toml\"\n\
          [ssh]\nauth_timeout = \"20s\"\ndrain_timeout = \"3s\"\n\
          [wireguard]\nlisten = \"0.0.0.0:51820\"\naddress = \"10.77.0.1/24\"\nendpoint = \"10.210.1.1:51820\"\n\
-         interface = \"{uapi}\"\n[metrics]\nlisten = \"127.0.0.1:9187\"\n",
+         interface = \"{uapi}\"\n[metrics]\nlisten = \"127.0.0.1:9187\"\n[web]\n",
             uapi = iface("g")
         ),
     )
@@ -261,6 +261,29 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
         !net.ws1.tcp_connects("10.77.0.1", 2222, 2),
         "a port the gateway does not serve"
     );
+    // The portal lives on the tunnel address too, and only there.
+    let portal = net
+        .ws1
+        .command("curl")
+        .args([
+            "-skS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "https://10.77.0.1/login",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&portal.stdout),
+        "200",
+        "portal through the tunnel: {}",
+        text(&portal.stderr)
+    );
+    assert!(!net.ws1.tcp_connects("10.210.1.1", 443, 2), "portal outside the tunnel");
     // Even with the host forwarding packets, and a workstation that widens its own
     // AllowedIPs to the tiers, the tunnel leads nowhere but Herse's own listeners.
     ok(net.gw.command("sysctl").args(["-q", "-w", "net.ipv4.ip_forward=1"]));

@@ -4,6 +4,7 @@
 
 mod audit;
 mod mfa;
+mod portal;
 mod sessions;
 mod users;
 mod workstations;
@@ -15,6 +16,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
 pub use audit::{AuditEvent, AuditRow, Severity};
+pub use portal::WebSession;
 pub use sessions::{SessionRow, SessionStart};
 pub use users::{fingerprint, KeyRow, UserRow, UserStatus};
 pub use workstations::{ActivePeer, WorkstationRow};

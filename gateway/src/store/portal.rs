@@ -1,0 +1,151 @@
+//! Portal state: password hashes with their lockout, and portal sessions.
+
+use sqlx::Row;
+
+use super::{now_micros, Store, StoreError};
+use crate::ident::UserName;
+
+/// A live portal session.
+#[derive(Debug, Clone)]
+pub struct WebSession {
+    pub user: String,
+    pub workstation: String,
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
+impl Store {
+    pub async fn set_password(&self, user: &UserName, hash: &str) -> Result<(), StoreError> {
+        let r = sqlx::query("UPDATE users SET password_hash = $1, password_set_at = $2 WHERE name = $3")
+            .bind(hash)
+            .bind(now_micros())
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {user}")));
+        }
+        Ok(())
+    }
+
+    /// `(hash, set at)` of the user's password, if one is set.
+    pub async fn password(&self, user: &UserName) -> Result<Option<(String, i64)>, StoreError> {
+        let r = sqlx::query("SELECT password_hash, password_set_at FROM users WHERE name = $1")
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = r else { return Ok(None) };
+        let h: Option<String> = r.try_get(0)?;
+        let at: Option<i64> = r.try_get(1)?;
+        Ok(h.map(|h| (h, at.unwrap_or(0))))
+    }
+
+    pub async fn login_locked_until(&self, user: &UserName) -> Result<Option<i64>, StoreError> {
+        let r = sqlx::query("SELECT login_locked_until FROM users WHERE name = $1")
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let until: Option<i64> = match r {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        };
+        Ok(until.filter(|u| *u > now_micros()))
+    }
+
+    /// Count a failed portal login; from `max` in a row the account is locked for
+    /// `lock_micros`, doubled per further failure (at most a day).
+    pub async fn record_login_failure(
+        &self,
+        user: &UserName,
+        max: i64,
+        lock_micros: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        sqlx::query("UPDATE users SET login_failures = login_failures + 1 WHERE name = $1")
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        let n: i64 = sqlx::query("SELECT login_failures FROM users WHERE name = $1")
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(0);
+        if n < max {
+            return Ok(None);
+        }
+        let until = now_micros()
+            + lock_micros
+                .saturating_mul(1i64 << (n - max).clamp(0, 10))
+                .min(86_400_000_000);
+        sqlx::query("UPDATE users SET login_locked_until = $1 WHERE name = $2")
+            .bind(until)
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(Some(until))
+    }
+
+    /// A successful login, or an admin's unlock.
+    pub async fn reset_login_failures(&self, user: &UserName) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE users SET login_failures = 0, login_locked_until = NULL WHERE name = $1")
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn create_web_session(
+        &self,
+        token_hash: &str,
+        user: &UserName,
+        workstation: &str,
+        csrf: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO web_sessions (token_hash, user_name, workstation, csrf, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token_hash)
+        .bind(user.as_str())
+        .bind(workstation)
+        .bind(csrf)
+        .bind(now_micros())
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The session for a token hash, if it exists, has not expired and its user is active.
+    pub async fn web_session(&self, token_hash: &str) -> Result<Option<WebSession>, StoreError> {
+        let r = sqlx::query(
+            "SELECT s.user_name, s.workstation, s.csrf, s.expires_at FROM web_sessions s \
+             JOIN users u ON u.name = s.user_name \
+             WHERE s.token_hash = $1 AND s.expires_at > $2 AND u.status = 'active'",
+        )
+        .bind(token_hash)
+        .bind(now_micros())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match r {
+            Some(r) => Some(WebSession {
+                user: r.try_get(0)?,
+                workstation: r.try_get(1)?,
+                csrf: r.try_get(2)?,
+                expires_at: r.try_get(3)?,
+            }),
+            None => None,
+        })
+    }
+
+    pub async fn delete_web_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM web_sessions WHERE token_hash = $1 OR expires_at < $2")
+            .bind(token_hash)
+            .bind(now_micros())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

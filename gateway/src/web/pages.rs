@@ -1,0 +1,421 @@
+//! Portal pages: log in (password + TOTP), see who you are, change your password, log
+//! out. Minimal HTML, no scripts.
+
+use std::sync::Arc;
+
+use axum::extract::{Form, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use base64::Engine as _;
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+
+use super::{password, LOGIN_FAILURES, LOGIN_LOCK, SESSION_TTL};
+use crate::gateway::Gateway;
+use crate::ident::UserName;
+use crate::mfa::{self, Verdict};
+use crate::origin::{Origin, Via};
+use crate::store::{now_micros, AuditEvent, Severity, WebSession};
+
+const COOKIE: &str = "herse_session";
+
+#[derive(Clone)]
+struct App {
+    gw: Arc<Gateway>,
+}
+
+pub fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login_form).post(login))
+        .route("/password", post(change_password))
+        .route("/logout", post(logout))
+        .with_state(App { gw })
+        .layer(middleware::from_fn(same_origin_writes))
+        .layer(middleware::from_fn(security_headers))
+}
+
+/// Every response: no caching, no framing, no scripts, no referrer.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    for (k, v) in [
+        (
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+        ("strict-transport-security", "max-age=31536000"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    r
+}
+
+/// A request that changes state must come from the portal's own pages: its `Origin`
+/// is this host (or, without one, the browser says `Sec-Fetch-Site: same-origin`). A
+/// form posted from another site is refused before any handler runs.
+async fn same_origin_writes(req: Request, next: Next) -> Response {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return next.run(req).await;
+    }
+    let h = req.headers();
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ok = match h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(o) => !host.is_empty() && o == format!("https://{host}"),
+        None => h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin"),
+    };
+    if !ok {
+        return (StatusCode::FORBIDDEN, "herse: cross-site request refused\n").into_response();
+    }
+    next.run(req).await
+}
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Herse — {t}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:2em auto\"><h1>{t}</h1>{body}</body></html>",
+        t = esc(title)
+    ))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn login_page(message: &str) -> Html<String> {
+    let msg = if message.is_empty() {
+        String::new()
+    } else {
+        format!("<p role=\"alert\"><strong>{}</strong></p>", esc(message))
+    };
+    page(
+        "Log in",
+        &format!(
+            "{msg}<form method=\"post\" action=\"/login\">\
+             <p><label>User <input name=\"user\" autocomplete=\"username\" required></label></p>\
+             <p><label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
+             <p><label>Verification code (TOTP) <input name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required></label></p>\
+             <p><button>Log in</button></p></form>"
+        ),
+    )
+}
+
+async fn login_form() -> Html<String> {
+    login_page("")
+}
+
+/// Where a second-factor proof or a session belongs (as the SSH front counts it).
+fn place(origin: &Origin) -> String {
+    match &origin.via {
+        Via::Workstation(w) => w.to_string(),
+        Via::Loopback => "@loopback".into(),
+    }
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The caller's session: the cookie names a live one, of an active user, made from
+/// this same workstation.
+async fn session(app: &App, headers: &HeaderMap, origin: &Origin) -> Option<(WebSession, String)> {
+    let hash = token_hash(&cookie_token(headers)?);
+    let s = app.gw.store.web_session(&hash).await.ok()??;
+    (s.workstation == place(origin)).then_some((s, hash))
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    user: String,
+    password: String,
+    code: String,
+}
+
+async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, Form(f): Form<LoginForm>) -> Response {
+    let gw = &app.gw;
+    let fail = |status: StatusCode, msg: &str| (status, login_page(msg)).into_response();
+    let audit = |kind: &'static str, sev: Severity, user: &str, detail: String| {
+        let e = AuditEvent::new(kind, sev, detail)
+            .user(user.escape_debug().take(80).collect::<String>())
+            .origin(&origin);
+        async move { gw.audit(e).await }
+    };
+    let Ok(user) = UserName::parse(f.user.trim()) else {
+        audit(
+            "web.login.failure",
+            Severity::Warning,
+            &f.user,
+            "invalid user name".into(),
+        )
+        .await;
+        return fail(StatusCode::UNAUTHORIZED, "Login failed.");
+    };
+    let active = matches!(gw.store.is_active(&user).await, Ok(true));
+    if !active {
+        audit(
+            "web.login.failure",
+            Severity::Warning,
+            user.as_str(),
+            "unknown or suspended user".into(),
+        )
+        .await;
+        return fail(StatusCode::UNAUTHORIZED, "Login failed.");
+    }
+    if let Ok(Some(until)) = gw.store.login_locked_until(&user).await {
+        audit(
+            "web.login.failure",
+            Severity::Warning,
+            user.as_str(),
+            "account locked".into(),
+        )
+        .await;
+        return fail(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "Account locked after repeated failures until {} (an admin can unlock it).",
+                when(until)
+            ),
+        );
+    }
+    if let Via::Workstation(ws) = &origin.via {
+        let bound =
+            matches!(gw.store.workstation(ws).await, Ok(Some(w)) if !w.is_revoked() && w.owner == user.as_str());
+        if !bound {
+            audit(
+                "login.wrong_workstation",
+                Severity::Alert,
+                user.as_str(),
+                format!("portal login from workstation {ws}, not bound to {user}"),
+            )
+            .await;
+            return fail(
+                StatusCode::FORBIDDEN,
+                &format!("Workstation {ws} is not bound to {user}."),
+            );
+        }
+    }
+    let policy = &gw.config.password_policy;
+    let stored = gw.store.password(&user).await.ok().flatten();
+    let reason = match &stored {
+        None => Some("no password set"),
+        Some((hash, _)) if !password::verify(&f.password, hash) => Some("wrong password"),
+        Some(_) => match mfa::check_totp(&gw.store, &gw.keys.user_secrets, &user, &f.code).await {
+            Ok(Verdict::Accepted) => None,
+            Ok(Verdict::NotEnrolled) => Some("no second factor enrolled"),
+            Ok(Verdict::Locked(_)) => Some("second factor locked"),
+            Ok(Verdict::Failed { reason, .. }) => Some(reason),
+            Err(_) => Some("second factor unavailable"),
+        },
+    };
+    if let Some(reason) = reason {
+        audit("web.login.failure", Severity::Warning, user.as_str(), reason.into()).await;
+        if let Ok(Some(until)) = gw
+            .store
+            .record_login_failure(&user, LOGIN_FAILURES, LOGIN_LOCK.as_micros() as i64)
+            .await
+        {
+            audit(
+                "web.login.lockout",
+                Severity::Alert,
+                user.as_str(),
+                format!("locked until {}", when(until)),
+            )
+            .await;
+        }
+        return fail(StatusCode::UNAUTHORIZED, "Login failed.");
+    }
+    let _ = gw.store.reset_login_failures(&user).await;
+    let _ = gw.store.record_mfa_proof(&user, &place(&origin)).await;
+    let mut raw = [0u8; 32];
+    rand::rng().fill(&mut raw[..]);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    rand::rng().fill(&mut raw[..]);
+    let csrf = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let expires = now_micros() + SESSION_TTL.as_micros() as i64;
+    if let Err(e) = gw
+        .store
+        .create_web_session(&token_hash(&token), &user, &place(&origin), &csrf, expires)
+        .await
+    {
+        tracing::error!(error = %e, "cannot create portal session");
+        return fail(StatusCode::SERVICE_UNAVAILABLE, "The portal cannot log you in now.");
+    }
+    let expired = stored.and_then(|(_, set_at)| {
+        let age = now_micros().saturating_sub(set_at);
+        policy.max_age.filter(|m| age > m.as_micros() as i64)
+    });
+    audit(
+        "web.login.success",
+        Severity::Info,
+        user.as_str(),
+        format!(
+            "password + TOTP{}",
+            if expired.is_some() { " (password expired)" } else { "" }
+        ),
+    )
+    .await;
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        SESSION_TTL.as_secs()
+    );
+    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+fn when(micros: i64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64))
+        .to_string()
+}
+
+async fn home(State(app): State<App>, Extension(origin): Extension<Origin>, headers: HeaderMap) -> Response {
+    let Some((s, _)) = session(&app, &headers, &origin).await else {
+        return (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
+    };
+    let age_note = match UserName::parse(&s.user) {
+        Ok(u) => match app.gw.store.password(&u).await.ok().flatten() {
+            Some((_, set_at)) => {
+                let age = now_micros().saturating_sub(set_at);
+                match app.gw.config.password_policy.max_age {
+                    Some(m) if age > m.as_micros() as i64 => {
+                        "<p><strong>Your password has expired: change it now.</strong></p>"
+                    }
+                    _ => "",
+                }
+            }
+            None => "",
+        },
+        Err(_) => "",
+    };
+    page(
+        "Herse",
+        &format!(
+            "<p>Signed in as <b>{user}</b> from {place}; this session ends at {end}.</p>{age_note}\
+             <h2>Change password</h2><form method=\"post\" action=\"/password\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <p><label>Current <input name=\"current\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
+             <p><label>New <input name=\"new\" type=\"password\" autocomplete=\"new-password\" required></label></p>\
+             <p><button>Change</button></p></form>\
+             <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Log out</button></form>",
+            user = esc(&s.user),
+            place = esc(&s.workstation),
+            end = when(s.expires_at),
+            csrf = esc(&s.csrf),
+        ),
+    )
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct PasswordForm {
+    csrf: String,
+    current: String,
+    new: String,
+}
+
+async fn change_password(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    headers: HeaderMap,
+    Form(f): Form<PasswordForm>,
+) -> Response {
+    let Some((s, _)) = session(&app, &headers, &origin).await else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            page("Log in again", "<p>Your session has ended.</p>"),
+        )
+            .into_response();
+    };
+    if !constant_time_eq(f.csrf.as_bytes(), s.csrf.as_bytes()) {
+        return (StatusCode::FORBIDDEN, "herse: missing or wrong CSRF token\n").into_response();
+    }
+    let Ok(user) = UserName::parse(&s.user) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let current_ok = matches!(app.gw.store.password(&user).await, Ok(Some((h, _))) if password::verify(&f.current, &h));
+    if !current_ok {
+        return (
+            StatusCode::FORBIDDEN,
+            page("Password not changed", "<p>The current password is wrong.</p>"),
+        )
+            .into_response();
+    }
+    if let Err(reason) = app.gw.config.password_policy.check(user.as_str(), &f.new) {
+        return (
+            StatusCode::BAD_REQUEST,
+            page("Password not changed", &format!("<p>Refused: {}</p>", esc(&reason))),
+        )
+            .into_response();
+    }
+    let hash = match password::hash(&f.new) {
+        Ok(h) => h,
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    if app.gw.store.set_password(&user, &hash).await.is_err() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    app.gw
+        .audit(
+            AuditEvent::new("password.change", Severity::Info, "on the portal")
+                .user(&user)
+                .origin(&origin),
+        )
+        .await;
+    page(
+        "Password changed",
+        "<p>Your password was changed.</p><p><a href=\"/\">Back</a></p>",
+    )
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Some((s, hash)) = session(&app, &headers, &origin).await {
+        if constant_time_eq(f.csrf.as_bytes(), s.csrf.as_bytes()) {
+            let _ = app.gw.store.delete_web_session(&hash).await;
+        }
+    }
+    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("herse_session=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0"),
+    );
+    r
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

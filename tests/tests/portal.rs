@@ -1,0 +1,211 @@
+//! The web portal end to end with curl: password + TOTP login, session cookie flags,
+//! same-origin and CSRF checks, the password policy, lockout and unlock.
+
+use std::process::{Command, Stdio};
+
+use herse_e2e::*;
+
+struct Portal {
+    base: String,
+    jar: std::path::PathBuf,
+}
+
+impl Portal {
+    /// `curl -i` (headers and body) with this portal's cookie jar.
+    fn curl(&self, args: &[&str]) -> String {
+        let out = run(Command::new("curl")
+            .args(["-sk", "-i", "--max-time", "10", "-c"])
+            .arg(&self.jar)
+            .arg("-b")
+            .arg(&self.jar)
+            .args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn post(&self, path: &str, origin: Option<&str>, fields: &[(&str, &str)]) -> String {
+        let url = format!("{}{path}", self.base);
+        let mut args: Vec<String> = vec!["-X".into(), "POST".into(), url];
+        if let Some(o) = origin {
+            args.push("-H".into());
+            args.push(format!("Origin: {o}"));
+        }
+        for (k, v) in fields {
+            args.push("--data-urlencode".into());
+            args.push(format!("{k}={v}"));
+        }
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        self.curl(&refs)
+    }
+
+    fn login(&self, user: &str, password: &str, code: &str) -> String {
+        self.post(
+            "/login",
+            Some(&self.base),
+            &[("user", user), ("password", password), ("code", code)],
+        )
+    }
+}
+
+fn status(resp: &str) -> u16 {
+    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn set_password(gw: &Gateway, user: &str, pw: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut c = gw
+        .ctl()
+        .args(["users", "password", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "{pw}").unwrap();
+    c.wait_with_output().unwrap()
+}
+
+#[test]
+fn portal_login_cookies_csrf_policy_and_lockout() {
+    let dir = TempDir::new("portal");
+    let d = dir.0.clone();
+    std::fs::write(d.join("policy.toml"), "").unwrap();
+    let config = Gateway::init(&d);
+    let port = free_port();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("[web]\nlisten = [\"127.0.0.1:{port}\"]\n"));
+    std::fs::write(&config, text).unwrap();
+    let gw = Gateway::start(&d, &config);
+    gw.wait_line("portal listening on", std::time::Duration::from_secs(10));
+    for u in ["alice", "bob"] {
+        ok(gw.ctl().args(["users", "add", u]));
+    }
+    let alice_totp = enrol_totp(&config, "alice");
+    let bob_totp = enrol_totp(&config, "bob");
+
+    // The password policy refuses weak passwords with the reason.
+    for (weak, why) in [
+        ("short1A!", "too short"),
+        ("Password2024!", "too common"),
+        ("alllowercaseletters", "too simple"),
+        ("Alice-in-Wonderland-1", "user name"),
+    ] {
+        let out = set_password(&gw, "alice", weak);
+        assert_eq!(out.status.code(), Some(1), "{weak} accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{weak}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let alice_pw = "Correct-Horse-Battery-9";
+    assert!(set_password(&gw, "alice", alice_pw).status.success());
+    assert!(set_password(&gw, "bob", "Another-Good-Passphrase-4").status.success());
+
+    let p = Portal {
+        base: format!("https://127.0.0.1:{port}"),
+        jar: d.join("cookies"),
+    };
+    // A form posted from another site is refused before anything is checked.
+    let r = p.post(
+        "/login",
+        Some("https://evil.example"),
+        &[
+            ("user", "alice"),
+            ("password", alice_pw),
+            ("code", &totp_next(&alice_totp)),
+        ],
+    );
+    assert_eq!(status(&r), 403, "{r}");
+    assert!(r.contains("cross-site request refused"));
+    let r = p.post(
+        "/login",
+        None,
+        &[("user", "alice"), ("password", alice_pw), ("code", "1")],
+    );
+    assert_eq!(status(&r), 403, "no Origin and no Sec-Fetch-Site: {r}");
+
+    // Password and second factor: a session cookie that scripts and other sites never see.
+    let r = p.login("alice", alice_pw, &totp_next(&alice_totp));
+    assert_eq!(status(&r), 303, "{r}");
+    let cookie = r
+        .lines()
+        .find(|l| l.to_lowercase().starts_with("set-cookie:"))
+        .unwrap()
+        .to_owned();
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Max-Age=900"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    let home = p.curl(&[&format!("{}/", p.base)]);
+    assert!(home.contains("Signed in as <b>alice</b>"), "{home}");
+    let csrf = home
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+
+    // With the session cookie but from another site, or without the token: refused.
+    let new_pw = "Brand-New-Passphrase-77";
+    let r = p.post(
+        "/password",
+        Some("https://evil.example"),
+        &[("csrf", &csrf), ("current", alice_pw), ("new", new_pw)],
+    );
+    assert_eq!(status(&r), 403, "{r}");
+    let r = p.post(
+        "/password",
+        Some(&p.base),
+        &[("csrf", "forged"), ("current", alice_pw), ("new", new_pw)],
+    );
+    assert_eq!(status(&r), 403, "{r}");
+    assert!(r.contains("CSRF"));
+    // The policy applies on the portal too, with the reason shown.
+    let r = p.post(
+        "/password",
+        Some(&p.base),
+        &[("csrf", &csrf), ("current", alice_pw), ("new", "tooshort")],
+    );
+    assert_eq!(status(&r), 400, "{r}");
+    assert!(r.contains("too short"), "{r}");
+    let r = p.post(
+        "/password",
+        Some(&p.base),
+        &[("csrf", &csrf), ("current", alice_pw), ("new", new_pw)],
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(r.contains("Your password was changed"));
+
+    // Lockout: five failures in a row lock the account, even for the right password.
+    let bob = Portal {
+        base: p.base.clone(),
+        jar: d.join("cookies-bob"),
+    };
+    for _ in 0..5 {
+        let r = bob.login("bob", "Wrong-Passphrase-000", &totp_now(&bob_totp));
+        assert_eq!(status(&r), 401, "{r}");
+        assert!(r.contains("Login failed."));
+    }
+    let r = bob.login("bob", "Another-Good-Passphrase-4", &totp_next(&bob_totp));
+    assert_eq!(status(&r), 403, "{r}");
+    assert!(r.contains("Account locked"), "{r}");
+    let audit: serde_json::Value = serde_json::from_str(&ok(gw.ctl().args(["audit", "list", "--json"]))).unwrap();
+    let events = audit.as_array().unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "web.login.lockout" && e["severity"] == "alert" && e["user"] == "bob"));
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "web.login.failure" && e["user"] == "bob" && e["detail"] == "wrong password"));
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "web.login.success" && e["user"] == "alice"));
+    ok(gw.ctl().args(["users", "unlock", "bob"]));
+    let r = bob.login("bob", "Another-Good-Passphrase-4", &totp_next(&bob_totp));
+    assert_eq!(status(&r), 303, "after unlock: {r}");
+
+    // Logging out ends the session on the server, not only in the browser.
+    let r = p.post("/logout", Some(&p.base), &[("csrf", &csrf)]);
+    assert_eq!(status(&r), 303, "{r}");
+    let home = p.curl(&[&format!("{}/", p.base)]);
+    assert_eq!(status(&home), 303, "{home}");
+}
