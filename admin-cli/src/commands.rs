@@ -75,6 +75,11 @@ pub enum UsersCmd {
     Unlock {
         name: String,
     },
+    /// Make the user's one-time recovery codes (replacing any earlier ones) and print
+    /// them once; each stands in for a TOTP code a single time.
+    RecoveryCodes {
+        name: String,
+    },
     /// Set the user's portal password, read from standard input (the password policy
     /// applies; the user should change it at first login).
     Password {
@@ -285,6 +290,31 @@ async fn users(cli: &Cli, c: &UsersCmd) -> Result<(), Failure> {
                 .audit(&AuditEvent::new("mfa.unlock", Severity::Info, format!("by {op}")).user(&u))
                 .await?;
             println!("user {u}: second factor and portal login unlocked");
+        }
+        UsersCmd::RecoveryCodes { name } => {
+            let u = user_name(name)?;
+            let codes = herse::mfa::new_recovery_codes();
+            let hashes: Vec<String> = codes.iter().map(|c| herse::mfa::recovery_hash(&u, c)).collect();
+            store.set_recovery_codes(&u, &hashes).await.map_err(store_err)?;
+            store
+                .audit(
+                    &AuditEvent::new(
+                        "mfa.recovery_codes",
+                        Severity::Info,
+                        format!("{} new recovery codes by {op}", codes.len()),
+                    )
+                    .user(&u),
+                )
+                .await?;
+            if cli.json {
+                let list: Vec<&str> = codes.iter().map(|c| c.as_str()).collect();
+                println!("{}", serde_json::json!({ "user": u.as_str(), "recovery_codes": list }));
+            } else {
+                for c in &codes {
+                    println!("{}", c.as_str());
+                }
+            }
+            eprintln!("hersectl: shown once, stored hashed; earlier codes of {u} no longer work");
         }
         UsersCmd::Password { name } => {
             let u = user_name(name)?;

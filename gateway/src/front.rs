@@ -233,17 +233,31 @@ impl FrontHandler {
         code: &str,
     ) -> Auth {
         use crate::mfa::Verdict;
-        let verdict = crate::mfa::check_totp(&self.gw.store, &self.gw.keys.user_secrets, &user, code).await;
+        let verdict = crate::mfa::check_second_factor(&self.gw.store, &self.gw.keys.user_secrets, &user, code).await;
         let when = |micros: i64| {
             humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64))
         };
         match verdict {
-            Ok(Verdict::Accepted) => {
+            Ok(v @ (Verdict::Accepted | Verdict::AcceptedRecovery { .. })) => {
                 if let Err(e) = self.gw.store.record_mfa_proof(&user, self.proof_place()).await {
                     tracing::error!(error = %e, "cannot record second-factor proof");
                 }
-                self.audit_factor(&user, "mfa.success", Severity::Info, "TOTP".into())
-                    .await;
+                match v {
+                    Verdict::AcceptedRecovery { left } => {
+                        // Notable: the authenticator may be lost or stolen.
+                        self.audit_factor(
+                            &user,
+                            "mfa.success",
+                            Severity::Warning,
+                            format!("recovery code ({left} left)"),
+                        )
+                        .await
+                    }
+                    _ => {
+                        self.audit_factor(&user, "mfa.success", Severity::Info, "TOTP".into())
+                            .await
+                    }
+                }
                 self.open_session(ssh_user, &user, &target, &login).await
             }
             Ok(Verdict::NotEnrolled) => {

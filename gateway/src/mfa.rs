@@ -82,6 +82,10 @@ impl Enrolment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accepted,
+    /// A one-time recovery code was used; `left` remain.
+    AcceptedRecovery {
+        left: i64,
+    },
     /// No TOTP enrolled for the user.
     NotEnrolled,
     /// Locked until (Unix µs) by earlier failures; the code was not even checked.
@@ -93,8 +97,71 @@ pub enum Verdict {
     },
 }
 
-/// Check `code` for `user`: not locked, the right code within one step, a step never
-/// accepted before. Failures count towards the lock; a success clears them.
+/// How many recovery codes a user gets.
+pub const RECOVERY_CODES: usize = 10;
+const RECOVERY_ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+
+/// Fresh one-time recovery codes (`xxxx-xxxx-xxxx`, about 59 bits each), to show once.
+pub fn new_recovery_codes() -> Vec<Zeroizing<String>> {
+    let mut rng = rand::rng();
+    (0..RECOVERY_CODES)
+        .map(|_| {
+            let mut c = Zeroizing::new(String::with_capacity(14));
+            for i in 0..12 {
+                if i > 0 && i % 4 == 0 {
+                    c.push('-');
+                }
+                let k = rand::RngExt::random_range(&mut rng, 0..RECOVERY_ALPHABET.len());
+                c.push(RECOVERY_ALPHABET[k] as char);
+            }
+            c
+        })
+        .collect()
+}
+
+/// What is stored of a recovery code.
+pub fn recovery_hash(user: &UserName, code: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        format!("{user}:{}", code.trim().to_lowercase()).as_bytes(),
+    ))
+}
+
+fn looks_like_recovery_code(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 14 && b[4] == b'-' && b[9] == b'-'
+}
+
+/// Check a second-factor answer for `user`: a TOTP code (the right one within one step,
+/// a step never accepted before) or a one-time recovery code. Failures count towards the
+/// lock; a success clears them.
+pub async fn check_second_factor(
+    store: &Store,
+    key: &MasterKey,
+    user: &UserName,
+    code: &str,
+) -> Result<Verdict, StoreError> {
+    if let Some(until) = store.mfa_locked_until(user).await? {
+        return Ok(Verdict::Locked(until));
+    }
+    if looks_like_recovery_code(code.trim()) {
+        if store.use_recovery_code(user, &recovery_hash(user, code)).await? {
+            store.reset_mfa_failures(user).await?;
+            let left = store.recovery_codes_left(user).await?;
+            return Ok(Verdict::AcceptedRecovery { left });
+        }
+        let (_, locked_until) = store
+            .record_mfa_failure(user, MAX_FAILURES, LOCK.as_micros() as i64)
+            .await?;
+        return Ok(Verdict::Failed {
+            reason: "unknown or used recovery code",
+            locked_until,
+        });
+    }
+    check_totp(store, key, user, code).await
+}
+
+/// Check a TOTP `code` for `user` (see `check_second_factor`).
 pub async fn check_totp(store: &Store, key: &MasterKey, user: &UserName, code: &str) -> Result<Verdict, StoreError> {
     if let Some(until) = store.mfa_locked_until(user).await? {
         return Ok(Verdict::Locked(until));
@@ -206,6 +273,32 @@ mod tests {
             check_totp(&s, &key, &alice, &code).await.unwrap(),
             Verdict::Locked(_)
         ));
+        // Recovery codes: each works once (even while TOTP is locked? no: the lock holds).
+        s.reset_mfa_failures(&alice).await.unwrap();
+        let codes = new_recovery_codes();
+        assert_eq!(codes.len(), RECOVERY_CODES);
+        let hashes: Vec<String> = codes.iter().map(|c| recovery_hash(&alice, c)).collect();
+        s.set_recovery_codes(&alice, &hashes).await.unwrap();
+        assert_eq!(
+            check_second_factor(&s, &key, &alice, &codes[0].to_uppercase())
+                .await
+                .unwrap(),
+            Verdict::AcceptedRecovery { left: 9 }
+        );
+        assert!(matches!(
+            check_second_factor(&s, &key, &alice, &codes[0]).await.unwrap(),
+            Verdict::Failed {
+                reason: "unknown or used recovery code",
+                ..
+            }
+        ));
+        assert!(
+            matches!(
+                check_second_factor(&s, &key, &bob, &codes[1]).await.unwrap(),
+                Verdict::Failed { .. }
+            ),
+            "another user's code"
+        );
         assert!(proof_covers(Some(now_micros()), Some(Duration::from_secs(60))));
         assert!(!proof_covers(
             Some(now_micros() - 120_000_000),

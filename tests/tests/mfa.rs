@@ -268,6 +268,20 @@ fn totp_through_openssh_in_proxyjump_form_with_replay_lockout_and_unlock() {
     ok(w.gw.ctl().args(["users", "unlock", "alice"]));
     let out = ssh_with(&w, &askpass, "db1", "echo unlocked");
     assert_eq!(text(&out.stdout).trim(), "unlocked", "{}", text(&out.stderr));
+
+    // 8. A one-time recovery code stands in for the authenticator, once.
+    let codes = ok(w.gw.ctl().args(["users", "recovery-codes", "alice"]));
+    let code = codes.lines().next().unwrap().trim().to_owned();
+    assert_eq!(codes.lines().count(), 10, "{codes}");
+    let out = ssh_with(&w, &fixed_answer(&d, "recovery1", &code), "db1", "echo recovered");
+    assert_eq!(text(&out.stdout).trim(), "recovered", "{}", text(&out.stderr));
+    assert!(w
+        .audit()
+        .iter()
+        .any(|e| e["kind"] == "mfa.success" && e["severity"] == "warning" && e["detail"] == "recovery code (9 left)"));
+    let out = ssh_with(&w, &fixed_answer(&d, "recovery2", &code), "db1", "echo again");
+    assert!(!out.status.success(), "a recovery code worked twice");
+    assert!(w.has_event("mfa.failure", "unknown or used recovery code"));
 }
 
 /// A raw SSH client (russh), to send what OpenSSH never would.

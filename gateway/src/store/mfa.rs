@@ -150,6 +150,53 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Replace the user's recovery codes with these hashes.
+    pub async fn set_recovery_codes(&self, user: &UserName, hashes: &[String]) -> Result<(), StoreError> {
+        if self.user(user).await?.is_none() {
+            return Err(StoreError::NotFound(format!("user {user}")));
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM recovery_codes WHERE user_name = $1")
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for h in hashes {
+            sqlx::query("INSERT INTO recovery_codes (user_name, code_hash, created_at) VALUES ($1, $2, $3)")
+                .bind(user.as_str())
+                .bind(h)
+                .bind(now_micros())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Use a recovery code once: true for the first use of a code the user holds.
+    pub async fn use_recovery_code(&self, user: &UserName, hash: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE recovery_codes SET used_at = $1 WHERE user_name = $2 AND code_hash = $3 AND used_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(user.as_str())
+        .bind(hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn recovery_codes_left(&self, user: &UserName) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM recovery_codes WHERE user_name = $1 AND used_at IS NULL")
+                .bind(user.as_str())
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::ident::UserName;

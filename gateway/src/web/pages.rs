@@ -221,8 +221,8 @@ async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, For
     let reason = match &stored {
         None => Some("no password set"),
         Some((hash, _)) if !password::verify(&f.password, hash) => Some("wrong password"),
-        Some(_) => match mfa::check_totp(&gw.store, &gw.keys.user_secrets, &user, &f.code).await {
-            Ok(Verdict::Accepted) => None,
+        Some(_) => match mfa::check_second_factor(&gw.store, &gw.keys.user_secrets, &user, &f.code).await {
+            Ok(Verdict::Accepted | Verdict::AcceptedRecovery { .. }) => None,
             Ok(Verdict::NotEnrolled) => Some("no second factor enrolled"),
             Ok(Verdict::Locked(_)) => Some("second factor locked"),
             Ok(Verdict::Failed { reason, .. }) => Some(reason),
