@@ -62,6 +62,12 @@ struct RawWeb {
     names: Vec<String>,
     cert: Option<Spanned<PathBuf>>,
     key: Option<Spanned<PathBuf>>,
+    /// The WebAuthn relying party: the portal's DNS name (an IP address cannot be one).
+    rp_id: Option<Spanned<String>>,
+    /// The portal's origin as browsers see it (default https://RP_ID).
+    origin: Option<Spanned<String>>,
+    /// How long an SSH login waits for its security-key approval.
+    approval_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -118,6 +124,9 @@ pub struct WebConfig {
     pub names: Vec<String>,
     /// A certificate chain and key (PEM files) instead of the self-signed pair.
     pub cert_and_key: Option<(PathBuf, PathBuf)>,
+    /// WebAuthn: relying-party id and the portal's origin, when security keys are on.
+    pub webauthn: Option<(String, String)>,
+    pub approval_ttl: Duration,
 }
 
 /// The validated gateway configuration. Relative paths are resolved against the
@@ -292,11 +301,48 @@ impl GatewayConfig {
             let mut names = w.names.clone();
             names.push("localhost".into());
             names.push("127.0.0.1".into());
+            let webauthn = match (&w.rp_id, &w.origin) {
+                (Some(rp), origin) => {
+                    let rp_id = rp.get_ref().trim().to_owned();
+                    if rp_id.is_empty() || rp_id.parse::<std::net::IpAddr>().is_ok() || rp_id.contains(['/', ':']) {
+                        errors.push(src.at(Some(rp.span()), "web.rp_id must be a DNS name (not an address)"));
+                    }
+                    names.push(rp_id.clone());
+                    let origin = origin
+                        .as_ref()
+                        .map(|o| o.get_ref().trim_end_matches('/').to_owned())
+                        .unwrap_or_else(|| format!("https://{rp_id}"));
+                    if !origin.starts_with(&format!("https://{rp_id}")) {
+                        errors.push(src.at(
+                            w.origin.as_ref().map(|o| o.span()),
+                            "web.origin must be https://RP_ID[:PORT]",
+                        ));
+                    }
+                    Some((rp_id, origin))
+                }
+                (None, Some(o)) => {
+                    errors.push(src.at(Some(o.span()), "web.origin needs web.rp_id"));
+                    None
+                }
+                (None, None) => None,
+            };
+            let approval_ttl = match &w.approval_ttl {
+                None => Duration::from_secs(120),
+                Some(t) => match humantime::parse_duration(t.get_ref()) {
+                    Ok(d) if !d.is_zero() && d <= Duration::from_secs(900) => d,
+                    _ => {
+                        errors.push(src.at(Some(t.span()), "web.approval_ttl: a duration up to 15m"));
+                        Duration::from_secs(120)
+                    }
+                },
+            };
             WebConfig {
                 tunnel_port,
                 listen,
                 names,
                 cert_and_key,
+                webauthn,
+                approval_ttl,
             }
         });
         let mut password_policy = crate::web::password::PasswordPolicy::default();

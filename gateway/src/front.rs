@@ -53,6 +53,16 @@ enum AuthState {
         target: TargetName,
         login: Login,
     },
+    /// Waiting for the user to approve this login with a security key on the portal.
+    AwaitApproval {
+        ssh_user: String,
+        user: UserName,
+        target: TargetName,
+        login: Login,
+        token_hash: String,
+        /// What the terminal shows: the URL and the code the page repeats.
+        instructions: String,
+    },
     /// `alice` logged in for ProxyJump.
     Jump {
         user: UserName,
@@ -140,6 +150,23 @@ impl FrontHandler {
         match self.second_factor_needed(user, target, login).await {
             Ok(false) => self.open_session(ssh_user, user, target, login).await,
             Ok(true) => {
+                // A user with security keys approves on the portal (a touch), if the
+                // portal has WebAuthn configured; otherwise TOTP.
+                if self.gw.webauthn.is_some() {
+                    match self.gw.store.security_keys(user).await {
+                        Ok(keys) if !keys.is_empty() => {
+                            return self.begin_approval(ssh_user, user, target, login).await
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "store unavailable during login");
+                            return self.refuse(
+                                ssh_user,
+                                "herse: access denied: the gateway cannot check your second factor now".into(),
+                            );
+                        }
+                    }
+                }
                 match self.gw.store.totp(user).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {
@@ -178,6 +205,102 @@ impl FrontHandler {
                 }
             }
             Err(message) => self.refuse(ssh_user, message),
+        }
+    }
+
+    /// Issue a one-time approval URL for this login and wait for it in the next
+    /// keyboard-interactive round.
+    async fn begin_approval(&mut self, ssh_user: &str, user: &UserName, target: &TargetName, login: &Login) -> Auth {
+        let (Some(web), true) = (self.gw.config.web.as_ref(), self.gw.webauthn.is_some()) else {
+            return self.refuse(
+                ssh_user,
+                "herse: access denied: security keys are not configured".into(),
+            );
+        };
+        let Some((_, origin)) = &web.webauthn else {
+            return self.refuse(
+                ssh_user,
+                "herse: access denied: security keys are not configured".into(),
+            );
+        };
+        use base64::Engine as _;
+        use rand::RngExt;
+        let mut raw = [0u8; 32];
+        rand::rng().fill(&mut raw[..]);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        const CODE: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let code: String = (0..6)
+            .map(|_| CODE[rand::rng().random_range(0..CODE.len())] as char)
+            .collect();
+        let expires = crate::store::now_micros() + web.approval_ttl.as_micros() as i64;
+        let hash = crate::web::approval_token_hash(&token);
+        if let Err(e) = self
+            .gw
+            .store
+            .create_approval(&hash, user, self.proof_place(), &code, expires)
+            .await
+        {
+            tracing::error!(error = %e, "cannot create an approval");
+            return self.refuse(
+                ssh_user,
+                "herse: access denied: the gateway cannot check your second factor now".into(),
+            );
+        }
+        self.state = AuthState::AwaitApproval {
+            ssh_user: ssh_user.to_owned(),
+            user: user.clone(),
+            target: target.clone(),
+            login: login.clone(),
+            token_hash: hash,
+            instructions: format!(
+                "herse: approve this login with your security key, on this workstation, within {}:\n  {origin}/approve/{token}\n  (the page shows the code {code})\n",
+                humantime::format_duration(web.approval_ttl)
+            ),
+        };
+        Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
+            partial_success: true,
+        }
+    }
+
+    /// Wait for the approval (polled 4 times a second) until it is given or expires.
+    async fn await_approval(
+        &mut self,
+        ssh_user: &str,
+        user: UserName,
+        target: TargetName,
+        login: Login,
+        hash: String,
+    ) -> Auth {
+        loop {
+            match self.gw.store.consume_approval(&hash).await {
+                Ok(true) => {
+                    if let Err(e) = self.gw.store.record_mfa_proof(&user, self.proof_place()).await {
+                        tracing::error!(error = %e, "cannot record second-factor proof");
+                    }
+                    self.audit_factor(&user, "mfa.success", Severity::Info, "security key".into())
+                        .await;
+                    return self.open_session(ssh_user, &user, &target, &login).await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read approvals");
+                }
+            }
+            match self.gw.store.approval(&hash).await {
+                Ok(Some(a)) if a.expires_at > crate::store::now_micros() || a.approved_at.is_some() => {}
+                _ => {
+                    self.audit_factor(
+                        &user,
+                        "mfa.failure",
+                        Severity::Warning,
+                        "security-key approval expired".into(),
+                    )
+                    .await;
+                    return self.refuse(ssh_user, "herse: access denied: the approval expired".into());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -429,6 +552,39 @@ impl FrontHandler {
                 instructions: format!("{message}\n").into(),
                 prompts: Vec::new().into(),
             }),
+            (
+                AuthState::AwaitApproval {
+                    ssh_user: u,
+                    instructions,
+                    ..
+                },
+                None,
+            ) if u == ssh_user => Ok(Auth::Partial {
+                name: "Herse second factor".into(),
+                instructions: instructions.clone().into(),
+                prompts: Vec::new().into(),
+            }),
+            (AuthState::AwaitApproval { ssh_user: u, .. }, Some(_)) if u == ssh_user => {
+                let AuthState::AwaitApproval {
+                    user,
+                    target,
+                    login,
+                    token_hash,
+                    ..
+                } = std::mem::replace(&mut self.state, AuthState::None)
+                else {
+                    return Ok(Auth::reject());
+                };
+                let auth = self.await_approval(ssh_user, user, target, login, token_hash).await;
+                match (&self.state, auth) {
+                    (AuthState::Refused { message, .. }, Auth::Reject { .. }) => Ok(Auth::Partial {
+                        name: "".into(),
+                        instructions: format!("{message}\n").into(),
+                        prompts: Vec::new().into(),
+                    }),
+                    (_, auth) => Ok(auth),
+                }
+            }
             (AuthState::SecondFactor { ssh_user: u, user, .. }, None) if u == ssh_user => Ok(Auth::Partial {
                 name: "Herse second factor".into(),
                 instructions: "".into(),

@@ -30,6 +30,8 @@ pub struct Gateway {
     pub(crate) recording_chain: tokio::sync::Mutex<()>,
     /// The portal's TLS configuration, when `[web]` is configured.
     pub portal_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Security keys (WebAuthn), when `web.rp_id` is configured.
+    pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
 }
 
 impl Gateway {
@@ -41,6 +43,11 @@ impl Gateway {
         node: String,
         portal_tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Arc<Self> {
+        let webauthn = config
+            .web
+            .as_ref()
+            .and_then(|w| w.webauthn.as_ref())
+            .and_then(|(rp, origin)| crate::web::webauthn(rp, origin));
         Arc::new(Gateway {
             config,
             policy: ArcSwap::from_pointee(policy),
@@ -51,6 +58,7 @@ impl Gateway {
             stop_accepting: CancellationToken::new(),
             tasks: TaskTracker::new(),
             recording_chain: tokio::sync::Mutex::new(()),
+            webauthn,
             portal_tls,
         })
     }

@@ -7,6 +7,7 @@ mod mfa;
 mod portal;
 mod sessions;
 mod users;
+mod webauthn;
 mod workstations;
 
 use std::str::FromStr;
@@ -19,6 +20,7 @@ pub use audit::{AuditEvent, AuditRow, Severity};
 pub use portal::WebSession;
 pub use sessions::{SessionRow, SessionStart};
 pub use users::{fingerprint, KeyRow, UserRow, UserStatus};
+pub use webauthn::{Approval, SecurityKeyRow};
 pub use workstations::{ActivePeer, WorkstationRow};
 
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,9 @@
 //! - [`tls`]: the portal's certificate (configured, or self-signed and sealed).
 //! - [`pages`]: the handlers.
 
+mod keys;
+pub use keys::build as webauthn;
+pub use keys::token_hash as approval_token_hash;
 mod pages;
 pub mod password;
 pub mod tls;

@@ -23,8 +23,8 @@ use crate::store::{now_micros, AuditEvent, Severity, WebSession};
 const COOKIE: &str = "herse_session";
 
 #[derive(Clone)]
-struct App {
-    gw: Arc<Gateway>,
+pub(super) struct App {
+    pub(super) gw: Arc<Gateway>,
 }
 
 pub fn router(gw: Arc<Gateway>) -> Router {
@@ -33,6 +33,14 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/login", get(login_form).post(login))
         .route("/password", post(change_password))
         .route("/logout", post(logout))
+        .route("/keys", get(super::keys::keys_page))
+        .route("/keys/register/start", post(super::keys::register_start))
+        .route("/keys/register/finish", post(super::keys::register_finish))
+        .route("/keys/remove", post(super::keys::remove))
+        .route("/approve/{token}", get(super::keys::approve_page))
+        .route("/approve/{token}/start", post(super::keys::approve_start))
+        .route("/approve/{token}/finish", post(super::keys::approve_finish))
+        .route("/static/herse.js", get(super::keys::script))
         .with_state(App { gw })
         .layer(middleware::from_fn(same_origin_writes))
         .layer(middleware::from_fn(security_headers))
@@ -45,11 +53,14 @@ async fn security_headers(req: Request, next: Next) -> Response {
     for (k, v) in [
         (
             "content-security-policy",
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; \
+             form-action 'self'; frame-ancestors 'none'",
         ),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        // Not no-referrer: under it browsers send `Origin: null` on form posts, which the
+        // same-origin check must then refuse.
+        ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
         ("strict-transport-security", "max-age=31536000"),
     ] {
@@ -77,7 +88,7 @@ async fn same_origin_writes(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-fn page(title: &str, body: &str) -> Html<String> {
+pub(super) fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Herse — {t}</title></head>\
          <body style=\"font-family:sans-serif;max-width:40em;margin:2em auto\"><h1>{t}</h1>{body}</body></html>",
@@ -85,7 +96,7 @@ fn page(title: &str, body: &str) -> Html<String> {
     ))
 }
 
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -140,7 +151,7 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
 
 /// The caller's session: the cookie names a live one, of an active user, made from
 /// this same workstation.
-async fn session(app: &App, headers: &HeaderMap, origin: &Origin) -> Option<(WebSession, String)> {
+pub(super) async fn session(app: &App, headers: &HeaderMap, origin: &Origin) -> Option<(WebSession, String)> {
     let hash = token_hash(&cookie_token(headers)?);
     let s = app.gw.store.web_session(&hash).await.ok()??;
     (s.workstation == place(origin)).then_some((s, hash))
@@ -287,7 +298,7 @@ async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, For
     r
 }
 
-fn when(micros: i64) -> String {
+pub(super) fn when(micros: i64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64))
         .to_string()
 }
@@ -320,7 +331,7 @@ async fn home(State(app): State<App>, Extension(origin): Extension<Origin>, head
              <p><label>Current <input name=\"current\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
              <p><label>New <input name=\"new\" type=\"password\" autocomplete=\"new-password\" required></label></p>\
              <p><button>Change</button></p></form>\
-             <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Log out</button></form>",
+             <p><a href=\"/keys\">Security keys</a></p><form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Log out</button></form>",
             user = esc(&s.user),
             place = esc(&s.workstation),
             end = when(s.expires_at),
@@ -416,6 +427,6 @@ async fn logout(
     r
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,0 +1,215 @@
+//! Security keys (WebAuthn credentials), single-use ceremony states and SSH approvals.
+
+use sqlx::Row;
+
+use super::{is_unique_violation, now_micros, Store, StoreError};
+use crate::ident::UserName;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SecurityKeyRow {
+    pub credential_id: String,
+    pub name: String,
+    #[serde(skip)]
+    pub key_json: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// An SSH login waiting for (or given) approval.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub user: String,
+    pub workstation: String,
+    pub short_code: String,
+    pub expires_at: i64,
+    pub approved_at: Option<i64>,
+    pub consumed_at: Option<i64>,
+}
+
+impl Store {
+    pub async fn add_security_key(
+        &self,
+        user: &UserName,
+        credential_id: &str,
+        name: &str,
+        key_json: &str,
+    ) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO security_keys (credential_id, user_name, name, key_json, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(credential_id)
+        .bind(user.as_str())
+        .bind(name)
+        .bind(key_json)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(format!("security key {name:?} of {user}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn security_keys(&self, user: &UserName) -> Result<Vec<SecurityKeyRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT credential_id, name, key_json, created_at, last_used_at FROM security_keys \
+             WHERE user_name = $1 ORDER BY created_at",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SecurityKeyRow {
+                    credential_id: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    key_json: r.try_get(2)?,
+                    created_at: r.try_get(3)?,
+                    last_used_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn update_security_key(&self, credential_id: &str, key_json: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE security_keys SET key_json = $1, last_used_at = $2 WHERE credential_id = $3")
+            .bind(key_json)
+            .bind(now_micros())
+            .bind(credential_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Remove one of the user's keys by name; false if there was none.
+    pub async fn remove_security_key(&self, user: &UserName, name: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM security_keys WHERE user_name = $1 AND name = $2")
+            .bind(user.as_str())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn put_webauthn_state(
+        &self,
+        id: &str,
+        user: &UserName,
+        purpose: &str,
+        state_json: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM webauthn_states WHERE expires_at < $1")
+            .bind(now_micros())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO webauthn_states (id, user_name, purpose, state_json, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(user.as_str())
+        .bind(purpose)
+        .bind(state_json)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Take a ceremony state: it is deleted in the same step, so a second finish with the
+    /// same state finds nothing (webauthn-rs would otherwise accept a replay).
+    pub async fn take_webauthn_state(
+        &self,
+        id: &str,
+        user: &UserName,
+        purpose: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let r = sqlx::query(
+            "SELECT state_json FROM webauthn_states WHERE id = $1 AND user_name = $2 AND purpose = $3 AND expires_at > $4",
+        )
+        .bind(id)
+        .bind(user.as_str())
+        .bind(purpose)
+        .bind(now_micros())
+        .fetch_optional(&self.pool)
+        .await?;
+        let d = sqlx::query("DELETE FROM webauthn_states WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        match r {
+            Some(r) if d.rows_affected() == 1 => Ok(Some(r.try_get(0)?)),
+            _ => Ok(None),
+        }
+    }
+
+    pub async fn create_approval(
+        &self,
+        token_hash: &str,
+        user: &UserName,
+        workstation: &str,
+        short_code: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO ssh_approvals (token_hash, user_name, workstation, short_code, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token_hash)
+        .bind(user.as_str())
+        .bind(workstation)
+        .bind(short_code)
+        .bind(now_micros())
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn approval(&self, token_hash: &str) -> Result<Option<Approval>, StoreError> {
+        let r = sqlx::query(
+            "SELECT user_name, workstation, short_code, expires_at, approved_at, consumed_at FROM ssh_approvals \
+             WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match r {
+            Some(r) => Some(Approval {
+                user: r.try_get(0)?,
+                workstation: r.try_get(1)?,
+                short_code: r.try_get(2)?,
+                expires_at: r.try_get(3)?,
+                approved_at: r.try_get(4)?,
+                consumed_at: r.try_get(5)?,
+            }),
+            None => None,
+        })
+    }
+
+    /// Mark approved, once, while it has not expired.
+    pub async fn approve(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE ssh_approvals SET approved_at = $1 WHERE token_hash = $2 AND approved_at IS NULL AND expires_at > $1",
+        )
+        .bind(now_micros())
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// The waiting login takes its approval, once.
+    pub async fn consume_approval(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE ssh_approvals SET consumed_at = $1 WHERE token_hash = $2 AND approved_at IS NOT NULL \
+             AND consumed_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}

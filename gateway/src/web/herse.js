@@ -1,0 +1,61 @@
+// Herse portal: WebAuthn ceremonies (security keys). Served from /static/herse.js; the
+// page's data-csrf carries the session's CSRF token for these requests.
+"use strict";
+const b64u = {
+  enc: (buf) => btoa(String.fromCharCode(...new Uint8Array(buf))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, ""),
+  dec: (s) => Uint8Array.from(atob(s.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((s.length + 3) % 4)), (c) => c.charCodeAt(0)),
+};
+const herse = document.getElementById("herse");
+function status(t) { document.getElementById("status").textContent = t; }
+async function post(url, body) {
+  const r = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-csrf-token": herse.dataset.csrf },
+    body: JSON.stringify(body),
+  });
+  const t = await r.text();
+  if (!r.ok) throw new Error(t);
+  return JSON.parse(t || "{}");
+}
+async function addKey() {
+  const name = document.getElementById("keyname").value;
+  const s = await post("/keys/register/start", { name });
+  const o = s.options.publicKey;
+  o.challenge = b64u.dec(o.challenge);
+  o.user.id = b64u.dec(o.user.id);
+  (o.excludeCredentials || []).forEach((c) => { c.id = b64u.dec(c.id); });
+  const c = await navigator.credentials.create({ publicKey: o });
+  await post("/keys/register/finish", {
+    id: s.id, name,
+    credential: {
+      id: c.id, rawId: b64u.enc(c.rawId), type: c.type, extensions: {},
+      response: { attestationObject: b64u.enc(c.response.attestationObject), clientDataJSON: b64u.enc(c.response.clientDataJSON) },
+    },
+  });
+  status("key added: " + name);
+}
+async function approve() {
+  const token = herse.dataset.token;
+  const s = await post("/approve/" + token + "/start", {});
+  const o = s.options.publicKey;
+  o.challenge = b64u.dec(o.challenge);
+  (o.allowCredentials || []).forEach((c) => { c.id = b64u.dec(c.id); });
+  const a = await navigator.credentials.get({ publicKey: o });
+  await post("/approve/" + token + "/finish", {
+    id: s.id,
+    credential: {
+      id: a.id, rawId: b64u.enc(a.rawId), type: a.type, extensions: {},
+      response: {
+        authenticatorData: b64u.enc(a.response.authenticatorData),
+        clientDataJSON: b64u.enc(a.response.clientDataJSON),
+        signature: b64u.enc(a.response.signature),
+        userHandle: a.response.userHandle ? b64u.enc(a.response.userHandle) : null,
+      },
+    },
+  });
+  status("approved");
+}
+const add = document.getElementById("add");
+if (add) add.addEventListener("click", () => addKey().catch((e) => status("error: " + e.message)));
+const ok = document.getElementById("approve");
+if (ok) ok.addEventListener("click", () => approve().catch((e) => status("error: " + e.message)));

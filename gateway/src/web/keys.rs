@@ -1,0 +1,491 @@
+#![allow(clippy::result_large_err)] // handlers return an axum Response early; not a library boundary
+//! Security keys (WebAuthn) on the portal: enrol and remove named keys, and approve a
+//! waiting SSH login with a touch. Ceremony states live in the database and are deleted
+//! on first use (a finish replayed with the same state finds nothing).
+
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine as _;
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use webauthn_rs::prelude::{
+    PublicKeyCredential, RegisterPublicKeyCredential, SecurityKey, SecurityKeyAuthentication, SecurityKeyRegistration,
+    Url, Uuid, Webauthn, WebauthnBuilder,
+};
+
+use super::pages::{esc, page, session, when, App};
+use crate::ident::UserName;
+use crate::origin::Origin;
+use crate::store::{now_micros, AuditEvent, Severity, WebSession};
+
+/// A ceremony must finish within this time.
+const CEREMONY_TTL_MICROS: i64 = 120_000_000;
+
+pub fn build(rp_id: &str, origin: &str) -> Option<Arc<Webauthn>> {
+    let url = Url::parse(origin).ok()?;
+    WebauthnBuilder::new(rp_id, &url)
+        .ok()?
+        .rp_name("Herse")
+        .build()
+        .ok()
+        .map(Arc::new)
+}
+
+/// A stable WebAuthn user handle for a user name.
+fn user_handle(user: &UserName) -> Uuid {
+    let d = Sha256::digest(format!("herse-user:{user}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    Uuid::from_bytes(b)
+}
+
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn random_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::rng().fill(&mut raw[..]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, msg.into()).into_response()
+}
+
+/// The session, and its CSRF token in the `x-csrf-token` header (fetch requests).
+async fn json_session(app: &App, headers: &HeaderMap, origin: &Origin) -> Result<(WebSession, UserName), Response> {
+    let Some((s, _)) = session(app, headers, origin).await else {
+        return Err(err(StatusCode::UNAUTHORIZED, "log in first"));
+    };
+    let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !super::pages::constant_time_eq(token.as_bytes(), s.csrf.as_bytes()) {
+        return Err(err(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
+    }
+    let user = UserName::parse(&s.user).map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "bad session"))?;
+    Ok((s, user))
+}
+
+fn webauthn(app: &App) -> Result<&Webauthn, Response> {
+    app.gw
+        .webauthn
+        .as_deref()
+        .ok_or_else(|| err(StatusCode::NOT_FOUND, "security keys are not configured (web.rp_id)"))
+}
+
+async fn stored_keys(app: &App, user: &UserName) -> Result<Vec<(String, SecurityKey)>, Response> {
+    let rows = app
+        .gw
+        .store
+        .security_keys(user)
+        .await
+        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            serde_json::from_str::<SecurityKey>(&r.key_json)
+                .ok()
+                .map(|k| (r.name, k))
+        })
+        .collect())
+}
+
+pub(super) async fn keys_page(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    headers: HeaderMap,
+) -> Response {
+    let Some((s, _)) = session(&app, &headers, &origin).await else {
+        return (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, "/login")]).into_response();
+    };
+    let Ok(user) = UserName::parse(&s.user) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let rows = app.gw.store.security_keys(&user).await.unwrap_or_default();
+    let mut list = String::new();
+    for r in &rows {
+        list.push_str(&format!(
+            "<li>{name} (added {added}) <form method=\"post\" action=\"/keys/remove\" style=\"display:inline\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"name\" value=\"{name}\">\
+             <button>Remove</button></form></li>",
+            name = esc(&r.name),
+            added = when(r.created_at),
+            csrf = esc(&s.csrf)
+        ));
+    }
+    page(
+        "Security keys",
+        &format!(
+            "<div id=\"herse\" data-csrf=\"{csrf}\"></div><ul>{list}</ul>\
+             <p><label>Name <input id=\"keyname\" value=\"key\"></label> <button id=\"add\">Add a security key</button></p>\
+             <p id=\"status\" role=\"status\"></p><p><a href=\"/\">Back</a></p>\
+             <script src=\"/static/herse.js\"></script>",
+            csrf = esc(&s.csrf)
+        ),
+    )
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct RegisterStart {
+    name: String,
+}
+
+pub(super) async fn register_start(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    headers: HeaderMap,
+    Json(body): Json<RegisterStart>,
+) -> Response {
+    let (_, user) = match json_session(&app, &headers, &origin).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let wa = match webauthn(&app) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+        return err(StatusCode::BAD_REQUEST, "a key name is 1 to 64 printable characters");
+    }
+    let existing = match stored_keys(&app, &user).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let exclude = existing.iter().map(|(_, k)| k.cred_id().clone()).collect();
+    let (options, state) = match wa.start_securitykey_registration(
+        user_handle(&user),
+        user.as_str(),
+        user.as_str(),
+        Some(exclude),
+        None,
+        None,
+    ) {
+        Ok(x) => x,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("cannot start: {e}")),
+    };
+    let id = random_token();
+    let Ok(state) = serde_json::to_string(&state) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    if app
+        .gw
+        .store
+        .put_webauthn_state(&id, &user, "register", &state, now_micros() + CEREMONY_TTL_MICROS)
+        .await
+        .is_err()
+    {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
+    }
+    // webauthn-rs asks, opportunistically, for credProtect "UV required"; Chromium
+    // refuses that for a non-discoverable credential ("protection policy is
+    // inconsistent"), so the request goes without it. User verification is still
+    // requested ("preferred") and the result does not depend on the extension.
+    let mut options = serde_json::to_value(&options).unwrap_or_default();
+    if let Some(ext) = options
+        .get_mut("publicKey")
+        .and_then(|p| p.get_mut("extensions"))
+        .and_then(|e| e.as_object_mut())
+    {
+        ext.remove("credentialProtectionPolicy");
+        ext.remove("enforceCredentialProtectionPolicy");
+    }
+    Json(serde_json::json!({ "id": id, "options": options })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct RegisterFinish {
+    id: String,
+    name: String,
+    credential: RegisterPublicKeyCredential,
+}
+
+pub(super) async fn register_finish(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    headers: HeaderMap,
+    Json(body): Json<RegisterFinish>,
+) -> Response {
+    let (_, user) = match json_session(&app, &headers, &origin).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let wa = match webauthn(&app) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let state: SecurityKeyRegistration = match app.gw.store.take_webauthn_state(&body.id, &user, "register").await {
+        Ok(Some(s)) => match serde_json::from_str(&s) {
+            Ok(s) => s,
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        },
+        _ => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "no such registration in progress (expired or used)",
+            )
+        }
+    };
+    let key = match wa.finish_securitykey_registration(&body.credential, &state) {
+        Ok(k) => k,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("registration refused: {e}")),
+    };
+    let cred_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode::<&[u8]>(key.cred_id().as_ref());
+    let Ok(json) = serde_json::to_string(&key) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let name = body.name.trim().to_owned();
+    if let Err(e) = app.gw.store.add_security_key(&user, &cred_id, &name, &json).await {
+        return err(StatusCode::CONFLICT, e.to_string());
+    }
+    app.gw
+        .audit(
+            AuditEvent::new("mfa.enroll", Severity::Info, format!("security key {name:?}"))
+                .user(&user)
+                .origin(&origin),
+        )
+        .await;
+    Json(serde_json::json!({ "added": name })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct RemoveForm {
+    csrf: String,
+    name: String,
+}
+
+pub(super) async fn remove(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    headers: HeaderMap,
+    Form(f): Form<RemoveForm>,
+) -> Response {
+    let Some((s, _)) = session(&app, &headers, &origin).await else {
+        return err(StatusCode::UNAUTHORIZED, "log in first");
+    };
+    if !super::pages::constant_time_eq(f.csrf.as_bytes(), s.csrf.as_bytes()) {
+        return err(StatusCode::FORBIDDEN, "herse: missing or wrong CSRF token");
+    }
+    let Ok(user) = UserName::parse(&s.user) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    match app.gw.store.remove_security_key(&user, &f.name).await {
+        Ok(true) => {
+            app.gw
+                .audit(
+                    AuditEvent::new("mfa.remove", Severity::Warning, format!("security key {:?}", f.name))
+                        .user(&user)
+                        .origin(&origin),
+                )
+                .await;
+            page(
+                "Security key removed",
+                "<p>Removed.</p><p><a href=\"/keys\">Back</a></p>",
+            )
+            .into_response()
+        }
+        Ok(false) => err(StatusCode::NOT_FOUND, "no such key"),
+        Err(_) => err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    }
+}
+
+/// Check that the approval named by `token` may be given by this session: it exists,
+/// has not expired or been given, and belongs to this user at this workstation.
+async fn approval_for(app: &App, token: &str, s: &WebSession) -> Result<String, String> {
+    let hash = token_hash(token);
+    let a = match app.gw.store.approval(&hash).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Err("no such approval".into()),
+        Err(_) => return Err("the gateway cannot check approvals now".into()),
+    };
+    if a.user != s.user {
+        return Err("this approval belongs to another user".into());
+    }
+    if a.workstation != s.workstation {
+        return Err("this approval belongs to another workstation".into());
+    }
+    if a.approved_at.is_some() || a.consumed_at.is_some() {
+        return Err("this approval was already used".into());
+    }
+    if a.expires_at <= now_micros() {
+        return Err("this approval has expired".into());
+    }
+    Ok(a.short_code)
+}
+
+async fn refuse_approval(app: &App, origin: &Origin, s: &WebSession, reason: &str) -> Response {
+    app.gw
+        .audit(
+            AuditEvent::new(
+                "mfa.failure",
+                Severity::Warning,
+                format!("security-key approval refused: {reason}"),
+            )
+            .user(&s.user)
+            .origin(origin),
+        )
+        .await;
+    err(StatusCode::FORBIDDEN, format!("herse: {reason}"))
+}
+
+pub(super) async fn approve_page(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some((s, _)) = session(&app, &headers, &origin).await else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            page(
+                "Log in first",
+                "<p>Log in, then open the approval link again.</p><p><a href=\"/login\">Log in</a></p>",
+            ),
+        )
+            .into_response();
+    };
+    match approval_for(&app, &token, &s).await {
+        Ok(code) => page(
+            "Approve an SSH login",
+            &format!(
+                "<div id=\"herse\" data-csrf=\"{csrf}\" data-token=\"{token}\"></div>\
+                 <p>An SSH login as <b>{user}</b> from {place} is waiting. Check that your terminal shows the code \
+                 <b id=\"code\">{code}</b>.</p><p><button id=\"approve\">Approve with my security key</button></p>\
+                 <p id=\"status\" role=\"status\"></p><script src=\"/static/herse.js\"></script>",
+                csrf = esc(&s.csrf),
+                token = esc(&token),
+                user = esc(&s.user),
+                place = esc(&s.workstation),
+                code = esc(&code)
+            ),
+        )
+        .into_response(),
+        Err(reason) => refuse_approval(&app, &origin, &s, &reason).await,
+    }
+}
+
+pub(super) async fn approve_start(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (s, user) = match json_session(&app, &headers, &origin).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Err(reason) = approval_for(&app, &token, &s).await {
+        return refuse_approval(&app, &origin, &s, &reason).await;
+    }
+    let wa = match webauthn(&app) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let keys = match stored_keys(&app, &user).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    if keys.is_empty() {
+        return refuse_approval(&app, &origin, &s, "no security key enrolled").await;
+    }
+    let creds: Vec<SecurityKey> = keys.into_iter().map(|(_, k)| k).collect();
+    let (options, state) = match wa.start_securitykey_authentication(&creds) {
+        Ok(x) => x,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("cannot start: {e}")),
+    };
+    let id = random_token();
+    let Ok(state) = serde_json::to_string(&state) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let purpose = format!("approve:{}", token_hash(&token));
+    if app
+        .gw
+        .store
+        .put_webauthn_state(&id, &user, &purpose, &state, now_micros() + CEREMONY_TTL_MICROS)
+        .await
+        .is_err()
+    {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
+    }
+    Json(serde_json::json!({ "id": id, "options": options })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct ApproveFinish {
+    id: String,
+    credential: PublicKeyCredential,
+}
+
+pub(super) async fn approve_finish(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<ApproveFinish>,
+) -> Response {
+    let (s, user) = match json_session(&app, &headers, &origin).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Err(reason) = approval_for(&app, &token, &s).await {
+        return refuse_approval(&app, &origin, &s, &reason).await;
+    }
+    let wa = match webauthn(&app) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let purpose = format!("approve:{}", token_hash(&token));
+    let state: SecurityKeyAuthentication = match app.gw.store.take_webauthn_state(&body.id, &user, &purpose).await {
+        Ok(Some(s)) => match serde_json::from_str(&s) {
+            Ok(s) => s,
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        },
+        _ => return refuse_approval(&app, &origin, &s, "no such approval ceremony (expired or used)").await,
+    };
+    let result = match wa.finish_securitykey_authentication(&body.credential, &state) {
+        Ok(r) => r,
+        Err(e) => return refuse_approval(&app, &origin, &s, &format!("security key refused: {e}")).await,
+    };
+    // The key must still be enrolled now (it may have been removed since the start).
+    let cred_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode::<&[u8]>(result.cred_id().as_ref());
+    let rows = app.gw.store.security_keys(&user).await.unwrap_or_default();
+    let Some(row) = rows.into_iter().find(|r| r.credential_id == cred_id) else {
+        return refuse_approval(&app, &origin, &s, "this security key is not enrolled").await;
+    };
+    if let Ok(mut key) = serde_json::from_str::<SecurityKey>(&row.key_json) {
+        key.update_credential(&result);
+        if let Ok(json) = serde_json::to_string(&key) {
+            let _ = app.gw.store.update_security_key(&cred_id, &json).await;
+        }
+    }
+    match app.gw.store.approve(&token_hash(&token)).await {
+        Ok(true) => {
+            app.gw
+                .audit(
+                    AuditEvent::new(
+                        "mfa.approve",
+                        Severity::Info,
+                        format!("SSH login approved with security key {:?}", row.name),
+                    )
+                    .user(&user)
+                    .origin(&origin),
+                )
+                .await;
+            Json(serde_json::json!({ "approved": true })).into_response()
+        }
+        _ => refuse_approval(&app, &origin, &s, "this approval has expired or was already used").await,
+    }
+}
+
+pub(super) async fn script() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("herse.js"),
+    )
+        .into_response()
+}

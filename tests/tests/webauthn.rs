@@ -1,0 +1,268 @@
+//! Security keys end to end: Debian's headless chromium with a Chrome DevTools Protocol
+//! virtual authenticator (driven by playwright-core, tests/webauthn/drive.js) enrols a
+//! key on the portal and approves an SSH login that a real `ssh` is waiting on.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herse_e2e::*;
+
+const DEPLOY: &str = "hdeploy";
+const RP: &str = "gw.herse.test";
+
+/// One user's browser.
+struct Browser {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Browser {
+    fn start(home: &Path, base: &str, port: u16) -> Browser {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("webauthn");
+        let mut child = Command::new("node")
+            .arg(dir.join("drive.js"))
+            .arg(base)
+            .arg(format!("MAP {RP} 127.0.0.1:{port}"))
+            .current_dir(&dir)
+            .env("HOME", home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node (scripts/install-test-deps installs it)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Browser { child, stdin, stdout }
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").unwrap();
+        let mut out = String::new();
+        self.stdout.read_line(&mut out).unwrap();
+        out.trim().to_owned()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CA the test's browsers trust (through their NSS database) and a portal
+/// certificate it signed for the relying party's name.
+fn pki(d: &Path, home: &Path) {
+    let sh = |script: &str| ok(Command::new("sh").arg("-c").arg(script).current_dir(d));
+    sh(&format!(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 \
+         -subj '/CN=Herse test CA' -addext 'basicConstraints=critical,CA:true' -addext 'keyUsage=critical,keyCertSign' 2>/dev/null && \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout portal.key -out portal.csr -subj '/CN={RP}' 2>/dev/null && \
+         printf 'subjectAltName=DNS:{RP}\\nbasicConstraints=CA:false\\nextendedKeyUsage=serverAuth\\n' > ext && \
+         openssl x509 -req -in portal.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out portal.pem -days 2 -extfile ext 2>/dev/null"
+    ));
+    let nss = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nss).unwrap();
+    let db = format!("sql:{}", nss.display());
+    ok(Command::new("certutil").args(["-d", &db, "-N", "--empty-password"]));
+    ok(Command::new("certutil")
+        .args(["-d", &db, "-A", "-t", "C,,", "-n", "herse-test-ca", "-i"])
+        .arg(d.join("ca.pem")));
+}
+
+/// Start `ssh` as `user` and return it with the approval URL it printed (the caller
+/// waits for it: `finished`).
+#[allow(clippy::zombie_processes)]
+fn ssh_waiting(d: &Path, gw_port: u16, user: &str, key: &Path) -> (Child, String) {
+    let mut child = Command::new("ssh")
+        .args(["-F", "/dev/null", "-p", &gw_port.to_string(), "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            &format!("UserKnownHostsFile={}", d.join("known_hosts").display()),
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "LogLevel=INFO",
+            "-o",
+            "BatchMode=no",
+            &format!("{user}+{DEPLOY}+web1@127.0.0.1"),
+            "echo approved-login",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let start = Instant::now();
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap_or(0) == 0 || start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no approval URL from ssh: {seen}");
+        }
+        seen.push_str(&line);
+        if let Some(url) = line.split_whitespace().find(|w| w.contains("/approve/")) {
+            // Keep draining stderr so ssh never blocks on it.
+            std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+            return (child, url.to_owned());
+        }
+    }
+}
+
+fn finished(mut child: Child) -> (bool, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            let _ = std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out);
+            return (st.success(), out);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            return (false, String::new());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn set_password(gw: &Gateway, user: &str, pw: &str) {
+    let mut c = gw
+        .ctl()
+        .args(["users", "password", user])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "{pw}").unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+#[test]
+fn security_keys_approve_ssh_logins_in_a_real_browser() {
+    ensure_account(DEPLOY);
+    let dir = TempDir::new("webauthn");
+    let d = dir.0.clone();
+    let home = d.join("home");
+    pki(&d, &home);
+    std::fs::write(d.join("policy.toml"), "").unwrap();
+    let config = Gateway::init(&d);
+    let user_ca = d.join("data/user_ca.pub");
+    let web = Sshd::start(
+        &d,
+        "web1",
+        SshdOptions {
+            user_ca_pub: &user_ca,
+            netns: None,
+            host_cert: None,
+            host_key: None,
+        },
+    );
+    std::fs::write(
+        d.join("policy.toml"),
+        format!(
+            "[tiers.web.targets.web1]\naddress = \"127.0.0.1\"\nport = {}\nhost_keys = [\"{}\"]\n\
+             [roles.eng]\ntiers = [\"web\"]\nlogins = [\"{DEPLOY}\"]\noperations = [\"exec\"]\n\
+             max_session = \"1h\"\nidle_timeout = \"10m\"\n",
+            web.port, web.host_key_pub
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let base = format!("https://{RP}:{port}");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[web]\nlisten = [\"127.0.0.1:{port}\"]\nrp_id = \"{RP}\"\norigin = \"{base}\"\ncert = \"portal.pem\"\n\
+         key = \"portal.key\"\napproval_ttl = \"8s\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let gw = Gateway::start(&d, &config);
+    let host_key = std::fs::read_to_string(d.join("data/host_key.pub")).unwrap();
+    std::fs::write(
+        d.join("known_hosts"),
+        format!("[127.0.0.1]:{} {}", gw.port, host_key.trim()),
+    )
+    .unwrap();
+    let mut totp = Vec::new();
+    for u in ["alice", "bob"] {
+        let k = keygen(&d, u);
+        ok(gw
+            .ctl()
+            .args(["users", "add", u, "--key"])
+            .arg(format!("{}.pub", k.display())));
+        ok(gw.ctl().args(["roles", "bind", u, "eng"]));
+        totp.push(enrol_totp(&config, u));
+        set_password(&gw, u, &format!("Good-Passphrase-{}-42", u.len() * 7));
+    }
+    let audit = || -> Vec<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(&ok(gw.ctl().args(["audit", "list", "--json"])))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+
+    // Each user's browser logs in to the portal (password + TOTP).
+    let mut alice = Browser::start(&home, &base, port);
+    let mut bob = Browser::start(&home, &base, port);
+    let r = alice.cmd(&format!("login alice Good-Passphrase-35-42 {}", totp_next(&totp[0])));
+    assert_eq!(r, "ok logged in");
+    let r = bob.cmd(&format!("login bob Good-Passphrase-21-42 {}", totp_next(&totp[1])));
+    assert_eq!(r, "ok logged in");
+
+    // Enrol a key: a touch of the (virtual) authenticator.
+    let r = alice.cmd("enrol yubikey-5");
+    assert!(r.starts_with("ok key added"), "{r}");
+    assert!(audit()
+        .iter()
+        .any(|e| e["kind"] == "mfa.enroll" && e["user"] == "alice"));
+
+    // An SSH login waits; the URL it shows is approved with the key, and the login
+    // goes on.
+    let (ssh, url) = ssh_waiting(&d, gw.port, "alice", &d.join("alice"));
+    assert!(url.starts_with(&format!("{base}/approve/")), "{url}");
+    // Bob, logged in on the portal, cannot approve Alice's login.
+    let r = bob.cmd(&format!("approve {url}"));
+    assert!(r.starts_with("err 403") && r.contains("another user"), "{r}");
+    let r = alice.cmd(&format!("approve {url}"));
+    assert_eq!(r, "ok approved");
+    let (ok_, out) = finished(ssh);
+    assert!(ok_, "the approved login failed");
+    assert_eq!(out.trim(), "approved-login");
+    // The approval was for one login only.
+    let r = alice.cmd(&format!("approve {url}"));
+    assert!(r.starts_with("err 403") && r.contains("already used"), "{r}");
+
+    // An approval left too long expires, and the waiting login is refused.
+    let (ssh, url) = ssh_waiting(&d, gw.port, "alice", &d.join("alice"));
+    std::thread::sleep(Duration::from_secs(9));
+    let r = alice.cmd(&format!("approve {url}"));
+    assert!(r.starts_with("err 403") && r.contains("expired"), "{r}");
+    let (ok_, _) = finished(ssh);
+    assert!(!ok_, "an expired approval logged in");
+
+    // A removed key no longer approves anything.
+    let (ssh, url) = ssh_waiting(&d, gw.port, "alice", &d.join("alice"));
+    let r = alice.cmd("remove yubikey-5");
+    assert!(r.contains("Removed"), "{r}");
+    let r = alice.cmd(&format!("approve {url}"));
+    assert!(r.starts_with("err"), "{r}");
+    let (ok_, _) = finished(ssh);
+    assert!(!ok_, "a removed key approved a login");
+    let events = audit();
+    assert!(events.iter().any(|e| e["kind"] == "mfa.remove" && e["user"] == "alice"));
+    assert!(events.iter().any(|e| e["kind"] == "mfa.failure"
+        && e["user"] == "bob"
+        && e["detail"].as_str().unwrap().contains("another user")));
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "mfa.success" && e["detail"] == "security key"));
+}
