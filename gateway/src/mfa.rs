@@ -54,6 +54,29 @@ impl Enrolment {
         })
     }
 
+    /// An enrolment resumed from its secret (kept sealed between two portal requests).
+    pub fn from_secret(user: &UserName, secret: Zeroizing<Vec<u8>>) -> Result<Self, String> {
+        let totp = totp(&secret, user)?;
+        Ok(Enrolment {
+            user: user.clone(),
+            secret,
+            totp,
+        })
+    }
+
+    /// The secret sealed for keeping until the confirmation (label bound to the user).
+    pub fn seal_pending(&self, key: &MasterKey) -> String {
+        key.seal(&format!("herse-totp-pending:{}", self.user), &self.secret)
+    }
+
+    /// Open what `seal_pending` made.
+    pub fn open_pending(user: &UserName, key: &MasterKey, sealed: &str) -> Result<Self, String> {
+        let secret = key
+            .open(&format!("herse-totp-pending:{user}"), sealed)
+            .map_err(|e| e.to_string())?;
+        Enrolment::from_secret(user, secret)
+    }
+
     /// The `otpauth://` URI authenticator apps import (it contains the secret).
     pub fn uri(&self) -> Zeroizing<String> {
         Zeroizing::new(self.totp.to_url().unwrap_or_default())

@@ -175,6 +175,58 @@ fn portal_login_cookies_csrf_policy_and_lockout() {
     assert_eq!(status(&r), 200, "{r}");
     assert!(r.contains("Your password was changed"));
 
+    // A new authenticator app, set up on the portal (after a lost phone, say): the page
+    // gives the otpauth URI, the first code confirms it, and only the new one counts.
+    let r = p.post("/totp/start", Some(&p.base), &[("csrf", &csrf)]);
+    assert_eq!(status(&r), 200, "{r}");
+    let new_uri = r
+        .split("<code id=\"uri\">")
+        .nth(1)
+        .and_then(|s| s.split("</code>").next())
+        .unwrap()
+        .replace("&amp;", "&");
+    let id = r
+        .split("name=\"id\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let r = p.post(
+        "/totp/confirm",
+        Some(&p.base),
+        &[("csrf", &csrf), ("id", &id), ("code", "000000")],
+    );
+    assert_eq!(status(&r), 400, "a wrong confirmation code: {r}");
+    let r = p.post("/totp/start", Some(&p.base), &[("csrf", &csrf)]);
+    let new_uri2 = r
+        .split("<code id=\"uri\">")
+        .nth(1)
+        .and_then(|s| s.split("</code>").next())
+        .unwrap()
+        .replace("&amp;", "&");
+    assert_ne!(new_uri, new_uri2, "each set-up has its own secret");
+    let id = r
+        .split("name=\"id\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let r = p.post(
+        "/totp/confirm",
+        Some(&p.base),
+        &[("csrf", &csrf), ("id", &id), ("code", &totp_now(&new_uri2))],
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(r.contains("Authenticator replaced"));
+    let fresh = Portal {
+        base: p.base.clone(),
+        jar: d.join("cookies-fresh"),
+    };
+    let r = fresh.login("alice", new_pw, &totp_next(&alice_totp));
+    assert_eq!(status(&r), 401, "the old authenticator still works: {r}");
+    let r = fresh.login("alice", new_pw, &totp_next(&new_uri2));
+    assert_eq!(status(&r), 303, "the new authenticator: {r}");
+
     // Lockout: five failures in a row lock the account, even for the right password.
     let bob = Portal {
         base: p.base.clone(),

@@ -33,6 +33,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/login", get(login_form).post(login))
         .route("/password", post(change_password))
         .route("/logout", post(logout))
+        .route("/totp", get(totp_page))
+        .route("/totp/start", post(totp_start))
+        .route("/totp/confirm", post(totp_confirm))
         .route("/keys", get(super::keys::keys_page))
         .route("/keys/register/start", post(super::keys::register_start))
         .route("/keys/register/finish", post(super::keys::register_finish))
@@ -331,7 +334,7 @@ async fn home(State(app): State<App>, Extension(origin): Extension<Origin>, head
              <p><label>Current <input name=\"current\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
              <p><label>New <input name=\"new\" type=\"password\" autocomplete=\"new-password\" required></label></p>\
              <p><button>Change</button></p></form>\
-             <p><a href=\"/keys\">Security keys</a></p><form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Log out</button></form>",
+             <p><a href=\"/keys\">Security keys</a> · <a href=\"/totp\">Authenticator app</a></p><form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Log out</button></form>",
             user = esc(&s.user),
             place = esc(&s.workstation),
             end = when(s.expires_at),
@@ -429,4 +432,160 @@ async fn logout(
 
 pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The user's session and name for a form post with a CSRF token.
+async fn form_session(
+    app: &App,
+    headers: &HeaderMap,
+    origin: &Origin,
+    csrf: &str,
+) -> Result<(WebSession, UserName), Response> {
+    let Some((s, _)) = session(app, headers, origin).await else {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            page("Log in again", "<p>Your session has ended.</p>"),
+        )
+            .into_response());
+    };
+    if !constant_time_eq(csrf.as_bytes(), s.csrf.as_bytes()) {
+        return Err((StatusCode::FORBIDDEN, "herse: missing or wrong CSRF token\n").into_response());
+    }
+    let user = UserName::parse(&s.user).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+    Ok((s, user))
+}
+
+async fn totp_page(State(app): State<App>, Extension(origin): Extension<Origin>, headers: HeaderMap) -> Response {
+    let Some((s, _)) = session(&app, &headers, &origin).await else {
+        return (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
+    };
+    page(
+        "Authenticator app",
+        &format!(
+            "<p>Set up a new authenticator app (for example after losing your phone and logging in with a \
+             recovery code). The current one keeps working until you confirm the new one.</p>\
+             <form method=\"post\" action=\"/totp/start\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button>Set up a new authenticator</button></form><p><a href=\"/\">Back</a></p>",
+            esc(&s.csrf)
+        ),
+    )
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfOnly {
+    csrf: String,
+}
+
+async fn totp_start(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let (s, user) = match form_session(&app, &headers, &origin, &f.csrf).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Ok(e) = mfa::Enrolment::new(&user) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut raw = [0u8; 24];
+    rand::rng().fill(&mut raw[..]);
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let sealed = e.seal_pending(&app.gw.keys.user_secrets);
+    if app
+        .gw
+        .store
+        .put_webauthn_state(&id, &user, "totp", &sealed, now_micros() + 600_000_000)
+        .await
+        .is_err()
+    {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let uri = e.uri();
+    let qr = qrcode::QrCode::new(uri.as_bytes())
+        .map(|c| {
+            c.render::<qrcode::render::unicode::Dense1x2>()
+                .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                .build()
+        })
+        .unwrap_or_default();
+    page(
+        "Scan, then confirm",
+        &format!(
+            "<pre style=\"line-height:1\">{qr}</pre><p>Or enter this in the app: <code id=\"uri\">{uri}</code></p>\
+             <form method=\"post\" action=\"/totp/confirm\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <input type=\"hidden\" name=\"id\" value=\"{id}\">\
+             <p><label>Code shown by the new app <input name=\"code\" inputmode=\"numeric\" required></label></p>\
+             <p><button>Confirm</button></p></form>",
+            qr = esc(&qr),
+            uri = esc(uri.as_str()),
+            csrf = esc(&s.csrf),
+        ),
+    )
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct TotpConfirm {
+    csrf: String,
+    id: String,
+    code: String,
+}
+
+async fn totp_confirm(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    headers: HeaderMap,
+    Form(f): Form<TotpConfirm>,
+) -> Response {
+    let (_, user) = match form_session(&app, &headers, &origin, &f.csrf).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let sealed = match app.gw.store.take_webauthn_state(&f.id, &user, "totp").await {
+        Ok(Some(s)) => s,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                page(
+                    "Not changed",
+                    "<p>This set-up expired or was already used; start again.</p>",
+                ),
+            )
+                .into_response()
+        }
+    };
+    let e = match mfa::Enrolment::open_pending(&user, &app.gw.keys.user_secrets, &sealed) {
+        Ok(e) => e,
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    if let Err(reason) = e.confirm(&app.gw.store, &app.gw.keys.user_secrets, &f.code, true).await {
+        return (
+            StatusCode::BAD_REQUEST,
+            page(
+                "Not changed",
+                &format!("<p>{}</p><p><a href=\"/totp\">Start again</a></p>", esc(&reason)),
+            ),
+        )
+            .into_response();
+    }
+    app.gw
+        .audit(
+            AuditEvent::new(
+                "mfa.enroll",
+                Severity::Info,
+                "TOTP on the portal (replaces the previous one)",
+            )
+            .user(&user)
+            .origin(&origin),
+        )
+        .await;
+    page(
+        "Authenticator replaced",
+        "<p>Your new authenticator app is now the one that counts.</p><p><a href=\"/\">Back</a></p>",
+    )
+    .into_response()
 }
