@@ -255,6 +255,47 @@ fn portal_login_cookies_csrf_policy_and_lockout() {
     let r = bob.login("bob", "Another-Good-Passphrase-4", &totp_next(&bob_totp));
     assert_eq!(status(&r), 303, "after unlock: {r}");
 
+    // The API: password and second factor give a bearer token (no cookie, no CSRF
+    // needed: a browser cannot be made to send it); a cookie is not a token.
+    let api = |args: &[&str]| {
+        let out = run(Command::new("curl").args(["-sk", "--max-time", "10"]).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(gw.ctl().args(["users", "add", "carol"]));
+    let carol_totp = enrol_totp(&config, "carol");
+    assert!(set_password(&gw, "carol", "Third-Good-Passphrase-8").status.success());
+    let login_json = |pw: &str, code: &str| format!("{{\"user\":\"carol\",\"password\":\"{pw}\",\"code\":\"{code}\"}}");
+    let api_login = |body: &str| {
+        api(&[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+            &format!("{}/api/login", p.base),
+        ])
+    };
+    let wrong = api_login(&login_json("nope-nope-nope-1A", "000000"));
+    assert!(wrong.contains("Login failed"), "{wrong}");
+    let token_resp = api_login(&login_json("Third-Good-Passphrase-8", &totp_next(&carol_totp)));
+    let v: serde_json::Value = serde_json::from_str(&token_resp).unwrap_or_else(|_| panic!("{token_resp}"));
+    let token = v["token"].as_str().unwrap_or_else(|| panic!("{token_resp}")).to_owned();
+    let who = api(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("{}/api/whoami", p.base),
+    ]);
+    assert!(who.contains("\"user\":\"carol\"") && who.contains("@loopback"), "{who}");
+    let who = api(&["-H", "Authorization: Bearer forged", &format!("{}/api/whoami", p.base)]);
+    assert!(who.contains("missing, expired or foreign token"), "{who}");
+    let audit: serde_json::Value = serde_json::from_str(&ok(gw.ctl().args(["audit", "list", "--json"]))).unwrap();
+    assert!(audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "api.login.success" && e["user"] == "carol"));
+
     // Logging out ends the session on the server, not only in the browser.
     let r = p.post("/logout", Some(&p.base), &[("csrf", &csrf)]);
     assert_eq!(status(&r), 303, "{r}");

@@ -21,6 +21,11 @@ use crate::origin::{Origin, Via};
 use crate::store::{now_micros, AuditEvent, Severity, WebSession};
 
 const COOKIE: &str = "herse_session";
+/// Stored in place of a CSRF token for API tokens, so a cookie session and an API token
+/// can never stand for each other.
+const API_MARK: &str = "-";
+/// API tokens (for `hersectl` from a workstation) last this long.
+const API_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Clone)]
 pub(super) struct App {
@@ -33,6 +38,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/login", get(login_form).post(login))
         .route("/password", post(change_password))
         .route("/logout", post(logout))
+        .route("/api/login", post(api_login))
+        .route("/api/whoami", get(api_whoami))
         .route("/totp", get(totp_page))
         .route("/totp/start", post(totp_start))
         .route("/totp/confirm", post(totp_confirm))
@@ -76,7 +83,9 @@ async fn security_headers(req: Request, next: Next) -> Response {
 /// is this host (or, without one, the browser says `Sec-Fetch-Site: same-origin`). A
 /// form posted from another site is refused before any handler runs.
 async fn same_origin_writes(req: Request, next: Next) -> Response {
-    if req.method() == Method::GET || req.method() == Method::HEAD {
+    // The API authenticates with bearer tokens, never cookies: a browser cannot be made
+    // to send one, so cross-site requests gain nothing there.
+    if req.method() == Method::GET || req.method() == Method::HEAD || req.uri().path().starts_with("/api/") {
         return next.run(req).await;
     }
     let h = req.headers();
@@ -157,7 +166,7 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
 pub(super) async fn session(app: &App, headers: &HeaderMap, origin: &Origin) -> Option<(WebSession, String)> {
     let hash = token_hash(&cookie_token(headers)?);
     let s = app.gw.store.web_session(&hash).await.ok()??;
-    (s.workstation == place(origin)).then_some((s, hash))
+    (s.workstation == place(origin) && s.csrf != API_MARK).then_some((s, hash))
 }
 
 #[derive(serde::Deserialize)]
@@ -167,18 +176,26 @@ struct LoginForm {
     code: String,
 }
 
-async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, Form(f): Form<LoginForm>) -> Response {
+/// Password and second factor, for the portal and the API. `Err` carries the status and
+/// the message for the caller (deliberately vague on what failed); every outcome is
+/// audited and failures count towards the lockout.
+async fn authenticate(
+    app: &App,
+    origin: &Origin,
+    f: &LoginForm,
+    channel: &'static str,
+) -> Result<(UserName, bool), (StatusCode, String)> {
     let gw = &app.gw;
-    let fail = |status: StatusCode, msg: &str| (status, login_page(msg)).into_response();
+    let fail = |status: StatusCode, msg: &str| Err((status, msg.to_owned()));
     let audit = |kind: &'static str, sev: Severity, user: &str, detail: String| {
         let e = AuditEvent::new(kind, sev, detail)
             .user(user.escape_debug().take(80).collect::<String>())
-            .origin(&origin);
+            .origin(origin);
         async move { gw.audit(e).await }
     };
     let Ok(user) = UserName::parse(f.user.trim()) else {
         audit(
-            "web.login.failure",
+            kind_failure(channel),
             Severity::Warning,
             &f.user,
             "invalid user name".into(),
@@ -189,7 +206,7 @@ async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, For
     let active = matches!(gw.store.is_active(&user).await, Ok(true));
     if !active {
         audit(
-            "web.login.failure",
+            kind_failure(channel),
             Severity::Warning,
             user.as_str(),
             "unknown or suspended user".into(),
@@ -199,7 +216,7 @@ async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, For
     }
     if let Ok(Some(until)) = gw.store.login_locked_until(&user).await {
         audit(
-            "web.login.failure",
+            kind_failure(channel),
             Severity::Warning,
             user.as_str(),
             "account locked".into(),
@@ -244,14 +261,14 @@ async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, For
         },
     };
     if let Some(reason) = reason {
-        audit("web.login.failure", Severity::Warning, user.as_str(), reason.into()).await;
+        audit(kind_failure(channel), Severity::Warning, user.as_str(), reason.into()).await;
         if let Ok(Some(until)) = gw
             .store
             .record_login_failure(&user, LOGIN_FAILURES, LOGIN_LOCK.as_micros() as i64)
             .await
         {
             audit(
-                "web.login.lockout",
+                kind_lockout(channel),
                 Severity::Alert,
                 user.as_str(),
                 format!("locked until {}", when(until)),
@@ -261,7 +278,56 @@ async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, For
         return fail(StatusCode::UNAUTHORIZED, "Login failed.");
     }
     let _ = gw.store.reset_login_failures(&user).await;
-    let _ = gw.store.record_mfa_proof(&user, &place(&origin)).await;
+    let _ = gw.store.record_mfa_proof(&user, &place(origin)).await;
+    let expired = stored.and_then(|(_, set_at)| {
+        let age = now_micros().saturating_sub(set_at);
+        policy.max_age.filter(|m| age > m.as_micros() as i64)
+    });
+    gw.audit(
+        AuditEvent::new(
+            kind_success(channel),
+            Severity::Info,
+            format!(
+                "password + second factor{}",
+                if expired.is_some() { " (password expired)" } else { "" }
+            ),
+        )
+        .user(&user)
+        .origin(origin),
+    )
+    .await;
+    Ok((user, expired.is_some()))
+}
+
+fn kind_failure(channel: &str) -> &'static str {
+    if channel == "api" {
+        "api.login.failure"
+    } else {
+        "web.login.failure"
+    }
+}
+fn kind_lockout(channel: &str) -> &'static str {
+    if channel == "api" {
+        "api.login.lockout"
+    } else {
+        "web.login.lockout"
+    }
+}
+fn kind_success(channel: &str) -> &'static str {
+    if channel == "api" {
+        "api.login.success"
+    } else {
+        "web.login.success"
+    }
+}
+
+async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, Form(f): Form<LoginForm>) -> Response {
+    let gw = &app.gw;
+    let fail = |status: StatusCode, msg: &str| (status, login_page(msg)).into_response();
+    let user = match authenticate(&app, &origin, &f, "web").await {
+        Ok((u, _)) => u,
+        Err((status, msg)) => return fail(status, &msg),
+    };
     let mut raw = [0u8; 32];
     rand::rng().fill(&mut raw[..]);
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
@@ -276,20 +342,6 @@ async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, For
         tracing::error!(error = %e, "cannot create portal session");
         return fail(StatusCode::SERVICE_UNAVAILABLE, "The portal cannot log you in now.");
     }
-    let expired = stored.and_then(|(_, set_at)| {
-        let age = now_micros().saturating_sub(set_at);
-        policy.max_age.filter(|m| age > m.as_micros() as i64)
-    });
-    audit(
-        "web.login.success",
-        Severity::Info,
-        user.as_str(),
-        format!(
-            "password + TOTP{}",
-            if expired.is_some() { " (password expired)" } else { "" }
-        ),
-    )
-    .await;
     let cookie = format!(
         "{COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
         SESSION_TTL.as_secs()
@@ -588,4 +640,52 @@ async fn totp_confirm(
         "<p>Your new authenticator app is now the one that counts.</p><p><a href=\"/\">Back</a></p>",
     )
     .into_response()
+}
+
+/// `POST /api/login` with JSON `{user, password, code}`: a short-lived bearer token bound
+/// to this workstation.
+async fn api_login(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    axum::Json(f): axum::Json<LoginForm>,
+) -> Response {
+    let user = match authenticate(&app, &origin, &f, "api").await {
+        Ok((u, _)) => u,
+        Err((status, msg)) => return (status, axum::Json(serde_json::json!({ "error": msg }))).into_response(),
+    };
+    let mut raw = [0u8; 32];
+    rand::rng().fill(&mut raw[..]);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let expires = now_micros() + API_TOKEN_TTL.as_micros() as i64;
+    if app
+        .gw
+        .store
+        .create_web_session(&token_hash(&token), &user, &place(&origin), API_MARK, expires)
+        .await
+        .is_err()
+    {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    axum::Json(serde_json::json!({ "token": token, "user": user.as_str(), "expires_at": expires })).into_response()
+}
+
+/// `GET /api/whoami` with `Authorization: Bearer TOKEN`.
+async fn api_whoami(State(app): State<App>, Extension(origin): Extension<Origin>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let s = match app.gw.store.web_session(&token_hash(token)).await {
+        Ok(Some(s)) if s.csrf == API_MARK && s.workstation == place(&origin) => s,
+        _ => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({ "error": "missing, expired or foreign token" })),
+            )
+                .into_response()
+        }
+    };
+    axum::Json(serde_json::json!({ "user": s.user, "workstation": s.workstation, "expires_at": s.expires_at }))
+        .into_response()
 }
