@@ -302,3 +302,53 @@ fn portal_login_cookies_csrf_policy_and_lockout() {
     let home = p.curl(&[&format!("{}/", p.base)]);
     assert_eq!(status(&home), 303, "{home}");
 }
+
+#[test]
+fn an_expired_password_must_be_changed_first() {
+    let dir = TempDir::new("portal-expired");
+    let d = dir.0.clone();
+    std::fs::write(d.join("policy.toml"), "").unwrap();
+    let config = Gateway::init(&d);
+    let port = free_port();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[web]\nlisten = [\"127.0.0.1:{port}\"]\n[passwords]\nmax_age = \"2s\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let gw = Gateway::start(&d, &config);
+    gw.wait_line("portal listening on", std::time::Duration::from_secs(10));
+    ok(gw.ctl().args(["users", "add", "dave"]));
+    let totp = enrol_totp(&config, "dave");
+    assert!(set_password(&gw, "dave", "Soon-Expired-Passphrase-5").status.success());
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let p = Portal {
+        base: format!("https://127.0.0.1:{port}"),
+        jar: d.join("cookies"),
+    };
+    let r = p.login("dave", "Soon-Expired-Passphrase-5", &totp_next(&totp));
+    assert_eq!(status(&r), 303, "{r}");
+    let home = p.curl(&[&format!("{}/", p.base)]);
+    assert!(home.contains("Your password has expired"), "{home}");
+    for path in ["/keys", "/totp"] {
+        let r = p.curl(&[&format!("{}{path}", p.base)]);
+        assert_eq!(status(&r), 403, "{path}: {r}");
+    }
+    let csrf = home
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let r = p.post(
+        "/password",
+        Some(&p.base),
+        &[
+            ("csrf", &csrf),
+            ("current", "Soon-Expired-Passphrase-5"),
+            ("new", "Fresh-Renewed-Passphrase-6"),
+        ],
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let r = p.curl(&[&format!("{}/keys", p.base)]);
+    assert_eq!(status(&r), 200, "after the change: {r}");
+}

@@ -17,7 +17,7 @@ use webauthn_rs::prelude::{
     Url, Uuid, Webauthn, WebauthnBuilder,
 };
 
-use super::pages::{esc, page, session, when, App};
+use super::pages::{esc, page, password_expired, renew_first, session, when, App};
 use crate::ident::UserName;
 use crate::origin::Origin;
 use crate::store::{now_micros, AuditEvent, Severity, WebSession};
@@ -66,6 +66,9 @@ async fn json_session(app: &App, headers: &HeaderMap, origin: &Origin) -> Result
     if !super::pages::constant_time_eq(token.as_bytes(), s.csrf.as_bytes()) {
         return Err(err(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
     }
+    if password_expired(app, &s.user).await {
+        return Err(err(StatusCode::FORBIDDEN, "your password has expired: change it first"));
+    }
     let user = UserName::parse(&s.user).map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "bad session"))?;
     Ok((s, user))
 }
@@ -102,6 +105,9 @@ pub(super) async fn keys_page(
     let Some((s, _)) = session(&app, &headers, &origin).await else {
         return (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, "/login")]).into_response();
     };
+    if password_expired(&app, &s.user).await {
+        return renew_first();
+    }
     let Ok(user) = UserName::parse(&s.user) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
@@ -349,6 +355,9 @@ pub(super) async fn approve_page(
         )
             .into_response();
     };
+    if password_expired(&app, &s.user).await {
+        return renew_first();
+    }
     match approval_for(&app, &token, &s).await {
         Ok(code) => page(
             "Approve an SSH login",

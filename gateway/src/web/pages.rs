@@ -511,6 +511,9 @@ async fn totp_page(State(app): State<App>, Extension(origin): Extension<Origin>,
     let Some((s, _)) = session(&app, &headers, &origin).await else {
         return (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
     };
+    if password_expired(&app, &s.user).await {
+        return renew_first();
+    }
     page(
         "Authenticator app",
         &format!(
@@ -539,6 +542,9 @@ async fn totp_start(
         Ok(x) => x,
         Err(r) => return r,
     };
+    if password_expired(&app, &s.user).await {
+        return renew_first();
+    }
     let Ok(e) = mfa::Enrolment::new(&user) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
@@ -687,5 +693,26 @@ async fn api_whoami(State(app): State<App>, Extension(origin): Extension<Origin>
         }
     };
     axum::Json(serde_json::json!({ "user": s.user, "workstation": s.workstation, "expires_at": s.expires_at }))
+        .into_response()
+}
+
+/// Whether `user`'s password is older than the policy's renewal period: such a user can
+/// only change it (and log out) until they do.
+pub(super) async fn password_expired(app: &App, user: &str) -> bool {
+    let Ok(u) = UserName::parse(user) else { return true };
+    match (app.gw.store.password(&u).await, app.gw.config.password_policy.max_age) {
+        (Ok(Some((_, set_at))), Some(max)) => now_micros().saturating_sub(set_at) > max.as_micros() as i64,
+        _ => false,
+    }
+}
+
+pub(super) fn renew_first() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        page(
+            "Change your password first",
+            "<p>Your password has expired: change it on the <a href=\"/\">home page</a> first.</p>",
+        ),
+    )
         .into_response()
 }
