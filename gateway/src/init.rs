@@ -20,6 +20,8 @@ pub struct InitReport {
     pub audit_public_key: String,
     /// The gateway's WireGuard public key (workstations' `[Peer] PublicKey`).
     pub wireguard_public_key: String,
+    /// The portal's self-signed certificate (PEM file), for browsers to trust.
+    pub portal_certificate: Option<String>,
     /// Lines for a target's sshd_config.
     pub sshd_config: Vec<String>,
     /// Lines for a user's ~/.ssh/known_hosts.
@@ -53,6 +55,17 @@ pub async fn init(config: &GatewayConfig) -> anyhow::Result<InitReport> {
     let keys = GatewayKeys::generate();
     master.write_new(&config.master_key_file)?;
     keys.save(&store, &master).await?;
+    // The portal's self-signed certificate, unless the configuration names one.
+    let mut portal_certificate = None;
+    if let Some(w) = config.web.as_ref().filter(|w| w.cert_and_key.is_none()) {
+        let mut names = w.names.clone();
+        if let Some(wg) = &config.wireguard {
+            names.push(wg.net.gateway.to_string());
+        }
+        let (cert, _) = crate::web::tls::self_signed(&store, &master, &names).await?;
+        std::fs::write(config.data_dir.join("portal_cert.pem"), &cert)?;
+        portal_certificate = Some(config.data_dir.join("portal_cert.pem").display().to_string());
+    }
     store.close().await;
 
     let user_ca = keys.user_ca.public_key().to_openssh()?;
@@ -88,5 +101,6 @@ pub async fn init(config: &GatewayConfig) -> anyhow::Result<InitReport> {
         host_ca,
         audit_public_key: hex::encode(keys.audit.verifying_key().as_bytes()),
         wireguard_public_key: keys.wireguard.public().to_string(),
+        portal_certificate,
     })
 }

@@ -157,6 +157,9 @@ fn print_init(r: &herse::init::InitReport) {
     println!("Gateway host key:\n  {}", r.host_key);
     println!("Audit public key (ed25519, hex): {}", r.audit_public_key);
     println!("WireGuard public key: {}", r.wireguard_public_key);
+    if let Some(c) = &r.portal_certificate {
+        println!("Portal certificate (self-signed; trust it on workstations or set web.cert): {c}");
+    }
     println!();
     println!("On each target, in sshd_config:");
     for l in &r.sshd_config {

@@ -76,10 +76,9 @@ fn pki(d: &Path, home: &Path) {
 
 /// Start `ssh` as `user` and return it with the approval URL it printed (the caller
 /// waits for it: `finished`).
-#[allow(clippy::zombie_processes)]
 fn ssh_waiting(d: &Path, gw_port: u16, user: &str, key: &Path) -> (Child, String) {
-    let mut child = Command::new("ssh")
-        .args(["-F", "/dev/null", "-p", &gw_port.to_string(), "-i"])
+    let mut c = Command::new("ssh");
+    c.args(["-F", "/dev/null", "-p", &gw_port.to_string(), "-i"])
         .arg(key)
         .args([
             "-o",
@@ -94,7 +93,21 @@ fn ssh_waiting(d: &Path, gw_port: u16, user: &str, key: &Path) -> (Child, String
             "BatchMode=no",
             &format!("{user}+{DEPLOY}+web1@127.0.0.1"),
             "echo approved-login",
-        ])
+        ]);
+    waiting(c)
+}
+
+/// The same in ProxyJump form (`ssh -J alice@gw hdeploy@web1`): the approval is asked
+/// at the inner login, by the main ssh process.
+fn ssh_jump_waiting(cfg: &Path) -> (Child, String) {
+    let mut c = Command::new("ssh");
+    c.arg("-F").arg(cfg).args(["-l", DEPLOY, "web1", "echo approved-login"]);
+    waiting(c)
+}
+
+#[allow(clippy::zombie_processes)]
+fn waiting(mut c: Command) -> (Child, String) {
+    let mut child = c
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -237,6 +250,37 @@ fn security_keys_approve_ssh_logins_in_a_real_browser() {
     let (ok_, out) = finished(ssh);
     assert!(ok_, "the approved login failed");
     assert_eq!(out.trim(), "approved-login");
+    // ProxyJump form: the inner login asks, the main ssh shows the URL.
+    let host_ca = std::fs::read_to_string(d.join("data/host_ca.pub")).unwrap();
+    std::fs::write(
+        d.join("known_hosts_jump"),
+        format!(
+            "@cert-authority web1 {}\n[127.0.0.1]:{} {}\n",
+            host_ca.trim(),
+            gw.port,
+            host_key.trim()
+        ),
+    )
+    .unwrap();
+    let jump_cfg = d.join("ssh_config_jump");
+    std::fs::write(
+        &jump_cfg,
+        format!(
+            "Host gw\n  HostName 127.0.0.1\n  Port {}\n  User alice\nHost web1\n  ProxyJump gw\n\
+             Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n\
+             LogLevel INFO\n  BatchMode no\n",
+            gw.port,
+            d.join("alice").display(),
+            d.join("known_hosts_jump").display()
+        ),
+    )
+    .unwrap();
+    let (ssh, jump_url) = ssh_jump_waiting(&jump_cfg);
+    assert_ne!(jump_url, url, "each login has its own approval");
+    assert_eq!(alice.cmd(&format!("approve {jump_url}")), "ok approved");
+    let (ok_, out) = finished(ssh);
+    assert!(ok_ && out.trim() == "approved-login", "ProxyJump approval: {out}");
+
     // The approval was for one login only.
     let r = alice.cmd(&format!("approve {url}"));
     assert!(r.starts_with("err 403") && r.contains("already used"), "{r}");

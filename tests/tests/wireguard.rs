@@ -265,8 +265,10 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
     let portal = net
         .ws1
         .command("curl")
+        // Verified against the certificate `herse init` made (valid for the tunnel address).
+        .args(["-sS", "--cacert"])
+        .arg(d.join("data/portal_cert.pem"))
         .args([
-            "-skS",
             "-o",
             "/dev/null",
             "-w",
