@@ -22,6 +22,9 @@ CREATE TABLE ssh_approvals (
     token_hash TEXT PRIMARY KEY,
     user_name TEXT NOT NULL REFERENCES users (name),
     workstation TEXT NOT NULL,
+    -- What the approval is for, shown on the approval page.
+    target TEXT NOT NULL,
+    login TEXT NOT NULL,
     short_code TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL,

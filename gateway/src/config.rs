@@ -327,7 +327,7 @@ impl GatewayConfig {
                 (None, None) => None,
             };
             let approval_ttl = match &w.approval_ttl {
-                None => Duration::from_secs(120),
+                None => Duration::from_secs(50),
                 Some(t) => match humantime::parse_duration(t.get_ref()) {
                     Ok(d) if !d.is_zero() && d <= Duration::from_secs(900) => d,
                     _ => {
@@ -426,6 +426,19 @@ impl GatewayConfig {
             Some(d) => resolve(d.get_ref()),
             None => data_dir.join("recordings"),
         };
+        if let (Some(w), Some(raw_web)) = (&web, &raw.web) {
+            // A login waiting for its approval is still cut at the auth timeout.
+            if w.webauthn.is_some() && w.approval_ttl >= auth_timeout {
+                errors.push(src.at(
+                    raw_web.approval_ttl.as_ref().map(|t| t.span()),
+                    format!(
+                        "web.approval_ttl ({}) must be shorter than ssh.auth_timeout ({})",
+                        humantime::format_duration(w.approval_ttl),
+                        humantime::format_duration(auth_timeout)
+                    ),
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }

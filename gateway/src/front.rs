@@ -237,7 +237,15 @@ impl FrontHandler {
         if let Err(e) = self
             .gw
             .store
-            .create_approval(&hash, user, self.proof_place(), &code, expires)
+            .create_approval(
+                &hash,
+                user,
+                self.proof_place(),
+                target.as_str(),
+                login.as_str(),
+                &code,
+                expires,
+            )
             .await
         {
             tracing::error!(error = %e, "cannot create an approval");
@@ -287,8 +295,10 @@ impl FrontHandler {
                     tracing::error!(error = %e, "cannot read approvals");
                 }
             }
+            // Ends at expiry whatever the store says (an approval given but never taken
+            // because the store fails must not keep this login waiting).
             match self.gw.store.approval(&hash).await {
-                Ok(Some(a)) if a.expires_at > crate::store::now_micros() || a.approved_at.is_some() => {}
+                Ok(Some(a)) if a.expires_at > crate::store::now_micros() => {}
                 _ => {
                     self.audit_factor(
                         &user,

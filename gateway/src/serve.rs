@@ -267,10 +267,6 @@ async fn tunnel_accept_loop(
                 continue;
             }
         }
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %accepted.remote, "connection limit reached; refusing connection");
-            continue;
-        };
         let ws = match WorkstationName::parse(&accepted.workstation) {
             Ok(w) => w,
             Err(e) => {
@@ -282,16 +278,18 @@ async fn tunnel_accept_loop(
             addr: accepted.remote,
             via: Via::Workstation(ws),
         };
+        // The portal has its own connection limit: it cannot use up SSH's.
         if let Some((p, port)) = &portal {
             if accepted.local_port == *port {
                 let p = p.clone();
-                gw.tasks.spawn(async move {
-                    let _permit = permit;
-                    p.serve(accepted.stream, origin).await;
-                });
+                gw.tasks.spawn(async move { p.serve(accepted.stream, origin).await });
                 continue;
             }
         }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %accepted.remote, "connection limit reached; refusing connection");
+            continue;
+        };
         let gw2 = gw.clone();
         let config = config.clone();
         gw.tasks.spawn(async move {

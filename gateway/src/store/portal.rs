@@ -103,6 +103,11 @@ impl Store {
         csrf: &str,
         expires_at: i64,
     ) -> Result<(), StoreError> {
+        // Expired sessions and tokens go as new ones come: the table stays small.
+        sqlx::query("DELETE FROM web_sessions WHERE expires_at < $1")
+            .bind(now_micros())
+            .execute(&self.pool)
+            .await?;
         sqlx::query(
             "INSERT INTO web_sessions (token_hash, user_name, workstation, csrf, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -138,6 +143,16 @@ impl Store {
             }),
             None => None,
         })
+    }
+
+    /// End the user's other sessions and API tokens (after a password change).
+    pub async fn end_other_web_sessions(&self, user: &UserName, keep: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM web_sessions WHERE user_name = $1 AND token_hash <> $2")
+            .bind(user.as_str())
+            .bind(keep)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn delete_web_session(&self, token_hash: &str) -> Result<(), StoreError> {

@@ -20,6 +20,8 @@ pub struct SecurityKeyRow {
 pub struct Approval {
     pub user: String,
     pub workstation: String,
+    pub target: String,
+    pub login: String,
     pub short_code: String,
     pub expires_at: i64,
     pub approved_at: Option<i64>,
@@ -144,21 +146,31 @@ impl Store {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_approval(
         &self,
         token_hash: &str,
         user: &UserName,
         workstation: &str,
+        target: &str,
+        login: &str,
         short_code: &str,
         expires_at: i64,
     ) -> Result<(), StoreError> {
+        // Approvals older than a day are of no use to anyone.
+        sqlx::query("DELETE FROM ssh_approvals WHERE expires_at < $1")
+            .bind(now_micros() - 86_400_000_000)
+            .execute(&self.pool)
+            .await?;
         sqlx::query(
-            "INSERT INTO ssh_approvals (token_hash, user_name, workstation, short_code, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO ssh_approvals (token_hash, user_name, workstation, target, login, short_code, created_at, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(token_hash)
         .bind(user.as_str())
         .bind(workstation)
+        .bind(target)
+        .bind(login)
         .bind(short_code)
         .bind(now_micros())
         .bind(expires_at)
@@ -169,8 +181,8 @@ impl Store {
 
     pub async fn approval(&self, token_hash: &str) -> Result<Option<Approval>, StoreError> {
         let r = sqlx::query(
-            "SELECT user_name, workstation, short_code, expires_at, approved_at, consumed_at FROM ssh_approvals \
-             WHERE token_hash = $1",
+            "SELECT user_name, workstation, short_code, expires_at, approved_at, consumed_at, target, login \
+             FROM ssh_approvals WHERE token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
@@ -183,6 +195,8 @@ impl Store {
                 expires_at: r.try_get(3)?,
                 approved_at: r.try_get(4)?,
                 consumed_at: r.try_get(5)?,
+                target: r.try_get(6)?,
+                login: r.try_get(7)?,
             }),
             None => None,
         })

@@ -246,6 +246,9 @@ pub(super) async fn register_finish(
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let name = body.name.trim().to_owned();
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+        return err(StatusCode::BAD_REQUEST, "a key name is 1 to 64 printable characters");
+    }
     if let Err(e) = app.gw.store.add_security_key(&user, &cred_id, &name, &json).await {
         return err(StatusCode::CONFLICT, e.to_string());
     }
@@ -302,7 +305,7 @@ pub(super) async fn remove(
 
 /// Check that the approval named by `token` may be given by this session: it exists,
 /// has not expired or been given, and belongs to this user at this workstation.
-async fn approval_for(app: &App, token: &str, s: &WebSession) -> Result<String, String> {
+async fn approval_for(app: &App, token: &str, s: &WebSession) -> Result<crate::store::Approval, String> {
     let hash = token_hash(token);
     let a = match app.gw.store.approval(&hash).await {
         Ok(Some(a)) => a,
@@ -321,7 +324,7 @@ async fn approval_for(app: &App, token: &str, s: &WebSession) -> Result<String, 
     if a.expires_at <= now_micros() {
         return Err("this approval has expired".into());
     }
-    Ok(a.short_code)
+    Ok(a)
 }
 
 async fn refuse_approval(app: &App, origin: &Origin, s: &WebSession, reason: &str) -> Response {
@@ -359,18 +362,21 @@ pub(super) async fn approve_page(
         return renew_first();
     }
     match approval_for(&app, &token, &s).await {
-        Ok(code) => page(
+        Ok(a) => page(
             "Approve an SSH login",
             &format!(
                 "<div id=\"herse\" data-csrf=\"{csrf}\" data-token=\"{token}\"></div>\
-                 <p>An SSH login as <b>{user}</b> from {place} is waiting. Check that your terminal shows the code \
-                 <b id=\"code\">{code}</b>.</p><p><button id=\"approve\">Approve with my security key</button></p>\
+                 <p>An SSH login is waiting: <b>{user}</b> from {place} to <b>{login}@{target}</b>. Approve only if \
+                 you started it and your terminal shows the code <b id=\"code\">{code}</b>.</p>\
+                 <p><button id=\"approve\">Approve with my security key</button></p>\
                  <p id=\"status\" role=\"status\"></p><script src=\"/static/herse.js\"></script>",
                 csrf = esc(&s.csrf),
                 token = esc(&token),
                 user = esc(&s.user),
                 place = esc(&s.workstation),
-                code = esc(&code)
+                login = esc(&a.login),
+                target = esc(&a.target),
+                code = esc(&a.short_code)
             ),
         )
         .into_response(),

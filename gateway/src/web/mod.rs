@@ -18,7 +18,7 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,11 +33,19 @@ pub const LOGIN_FAILURES: i64 = 5;
 /// First lock length (doubled per further failure).
 pub const LOGIN_LOCK: Duration = Duration::from_secs(15 * 60);
 
+/// Portal connections at once (all listeners); more wait for nothing and are closed.
+const MAX_CONNECTIONS: usize = 128;
+/// A request's headers must arrive within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// No portal connection lives longer than this (pages are small; browsers reconnect).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+
 /// The portal, ready to serve connections.
 #[derive(Clone)]
 pub struct Portal {
     router: axum::Router,
     tls: tokio_rustls::TlsAcceptor,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Portal {
@@ -45,6 +53,7 @@ impl Portal {
         Portal {
             router: pages::router(gw),
             tls: tokio_rustls::TlsAcceptor::from(tls),
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         }
     }
 
@@ -53,6 +62,10 @@ impl Portal {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            tracing::warn!(client = %origin.addr, "portal connection limit reached");
+            return;
+        };
         let tls = match tokio::time::timeout(Duration::from_secs(10), self.tls.accept(stream)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -62,12 +75,16 @@ impl Portal {
             Err(_) => return,
         };
         let service = TowerToHyperService::new(self.router.clone().layer(axum::Extension(origin)));
-        if let Err(e) = Builder::new(TokioExecutor::new())
-            .http1_only()
-            .serve_connection(TokioIo::new(tls), service)
-            .await
-        {
-            tracing::debug!(error = %e, "portal connection ended");
+        let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+        let conn = builder.serve_connection(TokioIo::new(tls), service);
+        match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+            Ok(Err(e)) => tracing::debug!(error = %e, "portal connection ended"),
+            Err(_) => tracing::debug!("portal connection closed at its lifetime limit"),
+            Ok(Ok(())) => {}
         }
     }
 }

@@ -241,19 +241,22 @@ async fn authenticate(
                 format!("portal login from workstation {ws}, not bound to {user}"),
             )
             .await;
-            return fail(
-                StatusCode::FORBIDDEN,
-                &format!("Workstation {ws} is not bound to {user}."),
-            );
+            // The same answer as any failure: probing names from a workstation learns nothing.
+            return fail(StatusCode::UNAUTHORIZED, "Login failed.");
         }
     }
     let policy = &gw.config.password_policy;
     let stored = gw.store.password(&user).await.ok().flatten();
+    let mut recovery_left = None;
     let reason = match &stored {
         None => Some("no password set"),
-        Some((hash, _)) if !password::verify(&f.password, hash) => Some("wrong password"),
+        Some((hash, _)) if !password::verify_async(&f.password, hash).await => Some("wrong password"),
         Some(_) => match mfa::check_second_factor(&gw.store, &gw.keys.user_secrets, &user, &f.code).await {
-            Ok(Verdict::Accepted | Verdict::AcceptedRecovery { .. }) => None,
+            Ok(Verdict::Accepted) => None,
+            Ok(Verdict::AcceptedRecovery { left }) => {
+                recovery_left = Some(left);
+                None
+            }
             Ok(Verdict::NotEnrolled) => Some("no second factor enrolled"),
             Ok(Verdict::Locked(_)) => Some("second factor locked"),
             Ok(Verdict::Failed { reason, .. }) => Some(reason),
@@ -278,7 +281,8 @@ async fn authenticate(
         return fail(StatusCode::UNAUTHORIZED, "Login failed.");
     }
     let _ = gw.store.reset_login_failures(&user).await;
-    let _ = gw.store.record_mfa_proof(&user, &place(origin)).await;
+    // No second-factor proof is recorded for SSH here: a portal login must not let SSH
+    // skip a security key (or the remembered window) with a TOTP or recovery code.
     let expired = stored.and_then(|(_, set_at)| {
         let age = now_micros().saturating_sub(set_at);
         policy.max_age.filter(|m| age > m.as_micros() as i64)
@@ -286,9 +290,18 @@ async fn authenticate(
     gw.audit(
         AuditEvent::new(
             kind_success(channel),
-            Severity::Info,
+            // A recovery code in use means the authenticator may be lost or stolen.
+            if recovery_left.is_some() {
+                Severity::Warning
+            } else {
+                Severity::Info
+            },
             format!(
-                "password + second factor{}",
+                "password + {}{}",
+                match recovery_left {
+                    Some(left) => format!("recovery code ({left} left)"),
+                    None => "second factor".to_owned(),
+                },
                 if expired.is_some() { " (password expired)" } else { "" }
             ),
         )
@@ -422,8 +435,27 @@ async fn change_password(
     let Ok(user) = UserName::parse(&s.user) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let current_ok = matches!(app.gw.store.password(&user).await, Ok(Some((h, _))) if password::verify(&f.current, &h));
+    if let Ok(Some(until)) = app.gw.store.login_locked_until(&user).await {
+        return (
+            StatusCode::FORBIDDEN,
+            page(
+                "Password not changed",
+                &format!("<p>Account locked until {}.</p>", when(until)),
+            ),
+        )
+            .into_response();
+    }
+    let current_ok = match app.gw.store.password(&user).await {
+        Ok(Some((h, _))) => password::verify_async(&f.current, &h).await,
+        _ => false,
+    };
     if !current_ok {
+        // Guessing the current password from a session counts like a failed login.
+        let _ = app
+            .gw
+            .store
+            .record_login_failure(&user, LOGIN_FAILURES, LOGIN_LOCK.as_micros() as i64)
+            .await;
         return (
             StatusCode::FORBIDDEN,
             page("Password not changed", "<p>The current password is wrong.</p>"),
@@ -437,12 +469,16 @@ async fn change_password(
         )
             .into_response();
     }
-    let hash = match password::hash(&f.new) {
+    let hash = match password::hash_async(&f.new).await {
         Ok(h) => h,
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
     if app.gw.store.set_password(&user, &hash).await.is_err() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    // Every other session and API token of the user ends with the old password.
+    if let Some(token) = cookie_token(&headers) {
+        let _ = app.gw.store.end_other_web_sessions(&user, &token_hash(&token)).await;
     }
     app.gw
         .audit(

@@ -191,6 +191,28 @@ pub fn verify(password: &str, stored: &str) -> bool {
     Argon2::default().verify_password(password.as_bytes(), &h).is_ok()
 }
 
+/// argon2 costs ~19 MiB and tens of milliseconds: off the async workers, two at a time,
+/// so a burst of logins cannot stall the gateway's relays and tunnel.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+pub async fn verify_async(password: &str, stored: &str) -> bool {
+    let Ok(_permit) = HASHING.acquire().await else {
+        return false;
+    };
+    let (password, stored) = (Zeroizing::new(password.to_owned()), stored.to_owned());
+    tokio::task::spawn_blocking(move || verify(&password, &stored))
+        .await
+        .unwrap_or(false)
+}
+
+pub async fn hash_async(password: &str) -> Result<String, String> {
+    let _permit = HASHING.acquire().await.map_err(|e| e.to_string())?;
+    let password = Zeroizing::new(password.to_owned());
+    tokio::task::spawn_blocking(move || hash(&password))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

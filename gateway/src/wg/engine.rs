@@ -34,13 +34,14 @@ pub const MTU: usize = 1420;
 /// Handshake initiations per second before the gateway answers with cookies only.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Listening sockets kept ready per port (smoltcp accepts one connection per socket).
-const BACKLOG: usize = 4;
+const BACKLOG: usize = 8;
 /// Connections that completed no handshake within this time are dropped.
 const SYN_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(10);
 /// Open connections one workstation may hold (each costs its socket buffers).
 const MAX_CONNS_PER_PEER: usize = 64;
-/// Connections between SYN and established, across all ports.
+/// Connections between SYN and established, across all ports and per workstation.
 const MAX_HALF_OPEN: usize = 64;
+const MAX_HALF_OPEN_PER_PEER: usize = 8;
 const RX_BUFFER: usize = 512 * 1024;
 const TX_BUFFER: usize = 512 * 1024;
 const TIMER_TICK: Duration = Duration::from_millis(100);
@@ -614,8 +615,15 @@ impl Stack {
         for i in 0..self.listeners.len() {
             let (port, h) = self.listeners[i];
             if self.sockets.get::<tcp::Socket>(h).state() != tcp::State::Listen {
-                if self.half_open.len() >= MAX_HALF_OPEN {
-                    // A flood of unfinished handshakes: drop the newest rather than grow.
+                let from = self.sockets.get::<tcp::Socket>(h).remote_endpoint().map(|e| e.addr);
+                let from_same = self
+                    .half_open
+                    .iter()
+                    .filter(|(_, o)| self.sockets.get::<tcp::Socket>(*o).remote_endpoint().map(|e| e.addr) == from)
+                    .count();
+                if self.half_open.len() >= MAX_HALF_OPEN || from_same >= MAX_HALF_OPEN_PER_PEER {
+                    // A flood of unfinished handshakes: the flooding workstation loses its
+                    // newest, the others keep connecting (and nothing grows).
                     self.sockets.get_mut::<tcp::Socket>(h).abort();
                     let _ = self.sockets.get_mut::<tcp::Socket>(h).listen(port);
                     continue;
