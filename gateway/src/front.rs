@@ -314,6 +314,20 @@ impl FrontHandler {
         }
     }
 
+    /// A refusal decided during keyboard-interactive is shown at once, in the same
+    /// exchange (the client may not start another round): an instruction with no prompt,
+    /// whose empty answer then fails the login.
+    fn show_refusal_now(&self, auth: Auth) -> Auth {
+        match (&self.state, auth) {
+            (AuthState::Refused { message, .. }, Auth::Reject { .. }) => Auth::Partial {
+                name: "".into(),
+                instructions: format!("{message}\n").into(),
+                prompts: Vec::new().into(),
+            },
+            (_, auth) => auth,
+        }
+    }
+
     /// Where a second-factor proof is remembered: the workstation, or the loopback
     /// listener ('@' cannot appear in a workstation name).
     fn proof_place(&self) -> &str {
@@ -586,14 +600,7 @@ impl FrontHandler {
                     return Ok(Auth::reject());
                 };
                 let auth = self.await_approval(ssh_user, user, target, login, token_hash).await;
-                match (&self.state, auth) {
-                    (AuthState::Refused { message, .. }, Auth::Reject { .. }) => Ok(Auth::Partial {
-                        name: "".into(),
-                        instructions: format!("{message}\n").into(),
-                        prompts: Vec::new().into(),
-                    }),
-                    (_, auth) => Ok(auth),
-                }
+                Ok(self.show_refusal_now(auth))
             }
             (AuthState::SecondFactor { ssh_user: u, user, .. }, None) if u == ssh_user => Ok(Auth::Partial {
                 name: "Herse second factor".into(),
@@ -627,16 +634,7 @@ impl FrontHandler {
                     });
                 }
                 let auth = self.second_factor_answer(ssh_user, user, target, login, &code).await;
-                // A refusal decided here is shown at once, in this same exchange (the
-                // client may not start another keyboard-interactive round).
-                match (&self.state, auth) {
-                    (AuthState::Refused { message, .. }, Auth::Reject { .. }) => Ok(Auth::Partial {
-                        name: "".into(),
-                        instructions: format!("{message}\n").into(),
-                        prompts: Vec::new().into(),
-                    }),
-                    (_, auth) => Ok(auth),
-                }
+                Ok(self.show_refusal_now(auth))
             }
             _ => {
                 self.state = AuthState::None;

@@ -66,48 +66,18 @@ impl Store {
 
     /// Until when (Unix µs) second factors of `user` are locked, if they are now.
     pub async fn mfa_locked_until(&self, user: &UserName) -> Result<Option<i64>, StoreError> {
-        let r = sqlx::query("SELECT mfa_locked_until FROM users WHERE name = $1")
-            .bind(user.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        let until: Option<i64> = match r {
-            Some(r) => r.try_get(0)?,
-            None => None,
-        };
-        Ok(until.filter(|u| *u > now_micros()))
+        self.locked_until(super::Lockout::SecondFactor, user).await
     }
 
-    /// Count a failure; at `max` consecutive failures the user is locked for
-    /// `lock_micros`, doubled for every further failure (capped at a day). Returns the
-    /// failure count and the lock, if one is now in force.
+    /// Count a second-factor failure (see `count_failure`).
     pub async fn record_mfa_failure(
         &self,
         user: &UserName,
         max: i64,
         lock_micros: i64,
     ) -> Result<(i64, Option<i64>), StoreError> {
-        sqlx::query("UPDATE users SET mfa_failures = mfa_failures + 1 WHERE name = $1")
-            .bind(user.as_str())
-            .execute(&self.pool)
-            .await?;
-        let n: i64 = sqlx::query("SELECT mfa_failures FROM users WHERE name = $1")
-            .bind(user.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?
-            .unwrap_or(0);
-        if n < max {
-            return Ok((n, None));
-        }
-        let factor = 1i64 << (n - max).clamp(0, 10);
-        let until = now_micros() + (lock_micros.saturating_mul(factor)).min(86_400_000_000);
-        sqlx::query("UPDATE users SET mfa_locked_until = $1 WHERE name = $2")
-            .bind(until)
-            .bind(user.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok((n, Some(until)))
+        self.count_failure(super::Lockout::SecondFactor, user, max, lock_micros)
+            .await
     }
 
     /// A success, or an admin's unlock: failures forgotten, lock lifted.

@@ -132,6 +132,89 @@ impl Store {
     }
 }
 
+/// A failure counter with its lock on the users table (second factor, portal login).
+#[derive(Clone, Copy)]
+pub(crate) enum Lockout {
+    SecondFactor,
+    Login,
+}
+
+impl Lockout {
+    fn columns(self) -> (&'static str, &'static str) {
+        match self {
+            Lockout::SecondFactor => ("mfa_failures", "mfa_locked_until"),
+            Lockout::Login => ("login_failures", "login_locked_until"),
+        }
+    }
+}
+
+impl Store {
+    /// Count a failure; from `max` in a row the user is locked for `lock_micros`, doubled
+    /// for every further failure (at most a day). Returns the count and the lock, if one
+    /// is now in force.
+    pub(crate) async fn count_failure(
+        &self,
+        which: Lockout,
+        user: &crate::ident::UserName,
+        max: i64,
+        lock_micros: i64,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        use sqlx::Row;
+        let (failures, locked) = which.columns();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE users SET {failures} = {failures} + 1 WHERE name = $1"
+        )))
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await?;
+        let n: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {failures} FROM users WHERE name = $1"
+        )))
+        .bind(user.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .unwrap_or(0);
+        if n < max {
+            return Ok((n, None));
+        }
+        let until = now_micros()
+            + lock_micros
+                .saturating_mul(1i64 << (n - max).clamp(0, 10))
+                .min(86_400_000_000);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE users SET {locked} = $1 WHERE name = $2"
+        )))
+        .bind(until)
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok((n, Some(until)))
+    }
+
+    /// Until when (Unix µs) `user` is locked, if they are now.
+    pub(crate) async fn locked_until(
+        &self,
+        which: Lockout,
+        user: &crate::ident::UserName,
+    ) -> Result<Option<i64>, StoreError> {
+        use sqlx::Row;
+        let (_, locked) = which.columns();
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {locked} FROM users WHERE name = $1"
+        )))
+        .bind(user.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let until: Option<i64> = match r {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        };
+        Ok(until.filter(|u| *u > now_micros()))
+    }
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => {

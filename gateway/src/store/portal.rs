@@ -41,49 +41,20 @@ impl Store {
     }
 
     pub async fn login_locked_until(&self, user: &UserName) -> Result<Option<i64>, StoreError> {
-        let r = sqlx::query("SELECT login_locked_until FROM users WHERE name = $1")
-            .bind(user.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        let until: Option<i64> = match r {
-            Some(r) => r.try_get(0)?,
-            None => None,
-        };
-        Ok(until.filter(|u| *u > now_micros()))
+        self.locked_until(super::Lockout::Login, user).await
     }
 
-    /// Count a failed portal login; from `max` in a row the account is locked for
-    /// `lock_micros`, doubled per further failure (at most a day).
+    /// Count a failed portal or API login (see `count_failure`); returns the new lock.
     pub async fn record_login_failure(
         &self,
         user: &UserName,
         max: i64,
         lock_micros: i64,
     ) -> Result<Option<i64>, StoreError> {
-        sqlx::query("UPDATE users SET login_failures = login_failures + 1 WHERE name = $1")
-            .bind(user.as_str())
-            .execute(&self.pool)
-            .await?;
-        let n: i64 = sqlx::query("SELECT login_failures FROM users WHERE name = $1")
-            .bind(user.as_str())
-            .fetch_optional(&self.pool)
+        Ok(self
+            .count_failure(super::Lockout::Login, user, max, lock_micros)
             .await?
-            .map(|r| r.try_get(0))
-            .transpose()?
-            .unwrap_or(0);
-        if n < max {
-            return Ok(None);
-        }
-        let until = now_micros()
-            + lock_micros
-                .saturating_mul(1i64 << (n - max).clamp(0, 10))
-                .min(86_400_000_000);
-        sqlx::query("UPDATE users SET login_locked_until = $1 WHERE name = $2")
-            .bind(until)
-            .bind(user.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(Some(until))
+            .1)
     }
 
     /// A successful login, or an admin's unlock.
