@@ -156,8 +156,9 @@ fn looks_like_recovery_code(s: &str) -> bool {
 }
 
 /// Check a second-factor answer for `user`: a TOTP code (the right one within one step,
-/// a step never accepted before) or a one-time recovery code. Failures count towards the
-/// lock; a success clears them.
+/// a step never accepted before) or a one-time recovery code. Every attempt is counted
+/// *before* it is checked, in one atomic update, so concurrent guesses cannot all slip in
+/// under the lock; a success clears the count.
 pub async fn check_second_factor(
     store: &Store,
     key: &MasterKey,
@@ -167,49 +168,49 @@ pub async fn check_second_factor(
     if let Some(until) = store.mfa_locked_until(user).await? {
         return Ok(Verdict::Locked(until));
     }
-    if looks_like_recovery_code(code.trim()) {
+    let code = code.trim();
+    let recovery = looks_like_recovery_code(code);
+    let sealed = match store.totp(user).await? {
+        Some((sealed, _)) => Some(sealed),
+        None if recovery => None,
+        None => return Ok(Verdict::NotEnrolled),
+    };
+    let which = crate::store::Lockout::SecondFactor;
+    let n = store.bump_failures(which, user).await?;
+    if n > MAX_FAILURES {
+        // Racing guesses past the limit: refused unchecked, and locked.
+        let until = store
+            .lock_after(which, user, n, MAX_FAILURES, LOCK.as_micros() as i64)
+            .await?;
+        return Ok(Verdict::Locked(until.unwrap_or_else(now_micros)));
+    }
+    let reason = if recovery {
         if store.use_recovery_code(user, &recovery_hash(user, code)).await? {
             store.reset_mfa_failures(user).await?;
             let left = store.recovery_codes_left(user).await?;
             return Ok(Verdict::AcceptedRecovery { left });
         }
-        let (_, locked_until) = store
-            .record_mfa_failure(user, MAX_FAILURES, LOCK.as_micros() as i64)
-            .await?;
-        return Ok(Verdict::Failed {
-            reason: "unknown or used recovery code",
-            locked_until,
-        });
-    }
-    check_totp(store, key, user, code).await
-}
-
-/// Check a TOTP `code` for `user` (see `check_second_factor`).
-pub async fn check_totp(store: &Store, key: &MasterKey, user: &UserName, code: &str) -> Result<Verdict, StoreError> {
-    if let Some(until) = store.mfa_locked_until(user).await? {
-        return Ok(Verdict::Locked(until));
-    }
-    let Some((sealed, _)) = store.totp(user).await? else {
-        return Ok(Verdict::NotEnrolled);
-    };
-    let secret = key
-        .open(&label(user), &sealed)
-        .map_err(|e| StoreError::Invalid(format!("TOTP secret of {user}: {e}")))?;
-    let totp = totp(&secret, user).map_err(StoreError::Invalid)?;
-    let code = code.trim();
-    let well_formed = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
-    let reason = match well_formed.then(|| totp.check_current(code)).flatten() {
-        Some(step) => {
-            if store.accept_totp_step(user, step as i64).await? {
-                store.reset_mfa_failures(user).await?;
-                return Ok(Verdict::Accepted);
+        "unknown or used recovery code"
+    } else {
+        let sealed = sealed.unwrap_or_default();
+        let secret = key
+            .open(&label(user), &sealed)
+            .map_err(|e| StoreError::Invalid(format!("TOTP secret of {user}: {e}")))?;
+        let totp = totp(&secret, user).map_err(StoreError::Invalid)?;
+        let well_formed = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
+        match well_formed.then(|| totp.check_current(code)).flatten() {
+            Some(step) => {
+                if store.accept_totp_step(user, step as i64).await? {
+                    store.reset_mfa_failures(user).await?;
+                    return Ok(Verdict::Accepted);
+                }
+                "code already used"
             }
-            "code already used"
+            None => "wrong code",
         }
-        None => "wrong code",
     };
-    let (_, locked_until) = store
-        .record_mfa_failure(user, MAX_FAILURES, LOCK.as_micros() as i64)
+    let locked_until = store
+        .lock_after(which, user, n, MAX_FAILURES, LOCK.as_micros() as i64)
         .await?;
     Ok(Verdict::Failed { reason, locked_until })
 }
@@ -236,7 +237,7 @@ mod tests {
         s.add_user(&alice).await.unwrap();
         s.add_user(&bob).await.unwrap();
         assert_eq!(
-            check_totp(&s, &key, &alice, "123456").await.unwrap(),
+            check_second_factor(&s, &key, &alice, "123456").await.unwrap(),
             Verdict::NotEnrolled
         );
 
@@ -252,7 +253,7 @@ mod tests {
         let code = t2.generate_current().to_string();
         e.confirm(&s, &key, &code, false).await.unwrap();
         assert!(matches!(
-            check_totp(&s, &key, &alice, &code).await.unwrap(),
+            check_second_factor(&s, &key, &alice, &code).await.unwrap(),
             Verdict::Failed {
                 reason: "code already used",
                 ..
@@ -262,7 +263,7 @@ mod tests {
         let other = t.generate_current().to_string();
         if other != code {
             assert!(matches!(
-                check_totp(&s, &key, &alice, &other).await.unwrap(),
+                check_second_factor(&s, &key, &alice, &other).await.unwrap(),
                 Verdict::Failed {
                     reason: "wrong code",
                     ..
@@ -270,17 +271,17 @@ mod tests {
             ));
         }
         for _ in 0..3 {
-            let v = check_totp(&s, &key, &alice, "abcdef").await.unwrap();
+            let v = check_second_factor(&s, &key, &alice, "abcdef").await.unwrap();
             assert!(matches!(v, Verdict::Failed { .. }), "{v:?}");
         }
         // A secret sealed for alice does not open for bob (bound to the user name).
         let (sealed, _) = s.totp(&alice).await.unwrap().unwrap();
         s.put_totp(&bob, &sealed, false).await.unwrap();
-        assert!(check_totp(&s, &key, &bob, &code).await.is_err());
+        assert!(check_second_factor(&s, &key, &bob, &code).await.is_err());
         // Lock after MAX_FAILURES in a row, whatever the code.
         let mut locked = false;
         for _ in 0..MAX_FAILURES {
-            match check_totp(&s, &key, &alice, "999999").await.unwrap() {
+            match check_second_factor(&s, &key, &alice, "999999").await.unwrap() {
                 Verdict::Failed {
                     locked_until: Some(_), ..
                 }
@@ -293,7 +294,7 @@ mod tests {
         }
         assert!(locked);
         assert!(matches!(
-            check_totp(&s, &key, &alice, &code).await.unwrap(),
+            check_second_factor(&s, &key, &alice, &code).await.unwrap(),
             Verdict::Locked(_)
         ));
         // Recovery codes: each works once (even while TOTP is locked? no: the lock holds).

@@ -134,7 +134,7 @@ impl Store {
 
 /// A failure counter with its lock on the users table (second factor, portal login).
 #[derive(Clone, Copy)]
-pub(crate) enum Lockout {
+pub enum Lockout {
     SecondFactor,
     Login,
 }
@@ -159,15 +159,21 @@ impl Store {
         max: i64,
         lock_micros: i64,
     ) -> Result<(i64, Option<i64>), StoreError> {
+        let n = self.bump_failures(which, user).await?;
+        Ok((n, self.lock_after(which, user, n, max, lock_micros).await?))
+    }
+
+    /// Add one to the failure count (atomically) and return it.
+    pub(crate) async fn bump_failures(&self, which: Lockout, user: &crate::ident::UserName) -> Result<i64, StoreError> {
         use sqlx::Row;
-        let (failures, locked) = which.columns();
+        let (failures, _) = which.columns();
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE users SET {failures} = {failures} + 1 WHERE name = $1"
         )))
         .bind(user.as_str())
         .execute(&self.pool)
         .await?;
-        let n: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+        Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {failures} FROM users WHERE name = $1"
         )))
         .bind(user.as_str())
@@ -175,9 +181,22 @@ impl Store {
         .await?
         .map(|r| r.try_get(0))
         .transpose()?
-        .unwrap_or(0);
+        .unwrap_or(0))
+    }
+
+    /// With `n` failures counted, lock the user if `n` reached `max` (for `lock_micros`,
+    /// doubled per failure beyond, at most a day).
+    pub(crate) async fn lock_after(
+        &self,
+        which: Lockout,
+        user: &crate::ident::UserName,
+        n: i64,
+        max: i64,
+        lock_micros: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let (_, locked) = which.columns();
         if n < max {
-            return Ok((n, None));
+            return Ok(None);
         }
         let until = now_micros()
             + lock_micros
@@ -190,7 +209,7 @@ impl Store {
         .bind(user.as_str())
         .execute(&self.pool)
         .await?;
-        Ok((n, Some(until)))
+        Ok(Some(until))
     }
 
     /// Until when (Unix µs) `user` is locked, if they are now.

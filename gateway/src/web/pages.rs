@@ -246,6 +246,25 @@ async fn authenticate(
         }
     }
     let policy = &gw.config.password_policy;
+    // Counted before the password is checked, in one atomic update: concurrent guesses
+    // cannot all slip in under the lock. A success clears the count.
+    let which = crate::store::Lockout::Login;
+    let lock_micros = LOGIN_LOCK.as_micros() as i64;
+    let Ok(n) = gw.store.bump_failures(which, &user).await else {
+        return fail(StatusCode::SERVICE_UNAVAILABLE, "The portal cannot log you in now.");
+    };
+    if n > LOGIN_FAILURES {
+        // Racing guesses past the limit: refused unchecked, and locked.
+        if let Ok(Some(until)) = gw.store.lock_after(which, &user, n, LOGIN_FAILURES, lock_micros).await {
+            return fail(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "Account locked after repeated failures until {} (an admin can unlock it).",
+                    when(until)
+                ),
+            );
+        }
+    }
     let stored = gw.store.password(&user).await.ok().flatten();
     let mut recovery_left = None;
     let reason = match &stored {
@@ -265,11 +284,7 @@ async fn authenticate(
     };
     if let Some(reason) = reason {
         audit(kind_failure(channel), Severity::Warning, user.as_str(), reason.into()).await;
-        if let Ok(Some(until)) = gw
-            .store
-            .record_login_failure(&user, LOGIN_FAILURES, LOGIN_LOCK.as_micros() as i64)
-            .await
-        {
+        if let Ok(Some(until)) = gw.store.lock_after(which, &user, n, LOGIN_FAILURES, lock_micros).await {
             audit(
                 kind_lockout(channel),
                 Severity::Alert,
