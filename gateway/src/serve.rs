@@ -379,7 +379,8 @@ async fn watch_workstations(gw: Arc<Gateway>, wg: Arc<WireGuard>) {
                 }
             }
             let c = wg.counters();
-            tracing::info!(
+            // Every 5 s: debug level (the metrics listener serves them for real use).
+            tracing::debug!(
                 handshakes = c.handshakes,
                 invalid_packets = c.invalid_packets,
                 unknown_peers = c.unknown_peers,
