@@ -223,17 +223,14 @@ impl FrontHandler {
                 "herse: access denied: security keys are not configured".into(),
             );
         };
-        use base64::Engine as _;
         use rand::RngExt;
-        let mut raw = [0u8; 32];
-        rand::rng().fill(&mut raw[..]);
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let token = crate::web::random_token();
         const CODE: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
         let code: String = (0..6)
             .map(|_| CODE[rand::rng().random_range(0..CODE.len())] as char)
             .collect();
         let expires = crate::store::now_micros() + web.approval_ttl.as_micros() as i64;
-        let hash = crate::web::approval_token_hash(&token);
+        let hash = crate::web::token_hash(&token);
         if let Err(e) = self
             .gw
             .store

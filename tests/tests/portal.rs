@@ -46,6 +46,15 @@ impl Portal {
     }
 }
 
+/// The text of `hay` between the first `start` and the next `end`.
+fn between(hay: &str, start: &str, end: &str) -> String {
+    hay.split(start)
+        .nth(1)
+        .and_then(|s| s.split(end).next())
+        .unwrap_or_else(|| panic!("no {start:?} in: {hay}"))
+        .to_owned()
+}
+
 fn status(resp: &str) -> u16 {
     resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
@@ -137,12 +146,7 @@ fn portal_login_cookies_csrf_policy_and_lockout() {
     }
     let home = p.curl(&[&format!("{}/", p.base)]);
     assert!(home.contains("Signed in as <b>alice</b>"), "{home}");
-    let csrf = home
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let csrf = between(&home, "name=\"csrf\" value=\"", "\"");
 
     // With the session cookie but from another site, or without the token: refused.
     let new_pw = "Brand-New-Passphrase-77";
@@ -179,18 +183,8 @@ fn portal_login_cookies_csrf_policy_and_lockout() {
     // gives the otpauth URI, the first code confirms it, and only the new one counts.
     let r = p.post("/totp/start", Some(&p.base), &[("csrf", &csrf)]);
     assert_eq!(status(&r), 200, "{r}");
-    let new_uri = r
-        .split("<code id=\"uri\">")
-        .nth(1)
-        .and_then(|s| s.split("</code>").next())
-        .unwrap()
-        .replace("&amp;", "&");
-    let id = r
-        .split("name=\"id\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let new_uri = between(&r, "<code id=\"uri\">", "</code>").replace("&amp;", "&");
+    let id = between(&r, "name=\"id\" value=\"", "\"");
     let r = p.post(
         "/totp/confirm",
         Some(&p.base),
@@ -198,19 +192,9 @@ fn portal_login_cookies_csrf_policy_and_lockout() {
     );
     assert_eq!(status(&r), 400, "a wrong confirmation code: {r}");
     let r = p.post("/totp/start", Some(&p.base), &[("csrf", &csrf)]);
-    let new_uri2 = r
-        .split("<code id=\"uri\">")
-        .nth(1)
-        .and_then(|s| s.split("</code>").next())
-        .unwrap()
-        .replace("&amp;", "&");
+    let new_uri2 = between(&r, "<code id=\"uri\">", "</code>").replace("&amp;", "&");
     assert_ne!(new_uri, new_uri2, "each set-up has its own secret");
-    let id = r
-        .split("name=\"id\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let id = between(&r, "name=\"id\" value=\"", "\"");
     let r = p.post(
         "/totp/confirm",
         Some(&p.base),
@@ -333,12 +317,7 @@ fn an_expired_password_must_be_changed_first() {
         let r = p.curl(&[&format!("{}{path}", p.base)]);
         assert_eq!(status(&r), 403, "{path}: {r}");
     }
-    let csrf = home
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let csrf = between(&home, "name=\"csrf\" value=\"", "\"");
     let r = p.post(
         "/password",
         Some(&p.base),

@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
-use rand::RngExt;
 use sha2::{Digest, Sha256};
 use webauthn_rs::prelude::{
     PublicKeyCredential, RegisterPublicKeyCredential, SecurityKey, SecurityKeyAuthentication, SecurityKeyRegistration,
@@ -18,6 +17,7 @@ use webauthn_rs::prelude::{
 };
 
 use super::pages::{esc, page, password_expired, renew_first, session, when, App};
+use super::{random_token, token_hash};
 use crate::ident::UserName;
 use crate::origin::Origin;
 use crate::store::{now_micros, AuditEvent, Severity, WebSession};
@@ -43,14 +43,41 @@ fn user_handle(user: &UserName) -> Uuid {
     Uuid::from_bytes(b)
 }
 
-pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+/// The ceremony purpose of one approval (a state for one approval finishes no other).
+fn approval_purpose(token: &str) -> String {
+    format!("approve:{}", token_hash(token))
 }
 
-fn random_token() -> String {
-    let mut raw = [0u8; 32];
-    rand::rng().fill(&mut raw[..]);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+/// A key name: 1 to 64 printable characters.
+fn valid_key_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && !name.chars().any(|c| c.is_control())
+}
+
+fn cred_id_b64(id: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
+}
+
+/// Keep a ceremony's state for its finish; returns the id the browser sends back.
+async fn save_state<T: serde::Serialize>(
+    app: &App,
+    user: &UserName,
+    purpose: &str,
+    state: &T,
+) -> Result<String, Response> {
+    let id = random_token();
+    let json = serde_json::to_string(state).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+    app.gw
+        .store
+        .put_webauthn_state(&id, user, purpose, &json, now_micros() + CEREMONY_TTL_MICROS)
+        .await
+        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"))?;
+    Ok(id)
+}
+
+/// Take a ceremony's state, once; `None` if it expired, was used or never existed.
+async fn take_state<T: serde::de::DeserializeOwned>(app: &App, id: &str, user: &UserName, purpose: &str) -> Option<T> {
+    let json = app.gw.store.take_webauthn_state(id, user, purpose).await.ok()??;
+    serde_json::from_str(&json).ok()
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -156,7 +183,7 @@ pub(super) async fn register_start(
         Err(r) => return r,
     };
     let name = body.name.trim();
-    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+    if !valid_key_name(name) {
         return err(StatusCode::BAD_REQUEST, "a key name is 1 to 64 printable characters");
     }
     let existing = match stored_keys(&app, &user).await {
@@ -175,19 +202,10 @@ pub(super) async fn register_start(
         Ok(x) => x,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("cannot start: {e}")),
     };
-    let id = random_token();
-    let Ok(state) = serde_json::to_string(&state) else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let id = match save_state(&app, &user, "register", &state).await {
+        Ok(id) => id,
+        Err(r) => return r,
     };
-    if app
-        .gw
-        .store
-        .put_webauthn_state(&id, &user, "register", &state, now_micros() + CEREMONY_TTL_MICROS)
-        .await
-        .is_err()
-    {
-        return err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
-    }
     // webauthn-rs asks, opportunistically, for credProtect "UV required"; Chromium
     // refuses that for a non-discoverable credential ("protection policy is
     // inconsistent"), so the request goes without it. User verification is still
@@ -225,28 +243,22 @@ pub(super) async fn register_finish(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let state: SecurityKeyRegistration = match app.gw.store.take_webauthn_state(&body.id, &user, "register").await {
-        Ok(Some(s)) => match serde_json::from_str(&s) {
-            Ok(s) => s,
-            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-        },
-        _ => {
-            return err(
-                StatusCode::BAD_REQUEST,
-                "no such registration in progress (expired or used)",
-            )
-        }
+    let Some(state) = take_state::<SecurityKeyRegistration>(&app, &body.id, &user, "register").await else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "no such registration in progress (expired or used)",
+        );
     };
     let key = match wa.finish_securitykey_registration(&body.credential, &state) {
         Ok(k) => k,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("registration refused: {e}")),
     };
-    let cred_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode::<&[u8]>(key.cred_id().as_ref());
+    let cred_id = cred_id_b64(key.cred_id().as_ref());
     let Ok(json) = serde_json::to_string(&key) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let name = body.name.trim().to_owned();
-    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+    if !valid_key_name(&name) {
         return err(StatusCode::BAD_REQUEST, "a key name is 1 to 64 printable characters");
     }
     if let Err(e) = app.gw.store.add_security_key(&user, &cred_id, &name, &json).await {
@@ -413,20 +425,10 @@ pub(super) async fn approve_start(
         Ok(x) => x,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("cannot start: {e}")),
     };
-    let id = random_token();
-    let Ok(state) = serde_json::to_string(&state) else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let id = match save_state(&app, &user, &approval_purpose(&token), &state).await {
+        Ok(id) => id,
+        Err(r) => return r,
     };
-    let purpose = format!("approve:{}", token_hash(&token));
-    if app
-        .gw
-        .store
-        .put_webauthn_state(&id, &user, &purpose, &state, now_micros() + CEREMONY_TTL_MICROS)
-        .await
-        .is_err()
-    {
-        return err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
-    }
     Json(serde_json::json!({ "id": id, "options": options })).into_response()
 }
 
@@ -454,20 +456,16 @@ pub(super) async fn approve_finish(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let purpose = format!("approve:{}", token_hash(&token));
-    let state: SecurityKeyAuthentication = match app.gw.store.take_webauthn_state(&body.id, &user, &purpose).await {
-        Ok(Some(s)) => match serde_json::from_str(&s) {
-            Ok(s) => s,
-            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-        },
-        _ => return refuse_approval(&app, &origin, &s, "no such approval ceremony (expired or used)").await,
+    let Some(state) = take_state::<SecurityKeyAuthentication>(&app, &body.id, &user, &approval_purpose(&token)).await
+    else {
+        return refuse_approval(&app, &origin, &s, "no such approval ceremony (expired or used)").await;
     };
     let result = match wa.finish_securitykey_authentication(&body.credential, &state) {
         Ok(r) => r,
         Err(e) => return refuse_approval(&app, &origin, &s, &format!("security key refused: {e}")).await,
     };
     // The key must still be enrolled now (it may have been removed since the start).
-    let cred_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode::<&[u8]>(result.cred_id().as_ref());
+    let cred_id = cred_id_b64(result.cred_id().as_ref());
     let rows = app.gw.store.security_keys(&user).await.unwrap_or_default();
     let Some(row) = rows.into_iter().find(|r| r.credential_id == cred_id) else {
         return refuse_approval(&app, &origin, &s, "this security key is not enrolled").await;

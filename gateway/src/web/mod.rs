@@ -10,7 +10,6 @@
 
 mod keys;
 pub use keys::build as webauthn;
-pub use keys::token_hash as approval_token_hash;
 mod pages;
 pub mod password;
 pub mod tls;
@@ -32,6 +31,22 @@ pub const SESSION_TTL: Duration = Duration::from_secs(15 * 60);
 pub const LOGIN_FAILURES: i64 = 5;
 /// First lock length (doubled per further failure).
 pub const LOGIN_LOCK: Duration = Duration::from_secs(15 * 60);
+
+/// A fresh 256-bit secret token (cookies, API tokens, CSRF tokens, approval URLs,
+/// ceremony ids), URL-safe base64.
+pub fn random_token() -> String {
+    use base64::Engine as _;
+    use rand::RngExt;
+    let mut raw = [0u8; 32];
+    rand::rng().fill(&mut raw[..]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// What the store keeps of a token: its SHA-256, in hex.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
 
 /// Portal connections at once (all listeners); more wait for nothing and are closed.
 const MAX_CONNECTIONS: usize = 128;

@@ -9,11 +9,8 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use base64::Engine as _;
-use rand::RngExt;
-use sha2::{Digest, Sha256};
 
-use super::{password, LOGIN_FAILURES, LOGIN_LOCK, SESSION_TTL};
+use super::{password, random_token, token_hash, LOGIN_FAILURES, LOGIN_LOCK, SESSION_TTL};
 use crate::gateway::Gateway;
 use crate::ident::UserName;
 use crate::mfa::{self, Verdict};
@@ -144,10 +141,6 @@ fn place(origin: &Origin) -> String {
         Via::Workstation(w) => w.to_string(),
         Via::Loopback => "@loopback".into(),
     }
-}
-
-fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
@@ -356,11 +349,8 @@ async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, For
         Ok((u, _)) => u,
         Err((status, msg)) => return fail(status, &msg),
     };
-    let mut raw = [0u8; 32];
-    rand::rng().fill(&mut raw[..]);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-    rand::rng().fill(&mut raw[..]);
-    let csrf = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let token = random_token();
+    let csrf = random_token();
     let expires = now_micros() + SESSION_TTL.as_micros() as i64;
     if let Err(e) = gw
         .store
@@ -599,9 +589,7 @@ async fn totp_start(
     let Ok(e) = mfa::Enrolment::new(&user) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let mut raw = [0u8; 24];
-    rand::rng().fill(&mut raw[..]);
-    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let id = random_token();
     let sealed = e.seal_pending(&app.gw.keys.user_secrets);
     if app
         .gw
@@ -710,9 +698,7 @@ async fn api_login(
         Ok((u, _)) => u,
         Err((status, msg)) => return (status, axum::Json(serde_json::json!({ "error": msg }))).into_response(),
     };
-    let mut raw = [0u8; 32];
-    rand::rng().fill(&mut raw[..]);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let token = random_token();
     let expires = now_micros() + API_TOKEN_TTL.as_micros() as i64;
     if app
         .gw
