@@ -8,7 +8,7 @@ use russh::keys::ssh_key::PublicKey;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ForwardTarget, HostKeyCheck, Operation, Policy, Role, Target, Tier};
+use super::{Duty, ForwardTarget, GrantRules, HostKeyCheck, Operation, Policy, Role, Target, Tier};
 use crate::diag::{self, Diagnostic, Diagnostics, Source};
 use crate::ident::{Login, RoleName, TargetName, TierName};
 
@@ -36,6 +36,27 @@ struct RawTier {
     mfa_always_fresh: bool,
     #[serde(default)]
     targets: BTreeMap<Spanned<String>, RawTarget>,
+    /// How grants to this tier are approved (roles with `requires_grant`).
+    grants: Option<Spanned<RawGrantRules>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrantRules {
+    max_duration: Option<Spanned<String>>,
+    approvals: Option<Spanned<i64>>,
+    external_approver_role: Option<Spanned<String>>,
+}
+
+/// What a role is for: connecting (engineer) or a people duty.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum RoleKind {
+    #[default]
+    Engineer,
+    Manager,
+    Auditor,
+    Admin,
 }
 
 #[derive(Deserialize)]
@@ -53,16 +74,17 @@ struct RawTarget {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRole {
-    tiers: Vec<Spanned<String>>,
+    #[serde(default)]
+    kind: RoleKind,
+    tiers: Option<Vec<Spanned<String>>>,
     targets: Option<Vec<Spanned<String>>>,
-    logins: Vec<Spanned<String>>,
-    operations: Vec<Spanned<Operation>>,
+    logins: Option<Vec<Spanned<String>>>,
+    operations: Option<Vec<Spanned<Operation>>>,
     #[serde(default)]
     forward: Vec<Spanned<String>>,
-    max_session: Spanned<String>,
-    idle_timeout: Spanned<String>,
-    #[serde(default)]
-    requires_grant: bool,
+    max_session: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    requires_grant: Option<Spanned<bool>>,
     /// A second factor proven from a workstation covers this role's logins from it for
     /// this long (e.g. "15m"); absent: a fresh one for every connection.
     mfa_remember: Option<Spanned<String>>,
@@ -118,6 +140,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Policy, Diagnostics> {
                 retention,
                 encrypt_to,
                 mfa_always_fresh: raw_tier.mfa_always_fresh,
+                grants: GrantRules::default(),
             },
         );
     }
@@ -126,8 +149,23 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Policy, Diagnostics> {
         let Some(role_name) = name(&src, &mut errors, role_key, RoleName::parse) else {
             continue;
         };
-        if let Some(r) = role(&src, &mut errors, &policy, role_name.clone(), raw_role) {
-            policy.roles.insert(role_name, r);
+        if raw_role.kind == RoleKind::Engineer {
+            if let Some(r) = role(&src, &mut errors, &policy, role_key, role_name.clone(), raw_role) {
+                policy.roles.insert(role_name, r);
+            }
+        } else if let Some(d) = duty(&src, &mut errors, &policy, role_key, &role_name, raw_role) {
+            policy.duties.insert(role_name, d);
+        }
+    }
+
+    // Grant rules last: they may name a manager role.
+    for (tier_key, raw_tier) in &raw.tiers {
+        let (Ok(tier), Some(raw_rules)) = (TierName::parse(tier_key.get_ref()), &raw_tier.grants) else {
+            continue;
+        };
+        let rules = grant_rules(&src, &mut errors, &policy, &tier, raw_rules);
+        if let Some(t) = policy.tiers.get_mut(&tier) {
+            t.grants = rules;
         }
     }
 
@@ -224,16 +262,17 @@ fn duration(src: &Source<'_>, errors: &mut Vec<Diagnostic>, v: &Spanned<String>,
     }
 }
 
-fn role(
+/// The tiers a role names, each checked against the policy; an empty list is an error.
+fn role_tiers(
     src: &Source<'_>,
     errors: &mut Vec<Diagnostic>,
     policy: &Policy,
-    name: RoleName,
-    raw: &RawRole,
-) -> Option<Role> {
-    let before = errors.len();
+    key: &Spanned<String>,
+    name: &RoleName,
+    raw: Option<&Vec<Spanned<String>>>,
+) -> BTreeSet<TierName> {
     let mut tiers = BTreeSet::new();
-    for t in &raw.tiers {
+    for t in raw.map(|v| v.as_slice()).unwrap_or_default() {
         if let Some(tier) = self::name(src, errors, t, TierName::parse) {
             if !policy.tiers.contains_key(&tier) {
                 errors.push(src.at(Some(t.span()), format!("role {name}: unknown tier {tier}")));
@@ -241,12 +280,41 @@ fn role(
             tiers.insert(tier);
         }
     }
-    if raw.tiers.is_empty() {
-        errors.push(src.at(
-            Some(raw.max_session.span()),
-            format!("role {name}: tiers must not be empty"),
-        ));
+    if raw.is_none_or(|v| v.is_empty()) {
+        errors.push(src.at(Some(key.span()), format!("role {name}: tiers must not be empty")));
     }
+    tiers
+}
+
+/// A field an engineer role must have.
+fn required<'r, T>(
+    src: &Source<'_>,
+    errors: &mut Vec<Diagnostic>,
+    key: &Spanned<String>,
+    name: &RoleName,
+    field: &str,
+    v: Option<&'r T>,
+) -> Option<&'r T> {
+    if v.is_none() {
+        errors.push(src.at(Some(key.span()), format!("role {name}: missing field `{field}`")));
+    }
+    v
+}
+
+fn role(
+    src: &Source<'_>,
+    errors: &mut Vec<Diagnostic>,
+    policy: &Policy,
+    key: &Spanned<String>,
+    name: RoleName,
+    raw: &RawRole,
+) -> Option<Role> {
+    let before = errors.len();
+    let tiers = role_tiers(src, errors, policy, key, &name, raw.tiers.as_ref());
+    let raw_logins = required(src, errors, key, &name, "logins", raw.logins.as_ref());
+    let raw_operations = required(src, errors, key, &name, "operations", raw.operations.as_ref());
+    let raw_max_session = required(src, errors, key, &name, "max_session", raw.max_session.as_ref());
+    let raw_idle_timeout = required(src, errors, key, &name, "idle_timeout", raw.idle_timeout.as_ref());
     let targets = raw.targets.as_ref().map(|pats| {
         pats.iter()
             .filter_map(|p| match glob::Pattern::new(p.get_ref()) {
@@ -274,12 +342,17 @@ fn role(
             .collect()
     });
     let mut logins = BTreeSet::new();
-    for l in &raw.logins {
+    for l in raw_logins.map(|v| v.as_slice()).unwrap_or_default() {
         if let Some(login) = self::name(src, errors, l, Login::parse) {
             logins.insert(login);
         }
     }
-    let operations: BTreeSet<Operation> = raw.operations.iter().map(|o| *o.get_ref()).collect();
+    let operations: BTreeSet<Operation> = raw_operations
+        .map(|v| v.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|o| *o.get_ref())
+        .collect();
     let mut forwards = Vec::new();
     for f in &raw.forward {
         match parse_forward(f.get_ref()) {
@@ -296,8 +369,8 @@ fn role(
             format!("role {name}: forward is listed but operations lacks \"port-forward\""),
         ));
     }
-    let max_session = duration(src, errors, &raw.max_session, "max_session");
-    let idle_timeout = duration(src, errors, &raw.idle_timeout, "idle_timeout");
+    let max_session = raw_max_session.map_or(Duration::ZERO, |d| duration(src, errors, d, "max_session"));
+    let idle_timeout = raw_idle_timeout.map_or(Duration::ZERO, |d| duration(src, errors, d, "idle_timeout"));
     let mfa_remember = raw
         .mfa_remember
         .as_ref()
@@ -312,8 +385,90 @@ fn role(
         forwards,
         max_session,
         idle_timeout,
-        requires_grant: raw.requires_grant,
+        requires_grant: raw.requires_grant.as_ref().is_some_and(|g| *g.get_ref()),
     })
+}
+
+/// A people role: a manager names the tiers whose grants it decides; auditors and admins
+/// name nothing. Connection fields on a people role are errors (a manager role never
+/// opens a session by itself).
+fn duty(
+    src: &Source<'_>,
+    errors: &mut Vec<Diagnostic>,
+    policy: &Policy,
+    key: &Spanned<String>,
+    name: &RoleName,
+    raw: &RawRole,
+) -> Option<Duty> {
+    let before = errors.len();
+    let kind = match raw.kind {
+        RoleKind::Manager => "manager",
+        RoleKind::Auditor => "auditor",
+        RoleKind::Admin => "admin",
+        RoleKind::Engineer => "engineer",
+    };
+    let misplaced = [
+        ("targets", raw.targets.is_some()),
+        ("logins", raw.logins.is_some()),
+        ("operations", raw.operations.is_some()),
+        ("forward", !raw.forward.is_empty()),
+        ("max_session", raw.max_session.is_some()),
+        ("idle_timeout", raw.idle_timeout.is_some()),
+        ("requires_grant", raw.requires_grant.is_some()),
+        ("mfa_remember", raw.mfa_remember.is_some()),
+        ("tiers", raw.kind != RoleKind::Manager && raw.tiers.is_some()),
+    ];
+    for (field, present) in misplaced {
+        if present {
+            errors.push(src.at(
+                Some(key.span()),
+                format!("role {name}: `{field}` does not apply to a role of kind \"{kind}\""),
+            ));
+        }
+    }
+    let d = match raw.kind {
+        RoleKind::Manager => Duty::Manager {
+            tiers: role_tiers(src, errors, policy, key, name, raw.tiers.as_ref()),
+        },
+        RoleKind::Auditor => Duty::Auditor,
+        RoleKind::Admin | RoleKind::Engineer => Duty::Admin,
+    };
+    (errors.len() == before).then_some(d)
+}
+
+fn grant_rules(
+    src: &Source<'_>,
+    errors: &mut Vec<Diagnostic>,
+    policy: &Policy,
+    tier: &TierName,
+    raw: &Spanned<RawGrantRules>,
+) -> GrantRules {
+    let mut rules = GrantRules::default();
+    if let Some(d) = &raw.get_ref().max_duration {
+        rules.max_duration = duration(src, errors, d, "max_duration");
+    }
+    if let Some(n) = &raw.get_ref().approvals {
+        match u8::try_from(*n.get_ref()) {
+            Ok(v @ 1..=5) => rules.approvals = v,
+            _ => errors.push(src.at(Some(n.span()), "approvals must be between 1 and 5")),
+        }
+    }
+    if let Some(r) = &raw.get_ref().external_approver_role {
+        if let Some(role) = name(src, errors, r, RoleName::parse) {
+            match policy.duties.get(&role) {
+                Some(Duty::Manager { tiers }) if tiers.contains(tier) => rules.external_role = Some(role),
+                Some(Duty::Manager { .. }) => errors.push(src.at(
+                    Some(r.span()),
+                    format!("external_approver_role {role} is a manager role that does not name tier {tier}"),
+                )),
+                _ => errors.push(src.at(
+                    Some(r.span()),
+                    format!("external_approver_role {role} is not a manager role (kind = \"manager\")"),
+                )),
+            }
+        }
+    }
+    rules
 }
 
 fn parse_forward(s: &str) -> Option<ForwardTarget> {
@@ -332,6 +487,7 @@ fn parse_forward(s: &str) -> Option<ForwardTarget> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ident::TierName;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEh4KR6w7B2dEyE62oDLhFFbFtVWeUwyH8zqz4pWX5VA";
 
@@ -398,6 +554,73 @@ idle_timeout = "30m"
         let err = parse(Path::new("p.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("unknown field `prot`"), "{err}");
         assert!(err.starts_with("p.toml:7:"), "{err}");
+    }
+
+    #[test]
+    fn people_roles_and_grant_rules() {
+        let text = ok_policy()
+            + r#"
+[tiers.web.grants]
+max_duration = "2h"
+approvals = 2
+external_approver_role = "customer"
+[roles.web-managers]
+kind = "manager"
+tiers = ["web"]
+[roles.customer]
+kind = "manager"
+tiers = ["web"]
+[roles.audit]
+kind = "auditor"
+"#;
+        let p = parse(Path::new("p.toml"), &text).unwrap();
+        let web = &p.tiers[&TierName::parse("web").unwrap()];
+        assert_eq!(web.grants.max_duration, Duration::from_secs(7200));
+        assert_eq!(web.grants.approvals, 2);
+        assert_eq!(web.grants.external_role.as_ref().map(|r| r.as_str()), Some("customer"));
+        assert!(matches!(p.duties[&RoleName::parse("audit").unwrap()], Duty::Auditor));
+        assert!(!p.roles.contains_key(&RoleName::parse("customer").unwrap()));
+    }
+
+    #[test]
+    fn people_roles_are_checked() {
+        let text = ok_policy()
+            + r#"
+[tiers.web.grants]
+approvals = 9
+external_approver_role = "audit"
+[roles.boss]
+kind = "manager"
+tiers = ["web"]
+logins = ["root"]
+[roles.audit]
+kind = "auditor"
+tiers = ["web"]
+"#;
+        let err = parse(Path::new("p.toml"), &text).unwrap_err().to_string();
+        assert!(
+            err.contains("`logins` does not apply to a role of kind \"manager\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("`tiers` does not apply to a role of kind \"auditor\""),
+            "{err}"
+        );
+        assert!(err.contains("approvals must be between 1 and 5"), "{err}");
+        assert!(
+            err.contains("external_approver_role audit is not a manager role"),
+            "{err}"
+        );
+        let text = ok_policy() + "[roles.nobody]\nkind = \"superuser\"\n";
+        let err = parse(Path::new("p.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `superuser`"), "{err}");
+    }
+
+    #[test]
+    fn engineer_roles_need_their_fields() {
+        let text = ok_policy().replace("max_session = \"8h\"\n", "");
+        let err = parse(Path::new("p.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("role dev: missing field `max_session`"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,12 @@ use russh::keys::ssh_key::PublicKey;
 pub use decide::{Authorized, Denial, Request, SftpAccess};
 pub use load::load;
 
+/// Parse a policy from text (tests in other modules).
+#[cfg(test)]
+pub(crate) fn parse_text(text: &str) -> Result<Policy, crate::diag::Diagnostics> {
+    load::parse(std::path::Path::new("policy.toml"), text)
+}
+
 use crate::ident::{Login, RoleName, TargetName, TierName};
 
 /// How the gateway recognises a target's host key.
@@ -47,6 +53,43 @@ pub struct Tier {
     pub encrypt_to: Vec<String>,
     /// Sessions here always prove a fresh second factor.
     pub mfa_always_fresh: bool,
+    /// How access grants to this tier are approved and how long they may run.
+    pub grants: GrantRules,
+}
+
+/// How grants to a tier are approved. A role with `requires_grant` opens this tier only
+/// under an approved, unexpired grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRules {
+    /// The longest grant a request may ask for.
+    pub max_duration: Duration,
+    /// Distinct approvers needed (never the requester).
+    pub approvals: u8,
+    /// When set, at least one approver must hold this manager role (the customer's
+    /// explicit consent, for example).
+    pub external_role: Option<RoleName>,
+}
+
+impl Default for GrantRules {
+    fn default() -> Self {
+        GrantRules {
+            max_duration: Duration::from_secs(8 * 3600),
+            approvals: 1,
+            external_role: None,
+        }
+    }
+}
+
+/// What a people role (a `kind` other than `engineer`) lets its holders do, besides
+/// connecting. Engineer roles are [`Role`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Duty {
+    /// Approves, denies and revokes grants to these tiers.
+    Manager { tiers: BTreeSet<TierName> },
+    /// Reads recordings and the audit log, nothing else.
+    Auditor,
+    /// Users, workstations, keys, role bindings, sessions, targets.
+    Admin,
 }
 
 /// Something a role may do on a target.
@@ -101,10 +144,17 @@ pub struct Policy {
     pub tiers: BTreeMap<TierName, Tier>,
     pub targets: BTreeMap<TargetName, Target>,
     pub roles: BTreeMap<RoleName, Role>,
+    /// People roles (manager, auditor, admin); names never clash with `roles`.
+    pub duties: BTreeMap<RoleName, Duty>,
 }
 
 impl Policy {
     pub fn target(&self, name: &TargetName) -> Option<&Target> {
         self.targets.get(name)
+    }
+
+    /// Whether `role` names an engineer role or a people role.
+    pub fn has_role(&self, role: &RoleName) -> bool {
+        self.roles.contains_key(role) || self.duties.contains_key(role)
     }
 }
