@@ -336,10 +336,11 @@ impl FrontHandler {
             tracing::error!(error = %e, "store unavailable during login");
             "herse: access denied: the gateway cannot check your second factor now".to_owned()
         };
-        let roles = self.gw.store.roles_of(user).await.map_err(unavailable)?;
-        let policy = self.gw.policy.load_full();
         // A login the policy refuses anyway is refused (with its reason) without asking.
-        let Ok(authorized) = crate::policy::Authorized::decide(&policy, user, &roles, target, login) else {
+        let Ok(authorized) = crate::session::decide_now(&self.gw, user, target, login)
+            .await
+            .map_err(unavailable)?
+        else {
             return Ok(false);
         };
         let proved = self

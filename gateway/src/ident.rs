@@ -140,6 +140,41 @@ impl SessionId {
     }
 }
 
+/// An access grant's id: `g` and 10 lowercase hex digits, short enough to type.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct GrantId(String);
+
+impl GrantId {
+    pub fn random() -> Self {
+        use rand::RngExt;
+        let bytes: [u8; 5] = rand::rng().random();
+        Self(format!("g{}", hex::encode(bytes)))
+    }
+    pub fn parse(v: &str) -> Result<Self, NameError> {
+        let ok = v.len() == 11
+            && v.starts_with('g')
+            && v[1..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+        if ok {
+            Ok(Self(v.to_owned()))
+        } else {
+            Err(NameError {
+                kind: "grant id",
+                value: v.to_owned(),
+                why: "must be g followed by 10 lowercase hex digits",
+            })
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GrantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

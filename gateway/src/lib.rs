@@ -10,6 +10,7 @@ pub mod config;
 pub mod diag;
 pub mod front;
 pub mod gateway;
+pub mod grants;
 pub mod ident;
 pub mod init;
 pub mod keys;

@@ -215,7 +215,21 @@ async fn run(
         let _ = front_tx.close().await;
         Ok::<(), RelayError>(())
     };
-    let both = async { tokio::try_join!(inbound, outbound) };
+    // Grant-end warnings go to session channels; this future never finishes by itself.
+    let notices = async {
+        if is_session {
+            if let Err(e) = session_notices(&chan).await {
+                s.end(e.to_string());
+            }
+        }
+        std::future::pending::<Result<((), ()), RelayError>>().await
+    };
+    let both = async {
+        tokio::select! {
+            r = async { tokio::try_join!(inbound, outbound) } => r,
+            never = notices => never,
+        }
+    };
     // Set when the channel is ended by the gateway with a message to the client.
     let mut told_client = false;
     tokio::select! {
@@ -278,6 +292,59 @@ async fn run(
     if let Err(e) = s.recorder().flush() {
         s.end(format!("recording failed: {e}"));
     }
+}
+
+/// Warnings a session channel gets before its grant ends: at 5 and at 1 minute (or at
+/// once with the time left, for a grant that is already closer to its end). Data is not
+/// touched: warnings go to the client's stderr (their terminal), whole, under the lock.
+const GRANT_WARNINGS: [Duration; 2] = [Duration::from_secs(300), Duration::from_secs(60)];
+
+async fn session_notices(chan: &Chan<'_>) -> Result<(), RelayError> {
+    for line in chan.s.take_greeting() {
+        notify(chan, &line).await?;
+    }
+    let Some(grant) = chan.s.authorized().grant().cloned() else {
+        return Ok(());
+    };
+    let left = || {
+        Duration::from_micros(u64::try_from(grant.expires_at - crate::store::now_micros()).unwrap_or(0))
+    };
+    let ends_at = crate::web::rfc3339(grant.expires_at);
+    if left() <= GRANT_WARNINGS[0] {
+        let l = left();
+        let secs = l.as_secs() + u64::from(l.subsec_nanos() > 0);
+        let text = humantime::format_duration(Duration::from_secs(secs));
+        notify(chan, &format!("access grant {} ends in {text} (at {ends_at})", grant.id)).await?;
+    }
+    for at in GRANT_WARNINGS {
+        let l = left();
+        if l <= at {
+            continue;
+        }
+        tokio::time::sleep(l - at).await;
+        let minutes = at.as_secs() / 60;
+        notify(
+            chan,
+            &format!(
+                "access grant {} ends in {minutes} minute{} (at {ends_at}); this session will be closed then",
+                grant.id,
+                if minutes == 1 { "" } else { "s" }
+            ),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Write a gateway message to the client's stderr, and record it.
+async fn notify(chan: &Chan<'_>, text: &str) -> Result<(), RelayError> {
+    let msg = format!("\r\nherse: {text}\r\n");
+    chan.s
+        .recorder()
+        .data(chan.id, DataDirection::Stderr, msg.as_bytes())?;
+    let _g = chan.front_lock.lock().await;
+    chan.front.extended_data_bytes(1, msg.into_bytes()).await?;
+    Ok(())
 }
 
 /// Pass client bytes on an sftp channel packet by packet, refusing what the role forbids

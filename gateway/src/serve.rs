@@ -441,12 +441,19 @@ where
     timer.abort();
 }
 
-/// Ends live sessions that an operator killed or whose user was suspended or removed,
-/// checked four times a second (so a kill from any node takes effect within a second).
+/// Ends live sessions that an operator killed, whose user was suspended or removed, or
+/// whose grant was revoked or expired, checked four times a second (so a change made on
+/// any node takes effect within a second). Once a second it also expires grants and
+/// ends suspensions that have run out.
 async fn watch_sessions(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut n: u64 = 0;
     loop {
         tick.tick().await;
+        n += 1;
+        if n % 4 == 1 {
+            crate::grants::housekeeping(&gw.store).await;
+        }
         match gw.store.sessions_to_end(&gw.node).await {
             Ok(list) => {
                 for (id, reason) in list {

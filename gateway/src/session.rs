@@ -48,6 +48,9 @@ pub struct TargetSession {
     /// session ends before it disconnects.
     open_channels: AtomicUsize,
     channels_done: tokio::sync::Notify,
+    /// Lines for the user at their first session channel (grant outcomes since their
+    /// last login).
+    greeting: Mutex<Vec<String>>,
 }
 
 /// Counts a relayed channel while it lives.
@@ -86,13 +89,10 @@ impl TargetSession {
         login: &Login,
         origin: &Origin,
     ) -> Result<Arc<TargetSession>, StartError> {
-        let roles = gw
-            .store
-            .roles_of(user)
+        let authorized = match decide_now(gw, user, target, login)
             .await
-            .map_err(|e| StartError::Store(e.to_string()))?;
-        let policy = gw.policy.load_full();
-        let authorized = match Authorized::decide(&policy, user, &roles, target, login) {
+            .map_err(|e| StartError::Store(e.to_string()))?
+        {
             Ok(a) => a,
             Err(denial) => {
                 gw.audit(
@@ -154,6 +154,14 @@ impl TargetSession {
             }
         };
         let recording = recording_path(gw, &id);
+        // Best effort: a store hiccup here costs the user a message, not the session.
+        let greeting = match gw.store.take_grant_outcomes(user).await {
+            Ok(gs) => gs.iter().map(crate::grants::outcome_line).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read grant outcomes");
+                Vec::new()
+            }
+        };
         let session = Arc::new(TargetSession {
             id,
             authorized,
@@ -168,6 +176,7 @@ impl TargetSession {
             store: gw.store.clone(),
             open_channels: AtomicUsize::new(0),
             channels_done: tokio::sync::Notify::new(),
+            greeting: Mutex::new(greeting),
         });
         // Registered before its row exists, so the watcher never mistakes this session's
         // row for one left behind by a crash (and closes the row while it still runs).
@@ -182,6 +191,7 @@ impl TargetSession {
             client_addr: &origin.addr.to_string(),
             workstation: origin.workstation().map(|w| w.as_str()),
             recording: &recording.to_string_lossy(),
+            grant: session.authorized.grant().map(|g| g.id.as_str()),
         };
         if let Err(e) = gw.store.session_started(&row).await {
             gw.unregister(session.id.as_str());
@@ -261,6 +271,11 @@ impl TargetSession {
         self.cancel.cancel();
     }
 
+    /// The greeting lines, once: the first session channel shows them.
+    pub fn take_greeting(&self) -> Vec<String> {
+        std::mem::take(&mut *self.greeting.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Count a relayed channel until the guard drops.
     pub fn channel_guard(self: &Arc<Self>) -> ChannelGuard {
         self.open_channels.fetch_add(1, Ordering::AcqRel);
@@ -275,6 +290,27 @@ impl TargetSession {
             .clone()
             .unwrap_or_else(|| "ended".to_owned())
     }
+}
+
+/// The policy's decision for `user` now: their role bindings and the grants in force.
+pub async fn decide_now(
+    gw: &Gateway,
+    user: &UserName,
+    target: &TargetName,
+    login: &Login,
+) -> Result<Result<Authorized, Denial>, crate::store::StoreError> {
+    let roles = gw.store.roles_of(user).await?;
+    let grants = crate::grants::in_force(&gw.store, user).await?;
+    let policy = gw.policy.load_full();
+    Ok(Authorized::decide(
+        &policy,
+        user,
+        &roles,
+        &grants,
+        crate::store::now_micros(),
+        target,
+        login,
+    ))
 }
 
 fn recording_path(gw: &Gateway, id: &SessionId) -> std::path::PathBuf {
@@ -314,7 +350,7 @@ async fn open_recording(
         tier: a.target().tier.to_string(),
         login: a.login().to_string(),
         role: a.role_label(),
-        grant: None,
+        grant: a.grant().map(|g| g.id.clone()),
         decision: a.describe(),
         started_at_micros: unix_micros(),
         previous,
@@ -353,6 +389,12 @@ async fn open_recording(
 /// seals the recording, closes the row and disconnects the client.
 async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
     let deadline = tokio::time::Instant::now() + s.authorized.max_session();
+    // A session under a grant ends with it, to the second, on this node's own clock (the
+    // watcher also ends it when the grant is revoked from any node).
+    let grant_end = s.authorized.grant().map(|g| {
+        let left = u64::try_from(g.expires_at - crate::store::now_micros()).unwrap_or(0);
+        (g.id.clone(), tokio::time::Instant::now() + Duration::from_micros(left))
+    });
     let idle = s.authorized.idle_timeout();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -360,6 +402,15 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
             _ = s.cancel.cancelled() => break,
             _ = tokio::time::sleep_until(deadline) => {
                 s.end("maximum session length reached");
+            }
+            _ = async {
+                match &grant_end {
+                    Some((_, at)) => tokio::time::sleep_until(*at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let id = grant_end.as_ref().map(|(id, _)| id.as_str()).unwrap_or_default();
+                s.end(format!("access grant {id} expired"));
             }
             _ = tick.tick() => {
                 if let Err(e) = s.recorder.flush() {

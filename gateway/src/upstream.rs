@@ -152,7 +152,7 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
         auth.login().as_str(),
         &format!("herse:user={}:session={}", auth.user(), login.session),
         // The certificate must not outlive the session; a little slack for clock skew.
-        auth.max_session() + Duration::from_secs(60),
+        auth.limit_from(crate::store::now_micros()) + Duration::from_secs(60),
         UserCertRights {
             pty: auth.allows(Operation::Shell) || auth.allows(Operation::Exec),
             port_forwarding: auth.allows(Operation::PortForward),

@@ -51,6 +51,36 @@ pub enum Request<'a> {
     Forward { host: &'a str, port: u32 },
 }
 
+/// An approved access grant in force, as a decision needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveGrant {
+    pub id: String,
+    pub tier: TierName,
+    /// Only this target, when set.
+    pub target: Option<TargetName>,
+    /// Only this login, when set.
+    pub login: Option<Login>,
+    /// Unix microseconds.
+    pub expires_at: i64,
+}
+
+impl ActiveGrant {
+    fn covers(&self, tier: &TierName, target: &TargetName, login: &Login, now: i64) -> bool {
+        &self.tier == tier
+            && self.target.as_ref().is_none_or(|t| t == target)
+            && self.login.as_ref().is_none_or(|l| l == login)
+            && self.expires_at > now
+    }
+}
+
+/// The grant a session runs under: it ends when the grant does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantUse {
+    pub id: String,
+    /// Unix microseconds.
+    pub expires_at: i64,
+}
+
 /// Proof that policy allowed `user` to log in as `login` on `target`. Only
 /// [`Authorized::decide`] builds one, and the relay takes one to start.
 #[derive(Debug, Clone)]
@@ -65,6 +95,8 @@ pub struct Authorized {
     idle_timeout: Duration,
     /// How long an earlier second-factor proof covers this login; `None`: fresh now.
     mfa_window: Option<Duration>,
+    /// Set when a role that requires a grant was needed for this decision.
+    grant: Option<GrantUse>,
 }
 
 impl Authorized {
@@ -73,10 +105,15 @@ impl Authorized {
     /// Roles that allow the target and the login are combined (their operations and
     /// forwards are a union; the session may last as long as the longest of them). Roles
     /// naming unknown role names (bindings left over after a policy change) are ignored.
+    /// A role that requires a grant counts only under one of `grants` that covers this
+    /// tier, target and login at `now` (Unix microseconds); the session then runs under
+    /// the grant that lasts longest, and ends with it.
     pub fn decide(
         policy: &Policy,
         user: &UserName,
         bound_roles: &[RoleName],
+        grants: &[ActiveGrant],
+        now: i64,
         target: &TargetName,
         login: &Login,
     ) -> Result<Authorized, Denial> {
@@ -113,12 +150,24 @@ impl Authorized {
                 allowed: join(on_target.iter().flat_map(|r| r.logins.iter().map(|l| l.as_str()))),
             });
         }
-        // Grants arrive with the access-request workflow; until a grant is proven, a role
-        // that requires one allows nothing (fail closed).
-        let granted: Vec<_> = with_login.iter().filter(|r| !r.requires_grant).collect();
+        // A role that requires a grant allows nothing without one in force.
+        let grant = grants
+            .iter()
+            .filter(|g| g.covers(&t.tier, target, login, now))
+            .max_by_key(|g| g.expires_at);
+        let granted: Vec<_> = with_login
+            .iter()
+            .filter(|r| !r.requires_grant || grant.is_some())
+            .collect();
         if granted.is_empty() {
             return Err(Denial::GrantRequired { tier: t.tier.clone() });
         }
+        let grant = grant
+            .filter(|_| granted.iter().any(|r| r.requires_grant))
+            .map(|g| GrantUse {
+                id: g.id.clone(),
+                expires_at: g.expires_at,
+            });
         let mut operations = BTreeSet::new();
         let mut forwards = Vec::new();
         for r in &granted {
@@ -147,6 +196,7 @@ impl Authorized {
                     .collect::<Option<Vec<_>>>()
                     .and_then(|w| w.into_iter().min())
             },
+            grant,
         })
     }
 
@@ -238,6 +288,21 @@ impl Authorized {
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
+    /// The grant this session runs under, if its decision needed one.
+    pub fn grant(&self) -> Option<&GrantUse> {
+        self.grant.as_ref()
+    }
+    /// How long the session may last from `now` (Unix microseconds): the roles'
+    /// maximum, cut short by the grant's end.
+    pub fn limit_from(&self, now: i64) -> Duration {
+        match &self.grant {
+            Some(g) => {
+                let left = Duration::from_micros(u64::try_from(g.expires_at.saturating_sub(now)).unwrap_or(0));
+                left.min(self.max_session)
+            }
+            None => self.max_session,
+        }
+    }
     pub fn allows(&self, op: Operation) -> bool {
         self.operations.contains(&op)
     }
@@ -253,7 +318,10 @@ impl Authorized {
             ops.join(", "),
             self.max_session.as_secs(),
             self.idle_timeout.as_secs()
-        )
+        ) + &match &self.grant {
+            Some(g) => format!(", under access grant {}", g.id),
+            None => String::new(),
+        }
     }
 }
 
@@ -354,7 +422,7 @@ idle_timeout = "10m"
         let deploy = n(Login::parse, "deploy");
         let window = |roles: &[&str], target: &str| {
             let roles: Vec<RoleName> = roles.iter().map(|r| n(RoleName::parse, r)).collect();
-            Authorized::decide(&p, &alice, &roles, &n(TargetName::parse, target), &deploy)
+            Authorized::decide(&p, &alice, &roles, &[], 0, &n(TargetName::parse, target), &deploy)
                 .unwrap()
                 .mfa_window()
         };
@@ -381,7 +449,7 @@ idle_timeout = "10m"
         let a = Authorized::decide(
             &p,
             &alice,
-            &roles,
+            &roles, &[], 0,
             &n(TargetName::parse, "web1"),
             &n(Login::parse, "deploy"),
         )
@@ -407,7 +475,7 @@ idle_timeout = "10m"
         let b = Authorized::decide(
             &p,
             &alice,
-            &roles,
+            &roles, &[], 0,
             &n(TargetName::parse, "web2"),
             &n(Login::parse, "deploy"),
         )
@@ -415,7 +483,7 @@ idle_timeout = "10m"
         assert!(b.check(&Request::Shell).is_err());
 
         let deny = |t: &str, l: &str| {
-            Authorized::decide(&p, &alice, &roles, &n(TargetName::parse, t), &n(Login::parse, l)).unwrap_err()
+            Authorized::decide(&p, &alice, &roles, &[], 0, &n(TargetName::parse, t), &n(Login::parse, l)).unwrap_err()
         };
         assert!(matches!(deny("nope", "deploy"), Denial::UnknownTarget(_)));
         assert!(matches!(deny("web1", "root"), Denial::LoginNotAllowed { .. }));
@@ -425,7 +493,7 @@ idle_timeout = "10m"
             Authorized::decide(
                 &p,
                 &alice,
-                &dba,
+                &dba, &[], 0,
                 &n(TargetName::parse, "db1"),
                 &n(Login::parse, "postgres")
             ),
@@ -461,7 +529,7 @@ idle_timeout = "10m"
             for t in p.targets.keys() {
                 for l in logins {
                     let login = n(Login::parse, l);
-                    if let Ok(a) = Authorized::decide(&p, &alice, &held, t, &login) {
+                    if let Ok(a) = Authorized::decide(&p, &alice, &held, &[], 0, t, &login) {
                         for op in [
                             Operation::Shell,
                             Operation::Exec,

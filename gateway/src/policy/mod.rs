@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use russh::keys::ssh_key::PublicKey;
 
-pub use decide::{Authorized, Denial, Request, SftpAccess};
+pub use decide::{ActiveGrant, Authorized, Denial, GrantUse, Request, SftpAccess};
 pub use load::load;
 
 /// Parse a policy from text (tests in other modules).

@@ -3,6 +3,7 @@
 //! PostgreSQL, through sqlx's `Any` driver with portable SQL.
 
 mod audit;
+mod grants;
 mod mfa;
 mod portal;
 mod sessions;
@@ -17,6 +18,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
 pub use audit::{AuditEvent, AuditRow, Severity};
+pub use grants::{ApprovalRow, GrantFilter, GrantRow, GrantStatus, NewGrant};
 pub use portal::WebSession;
 pub use sessions::{SessionRow, SessionStart};
 pub use users::{fingerprint, KeyRow, UserRow, UserStatus};

@@ -15,6 +15,8 @@ pub struct SessionStart<'a> {
     pub client_addr: &'a str,
     pub workstation: Option<&'a str>,
     pub recording: &'a str,
+    /// The access grant the session runs under, if its decision needed one.
+    pub grant: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -34,9 +36,10 @@ pub struct SessionRow {
     pub kill_requested_by: Option<String>,
     pub legal_hold: bool,
     pub purged_at: Option<i64>,
+    pub grant: Option<String>,
 }
 
-const COLUMNS: &str = "id, node, user_name, target, tier, login, client_addr, recording, started_at, ended_at, end_reason, kill_requested_by, legal_hold, purged_at, workstation";
+const COLUMNS: &str = "id, node, user_name, target, tier, login, client_addr, recording, started_at, ended_at, end_reason, kill_requested_by, legal_hold, purged_at, workstation, grant_id";
 
 fn row(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
     Ok(SessionRow {
@@ -55,6 +58,7 @@ fn row(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
         kill_requested_by: r.try_get(11)?,
         legal_hold: r.try_get::<i64, _>(12)? != 0,
         purged_at: r.try_get(13)?,
+        grant: r.try_get(15)?,
     })
 }
 
@@ -128,8 +132,8 @@ impl Store {
 
     pub async fn session_started(&self, s: &SessionStart<'_>) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO sessions (id, node, user_name, target, tier, login, client_addr, recording, started_at, workstation) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO sessions (id, node, user_name, target, tier, login, client_addr, recording, started_at, workstation, grant_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(s.id.as_str())
         .bind(s.node)
@@ -141,6 +145,7 @@ impl Store {
         .bind(s.recording)
         .bind(now_micros())
         .bind(s.workstation)
+        .bind(s.grant)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -170,14 +175,17 @@ impl Store {
     }
 
     /// Live sessions on `node` that must end now, with the reason: a kill was requested,
-    /// or their user was suspended or removed.
+    /// their user was suspended or removed, or the grant they run under ended.
     pub async fn sessions_to_end(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {
         sqlx::query(
-            "SELECT s.id, s.kill_requested_by, u.status FROM sessions s LEFT JOIN users u ON u.name = s.user_name \
+            "SELECT s.id, s.kill_requested_by, u.status, u.status_reason, s.grant_id, g.status, g.ended_by, g.end_note \
+             FROM sessions s LEFT JOIN users u ON u.name = s.user_name LEFT JOIN grants g ON g.id = s.grant_id \
              WHERE s.node = $1 AND s.ended_at IS NULL \
-             AND (s.kill_requested_at IS NOT NULL OR u.name IS NULL OR u.status <> 'active')",
+             AND (s.kill_requested_at IS NOT NULL OR u.name IS NULL OR u.status <> 'active' \
+                  OR (s.grant_id IS NOT NULL AND (g.id IS NULL OR g.status <> 'active' OR g.expires_at <= $2)))",
         )
         .bind(node)
+        .bind(now_micros())
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -185,10 +193,30 @@ impl Store {
             let id: String = r.try_get(0)?;
             let by: Option<String> = r.try_get(1)?;
             let status: Option<String> = r.try_get(2)?;
+            let status_reason: Option<String> = r.try_get(3)?;
+            let grant: Option<String> = r.try_get(4)?;
+            let grant_status: Option<String> = r.try_get(5)?;
+            let grant_by: Option<String> = r.try_get(6)?;
+            let grant_note: Option<String> = r.try_get(7)?;
             let reason = match (by, status) {
                 (Some(by), _) => format!("killed by {by}"),
                 (None, None) => "user removed".to_owned(),
-                (None, Some(s)) => format!("user {s}"),
+                (None, Some(s)) if s != "active" => match status_reason {
+                    Some(why) => format!("user {s}: {why}"),
+                    None => format!("user {s}"),
+                },
+                _ => match (grant_status.as_deref(), grant_by) {
+                    (Some("revoked"), Some(by)) => format!(
+                        "access grant {} revoked by {by}: {}",
+                        grant.unwrap_or_default(),
+                        grant_note.unwrap_or_default()
+                    ),
+                    (Some("active") | Some("expired"), _) => {
+                        format!("access grant {} expired", grant.unwrap_or_default())
+                    }
+                    (Some(other), _) => format!("access grant {} {other}", grant.unwrap_or_default()),
+                    (None, _) => format!("access grant {} no longer exists", grant.unwrap_or_default()),
+                },
             };
             Ok((id, reason))
         })

@@ -33,6 +33,8 @@ pub struct UserRow {
     pub status: UserStatus,
     pub status_reason: Option<String>,
     pub created_at: i64,
+    /// A suspension that ends by itself ends then.
+    pub suspended_until: Option<i64>,
     pub roles: Vec<String>,
     pub keys: Vec<KeyRow>,
 }
@@ -64,7 +66,7 @@ impl Store {
     }
 
     pub async fn user(&self, name: &UserName) -> Result<Option<UserRow>, StoreError> {
-        let Some(row) = sqlx::query("SELECT name, status, status_reason, created_at FROM users WHERE name = $1")
+        let Some(row) = sqlx::query("SELECT name, status, status_reason, created_at, suspended_until FROM users WHERE name = $1")
             .bind(name.as_str())
             .fetch_optional(&self.pool)
             .await?
@@ -76,6 +78,7 @@ impl Store {
             status: UserStatus::parse(&row.try_get::<String, _>(1)?)?,
             status_reason: row.try_get(2)?,
             created_at: row.try_get(3)?,
+            suspended_until: row.try_get(4)?,
             roles: Vec::new(),
             keys: Vec::new(),
         };
@@ -107,7 +110,7 @@ impl Store {
         status: UserStatus,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
-        let r = sqlx::query("UPDATE users SET status = $1, status_reason = $2 WHERE name = $3")
+        let r = sqlx::query("UPDATE users SET status = $1, status_reason = $2, suspended_until = NULL WHERE name = $3")
             .bind(status.as_str())
             .bind(reason)
             .bind(name.as_str())
@@ -117,6 +120,51 @@ impl Store {
             return Err(StoreError::NotFound(format!("user {name}")));
         }
         Ok(())
+    }
+
+    /// Suspend `name` (until `until`, if given: a gateway resumes them then).
+    pub async fn suspend_user(&self, name: &UserName, reason: &str, until: Option<i64>) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "UPDATE users SET status = 'suspended', status_reason = $1, suspended_until = $2 WHERE name = $3",
+        )
+        .bind(reason)
+        .bind(until)
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {name}")));
+        }
+        Ok(())
+    }
+
+    /// Resume users whose suspension has run out; returns their names (each once, even
+    /// with several nodes).
+    pub async fn resume_due_users(&self) -> Result<Vec<String>, StoreError> {
+        let now = now_micros();
+        let due: Vec<String> =
+            sqlx::query("SELECT name FROM users WHERE status = 'suspended' AND suspended_until <= $1")
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+        let mut resumed = Vec::new();
+        for name in due {
+            let r = sqlx::query(
+                "UPDATE users SET status = 'active', status_reason = NULL, suspended_until = NULL \
+                 WHERE name = $1 AND status = 'suspended' AND suspended_until <= $2",
+            )
+            .bind(&name)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            if r.rows_affected() > 0 {
+                resumed.push(name);
+            }
+        }
+        Ok(resumed)
     }
 
     pub async fn remove_user(&self, name: &UserName) -> Result<(), StoreError> {

@@ -103,3 +103,9 @@ impl Portal {
         }
     }
 }
+
+/// Unix microseconds as an RFC 3339 time (seconds precision, UTC).
+pub fn rfc3339(micros: i64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64))
+        .to_string()
+}

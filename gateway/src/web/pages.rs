@@ -372,8 +372,7 @@ async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, For
 }
 
 pub(super) fn when(micros: i64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64))
-        .to_string()
+    super::rfc3339(micros)
 }
 
 async fn home(State(app): State<App>, Extension(origin): Extension<Origin>, headers: HeaderMap) -> Response {
