@@ -61,6 +61,10 @@ pub enum UsersCmd {
         name: String,
         #[arg(long)]
         reason: String,
+        /// End the suspension by itself at this time (RFC 3339, e.g.
+        /// 2026-12-01T09:00:00Z) or after this long (e.g. 3d).
+        #[arg(long)]
+        until: Option<String>,
     },
     Resume {
         name: String,
@@ -148,7 +152,52 @@ pub enum AuditCmd {
 }
 
 pub(crate) fn load_config(cli: &Cli) -> Result<GatewayConfig, Failure> {
-    GatewayConfig::load(&cli.config).map_err(|d| usage(d.to_string()))
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("/etc/herse/herse.toml"));
+    GatewayConfig::load(&path).map_err(|d| usage(d.to_string()))
+}
+
+/// The saved remote login, when this invocation runs remotely: no `--config` (or
+/// `HERSE_CONFIG`) and no `--local`.
+pub(crate) fn remote(cli: &Cli) -> Result<Option<crate::remote::Saved>, Failure> {
+    if cli.local || cli.config.is_some() {
+        return Ok(None);
+    }
+    crate::remote::saved()
+}
+
+/// Refuse a command remote mode does not carry yet, rather than run it on a local
+/// configuration the caller did not name.
+fn local_only(cli: &Cli, what: &str) -> Result<(), Failure> {
+    if remote(cli)?.is_some() {
+        return Err(usage(format!(
+            "`hersectl {what}` runs only in local mode on the gateway host (pass --config or --local)"
+        )));
+    }
+    Ok(())
+}
+
+/// Run a control call: on the gateway as the logged-in person (remote mode), or here
+/// as the local operator.
+pub(crate) async fn execute(cli: &Cli, call: &herse::control::Call) -> Result<serde_json::Value, Failure> {
+    if let Some(saved) = remote(cli)? {
+        return crate::remote::call(&saved, call).await;
+    }
+    let config = load_config(cli)?;
+    let policy = herse::policy::load(&config.policy_path).map_err(|d| usage(d.to_string()))?;
+    let store = open(cli).await?;
+    let ctx = herse::control::Ctx {
+        store: &store,
+        policy: &policy,
+    };
+    let r = herse::control::execute(&ctx, &herse::access::Caller::Local(operator()), call).await;
+    store.close().await;
+    r.map_err(|e| Failure {
+        code: e.kind.exit_code(),
+        message: e.message,
+    })
 }
 
 pub(crate) async fn open(cli: &Cli) -> Result<Store, Failure> {
@@ -184,8 +233,164 @@ fn read_key(path: &std::path::Path) -> Result<PublicKey, Failure> {
         .map_err(|e| usage(format!("{}: not an OpenSSH public key: {e}", path.display())))
 }
 
+/// `--until`: an RFC 3339 time or a duration from now, as Unix microseconds.
+fn parse_until(s: &str) -> Result<i64, Failure> {
+    let t = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let d = humantime::parse_duration(s)
+                .map_err(|_| usage(format!("--until {s:?}: give an RFC 3339 time or a duration like 3d")))?;
+            std::time::SystemTime::now() + d
+        }
+    };
+    let micros = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| usage(format!("--until {s:?} is before 1970")))?
+        .as_micros();
+    i64::try_from(micros).map_err(|_| usage(format!("--until {s:?} is too far away")))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| Failure::from(format!("unexpected answer: {e}")))
+}
+
+/// Commands that run through the control API, locally or remotely.
+async fn remote_capable(cli: &Cli) -> Result<(), Failure> {
+    use herse::control::Call;
+    let call = match &cli.command {
+        crate::Command::Users(UsersCmd::List) => Call::UsersList,
+        crate::Command::Users(UsersCmd::Show { name }) => Call::UsersShow { name: name.clone() },
+        crate::Command::Users(UsersCmd::Suspend { name, reason, until }) => Call::UsersSuspend {
+            name: name.clone(),
+            reason: reason.clone(),
+            until: until.as_deref().map(parse_until).transpose()?,
+        },
+        crate::Command::Users(UsersCmd::Resume { name }) => Call::UsersResume { name: name.clone() },
+        crate::Command::Sessions(SessionsCmd::List { all, limit }) => Call::SessionsList {
+            live: !all,
+            limit: *limit,
+        },
+        crate::Command::Sessions(SessionsCmd::Kill { id }) => Call::SessionsKill { id: id.clone() },
+        crate::Command::Audit(AuditCmd::List { kind, limit }) => Call::AuditList {
+            kind: kind.clone(),
+            limit: *limit,
+        },
+        _ => return Err(usage("not a control command")),
+    };
+    let v = execute(cli, &call).await?;
+    match &cli.command {
+        crate::Command::Users(UsersCmd::List) => {
+            let list: Vec<herse::store::UserRow> = parse(v)?;
+            output::table(cli.json, &list, &["NAME", "STATUS", "ROLES", "KEYS", "CREATED"], |u| {
+                vec![
+                    u.name.clone(),
+                    format!("{:?}", u.status).to_lowercase(),
+                    u.roles.join(","),
+                    u.keys.len().to_string(),
+                    output::time(u.created_at),
+                ]
+            });
+        }
+        crate::Command::Sessions(SessionsCmd::List { .. }) => {
+            let list: Vec<herse::store::SessionRow> = parse(v)?;
+            output::table(
+                cli.json,
+                &list,
+                &["ID", "USER", "TARGET", "LOGIN", "CLIENT", "STARTED", "ENDED", "GRANT"],
+                |s| {
+                    vec![
+                        s.id.clone(),
+                        s.user.clone(),
+                        s.target.clone(),
+                        s.login.clone(),
+                        s.client_addr.clone(),
+                        output::time(s.started_at),
+                        s.ended_at.map(output::time).unwrap_or_else(|| "live".into()),
+                        s.grant.clone().unwrap_or_default(),
+                    ]
+                },
+            );
+        }
+        crate::Command::Sessions(SessionsCmd::Kill { id }) => {
+            // Wait until the gateway has closed it (any node, within a second).
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                let list: Vec<herse::store::SessionRow> = parse(
+                    execute(
+                        cli,
+                        &Call::SessionsList {
+                            live: true,
+                            limit: 10_000,
+                        },
+                    )
+                    .await?,
+                )?;
+                if !list.iter().any(|s| &s.id == id) {
+                    println!("session {id} ended after {} ms", start.elapsed().as_millis());
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            return Err(Failure {
+                code: 1,
+                message: format!(
+                    "kill requested, but session {id} has not ended after 5 s (is its gateway node running?)"
+                ),
+            });
+        }
+        crate::Command::Audit(AuditCmd::List { .. }) => {
+            let rows = v.as_array().cloned().unwrap_or_default();
+            let field = |r: &serde_json::Value, k: &str| r.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+            output::table(
+                cli.json,
+                &rows,
+                &["TIME", "KIND", "SEVERITY", "USER", "SESSION", "DETAIL"],
+                |r| {
+                    vec![
+                        output::time(r.get("at").and_then(|x| x.as_i64()).unwrap_or_default()),
+                        field(r, "kind"),
+                        field(r, "severity"),
+                        field(r, "user"),
+                        field(r, "session"),
+                        field(r, "detail"),
+                    ]
+                },
+            );
+        }
+        _ => {
+            if cli.json {
+                output::object(true, &v);
+            } else if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
+                println!("{m}");
+            } else {
+                output::object(false, &v);
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
+        crate::Command::Login { server, ca, user } => return crate::remote::login(server, ca, user.as_deref()).await,
+        crate::Command::Logout => return crate::remote::logout(),
+        crate::Command::Whoami => {
+            let v = execute(&cli, &herse::control::Call::Whoami).await?;
+            output::object(cli.json, &v);
+            return Ok(());
+        }
+        crate::Command::Grants(c) => return crate::grants::run(&cli, c).await,
+        crate::Command::Users(
+            UsersCmd::List | UsersCmd::Show { .. } | UsersCmd::Suspend { .. } | UsersCmd::Resume { .. },
+        )
+        | crate::Command::Sessions(SessionsCmd::List { .. } | SessionsCmd::Kill { .. })
+        | crate::Command::Audit(AuditCmd::List { .. }) => return remote_capable(&cli).await,
+        _ => local_only(&cli, "this command")?,
+    }
+    match &cli.command {
+        crate::Command::Login { .. } | crate::Command::Logout | crate::Command::Whoami | crate::Command::Grants(_) => {
+            Ok(())
+        }
         crate::Command::Users(c) => users(&cli, c).await,
         crate::Command::Keys(c) => keys(&cli, c).await,
         crate::Command::Roles(c) => roles(&cli, c).await,
@@ -254,7 +459,7 @@ async fn users(cli: &Cli, c: &UsersCmd) -> Result<(), Failure> {
             })?;
             output::object(cli.json, &row);
         }
-        UsersCmd::Suspend { name, reason } => {
+        UsersCmd::Suspend { name, reason, .. } => {
             let u = user_name(name)?;
             store
                 .set_user_status(&u, UserStatus::Suspended, Some(reason))

@@ -1,12 +1,16 @@
 //! `hersectl`: Herse's administration tool. Local mode runs on the gateway host and
-//! reads the same configuration as `herse`.
+//! reads the same configuration as `herse` (bootstrap and recovery); remote mode, after
+//! `hersectl login` from a workstation, sends each command to the gateway's control API,
+//! where it runs under the caller's own permissions.
 #![forbid(unsafe_code)]
 
 mod commands;
+mod grants;
 mod mfa;
 mod output;
 mod play;
 mod recordings;
+mod remote;
 mod workstations;
 
 use std::path::PathBuf;
@@ -17,15 +21,13 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "hersectl", version, about = "Administer a Herse gateway")]
 pub struct Cli {
-    /// Gateway configuration file (local mode).
-    #[arg(
-        long,
-        short,
-        global = true,
-        env = "HERSE_CONFIG",
-        default_value = "/etc/herse/herse.toml"
-    )]
-    pub config: PathBuf,
+    /// Gateway configuration file: local mode, on the gateway host (default
+    /// /etc/herse/herse.toml). Without it, a saved `hersectl login` means remote mode.
+    #[arg(long, short, global = true, env = "HERSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Local mode even when a remote login is saved.
+    #[arg(long, global = true)]
+    pub local: bool,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -39,6 +41,25 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Log in to the gateway's control API from a workstation (password and second
+    /// factor); the token is saved with mode 0600 and commands then run remotely.
+    Login {
+        /// The portal address on the tunnel, e.g. https://10.77.0.1
+        #[arg(long)]
+        server: String,
+        /// The portal's certificate (PEM), trusted for this server only.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Forget the saved login.
+    Logout,
+    /// Who the gateway takes you for, and your people roles.
+    Whoami,
+    /// Time-limited access grants: request, approve, deny, revoke.
+    #[command(subcommand)]
+    Grants(grants::GrantsCmd),
     /// People who may log in through the gateway.
     #[command(subcommand)]
     Users(commands::UsersCmd),
@@ -66,7 +87,7 @@ pub enum Command {
 }
 
 /// Exit codes: 0 success, 1 the operation failed, 2 usage or configuration error,
-/// 3 the named object does not exist.
+/// 3 the named object does not exist, 4 refused (permission or login).
 fn main() -> ExitCode {
     let cli = Cli::parse();
     recordings::set_identities(cli.identity.clone());

@@ -89,8 +89,9 @@ impl Person {
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// `hersectl` in local mode on the gateway host (bootstrap and recovery).
-    Local,
+    /// `hersectl` in local mode on the gateway host (bootstrap and recovery), with the
+    /// operator's login name (`local:root`).
+    Local(String),
     /// A person, authenticated through the control API.
     Person(Person),
 }
@@ -99,13 +100,13 @@ impl Caller {
     /// The name written into audit events and grant decisions.
     pub fn label(&self) -> String {
         match self {
-            Caller::Local => "local operator".to_owned(),
+            Caller::Local(who) => who.clone(),
             Caller::Person(p) => p.name.to_string(),
         }
     }
     pub fn person(&self) -> Option<&Person> {
         match self {
-            Caller::Local => None,
+            Caller::Local(_) => None,
             Caller::Person(p) => Some(p),
         }
     }
@@ -174,7 +175,7 @@ pub enum Refusal {
 /// The one permission check. Pure: no I/O, no clock.
 pub fn check(caller: &Caller, action: &Action<'_>) -> Result<(), Refusal> {
     let p = match caller {
-        Caller::Local => {
+        Caller::Local(_) => {
             return match action {
                 Action::ApproveGrant { .. } => Err(Refusal::ApprovalNeedsPerson),
                 // Nobody to request for, and nobody's own things to see.
@@ -410,13 +411,17 @@ mod tests {
         }
     }
 
+    fn local() -> Caller {
+        Caller::Local("local:root".into())
+    }
+
     #[test]
     fn local_operator_never_approves() {
         let t = tier(0);
         let r = user(0);
         assert_eq!(
             check(
-                &Caller::Local,
+                &local(),
                 &Action::ApproveGrant {
                     tier: &t,
                     requester: &r
@@ -425,14 +430,14 @@ mod tests {
             Err(Refusal::ApprovalNeedsPerson)
         );
         assert!(check(
-            &Caller::Local,
+            &local(),
             &Action::RevokeGrant {
                 tier: &t,
                 requester: &r
             }
         )
         .is_ok());
-        assert!(check(&Caller::Local, &Action::ManageUsers).is_ok());
+        assert!(check(&local(), &Action::ManageUsers).is_ok());
     }
 
     #[test]

@@ -213,7 +213,10 @@ pub async fn approve(
     )?;
     let me = person(caller)?;
     if g.status != GrantStatus::Pending {
-        return Err(GrantError::Conflict(format!("grant {id} is {}, not pending", g.status.as_str())));
+        return Err(GrantError::Conflict(format!(
+            "grant {id} is {}, not pending",
+            g.status.as_str()
+        )));
     }
     let rules = policy.tiers.get(&tier).map(|t| t.grants.clone()).unwrap_or_default();
     let external = rules.external_role.as_ref().is_some_and(|r| me.roles.contains(r));
@@ -284,7 +287,10 @@ pub async fn deny(store: &Store, caller: &Caller, id: &str, reason: &str) -> Res
         .end_grant(&id, GrantStatus::Denied, &caller.label(), &reason)
         .await?
     {
-        return Err(GrantError::Conflict(format!("grant {id} is {}, not pending", g.status.as_str())));
+        return Err(GrantError::Conflict(format!(
+            "grant {id} is {}, not pending",
+            g.status.as_str()
+        )));
     }
     audit(
         store,
@@ -443,11 +449,7 @@ pub fn outcome_line(g: &GrantRow) -> String {
         GrantStatus::Denied => format!("your access request {} ({}) was denied by {by}: {note}", g.id, scope(g)),
         GrantStatus::Revoked => format!("your access grant {} ({}) was revoked by {by}: {note}", g.id, scope(g)),
         GrantStatus::Expired => format!("your access grant {} ({}) has expired", g.id, scope(g)),
-        GrantStatus::Lapsed => format!(
-            "your access request {} ({}) lapsed without a decision",
-            g.id,
-            scope(g)
-        ),
+        GrantStatus::Lapsed => format!("your access request {} ({}) lapsed without a decision", g.id, scope(g)),
         GrantStatus::Pending => format!("your access request {} ({}) is waiting", g.id, scope(g)),
     }
 }

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod certs;
 pub mod config;
+pub mod control;
 pub mod diag;
 pub mod front;
 pub mod gateway;

@@ -306,15 +306,17 @@ async fn session_notices(chan: &Chan<'_>) -> Result<(), RelayError> {
     let Some(grant) = chan.s.authorized().grant().cloned() else {
         return Ok(());
     };
-    let left = || {
-        Duration::from_micros(u64::try_from(grant.expires_at - crate::store::now_micros()).unwrap_or(0))
-    };
+    let left = || Duration::from_micros(u64::try_from(grant.expires_at - crate::store::now_micros()).unwrap_or(0));
     let ends_at = crate::web::rfc3339(grant.expires_at);
     if left() <= GRANT_WARNINGS[0] {
         let l = left();
         let secs = l.as_secs() + u64::from(l.subsec_nanos() > 0);
         let text = humantime::format_duration(Duration::from_secs(secs));
-        notify(chan, &format!("access grant {} ends in {text} (at {ends_at})", grant.id)).await?;
+        notify(
+            chan,
+            &format!("access grant {} ends in {text} (at {ends_at})", grant.id),
+        )
+        .await?;
     }
     for at in GRANT_WARNINGS {
         let l = left();
@@ -339,9 +341,7 @@ async fn session_notices(chan: &Chan<'_>) -> Result<(), RelayError> {
 /// Write a gateway message to the client's stderr, and record it.
 async fn notify(chan: &Chan<'_>, text: &str) -> Result<(), RelayError> {
     let msg = format!("\r\nherse: {text}\r\n");
-    chan.s
-        .recorder()
-        .data(chan.id, DataDirection::Stderr, msg.as_bytes())?;
+    chan.s.recorder().data(chan.id, DataDirection::Stderr, msg.as_bytes())?;
     let _g = chan.front_lock.lock().await;
     chan.front.extended_data_bytes(1, msg.into_bytes()).await?;
     Ok(())

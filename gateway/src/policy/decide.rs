@@ -449,7 +449,9 @@ idle_timeout = "10m"
         let a = Authorized::decide(
             &p,
             &alice,
-            &roles, &[], 0,
+            &roles,
+            &[],
+            0,
             &n(TargetName::parse, "web1"),
             &n(Login::parse, "deploy"),
         )
@@ -475,7 +477,9 @@ idle_timeout = "10m"
         let b = Authorized::decide(
             &p,
             &alice,
-            &roles, &[], 0,
+            &roles,
+            &[],
+            0,
             &n(TargetName::parse, "web2"),
             &n(Login::parse, "deploy"),
         )
@@ -483,7 +487,16 @@ idle_timeout = "10m"
         assert!(b.check(&Request::Shell).is_err());
 
         let deny = |t: &str, l: &str| {
-            Authorized::decide(&p, &alice, &roles, &[], 0, &n(TargetName::parse, t), &n(Login::parse, l)).unwrap_err()
+            Authorized::decide(
+                &p,
+                &alice,
+                &roles,
+                &[],
+                0,
+                &n(TargetName::parse, t),
+                &n(Login::parse, l),
+            )
+            .unwrap_err()
         };
         assert!(matches!(deny("nope", "deploy"), Denial::UnknownTarget(_)));
         assert!(matches!(deny("web1", "root"), Denial::LoginNotAllowed { .. }));
@@ -493,7 +506,9 @@ idle_timeout = "10m"
             Authorized::decide(
                 &p,
                 &alice,
-                &dba, &[], 0,
+                &dba,
+                &[],
+                0,
                 &n(TargetName::parse, "db1"),
                 &n(Login::parse, "postgres")
             ),

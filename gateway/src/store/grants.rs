@@ -153,10 +153,12 @@ impl Store {
     }
 
     pub async fn grant(&self, id: &GrantId) -> Result<Option<GrantRow>, StoreError> {
-        let r = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM grants WHERE id = $1")))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM grants WHERE id = $1"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(r) = r else { return Ok(None) };
         let mut g = row(&r)?;
         g.approvals = self.approvals(id.as_str()).await?;

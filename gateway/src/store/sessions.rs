@@ -19,7 +19,7 @@ pub struct SessionStart<'a> {
     pub grant: Option<&'a str>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SessionRow {
     pub id: String,
     pub node: String,

@@ -4,7 +4,7 @@ use sqlx::Row;
 use super::{is_unique_violation, now_micros, Store, StoreError};
 use crate::ident::{RoleName, UserName};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UserStatus {
     Active,
@@ -27,7 +27,7 @@ impl UserStatus {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct UserRow {
     pub name: String,
     pub status: UserStatus,
@@ -39,7 +39,7 @@ pub struct UserRow {
     pub keys: Vec<KeyRow>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KeyRow {
     pub fingerprint: String,
     pub public_key: String,
@@ -66,10 +66,11 @@ impl Store {
     }
 
     pub async fn user(&self, name: &UserName) -> Result<Option<UserRow>, StoreError> {
-        let Some(row) = sqlx::query("SELECT name, status, status_reason, created_at, suspended_until FROM users WHERE name = $1")
-            .bind(name.as_str())
-            .fetch_optional(&self.pool)
-            .await?
+        let Some(row) =
+            sqlx::query("SELECT name, status, status_reason, created_at, suspended_until FROM users WHERE name = $1")
+                .bind(name.as_str())
+                .fetch_optional(&self.pool)
+                .await?
         else {
             return Ok(None);
         };

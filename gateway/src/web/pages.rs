@@ -37,6 +37,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/logout", post(logout))
         .route("/api/login", post(api_login))
         .route("/api/whoami", get(api_whoami))
+        .route("/api/v1/call", post(api_call))
         .route("/totp", get(totp_page))
         .route("/totp/start", post(totp_start))
         .route("/totp/confirm", post(totp_confirm))
@@ -711,22 +712,81 @@ async fn api_login(
     axum::Json(serde_json::json!({ "token": token, "user": user.as_str(), "expires_at": expires })).into_response()
 }
 
-/// `GET /api/whoami` with `Authorization: Bearer TOKEN`.
-async fn api_whoami(State(app): State<App>, Extension(origin): Extension<Origin>, headers: HeaderMap) -> Response {
+/// The API session a bearer token stands for: an unexpired API token (never a portal
+/// cookie's), used from the workstation it was issued to, of a user still active.
+async fn api_session(app: &App, headers: &HeaderMap, origin: &Origin) -> Result<(WebSession, UserName), Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    let refused = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({ "error": "missing, expired or foreign token: run hersectl login", "kind": "refused" })),
+        )
+            .into_response()
+    };
     let s = match app.gw.store.web_session(&token_hash(token)).await {
-        Ok(Some(s)) if s.csrf == API_MARK && s.workstation == place(&origin) => s,
-        _ => {
+        Ok(Some(s)) if s.csrf == API_MARK && s.workstation == place(origin) => s,
+        _ => return Err(refused()),
+    };
+    let Ok(user) = UserName::parse(&s.user) else {
+        return Err(refused());
+    };
+    match app.gw.store.is_active(&user).await {
+        Ok(true) => Ok((s, user)),
+        _ => Err(refused()),
+    }
+}
+
+/// `POST /api/v1/call` with a bearer token and a JSON [`crate::control::Call`]: runs it
+/// as the token's user, under their roles as the current policy defines them.
+async fn api_call(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (_, user) = match api_session(&app, &headers, &origin).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let call: crate::control::Call = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
             return (
-                StatusCode::UNAUTHORIZED,
-                axum::Json(serde_json::json!({ "error": "missing, expired or foreign token" })),
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({ "error": format!("bad call: {e}"), "kind": "invalid" })),
             )
                 .into_response()
         }
+    };
+    let roles = match app.gw.store.roles_of(&user).await {
+        Ok(r) => r,
+        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    };
+    let policy = app.gw.policy.load_full();
+    let caller = crate::access::Caller::Person(crate::access::Person::new(&policy, user, &roles));
+    let ctx = crate::control::Ctx {
+        store: &app.gw.store,
+        policy: &policy,
+    };
+    match crate::control::execute(&ctx, &caller, &call).await {
+        Ok(v) => axum::Json(serde_json::json!({ "ok": v })).into_response(),
+        Err(e) => (
+            StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            axum::Json(serde_json::json!({ "error": e.message, "kind": e.kind })),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /api/whoami` with `Authorization: Bearer TOKEN`.
+async fn api_whoami(State(app): State<App>, Extension(origin): Extension<Origin>, headers: HeaderMap) -> Response {
+    let s = match api_session(&app, &headers, &origin).await {
+        Ok((s, _)) => s,
+        Err(r) => return r,
     };
     axum::Json(serde_json::json!({ "user": s.user, "workstation": s.workstation, "expires_at": s.expires_at }))
         .into_response()

@@ -1,0 +1,278 @@
+//! The control API: what `hersectl` asks, as data. Local mode executes a [`Call`] here
+//! directly (as [`Caller::Local`]); remote mode sends the same `Call` as JSON to
+//! `POST /api/v1/call` on the portal, which executes it here as the person its token
+//! names. One code path, one permission check ([`crate::access::check`]) per call.
+
+use crate::access::{self, Action, Caller};
+use crate::grants::{self, GrantError, GrantRequest, Listing};
+use crate::ident::{SessionId, UserName};
+use crate::policy::Policy;
+use crate::store::{AuditEvent, Severity, Store, StoreError};
+
+/// One request. Tagged JSON: `{"call": "grants-approve", "id": "g…", "comment": ""}`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "call", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Call {
+    Whoami,
+    GrantsRequest(GrantRequest),
+    GrantsList {
+        listing: Listing,
+        limit: i64,
+    },
+    GrantsShow {
+        id: String,
+    },
+    GrantsApprove {
+        id: String,
+        comment: String,
+    },
+    GrantsDeny {
+        id: String,
+        reason: String,
+    },
+    GrantsRevoke {
+        id: String,
+        reason: String,
+    },
+    UsersList,
+    UsersShow {
+        name: String,
+    },
+    /// `until`: Unix microseconds.
+    UsersSuspend {
+        name: String,
+        reason: String,
+        until: Option<i64>,
+    },
+    UsersResume {
+        name: String,
+    },
+    SessionsList {
+        live: bool,
+        limit: i64,
+    },
+    SessionsKill {
+        id: String,
+    },
+    AuditList {
+        kind: Option<String>,
+        limit: i64,
+    },
+}
+
+/// Why a call failed; `kind` picks the exit code and HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The caller may not do this.
+    Refused,
+    /// The request is malformed or names something invalid.
+    Invalid,
+    NotFound,
+    /// The object is not in a state that allows it.
+    Conflict,
+    /// The gateway failed (storage).
+    Internal,
+}
+
+impl ErrorKind {
+    /// `hersectl` exit code: 1 failed, 2 usage, 3 not found, 4 refused.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Refused => 4,
+            ErrorKind::Invalid => 2,
+            ErrorKind::NotFound => 3,
+            ErrorKind::Conflict | ErrorKind::Internal => 1,
+        }
+    }
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::Refused => 403,
+            ErrorKind::Invalid => 400,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::Internal => 500,
+        }
+    }
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
+    ControlError {
+        kind,
+        message: message.into(),
+    }
+}
+
+impl From<GrantError> for ControlError {
+    fn from(e: GrantError) -> Self {
+        let kind = match e {
+            GrantError::Refused(_) => ErrorKind::Refused,
+            GrantError::Invalid(_) => ErrorKind::Invalid,
+            GrantError::NotFound(_) => ErrorKind::NotFound,
+            GrantError::Conflict(_) => ErrorKind::Conflict,
+            GrantError::Store(e) => return e.into(),
+        };
+        err(kind, e.to_string())
+    }
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => err(ErrorKind::NotFound, format!("{what} not found")),
+            StoreError::Exists(what) => err(ErrorKind::Conflict, format!("{what} already exists")),
+            other => {
+                tracing::error!(error = %other, "control call failed in the store");
+                err(ErrorKind::Internal, "gateway storage error")
+            }
+        }
+    }
+}
+
+impl From<access::Refusal> for ControlError {
+    fn from(r: access::Refusal) -> Self {
+        err(ErrorKind::Refused, format!("refused: {r}"))
+    }
+}
+
+/// What a call runs against.
+pub struct Ctx<'a> {
+    pub store: &'a Store,
+    pub policy: &'a Policy,
+}
+
+fn user(name: &str) -> Result<UserName, ControlError> {
+    UserName::parse(name).map_err(|e| err(ErrorKind::Invalid, e.to_string()))
+}
+
+fn json<T: serde::Serialize>(v: T) -> Result<serde_json::Value, ControlError> {
+    serde_json::to_value(v).map_err(|e| err(ErrorKind::Internal, e.to_string()))
+}
+
+/// Execute `call` for `caller`. The result is the JSON `hersectl` renders.
+pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serde_json::Value, ControlError> {
+    let store = ctx.store;
+    match call {
+        Call::Whoami => {
+            access::check(caller, &Action::SelfService)?;
+            match caller {
+                Caller::Local(who) => {
+                    json(serde_json::json!({ "user": null, "roles": format!("local operator ({who})") }))
+                }
+                Caller::Person(p) => json(serde_json::json!({
+                    "user": p.name.as_str(),
+                    "roles": p.label(),
+                    "bound_roles": p.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                })),
+            }
+        }
+        Call::GrantsRequest(r) => json(grants::request(store, ctx.policy, caller, r).await?),
+        Call::GrantsList { listing, limit } => json(grants::list(store, caller, *listing, *limit).await?),
+        Call::GrantsShow { id } => json(grants::show(store, caller, id).await?),
+        Call::GrantsApprove { id, comment } => json(grants::approve(store, ctx.policy, caller, id, comment).await?),
+        Call::GrantsDeny { id, reason } => json(grants::deny(store, caller, id, reason).await?),
+        Call::GrantsRevoke { id, reason } => json(grants::revoke(store, caller, id, reason).await?),
+        Call::UsersList => {
+            access::check(caller, &Action::ManageUsers)?;
+            json(store.users().await?)
+        }
+        Call::UsersShow { name } => {
+            let u = user(name)?;
+            let me = caller.person().is_some_and(|p| p.name == u);
+            if !me {
+                access::check(caller, &Action::ManageUsers)?;
+            }
+            json(
+                store
+                    .user(&u)
+                    .await?
+                    .ok_or_else(|| err(ErrorKind::NotFound, format!("user {u} not found")))?,
+            )
+        }
+        Call::UsersSuspend { name, reason, until } => {
+            access::check(caller, &Action::ManageUsers)?;
+            let u = user(name)?;
+            let reason = reason.trim();
+            if reason.is_empty() || reason.len() > 500 || reason.chars().any(|c| c.is_control()) {
+                return Err(err(
+                    ErrorKind::Invalid,
+                    "reason must be one non-empty line of at most 500 bytes",
+                ));
+            }
+            if until.is_some_and(|t| t <= crate::store::now_micros()) {
+                return Err(err(ErrorKind::Invalid, "--until must be in the future"));
+            }
+            store.suspend_user(&u, reason, *until).await?;
+            let until_text = until
+                .map(|t| format!(" until {}", crate::web::rfc3339(t)))
+                .unwrap_or_default();
+            audit(
+                store,
+                AuditEvent::new(
+                    "user.suspend",
+                    Severity::Warning,
+                    format!("{reason}{until_text} (by {})", caller.label()),
+                )
+                .user(&u),
+            )
+            .await?;
+            json(serde_json::json!({
+                "user": u.as_str(),
+                "message": format!("user {u} suspended{until_text}; live sessions end within a second"),
+            }))
+        }
+        Call::UsersResume { name } => {
+            access::check(caller, &Action::ManageUsers)?;
+            let u = user(name)?;
+            store
+                .set_user_status(&u, crate::store::UserStatus::Active, None)
+                .await?;
+            audit(
+                store,
+                AuditEvent::new("user.resume", Severity::Info, format!("by {}", caller.label())).user(&u),
+            )
+            .await?;
+            json(serde_json::json!({ "user": u.as_str(), "message": format!("user {u} resumed") }))
+        }
+        Call::SessionsList { live, limit } => {
+            access::check(caller, &Action::ListSessions)?;
+            json(store.sessions(*live, *limit).await?)
+        }
+        Call::SessionsKill { id } => {
+            access::check(caller, &Action::KillSession)?;
+            let sid = SessionId::parse(id).map_err(|e| err(ErrorKind::Invalid, e.to_string()))?;
+            if !store.request_kill(&sid, &caller.label()).await? {
+                return Err(err(ErrorKind::NotFound, format!("no live session {sid}")));
+            }
+            audit(
+                store,
+                AuditEvent::new(
+                    "session.kill",
+                    Severity::Warning,
+                    format!("requested by {}", caller.label()),
+                )
+                .session(&sid),
+            )
+            .await?;
+            json(
+                serde_json::json!({ "session": sid.as_str(), "message": format!("session {sid} will end within a second") }),
+            )
+        }
+        Call::AuditList { kind, limit } => {
+            access::check(caller, &Action::ReadAudit)?;
+            json(store.audit_events(kind.as_deref(), *limit).await?)
+        }
+    }
+}
+
+async fn audit(store: &Store, e: AuditEvent) -> Result<(), ControlError> {
+    store.audit(&e).await?;
+    Ok(())
+}
