@@ -4,6 +4,7 @@
 //! modules and for the invariants they keep.
 #![forbid(unsafe_code)]
 
+pub mod audit_log;
 pub mod certs;
 pub mod config;
 pub mod diag;
