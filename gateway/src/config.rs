@@ -564,7 +564,10 @@ mod tests {
         let c = load(&format!("{base}syslog = \"unix:/dev/log\"\n")).unwrap();
         assert_eq!(c.audit_syslog.unwrap().to_string(), "unix:/dev/log");
         let e = load(&format!("{base}syslog = \"udp:loghost\"\n")).unwrap_err();
-        assert!(e.to_string().contains("herse.toml:6") && e.to_string().contains("audit.syslog"), "{e}");
+        assert!(
+            e.to_string().contains("herse.toml:6") && e.to_string().contains("audit.syslog"),
+            "{e}"
+        );
         let e = load(&format!("{base}facility = \"auth\"\n")).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
     }

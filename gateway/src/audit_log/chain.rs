@@ -183,7 +183,11 @@ mod tests {
         let a = fields();
         let b = EventFields { workstation: None, ..a };
         assert_ne!(event_hash(&a, &GENESIS), event_hash(&b, &GENESIS));
-        let c = EventFields { kind: "user.addinfo", severity: "", ..a };
+        let c = EventFields {
+            kind: "user.addinfo",
+            severity: "",
+            ..a
+        };
         assert_ne!(event_hash(&a, &GENESIS), event_hash(&c, &GENESIS));
         assert_ne!(event_hash(&a, &GENESIS), event_hash(&a, &[1; 32]));
     }

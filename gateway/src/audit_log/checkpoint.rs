@@ -19,7 +19,8 @@ pub async fn sign_head(store: &Store, key: &SigningKey, node: &str) -> Result<Op
     if seq == 0 || store.last_audit_checkpoint_seq().await? >= seq {
         return Ok(None);
     }
-    let hash = chain::parse_hash(&hash_hex).ok_or_else(|| StoreError::Invalid(format!("audit head hash {hash_hex:?}")))?;
+    let hash =
+        chain::parse_hash(&hash_hex).ok_or_else(|| StoreError::Invalid(format!("audit head hash {hash_hex:?}")))?;
     let signed_at = now_micros();
     let c = AuditCheckpoint {
         seq,

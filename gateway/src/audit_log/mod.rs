@@ -60,7 +60,12 @@ pub async fn list(store: &Store, filter: &AuditFilter, limit: i64) -> Result<Vec
 
 /// Events matching `filter` with `seq > after`, oldest first, at most `limit`: the next
 /// page for a follower (whose cursor is the last `seq` it saw).
-pub async fn after(store: &Store, filter: &AuditFilter, after: i64, limit: i64) -> Result<Vec<AuditRow>, AuditLogError> {
+pub async fn after(
+    store: &Store,
+    filter: &AuditFilter,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<AuditRow>, AuditLogError> {
     Ok(store.audit_query(filter, Some(after), limit.max(0)).await?)
 }
 

@@ -80,7 +80,9 @@ pub struct Syslog {
 
 impl std::fmt::Debug for Syslog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Syslog").field("target", &self.target).finish_non_exhaustive()
+        f.debug_struct("Syslog")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
     }
 }
 
@@ -298,7 +300,10 @@ mod tests {
         big.severity = "alert".into();
         big.detail = "é".repeat(3000);
         let m = format_rfc5424(&big, "", 1);
-        assert!(m.starts_with("<81>1 ") && m.contains("Z - herse 1 login.failure - {"), "{m}");
+        assert!(
+            m.starts_with("<81>1 ") && m.contains("Z - herse 1 login.failure - {"),
+            "{m}"
+        );
         assert!(m.contains("\"detail_truncated\":true"), "{m}");
     }
 

@@ -35,17 +35,24 @@ async fn a_whole_log_verifies_and_shows_its_unsigned_tail() {
         append(&s, 5).await;
         let c = sign_head(&s, &key(), "n1").await.unwrap().unwrap();
         assert_eq!(c.seq, 5, "{name}");
-        assert!(sign_head(&s, &key(), "n1").await.unwrap().is_none(), "{name}: head did not move");
+        assert!(
+            sign_head(&s, &key(), "n1").await.unwrap().is_none(),
+            "{name}: head did not move"
+        );
         append(&s, 2).await;
         let r = report(&s).await;
         assert!(r.is_whole(), "{name}: {r}");
         assert_eq!((r.events, r.last_checkpoint_seq, r.unsigned_tail), (7, 5, 2), "{name}");
         assert!(
-            r.to_string().contains("2 events after the last signed checkpoint (unsigned tail)"),
+            r.to_string()
+                .contains("2 events after the last signed checkpoint (unsigned tail)"),
             "{name}: {r}"
         );
         let rows = list(&s, &AuditFilter::default(), 3).await.unwrap();
-        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [Some(5), Some(6), Some(7)]);
+        assert_eq!(
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [Some(5), Some(6), Some(7)]
+        );
     }
 }
 
@@ -115,7 +122,14 @@ async fn a_deleted_tail_is_seen_through_the_head_or_a_checkpoint() {
         exec(&s, "DELETE FROM audit_events WHERE seq >= 5").await;
         let r = report(&s).await;
         assert!(
-            r.problems.iter().any(|p| matches!(p, Problem::DeletedTail { last_event: 4, expected: 6, .. })),
+            r.problems.iter().any(|p| matches!(
+                p,
+                Problem::DeletedTail {
+                    last_event: 4,
+                    expected: 6,
+                    ..
+                }
+            )),
             "{name}: {r}"
         );
         // The head rewound too: the signed checkpoint still knows.
@@ -137,11 +151,10 @@ async fn a_bad_checkpoint_signature_is_detected() {
     let s = crate::store::memory_store().await;
     append(&s, 3).await;
     sign_head(&s, &key(), "n1").await.unwrap();
-    let r = verify(&s, &SigningKey::from_bytes(&[8; 32]).verifying_key()).await.unwrap();
-    assert!(
-        matches!(&r.problems[..], [Problem::BadSignature { seq: 3, .. }]),
-        "{r}"
-    );
+    let r = verify(&s, &SigningKey::from_bytes(&[8; 32]).verifying_key())
+        .await
+        .unwrap();
+    assert!(matches!(&r.problems[..], [Problem::BadSignature { seq: 3, .. }]), "{r}");
     exec(&s, "UPDATE audit_checkpoints SET signed_at = signed_at + 1").await;
     let r = report(&s).await;
     assert!(matches!(&r.problems[..], [Problem::BadSignature { seq: 3, .. }]), "{r}");
@@ -166,7 +179,13 @@ async fn rows_from_before_the_chain_are_chained_in_time_order() {
     append(&s, 1).await;
     let r = report(&s).await;
     assert!(r.is_whole() && r.events == 5, "{r}");
-    let ids: Vec<_> = s.audit_chain_page(2, 4, 10).await.unwrap().into_iter().map(|r| r.id).collect();
+    let ids: Vec<_> = s
+        .audit_chain_page(2, 4, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(ids, ["a", "b"]);
 }
 
@@ -183,7 +202,11 @@ async fn filters_select_by_time_user_and_kind() {
             ..AuditFilter::default()
         };
         assert_eq!(list(&s, &f(Some("bob"), None), 10).await.unwrap().len(), 1, "{name}");
-        assert_eq!(list(&s, &f(None, Some("test.event")), 10).await.unwrap().len(), 3, "{name}");
+        assert_eq!(
+            list(&s, &f(None, Some("test.event")), 10).await.unwrap().len(),
+            3,
+            "{name}"
+        );
         let all = list(&s, &AuditFilter::default(), 10).await.unwrap();
         let t = all[2].at;
         let since = AuditFilter {
@@ -239,7 +262,11 @@ async fn concurrent_appends_keep_one_chain() {
     for (name, s, other) in stores {
         let mut tasks = Vec::new();
         for t in 0..8 {
-            let st = if t % 2 == 1 { other.clone().unwrap_or_else(|| s.clone()) } else { s.clone() };
+            let st = if t % 2 == 1 {
+                other.clone().unwrap_or_else(|| s.clone())
+            } else {
+                s.clone()
+            };
             tasks.push(tokio::spawn(async move {
                 for i in 0..25 {
                     st.audit(&AuditEvent::new("test.concurrent", Severity::Info, format!("{t}/{i}")))
@@ -264,8 +291,13 @@ async fn concurrent_appends_keep_one_chain() {
         let r = report(&s).await;
         assert!(r.is_whole(), "{name}: {r}");
         assert_eq!((r.events, r.head_seq), (200, 200), "{name}");
-        let details: std::collections::HashSet<_> =
-            s.audit_chain_page(0, 200, 1000).await.unwrap().into_iter().map(|r| r.detail).collect();
+        let details: std::collections::HashSet<_> = s
+            .audit_chain_page(0, 200, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.detail)
+            .collect();
         assert_eq!(details.len(), 200, "{name}");
     }
     let _ = std::fs::remove_dir_all(&dir);

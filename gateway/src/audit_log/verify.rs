@@ -29,7 +29,11 @@ pub enum Problem {
     /// A validly signed checkpoint whose hash is not the chain's at its `seq`.
     CheckpointMismatch { seq: i64, node: String, what: String },
     /// Events at the end were removed: the head or a checkpoint names a later `seq`.
-    DeletedTail { last_event: i64, expected: i64, evidence: String },
+    DeletedTail {
+        last_event: i64,
+        expected: i64,
+        evidence: String,
+    },
     /// The head row's hash is not the last event's.
     HeadMismatch { seq: i64, what: String },
 }
@@ -48,7 +52,10 @@ impl std::fmt::Display for Problem {
                 time(*signed_at)
             ),
             Problem::CheckpointMismatch { seq, node, what } => {
-                write!(f, "checkpoint at seq {seq} (node {node}) does not match the chain: {what}")
+                write!(
+                    f,
+                    "checkpoint at seq {seq} (node {node}) does not match the chain: {what}"
+                )
             }
             Problem::DeletedTail {
                 last_event,

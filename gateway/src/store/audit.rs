@@ -155,8 +155,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let (seq, prev_hex) = head_in(&mut tx).await?;
-        let prev = chain::parse_hash(&prev_hex)
-            .ok_or_else(|| StoreError::Invalid(format!("audit head hash {prev_hex:?}")))?;
+        let prev =
+            chain::parse_hash(&prev_hex).ok_or_else(|| StoreError::Invalid(format!("audit head hash {prev_hex:?}")))?;
         let mut r = AuditRow {
             seq: Some(seq),
             id: crate::ident::SessionId::random().to_string(),
@@ -278,7 +278,12 @@ impl Store {
 
     /// Chained events matching `f`: with `after = Some(n)`, the first `limit` with
     /// `seq > n`; otherwise the last `limit`. Oldest first either way.
-    pub async fn audit_query(&self, f: &AuditFilter, after: Option<i64>, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+    pub async fn audit_query(
+        &self,
+        f: &AuditFilter,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
         let order = if after.is_some() { "ASC" } else { "DESC" };
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 \
