@@ -139,11 +139,26 @@ pub enum TargetsCmd {
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
+    /// Events, oldest first (the newest --limit matching); with --json, one JSON object
+    /// per line (with seq and hash), for a SIEM.
     List {
-        #[arg(long)]
-        kind: Option<String>,
+        #[command(flatten)]
+        filter: crate::audit::FilterArgs,
         #[arg(long, default_value_t = 100)]
         limit: i64,
+    },
+    /// Print the last events (or those since --since), then each new one as it is
+    /// appended, until Ctrl-C.
+    Follow {
+        #[command(flatten)]
+        filter: crate::audit::FilterArgs,
+    },
+    /// Check the hash chain and the signed checkpoints; exit 1 naming the first problem.
+    Verify {
+        /// The audit public key (64 hex digits, or a file holding them such as
+        /// DATA_DIR/audit_key.pub); default: the one stored in the database.
+        #[arg(long)]
+        public_key: Option<String>,
     },
 }
 
@@ -510,24 +525,8 @@ async fn targets(cli: &Cli, c: &TargetsCmd) -> Result<(), Failure> {
 async fn audit(cli: &Cli, c: &AuditCmd) -> Result<(), Failure> {
     let store = open(cli).await?;
     match c {
-        AuditCmd::List { kind, limit } => {
-            let rows = store.audit_events(kind.as_deref(), *limit).await.map_err(store_err)?;
-            output::table(
-                cli.json,
-                &rows,
-                &["TIME", "KIND", "SEVERITY", "USER", "SESSION", "DETAIL"],
-                |r| {
-                    vec![
-                        output::time(r.at),
-                        r.kind.clone(),
-                        r.severity.clone(),
-                        r.user.clone().unwrap_or_default(),
-                        r.session.clone().unwrap_or_default(),
-                        r.detail.clone(),
-                    ]
-                },
-            );
-        }
+        AuditCmd::List { filter, limit } => crate::audit::list(&store, cli.json, filter, *limit).await,
+        AuditCmd::Follow { filter } => crate::audit::follow(&store, cli.json, filter).await,
+        AuditCmd::Verify { public_key } => crate::audit::verify(&store, cli.json, public_key.as_deref()).await,
     }
-    Ok(())
 }

@@ -2,6 +2,7 @@
 //! reads the same configuration as `herse`.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod commands;
 mod mfa;
 mod output;
