@@ -158,4 +158,14 @@ fn the_audit_log_is_chained_forwarded_and_verified() {
     let key = gw.data().join("audit_key.pub");
     let v = run(gw.ctl().args(["audit", "verify", "--public-key"]).arg(&key));
     assert_eq!(v.status.code(), Some(1));
+
+    // At shutdown the gateway signs its last event (gateway.stop): no unsigned tail.
+    let mut gw = gw;
+    gw.signal("TERM");
+    let mut proc = gw.proc.take().unwrap();
+    assert!(proc.child.wait().unwrap().success());
+    let v = run(gw.ctl().args(["audit", "verify", "--json"]));
+    let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(r["unsigned_tail"], 0, "{r}");
+    assert!(r["last_checkpoint_seq"].as_i64() > Some(gone), "{r}");
 }
