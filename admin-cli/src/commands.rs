@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use herse::config::GatewayConfig;
-use herse::ident::{RoleName, SessionId, TargetName, UserName};
-use herse::store::{AuditEvent, Severity, Store, StoreError, UserStatus};
+use herse::ident::{RoleName, TargetName, UserName};
+use herse::store::{AuditEvent, Severity, Store, StoreError};
 use russh::keys::ssh_key::PublicKey;
 
 use crate::output;
@@ -143,11 +143,26 @@ pub enum TargetsCmd {
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
+    /// Events, oldest first (the newest --limit matching); with --json, one JSON object
+    /// per line (with seq and hash), for a SIEM.
     List {
-        #[arg(long)]
-        kind: Option<String>,
+        #[command(flatten)]
+        filter: crate::audit::FilterArgs,
         #[arg(long, default_value_t = 100)]
         limit: i64,
+    },
+    /// Print the last events (or those since --since), then each new one as it is
+    /// appended, until Ctrl-C.
+    Follow {
+        #[command(flatten)]
+        filter: crate::audit::FilterArgs,
+    },
+    /// Check the hash chain and the signed checkpoints; exit 1 naming the first problem.
+    Verify {
+        /// The audit public key (64 hex digits, or a file holding them such as
+        /// DATA_DIR/audit_key.pub); default: the one stored in the database.
+        #[arg(long)]
+        public_key: Option<String>,
     },
 }
 
@@ -271,10 +286,6 @@ async fn remote_capable(cli: &Cli) -> Result<(), Failure> {
             limit: *limit,
         },
         crate::Command::Sessions(SessionsCmd::Kill { id }) => Call::SessionsKill { id: id.clone() },
-        crate::Command::Audit(AuditCmd::List { kind, limit }) => Call::AuditList {
-            kind: kind.clone(),
-            limit: *limit,
-        },
         _ => return Err(usage("not a control command")),
     };
     let v = execute(cli, &call).await?;
@@ -338,25 +349,6 @@ async fn remote_capable(cli: &Cli) -> Result<(), Failure> {
                 ),
             });
         }
-        crate::Command::Audit(AuditCmd::List { .. }) => {
-            let rows = v.as_array().cloned().unwrap_or_default();
-            let field = |r: &serde_json::Value, k: &str| r.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
-            output::table(
-                cli.json,
-                &rows,
-                &["TIME", "KIND", "SEVERITY", "USER", "SESSION", "DETAIL"],
-                |r| {
-                    vec![
-                        output::time(r.get("at").and_then(|x| x.as_i64()).unwrap_or_default()),
-                        field(r, "kind"),
-                        field(r, "severity"),
-                        field(r, "user"),
-                        field(r, "session"),
-                        field(r, "detail"),
-                    ]
-                },
-            );
-        }
         _ => {
             if cli.json {
                 output::object(true, &v);
@@ -383,8 +375,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         crate::Command::Users(
             UsersCmd::List | UsersCmd::Show { .. } | UsersCmd::Suspend { .. } | UsersCmd::Resume { .. },
         )
-        | crate::Command::Sessions(SessionsCmd::List { .. } | SessionsCmd::Kill { .. })
-        | crate::Command::Audit(AuditCmd::List { .. }) => return remote_capable(&cli).await,
+        | crate::Command::Sessions(SessionsCmd::List { .. } | SessionsCmd::Kill { .. }) => {
+            return remote_capable(&cli).await
+        }
+        crate::Command::Audit(c) => return audit(&cli, c).await,
         _ => local_only(&cli, "this command")?,
     }
     match &cli.command {
@@ -439,47 +433,9 @@ async fn users(cli: &Cli, c: &UsersCmd) -> Result<(), Failure> {
             }
             println!("user {u} added");
         }
-        UsersCmd::List => {
-            let list = store.users().await.map_err(store_err)?;
-            output::table(cli.json, &list, &["NAME", "STATUS", "ROLES", "KEYS", "CREATED"], |u| {
-                vec![
-                    u.name.clone(),
-                    format!("{:?}", u.status).to_lowercase(),
-                    u.roles.join(","),
-                    u.keys.len().to_string(),
-                    output::time(u.created_at),
-                ]
-            });
-        }
-        UsersCmd::Show { name } => {
-            let u = user_name(name)?;
-            let row = store.user(&u).await.map_err(store_err)?.ok_or_else(|| Failure {
-                code: 3,
-                message: format!("user {u} not found"),
-            })?;
-            output::object(cli.json, &row);
-        }
-        UsersCmd::Suspend { name, reason, .. } => {
-            let u = user_name(name)?;
-            store
-                .set_user_status(&u, UserStatus::Suspended, Some(reason))
-                .await
-                .map_err(store_err)?;
-            store
-                .audit(&AuditEvent::new("user.suspend", Severity::Warning, format!("{reason} (by {op})")).user(&u))
-                .await?;
-            println!("user {u} suspended; live sessions end within a second");
-        }
-        UsersCmd::Resume { name } => {
-            let u = user_name(name)?;
-            store
-                .set_user_status(&u, UserStatus::Active, None)
-                .await
-                .map_err(store_err)?;
-            store
-                .audit(&AuditEvent::new("user.resume", Severity::Info, format!("by {op}")).user(&u))
-                .await?;
-            println!("user {u} resumed");
+        // Carried by the control API (`remote_capable`), locally and remotely.
+        UsersCmd::List | UsersCmd::Show { .. } | UsersCmd::Suspend { .. } | UsersCmd::Resume { .. } => {
+            return remote_capable(cli).await
         }
         UsersCmd::Totp(t) => return crate::mfa::totp(cli, t).await,
         UsersCmd::Unlock { name } => {
@@ -622,57 +578,9 @@ async fn roles(cli: &Cli, c: &RolesCmd) -> Result<(), Failure> {
 async fn sessions(cli: &Cli, c: &SessionsCmd) -> Result<(), Failure> {
     let store = open(cli).await?;
     match c {
-        SessionsCmd::List { all, limit } => {
-            let list = store.sessions(!all, *limit).await.map_err(store_err)?;
-            output::table(
-                cli.json,
-                &list,
-                &["ID", "USER", "TARGET", "LOGIN", "CLIENT", "STARTED", "ENDED"],
-                |s| {
-                    vec![
-                        s.id.clone(),
-                        s.user.clone(),
-                        s.target.clone(),
-                        s.login.clone(),
-                        s.client_addr.clone(),
-                        output::time(s.started_at),
-                        s.ended_at.map(output::time).unwrap_or_else(|| "live".into()),
-                    ]
-                },
-            );
-        }
-        SessionsCmd::Kill { id } => {
-            let sid = SessionId::parse(id).map_err(|e| usage(e.to_string()))?;
-            let op = operator();
-            if !store.request_kill(&sid, &op).await.map_err(store_err)? {
-                return Err(Failure {
-                    code: 3,
-                    message: format!("no live session {sid}"),
-                });
-            }
-            store
-                .audit(&AuditEvent::new("session.kill", Severity::Warning, format!("requested by {op}")).session(&sid))
-                .await?;
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if let Some(s) = store.session(&sid).await.map_err(store_err)? {
-                    if s.ended_at.is_some() {
-                        println!("session {sid} ended after {} ms", start.elapsed().as_millis());
-                        return Ok(());
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            return Err(Failure {
-                code: 1,
-                message: format!(
-                    "kill requested, but session {sid} has not ended after 5 s (is its gateway node running?)"
-                ),
-            });
-        }
-        SessionsCmd::Watch { id, from_start } => return crate::recordings::watch(&store, id, *from_start).await,
+        SessionsCmd::List { .. } | SessionsCmd::Kill { .. } => remote_capable(cli).await,
+        SessionsCmd::Watch { id, from_start } => crate::recordings::watch(&store, id, *from_start).await,
     }
-    Ok(())
 }
 
 async fn targets(cli: &Cli, c: &TargetsCmd) -> Result<(), Failure> {
@@ -713,26 +621,9 @@ async fn targets(cli: &Cli, c: &TargetsCmd) -> Result<(), Failure> {
 }
 
 async fn audit(cli: &Cli, c: &AuditCmd) -> Result<(), Failure> {
-    let store = open(cli).await?;
     match c {
-        AuditCmd::List { kind, limit } => {
-            let rows = store.audit_events(kind.as_deref(), *limit).await.map_err(store_err)?;
-            output::table(
-                cli.json,
-                &rows,
-                &["TIME", "KIND", "SEVERITY", "USER", "SESSION", "DETAIL"],
-                |r| {
-                    vec![
-                        output::time(r.at),
-                        r.kind.clone(),
-                        r.severity.clone(),
-                        r.user.clone().unwrap_or_default(),
-                        r.session.clone().unwrap_or_default(),
-                        r.detail.clone(),
-                    ]
-                },
-            );
-        }
+        AuditCmd::List { filter, limit } => crate::audit::list(cli, filter, *limit).await,
+        AuditCmd::Follow { filter } => crate::audit::follow(cli, filter).await,
+        AuditCmd::Verify { public_key } => crate::audit::verify(cli, public_key.as_deref()).await,
     }
-    Ok(())
 }

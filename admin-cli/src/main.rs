@@ -4,6 +4,7 @@
 //! where it runs under the caller's own permissions.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod commands;
 mod grants;
 mod mfa;

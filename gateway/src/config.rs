@@ -28,6 +28,8 @@ struct RawConfig {
     recordings: RawRecordings,
     #[serde(default)]
     sessions: RawSessions,
+    #[serde(default)]
+    audit: RawAudit,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +99,13 @@ struct RawSessions {
     env_allow: Vec<Spanned<String>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// `udp:IP:PORT` or `unix:/PATH`: forward each audit event as RFC 5424.
+    syslog: Option<Spanned<String>>,
+}
+
 /// The WireGuard front door.
 #[derive(Debug, Clone)]
 pub struct WireguardConfig {
@@ -150,6 +159,8 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     pub recordings_dir: PathBuf,
     pub env_allow: Vec<glob::Pattern>,
+    /// Where audit events are also sent (`[audit] syslog`).
+    pub audit_syslog: Option<crate::audit_log::syslog::SyslogTarget>,
 }
 
 impl GatewayConfig {
@@ -439,6 +450,13 @@ impl GatewayConfig {
                 ));
             }
         }
+        let audit_syslog = raw.audit.syslog.as_ref().and_then(|t| match t.get_ref().parse() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(src.at(Some(t.span()), format!("audit.syslog: {e}")));
+                None
+            }
+        });
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
@@ -458,6 +476,7 @@ impl GatewayConfig {
             drain_timeout,
             recordings_dir,
             env_allow,
+            audit_syslog,
         })
     }
 
@@ -535,5 +554,21 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn audit_syslog_targets_are_checked() {
+        let base = "data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n[audit]\n";
+        let c = load(&format!("{base}syslog = \"udp:127.0.0.1:514\"\n")).unwrap();
+        assert_eq!(c.audit_syslog.unwrap().to_string(), "udp:127.0.0.1:514");
+        let c = load(&format!("{base}syslog = \"unix:/dev/log\"\n")).unwrap();
+        assert_eq!(c.audit_syslog.unwrap().to_string(), "unix:/dev/log");
+        let e = load(&format!("{base}syslog = \"udp:loghost\"\n")).unwrap_err();
+        assert!(
+            e.to_string().contains("herse.toml:6") && e.to_string().contains("audit.syslog"),
+            "{e}"
+        );
+        let e = load(&format!("{base}facility = \"auth\"\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
     }
 }

@@ -4,10 +4,11 @@
 //! names. One code path, one permission check ([`crate::access::check`]) per call.
 
 use crate::access::{self, Action, Caller};
+use crate::audit_log::{self, AuditLogError};
 use crate::grants::{self, GrantError, GrantRequest, Listing};
 use crate::ident::{SessionId, UserName};
 use crate::policy::Policy;
-use crate::store::{AuditEvent, Severity, Store, StoreError};
+use crate::store::{AuditEvent, AuditFilter, Severity, Store, StoreError};
 
 /// One request. Tagged JSON: `{"call": "grants-approve", "id": "g…", "comment": ""}`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -54,9 +55,22 @@ pub enum Call {
     SessionsKill {
         id: String,
     },
+    /// The newest `limit` events matching, oldest first.
     AuditList {
-        kind: Option<String>,
+        filter: AuditFilter,
         limit: i64,
+    },
+    /// Events matching with `seq > after`, oldest first (following).
+    AuditAfter {
+        filter: AuditFilter,
+        after: i64,
+        limit: i64,
+    },
+    /// The chain head's `seq`.
+    AuditHead,
+    /// Verify the chain and checkpoints, with this public key (hex) or the stored one.
+    AuditVerify {
+        public_key: Option<String>,
     },
 }
 
@@ -132,6 +146,15 @@ impl From<StoreError> for ControlError {
                 tracing::error!(error = %other, "control call failed in the store");
                 err(ErrorKind::Internal, "gateway storage error")
             }
+        }
+    }
+}
+
+impl From<AuditLogError> for ControlError {
+    fn from(e: AuditLogError) -> Self {
+        match e {
+            AuditLogError::Store(e) => e.into(),
+            AuditLogError::Input(m) => err(ErrorKind::Invalid, m),
         }
     }
 }
@@ -265,9 +288,25 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
                 serde_json::json!({ "session": sid.as_str(), "message": format!("session {sid} will end within a second") }),
             )
         }
-        Call::AuditList { kind, limit } => {
+        Call::AuditList { filter, limit } => {
             access::check(caller, &Action::ReadAudit)?;
-            json(store.audit_events(kind.as_deref(), *limit).await?)
+            json(audit_log::list(store, filter, *limit).await?)
+        }
+        Call::AuditAfter { filter, after, limit } => {
+            access::check(caller, &Action::ReadAudit)?;
+            json(audit_log::after(store, filter, *after, *limit).await?)
+        }
+        Call::AuditHead => {
+            access::check(caller, &Action::ReadAudit)?;
+            json(store.audit_head().await?.0)
+        }
+        Call::AuditVerify { public_key } => {
+            access::check(caller, &Action::ReadAudit)?;
+            let key = match public_key {
+                Some(k) => audit_log::public_key_from_arg(k)?,
+                None => audit_log::stored_public_key(store).await?,
+            };
+            json(audit_log::verify(store, &key).await?)
         }
     }
 }

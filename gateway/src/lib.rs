@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod audit_log;
 pub mod certs;
 pub mod config;
 pub mod control;

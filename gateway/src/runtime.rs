@@ -30,7 +30,13 @@ pub async fn open_store(config: &GatewayConfig) -> anyhow::Result<Store> {
         )
     })?;
     store.migrate().await?;
-    Ok(store)
+    Ok(match &config.audit_syslog {
+        Some(t) => store.with_syslog(std::sync::Arc::new(
+            crate::audit_log::syslog::Syslog::start(t.clone(), &node_name())
+                .with_context(|| format!("cannot start syslog forwarding to {t}"))?,
+        )),
+        None => store,
+    })
 }
 
 /// Everything `serve` needs; errors name what is wrong.

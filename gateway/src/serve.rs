@@ -144,6 +144,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     .await;
     let watcher = tokio::spawn(watch_sessions(gw.clone()));
     let purger = tokio::spawn(purge_loop(gw.clone()));
+    tokio::spawn(crate::audit_log::checkpoint_loop(gw.clone()));
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -169,6 +170,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
         format!("node {} stopped", gw.node),
     ))
     .await;
+    crate::audit_log::checkpoint_at_shutdown(&gw).await;
     gw.store.close().await;
     Ok(())
 }

@@ -440,3 +440,11 @@ pub fn with_askpass<'a>(cmd: &'a mut Command, askpass: &Path) -> &'a mut Command
         .env("SSH_ASKPASS_REQUIRE", "force")
         .env("DISPLAY", ":0")
 }
+
+/// `hersectl ... --json` output of one JSON object per line (`audit list`).
+pub fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
+}

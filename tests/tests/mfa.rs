@@ -30,8 +30,7 @@ impl World {
     }
 
     fn audit(&self) -> Vec<serde_json::Value> {
-        let v: serde_json::Value = serde_json::from_str(&ok(self.gw.ctl().args(["audit", "list", "--json"]))).unwrap();
-        v.as_array().unwrap().clone()
+        json_lines(&ok(self.gw.ctl().args(["audit", "list", "--json"])))
     }
 
     fn has_event(&self, kind: &str, detail: &str) -> bool {

@@ -224,8 +224,7 @@ fn portal_login_cookies_csrf_policy_and_lockout() {
     let r = bob.login("bob", "Another-Good-Passphrase-4", &totp_next(&bob_totp));
     assert_eq!(status(&r), 403, "{r}");
     assert!(r.contains("Account locked"), "{r}");
-    let audit: serde_json::Value = serde_json::from_str(&ok(gw.ctl().args(["audit", "list", "--json"]))).unwrap();
-    let events = audit.as_array().unwrap();
+    let events = json_lines(&ok(gw.ctl().args(["audit", "list", "--json"])));
     assert!(events
         .iter()
         .any(|e| e["kind"] == "web.login.lockout" && e["severity"] == "alert" && e["user"] == "bob"));
@@ -273,10 +272,8 @@ fn portal_login_cookies_csrf_policy_and_lockout() {
     assert!(who.contains("\"user\":\"carol\"") && who.contains("@loopback"), "{who}");
     let who = api(&["-H", "Authorization: Bearer forged", &format!("{}/api/whoami", p.base)]);
     assert!(who.contains("missing, expired or foreign token"), "{who}");
-    let audit: serde_json::Value = serde_json::from_str(&ok(gw.ctl().args(["audit", "list", "--json"]))).unwrap();
+    let audit = json_lines(&ok(gw.ctl().args(["audit", "list", "--json"])));
     assert!(audit
-        .as_array()
-        .unwrap()
         .iter()
         .any(|e| e["kind"] == "api.login.success" && e["user"] == "carol"));
 

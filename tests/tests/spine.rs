@@ -676,7 +676,7 @@ fn refusals_are_clear_and_audited() {
     );
 
     let audit = ok(w.gw.ctl().args(["audit", "list", "--json", "--limit", "500"]));
-    let events: Vec<serde_json::Value> = serde_json::from_str(&audit).unwrap();
+    let events = json_lines(&audit);
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"login.failure"), "{kinds:?}");
     assert!(
@@ -1320,7 +1320,7 @@ fn retention_purges_old_recordings_except_those_on_hold() {
         .gw
         .ctl()
         .args(["audit", "list", "--kind", "recording.purge", "--json"]));
-    let events: Vec<serde_json::Value> = serde_json::from_str(&audit).unwrap();
+    let events = json_lines(&audit);
     assert_eq!(events.len(), 2);
     // Releasing the hold makes it purgeable.
     ok(w.gw.ctl().args(["recordings", "hold", "--release", &ids[1]]));

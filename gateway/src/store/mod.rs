@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
-pub use audit::{AuditEvent, AuditRow, Severity};
+pub use audit::{AuditCheckpoint, AuditEvent, AuditFilter, AuditRow, Severity};
 pub use grants::{ApprovalRow, GrantFilter, GrantRow, GrantStatus, NewGrant};
 pub use portal::WebSession;
 pub use sessions::{SessionRow, SessionStart};
@@ -50,6 +50,8 @@ pub fn now_micros() -> i64 {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Where this process forwards the audit events it appends (`[audit] syslog`).
+    syslog: Option<std::sync::Arc<crate::audit_log::syslog::Syslog>>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -86,15 +88,30 @@ impl Store {
         if sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
-        Ok(Store { pool })
+        Ok(Store { pool, syslog: None })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
+        // Rows from before the audit chain (or from an older node) join it in order.
+        let chained = self.chain_unchained_audit().await?;
+        if chained > 0 {
+            tracing::info!(chained, "audit events chained");
+        }
         Ok(())
     }
 
+    /// Forward every audit event this store appends to `syslog`.
+    pub fn with_syslog(mut self, syslog: std::sync::Arc<crate::audit_log::syslog::Syslog>) -> Self {
+        self.syslog = Some(syslog);
+        self
+    }
+
+    /// Close the pool, after handing the queued audit events to syslog (at most 2 s).
     pub async fn close(&self) {
+        if let Some(s) = self.syslog.clone() {
+            let _ = tokio::task::spawn_blocking(move || s.close()).await;
+        }
         self.pool.close().await;
     }
 
@@ -246,6 +263,14 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 #[cfg(test)]
+impl Store {
+    /// Raw access for tests that tamper with rows.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+#[cfg(test)]
 pub(crate) async fn memory_store() -> Store {
     // One connection: every pooled `sqlite::memory:` connection is its own database.
     sqlx::any::install_default_drivers();
@@ -254,7 +279,7 @@ pub(crate) async fn memory_store() -> Store {
         .connect("sqlite::memory:")
         .await
         .unwrap();
-    let s = Store { pool };
+    let s = Store { pool, syslog: None };
     s.migrate().await.unwrap();
     s
 }

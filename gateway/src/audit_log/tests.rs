@@ -1,0 +1,304 @@
+use ed25519_dalek::SigningKey;
+
+use super::*;
+use crate::store::{test_backends, AuditEvent, Severity};
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
+
+async fn append(store: &Store, n: usize) {
+    for i in 0..n {
+        store
+            .audit(&AuditEvent::new("test.event", Severity::Info, format!("event {i}")).user("alice"))
+            .await
+            .unwrap();
+    }
+}
+
+async fn exec(store: &Store, sql: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+async fn report(store: &Store) -> VerifyReport {
+    verify(store, &key().verifying_key()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_whole_log_verifies_and_shows_its_unsigned_tail() {
+    for (name, s) in test_backends().await {
+        let r = report(&s).await;
+        assert!(r.is_whole() && r.events == 0, "{name}: {r}");
+        append(&s, 5).await;
+        let c = sign_head(&s, &key(), "n1").await.unwrap().unwrap();
+        assert_eq!(c.seq, 5, "{name}");
+        assert!(
+            sign_head(&s, &key(), "n1").await.unwrap().is_none(),
+            "{name}: head did not move"
+        );
+        append(&s, 2).await;
+        let r = report(&s).await;
+        assert!(r.is_whole(), "{name}: {r}");
+        assert_eq!((r.events, r.last_checkpoint_seq, r.unsigned_tail), (7, 5, 2), "{name}");
+        assert!(
+            r.to_string()
+                .contains("2 events after the last signed checkpoint (unsigned tail)"),
+            "{name}: {r}"
+        );
+        let rows = list(&s, &AuditFilter::default(), 3).await.unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [Some(5), Some(6), Some(7)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_edited_field_is_named_by_seq() {
+    for (name, s) in test_backends().await {
+        append(&s, 6).await;
+        sign_head(&s, &key(), "n1").await.unwrap();
+        exec(&s, "UPDATE audit_events SET user_name = 'mallory' WHERE seq = 3").await;
+        let r = report(&s).await;
+        assert!(
+            matches!(&r.problems[..], [Problem::Edited { seq: 3, .. }]),
+            "{name}: {r}"
+        );
+        assert!(r.to_string().contains("event seq 3 (id "), "{name}: {r}");
+    }
+}
+
+#[tokio::test]
+async fn a_rewritten_chain_is_caught_by_the_checkpoint() {
+    let s = crate::store::memory_store().await;
+    append(&s, 4).await;
+    sign_head(&s, &key(), "n1").await.unwrap();
+    // Rewrite event 2 and recompute every hash after it, head included: only the
+    // signature can tell.
+    exec(&s, "UPDATE audit_events SET detail = 'nothing happened' WHERE seq = 2").await;
+    let rows = s.audit_chain_page(0, 10, 10).await.unwrap();
+    let mut prev = chain::GENESIS;
+    for r in &rows {
+        let seq = r.seq.unwrap();
+        let h = chain::event_hash(&chain::EventFields::of(r, seq), &prev);
+        exec(
+            &s,
+            &format!(
+                "UPDATE audit_events SET prev_hash = '{}', hash = '{}' WHERE seq = {seq}",
+                hex::encode(prev),
+                hex::encode(h)
+            ),
+        )
+        .await;
+        prev = h;
+    }
+    exec(&s, &format!("UPDATE audit_head SET hash = '{}'", hex::encode(prev))).await;
+    let r = report(&s).await;
+    assert!(
+        matches!(&r.problems[..], [Problem::CheckpointMismatch { seq: 4, .. }]),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_middle_event_is_a_named_gap() {
+    for (name, s) in test_backends().await {
+        append(&s, 6).await;
+        exec(&s, "DELETE FROM audit_events WHERE seq = 3 OR seq = 4").await;
+        let r = report(&s).await;
+        assert_eq!(r.problems, [Problem::Missing { from: 3, to: 4 }], "{name}: {r}");
+        assert!(r.to_string().contains("events seq 3 to 4 are missing"), "{name}: {r}");
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_tail_is_seen_through_the_head_or_a_checkpoint() {
+    for (name, s) in test_backends().await {
+        append(&s, 6).await;
+        sign_head(&s, &key(), "n1").await.unwrap();
+        exec(&s, "DELETE FROM audit_events WHERE seq >= 5").await;
+        let r = report(&s).await;
+        assert!(
+            r.problems.iter().any(|p| matches!(
+                p,
+                Problem::DeletedTail {
+                    last_event: 4,
+                    expected: 6,
+                    ..
+                }
+            )),
+            "{name}: {r}"
+        );
+        // The head rewound too: the signed checkpoint still knows.
+        let (_, h4) = {
+            let rows = s.audit_chain_page(3, 4, 1).await.unwrap();
+            (4, rows[0].hash.clone().unwrap())
+        };
+        exec(&s, &format!("UPDATE audit_head SET seq = 4, hash = '{h4}'")).await;
+        let r = report(&s).await;
+        assert!(
+            matches!(&r.problems[..], [Problem::DeletedTail { last_event: 4, expected: 6, evidence }] if evidence == "a signed checkpoint"),
+            "{name}: {r}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bad_checkpoint_signature_is_detected() {
+    let s = crate::store::memory_store().await;
+    append(&s, 3).await;
+    sign_head(&s, &key(), "n1").await.unwrap();
+    let r = verify(&s, &SigningKey::from_bytes(&[8; 32]).verifying_key())
+        .await
+        .unwrap();
+    assert!(matches!(&r.problems[..], [Problem::BadSignature { seq: 3, .. }]), "{r}");
+    exec(&s, "UPDATE audit_checkpoints SET signed_at = signed_at + 1").await;
+    let r = report(&s).await;
+    assert!(matches!(&r.problems[..], [Problem::BadSignature { seq: 3, .. }]), "{r}");
+    assert_eq!(r.unsigned_tail, 3, "an invalid checkpoint signs nothing");
+}
+
+#[tokio::test]
+async fn rows_from_before_the_chain_are_chained_in_time_order() {
+    let s = crate::store::memory_store().await;
+    append(&s, 2).await;
+    for (id, at) in [("b", 20), ("a", 10)] {
+        exec(
+            &s,
+            &format!(
+                "INSERT INTO audit_events (id, at, kind, severity, detail) VALUES ('{id}', {at}, 'legacy', 'info', 'old')"
+            ),
+        )
+        .await;
+    }
+    assert_eq!(report(&s).await.problems, [Problem::Unchained { count: 2 }]);
+    assert_eq!(s.chain_unchained_audit().await.unwrap(), 2);
+    append(&s, 1).await;
+    let r = report(&s).await;
+    assert!(r.is_whole() && r.events == 5, "{r}");
+    let ids: Vec<_> = s
+        .audit_chain_page(2, 4, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn filters_select_by_time_user_and_kind() {
+    for (name, s) in test_backends().await {
+        append(&s, 3).await;
+        s.audit(&AuditEvent::new("other.kind", Severity::Alert, "x").user("bob"))
+            .await
+            .unwrap();
+        let f = |user: Option<&str>, kind: Option<&str>| AuditFilter {
+            user: user.map(str::to_owned),
+            kind: kind.map(str::to_owned),
+            ..AuditFilter::default()
+        };
+        assert_eq!(list(&s, &f(Some("bob"), None), 10).await.unwrap().len(), 1, "{name}");
+        assert_eq!(
+            list(&s, &f(None, Some("test.event")), 10).await.unwrap().len(),
+            3,
+            "{name}"
+        );
+        let all = list(&s, &AuditFilter::default(), 10).await.unwrap();
+        let t = all[2].at;
+        let since = AuditFilter {
+            since: Some(t),
+            ..AuditFilter::default()
+        };
+        assert!(list(&s, &since, 10).await.unwrap().iter().all(|r| r.at >= t), "{name}");
+        let until = AuditFilter {
+            until: Some(t),
+            ..AuditFilter::default()
+        };
+        assert!(list(&s, &until, 10).await.unwrap().iter().all(|r| r.at < t), "{name}");
+        let next = after(&s, &AuditFilter::default(), 2, 10).await.unwrap();
+        assert_eq!(next.first().and_then(|r| r.seq), Some(3), "{name}");
+    }
+}
+
+#[test]
+fn times_are_rfc3339_or_durations_ago() {
+    let now = UNIX_EPOCH + Duration::from_secs(10_000);
+    assert_eq!(parse_time("1h", now).unwrap(), 6_400_000_000);
+    assert_eq!(parse_time("1970-01-01T00:00:01Z", now).unwrap(), 1_000_000);
+    assert!(parse_time("yesterday", now).is_err());
+    assert!(parse_time("1000h", now).is_err());
+}
+
+#[test]
+fn public_keys_come_as_hex_or_a_file() {
+    let hexkey = hex::encode(key().verifying_key().as_bytes());
+    assert_eq!(public_key_from_arg(&hexkey).unwrap(), key().verifying_key());
+    let f = std::env::temp_dir().join(format!("herse-audit-key-{}", std::process::id()));
+    std::fs::write(&f, format!("{hexkey}\n")).unwrap();
+    assert_eq!(public_key_from_arg(f.to_str().unwrap()).unwrap(), key().verifying_key());
+    std::fs::remove_file(&f).unwrap();
+    assert!(public_key_from_arg("nonsense").is_err());
+}
+
+/// Appends from many tasks, on several connections and (SQLite) two stores opened on one
+/// file as two processes would: every event gets its own seq and the chain stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_keep_one_chain() {
+    let dir = std::env::temp_dir().join(format!("herse-audit-conc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("h.db").display());
+    let a = Store::connect(&url, true).await.unwrap();
+    a.migrate().await.unwrap();
+    let b = Store::connect(&url, false).await.unwrap();
+    let mut stores = vec![("sqlite (two stores)", a, Some(b))];
+    for (name, s) in test_backends().await.into_iter().filter(|(n, _)| *n == "postgres") {
+        stores.push((name, s, None));
+    }
+    for (name, s, other) in stores {
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let st = if t % 2 == 1 {
+                other.clone().unwrap_or_else(|| s.clone())
+            } else {
+                s.clone()
+            };
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    st.audit(&AuditEvent::new("test.concurrent", Severity::Info, format!("{t}/{i}")))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        let signer = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    sign_head(&s, &key(), "n1").await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        for t in tasks {
+            t.await.unwrap();
+        }
+        signer.await.unwrap();
+        let r = report(&s).await;
+        assert!(r.is_whole(), "{name}: {r}");
+        assert_eq!((r.events, r.head_seq), (200, 200), "{name}");
+        let details: std::collections::HashSet<_> = s
+            .audit_chain_page(0, 200, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.detail)
+            .collect();
+        assert_eq!(details.len(), 200, "{name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,304 @@
+//! Verifying the audit log with nothing but the audit public key: the chain from seq 1,
+//! every checkpoint's signature, and that the head and the last checkpoint are on it.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::Serialize;
+
+use super::chain::{self, EventFields, GENESIS};
+use crate::store::{AuditCheckpoint, AuditRow, Store, StoreError};
+
+/// Events read per query while walking the chain.
+const PAGE: i64 = 1000;
+
+/// What is wrong, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    /// The event's columns no longer hash to its stored `hash` (or that is malformed).
+    Edited { seq: i64, id: String, what: String },
+    /// The event's `prev_hash` is not the `hash` of the event before it.
+    BrokenLink { seq: i64, id: String, what: String },
+    /// Events `from..=to` are gone.
+    Missing { from: i64, to: i64 },
+    /// Rows without a place in the chain (written outside it).
+    Unchained { count: i64 },
+    /// A checkpoint whose signature the public key does not verify.
+    BadSignature { seq: i64, node: String, signed_at: i64 },
+    /// A validly signed checkpoint whose hash is not the chain's at its `seq`.
+    CheckpointMismatch { seq: i64, node: String, what: String },
+    /// Events at the end were removed: the head or a checkpoint names a later `seq`.
+    DeletedTail {
+        last_event: i64,
+        expected: i64,
+        evidence: String,
+    },
+    /// The head row's hash is not the last event's.
+    HeadMismatch { seq: i64, what: String },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Edited { seq, id, what } => write!(f, "event seq {seq} (id {id}) was edited: {what}"),
+            Problem::BrokenLink { seq, id, what } => write!(f, "event seq {seq} (id {id}): broken link: {what}"),
+            Problem::Missing { from, to } if from == to => write!(f, "event seq {from} is missing"),
+            Problem::Missing { from, to } => write!(f, "events seq {from} to {to} are missing ({})", to - from + 1),
+            Problem::Unchained { count } => write!(f, "{count} event(s) are outside the chain (no seq)"),
+            Problem::BadSignature { seq, node, signed_at } => write!(
+                f,
+                "checkpoint at seq {seq} (node {node}, signed at {}) has a bad signature",
+                time(*signed_at)
+            ),
+            Problem::CheckpointMismatch { seq, node, what } => {
+                write!(
+                    f,
+                    "checkpoint at seq {seq} (node {node}) does not match the chain: {what}"
+                )
+            }
+            Problem::DeletedTail {
+                last_event,
+                expected,
+                evidence,
+            } => write!(
+                f,
+                "events after seq {last_event} were deleted: {evidence} names seq {expected}"
+            ),
+            Problem::HeadMismatch { seq, what } => write!(f, "the head (seq {seq}) does not match: {what}"),
+        }
+    }
+}
+
+/// The result of a verification. Whole when `problems` is empty.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct VerifyReport {
+    /// Events walked (those up to the head as it was when verification began).
+    pub events: i64,
+    /// The last event's `seq` (0 when none).
+    pub last_seq: i64,
+    /// The head row's `seq`.
+    pub head_seq: i64,
+    /// Checkpoints with a valid signature / all checkpoints.
+    pub valid_checkpoints: usize,
+    pub checkpoints: usize,
+    /// The highest `seq` a valid checkpoint signs (0 when none).
+    pub last_checkpoint_seq: i64,
+    /// Events after the last valid checkpoint: chained but not signed yet.
+    pub unsigned_tail: i64,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    pub fn is_whole(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} events (seq 1 to {}), head at seq {}",
+            self.events, self.last_seq, self.head_seq
+        )?;
+        writeln!(
+            f,
+            "{} of {} checkpoints validly signed, the last at seq {}",
+            self.valid_checkpoints, self.checkpoints, self.last_checkpoint_seq
+        )?;
+        if self.unsigned_tail > 0 {
+            writeln!(
+                f,
+                "{} events after the last signed checkpoint (unsigned tail)",
+                self.unsigned_tail
+            )?;
+        }
+        if self.is_whole() {
+            write!(f, "audit log is whole")
+        } else {
+            writeln!(f, "audit log is NOT whole: {} problem(s)", self.problems.len())?;
+            for (i, p) in self.problems.iter().enumerate() {
+                if i > 0 {
+                    writeln!(f)?;
+                }
+                write!(f, "  - {p}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn time(micros: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(u64::try_from(micros).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Verify the whole log against `key` (the audit public key; take it from somewhere
+/// other than the database being verified when the database itself is in doubt).
+pub async fn verify(store: &Store, key: &VerifyingKey) -> Result<VerifyReport, StoreError> {
+    // Checkpoints, then the head, then the events up to that head: each read sees at
+    // least what the one before it saw, so a concurrent append is never a "deleted tail".
+    let checkpoints = store.audit_checkpoints().await?;
+    let (head_seq, head_hash) = store.audit_head().await?;
+    let mut problems = Vec::new();
+
+    let mut valid: BTreeMap<i64, Vec<&AuditCheckpoint>> = BTreeMap::new();
+    for c in &checkpoints {
+        if signature_ok(key, c) {
+            valid.entry(c.seq).or_default().push(c);
+        } else {
+            problems.push(Problem::BadSignature {
+                seq: c.seq,
+                node: c.node.clone(),
+                signed_at: c.signed_at,
+            });
+        }
+    }
+
+    let mut walk = Walk::default();
+    loop {
+        let page = store.audit_chain_page(walk.last_seq, head_seq, PAGE).await?;
+        for r in &page {
+            walk.step(r, &valid, &mut problems);
+        }
+        if (page.len() as i64) < PAGE {
+            break;
+        }
+    }
+
+    let unchained = store.unchained_audit_count().await?;
+    if unchained > 0 {
+        problems.push(Problem::Unchained { count: unchained });
+    }
+    // Checkpoints the walk never met: beyond the last event (a deleted tail) or in a gap.
+    let last_checkpoint_seq = valid.keys().next_back().copied().unwrap_or(0);
+    for (seq, cs) in valid.range(..=walk.last_seq) {
+        if !walk.seen_checkpoints.contains(seq) {
+            for c in cs {
+                problems.push(Problem::CheckpointMismatch {
+                    seq: *seq,
+                    node: c.node.clone(),
+                    what: format!("event seq {seq} is missing"),
+                });
+            }
+        }
+    }
+    let (expected, evidence) = if last_checkpoint_seq > head_seq {
+        (last_checkpoint_seq, "a signed checkpoint")
+    } else {
+        (head_seq, "the head row")
+    };
+    if expected > walk.last_seq {
+        problems.push(Problem::DeletedTail {
+            last_event: walk.last_seq,
+            expected,
+            evidence: evidence.into(),
+        });
+    } else if head_seq > 0 && walk.last_hash.as_deref() != Some(head_hash.as_str()) {
+        problems.push(Problem::HeadMismatch {
+            seq: head_seq,
+            what: format!("head hash {head_hash} is not the last event's"),
+        });
+    }
+    Ok(VerifyReport {
+        events: walk.events,
+        last_seq: walk.last_seq,
+        head_seq,
+        valid_checkpoints: valid.values().map(Vec::len).sum(),
+        checkpoints: checkpoints.len(),
+        last_checkpoint_seq,
+        unsigned_tail: (walk.last_seq - last_checkpoint_seq).max(0),
+        problems,
+    })
+}
+
+pub(crate) fn signature_ok(key: &VerifyingKey, c: &AuditCheckpoint) -> bool {
+    let Some(hash) = chain::parse_hash(&c.hash) else {
+        return false;
+    };
+    let Some(sig) = hex::decode(&c.signature)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+    else {
+        return false;
+    };
+    key.verify_strict(
+        &chain::checkpoint_message(c.seq, &hash, c.signed_at),
+        &Signature::from_bytes(&sig),
+    )
+    .is_ok()
+}
+
+/// The state of a walk along the chain.
+#[derive(Default)]
+struct Walk {
+    events: i64,
+    last_seq: i64,
+    /// The stored hash of the last event (so one edit is reported once, not for every
+    /// event after it).
+    last_hash: Option<String>,
+    seen_checkpoints: std::collections::HashSet<i64>,
+}
+
+impl Walk {
+    fn step(&mut self, r: &AuditRow, checkpoints: &BTreeMap<i64, Vec<&AuditCheckpoint>>, problems: &mut Vec<Problem>) {
+        // The page query only returns rows with a seq.
+        let seq = r.seq.unwrap_or(0);
+        let expected = self.last_seq + 1;
+        let after_gap = seq > expected;
+        if after_gap {
+            problems.push(Problem::Missing {
+                from: expected,
+                to: seq - 1,
+            });
+        }
+        let prev_stored = r.prev_hash.as_deref().unwrap_or("");
+        if !after_gap {
+            let want = self.last_hash.clone().unwrap_or_else(|| hex::encode(GENESIS));
+            if prev_stored != want {
+                problems.push(Problem::BrokenLink {
+                    seq,
+                    id: r.id.clone(),
+                    what: format!(
+                        "its prev_hash is not the hash of event seq {} (that event was rewritten, or this link edited)",
+                        seq - 1
+                    ),
+                });
+            }
+        }
+        // The event itself: its columns and its own prev_hash must give its hash.
+        let prev = chain::parse_hash(prev_stored);
+        let stored = r.hash.as_deref().unwrap_or("");
+        match prev {
+            None => problems.push(Problem::Edited {
+                seq,
+                id: r.id.clone(),
+                what: format!("prev_hash {prev_stored:?} is not a hash"),
+            }),
+            Some(prev) => {
+                let computed = hex::encode(chain::event_hash(&EventFields::of(r, seq), &prev));
+                if stored != computed {
+                    problems.push(Problem::Edited {
+                        seq,
+                        id: r.id.clone(),
+                        what: "its columns do not hash to its stored hash".into(),
+                    });
+                }
+            }
+        }
+        for c in checkpoints.get(&seq).into_iter().flatten() {
+            self.seen_checkpoints.insert(seq);
+            if c.hash != stored {
+                problems.push(Problem::CheckpointMismatch {
+                    seq,
+                    node: c.node.clone(),
+                    what: format!("signed hash {}, event hash {stored}", c.hash),
+                });
+            }
+        }
+        self.events += 1;
+        self.last_seq = seq;
+        self.last_hash = Some(stored.to_owned());
+    }
+}
