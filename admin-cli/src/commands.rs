@@ -273,6 +273,15 @@ fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Fail
 async fn remote_capable(cli: &Cli) -> Result<(), Failure> {
     use herse::control::Call;
     let call = match &cli.command {
+        crate::Command::Users(UsersCmd::Add { name, key }) => Call::UsersAdd {
+            name: name.clone(),
+            // The key file is read here, so remote callers send its contents.
+            key: key
+                .as_deref()
+                .map(read_key)
+                .transpose()?
+                .map(|k| k.to_openssh().unwrap_or_default()),
+        },
         crate::Command::Users(UsersCmd::List) => Call::UsersList,
         crate::Command::Users(UsersCmd::Show { name }) => Call::UsersShow { name: name.clone() },
         crate::Command::Users(UsersCmd::Suspend { name, reason, until }) => Call::UsersSuspend {
@@ -373,7 +382,11 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         crate::Command::Grants(c) => return crate::grants::run(&cli, c).await,
         crate::Command::Users(
-            UsersCmd::List | UsersCmd::Show { .. } | UsersCmd::Suspend { .. } | UsersCmd::Resume { .. },
+            UsersCmd::Add { .. }
+            | UsersCmd::List
+            | UsersCmd::Show { .. }
+            | UsersCmd::Suspend { .. }
+            | UsersCmd::Resume { .. },
         )
         | crate::Command::Sessions(SessionsCmd::List { .. } | SessionsCmd::Kill { .. }) => {
             return remote_capable(&cli).await
@@ -418,25 +431,11 @@ async fn users(cli: &Cli, c: &UsersCmd) -> Result<(), Failure> {
     let store = open(cli).await?;
     let op = operator();
     match c {
-        UsersCmd::Add { name, key } => {
-            let u = user_name(name)?;
-            let key = key.as_deref().map(read_key).transpose()?;
-            store.add_user(&u).await.map_err(store_err)?;
-            store
-                .audit(&AuditEvent::new("user.add", Severity::Info, format!("by {op}")).user(&u))
-                .await?;
-            if let Some(k) = key {
-                let fp = store.add_key(&u, &k).await.map_err(store_err)?;
-                store
-                    .audit(&AuditEvent::new("key.add", Severity::Info, format!("{fp} by {op}")).user(&u))
-                    .await?;
-            }
-            println!("user {u} added");
-        }
-        // Carried by the control API (`remote_capable`), locally and remotely.
-        UsersCmd::List | UsersCmd::Show { .. } | UsersCmd::Suspend { .. } | UsersCmd::Resume { .. } => {
-            return remote_capable(cli).await
-        }
+        UsersCmd::Add { .. }
+        | UsersCmd::List
+        | UsersCmd::Show { .. }
+        | UsersCmd::Suspend { .. }
+        | UsersCmd::Resume { .. } => return remote_capable(cli).await,
         UsersCmd::Totp(t) => return crate::mfa::totp(cli, t).await,
         UsersCmd::Unlock { name } => {
             let u = user_name(name)?;

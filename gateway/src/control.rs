@@ -35,6 +35,11 @@ pub enum Call {
         id: String,
         reason: String,
     },
+    /// `key`: an OpenSSH public key line.
+    UsersAdd {
+        name: String,
+        key: Option<String>,
+    },
     UsersList,
     UsersShow {
         name: String,
@@ -202,6 +207,31 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
         Call::GrantsApprove { id, comment } => json(grants::approve(store, ctx.policy, caller, id, comment).await?),
         Call::GrantsDeny { id, reason } => json(grants::deny(store, caller, id, reason).await?),
         Call::GrantsRevoke { id, reason } => json(grants::revoke(store, caller, id, reason).await?),
+        Call::UsersAdd { name, key } => {
+            access::check(caller, &Action::ManageUsers)?;
+            let u = user(name)?;
+            let key = key
+                .as_deref()
+                .map(|k| russh::keys::ssh_key::PublicKey::from_openssh(k.trim()))
+                .transpose()
+                .map_err(|e| err(ErrorKind::Invalid, format!("not an OpenSSH public key: {e}")))?;
+            store.add_user(&u).await?;
+            let by = caller.label();
+            audit(
+                store,
+                AuditEvent::new("user.add", Severity::Info, format!("by {by}")).user(&u),
+            )
+            .await?;
+            if let Some(k) = key {
+                let fp = store.add_key(&u, &k).await?;
+                audit(
+                    store,
+                    AuditEvent::new("key.add", Severity::Info, format!("{fp} by {by}")).user(&u),
+                )
+                .await?;
+            }
+            json(serde_json::json!({ "user": u.as_str(), "message": format!("user {u} added") }))
+        }
         Call::UsersList => {
             access::check(caller, &Action::ManageUsers)?;
             json(store.users().await?)
