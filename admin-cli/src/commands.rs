@@ -548,8 +548,13 @@ async fn roles(cli: &Cli, c: &RolesCmd) -> Result<(), Failure> {
         RolesCmd::Bind { user, role } => {
             let u = user_name(user)?;
             let r = RoleName::parse(role).map_err(|e| usage(e.to_string()))?;
-            if !policy.roles.contains_key(&r) {
-                let known: Vec<_> = policy.roles.keys().map(|r| r.to_string()).collect();
+            if !policy.has_role(&r) {
+                let known: Vec<_> = policy
+                    .roles
+                    .keys()
+                    .chain(policy.duties.keys())
+                    .map(|r| r.to_string())
+                    .collect();
                 return Err(usage(format!(
                     "role {r} is not defined in the policy (roles: {})",
                     known.join(", ")

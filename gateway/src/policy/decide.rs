@@ -519,11 +519,48 @@ idle_timeout = "10m"
                 &p,
                 &alice,
                 &[],
+                &[],
+                0,
                 &n(TargetName::parse, "web1"),
                 &n(Login::parse, "deploy")
             ),
             Err(Denial::NoRoles(_))
         ));
+        // A grant in force opens the grant-only role, and the session runs under it.
+        let grant = |target: Option<&str>, login: Option<&str>, expires_at: i64| ActiveGrant {
+            id: "g0000000001".into(),
+            tier: n(TierName::parse, "db"),
+            target: target.map(|t| n(TargetName::parse, t)),
+            login: login.map(|l| n(Login::parse, l)),
+            expires_at,
+        };
+        let now = 1_000_000_000;
+        let db = |grants: &[ActiveGrant]| {
+            Authorized::decide(
+                &p,
+                &alice,
+                &dba,
+                grants,
+                now,
+                &n(TargetName::parse, "db1"),
+                &n(Login::parse, "postgres"),
+            )
+        };
+        let a = db(&[grant(None, None, now + 600_000_000)]).unwrap();
+        assert_eq!(a.grant().map(|g| g.id.as_str()), Some("g0000000001"));
+        assert_eq!(a.limit_from(now), Duration::from_secs(600).min(a.max_session()));
+        assert!(a.describe().contains("under access grant g0000000001"));
+        assert!(db(&[grant(Some("db1"), Some("postgres"), now + 1)]).is_ok());
+        for g in [
+            grant(None, None, now),
+            grant(Some("db2"), None, now + 600_000_000),
+            grant(None, Some("root"), now + 600_000_000),
+        ] {
+            assert!(
+                matches!(db(std::slice::from_ref(&g)), Err(Denial::GrantRequired { .. })),
+                "{g:?} must not open db1 as postgres"
+            );
+        }
     }
 
     /// Property: whatever roles a user holds, an allowed decision only ever grants

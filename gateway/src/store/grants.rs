@@ -341,6 +341,10 @@ impl Store {
         .iter()
         .map(row)
         .collect::<Result<_, _>>()?;
+        let mut rows = rows;
+        for g in &mut rows {
+            g.approvals = self.approvals(&g.id).await?;
+        }
         for g in &rows {
             sqlx::query("UPDATE grants SET notified_at = $1 WHERE id = $2")
                 .bind(now_micros())

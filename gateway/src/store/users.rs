@@ -380,6 +380,7 @@ mod tests {
             client_addr: "127.0.0.1:1",
             workstation: None,
             recording: "/r",
+            grant: None,
         })
         .await
         .unwrap();
@@ -416,11 +417,67 @@ mod tests {
             client_addr: "a",
             workstation: None,
             recording: "r",
+            grant: None,
         })
         .await
         .unwrap();
         s.set_user_status(&bob, UserStatus::Suspended, None).await.unwrap();
         assert_eq!(s.sessions_to_end("n1").await.unwrap()[0].1, "user suspended");
+        assert_eq!(s.close_orphaned_sessions("n1").await.unwrap(), 1);
+        s.set_user_status(&bob, UserStatus::Active, None).await.unwrap();
+
+        // A session under a grant ends when the grant is revoked; approvals and state
+        // changes are conditional (a second activation or denial changes nothing).
+        use crate::store::{GrantStatus, NewGrant};
+        let gid = crate::ident::GrantId::random();
+        s.create_grant(&NewGrant {
+            id: &gid,
+            requester: &bob,
+            tier: "web",
+            target: None,
+            login: None,
+            duration_secs: 600,
+            reason: "INC-1",
+        })
+        .await
+        .unwrap();
+        let carol = UserName::parse("carol").unwrap();
+        s.add_user(&carol).await.unwrap();
+        s.add_approval(&gid, &carol, false, "").await.unwrap();
+        assert!(matches!(
+            s.add_approval(&gid, &carol, false, "").await,
+            Err(StoreError::Exists(_))
+        ));
+        assert!(s.activate_grant(&gid).await.unwrap().is_some());
+        assert!(s.activate_grant(&gid).await.unwrap().is_none());
+        assert!(!s.end_grant(&gid, GrantStatus::Denied, "carol", "no").await.unwrap());
+        assert_eq!(s.active_grants(&bob).await.unwrap().len(), 1);
+        let id3 = SessionId::random();
+        s.session_started(&SessionStart {
+            id: &id3,
+            node: "n1",
+            user: "bob",
+            target: "web1",
+            tier: "web",
+            login: "deploy",
+            client_addr: "a",
+            workstation: None,
+            recording: "r",
+            grant: Some(gid.as_str()),
+        })
+        .await
+        .unwrap();
+        assert!(s.sessions_to_end("n1").await.unwrap().is_empty());
+        assert!(s.end_grant(&gid, GrantStatus::Revoked, "carol", "done").await.unwrap());
+        assert_eq!(
+            s.sessions_to_end("n1").await.unwrap()[0].1,
+            format!("access grant {gid} revoked by carol: done")
+        );
+        assert!(s.active_grants(&bob).await.unwrap().is_empty());
+        let told = s.take_grant_outcomes(&bob).await.unwrap();
+        assert_eq!(told.len(), 1);
+        assert_eq!(told[0].approvals[0].approver, "carol");
+        assert!(s.take_grant_outcomes(&bob).await.unwrap().is_empty());
         assert_eq!(s.close_orphaned_sessions("n1").await.unwrap(), 1);
 
         s.audit(&AuditEvent::new("login.failure", Severity::Warning, "x").user("bob"))
