@@ -97,14 +97,27 @@ fn request(w: &World, tier: &str, duration: &str) -> String {
     g["id"].as_str().unwrap().to_owned()
 }
 
+/// The (last) session row under `grant`, once the gateway has closed it.
 fn session_row(w: &World, grant: &str) -> serde_json::Value {
-    let all = w.local_json(&["sessions", "list", "--all"]);
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["grant"] == grant)
-        .cloned()
-        .unwrap_or_else(|| panic!("no session under {grant}: {all}"))
+    let start = Instant::now();
+    loop {
+        let all = w.local_json(&["sessions", "list", "--all"]);
+        let row = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["grant"] == grant)
+            .cloned()
+            .unwrap_or_else(|| panic!("no session under {grant}: {all}"));
+        if row["ended_at"].is_i64() {
+            return row;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "session under {grant} never closed: {row}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Start `ssh ... sleep` under a grant; return once the command runs on the target.

@@ -62,7 +62,7 @@ fn pki(d: &Path, home: &Path) {
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 \
          -subj '/CN=Herse test CA' -addext 'basicConstraints=critical,CA:true' -addext 'keyUsage=critical,keyCertSign' 2>/dev/null && \
          openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout portal.key -out portal.csr -subj '/CN={RP}' 2>/dev/null && \
-         printf 'subjectAltName=DNS:{RP}\\nbasicConstraints=CA:false\\nextendedKeyUsage=serverAuth\\n' > ext && \
+         printf 'subjectAltName=DNS:{RP},IP:127.0.0.1\\nbasicConstraints=CA:false\\nextendedKeyUsage=serverAuth\\n' > ext && \
          openssl x509 -req -in portal.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out portal.pem -days 2 -extfile ext 2>/dev/null"
     ));
     let nss = home.join(".pki/nssdb");
@@ -184,7 +184,10 @@ fn security_keys_approve_ssh_logins_in_a_real_browser() {
         format!(
             "[tiers.web.targets.web1]\naddress = \"127.0.0.1\"\nport = {}\nhost_keys = [\"{}\"]\n\
              [roles.eng]\ntiers = [\"web\"]\nlogins = [\"{DEPLOY}\"]\noperations = [\"exec\"]\n\
-             max_session = \"1h\"\nidle_timeout = \"10m\"\n",
+             max_session = \"1h\"\nidle_timeout = \"10m\"\n\
+             [tiers.db]\n[roles.dba]\ntiers = [\"db\"]\nlogins = [\"{DEPLOY}\"]\noperations = [\"exec\"]\n\
+             max_session = \"1h\"\nidle_timeout = \"10m\"\nrequires_grant = true\n\
+             [roles.db-managers]\nkind = \"manager\"\ntiers = [\"db\"]\n",
             web.port, web.host_key_pub
         ),
     )
@@ -215,13 +218,9 @@ fn security_keys_approve_ssh_logins_in_a_real_browser() {
         totp.push(enrol_totp(&config, u));
         set_password(&gw, u, &format!("Good-Passphrase-{}-42", u.len() * 7));
     }
-    let audit = || -> Vec<serde_json::Value> {
-        serde_json::from_str::<serde_json::Value>(&ok(gw.ctl().args(["audit", "list", "--json"])))
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
-    };
+    ok(gw.ctl().args(["roles", "bind", "alice", "dba"]));
+    ok(gw.ctl().args(["roles", "bind", "bob", "db-managers"]));
+    let audit = || json_lines(&ok(gw.ctl().args(["audit", "list", "--json", "--limit", "1000"])));
 
     // Each user's browser logs in to the portal (password + TOTP).
     let mut alice = Browser::start(&home, &base, port);
@@ -309,4 +308,57 @@ fn security_keys_approve_ssh_logins_in_a_real_browser() {
     assert!(events
         .iter()
         .any(|e| e["kind"] == "mfa.success" && e["detail"] == "security key"));
+
+    // A manager approves a pending access request on the portal with a key touch.
+    // Alice asks with remote hersectl (her TOTP step is spent: a recovery code logs in).
+    let codes = ok(gw.ctl().args(["users", "recovery-codes", "alice"]));
+    let code = codes
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.contains(' '))
+        .expect("a recovery code")
+        .to_owned();
+    let session = d.join("alice-session.json");
+    let remote = || {
+        let mut c = Command::new(bin("hersectl"));
+        c.env_remove("HERSE_CONFIG").env("HERSE_SESSION", &session);
+        c
+    };
+    let mut login = remote()
+        .args(["login", "--server", &format!("https://127.0.0.1:{port}"), "--ca"])
+        .arg(d.join("ca.pem"))
+        .args(["--user", "alice"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(login.stdin.take().unwrap(), "Good-Passphrase-35-42\n{code}").unwrap();
+    let out = login.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let g: serde_json::Value = serde_json::from_str(&ok(remote().args([
+        "grants",
+        "request",
+        "--tier",
+        "db",
+        "--duration",
+        "30m",
+        "--reason",
+        "CHG-7",
+        "--json",
+    ])))
+    .unwrap();
+    let id = g["id"].as_str().unwrap().to_owned();
+    // Alice (the requester) sees no approve button for her own request; bob needs a key.
+    let r = alice.cmd(&format!("grant {id}"));
+    assert!(r.starts_with("err") && r.contains("No request waits"), "{r}");
+    assert!(bob.cmd("enrol bob-key").starts_with("ok key added"));
+    let r = bob.cmd(&format!("grant {id}"));
+    assert_eq!(r, format!("ok grant {id}: active"));
+    let shown: serde_json::Value = serde_json::from_str(&ok(gw.ctl().args(["grants", "show", &id, "--json"]))).unwrap();
+    assert_eq!(shown["status"], "active");
+    assert_eq!(shown["approvals"][0]["approver"], "bob");
+    assert!(shown["approvals"][0]["comment"]
+        .as_str()
+        .unwrap()
+        .contains("security key \"bob-key\""));
 }

@@ -1,5 +1,5 @@
 // A browser for one user, driven line by line on stdin (tests/tests/webauthn.rs):
-//   login USER PASSWORD CODE | enrol NAME | approve URL | remove NAME | quit
+//   login USER PASSWORD CODE | enrol NAME | approve URL | grant ID | remove NAME | quit
 // Each answer is one line: "ok ..." or "err ...". Debian's chromium, with a Chrome
 // DevTools Protocol virtual authenticator (CTAP2, USB, user verification).
 "use strict";
@@ -52,6 +52,16 @@ const [base, resolverRule] = process.argv.slice(2);
         await page.click("#approve");
         const s = await statusText();
         say(s === "approved" ? "ok approved" : `err ${s}`);
+      } else if (cmd === "grant") {
+        await page.goto(`${base}/grants`);
+        const b = await page.$(`#approve-${args[0]}`);
+        if (!b) {
+          say(`err ${await page.textContent("body")}`);
+          continue;
+        }
+        await b.click();
+        const s = await statusText();
+        say(s.startsWith(`grant ${args[0]}: `) ? `ok ${s}` : `err ${s}`);
       } else if (cmd === "remove") {
         await page.goto(`${base}/keys`);
         const li = page.locator("li", { hasText: args[0] });

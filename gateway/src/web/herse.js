@@ -55,6 +55,28 @@ async function approve() {
   });
   status("approved");
 }
+async function approveGrant(id) {
+  const s = await post("/grants/" + id + "/approve/start", {});
+  const o = s.options.publicKey;
+  o.challenge = b64u.dec(o.challenge);
+  (o.allowCredentials || []).forEach((c) => { c.id = b64u.dec(c.id); });
+  const a = await navigator.credentials.get({ publicKey: o });
+  const r = await post("/grants/" + id + "/approve/finish", {
+    id: s.id,
+    credential: {
+      id: a.id, rawId: b64u.enc(a.rawId), type: a.type, extensions: {},
+      response: {
+        authenticatorData: b64u.enc(a.response.authenticatorData),
+        clientDataJSON: b64u.enc(a.response.clientDataJSON),
+        signature: b64u.enc(a.response.signature),
+        userHandle: a.response.userHandle ? b64u.enc(a.response.userHandle) : null,
+      },
+    },
+  });
+  status("grant " + id + ": " + r.status);
+}
+document.querySelectorAll("button[data-grant]").forEach((b) =>
+  b.addEventListener("click", () => approveGrant(b.dataset.grant).catch((e) => status("error: " + e.message))));
 const add = document.getElementById("add");
 if (add) add.addEventListener("click", () => addKey().catch((e) => status("error: " + e.message)));
 const ok = document.getElementById("approve");

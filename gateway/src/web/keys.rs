@@ -53,12 +53,12 @@ fn valid_key_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && !name.chars().any(|c| c.is_control())
 }
 
-fn cred_id_b64(id: &[u8]) -> String {
+pub(super) fn cred_id_b64(id: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
 }
 
 /// Keep a ceremony's state for its finish; returns the id the browser sends back.
-async fn save_state<T: serde::Serialize>(
+pub(super) async fn save_state<T: serde::Serialize>(
     app: &App,
     user: &UserName,
     purpose: &str,
@@ -75,17 +75,26 @@ async fn save_state<T: serde::Serialize>(
 }
 
 /// Take a ceremony's state, once; `None` if it expired, was used or never existed.
-async fn take_state<T: serde::de::DeserializeOwned>(app: &App, id: &str, user: &UserName, purpose: &str) -> Option<T> {
+pub(super) async fn take_state<T: serde::de::DeserializeOwned>(
+    app: &App,
+    id: &str,
+    user: &UserName,
+    purpose: &str,
+) -> Option<T> {
     let json = app.gw.store.take_webauthn_state(id, user, purpose).await.ok()??;
     serde_json::from_str(&json).ok()
 }
 
-fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(super) fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, msg.into()).into_response()
 }
 
 /// The session, and its CSRF token in the `x-csrf-token` header (fetch requests).
-async fn json_session(app: &App, headers: &HeaderMap, origin: &Origin) -> Result<(WebSession, UserName), Response> {
+pub(super) async fn json_session(
+    app: &App,
+    headers: &HeaderMap,
+    origin: &Origin,
+) -> Result<(WebSession, UserName), Response> {
     let Some((s, _)) = session(app, headers, origin).await else {
         return Err(err(StatusCode::UNAUTHORIZED, "log in first"));
     };
@@ -100,14 +109,14 @@ async fn json_session(app: &App, headers: &HeaderMap, origin: &Origin) -> Result
     Ok((s, user))
 }
 
-fn webauthn(app: &App) -> Result<&Webauthn, Response> {
+pub(super) fn webauthn(app: &App) -> Result<&Webauthn, Response> {
     app.gw
         .webauthn
         .as_deref()
         .ok_or_else(|| err(StatusCode::NOT_FOUND, "security keys are not configured (web.rp_id)"))
 }
 
-async fn stored_keys(app: &App, user: &UserName) -> Result<Vec<(String, SecurityKey)>, Response> {
+pub(super) async fn stored_keys(app: &App, user: &UserName) -> Result<Vec<(String, SecurityKey)>, Response> {
     let rows = app
         .gw
         .store

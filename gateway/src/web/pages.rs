@@ -49,6 +49,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/approve/{token}/start", post(super::keys::approve_start))
         .route("/approve/{token}/finish", post(super::keys::approve_finish))
         .route("/static/herse.js", get(super::keys::script))
+        .route("/grants", get(super::grants::grants_page))
+        .route("/grants/{id}/approve/start", post(super::grants::approve_start))
+        .route("/grants/{id}/approve/finish", post(super::grants::approve_finish))
+        .route("/grants/{id}/deny", post(super::grants::deny))
         .with_state(App { gw })
         .layer(middleware::from_fn(same_origin_writes))
         .layer(middleware::from_fn(security_headers))
@@ -404,7 +408,7 @@ async fn home(State(app): State<App>, Extension(origin): Extension<Origin>, head
              <p><label>Current <input name=\"current\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
              <p><label>New <input name=\"new\" type=\"password\" autocomplete=\"new-password\" required></label></p>\
              <p><button>Change</button></p></form>\
-             <p><a href=\"/keys\">Security keys</a> · <a href=\"/totp\">Authenticator app</a></p><form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Log out</button></form>",
+             <p><a href=\"/grants\">Access grants</a> · <a href=\"/keys\">Security keys</a> · <a href=\"/totp\">Authenticator app</a></p><form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Log out</button></form>",
             user = esc(&s.user),
             place = esc(&s.workstation),
             end = when(s.expires_at),
@@ -528,7 +532,7 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The user's session and name for a form post with a CSRF token.
-async fn form_session(
+pub(super) async fn form_session(
     app: &App,
     headers: &HeaderMap,
     origin: &Origin,
