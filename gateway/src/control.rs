@@ -176,6 +176,11 @@ pub struct Ctx<'a> {
     pub policy: &'a Policy,
 }
 
+/// Listing sizes a caller may ask for: at least one row, at most 10 000 per call.
+fn clamp(limit: i64) -> i64 {
+    limit.clamp(1, 10_000)
+}
+
 fn user(name: &str) -> Result<UserName, ControlError> {
     UserName::parse(name).map_err(|e| err(ErrorKind::Invalid, e.to_string()))
 }
@@ -202,7 +207,7 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
             }
         }
         Call::GrantsRequest(r) => json(grants::request(store, ctx.policy, caller, r).await?),
-        Call::GrantsList { listing, limit } => json(grants::list(store, caller, *listing, *limit).await?),
+        Call::GrantsList { listing, limit } => json(grants::list(store, caller, *listing, clamp(*limit)).await?),
         Call::GrantsShow { id } => json(grants::show(store, caller, id).await?),
         Call::GrantsApprove { id, comment } => json(grants::approve(store, ctx.policy, caller, id, comment).await?),
         Call::GrantsDeny { id, reason } => json(grants::deny(store, caller, id, reason).await?),
@@ -296,7 +301,7 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
         }
         Call::SessionsList { live, limit } => {
             access::check(caller, &Action::ListSessions)?;
-            json(store.sessions(*live, *limit).await?)
+            json(store.sessions(*live, clamp(*limit)).await?)
         }
         Call::SessionsKill { id } => {
             access::check(caller, &Action::KillSession)?;
@@ -320,11 +325,11 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
         }
         Call::AuditList { filter, limit } => {
             access::check(caller, &Action::ReadAudit)?;
-            json(audit_log::list(store, filter, *limit).await?)
+            json(audit_log::list(store, filter, clamp(*limit)).await?)
         }
         Call::AuditAfter { filter, after, limit } => {
             access::check(caller, &Action::ReadAudit)?;
-            json(audit_log::after(store, filter, *after, *limit).await?)
+            json(audit_log::after(store, filter, *after, clamp(*limit)).await?)
         }
         Call::AuditHead => {
             access::check(caller, &Action::ReadAudit)?;
@@ -344,4 +349,107 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
 async fn audit(store: &Store, e: AuditEvent) -> Result<(), ControlError> {
     store.audit(&e).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_tagged_json_and_strict() {
+        let c: Call = serde_json::from_str(r#"{"call":"grants-approve","id":"g0123456789","comment":""}"#).unwrap();
+        assert!(matches!(c, Call::GrantsApprove { .. }));
+        let back = serde_json::to_value(&c).unwrap();
+        assert_eq!(back["call"], "grants-approve");
+        // Unknown calls and unknown fields are refused, not ignored.
+        assert!(serde_json::from_str::<Call>(r#"{"call":"users-drop-all"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Call>(r#"{"call":"grants-deny","id":"g0123456789","reason":"x","as":"root"}"#)
+                .is_err()
+        );
+        assert!(serde_json::from_str::<Call>(r#"{"id":"g0123456789"}"#).is_err());
+    }
+
+    #[test]
+    fn limits_are_clamped() {
+        assert_eq!(clamp(-5), 1);
+        assert_eq!(clamp(50), 50);
+        assert_eq!(clamp(i64::MAX), 10_000);
+    }
+
+    #[tokio::test]
+    async fn people_get_only_what_their_roles_allow() {
+        let dir = std::env::temp_dir().join(format!("herse-control-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("db.sqlite").display());
+        let store = Store::connect(&url, true).await.unwrap();
+        store.migrate().await.unwrap();
+        let policy = crate::policy::parse_text(
+            "[tiers.db]\n[roles.dba]\ntiers = [\"db\"]\nlogins = [\"pg\"]\noperations = [\"shell\"]\n\
+             max_session = \"1h\"\nidle_timeout = \"1h\"\nrequires_grant = true\n\
+             [roles.boss]\nkind = \"manager\"\ntiers = [\"db\"]\n[roles.audit]\nkind = \"auditor\"\n",
+        )
+        .unwrap();
+        let ctx = Ctx {
+            store: &store,
+            policy: &policy,
+        };
+        let person = |name: &str, role: &str| {
+            let n = UserName::parse(name).unwrap();
+            Caller::Person(crate::access::Person::new(
+                &policy,
+                n,
+                &[crate::ident::RoleName::parse(role).unwrap()],
+            ))
+        };
+        let local = Caller::Local("local:test".into());
+        for u in ["alice", "bob", "dave"] {
+            execute(
+                &ctx,
+                &local,
+                &Call::UsersAdd {
+                    name: u.into(),
+                    key: None,
+                },
+            )
+            .await
+            .unwrap();
+        }
+        let (alice, bob, dave) = (person("alice", "dba"), person("bob", "boss"), person("dave", "audit"));
+        let req = Call::GrantsRequest(GrantRequest {
+            tier: "db".into(),
+            target: None,
+            login: None,
+            duration_secs: 600,
+            reason: "INC-1".into(),
+        });
+        assert_eq!(execute(&ctx, &bob, &req).await.unwrap_err().kind, ErrorKind::Refused);
+        let g = execute(&ctx, &alice, &req).await.unwrap();
+        let id = g["id"].as_str().unwrap().to_owned();
+        let approve = Call::GrantsApprove {
+            id: id.clone(),
+            comment: String::new(),
+        };
+        for who in [&alice, &dave, &local] {
+            assert_eq!(execute(&ctx, who, &approve).await.unwrap_err().kind, ErrorKind::Refused);
+        }
+        assert_eq!(execute(&ctx, &bob, &approve).await.unwrap()["status"], "active");
+        assert_eq!(
+            execute(&ctx, &bob, &approve).await.unwrap_err().kind,
+            ErrorKind::Conflict
+        );
+        assert_eq!(
+            execute(&ctx, &dave, &Call::UsersList).await.unwrap_err().kind,
+            ErrorKind::Refused
+        );
+        assert!(execute(&ctx, &dave, &Call::AuditHead).await.is_ok());
+        assert_eq!(
+            execute(&ctx, &alice, &Call::AuditHead).await.unwrap_err().kind,
+            ErrorKind::Refused
+        );
+        let bad = Call::GrantsShow { id: "../etc".into() };
+        assert_eq!(execute(&ctx, &dave, &bad).await.unwrap_err().kind, ErrorKind::Invalid);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
