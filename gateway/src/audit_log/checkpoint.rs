@@ -12,15 +12,34 @@ use crate::store::{now_micros, AuditCheckpoint, Store, StoreError};
 /// How often the head is signed when it moved.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 
-/// Sign the current head unless a checkpoint (from any node) already covers it.
-/// Returns the new checkpoint.
+/// Sign the current head unless a valid checkpoint (from any node) already signs exactly
+/// it. Only a checkpoint whose signature verifies counts: a forged row with a high `seq`
+/// must not stop the signing. Returns the new checkpoint.
 pub async fn sign_head(store: &Store, key: &SigningKey, node: &str) -> Result<Option<AuditCheckpoint>, StoreError> {
     let (seq, hash_hex) = store.audit_head().await?;
-    if seq == 0 || store.last_audit_checkpoint_seq().await? >= seq {
+    if seq == 0 {
         return Ok(None);
     }
     let hash =
         chain::parse_hash(&hash_hex).ok_or_else(|| StoreError::Invalid(format!("audit head hash {hash_hex:?}")))?;
+    let public = key.verifying_key();
+    let signed = store.audit_checkpoints_at(seq).await?.iter().any(|c| {
+        c.hash == hash_hex
+            && hex::decode(&c.signature)
+                .ok()
+                .and_then(|b| <[u8; 64]>::try_from(b).ok())
+                .is_some_and(|sig| {
+                    public
+                        .verify_strict(
+                            &chain::checkpoint_message(seq, &hash, c.signed_at),
+                            &ed25519_dalek::Signature::from_bytes(&sig),
+                        )
+                        .is_ok()
+                })
+    });
+    if signed {
+        return Ok(None);
+    }
     let signed_at = now_micros();
     let c = AuditCheckpoint {
         seq,

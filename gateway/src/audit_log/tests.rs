@@ -162,6 +162,29 @@ async fn a_bad_checkpoint_signature_is_detected() {
 }
 
 #[tokio::test]
+async fn a_forged_checkpoint_does_not_stop_the_signing() {
+    let s = crate::store::memory_store().await;
+    append(&s, 3).await;
+    // Someone with write access plants a checkpoint for the head (and one far ahead)
+    // with garbage signatures, from another node name.
+    let (seq, hash) = s.audit_head().await.unwrap();
+    for (at, node) in [(seq, "evil"), (seq + 1000, "evil")] {
+        exec(
+            &s,
+            &format!(
+                "INSERT INTO audit_checkpoints (seq, hash, signed_at, node, signature) \
+                 VALUES ({at}, '{hash}', 1, '{node}', '{}')",
+                "00".repeat(64)
+            ),
+        )
+        .await;
+    }
+    let c = sign_head(&s, &key(), "n1").await.unwrap();
+    assert_eq!(c.map(|c| c.seq), Some(3), "the gateway still signs its head");
+    assert!(sign_head(&s, &key(), "n1").await.unwrap().is_none(), "once");
+}
+
+#[tokio::test]
 async fn rows_from_before_the_chain_are_chained_in_time_order() {
     let s = crate::store::memory_store().await;
     append(&s, 2).await;

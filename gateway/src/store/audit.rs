@@ -340,20 +340,33 @@ impl Store {
 
     /// Every checkpoint, by `seq`.
     pub async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
-        sqlx::query("SELECT seq, hash, signed_at, node, signature FROM audit_checkpoints ORDER BY seq, node")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(AuditCheckpoint {
-                    seq: r.try_get(0)?,
-                    hash: r.try_get(1)?,
-                    signed_at: r.try_get(2)?,
-                    node: r.try_get(3)?,
-                    signature: r.try_get(4)?,
-                })
+        self.checkpoints_where(None).await
+    }
+
+    /// The checkpoints signing exactly `seq`.
+    pub async fn audit_checkpoints_at(&self, seq: i64) -> Result<Vec<AuditCheckpoint>, StoreError> {
+        self.checkpoints_where(Some(seq)).await
+    }
+
+    async fn checkpoints_where(&self, seq: Option<i64>) -> Result<Vec<AuditCheckpoint>, StoreError> {
+        sqlx::query(
+            "SELECT seq, hash, signed_at, node, signature FROM audit_checkpoints WHERE ($1 IS NULL OR seq = $1) \
+             ORDER BY seq, node",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AuditCheckpoint {
+                seq: r.try_get(0)?,
+                hash: r.try_get(1)?,
+                signed_at: r.try_get(2)?,
+                node: r.try_get(3)?,
+                signature: r.try_get(4)?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     /// The highest checkpointed `seq` (0 when none).
