@@ -201,7 +201,13 @@ pub(crate) async fn execute(cli: &Cli, call: &herse::control::Call) -> Result<se
         return crate::remote::call(&saved, call).await;
     }
     let config = load_config(cli)?;
-    let policy = herse::policy::load(&config.policy_path).map_err(|d| usage(d.to_string()))?;
+    // A broken policy file must not lock the operator out of recovery (audit, users,
+    // sessions): only the calls that read it need it.
+    let policy = match herse::policy::load(&config.policy_path) {
+        Ok(p) => p,
+        Err(_) if !call.needs_policy() => herse::policy::Policy::default(),
+        Err(d) => return Err(usage(d.to_string())),
+    };
     let store = open(cli).await?;
     let ctx = herse::control::Ctx {
         store: &store,

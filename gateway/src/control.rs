@@ -79,6 +79,14 @@ pub enum Call {
     },
 }
 
+impl Call {
+    /// Whether executing this call reads the policy (grant rules, roles). Local mode can
+    /// run the others while the policy file is broken (recovery).
+    pub fn needs_policy(&self) -> bool {
+        matches!(self, Call::GrantsRequest(_) | Call::GrantsApprove { .. } | Call::Whoami)
+    }
+}
+
 /// Why a call failed; `kind` picks the exit code and HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
 #[error("{message}")]

@@ -90,7 +90,12 @@ fn write_golden(path: &Path) {
 }
 
 fn golden_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1.herserec")
+    // The directory `cargo test` runs us from, not the one we were compiled in: a test
+    // binary reused from a shared target dir may come from another checkout.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dir.join("tests/golden/v1.herserec")
 }
 
 #[test]

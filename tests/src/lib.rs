@@ -23,6 +23,14 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().and_then(|p| p.parent()).expect("target dir").to_owned()
 }
 
+/// This crate's directory as `cargo test` gives it at run time (a test binary reused
+/// from a shared target dir may have been compiled in another checkout).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(

@@ -21,7 +21,7 @@ struct Browser {
 
 impl Browser {
     fn start(home: &Path, base: &str, port: u16) -> Browser {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("webauthn");
+        let dir = manifest_dir().join("webauthn");
         let mut child = Command::new("node")
             .arg(dir.join("drive.js"))
             .arg(base)
