@@ -230,9 +230,27 @@ pub async fn login(server: &str, ca: &std::path::Path, user: Option<&str>) -> Re
         None => prompt("User", false)?.to_string(),
     };
     let password = prompt("Password", true)?;
-    let code = prompt("Second factor (TOTP or recovery code)", true)?;
+    let code = prompt(
+        "Second factor (TOTP or recovery code; empty to approve with your security key)",
+        true,
+    )?;
     let body = serde_json::json!({ "user": user, "password": &*password, "code": &*code });
-    let (status, v) = post(server, &ca_pem, "/api/login", None, &body).await?;
+    let (mut status, mut v) = post(server, &ca_pem, "/api/login", None, &body).await?;
+    if status == 202 {
+        // A security key: approve on the portal, from this workstation, then we poll.
+        let url = v.get("approval_url").and_then(|u| u.as_str()).unwrap_or_default();
+        let short = v.get("code").and_then(|u| u.as_str()).unwrap_or_default();
+        let token = v.get("token").and_then(|u| u.as_str()).unwrap_or_default().to_owned();
+        eprintln!("approve this login with your security key (the page shows the code {short}):\n  {url}");
+        let poll = serde_json::json!({ "token": token });
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            (status, v) = post(server, &ca_pem, "/api/login/approval", None, &poll).await?;
+            if status != 202 {
+                break;
+            }
+        }
+    }
     if status != 200 {
         return Err(Failure {
             code: 4,

@@ -223,12 +223,8 @@ impl FrontHandler {
                 "herse: access denied: security keys are not configured".into(),
             );
         };
-        use rand::RngExt;
         let token = crate::web::random_token();
-        const CODE: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-        let code: String = (0..6)
-            .map(|_| CODE[rand::rng().random_range(0..CODE.len())] as char)
-            .collect();
+        let code = crate::web::short_code();
         let expires = crate::store::now_micros() + web.approval_ttl.as_micros() as i64;
         let hash = crate::web::token_hash(&token);
         if let Err(e) = self

@@ -361,4 +361,45 @@ fn security_keys_approve_ssh_logins_in_a_real_browser() {
         .as_str()
         .unwrap()
         .contains("security key \"bob-key\""));
+
+    // A security-key user logs in to hersectl with the key: no code, an approval URL, a
+    // touch (a TOTP code is refused: the key is the factor, as for SSH).
+    let bob_session = d.join("bob-session.json");
+    let bob_ctl = || {
+        let mut c = Command::new(bin("hersectl"));
+        c.env_remove("HERSE_CONFIG").env("HERSE_SESSION", &bob_session);
+        c
+    };
+    let login = |code: &str| {
+        let mut c = bob_ctl()
+            .args(["login", "--server", &format!("https://127.0.0.1:{port}"), "--ca"])
+            .arg(d.join("ca.pem"))
+            .args(["--user", "bob"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(c.stdin.take().unwrap(), "Good-Passphrase-21-42\n{code}").unwrap();
+        c
+    };
+    let out = login(&totp_now(&totp[1])).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("leave the code empty"));
+    let mut c = login("");
+    let mut err = BufReader::new(c.stderr.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "no approval URL from hersectl login"
+        );
+        if let Some(u) = line.split_whitespace().find(|w| w.contains("/approve/")) {
+            break u.to_owned();
+        }
+    };
+    assert_eq!(bob.cmd(&format!("approve {url}")), "ok approved");
+    assert!(c.wait().unwrap().success(), "hersectl login after the approval");
+    let me: serde_json::Value = serde_json::from_str(&ok(bob_ctl().args(["whoami", "--json"]))).unwrap();
+    assert_eq!(me["user"], "bob");
+    assert_eq!(me["roles"], "engineer manager(db)");
 }

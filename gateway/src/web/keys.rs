@@ -387,7 +387,7 @@ pub(super) async fn approve_page(
             "Approve an SSH login",
             &format!(
                 "<div id=\"herse\" data-csrf=\"{csrf}\" data-token=\"{token}\"></div>\
-                 <p>An SSH login is waiting: <b>{user}</b> from {place} to <b>{login}@{target}</b>. Approve only if \
+                 <p>{what} is waiting: <b>{user}</b> from {place}{to}. Approve only if \
                  you started it and your terminal shows the code <b id=\"code\">{code}</b>.</p>\
                  <p><button id=\"approve\">Approve with my security key</button></p>\
                  <p id=\"status\" role=\"status\"></p><script src=\"/static/herse.js\"></script>",
@@ -395,8 +395,16 @@ pub(super) async fn approve_page(
                 token = esc(&token),
                 user = esc(&s.user),
                 place = esc(&s.workstation),
-                login = esc(&a.login),
-                target = esc(&a.target),
+                what = if a.target == super::pages::API_APPROVAL_TARGET {
+                    "A <code>hersectl login</code>"
+                } else {
+                    "An SSH login"
+                },
+                to = if a.target == super::pages::API_APPROVAL_TARGET {
+                    String::new()
+                } else {
+                    format!(" to <b>{}@{}</b>", esc(&a.login), esc(&a.target))
+                },
                 code = esc(&a.short_code)
             ),
         )

@@ -110,3 +110,13 @@ pub fn rfc3339(micros: i64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64))
         .to_string()
 }
+
+/// A short code an approval page shows, to match against the terminal that asked:
+/// six characters without look-alikes.
+pub fn short_code() -> String {
+    use rand::RngExt;
+    const CODE: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    (0..6)
+        .map(|_| CODE[rand::rng().random_range(0..CODE.len())] as char)
+        .collect()
+}

@@ -36,6 +36,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/password", post(change_password))
         .route("/logout", post(logout))
         .route("/api/login", post(api_login))
+        .route("/api/login/approval", post(api_login_approval))
         .route("/api/whoami", get(api_whoami))
         .route("/api/v1/call", post(api_call))
         .route("/totp", get(totp_page))
@@ -176,12 +177,14 @@ struct LoginForm {
 
 /// Password and second factor, for the portal and the API. `Err` carries the status and
 /// the message for the caller (deliberately vague on what failed); every outcome is
-/// audited and failures count towards the lockout.
+/// audited and failures count towards the lockout. With `by_key`, only the password is
+/// checked here: the caller then waits for a security-key approval.
 async fn authenticate(
     app: &App,
     origin: &Origin,
     f: &LoginForm,
     channel: &'static str,
+    by_key: bool,
 ) -> Result<(UserName, bool), (StatusCode, String)> {
     let gw = &app.gw;
     let fail = |status: StatusCode, msg: &str| Err((status, msg.to_owned()));
@@ -268,6 +271,7 @@ async fn authenticate(
     let reason = match &stored {
         None => Some("no password set"),
         Some((hash, _)) if !password::verify_async(&f.password, hash).await => Some("wrong password"),
+        Some(_) if by_key => None,
         Some(_) => match mfa::check_second_factor(&gw.store, &gw.keys.user_secrets, &user, &f.code).await {
             Ok(Verdict::Accepted) => None,
             Ok(Verdict::AcceptedRecovery { left }) => {
@@ -313,6 +317,7 @@ async fn authenticate(
                 "password + {}{}",
                 match recovery_left {
                     Some(left) => format!("recovery code ({left} left)"),
+                    None if by_key => "security-key approval to come".to_owned(),
                     None => "second factor".to_owned(),
                 },
                 if expired.is_some() { " (password expired)" } else { "" }
@@ -350,7 +355,7 @@ fn kind_success(channel: &str) -> &'static str {
 async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, Form(f): Form<LoginForm>) -> Response {
     let gw = &app.gw;
     let fail = |status: StatusCode, msg: &str| (status, login_page(msg)).into_response();
-    let user = match authenticate(&app, &origin, &f, "web").await {
+    let user = match authenticate(&app, &origin, &f, "web", false).await {
         Ok((u, _)) => u,
         Err((status, msg)) => return fail(status, &msg),
     };
@@ -691,17 +696,132 @@ async fn totp_confirm(
     .into_response()
 }
 
+/// Target and login an API-login approval carries (shown on the approval page).
+/// Not a valid target name (`@`), so no SSH approval can ever be taken for one of these.
+pub(super) const API_APPROVAL_TARGET: &str = "@hersectl";
+const API_APPROVAL_LOGIN: &str = "control-api";
+
 /// `POST /api/login` with JSON `{user, password, code}`: a short-lived bearer token bound
-/// to this workstation.
+/// to this workstation. A user with security keys proves the second factor with one, as
+/// for SSH: leave `code` empty, and the answer (202) is an approval URL to open on the
+/// portal; then `POST /api/login/approval` with its token fetches the bearer token.
 async fn api_login(
     State(app): State<App>,
     Extension(origin): Extension<Origin>,
     axum::Json(f): axum::Json<LoginForm>,
 ) -> Response {
-    let user = match authenticate(&app, &origin, &f, "api").await {
-        Ok((u, _)) => u,
-        Err((status, msg)) => return (status, axum::Json(serde_json::json!({ "error": msg }))).into_response(),
+    let refuse =
+        |status: StatusCode, msg: &str| (status, axum::Json(serde_json::json!({ "error": msg }))).into_response();
+    let has_keys = match (UserName::parse(f.user.trim()), &app.gw.webauthn) {
+        (Ok(u), Some(_)) => !app.gw.store.security_keys(&u).await.unwrap_or_default().is_empty(),
+        _ => false,
     };
+    if has_keys && !f.code.trim().is_empty() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "you have a security key: leave the code empty and approve with the key",
+        );
+    }
+    let user = match authenticate(&app, &origin, &f, "api", has_keys).await {
+        Ok((u, _)) => u,
+        Err((status, msg)) => return refuse(status, &msg),
+    };
+    if has_keys {
+        return begin_api_approval(&app, &origin, &user).await;
+    }
+    issue_api_token(&app, &origin, &user).await
+}
+
+async fn begin_api_approval(app: &App, origin: &Origin, user: &UserName) -> Response {
+    let Some(web) = app.gw.config.web.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Some((_, base)) = &web.webauthn else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let token = random_token();
+    let code = super::short_code();
+    let expires = now_micros() + web.approval_ttl.as_micros() as i64;
+    if app
+        .gw
+        .store
+        .create_approval(
+            &token_hash(&token),
+            user,
+            &place(origin),
+            API_APPROVAL_TARGET,
+            API_APPROVAL_LOGIN,
+            &code,
+            expires,
+        )
+        .await
+        .is_err()
+    {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({
+            "approval_url": format!("{base}/approve/{token}"),
+            "code": code,
+            "token": token,
+            "expires_at": expires,
+        })),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ApprovalPoll {
+    token: String,
+}
+
+/// `POST /api/login/approval` with `{token}`: 202 while the approval waits, the bearer
+/// token once the same user approved it from the same workstation, 401 when it expired.
+async fn api_login_approval(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    axum::Json(p): axum::Json<ApprovalPoll>,
+) -> Response {
+    let hash = token_hash(&p.token);
+    let gone = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({ "error": "no such approval, or it expired: log in again" })),
+        )
+            .into_response()
+    };
+    let a = match app.gw.store.approval(&hash).await {
+        Ok(Some(a)) if a.workstation == place(&origin) && a.target == API_APPROVAL_TARGET => a,
+        Ok(_) => return gone(),
+        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    };
+    let Ok(user) = UserName::parse(&a.user) else {
+        return gone();
+    };
+    if !matches!(app.gw.store.is_active(&user).await, Ok(true)) {
+        return gone();
+    }
+    match app.gw.store.consume_approval(&hash).await {
+        Ok(true) => {
+            app.gw
+                .audit(
+                    AuditEvent::new("api.login.success", Severity::Info, "password + security key")
+                        .user(&user)
+                        .origin(&origin),
+                )
+                .await;
+            issue_api_token(&app, &origin, &user).await
+        }
+        Ok(false) if a.expires_at > now_micros() && a.consumed_at.is_none() => {
+            (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "pending": true }))).into_response()
+        }
+        Ok(false) => gone(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+async fn issue_api_token(app: &App, origin: &Origin, user: &UserName) -> Response {
     let token = random_token();
     let expires = now_micros() + API_TOKEN_TTL.as_micros() as i64;
     if app
