@@ -827,7 +827,7 @@ async fn issue_api_token(app: &App, origin: &Origin, user: &UserName) -> Respons
     if app
         .gw
         .store
-        .create_web_session(&token_hash(&token), &user, &place(&origin), API_MARK, expires)
+        .create_web_session(&token_hash(&token), user, &place(origin), API_MARK, expires)
         .await
         .is_err()
     {
