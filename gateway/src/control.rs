@@ -423,6 +423,12 @@ mod tests {
             .await
             .unwrap();
         }
+        for (u, r) in [("alice", "dba"), ("bob", "boss"), ("dave", "audit")] {
+            store
+                .bind_role(&UserName::parse(u).unwrap(), &crate::ident::RoleName::parse(r).unwrap())
+                .await
+                .unwrap();
+        }
         let (alice, bob, dave) = (person("alice", "dba"), person("bob", "boss"), person("dave", "audit"));
         let req = Call::GrantsRequest(GrantRequest {
             tier: "db".into(),
@@ -454,6 +460,62 @@ mod tests {
         assert_eq!(
             execute(&ctx, &alice, &Call::AuditHead).await.unwrap_err().kind,
             ErrorKind::Refused
+        );
+        // Two approvers on pay; a vote stops counting when its manager loses the role.
+        let policy2 = crate::policy::parse_text(
+            "[tiers.pay.grants]\napprovals = 2\n[roles.dba]\ntiers = [\"pay\"]\nlogins = [\"pg\"]\n\
+             operations = [\"shell\"]\nmax_session = \"1h\"\nidle_timeout = \"1h\"\nrequires_grant = true\n\
+             [roles.boss]\nkind = \"manager\"\ntiers = [\"pay\"]\n",
+        )
+        .unwrap();
+        let ctx2 = Ctx {
+            store: &store,
+            policy: &policy2,
+        };
+        let boss = crate::ident::RoleName::parse("boss").unwrap();
+        for u in ["m1", "m2"] {
+            execute(
+                &ctx2,
+                &local,
+                &Call::UsersAdd {
+                    name: u.into(),
+                    key: None,
+                },
+            )
+            .await
+            .unwrap();
+            store.bind_role(&UserName::parse(u).unwrap(), &boss).await.unwrap();
+        }
+        let as_ = |u: &str| {
+            Caller::Person(crate::access::Person::new(
+                &policy2,
+                UserName::parse(u).unwrap(),
+                &[boss.clone()],
+            ))
+        };
+        let alice2 = Caller::Person(crate::access::Person::new(
+            &policy2,
+            UserName::parse("alice").unwrap(),
+            &[crate::ident::RoleName::parse("dba").unwrap()],
+        ));
+        let mut req2 = req.clone();
+        if let Call::GrantsRequest(r) = &mut req2 {
+            r.tier = "pay".into();
+        }
+        let g2 = execute(&ctx2, &alice2, &req2).await.unwrap();
+        let approve2 = Call::GrantsApprove {
+            id: g2["id"].as_str().unwrap().to_owned(),
+            comment: String::new(),
+        };
+        assert_eq!(
+            execute(&ctx2, &as_("m1"), &approve2).await.unwrap()["status"],
+            "pending"
+        );
+        store.unbind_role(&UserName::parse("m1").unwrap(), &boss).await.unwrap();
+        assert_eq!(
+            execute(&ctx2, &as_("m2"), &approve2).await.unwrap()["status"],
+            "pending",
+            "m1 no longer manages pay: one current approval is not two"
         );
         let bad = Call::GrantsShow { id: "../etc".into() };
         assert_eq!(execute(&ctx, &dave, &bad).await.unwrap_err().kind, ErrorKind::Invalid);

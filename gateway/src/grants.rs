@@ -237,7 +237,8 @@ pub async fn approve(
         Err(e) => return Err(e.into()),
     }
     let g = load(store, &id).await?;
-    let state = access::approval_state(&rules, &requester, &g.votes());
+    let votes = current_votes(store, policy, &g, &tier, &requester).await?;
+    let state = access::approval_state(&rules, &requester, &votes);
     let detail = match &state {
         ApprovalState::Approved => match store.activate_grant(&id).await? {
             Some(expires) => format!(
@@ -268,6 +269,32 @@ pub async fn approve(
     )
     .await;
     load(store, &id).await
+}
+
+/// The votes of approvers who may still approve this grant now (a manager who lost the
+/// role since voting no longer counts), with the external role as held now.
+async fn current_votes(
+    store: &Store,
+    policy: &Policy,
+    g: &GrantRow,
+    tier: &TierName,
+    requester: &UserName,
+) -> Result<Vec<access::ApprovalVote>, GrantError> {
+    let external_role = policy.tiers.get(tier).and_then(|t| t.grants.external_role.clone());
+    let mut out = Vec::new();
+    for v in g.votes() {
+        let roles = store.roles_of(&v.approver).await?;
+        let active = store.is_active(&v.approver).await?;
+        let p = access::Person::new(policy, v.approver.clone(), &roles);
+        let allowed = access::check(&Caller::Person(p.clone()), &Action::ApproveGrant { tier, requester }).is_ok();
+        if active && allowed {
+            out.push(access::ApprovalVote {
+                external: external_role.as_ref().is_some_and(|r| p.roles.contains(r)),
+                approver: v.approver,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Deny a pending request.
