@@ -490,7 +490,7 @@ mod tests {
             Caller::Person(crate::access::Person::new(
                 &policy2,
                 UserName::parse(u).unwrap(),
-                &[boss.clone()],
+                std::slice::from_ref(&boss),
             ))
         };
         let alice2 = Caller::Person(crate::access::Person::new(
