@@ -323,6 +323,61 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
         "{audit:?}"
     );
 
+    // 3b. Remote hersectl through the tunnel: a login (password + TOTP) on Alice's
+    //     workstation gets a token bound to it; the same token from Bob's workstation is
+    //     refused.
+    {
+        use std::io::Write;
+        let mut c = ctl()
+            .args(["users", "password", "alice"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(c.stdin.take().unwrap(), "Tunnel-Passphrase-2026").unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+    let session = d.join("alice-session.json");
+    let remote = |ns: &Netns| {
+        let mut c = ns.command(bin("hersectl"));
+        c.env_remove("HERSE_CONFIG").env("HERSE_SESSION", &session);
+        c
+    };
+    let mut login = remote(&net.ws1)
+        .args(["login", "--server", "https://10.77.0.1", "--ca"])
+        .arg(d.join("data/portal_cert.pem"))
+        .args(["--user", "alice"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = ok(Command::new(d.join("askpass")).arg("Verification code (TOTP) for alice:"));
+    {
+        use std::io::Write;
+        writeln!(login.stdin.take().unwrap(), "Tunnel-Passphrase-2026\n{}", code.trim()).unwrap();
+    }
+    let out = login.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "hersectl login through the tunnel: {}",
+        text(&out.stderr)
+    );
+    let me: serde_json::Value = serde_json::from_str(&ok(remote(&net.ws1).args(["whoami", "--json"]))).unwrap();
+    assert_eq!(me["user"], "alice");
+    net.ws2.wg_quick_up(&bob_conf);
+    let stolen = run(remote(&net.ws2).args(["whoami"]));
+    assert_eq!(
+        stolen.status.code(),
+        Some(4),
+        "a token from another workstation: {}",
+        text(&stolen.stderr)
+    );
+    assert!(
+        text(&stolen.stderr).contains("foreign token"),
+        "{}",
+        text(&stolen.stderr)
+    );
+    net.ws2.wg_quick_down(&bob_conf);
+
     // 4. A key the gateway does not know gets no answer at all.
     let unknown_key = ok(net.ws2.command("wg").arg("genkey")).trim().to_owned();
     let unknown_conf = d.join(format!("{ifx}.conf"));
