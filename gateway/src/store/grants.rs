@@ -182,11 +182,12 @@ impl Store {
             .collect()
     }
 
-    /// Grants matching `f`, newest first.
+    /// Grants matching `f`, newest first (of the newest 10 000 matching in the database:
+    /// memory stays bounded however long the history).
     pub async fn grants(&self, f: &GrantFilter<'_>, limit: i64) -> Result<Vec<GrantRow>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM grants WHERE ($1 IS NULL OR requester = $1) AND ($2 IS NULL OR status = $2) \
-             ORDER BY requested_at DESC"
+             ORDER BY requested_at DESC LIMIT 10000"
         )))
         .bind(f.requester)
         .bind(f.status.map(|s| s.as_str()))
