@@ -38,6 +38,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/login", post(api_login))
         .route("/api/whoami", get(api_whoami))
         .route("/api/v1/call", post(api_call))
+        .route("/api/v1/recordings/{id}/file", get(super::api::recording_file))
         .route("/totp", get(totp_page))
         .route("/totp/start", post(totp_start))
         .route("/totp/confirm", post(totp_confirm))
@@ -714,7 +715,7 @@ async fn api_login(
 
 /// The API session a bearer token stands for: an unexpired API token (never a portal
 /// cookie's), used from the workstation it was issued to, of a user still active.
-async fn api_session(app: &App, headers: &HeaderMap, origin: &Origin) -> Result<(WebSession, UserName), Response> {
+pub(super) async fn api_session(app: &App, headers: &HeaderMap, origin: &Origin) -> Result<(WebSession, UserName), Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -771,6 +772,8 @@ async fn api_call(
     let ctx = crate::control::Ctx {
         store: &app.gw.store,
         policy: &policy,
+        config: &app.gw.config,
+        identity_files: &[],
     };
     match crate::control::execute(&ctx, &caller, &call).await {
         Ok(v) => axum::Json(serde_json::json!({ "ok": v })).into_response(),
