@@ -185,7 +185,9 @@ impl Source {
                 code: 3,
                 message: format!("no recording for session {sid}"),
             }),
-            Source::Remote(saved) => parse(crate::remote::call(saved, &Call::RecordingsGet { id: sid.to_string() }).await?),
+            Source::Remote(saved) => {
+                parse(crate::remote::call(saved, &Call::RecordingsGet { id: sid.to_string() }).await?)
+            }
         }
     }
 
@@ -427,7 +429,9 @@ pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
             }
             Ok(())
         }
-        RecordingsCmd::Show { id, public_key } => show(&Source::open(cli).await?, json, id, public_key.as_deref()).await,
+        RecordingsCmd::Show { id, public_key } => {
+            show(&Source::open(cli).await?, json, id, public_key.as_deref()).await
+        }
         RecordingsCmd::Hold { id, release } => {
             let v = execute(
                 cli,
@@ -446,7 +450,14 @@ pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
             Ok(())
         }
         RecordingsCmd::Verify { id, all, public_key } => {
-            verify(&Source::open(cli).await?, json, id.as_deref(), *all, public_key.as_deref()).await
+            verify(
+                &Source::open(cli).await?,
+                json,
+                id.as_deref(),
+                *all,
+                public_key.as_deref(),
+            )
+            .await
         }
         RecordingsCmd::Export { id, format, output } => {
             let source = Source::open(cli).await?;
@@ -473,12 +484,10 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
     let key = source.audit_key(public_key).await?;
     let path = source.file(&row).await?;
     let verified = RecordingReader::open_verified(&path, &key).and_then(|r| r.verify());
-    let (header, events, _) = open_reader(&path)
-        .and_then(|r| r.events())
-        .map_err(|e| Failure {
-            code: 1,
-            message: e.to_string(),
-        })?;
+    let (header, events, _) = open_reader(&path).and_then(|r| r.events()).map_err(|e| Failure {
+        code: 1,
+        message: e.to_string(),
+    })?;
     let mut execs = Vec::new();
     let mut sftp = Vec::new();
     let mut denied = Vec::new();
@@ -958,20 +967,6 @@ pub async fn watch(cli: &Cli, id: &str, from_start: bool) -> Result<(), Failure>
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ansi_is_stripped_and_utf8_is_joined() {
-        assert_eq!(strip_ansi("\u{1b}[1;32mok\u{1b}[0m\r\n\u{1b}]0;title\u{7}x"), "ok\nx");
-        let mut j = Utf8Joiner::default();
-        let e = "é".as_bytes();
-        assert_eq!(j.push(&e[..1]), "");
-        assert_eq!(j.push(&e[1..]), "é");
-    }
-}
-
 /// Microseconds since the epoch from "2h" (ago) or an RFC 3339 time.
 fn parse_when(s: &str) -> Result<i64, Failure> {
     let now = std::time::SystemTime::now();
@@ -1011,4 +1006,18 @@ fn play_file(path: &Path, speed: f64, at: f64, skip_idle: bool) -> Result<(), Fa
             max_idle: skip_idle.then_some(std::time::Duration::from_secs(1)),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ansi_is_stripped_and_utf8_is_joined() {
+        assert_eq!(strip_ansi("\u{1b}[1;32mok\u{1b}[0m\r\n\u{1b}]0;title\u{7}x"), "ok\nx");
+        let mut j = Utf8Joiner::default();
+        let e = "é".as_bytes();
+        assert_eq!(j.push(&e[..1]), "");
+        assert_eq!(j.push(&e[1..]), "é");
+    }
 }

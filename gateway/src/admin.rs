@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use crate::access::Caller;
-use crate::control::{audit, err, user, Ctx, ErrorKind};
 use crate::control::ControlError;
+use crate::control::{audit, err, user, Ctx, ErrorKind};
 use crate::ident::{RoleName, TargetName, WorkstationName};
 use crate::store::{AuditEvent, Severity, WorkstationRow};
 use crate::wg::{WgPublicKey, WgSecret};
@@ -138,7 +138,12 @@ pub(crate) async fn keys_remove(
     ctx.store.remove_key(&u, fingerprint).await?;
     audit(
         ctx.store,
-        AuditEvent::new("key.remove", Severity::Info, format!("{fingerprint} by {}", caller.label())).user(&u),
+        AuditEvent::new(
+            "key.remove",
+            Severity::Info,
+            format!("{fingerprint} by {}", caller.label()),
+        )
+        .user(&u),
     )
     .await?;
     Ok(json!({ "user": u.as_str(), "message": format!("key {fingerprint} removed from {u}") }))
@@ -167,7 +172,12 @@ fn role(ctx: &Ctx<'_>, name: &str) -> Result<RoleName, ControlError> {
     Ok(r)
 }
 
-pub(crate) async fn roles_bind(ctx: &Ctx<'_>, caller: &Caller, name: &str, role_name: &str) -> Result<Value, ControlError> {
+pub(crate) async fn roles_bind(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    name: &str,
+    role_name: &str,
+) -> Result<Value, ControlError> {
     let u = user(name)?;
     let r = role(ctx, role_name)?;
     ctx.store.bind_role(&u, &r).await?;
@@ -238,10 +248,12 @@ async fn enrolled(
             format!("the gateway's WireGuard key is not in the database ({e}); run `herse init` first"),
         )
     })?;
-    let address = w
-        .address
-        .parse()
-        .map_err(|_| err(ErrorKind::Internal, format!("stored address {:?} is invalid", w.address)))?;
+    let address = w.address.parse().map_err(|_| {
+        err(
+            ErrorKind::Internal,
+            format!("stored address {:?} is invalid", w.address),
+        )
+    })?;
     let text = crate::wg::quick::QuickConfig {
         private_key: private.map(|p| p.as_str()),
         address,
@@ -304,9 +316,13 @@ pub(crate) async fn workstations_revoke(
     }
     let by = caller.label();
     if !ctx.store.revoke_workstation(&name, &by, reason).await? {
-        return Err(err(ErrorKind::Conflict, format!("workstation {name} is already revoked")));
+        return Err(err(
+            ErrorKind::Conflict,
+            format!("workstation {name} is already revoked"),
+        ));
     }
-    let mut e = AuditEvent::new("workstation.revoke", Severity::Warning, format!("{reason} (by {by})")).workstation(&name);
+    let mut e =
+        AuditEvent::new("workstation.revoke", Severity::Warning, format!("{reason} (by {by})")).workstation(&name);
     if let Some(w) = ctx.store.workstation(&name).await? {
         e = e.user(&w.owner);
     }

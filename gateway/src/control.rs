@@ -490,9 +490,10 @@ fn action(call: &Call) -> Option<Action<'static>> {
         | Call::WorkstationsRevoke { .. }
         | Call::WorkstationsRotateKey { .. } => Action::ManageWorkstations,
         Call::TargetsList | Call::TargetsCheck { .. } => Action::ManageTargets,
-        Call::RecordingsList(_) | Call::RecordingsSearch(_) | Call::RecordingsGet { .. } | Call::RecordingsPublicKey => {
-            Action::ReadRecordings
-        }
+        Call::RecordingsList(_)
+        | Call::RecordingsSearch(_)
+        | Call::RecordingsGet { .. }
+        | Call::RecordingsPublicKey => Action::ReadRecordings,
         Call::RecordingsHold { .. } | Call::RecordingsPurge => Action::ManageRecordings,
         _ => return None,
     })
@@ -558,7 +559,12 @@ fn session_id(id: &str) -> Result<SessionId, ControlError> {
     SessionId::parse(id).map_err(|e| err(ErrorKind::Invalid, e.to_string()))
 }
 
-async fn recordings_hold(ctx: &Ctx<'_>, caller: &Caller, id: &str, release: bool) -> Result<serde_json::Value, ControlError> {
+async fn recordings_hold(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    id: &str,
+    release: bool,
+) -> Result<serde_json::Value, ControlError> {
     let sid = session_id(id)?;
     if !ctx.store.set_legal_hold(&sid, !release).await? {
         return Err(err(ErrorKind::NotFound, format!("no recording for session {sid}")));
@@ -579,4 +585,87 @@ async fn recordings_hold(ctx: &Ctx<'_>, caller: &Caller, id: &str, release: bool
 pub(crate) async fn audit(store: &Store, e: AuditEvent) -> Result<(), ControlError> {
     store.audit(&e).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_calls_never_show_in_debug() {
+        let c = Call::UsersPassword {
+            name: "alice".into(),
+            password: Secret::new("hunter2-Horse"),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let text = serde_json::to_string(&c).unwrap();
+        let back: Call = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back, Call::UsersPassword { password, .. } if password.expose() == "hunter2-Horse"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<Call>(r#"{"call":"recordings-get","id":"x","path":"/etc/passwd"}"#).is_err());
+        assert!(serde_json::from_str::<Call>(r#"{"call":"recordings-list","limit":5,"file":"x"}"#).is_err());
+        assert!(serde_json::from_str::<Call>(r#"{"call":"recordings-list","limit":5}"#).is_ok());
+    }
+
+    /// Every call past the first group names the action it needs (none falls through to
+    /// "internal error", none runs unchecked).
+    #[test]
+    fn administration_and_recording_calls_have_actions() {
+        let s = String::new;
+        let calls = [
+            Call::UsersRemove { name: s() },
+            Call::UsersUnlock { name: s() },
+            Call::UsersPassword {
+                name: s(),
+                password: Secret::default(),
+            },
+            Call::UsersRecoveryCodes { name: s() },
+            Call::UsersTotpRemove { name: s() },
+            Call::KeysAdd { user: s(), key: s() },
+            Call::KeysRemove {
+                user: s(),
+                fingerprint: s(),
+            },
+            Call::KeysList { user: s() },
+            Call::RolesBind { user: s(), role: s() },
+            Call::RolesUnbind { user: s(), role: s() },
+            Call::WorkstationsAdd {
+                name: s(),
+                owner: s(),
+                public_key: None,
+            },
+            Call::WorkstationsList,
+            Call::WorkstationsShow { name: s() },
+            Call::WorkstationsRevoke { name: s(), reason: s() },
+            Call::WorkstationsRotateKey {
+                name: s(),
+                public_key: None,
+            },
+            Call::TargetsList,
+            Call::TargetsCheck { name: s() },
+            Call::RecordingsList(RecordingFilter::default()),
+            Call::RecordingsSearch(SearchQuery {
+                text: s(),
+                user: None,
+                target: None,
+                limit: 1,
+            }),
+            Call::RecordingsGet { id: s() },
+            Call::RecordingsPublicKey,
+            Call::RecordingsHold {
+                id: s(),
+                release: false,
+            },
+            Call::RecordingsPurge,
+        ];
+        for c in &calls {
+            assert!(action(c).is_some(), "{c:?}");
+        }
+        assert_eq!(action(&calls[17]), Some(Action::ReadRecordings));
+        assert_eq!(action(&calls[21]), Some(Action::ManageRecordings));
+        assert_eq!(action(&Call::Whoami), None);
+    }
 }

@@ -41,9 +41,10 @@ impl RecordingFilter {
         self.user.as_ref().is_none_or(|u| &s.user == u)
             && self.target.as_ref().is_none_or(|t| &s.target == t)
             && self.tier.as_ref().is_none_or(|t| &s.tier == t)
-            && self.workstation.as_ref().is_none_or(|w| {
-                s.workstation.as_deref() == Some(w.as_str()) || s.client_addr.starts_with(w.as_str())
-            })
+            && self
+                .workstation
+                .as_ref()
+                .is_none_or(|w| s.workstation.as_deref() == Some(w.as_str()) || s.client_addr.starts_with(w.as_str()))
             && self.since.is_none_or(|t| s.started_at >= t)
             && self.until.is_none_or(|t| s.started_at < t)
             && s.purged_at.is_none()
@@ -136,7 +137,11 @@ pub fn open_events(
 }
 
 /// Recordings matching `f`, newest first.
-pub async fn list(store: &Store, f: &RecordingFilter, identity_files: &[PathBuf]) -> Result<Vec<SessionRow>, QueryError> {
+pub async fn list(
+    store: &Store,
+    f: &RecordingFilter,
+    identity_files: &[PathBuf],
+) -> Result<Vec<SessionRow>, QueryError> {
     let max = limit(f.limit)?;
     if let Some(t) = &f.contains {
         needle(t)?;
@@ -229,7 +234,7 @@ pub fn hits(
 ) -> Result<Vec<(u64, String)>, ReadError> {
     let mut reader = open_events(path, ids)?;
     let mut out = Vec::new();
-    let mut tails: HashMap<(u32, bool), String> = HashMap::new();
+    let mut tails: HashMap<Stream, String> = HashMap::new();
     let keep = needle.chars().count().saturating_sub(1);
     while let Some(e) = reader.next_event()? {
         let Some((t, text, key)) = searchable(&e) else { continue };
@@ -252,8 +257,11 @@ pub fn hits(
     Ok(out)
 }
 
+/// A data stream: (channel, is input).
+type Stream = (u32, bool);
+
 /// The text an event offers to a search, with its time and, for data, its stream.
-fn searchable(e: &Event) -> Option<(u64, String, Option<(u32, bool)>)> {
+fn searchable(e: &Event) -> Option<(u64, String, Option<Stream>)> {
     match e {
         Event::Data {
             t_micros,
@@ -274,7 +282,11 @@ fn searchable(e: &Event) -> Option<(u64, String, Option<(u32, bool)>)> {
             t_micros,
             meta: Meta::SftpOp { path, target, .. },
             ..
-        } => Some((*t_micros, format!("{path} {}", target.clone().unwrap_or_default()), None)),
+        } => Some((
+            *t_micros,
+            format!("{path} {}", target.clone().unwrap_or_default()),
+            None,
+        )),
         _ => None,
     }
 }
@@ -290,7 +302,11 @@ fn last_chars(s: &str, n: usize) -> String {
 /// About 30 characters before the match, 80 in all, on one line.
 fn snippet(joined: &str, i: usize) -> String {
     let start = joined[..i].char_indices().rev().nth(30).map(|(j, _)| j).unwrap_or(0);
-    let s: String = joined[start..].chars().take(80).collect::<String>().replace(['\n', '\r'], " ");
+    let s: String = joined[start..]
+        .chars()
+        .take(80)
+        .collect::<String>()
+        .replace(['\n', '\r'], " ");
     s.trim().to_owned()
 }
 

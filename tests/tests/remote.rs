@@ -74,7 +74,15 @@ impl World {
             serde_json::from_str(&std::fs::read_to_string(self.session_file(who)).unwrap()).unwrap();
         let token = saved["token"].as_str().unwrap();
         ok(Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--path-as-is", "--cacert"])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--path-as-is",
+                "--cacert",
+            ])
             .arg(self.dir.join("data/portal_cert.pem"))
             .args(["-H", &format!("Authorization: Bearer {token}")])
             .arg(format!("https://127.0.0.1:{}{path_and_query}", self.port)))
@@ -200,7 +208,8 @@ fn every_command_remotely_under_the_callers_permissions() {
         .stdin(Stdio::null());
     let out = ok(&mut ssh);
     assert!(out.contains(MARKER), "{out}");
-    let all: serde_json::Value = serde_json::from_str(&ok(w.gw.ctl().args(["sessions", "list", "--all", "--json"]))).unwrap();
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(w.gw.ctl().args(["sessions", "list", "--all", "--json"]))).unwrap();
     let id = all[0]["id"].as_str().unwrap().to_owned();
     // The row closes as the session ends.
     for _ in 0..50 {
@@ -220,8 +229,14 @@ fn every_command_remotely_under_the_callers_permissions() {
 
     // The auditor: list (with --contains, scanned on the gateway), search, show, verify,
     // export, play.
-    let list: serde_json::Value =
-        serde_json::from_str(&ok(w.as_("audrey").args(["recordings", "list", "--contains", MARKER, "--json"]))).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&ok(w.as_("audrey").args([
+        "recordings",
+        "list",
+        "--contains",
+        MARKER,
+        "--json",
+    ])))
+    .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["id"], id.as_str());
     let none: serde_json::Value = serde_json::from_str(&ok(w.as_("audrey").args([
@@ -248,7 +263,13 @@ fn every_command_remotely_under_the_callers_permissions() {
         .args(["recordings", "verify", &id, "--public-key"])
         .arg(w.dir.join("data/audit_key.pub")));
     // A wrong pinned key fails the check.
-    let wrong = run(w.as_("audrey").args(["recordings", "verify", &id, "--public-key", "5866666666666666666666666666666666666666666666666666666666666666"]));
+    let wrong = run(w.as_("audrey").args([
+        "recordings",
+        "verify",
+        &id,
+        "--public-key",
+        "5866666666666666666666666666666666666666666666666666666666666666",
+    ]));
     assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong.stdout));
 
     let export = ok(w.as_("audrey").args(["recordings", "export", &id, "--format", "text"]));
@@ -264,18 +285,37 @@ fn every_command_remotely_under_the_callers_permissions() {
     assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
 
     // Each download was audited with the auditor's name, once per download.
-    let reads = json_lines(&ok(w.gw.ctl().args(["audit", "list", "--kind", "recording.read", "--json"])));
+    let reads = json_lines(&ok(w.gw.ctl().args([
+        "audit",
+        "list",
+        "--kind",
+        "recording.read",
+        "--json",
+    ])));
     assert!(!reads.is_empty() && reads.iter().all(|e| e["session"] == id.as_str()));
-    assert!(reads.iter().all(|e| e["detail"].as_str().unwrap().contains("audrey")), "{reads:?}");
-    assert!(reads.len() <= 7, "one read per download, not per chunk: {}", reads.len());
+    assert!(
+        reads.iter().all(|e| e["detail"].as_str().unwrap().contains("audrey")),
+        "{reads:?}"
+    );
+    assert!(
+        reads.len() <= 7,
+        "one read per download, not per chunk: {}",
+        reads.len()
+    );
 
     // The file endpoint, as an attacker sees it.
-    assert_eq!(w.curl_file("audrey", &format!("/api/v1/recordings/{id}/file?offset=0")), "200");
+    assert_eq!(
+        w.curl_file("audrey", &format!("/api/v1/recordings/{id}/file?offset=0")),
+        "200"
+    );
     assert_eq!(
         w.curl_file("audrey", &format!("/api/v1/recordings/{id}/file?offset=99999999999")),
         "416"
     );
-    assert_eq!(w.curl_file("audrey", "/api/v1/recordings/..%2F..%2Fherse.toml/file"), "400");
+    assert_eq!(
+        w.curl_file("audrey", "/api/v1/recordings/..%2F..%2Fherse.toml/file"),
+        "400"
+    );
     assert_eq!(w.curl_file("audrey", "/api/v1/recordings/not-a-session/file"), "400");
     assert_eq!(w.curl_file("eve", &format!("/api/v1/recordings/{id}/file")), "403");
     assert_eq!(w.curl_file("adam", &format!("/api/v1/recordings/{id}/file")), "403");
@@ -311,7 +351,15 @@ fn every_command_remotely_under_the_callers_permissions() {
     assert!(keys.contains(fp.trim()), "{keys}");
     let targets = ok(w.as_("adam").args(["targets", "list"]));
     assert!(targets.contains("db1"), "{targets}");
-    let bind = json_lines(&ok(w.gw.ctl().args(["audit", "list", "--kind", "role.bind", "--user", "frank", "--json"])));
+    let bind = json_lines(&ok(w.gw.ctl().args([
+        "audit",
+        "list",
+        "--kind",
+        "role.bind",
+        "--user",
+        "frank",
+        "--json",
+    ])));
     assert!(bind[0]["detail"].as_str().unwrap().contains("by adam"), "{bind:?}");
     refused(&run(w.as_("adam").args(["recordings", "export", &id])), "auditor");
     refused(&run(w.as_("adam").args(["recordings", "list"])), "auditor");

@@ -67,7 +67,13 @@ pub(super) async fn recording_file(
     }
     let row = match app.gw.store.session(&sid).await {
         Ok(Some(r)) if r.purged_at.is_none() => r,
-        Ok(_) => return fail(StatusCode::NOT_FOUND, "not-found", format!("no recording for session {sid}")),
+        Ok(_) => {
+            return fail(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no recording for session {sid}"),
+            )
+        }
         Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
     };
     let recording = std::path::PathBuf::from(&row.recording);
@@ -79,27 +85,53 @@ pub(super) async fn recording_file(
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return fail(StatusCode::NOT_FOUND, "not-found", format!("no such file for session {sid} on this node"))
+            return fail(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no such file for session {sid} on this node"),
+            )
         }
         Err(e) => {
             tracing::error!(error = %e, path = %path.display(), "cannot open recording");
-            return fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot open the recording");
+            return fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "cannot open the recording",
+            );
         }
     };
     let size = match file.metadata().await {
         Ok(m) => m.len(),
-        Err(_) => return fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot read the recording"),
+        Err(_) => {
+            return fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "cannot read the recording",
+            )
+        }
     };
     if q.offset > size {
-        return fail(StatusCode::RANGE_NOT_SATISFIABLE, "invalid", format!("offset past the end ({size} bytes)"));
+        return fail(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "invalid",
+            format!("offset past the end ({size} bytes)"),
+        );
     }
     if q.offset > 0 && file.seek(std::io::SeekFrom::Start(q.offset)).await.is_err() {
-        return fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot read the recording");
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot read the recording",
+        );
     }
     if q.offset == 0 && q.index != 1 {
-        let e = AuditEvent::new("recording.read", Severity::Info, format!("downloaded by {}", caller.label()))
-            .session(&sid)
-            .origin(&origin);
+        let e = AuditEvent::new(
+            "recording.read",
+            Severity::Info,
+            format!("downloaded by {}", caller.label()),
+        )
+        .session(&sid)
+        .origin(&origin);
         if app.gw.store.audit(&e).await.is_err() {
             // Reading without the audit trail would be a read nobody can see.
             return StatusCode::SERVICE_UNAVAILABLE.into_response();

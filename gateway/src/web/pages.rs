@@ -715,7 +715,11 @@ async fn api_login(
 
 /// The API session a bearer token stands for: an unexpired API token (never a portal
 /// cookie's), used from the workstation it was issued to, of a user still active.
-pub(super) async fn api_session(app: &App, headers: &HeaderMap, origin: &Origin) -> Result<(WebSession, UserName), Response> {
+pub(super) async fn api_session(
+    app: &App,
+    headers: &HeaderMap,
+    origin: &Origin,
+) -> Result<(WebSession, UserName), Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
