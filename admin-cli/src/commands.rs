@@ -202,11 +202,13 @@ pub(crate) async fn execute(cli: &Cli, call: &herse::control::Call) -> Result<se
         return crate::remote::call(&saved, call).await;
     }
     let config = load_config(cli)?;
-    let policy = herse::policy::load(&config.policy_path).map_err(|d| usage(d.to_string()))?;
+    // A broken policy file must not lock the operator out of recovery: calls that need
+    // the policy report why it does not load; the rest run.
+    let policy = herse::policy::load(&config.policy_path).map_err(|d| d.to_string());
     let store = open(cli).await?;
     let ctx = herse::control::Ctx {
         store: &store,
-        policy: &policy,
+        policy: policy.as_ref().map_err(String::as_str),
         config: &config,
         identity_files: &cli.identity,
     };

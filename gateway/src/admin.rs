@@ -156,12 +156,12 @@ pub(crate) async fn keys_list(ctx: &Ctx<'_>, name: &str) -> Result<Value, Contro
 
 fn role(ctx: &Ctx<'_>, name: &str) -> Result<RoleName, ControlError> {
     let r = RoleName::parse(name).map_err(|e| invalid(e.to_string()))?;
-    if !ctx.policy.has_role(&r) {
-        let known: Vec<_> = ctx
-            .policy
+    let policy = ctx.policy()?;
+    if !policy.has_role(&r) {
+        let known: Vec<_> = policy
             .roles
             .keys()
-            .chain(ctx.policy.duties.keys())
+            .chain(policy.duties.keys())
             .map(|r| r.to_string())
             .collect();
         return Err(invalid(format!(
@@ -363,9 +363,9 @@ pub(crate) async fn workstations_rotate_key(
     enrolled(ctx, &w, private.as_ref()).await
 }
 
-pub(crate) fn targets_list(ctx: &Ctx<'_>) -> Value {
+pub(crate) fn targets_list(ctx: &Ctx<'_>) -> Result<Value, ControlError> {
     let list: Vec<Value> = ctx
-        .policy
+        .policy()?
         .targets
         .values()
         .map(|t| {
@@ -380,7 +380,7 @@ pub(crate) fn targets_list(ctx: &Ctx<'_>) -> Value {
             })
         })
         .collect();
-    Value::Array(list)
+    Ok(Value::Array(list))
 }
 
 /// Probe from the gateway (where the targets are reachable); the report says whether the
@@ -388,7 +388,7 @@ pub(crate) fn targets_list(ctx: &Ctx<'_>) -> Value {
 pub(crate) async fn targets_check(ctx: &Ctx<'_>, caller: &Caller, name: &str) -> Result<Value, ControlError> {
     let n = TargetName::parse(name).map_err(|e| invalid(e.to_string()))?;
     let t = ctx
-        .policy
+        .policy()?
         .target(&n)
         .ok_or_else(|| not_found(format!("target {n} is not in the policy")))?;
     let report = crate::upstream::probe(t, PROBE_TIMEOUT).await;

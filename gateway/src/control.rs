@@ -292,11 +292,20 @@ impl From<access::Refusal> for ControlError {
 /// What a call runs against.
 pub struct Ctx<'a> {
     pub store: &'a Store,
-    pub policy: &'a Policy,
+    /// The policy, or why it does not load: local mode must still run the calls that do
+    /// not need it (recovery from a broken policy file); the others report the reason.
+    pub policy: Result<&'a Policy, &'a str>,
     pub config: &'a crate::config::GatewayConfig,
     /// age identity files for reading encrypted recordings in searches: the local
     /// operator's `--identity` files; none on the gateway, which cannot read them.
     pub identity_files: &'a [std::path::PathBuf],
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn policy(&self) -> Result<&'a Policy, ControlError> {
+        self.policy
+            .map_err(|why| err(ErrorKind::Invalid, format!("the policy does not load: {why}")))
+    }
 }
 
 pub(crate) fn user(name: &str) -> Result<UserName, ControlError> {
@@ -324,10 +333,10 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
                 })),
             }
         }
-        Call::GrantsRequest(r) => json(grants::request(store, ctx.policy, caller, r).await?),
+        Call::GrantsRequest(r) => json(grants::request(store, ctx.policy()?, caller, r).await?),
         Call::GrantsList { listing, limit } => json(grants::list(store, caller, *listing, *limit).await?),
         Call::GrantsShow { id } => json(grants::show(store, caller, id).await?),
-        Call::GrantsApprove { id, comment } => json(grants::approve(store, ctx.policy, caller, id, comment).await?),
+        Call::GrantsApprove { id, comment } => json(grants::approve(store, ctx.policy()?, caller, id, comment).await?),
         Call::GrantsDeny { id, reason } => json(grants::deny(store, caller, id, reason).await?),
         Call::GrantsRevoke { id, reason } => json(grants::revoke(store, caller, id, reason).await?),
         Call::UsersAdd { name, key } => {
@@ -523,7 +532,7 @@ async fn more(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serde_json:
         Call::WorkstationsRotateKey { name, public_key } => {
             admin::workstations_rotate_key(ctx, caller, name, public_key.as_deref()).await
         }
-        Call::TargetsList => Ok(admin::targets_list(ctx)),
+        Call::TargetsList => admin::targets_list(ctx),
         Call::TargetsCheck { name } => admin::targets_check(ctx, caller, name).await,
         Call::RecordingsList(f) => json(crate::recordings_query::list(ctx.store, f, ctx.identity_files).await?),
         Call::RecordingsSearch(q) => json(crate::recordings_query::search(ctx.store, q, ctx.identity_files).await?),
@@ -542,7 +551,7 @@ async fn more(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serde_json:
         }
         Call::RecordingsHold { id, release } => recordings_hold(ctx, caller, id, *release).await,
         Call::RecordingsPurge => {
-            let ids = crate::retention::purge(ctx.store, ctx.policy, &crate::runtime::node_name()).await?;
+            let ids = crate::retention::purge(ctx.store, ctx.policy()?, &crate::runtime::node_name()).await?;
             let message = format!(
                 "purged {} recording(s){}{}",
                 ids.len(),

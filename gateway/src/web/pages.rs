@@ -775,7 +775,7 @@ async fn api_call(
     let caller = crate::access::Caller::Person(crate::access::Person::new(&policy, user, &roles));
     let ctx = crate::control::Ctx {
         store: &app.gw.store,
-        policy: &policy,
+        policy: Ok(&policy),
         config: &app.gw.config,
         identity_files: &[],
     };
