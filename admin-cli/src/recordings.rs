@@ -278,7 +278,10 @@ fn private_file(path: &Path) -> Result<std::fs::File, Failure> {
 /// Download a recording (or its index) whole into `path`, chunk by chunk; false when the
 /// gateway has no index for it.
 async fn download(saved: &crate::remote::Saved, sid: &SessionId, index: bool, path: &Path) -> Result<bool, Failure> {
-    let part = path.with_extension("part");
+    // NAME.herserec.part / NAME.herseidx.part: never the other file's.
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
     let mut out = std::io::BufWriter::new(private_file(&part)?);
     let mut offset = 0u64;
     loop {
