@@ -361,6 +361,27 @@ fn every_command_remotely_under_the_callers_permissions() {
         "--json",
     ])));
     assert!(bind[0]["detail"].as_str().unwrap().contains("by adam"), "{bind:?}");
+    let check: serde_json::Value =
+        serde_json::from_str(&ok(w.as_("adam").args(["targets", "check", "db1", "--json"]))).unwrap();
+    assert_eq!(check["host_key_ok"], true, "{check}");
+    let ws: serde_json::Value =
+        serde_json::from_str(&ok(w.as_("adam").args(["workstations", "list", "--json"]))).unwrap();
+    assert!(ws.as_array().unwrap().is_empty(), "{ws}");
+    let mut pw = w
+        .as_("adam")
+        .args(["users", "password", "frank"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(pw.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    assert!(pw.wait_with_output().unwrap().status.success());
+    let codes = ok(w.as_("adam").args(["users", "recovery-codes", "frank"]));
+    assert!(codes.lines().count() >= 8, "{codes}");
+    let enrol = run(w.as_("adam").args(["users", "totp", "enroll", "frank"]));
+    assert_eq!(enrol.status.code(), Some(2), "{}", text(&enrol.stderr));
+    assert!(text(&enrol.stderr).contains("local mode"), "{}", text(&enrol.stderr));
+    ok(w.as_("adam").args(["recordings", "hold", &id]));
     refused(&run(w.as_("adam").args(["recordings", "export", &id])), "auditor");
     refused(&run(w.as_("adam").args(["recordings", "list"])), "auditor");
 

@@ -314,17 +314,14 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
         "{}",
         text(&out.stderr)
     );
-    let audit: serde_json::Value = serde_json::from_str(&ok(ctl().args(["audit", "list", "--json"]))).unwrap();
+    // `audit list --json` prints one event per line (for a SIEM).
+    let audit = json_lines(&ok(ctl().args(["audit", "list", "--json"])));
     assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "login.wrong_workstation"
-                && e["severity"] == "alert"
-                && e["workstation"] == "alice-ws"
-                && e["user"] == "bob"),
-        "{audit}"
+        audit.iter().any(|e| e["kind"] == "login.wrong_workstation"
+            && e["severity"] == "alert"
+            && e["workstation"] == "alice-ws"
+            && e["user"] == "bob"),
+        "{audit:?}"
     );
 
     // 4. A key the gateway does not know gets no answer at all.
