@@ -126,7 +126,7 @@ fn world() -> (TempDir, World, Sshd) {
         format!(
             "[tiers.db.targets.db1]\naddress = \"127.0.0.1\"\nport = {p}\nhost_keys = [\"{k}\"]\n\
              [roles.engineers]\ntiers = [\"db\"]\nlogins = [\"{DEPLOY}\"]\noperations = [\"shell\", \"exec\"]\n\
-             max_session = \"1h\"\nidle_timeout = \"10m\"\n\
+             max_session = \"1h\"\nidle_timeout = \"10m\"\nmfa_remember = \"1h\"\n\
              [roles.auditors]\nkind = \"auditor\"\n\
              [roles.admins]\nkind = \"admin\"\n",
             p = db.port,
@@ -392,4 +392,77 @@ fn every_command_remotely_under_the_callers_permissions() {
     // An id that is not a session id never becomes a path, here either.
     let bad = run(w.as_("audrey").args(["recordings", "show", "../../etc/passwd"]));
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+
+    watch_a_live_session_remotely(&w);
+}
+
+/// The auditor watches a live session through the gateway (the copy grows by polling);
+/// the admin kills it remotely and the watch ends with the reason.
+fn watch_a_live_session_remotely(w: &World) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::sync::mpsc;
+    let mut ssh = Command::new("ssh");
+    with_askpass(&mut ssh, &w.askpass)
+        .arg("-F")
+        .arg(&w.eve_cfg)
+        .args([
+            "-l",
+            DEPLOY,
+            "db1",
+            "echo started; sleep 3; echo WATCHED-live-9c1; sleep 600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut session = ssh.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(session.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "started");
+    let live: serde_json::Value = serde_json::from_str(&ok(w.gw.ctl().args(["sessions", "list", "--json"]))).unwrap();
+    let id = live[0]["id"].as_str().unwrap().to_owned();
+
+    let mut watch = w
+        .as_("audrey")
+        .args(["sessions", "watch", &id, "--from-start"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut out = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !text(&seen).contains("WATCHED-live-9c1") {
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(b) => seen.extend(b),
+            Err(_) => panic!("the watch never showed the live output: {:?}", text(&seen)),
+        }
+    }
+    ok(w.as_("adam").args(["sessions", "kill", &id]));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = watch.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the watch did not end with the session"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    watch.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("session ended"), "{err}");
+    let _ = session.kill();
+    let _ = session.wait();
 }
