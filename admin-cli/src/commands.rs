@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use herse::config::GatewayConfig;
-use herse::ident::{RoleName, TargetName, UserName};
-use herse::store::{AuditEvent, Severity, Store, StoreError};
+use herse::ident::UserName;
+use herse::store::{Store, StoreError};
 use russh::keys::ssh_key::PublicKey;
 
 use crate::output;
@@ -188,7 +188,8 @@ pub(crate) fn remote(cli: &Cli) -> Result<Option<crate::remote::Saved>, Failure>
 fn local_only(cli: &Cli, what: &str) -> Result<(), Failure> {
     if remote(cli)?.is_some() {
         return Err(usage(format!(
-            "`hersectl {what}` runs only in local mode on the gateway host (pass --config or --local)"
+            "`hersectl {what}` runs only in local mode on the gateway host (pass --config or --local); \
+             people enrol their own authenticator at the portal (/totp)"
         )));
     }
     Ok(())
@@ -201,17 +202,15 @@ pub(crate) async fn execute(cli: &Cli, call: &herse::control::Call) -> Result<se
         return crate::remote::call(&saved, call).await;
     }
     let config = load_config(cli)?;
-    // A broken policy file must not lock the operator out of recovery (audit, users,
-    // sessions): only the calls that read it need it.
-    let policy = match herse::policy::load(&config.policy_path) {
-        Ok(p) => p,
-        Err(_) if !call.needs_policy() => herse::policy::Policy::default(),
-        Err(d) => return Err(usage(d.to_string())),
-    };
+    // A broken policy file must not lock the operator out of recovery: calls that need
+    // the policy report why it does not load; the rest run.
+    let policy = herse::policy::load(&config.policy_path).map_err(|d| d.to_string());
     let store = open(cli).await?;
     let ctx = herse::control::Ctx {
         store: &store,
-        policy: &policy,
+        policy: policy.as_ref().map_err(String::as_str),
+        config: &config,
+        identity_files: &cli.identity,
     };
     let r = herse::control::execute(&ctx, &herse::access::Caller::Local(operator()), call).await;
     store.close().await;
@@ -275,11 +274,31 @@ fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Fail
     serde_json::from_value(v).map_err(|e| Failure::from(format!("unexpected answer: {e}")))
 }
 
-/// Commands that run through the control API, locally or remotely.
-async fn remote_capable(cli: &Cli) -> Result<(), Failure> {
+/// Print a call's answer: its `message` (or the object) for people, JSON with --json.
+pub(crate) fn print_message(json: bool, v: &serde_json::Value) {
+    if json {
+        output::object(true, v);
+    } else if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
+        println!("{m}");
+    } else {
+        output::object(false, v);
+    }
+}
+
+/// The password for `users password`, one line of standard input.
+fn read_password() -> Result<herse::control::Secret, Failure> {
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin().read_line(&mut line)?;
+    Ok(herse::control::Secret::new(line.trim_end_matches(['\n', '\r'])))
+}
+
+/// The call a command stands for, when it is one call whose answer is a message or an
+/// object (the rest build their calls where they render them).
+fn simple_call(c: &crate::Command) -> Result<Option<herse::control::Call>, Failure> {
+    use crate::Command as C;
     use herse::control::Call;
-    let call = match &cli.command {
-        crate::Command::Users(UsersCmd::Add { name, key }) => Call::UsersAdd {
+    Ok(Some(match c {
+        C::Users(UsersCmd::Add { name, key }) => Call::UsersAdd {
             name: name.clone(),
             // The key file is read here, so remote callers send its contents.
             key: key
@@ -288,25 +307,55 @@ async fn remote_capable(cli: &Cli) -> Result<(), Failure> {
                 .transpose()?
                 .map(|k| k.to_openssh().unwrap_or_default()),
         },
-        crate::Command::Users(UsersCmd::List) => Call::UsersList,
-        crate::Command::Users(UsersCmd::Show { name }) => Call::UsersShow { name: name.clone() },
-        crate::Command::Users(UsersCmd::Suspend { name, reason, until }) => Call::UsersSuspend {
+        C::Users(UsersCmd::Show { name }) => Call::UsersShow { name: name.clone() },
+        C::Users(UsersCmd::Suspend { name, reason, until }) => Call::UsersSuspend {
             name: name.clone(),
             reason: reason.clone(),
             until: until.as_deref().map(parse_until).transpose()?,
         },
-        crate::Command::Users(UsersCmd::Resume { name }) => Call::UsersResume { name: name.clone() },
-        crate::Command::Sessions(SessionsCmd::List { all, limit }) => Call::SessionsList {
-            live: !all,
-            limit: *limit,
+        C::Users(UsersCmd::Resume { name }) => Call::UsersResume { name: name.clone() },
+        C::Users(UsersCmd::Remove { name }) => Call::UsersRemove { name: name.clone() },
+        C::Users(UsersCmd::Unlock { name }) => Call::UsersUnlock { name: name.clone() },
+        C::Users(UsersCmd::Password { name }) => Call::UsersPassword {
+            name: name.clone(),
+            password: read_password()?,
         },
-        crate::Command::Sessions(SessionsCmd::Kill { id }) => Call::SessionsKill { id: id.clone() },
-        _ => return Err(usage("not a control command")),
-    };
-    let v = execute(cli, &call).await?;
+        C::Users(UsersCmd::Totp(crate::mfa::TotpCmd::Remove { name })) => Call::UsersTotpRemove { name: name.clone() },
+        C::Keys(KeysCmd::Add { user, file }) => Call::KeysAdd {
+            user: user.clone(),
+            key: read_key(file)?.to_openssh().map_err(|e| usage(e.to_string()))?,
+        },
+        C::Keys(KeysCmd::Remove { user, fingerprint }) => Call::KeysRemove {
+            user: user.clone(),
+            fingerprint: fingerprint.clone(),
+        },
+        C::Roles(RolesCmd::Bind { user, role }) => Call::RolesBind {
+            user: user.clone(),
+            role: role.clone(),
+        },
+        C::Roles(RolesCmd::Unbind { user, role }) => Call::RolesUnbind {
+            user: user.clone(),
+            role: role.clone(),
+        },
+        C::Sessions(SessionsCmd::Kill { id }) => Call::SessionsKill { id: id.clone() },
+        _ => return Ok(None),
+    }))
+}
+
+/// Commands that run through the control API, locally or remotely.
+async fn control(cli: &Cli) -> Result<(), Failure> {
+    use herse::control::Call;
+    if let Some(call) = simple_call(&cli.command)? {
+        let v = execute(cli, &call).await?;
+        if let crate::Command::Sessions(SessionsCmd::Kill { id }) = &cli.command {
+            return wait_ended(cli, id).await;
+        }
+        print_message(cli.json, &v);
+        return Ok(());
+    }
     match &cli.command {
         crate::Command::Users(UsersCmd::List) => {
-            let list: Vec<herse::store::UserRow> = parse(v)?;
+            let list: Vec<herse::store::UserRow> = parse(execute(cli, &Call::UsersList).await?)?;
             output::table(cli.json, &list, &["NAME", "STATUS", "ROLES", "KEYS", "CREATED"], |u| {
                 vec![
                     u.name.clone(),
@@ -317,8 +366,30 @@ async fn remote_capable(cli: &Cli) -> Result<(), Failure> {
                 ]
             });
         }
-        crate::Command::Sessions(SessionsCmd::List { .. }) => {
-            let list: Vec<herse::store::SessionRow> = parse(v)?;
+        crate::Command::Users(UsersCmd::RecoveryCodes { name }) => {
+            let v = execute(cli, &Call::UsersRecoveryCodes { name: name.clone() }).await?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                for c in v["recovery_codes"].as_array().into_iter().flatten() {
+                    println!("{}", c.as_str().unwrap_or_default());
+                }
+            }
+            let u = v["user"].as_str().unwrap_or(name);
+            eprintln!("hersectl: shown once, stored hashed; earlier codes of {u} no longer work");
+        }
+        crate::Command::Keys(KeysCmd::List { user }) => {
+            let keys: Vec<herse::store::KeyRow> = parse(execute(cli, &Call::KeysList { user: user.clone() }).await?)?;
+            output::table(cli.json, &keys, &["FINGERPRINT", "COMMENT", "ADDED"], |k| {
+                vec![k.fingerprint.clone(), k.comment.clone(), output::time(k.added_at)]
+            });
+        }
+        crate::Command::Sessions(SessionsCmd::List { all, limit }) => {
+            let call = Call::SessionsList {
+                live: !all,
+                limit: *limit,
+            };
+            let list: Vec<herse::store::SessionRow> = parse(execute(cli, &call).await?)?;
             output::table(
                 cli.json,
                 &list,
@@ -337,273 +408,8 @@ async fn remote_capable(cli: &Cli) -> Result<(), Failure> {
                 },
             );
         }
-        crate::Command::Sessions(SessionsCmd::Kill { id }) => {
-            // Wait until the gateway has closed it (any node, within a second).
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                let list: Vec<herse::store::SessionRow> = parse(
-                    execute(
-                        cli,
-                        &Call::SessionsList {
-                            live: true,
-                            limit: 10_000,
-                        },
-                    )
-                    .await?,
-                )?;
-                if !list.iter().any(|s| &s.id == id) {
-                    println!("session {id} ended after {} ms", start.elapsed().as_millis());
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            return Err(Failure {
-                code: 1,
-                message: format!(
-                    "kill requested, but session {id} has not ended after 5 s (is its gateway node running?)"
-                ),
-            });
-        }
-        _ => {
-            if cli.json {
-                output::object(true, &v);
-            } else if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
-                println!("{m}");
-            } else {
-                output::object(false, &v);
-            }
-        }
-    }
-    Ok(())
-}
-
-pub async fn run(cli: Cli) -> Result<(), Failure> {
-    match &cli.command {
-        crate::Command::Login { server, ca, user } => return crate::remote::login(server, ca, user.as_deref()).await,
-        crate::Command::Logout => return crate::remote::logout(),
-        crate::Command::Whoami => {
-            let v = execute(&cli, &herse::control::Call::Whoami).await?;
-            output::object(cli.json, &v);
-            return Ok(());
-        }
-        crate::Command::Grants(c) => return crate::grants::run(&cli, c).await,
-        crate::Command::Users(
-            UsersCmd::Add { .. }
-            | UsersCmd::List
-            | UsersCmd::Show { .. }
-            | UsersCmd::Suspend { .. }
-            | UsersCmd::Resume { .. },
-        )
-        | crate::Command::Sessions(SessionsCmd::List { .. } | SessionsCmd::Kill { .. }) => {
-            return remote_capable(&cli).await
-        }
-        crate::Command::Audit(c) => return audit(&cli, c).await,
-        _ => local_only(&cli, "this command")?,
-    }
-    match &cli.command {
-        crate::Command::Login { .. } | crate::Command::Logout | crate::Command::Whoami | crate::Command::Grants(_) => {
-            Ok(())
-        }
-        crate::Command::Users(c) => users(&cli, c).await,
-        crate::Command::Keys(c) => keys(&cli, c).await,
-        crate::Command::Roles(c) => roles(&cli, c).await,
-        crate::Command::Sessions(c) => sessions(&cli, c).await,
-        crate::Command::Targets(c) => targets(&cli, c).await,
-        crate::Command::Audit(c) => audit(&cli, c).await,
-        crate::Command::Workstations(c) => crate::workstations::run(&cli, c).await,
-        crate::Command::Recordings(crate::recordings::RecordingsCmd::Purge) => {
-            let config = load_config(&cli)?;
-            let policy = herse::policy::load(&config.policy_path).map_err(|d| usage(d.to_string()))?;
-            let store = open(&cli).await?;
-            let ids = herse::retention::purge(&store, &policy, &herse::runtime::node_name())
-                .await
-                .map_err(store_err)?;
-            println!(
-                "purged {} recording(s){}{}",
-                ids.len(),
-                if ids.is_empty() { "" } else { ": " },
-                ids.join(", ")
-            );
-            Ok(())
-        }
-        crate::Command::Recordings(c) => {
-            let store = open(&cli).await?;
-            crate::recordings::run(&store, cli.json, c).await
-        }
-    }
-}
-
-async fn users(cli: &Cli, c: &UsersCmd) -> Result<(), Failure> {
-    let store = open(cli).await?;
-    let op = operator();
-    match c {
-        UsersCmd::Add { .. }
-        | UsersCmd::List
-        | UsersCmd::Show { .. }
-        | UsersCmd::Suspend { .. }
-        | UsersCmd::Resume { .. } => return remote_capable(cli).await,
-        UsersCmd::Totp(t) => return crate::mfa::totp(cli, t).await,
-        UsersCmd::Unlock { name } => {
-            let u = user_name(name)?;
-            store.reset_login_failures(&u).await.map_err(store_err)?;
-            if !store.reset_mfa_failures(&u).await.map_err(store_err)? {
-                return Err(Failure {
-                    code: 3,
-                    message: format!("user {u} not found"),
-                });
-            }
-            store
-                .audit(&AuditEvent::new("mfa.unlock", Severity::Info, format!("by {op}")).user(&u))
-                .await?;
-            println!("user {u}: second factor and portal login unlocked");
-        }
-        UsersCmd::RecoveryCodes { name } => {
-            let u = user_name(name)?;
-            let codes = herse::mfa::new_recovery_codes();
-            let hashes: Vec<String> = codes.iter().map(|c| herse::mfa::recovery_hash(&u, c)).collect();
-            store.set_recovery_codes(&u, &hashes).await.map_err(store_err)?;
-            store
-                .audit(
-                    &AuditEvent::new(
-                        "mfa.recovery_codes",
-                        Severity::Info,
-                        format!("{} new recovery codes by {op}", codes.len()),
-                    )
-                    .user(&u),
-                )
-                .await?;
-            if cli.json {
-                let list: Vec<&str> = codes.iter().map(|c| c.as_str()).collect();
-                println!("{}", serde_json::json!({ "user": u.as_str(), "recovery_codes": list }));
-            } else {
-                for c in &codes {
-                    println!("{}", c.as_str());
-                }
-            }
-            eprintln!("hersectl: shown once, stored hashed; earlier codes of {u} no longer work");
-        }
-        UsersCmd::Password { name } => {
-            let u = user_name(name)?;
-            let config = load_config(cli)?;
-            let mut line = zeroize::Zeroizing::new(String::new());
-            std::io::stdin().read_line(&mut line)?;
-            let pw = line.trim_end_matches(['\n', '\r']);
-            if let Err(reason) = config.password_policy.check(u.as_str(), pw) {
-                return Err(Failure {
-                    code: 1,
-                    message: format!("password refused: {reason}"),
-                });
-            }
-            let hash = herse::web::password::hash(pw).map_err(Failure::from)?;
-            store.set_password(&u, &hash).await.map_err(store_err)?;
-            store
-                .audit(&AuditEvent::new("password.set", Severity::Info, format!("by {op}")).user(&u))
-                .await?;
-            println!("password set for {u}");
-        }
-        UsersCmd::Remove { name } => {
-            let u = user_name(name)?;
-            store.remove_user(&u).await.map_err(store_err)?;
-            store
-                .audit(&AuditEvent::new("user.remove", Severity::Warning, format!("by {op}")).user(&u))
-                .await?;
-            println!("user {u} removed");
-        }
-    }
-    Ok(())
-}
-
-async fn keys(cli: &Cli, c: &KeysCmd) -> Result<(), Failure> {
-    let store = open(cli).await?;
-    let op = operator();
-    match c {
-        KeysCmd::Add { user, file } => {
-            let u = user_name(user)?;
-            let k = read_key(file)?;
-            let fp = store.add_key(&u, &k).await.map_err(store_err)?;
-            store
-                .audit(&AuditEvent::new("key.add", Severity::Info, format!("{fp} by {op}")).user(&u))
-                .await?;
-            println!("{fp}");
-        }
-        KeysCmd::Remove { user, fingerprint } => {
-            let u = user_name(user)?;
-            store.remove_key(&u, fingerprint).await.map_err(store_err)?;
-            store
-                .audit(&AuditEvent::new("key.remove", Severity::Info, format!("{fingerprint} by {op}")).user(&u))
-                .await?;
-            println!("key {fingerprint} removed from {u}");
-        }
-        KeysCmd::List { user } => {
-            let u = user_name(user)?;
-            let keys = store.keys_of(&u).await.map_err(store_err)?;
-            output::table(cli.json, &keys, &["FINGERPRINT", "COMMENT", "ADDED"], |k| {
-                vec![k.fingerprint.clone(), k.comment.clone(), output::time(k.added_at)]
-            });
-        }
-    }
-    Ok(())
-}
-
-async fn roles(cli: &Cli, c: &RolesCmd) -> Result<(), Failure> {
-    let config = load_config(cli)?;
-    let policy = herse::policy::load(&config.policy_path).map_err(|d| usage(d.to_string()))?;
-    let store = open(cli).await?;
-    let op = operator();
-    match c {
-        RolesCmd::Bind { user, role } => {
-            let u = user_name(user)?;
-            let r = RoleName::parse(role).map_err(|e| usage(e.to_string()))?;
-            if !policy.has_role(&r) {
-                let known: Vec<_> = policy
-                    .roles
-                    .keys()
-                    .chain(policy.duties.keys())
-                    .map(|r| r.to_string())
-                    .collect();
-                return Err(usage(format!(
-                    "role {r} is not defined in the policy (roles: {})",
-                    known.join(", ")
-                )));
-            }
-            store.bind_role(&u, &r).await.map_err(store_err)?;
-            store
-                .audit(&AuditEvent::new("role.bind", Severity::Info, format!("{r} by {op}")).user(&u))
-                .await?;
-            println!("{u} now holds role {r}");
-        }
-        RolesCmd::Unbind { user, role } => {
-            let u = user_name(user)?;
-            let r = RoleName::parse(role).map_err(|e| usage(e.to_string()))?;
-            store.unbind_role(&u, &r).await.map_err(store_err)?;
-            store
-                .audit(&AuditEvent::new("role.unbind", Severity::Info, format!("{r} by {op}")).user(&u))
-                .await?;
-            println!("{u} no longer holds role {r}");
-        }
-    }
-    Ok(())
-}
-
-async fn sessions(cli: &Cli, c: &SessionsCmd) -> Result<(), Failure> {
-    let store = open(cli).await?;
-    match c {
-        SessionsCmd::List { .. } | SessionsCmd::Kill { .. } => remote_capable(cli).await,
-        SessionsCmd::Watch { id, from_start } => crate::recordings::watch(&store, id, *from_start).await,
-    }
-}
-
-async fn targets(cli: &Cli, c: &TargetsCmd) -> Result<(), Failure> {
-    let config = load_config(cli)?;
-    let policy = herse::policy::load(&config.policy_path).map_err(|d| usage(d.to_string()))?;
-    match c {
-        TargetsCmd::List => {
-            let list: Vec<_> = policy
-                .targets
-                .values()
-                .map(|t| serde_json::json!({"name": t.name, "tier": t.tier.to_string(), "address": format!("{}:{}", t.host, t.port),
-                    "host_key": match &t.host_key { herse::policy::HostKeyCheck::Pinned(_) => "pinned", herse::policy::HostKeyCheck::Ca { .. } => "host CA" }}))
-                .collect();
+        crate::Command::Targets(TargetsCmd::List) => {
+            let list: Vec<serde_json::Value> = parse(execute(cli, &Call::TargetsList).await?)?;
             output::table(cli.json, &list, &["NAME", "TIER", "ADDRESS", "HOST KEY"], |v| {
                 ["name", "tier", "address", "host_key"]
                     .iter()
@@ -611,23 +417,79 @@ async fn targets(cli: &Cli, c: &TargetsCmd) -> Result<(), Failure> {
                     .collect()
             });
         }
-        TargetsCmd::Check { name } => {
-            let n = TargetName::parse(name).map_err(|e| usage(e.to_string()))?;
-            let t = policy.target(&n).ok_or_else(|| Failure {
-                code: 3,
-                message: format!("target {n} is not in the policy"),
-            })?;
-            let report = herse::upstream::probe(t, Duration::from_secs(10)).await;
+        crate::Command::Targets(TargetsCmd::Check { name }) => {
+            let report: herse::upstream::ProbeReport =
+                parse(execute(cli, &Call::TargetsCheck { name: name.clone() }).await?)?;
             output::object(cli.json, &report);
             if !report.host_key_ok {
                 return Err(Failure {
                     code: 1,
-                    message: format!("target {n}: {}", report.detail),
+                    message: format!("target {name}: {}", report.detail),
                 });
             }
         }
+        _ => return Err(usage("not a control command")),
     }
     Ok(())
+}
+
+/// After a kill: wait until the gateway has closed the session (any node, within a
+/// second).
+async fn wait_ended(cli: &Cli, id: &str) -> Result<(), Failure> {
+    use herse::control::Call;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let list: Vec<herse::store::SessionRow> = parse(
+            execute(
+                cli,
+                &Call::SessionsList {
+                    live: true,
+                    limit: 10_000,
+                },
+            )
+            .await?,
+        )?;
+        if !list.iter().any(|s| s.id == id) {
+            println!("session {id} ended after {} ms", start.elapsed().as_millis());
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(Failure {
+        code: 1,
+        message: format!("kill requested, but session {id} has not ended after 5 s (is its gateway node running?)"),
+    })
+}
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        crate::Command::Login { server, ca, user } => crate::remote::login(server, ca, user.as_deref()).await,
+        crate::Command::Logout => crate::remote::logout(),
+        crate::Command::Whoami => {
+            let v = execute(&cli, &herse::control::Call::Whoami).await?;
+            output::object(cli.json, &v);
+            Ok(())
+        }
+        crate::Command::Grants(c) => crate::grants::run(&cli, c).await,
+        crate::Command::Audit(c) => audit(&cli, c).await,
+        crate::Command::Workstations(c) => crate::workstations::run(&cli, c).await,
+        crate::Command::Recordings(c) => crate::recordings::run(&cli, c).await,
+        crate::Command::Sessions(SessionsCmd::Watch { id, from_start }) => {
+            crate::recordings::watch(&cli, id, *from_start).await
+        }
+        // Enrolling TOTP shows a secret and waits for its first code; the secret stays in
+        // this process between the two, so it runs only here, on the gateway host. People
+        // enrol their own authenticator at the portal (/totp).
+        crate::Command::Users(UsersCmd::Totp(t @ crate::mfa::TotpCmd::Enroll { .. })) => {
+            local_only(&cli, "users totp enroll")?;
+            crate::mfa::totp(&cli, t).await
+        }
+        crate::Command::Users(_)
+        | crate::Command::Keys(_)
+        | crate::Command::Roles(_)
+        | crate::Command::Sessions(_)
+        | crate::Command::Targets(_) => control(&cli).await,
+    }
 }
 
 async fn audit(cli: &Cli, c: &AuditCmd) -> Result<(), Failure> {

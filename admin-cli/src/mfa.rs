@@ -71,14 +71,8 @@ pub async fn totp(cli: &Cli, c: &TotpCmd) -> Result<(), Failure> {
                 .await?;
             eprintln!("TOTP enrolled for {u}");
         }
-        TotpCmd::Remove { name } => {
-            let u = user_name(name)?;
-            store.remove_totp(&u).await.map_err(store_err)?;
-            store
-                .audit(&AuditEvent::new("mfa.remove", Severity::Warning, format!("TOTP by {op}")).user(&u))
-                .await?;
-            println!("TOTP removed from {u}");
-        }
+        // Carried by the control API (commands::control), locally and remotely.
+        TotpCmd::Remove { .. } => return Err(crate::commands::usage("internal: totp remove is a control call")),
     }
     Ok(())
 }

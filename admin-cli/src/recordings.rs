@@ -1,4 +1,9 @@
-//! `hersectl recordings`: list, show, verify and export session recordings.
+//! `hersectl recordings`: list, search, show, verify, play and export session recordings.
+//!
+//! `list` and `search` run where the recordings are, through the control API. The
+//! others read a recording file: in local mode the gateway's own, in remote mode a copy
+//! downloaded into a private cache (`$XDG_CACHE_HOME/herse/recordings`, mode 0700),
+//! verified and (with `--identity`) decrypted here, on the auditor's side.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -6,12 +11,21 @@ use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
 use ed25519_dalek::VerifyingKey;
+use herse::control::Call;
 use herse::ident::SessionId;
+use herse::recordings_query::{strip_ansi, RecordingFilter, SearchQuery, SearchResult};
 use herse::store::{SessionRow, Store};
 use session_recordings::{Completeness, DataDirection, Event, Meta, RecordingReader};
 
-use crate::commands::Failure;
+use crate::commands::{execute, Failure};
 use crate::output;
+use crate::Cli;
+
+/// `--public-key` help, shared by the commands that verify signatures.
+const PUBLIC_KEY_HELP: &str = "The audit public key to verify signatures with (64 hex digits, or a file holding \
+them such as DATA_DIR/audit_key.pub). Default: locally the one in the database; remotely the one the \
+gateway reports, which proves the recording is intact as the gateway knows it but not against a \
+compromised gateway (pin the key you got at `herse init` to check independently).";
 
 #[derive(Subcommand)]
 pub enum RecordingsCmd {
@@ -65,12 +79,18 @@ pub enum RecordingsCmd {
         play: bool,
     },
     /// Metadata and a summary of execs, SFTP operations and denials.
-    Show { id: String },
+    Show {
+        id: String,
+        #[arg(long, help = PUBLIC_KEY_HELP)]
+        public_key: Option<String>,
+    },
     /// Check hash chains, signatures and the chain of recordings; exit 1 on any failure.
     Verify {
         id: Option<String>,
         #[arg(long, conflicts_with = "id")]
         all: bool,
+        #[arg(long, help = PUBLIC_KEY_HELP)]
+        public_key: Option<String>,
     },
     /// Put a recording under legal hold (never purged), or release it with --release.
     Hold {
@@ -129,33 +149,187 @@ fn open_reader(
     Ok(r)
 }
 
-async fn audit_key(store: &Store) -> Result<VerifyingKey, Failure> {
-    let (public, _) = store.gateway_key("audit").await?;
-    let bytes: [u8; 32] = hex::decode(public.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| Failure {
-            code: 1,
-            message: "stored audit public key is malformed".into(),
-        })?;
-    VerifyingKey::from_bytes(&bytes).map_err(|e| Failure {
+fn failed(e: impl std::fmt::Display) -> Failure {
+    Failure {
         code: 1,
-        message: format!("audit public key: {e}"),
-    })
+        message: e.to_string(),
+    }
 }
 
-async fn session_row(store: &Store, id: &str) -> Result<SessionRow, Failure> {
-    let sid = SessionId::parse(id).map_err(|e| Failure {
+fn session_id(id: &str) -> Result<SessionId, Failure> {
+    SessionId::parse(id).map_err(|e| Failure {
         code: 2,
         message: e.to_string(),
-    })?;
-    store.session(&sid).await?.ok_or_else(|| Failure {
-        code: 3,
-        message: format!("no recording for session {sid}"),
     })
 }
 
-pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), Failure> {
+/// Where recording files come from: this host's store (local mode) or the gateway
+/// (remote mode, under the logged-in auditor's permissions).
+pub enum Source {
+    Local(Store),
+    Remote(crate::remote::Saved),
+}
+
+impl Source {
+    pub async fn open(cli: &Cli) -> Result<Source, Failure> {
+        Ok(match crate::commands::remote(cli)? {
+            Some(saved) => Source::Remote(saved),
+            None => Source::Local(crate::commands::open(cli).await?),
+        })
+    }
+
+    async fn row(&self, id: &str) -> Result<SessionRow, Failure> {
+        let sid = session_id(id)?;
+        match self {
+            Source::Local(store) => store.session(&sid).await?.ok_or_else(|| Failure {
+                code: 3,
+                message: format!("no recording for session {sid}"),
+            }),
+            Source::Remote(saved) => {
+                parse(crate::remote::call(saved, &Call::RecordingsGet { id: sid.to_string() }).await?)
+            }
+        }
+    }
+
+    async fn all_rows(&self) -> Result<Vec<SessionRow>, Failure> {
+        match self {
+            Source::Local(store) => Ok(store.sessions(false, i64::MAX).await?),
+            Source::Remote(saved) => parse(
+                crate::remote::call(
+                    saved,
+                    &Call::SessionsList {
+                        live: false,
+                        limit: i64::MAX,
+                    },
+                )
+                .await?,
+            ),
+        }
+    }
+
+    /// The key given, else the stored one (locally) or the gateway's (remotely).
+    async fn audit_key(&self, given: Option<&str>) -> Result<VerifyingKey, Failure> {
+        let hex_key = match (given, self) {
+            (Some(k), _) => {
+                return herse::audit_log::public_key_from_arg(k).map_err(|e| Failure {
+                    code: 2,
+                    message: e.to_string(),
+                })
+            }
+            (None, Source::Local(store)) => store.gateway_key("audit").await?.0,
+            (None, Source::Remote(saved)) => parse(crate::remote::call(saved, &Call::RecordingsPublicKey).await?)?,
+        };
+        let bytes: [u8; 32] = hex::decode(hex_key.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| failed("the audit public key is malformed"))?;
+        VerifyingKey::from_bytes(&bytes).map_err(|e| failed(format!("audit public key: {e}")))
+    }
+
+    /// A readable copy of the row's recording (and its seek index, when there is one).
+    async fn file(&self, row: &SessionRow) -> Result<PathBuf, Failure> {
+        match self {
+            Source::Local(_) => Ok(PathBuf::from(&row.recording)),
+            Source::Remote(saved) => {
+                let sid = session_id(&row.id)?;
+                let path = cache_dir()?.join(format!("{}.herserec", sid.as_str()));
+                download(saved, &sid, false, &path).await?;
+                let index = session_recordings::format::index_path(&path);
+                if !download(saved, &sid, true, &index).await? {
+                    let _ = std::fs::remove_file(&index);
+                }
+                Ok(path)
+            }
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| failed(format!("unexpected answer: {e}")))
+}
+
+/// `$XDG_CACHE_HOME/herse/recordings`, else `~/.cache/herse/recordings`; made 0700.
+fn cache_dir() -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or_else(|| crate::commands::usage("no HOME: set XDG_CACHE_HOME for the recordings cache"))?;
+    let dir = base.join("herse").join("recordings");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// A new private (0600) file, replacing whatever was at `path`.
+fn private_file(path: &Path) -> Result<std::fs::File, Failure> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let _ = std::fs::remove_file(path);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Download a recording (or its index) whole into `path`, chunk by chunk; false when the
+/// gateway has no index for it.
+async fn download(saved: &crate::remote::Saved, sid: &SessionId, index: bool, path: &Path) -> Result<bool, Failure> {
+    // NAME.herserec.part / NAME.herseidx.part: never the other file's.
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let mut out = std::io::BufWriter::new(private_file(&part)?);
+    let mut offset = 0u64;
+    loop {
+        match crate::remote::recording_chunk(saved, sid, offset, index, &mut out).await? {
+            None => {
+                drop(out);
+                let _ = std::fs::remove_file(&part);
+                return Ok(false);
+            }
+            Some((n, size)) => {
+                offset += n;
+                if n == 0 || offset >= size {
+                    break;
+                }
+            }
+        }
+    }
+    out.into_inner().map_err(|e| failed(e.error()))?.sync_all()?;
+    std::fs::rename(&part, path)?;
+    Ok(true)
+}
+
+/// The `recordings list` filter from the command line.
+#[allow(clippy::too_many_arguments)]
+fn list_filter(
+    user: &Option<String>,
+    target: &Option<String>,
+    tier: &Option<String>,
+    workstation: &Option<String>,
+    since: &Option<String>,
+    until: &Option<String>,
+    contains: &Option<String>,
+    limit: i64,
+) -> Result<RecordingFilter, Failure> {
+    Ok(RecordingFilter {
+        user: user.clone(),
+        target: target.clone(),
+        tier: tier.clone(),
+        workstation: workstation.clone(),
+        since: since.as_deref().map(parse_when).transpose()?,
+        until: until.as_deref().map(parse_when).transpose()?,
+        contains: contains.clone(),
+        limit,
+    })
+}
+
+pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
+    let json = cli.json;
     match cmd {
         RecordingsCmd::List {
             user,
@@ -167,35 +341,8 @@ pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), F
             contains,
             limit,
         } => {
-            let since = since.as_deref().map(parse_when).transpose()?;
-            let until = until.as_deref().map(parse_when).transpose()?;
-            let mut rows = Vec::new();
-            for s in store.sessions(false, i64::MAX).await? {
-                let keep = user.as_ref().is_none_or(|u| &s.user == u)
-                    && target.as_ref().is_none_or(|t| &s.target == t)
-                    && tier.as_ref().is_none_or(|t| &s.tier == t)
-                    && workstation.as_ref().is_none_or(|w| {
-                        s.workstation.as_deref() == Some(w.as_str()) || s.client_addr.starts_with(w.as_str())
-                    })
-                    && since.is_none_or(|t| s.started_at >= t)
-                    && until.is_none_or(|t| s.started_at < t)
-                    && s.purged_at.is_none();
-                if !keep {
-                    continue;
-                }
-                if let Some(text) = contains {
-                    if hits(Path::new(&s.recording), text, 1)
-                        .map(|h| h.is_empty())
-                        .unwrap_or(true)
-                    {
-                        continue;
-                    }
-                }
-                rows.push(s);
-                if rows.len() as i64 >= *limit {
-                    break;
-                }
-            }
+            let f = list_filter(user, target, tier, workstation, since, until, contains, *limit)?;
+            let rows: Vec<SessionRow> = parse(execute(cli, &Call::RecordingsList(f)).await?)?;
             output::table(
                 json,
                 &rows,
@@ -232,8 +379,10 @@ pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), F
             at,
             skip_idle,
         } => {
-            let row = session_row(store, id).await?;
-            play_file(&row.recording, *speed, *at, *skip_idle)
+            let source = Source::open(cli).await?;
+            let row = source.row(id).await?;
+            let path = source.file(&row).await?;
+            play_file(&path, *speed, *at, *skip_idle)
         }
         RecordingsCmd::Search {
             text,
@@ -242,36 +391,26 @@ pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), F
             limit,
             play,
         } => {
-            let mut found: Vec<Hit> = Vec::new();
-            for s in store.sessions(false, i64::MAX).await? {
-                if s.purged_at.is_some()
-                    || user.as_ref().is_some_and(|u| &s.user != u)
-                    || target.as_ref().is_some_and(|t| &s.target != t)
-                {
-                    continue;
-                }
-                let left = (*limit as usize).saturating_sub(found.len());
-                if left == 0 {
-                    break;
-                }
-                match hits(Path::new(&s.recording), text, left) {
-                    Ok(h) => found.extend(h.into_iter().map(|(t, snippet)| Hit {
-                        session: s.id.clone(),
-                        user: s.user.clone(),
-                        target: s.target.clone(),
-                        at_seconds: t as f64 / 1e6,
-                        snippet,
-                    })),
-                    Err(e) => eprintln!("hersectl: {}: {e}", s.recording),
-                }
+            let q = SearchQuery {
+                text: text.clone(),
+                user: user.clone(),
+                target: target.clone(),
+                limit: *limit,
+            };
+            let r: SearchResult = parse(execute(cli, &Call::RecordingsSearch(q)).await?)?;
+            for s in &r.skipped {
+                eprintln!("hersectl: {}: {}", s.session, s.error);
             }
+            let found = r.hits;
             if *play {
                 let first = found.first().ok_or_else(|| Failure {
                     code: 3,
                     message: format!("no recording contains {text:?}"),
                 })?;
-                let row = session_row(store, &first.session).await?;
-                return play_file(&row.recording, 1.0, (first.at_seconds - 2.0).max(0.0), false);
+                let source = Source::open(cli).await?;
+                let row = source.row(&first.session).await?;
+                let path = source.file(&row).await?;
+                return play_file(&path, 1.0, (first.at_seconds - 2.0).max(0.0), false);
             }
             output::table(json, &found, &["SESSION", "USER", "TARGET", "AT", "MATCH"], |h| {
                 vec![
@@ -293,51 +432,42 @@ pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), F
             }
             Ok(())
         }
-        RecordingsCmd::Show { id } => show(store, json, id).await,
+        RecordingsCmd::Show { id, public_key } => {
+            show(&Source::open(cli).await?, json, id, public_key.as_deref()).await
+        }
         RecordingsCmd::Hold { id, release } => {
-            let sid = SessionId::parse(id).map_err(|e| Failure {
-                code: 2,
-                message: e.to_string(),
-            })?;
-            if !store.set_legal_hold(&sid, !release).await? {
-                return Err(Failure {
-                    code: 3,
-                    message: format!("no recording for session {sid}"),
-                });
-            }
-            let (kind, word) = if *release {
-                ("recording.release", "released from")
-            } else {
-                ("recording.hold", "placed under")
-            };
-            store
-                .audit(
-                    &herse::store::AuditEvent::new(
-                        kind,
-                        herse::store::Severity::Info,
-                        format!("by {}", crate::commands::operator()),
-                    )
-                    .session(&sid),
-                )
-                .await?;
-            println!("recording {sid} {word} legal hold");
+            let v = execute(
+                cli,
+                &Call::RecordingsHold {
+                    id: id.clone(),
+                    release: *release,
+                },
+            )
+            .await?;
+            crate::commands::print_message(json, &v);
             Ok(())
         }
-        RecordingsCmd::Purge => Err(Failure {
-            code: 2,
-            message: "internal: purge is run by the caller".into(),
-        }),
-        RecordingsCmd::Verify { id, all } => verify(store, json, id.as_deref(), *all).await,
+        RecordingsCmd::Purge => {
+            let v = execute(cli, &Call::RecordingsPurge).await?;
+            crate::commands::print_message(json, &v);
+            Ok(())
+        }
+        RecordingsCmd::Verify { id, all, public_key } => {
+            verify(
+                &Source::open(cli).await?,
+                json,
+                id.as_deref(),
+                *all,
+                public_key.as_deref(),
+            )
+            .await
+        }
         RecordingsCmd::Export { id, format, output } => {
-            let row = session_row(store, id).await?;
-            let reader = open_reader(Path::new(&row.recording)).map_err(|e| Failure {
-                code: 1,
-                message: format!("{}: {e}", row.recording),
-            })?;
-            let (header, events, _) = reader.events().map_err(|e| Failure {
-                code: 1,
-                message: e.to_string(),
-            })?;
+            let source = Source::open(cli).await?;
+            let row = source.row(id).await?;
+            let path = source.file(&row).await?;
+            let reader = open_reader(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+            let (header, events, _) = reader.events().map_err(failed)?;
             let text = match format {
                 ExportFormat::Asciicast => asciicast(&header, &events),
                 ExportFormat::Text => transcript(&events),
@@ -352,16 +482,15 @@ pub async fn run(store: &Store, json: bool, cmd: &RecordingsCmd) -> Result<(), F
     }
 }
 
-async fn show(store: &Store, json: bool, id: &str) -> Result<(), Failure> {
-    let row = session_row(store, id).await?;
-    let key = audit_key(store).await?;
-    let verified = RecordingReader::open_verified(Path::new(&row.recording), &key).and_then(|r| r.verify());
-    let (header, events, _) = open_reader(Path::new(&row.recording))
-        .and_then(|r| r.events())
-        .map_err(|e| Failure {
-            code: 1,
-            message: e.to_string(),
-        })?;
+async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -> Result<(), Failure> {
+    let row = source.row(id).await?;
+    let key = source.audit_key(public_key).await?;
+    let path = source.file(&row).await?;
+    let verified = RecordingReader::open_verified(&path, &key).and_then(|r| r.verify());
+    let (header, events, _) = open_reader(&path).and_then(|r| r.events()).map_err(|e| Failure {
+        code: 1,
+        message: e.to_string(),
+    })?;
     let mut execs = Vec::new();
     let mut sftp = Vec::new();
     let mut denied = Vec::new();
@@ -476,11 +605,17 @@ struct VerifyLine {
     status: String,
 }
 
-async fn verify(store: &Store, json: bool, id: Option<&str>, all: bool) -> Result<(), Failure> {
-    let key = audit_key(store).await?;
+async fn verify(
+    source: &Source,
+    json: bool,
+    id: Option<&str>,
+    all: bool,
+    public_key: Option<&str>,
+) -> Result<(), Failure> {
+    let key = source.audit_key(public_key).await?;
     let rows = match (id, all) {
-        (Some(id), _) => vec![session_row(store, id).await?],
-        (None, true) => store.sessions(false, i64::MAX).await?,
+        (Some(id), _) => vec![source.row(id).await?],
+        (None, true) => source.all_rows().await?,
         (None, false) => {
             return Err(Failure {
                 code: 2,
@@ -507,7 +642,19 @@ async fn verify(store: &Store, json: bool, id: Option<&str>, all: bool) -> Resul
         if all && !json && total > 20 {
             eprint!("\rverifying {}/{total}", i + 1);
         }
-        let line = match RecordingReader::open_verified(Path::new(&row.recording), &key).and_then(|r| r.verify()) {
+        let path = match source.file(row).await {
+            Ok(p) => p,
+            Err(e) => {
+                lines.push(VerifyLine {
+                    session: row.id.clone(),
+                    file: row.recording.clone(),
+                    ok: false,
+                    status: format!("FAILED: {}", e.message),
+                });
+                continue;
+            }
+        };
+        let line = match RecordingReader::open_verified(&path, &key).and_then(|r| r.verify()) {
             Ok(v) => {
                 headers.insert(row.id.clone(), hex::encode(v.header_hash));
                 if let Some(p) = &v.header.previous {
@@ -685,40 +832,6 @@ fn transcript(events: &[Event]) -> String {
     out
 }
 
-/// Remove terminal control sequences (CSI, OSC, other escapes) and carriage returns.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars().peekable();
-    while let Some(c) = it.next() {
-        match c {
-            '\u{1b}' => match it.next() {
-                Some('[') => {
-                    for d in it.by_ref() {
-                        if ('@'..='~').contains(&d) {
-                            break;
-                        }
-                    }
-                }
-                Some(']') => {
-                    while let Some(d) = it.next() {
-                        if d == '\u{7}' || (d == '\u{1b}' && it.peek() == Some(&'\\')) {
-                            if d == '\u{1b}' {
-                                it.next();
-                            }
-                            break;
-                        }
-                    }
-                }
-                _ => {}
-            },
-            '\r' => {}
-            c if c.is_control() && c != '\n' && c != '\t' => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn json_lines(events: &[Event]) -> String {
     let mut out = String::new();
     for e in events {
@@ -746,32 +859,56 @@ fn json_lines(events: &[Event]) -> String {
     out
 }
 
+/// How often remote `sessions watch` asks the gateway for new bytes.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Follow a live session's recording and print its terminal output as it is written.
-pub async fn watch(store: &Store, id: &str, from_start: bool) -> Result<(), Failure> {
+/// Remotely, the recording is copied into the cache as it grows (polling the gateway
+/// from the copy's length) and the same follower reads the copy.
+pub async fn watch(cli: &Cli, id: &str, from_start: bool) -> Result<(), Failure> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let row = session_row(store, id).await?;
+    let source = Source::open(cli).await?;
+    let row = source.row(id).await?;
     if row.ended_at.is_some() {
-        return Err(Failure {
-            code: 1,
-            message: format!("session {} has ended; use `hersectl recordings export`", row.id),
-        });
+        return Err(failed(format!(
+            "session {} has ended; use `hersectl recordings export`",
+            row.id
+        )));
     }
-    let key = audit_key(store).await?;
-    let file = std::fs::File::open(&row.recording)?;
+    let key = source.audit_key(None).await?;
+    // Remote: the copy so far, and an appender that keeps it growing.
+    let mut copy = match &source {
+        Source::Local(_) => None,
+        Source::Remote(saved) => {
+            let sid = session_id(&row.id)?;
+            let path = cache_dir()?.join(format!("{}.herserec", sid.as_str()));
+            let mut out = private_file(&path)?;
+            let mut offset = 0;
+            loop {
+                let (n, size) = crate::remote::recording_chunk(saved, &sid, offset, false, &mut out)
+                    .await?
+                    .unwrap_or((0, 0));
+                offset += n;
+                if n == 0 || offset >= size {
+                    break;
+                }
+            }
+            Some((saved, sid, path, out, offset))
+        }
+    };
+    let path = match &copy {
+        Some((_, _, path, _, _)) => path.clone(),
+        None => PathBuf::from(&row.recording),
+    };
+    let file = std::fs::File::open(&path)?;
     let join_at = file.metadata()?.len();
     let stop = Arc::new(AtomicBool::new(false));
     let reader_stop = stop.clone();
     let follow = tokio::task::spawn_blocking(move || -> Result<String, Failure> {
         let tail = session_recordings::TailFile::new(file, reader_stop);
-        let mut reader = RecordingReader::new(tail, Some(key)).map_err(|e| Failure {
-            code: 1,
-            message: e.to_string(),
-        })?;
-        unlock(&mut reader).map_err(|e| Failure {
-            code: 1,
-            message: e.to_string(),
-        })?;
+        let mut reader = RecordingReader::new(tail, Some(key)).map_err(failed)?;
+        unlock(&mut reader).map_err(failed)?;
         let mut out = std::io::stdout().lock();
         eprintln!(
             "herse: watching session {} ({}@{}, user {}), read-only; Ctrl-C to stop",
@@ -780,10 +917,7 @@ pub async fn watch(store: &Store, id: &str, from_start: bool) -> Result<(), Fail
             reader.header().target,
             reader.header().user
         );
-        while let Some(e) = reader.next_event().map_err(|e| Failure {
-            code: 1,
-            message: e.to_string(),
-        })? {
+        while let Some(e) = reader.next_event().map_err(failed)? {
             match e {
                 Event::Data {
                     direction: DataDirection::Output | DataDirection::Stderr,
@@ -803,16 +937,26 @@ pub async fn watch(store: &Store, id: &str, from_start: bool) -> Result<(), Fail
         Ok("the recording stopped growing".into())
     });
     tokio::pin!(follow);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(WATCH_POLL);
+    let mut last_check = std::time::Instant::now();
     let mut ended_since: Option<std::time::Instant> = None;
     let reason = loop {
         tokio::select! {
-            r = &mut follow => break r.map_err(|e| Failure { code: 1, message: e.to_string() })??,
+            r = &mut follow => break r.map_err(failed)??,
             _ = tick.tick() => {
+                if let Some((saved, sid, _, out, offset)) = copy.as_mut() {
+                    if let Some((n, _)) = crate::remote::recording_chunk(saved, sid, *offset, false, out).await? {
+                        *offset += n;
+                        out.flush()?;
+                    }
+                }
+                if last_check.elapsed() < std::time::Duration::from_secs(1) {
+                    continue;
+                }
+                last_check = std::time::Instant::now();
                 // A gateway that died leaves the recording unsealed: stop when the row says
                 // the session is over and nothing more arrives.
-                let live = store.session(&SessionId::parse(&row.id).map_err(|e| Failure { code: 1, message: e.to_string() })?).await?
-                    .is_some_and(|s| s.ended_at.is_none());
+                let live = source.row(&row.id).await?.ended_at.is_none();
                 if !live {
                     let since = *ended_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > std::time::Duration::from_secs(3) {
@@ -824,29 +968,6 @@ pub async fn watch(store: &Store, id: &str, from_start: bool) -> Result<(), Fail
     };
     eprintln!("\r\nherse: session ended: {reason}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ansi_is_stripped_and_utf8_is_joined() {
-        assert_eq!(strip_ansi("\u{1b}[1;32mok\u{1b}[0m\r\n\u{1b}]0;title\u{7}x"), "ok\nx");
-        let mut j = Utf8Joiner::default();
-        let e = "é".as_bytes();
-        assert_eq!(j.push(&e[..1]), "");
-        assert_eq!(j.push(&e[1..]), "é");
-    }
-}
-
-#[derive(serde::Serialize)]
-struct Hit {
-    session: String,
-    user: String,
-    target: String,
-    at_seconds: f64,
-    snippet: String,
 }
 
 /// Microseconds since the epoch from "2h" (ago) or an RFC 3339 time.
@@ -864,7 +985,7 @@ fn parse_when(s: &str) -> Result<i64, Failure> {
         .unwrap_or(0))
 }
 
-fn play_file(path: &str, speed: f64, at: f64, skip_idle: bool) -> Result<(), Failure> {
+fn play_file(path: &Path, speed: f64, at: f64, skip_idle: bool) -> Result<(), Failure> {
     let at_micros = (at.max(0.0) * 1e6) as u64;
     // Starting later: jump through the seek index instead of decoding from the start
     // (the player can then seek back only to the frame it started from).
@@ -876,10 +997,9 @@ fn play_file(path: &str, speed: f64, at: f64, skip_idle: bool) -> Result<(), Fai
         unlock(&mut r)?;
         Ok(r)
     };
-    let (_, events, _) = open(Path::new(path)).and_then(|r| r.events()).map_err(|e| Failure {
-        code: 1,
-        message: format!("{path}: {e}"),
-    })?;
+    let (_, events, _) = open(path)
+        .and_then(|r| r.events())
+        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
     let timeline = crate::play::Timeline::from_events(&events);
     crate::play::play(
         &timeline,
@@ -891,68 +1011,16 @@ fn play_file(path: &str, speed: f64, at: f64, skip_idle: bool) -> Result<(), Fai
     )
 }
 
-/// Where `needle` occurs in a recording: (time, snippet), at most `limit`.
-fn hits(path: &Path, needle: &str, limit: usize) -> Result<Vec<(u64, String)>, session_recordings::ReadError> {
-    let mut reader = open_reader(path)?;
-    let mut out = Vec::new();
-    let mut tails: HashMap<(u32, bool), String> = HashMap::new();
-    let keep = needle.chars().count().saturating_sub(1);
-    while let Some(e) = reader.next_event()? {
-        let (t, text, key) = match &e {
-            Event::Data {
-                t_micros,
-                channel,
-                direction,
-                data,
-            } => (
-                *t_micros,
-                strip_ansi(&String::from_utf8_lossy(data)),
-                Some((*channel, *direction == DataDirection::Input)),
-            ),
-            Event::Meta {
-                t_micros,
-                meta: Meta::Exec { command },
-                ..
-            } => (*t_micros, command.clone(), None),
-            Event::Meta {
-                t_micros,
-                meta: Meta::SftpOp { path, target, .. },
-                ..
-            } => (
-                *t_micros,
-                format!("{path} {}", target.clone().unwrap_or_default()),
-                None,
-            ),
-            _ => continue,
-        };
-        let joined = match key {
-            Some(k) => {
-                let tail = tails.entry(k).or_default();
-                let joined = format!("{tail}{text}");
-                *tail = joined
-                    .chars()
-                    .rev()
-                    .take(keep)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                joined
-            }
-            None => text,
-        };
-        if let Some(i) = joined.find(needle) {
-            let start = joined[..i].char_indices().rev().nth(30).map(|(j, _)| j).unwrap_or(0);
-            let snippet: String = joined[start..]
-                .chars()
-                .take(80)
-                .collect::<String>()
-                .replace(['\n', '\r'], " ");
-            out.push((t, snippet.trim().to_owned()));
-            if out.len() >= limit {
-                break;
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ansi_is_stripped_and_utf8_is_joined() {
+        assert_eq!(strip_ansi("\u{1b}[1;32mok\u{1b}[0m\r\n\u{1b}]0;title\u{7}x"), "ok\nx");
+        let mut j = Utf8Joiner::default();
+        let e = "é".as_bytes();
+        assert_eq!(j.push(&e[..1]), "");
+        assert_eq!(j.push(&e[1..]), "é");
     }
-    Ok(out)
 }

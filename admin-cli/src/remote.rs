@@ -113,14 +113,12 @@ fn host_port(server: &str) -> Result<(String, u16), Failure> {
     Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
 }
 
-/// POST `body` as JSON to `path`; the status and the JSON answer.
-async fn post(
+/// An HTTP/1.1 connection over TLS to `server`, trusting only `ca_pem`; and the Host
+/// header value.
+async fn connect(
     server: &str,
     ca_pem: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &serde_json::Value,
-) -> Result<(u16, serde_json::Value), Failure> {
+) -> Result<(hyper::client::conn::http1::SendRequest<Full<Bytes>>, String), Failure> {
     let (host, port) = host_port(server)?;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -136,10 +134,7 @@ async fn post(
         .with_root_certificates(roots)
         .with_no_client_auth();
     let name = ServerName::try_from(host.clone()).map_err(|e| usage(format!("--server host: {e}")))?;
-    let fail = |what: &str, e: &dyn std::fmt::Display| Failure {
-        code: 1,
-        message: format!("cannot reach {server}: {what}: {e}"),
-    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| unreachable_server(server, what, e);
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         tokio::net::TcpStream::connect((host.as_str(), port)),
@@ -151,19 +146,33 @@ async fn post(
         .connect(name, tcp)
         .await
         .map_err(|e| fail("TLS", &e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
         .map_err(|e| fail("HTTP", &e))?;
     tokio::spawn(conn);
+    let host_header = if port == 443 { host } else { format!("{host}:{port}") };
+    Ok((sender, host_header))
+}
+
+fn unreachable_server(server: &str, what: &str, e: &dyn std::fmt::Display) -> Failure {
+    Failure {
+        code: 1,
+        message: format!("cannot reach {server}: {what}: {e}"),
+    }
+}
+
+/// POST `body` as JSON to `path`; the status and the JSON answer.
+async fn post(
+    server: &str,
+    ca_pem: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> Result<(u16, serde_json::Value), Failure> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| unreachable_server(server, what, e);
+    let (mut sender, host) = connect(server, ca_pem).await?;
     let mut req = hyper::Request::post(path)
-        .header(
-            hyper::header::HOST,
-            if port == 443 {
-                host.clone()
-            } else {
-                format!("{host}:{port}")
-            },
-        )
+        .header(hyper::header::HOST, host)
         .header(hyper::header::CONTENT_TYPE, "application/json");
     if let Some(t) = token {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
@@ -178,9 +187,84 @@ async fn post(
         .await
         .map_err(|e| fail("reading the answer", &e))?
         .to_bytes();
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes).trim().to_owned() }));
-    Ok((status, v))
+    Ok((status, answer(&bytes)))
+}
+
+fn answer(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(bytes).trim().to_owned() }))
+}
+
+/// A failed call's answer as a failure with the exit code its kind names.
+fn refusal(v: &serde_json::Value) -> Failure {
+    let kind: Option<herse::control::ErrorKind> = v.get("kind").and_then(|k| serde_json::from_value(k.clone()).ok());
+    Failure {
+        code: kind.map_or(1, |k| k.exit_code()),
+        message: v
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("the gateway refused the call")
+            .to_owned(),
+    }
+}
+
+fn unexpired(s: &Saved) -> Result<(), Failure> {
+    if s.expires_at <= herse::store::now_micros() {
+        return Err(Failure {
+            code: 4,
+            message: "your hersectl login has expired: run hersectl login".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Most bytes accepted in one file response (the gateway sends at most 16 MiB).
+const MAX_FILE_CHUNK: usize = 32 << 20;
+
+/// GET `/api/v1/recordings/{id}/file` from `offset` (the `.herseidx` index with
+/// `index`), appending the bytes to `out`. Returns (bytes appended, file size when the
+/// gateway answered); `None` when the gateway has no such file (no index, say).
+pub async fn recording_chunk(
+    s: &Saved,
+    id: &herse::ident::SessionId,
+    offset: u64,
+    index: bool,
+    out: &mut impl Write,
+) -> Result<Option<(u64, u64)>, Failure> {
+    unexpired(s)?;
+    let fail = |what: &str, e: &dyn std::fmt::Display| unreachable_server(&s.server, what, e);
+    let (mut sender, host) = connect(&s.server, &s.ca_pem).await?;
+    let path = format!(
+        "/api/v1/recordings/{}/file?offset={offset}{}",
+        id.as_str(),
+        if index { "&index=1" } else { "" }
+    );
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {}", s.token))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| fail("request", &e))?;
+    let resp = sender.send_request(req).await.map_err(|e| fail("HTTP", &e))?;
+    let status = resp.status().as_u16();
+    let size = resp
+        .headers()
+        .get("x-herse-size")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = Limited::new(resp.into_body(), MAX_FILE_CHUNK)
+        .collect()
+        .await
+        .map_err(|e| fail("reading the recording", &e))?
+        .to_bytes();
+    match (status, size) {
+        (200, Some(size)) => {
+            out.write_all(&bytes)?;
+            Ok(Some((bytes.len() as u64, size)))
+        }
+        (404, _) if index => Ok(None),
+        (200, None) => Err(Failure::from("the gateway did not say how long the recording is")),
+        _ => Err(refusal(&answer(&bytes))),
+    }
 }
 
 /// Read a secret from the terminal without echo, or a line from standard input.
@@ -280,24 +364,11 @@ pub async fn login(server: &str, ca: &std::path::Path, user: Option<&str>) -> Re
 
 /// Run `call` on the gateway as the logged-in user.
 pub async fn call(s: &Saved, call: &herse::control::Call) -> Result<serde_json::Value, Failure> {
-    if s.expires_at <= herse::store::now_micros() {
-        return Err(Failure {
-            code: 4,
-            message: "your hersectl login has expired: run hersectl login".into(),
-        });
-    }
+    unexpired(s)?;
     let body = serde_json::to_value(call)?;
     let (status, mut v) = post(&s.server, &s.ca_pem, "/api/v1/call", Some(&s.token), &body).await?;
     if status == 200 {
         return Ok(v.get_mut("ok").map(serde_json::Value::take).unwrap_or_default());
     }
-    let kind: Option<herse::control::ErrorKind> = v.get("kind").and_then(|k| serde_json::from_value(k.clone()).ok());
-    Err(Failure {
-        code: kind.map_or(1, |k| k.exit_code()),
-        message: v
-            .get("error")
-            .and_then(|e| e.as_str())
-            .unwrap_or("the gateway refused the call")
-            .to_owned(),
-    })
+    Err(refusal(&v))
 }

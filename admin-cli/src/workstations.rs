@@ -1,13 +1,11 @@
 //! `hersectl workstations`: enrol, list, show, revoke and re-key the WireGuard peers.
+//! The work is the gateway library's (`herse::admin`); this builds the call and renders.
 
 use clap::Subcommand;
-use herse::ident::{UserName, WorkstationName};
-use herse::store::{AuditEvent, Severity, Store, WorkstationRow};
-use herse::wg::quick::QuickConfig;
-use herse::wg::{WgPublicKey, WgSecret};
-use zeroize::Zeroizing;
+use herse::control::Call;
+use herse::store::WorkstationRow;
 
-use crate::commands::{load_config, open, operator, store_err, usage, Failure};
+use crate::commands::{execute, Failure};
 use crate::output;
 use crate::Cli;
 
@@ -47,73 +45,15 @@ pub enum WorkstationsCmd {
     },
 }
 
-fn ws_name(s: &str) -> Result<WorkstationName, Failure> {
-    WorkstationName::parse(s).map_err(|e| usage(e.to_string()))
-}
-
-fn parse_key(s: &str) -> Result<WgPublicKey, Failure> {
-    WgPublicKey::parse(s).map_err(|e| usage(format!("--public-key: {e}")))
-}
-
-/// The key to enrol: the one given, or a fresh pair whose private half goes into the
-/// printed configuration only.
-fn key_pair(given: Option<&str>) -> Result<(WgPublicKey, Option<Zeroizing<String>>), Failure> {
-    match given {
-        Some(k) => Ok((parse_key(k)?, None)),
-        None => {
-            let s = WgSecret::generate();
-            Ok((s.public(), Some(s.to_base64())))
-        }
-    }
-}
-
-#[derive(serde::Serialize)]
-struct Enrolled<'a> {
-    workstation: &'a WorkstationRow,
-    /// The wg-quick configuration (contains the private key when one was generated).
-    config: &'a str,
-    private_key_generated: bool,
-}
-
-async fn print_config(
-    cli: &Cli,
-    store: &Store,
-    w: &WorkstationRow,
-    private: Option<&Zeroizing<String>>,
-    qr: bool,
-) -> Result<(), Failure> {
-    let config = load_config(cli)?;
-    let wc = config
-        .wireguard
-        .as_ref()
-        .ok_or_else(|| usage("the gateway configuration has no [wireguard] section"))?;
-    let gateway_key = herse::keys::wireguard_public(store).await.map_err(|e| Failure {
-        code: 1,
-        message: format!("the gateway's WireGuard key is not in the database ({e}); run `herse init` first"),
-    })?;
-    let text = QuickConfig {
-        private_key: private.map(|p| p.as_str()),
-        address: w
-            .address
-            .parse()
-            .map_err(|_| Failure::from(format!("stored address {:?} is invalid", w.address)))?,
-        gateway_public_key: gateway_key,
-        gateway_address: wc.net.gateway,
-        endpoint: &wc.endpoint,
-        persistent_keepalive: wc.persistent_keepalive,
-    }
-    .render();
+/// Print an enrolment answer (`{workstation, config, private_key_generated}`): the
+/// wg-quick file, and with `--qr` its QR code; JSON as is.
+fn print_config(cli: &Cli, v: &serde_json::Value, qr: bool) -> Result<(), Failure> {
+    let text = v["config"].as_str().unwrap_or_default();
+    let private = v["private_key_generated"].as_bool().unwrap_or(false);
     if cli.json {
-        output::object(
-            true,
-            &Enrolled {
-                workstation: w,
-                config: &text,
-                private_key_generated: private.is_some(),
-            },
-        );
+        output::object(true, v);
     } else {
-        print!("{}", text.as_str());
+        print!("{text}");
         if qr {
             let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| Failure::from(format!("QR code: {e}")))?;
             let art = code
@@ -124,7 +64,7 @@ async fn print_config(
             println!("\n{art}");
         }
     }
-    if private.is_some() {
+    if private {
         eprintln!(
             "hersectl: the private key above is shown once and stored nowhere: save this as /etc/wireguard/<name>.conf \
              on the workstation (mode 0600)"
@@ -135,9 +75,12 @@ async fn print_config(
     Ok(())
 }
 
+fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| Failure::from(format!("unexpected answer: {e}")))
+}
+
+/// Each command is one control call (locally or remotely); this only renders.
 pub async fn run(cli: &Cli, c: &WorkstationsCmd) -> Result<(), Failure> {
-    let store = open(cli).await?;
-    let op = operator();
     match c {
         WorkstationsCmd::Add {
             name,
@@ -145,33 +88,15 @@ pub async fn run(cli: &Cli, c: &WorkstationsCmd) -> Result<(), Failure> {
             public_key,
             qr,
         } => {
-            let name = ws_name(name)?;
-            let owner = UserName::parse(owner).map_err(|e| usage(e.to_string()))?;
-            let config = load_config(cli)?;
-            let wc = config
-                .wireguard
-                .as_ref()
-                .ok_or_else(|| usage("the gateway configuration has no [wireguard] section"))?;
-            let (public, private) = key_pair(public_key.as_deref())?;
-            let w = store
-                .add_workstation(&name, &owner, &public, &wc.net, &op)
-                .await
-                .map_err(store_err)?;
-            store
-                .audit(
-                    &AuditEvent::new(
-                        "workstation.add",
-                        Severity::Info,
-                        format!("{} at {} key {public} by {op}", w.name, w.address),
-                    )
-                    .user(&owner)
-                    .workstation(&name),
-                )
-                .await?;
-            print_config(cli, &store, &w, private.as_ref(), *qr).await?;
+            let call = Call::WorkstationsAdd {
+                name: name.clone(),
+                owner: owner.clone(),
+                public_key: public_key.clone(),
+            };
+            print_config(cli, &execute(cli, &call).await?, *qr)?;
         }
         WorkstationsCmd::List => {
-            let list = store.workstations().await.map_err(store_err)?;
+            let list: Vec<WorkstationRow> = parse(execute(cli, &Call::WorkstationsList).await?)?;
             output::table(
                 cli.json,
                 &list,
@@ -190,53 +115,22 @@ pub async fn run(cli: &Cli, c: &WorkstationsCmd) -> Result<(), Failure> {
             );
         }
         WorkstationsCmd::Show { name } => {
-            let name = ws_name(name)?;
-            let w = store
-                .workstation(&name)
-                .await
-                .map_err(store_err)?
-                .ok_or_else(|| Failure {
-                    code: 3,
-                    message: format!("workstation {name} not found"),
-                })?;
-            output::object(cli.json, &w);
+            let v = execute(cli, &Call::WorkstationsShow { name: name.clone() }).await?;
+            output::object(cli.json, &v);
         }
         WorkstationsCmd::Revoke { name, reason } => {
-            let name = ws_name(name)?;
-            let changed = store.revoke_workstation(&name, &op, reason).await.map_err(store_err)?;
-            if !changed {
-                return Err(Failure::from(format!("workstation {name} is already revoked")));
-            }
-            let w = store.workstation(&name).await.map_err(store_err)?;
-            let mut e = AuditEvent::new("workstation.revoke", Severity::Warning, format!("{reason} (by {op})"))
-                .workstation(&name);
-            if let Some(w) = &w {
-                e = e.user(&w.owner);
-            }
-            store.audit(&e).await?;
-            println!("workstation {name} revoked; its peer is removed and its sessions end within a second");
+            let call = Call::WorkstationsRevoke {
+                name: name.clone(),
+                reason: reason.clone(),
+            };
+            crate::commands::print_message(cli.json, &execute(cli, &call).await?);
         }
         WorkstationsCmd::RotateKey { name, public_key, qr } => {
-            let name = ws_name(name)?;
-            let (public, private) = key_pair(public_key.as_deref())?;
-            store.rotate_workstation_key(&name, &public).await.map_err(store_err)?;
-            let w = store
-                .workstation(&name)
-                .await
-                .map_err(store_err)?
-                .ok_or_else(|| Failure::from(format!("workstation {name} vanished")))?;
-            store
-                .audit(
-                    &AuditEvent::new(
-                        "workstation.rotate_key",
-                        Severity::Warning,
-                        format!("new key {public} by {op}"),
-                    )
-                    .user(&w.owner)
-                    .workstation(&name),
-                )
-                .await?;
-            print_config(cli, &store, &w, private.as_ref(), *qr).await?;
+            let call = Call::WorkstationsRotateKey {
+                name: name.clone(),
+                public_key: public_key.clone(),
+            };
+            print_config(cli, &execute(cli, &call).await?, *qr)?;
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ use crate::audit_log::{self, AuditLogError};
 use crate::grants::{self, GrantError, GrantRequest, Listing};
 use crate::ident::{SessionId, UserName};
 use crate::policy::Policy;
+use crate::recordings_query::{QueryError, RecordingFilter, SearchQuery};
 use crate::store::{AuditEvent, AuditFilter, Severity, Store, StoreError};
 
 /// One request. Tagged JSON: `{"call": "grants-approve", "id": "g…", "comment": ""}`.
@@ -77,13 +78,114 @@ pub enum Call {
     AuditVerify {
         public_key: Option<String>,
     },
+    UsersRemove {
+        name: String,
+    },
+    /// Lift second-factor and portal-login lockouts.
+    UsersUnlock {
+        name: String,
+    },
+    /// Set a portal password (admins; people change their own at the portal, which asks
+    /// for the current one).
+    UsersPassword {
+        name: String,
+        password: Secret,
+    },
+    /// New one-time recovery codes, returned once.
+    UsersRecoveryCodes {
+        name: String,
+    },
+    UsersTotpRemove {
+        name: String,
+    },
+    /// `key`: the text of an OpenSSH `.pub` file.
+    KeysAdd {
+        user: String,
+        key: String,
+    },
+    KeysRemove {
+        user: String,
+        fingerprint: String,
+    },
+    KeysList {
+        user: String,
+    },
+    RolesBind {
+        user: String,
+        role: String,
+    },
+    RolesUnbind {
+        user: String,
+        role: String,
+    },
+    /// Enrol; without `public_key` the gateway generates the pair and the answer's
+    /// wg-quick file carries the private key (shown once, stored nowhere).
+    WorkstationsAdd {
+        name: String,
+        owner: String,
+        public_key: Option<String>,
+    },
+    WorkstationsList,
+    WorkstationsShow {
+        name: String,
+    },
+    WorkstationsRevoke {
+        name: String,
+        reason: String,
+    },
+    WorkstationsRotateKey {
+        name: String,
+        public_key: Option<String>,
+    },
+    TargetsList,
+    /// Probe a target from the gateway and check its host key.
+    TargetsCheck {
+        name: String,
+    },
+    RecordingsList(RecordingFilter),
+    RecordingsSearch(SearchQuery),
+    /// The session row of one recording (to fetch, show, play, export, verify, watch it).
+    RecordingsGet {
+        id: String,
+    },
+    /// The audit public key recordings are signed with (hex), as the gateway stores it.
+    RecordingsPublicKey,
+    RecordingsHold {
+        id: String,
+        release: bool,
+    },
+    /// Purge recordings past their tier's retention on this gateway node now.
+    RecordingsPurge,
 }
 
-impl Call {
-    /// Whether executing this call reads the policy (grant rules, roles). Local mode can
-    /// run the others while the policy file is broken (recovery).
-    pub fn needs_policy(&self) -> bool {
-        matches!(self, Call::GrantsRequest(_) | Call::GrantsApprove { .. } | Call::Whoami)
+/// A secret in a call (a password): redacted `Debug`, zeroized on drop.
+#[derive(Clone, Default)]
+pub struct Secret(zeroize::Zeroizing<String>);
+
+impl Secret {
+    pub fn new(s: &str) -> Secret {
+        Secret(zeroize::Zeroizing::new(s.to_owned()))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        Ok(Secret(zeroize::Zeroizing::new(String::deserialize(d)?)))
     }
 }
 
@@ -130,7 +232,7 @@ impl ErrorKind {
     }
 }
 
-fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
+pub(crate) fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
     ControlError {
         kind,
         message: message.into(),
@@ -172,6 +274,15 @@ impl From<AuditLogError> for ControlError {
     }
 }
 
+impl From<QueryError> for ControlError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Store(e) => e.into(),
+            QueryError::Input(m) | QueryError::Identity(m) => err(ErrorKind::Invalid, m),
+        }
+    }
+}
+
 impl From<access::Refusal> for ControlError {
     fn from(r: access::Refusal) -> Self {
         err(ErrorKind::Refused, format!("refused: {r}"))
@@ -181,7 +292,13 @@ impl From<access::Refusal> for ControlError {
 /// What a call runs against.
 pub struct Ctx<'a> {
     pub store: &'a Store,
-    pub policy: &'a Policy,
+    /// The policy, or why it does not load: local mode must still run the calls that do
+    /// not need it (recovery from a broken policy file); the others report the reason.
+    pub policy: Result<&'a Policy, &'a str>,
+    pub config: &'a crate::config::GatewayConfig,
+    /// age identity files for reading encrypted recordings in searches: the local
+    /// operator's `--identity` files; none on the gateway, which cannot read them.
+    pub identity_files: &'a [std::path::PathBuf],
 }
 
 /// Listing sizes a caller may ask for: at least one row, at most 10 000 per call.
@@ -189,11 +306,18 @@ fn clamp(limit: i64) -> i64 {
     limit.clamp(1, 10_000)
 }
 
-fn user(name: &str) -> Result<UserName, ControlError> {
+impl<'a> Ctx<'a> {
+    pub(crate) fn policy(&self) -> Result<&'a Policy, ControlError> {
+        self.policy
+            .map_err(|why| err(ErrorKind::Invalid, format!("the policy does not load: {why}")))
+    }
+}
+
+pub(crate) fn user(name: &str) -> Result<UserName, ControlError> {
     UserName::parse(name).map_err(|e| err(ErrorKind::Invalid, e.to_string()))
 }
 
-fn json<T: serde::Serialize>(v: T) -> Result<serde_json::Value, ControlError> {
+pub(crate) fn json<T: serde::Serialize>(v: T) -> Result<serde_json::Value, ControlError> {
     serde_json::to_value(v).map_err(|e| err(ErrorKind::Internal, e.to_string()))
 }
 
@@ -214,10 +338,10 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
                 })),
             }
         }
-        Call::GrantsRequest(r) => json(grants::request(store, ctx.policy, caller, r).await?),
+        Call::GrantsRequest(r) => json(grants::request(store, ctx.policy()?, caller, r).await?),
         Call::GrantsList { listing, limit } => json(grants::list(store, caller, *listing, clamp(*limit)).await?),
         Call::GrantsShow { id } => json(grants::show(store, caller, id).await?),
-        Call::GrantsApprove { id, comment } => json(grants::approve(store, ctx.policy, caller, id, comment).await?),
+        Call::GrantsApprove { id, comment } => json(grants::approve(store, ctx.policy()?, caller, id, comment).await?),
         Call::GrantsDeny { id, reason } => json(grants::deny(store, caller, id, reason).await?),
         Call::GrantsRevoke { id, reason } => json(grants::revoke(store, caller, id, reason).await?),
         Call::UsersAdd { name, key } => {
@@ -351,10 +475,128 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
             };
             json(audit_log::verify(store, &key).await?)
         }
+        _ => {
+            // The rest are administration and recordings: one action each, checked here
+            // before anything runs; a call without one is an internal error (fail closed).
+            let a = action(call).ok_or_else(|| err(ErrorKind::Internal, "call without an action"))?;
+            access::check(caller, &a)?;
+            more(ctx, caller, call).await
+        }
     }
 }
 
-async fn audit(store: &Store, e: AuditEvent) -> Result<(), ControlError> {
+/// The action a call of the second half of [`Call`] needs.
+fn action(call: &Call) -> Option<Action<'static>> {
+    Some(match call {
+        Call::UsersRemove { .. }
+        | Call::UsersUnlock { .. }
+        | Call::UsersPassword { .. }
+        | Call::UsersRecoveryCodes { .. }
+        | Call::UsersTotpRemove { .. }
+        | Call::KeysAdd { .. }
+        | Call::KeysRemove { .. }
+        | Call::KeysList { .. }
+        | Call::RolesBind { .. }
+        | Call::RolesUnbind { .. } => Action::ManageUsers,
+        Call::WorkstationsAdd { .. }
+        | Call::WorkstationsList
+        | Call::WorkstationsShow { .. }
+        | Call::WorkstationsRevoke { .. }
+        | Call::WorkstationsRotateKey { .. } => Action::ManageWorkstations,
+        Call::TargetsList | Call::TargetsCheck { .. } => Action::ManageTargets,
+        Call::RecordingsList(_)
+        | Call::RecordingsSearch(_)
+        | Call::RecordingsGet { .. }
+        | Call::RecordingsPublicKey => Action::ReadRecordings,
+        Call::RecordingsHold { .. } | Call::RecordingsPurge => Action::ManageRecordings,
+        _ => return None,
+    })
+}
+
+async fn more(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serde_json::Value, ControlError> {
+    use crate::admin;
+    match call {
+        Call::UsersRemove { name } => admin::users_remove(ctx, caller, name).await,
+        Call::UsersUnlock { name } => admin::users_unlock(ctx, caller, name).await,
+        Call::UsersPassword { name, password } => admin::users_password(ctx, caller, name, password.expose()).await,
+        Call::UsersRecoveryCodes { name } => admin::users_recovery_codes(ctx, caller, name).await,
+        Call::UsersTotpRemove { name } => admin::users_totp_remove(ctx, caller, name).await,
+        Call::KeysAdd { user, key } => admin::keys_add(ctx, caller, user, key).await,
+        Call::KeysRemove { user, fingerprint } => admin::keys_remove(ctx, caller, user, fingerprint).await,
+        Call::KeysList { user } => admin::keys_list(ctx, user).await,
+        Call::RolesBind { user, role } => admin::roles_bind(ctx, caller, user, role).await,
+        Call::RolesUnbind { user, role } => admin::roles_unbind(ctx, caller, user, role).await,
+        Call::WorkstationsAdd {
+            name,
+            owner,
+            public_key,
+        } => admin::workstations_add(ctx, caller, name, owner, public_key.as_deref()).await,
+        Call::WorkstationsList => json(ctx.store.workstations().await?),
+        Call::WorkstationsShow { name } => admin::workstations_show(ctx, name).await,
+        Call::WorkstationsRevoke { name, reason } => admin::workstations_revoke(ctx, caller, name, reason).await,
+        Call::WorkstationsRotateKey { name, public_key } => {
+            admin::workstations_rotate_key(ctx, caller, name, public_key.as_deref()).await
+        }
+        Call::TargetsList => admin::targets_list(ctx),
+        Call::TargetsCheck { name } => admin::targets_check(ctx, caller, name).await,
+        Call::RecordingsList(f) => json(crate::recordings_query::list(ctx.store, f, ctx.identity_files).await?),
+        Call::RecordingsSearch(q) => json(crate::recordings_query::search(ctx.store, q, ctx.identity_files).await?),
+        Call::RecordingsGet { id } => {
+            let sid = session_id(id)?;
+            let row = ctx
+                .store
+                .session(&sid)
+                .await?
+                .ok_or_else(|| err(ErrorKind::NotFound, format!("no recording for session {sid}")))?;
+            json(row)
+        }
+        Call::RecordingsPublicKey => {
+            let key = audit_log::stored_public_key(ctx.store).await?;
+            json(hex::encode(key.as_bytes()))
+        }
+        Call::RecordingsHold { id, release } => recordings_hold(ctx, caller, id, *release).await,
+        Call::RecordingsPurge => {
+            let ids = crate::retention::purge(ctx.store, ctx.policy()?, &crate::runtime::node_name()).await?;
+            let message = format!(
+                "purged {} recording(s){}{}",
+                ids.len(),
+                if ids.is_empty() { "" } else { ": " },
+                ids.join(", ")
+            );
+            json(serde_json::json!({ "purged": ids, "message": message }))
+        }
+        _ => Err(err(ErrorKind::Internal, "call not dispatched")),
+    }
+}
+
+fn session_id(id: &str) -> Result<SessionId, ControlError> {
+    SessionId::parse(id).map_err(|e| err(ErrorKind::Invalid, e.to_string()))
+}
+
+async fn recordings_hold(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    id: &str,
+    release: bool,
+) -> Result<serde_json::Value, ControlError> {
+    let sid = session_id(id)?;
+    if !ctx.store.set_legal_hold(&sid, !release).await? {
+        return Err(err(ErrorKind::NotFound, format!("no recording for session {sid}")));
+    }
+    let (kind, word) = if release {
+        ("recording.release", "released from")
+    } else {
+        ("recording.hold", "placed under")
+    };
+    audit(
+        ctx.store,
+        AuditEvent::new(kind, Severity::Info, format!("by {}", caller.label())).session(&sid),
+    )
+    .await?;
+    json(serde_json::json!({ "session": sid.as_str(), "message": format!("recording {sid} {word} legal hold") }))
+}
+
+pub(crate) async fn audit(store: &Store, e: AuditEvent) -> Result<(), ControlError> {
     store.audit(&e).await?;
     Ok(())
 }
@@ -362,6 +604,84 @@ async fn audit(store: &Store, e: AuditEvent) -> Result<(), ControlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_calls_never_show_in_debug() {
+        let c = Call::UsersPassword {
+            name: "alice".into(),
+            password: Secret::new("hunter2-Horse"),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let text = serde_json::to_string(&c).unwrap();
+        let back: Call = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back, Call::UsersPassword { password, .. } if password.expose() == "hunter2-Horse"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<Call>(r#"{"call":"recordings-get","id":"x","path":"/etc/passwd"}"#).is_err());
+        assert!(serde_json::from_str::<Call>(r#"{"call":"recordings-list","limit":5,"file":"x"}"#).is_err());
+        assert!(serde_json::from_str::<Call>(r#"{"call":"recordings-list","limit":5}"#).is_ok());
+    }
+
+    /// Every call past the first group names the action it needs (none falls through to
+    /// "internal error", none runs unchecked).
+    #[test]
+    fn administration_and_recording_calls_have_actions() {
+        let s = String::new;
+        let calls = [
+            Call::UsersRemove { name: s() },
+            Call::UsersUnlock { name: s() },
+            Call::UsersPassword {
+                name: s(),
+                password: Secret::default(),
+            },
+            Call::UsersRecoveryCodes { name: s() },
+            Call::UsersTotpRemove { name: s() },
+            Call::KeysAdd { user: s(), key: s() },
+            Call::KeysRemove {
+                user: s(),
+                fingerprint: s(),
+            },
+            Call::KeysList { user: s() },
+            Call::RolesBind { user: s(), role: s() },
+            Call::RolesUnbind { user: s(), role: s() },
+            Call::WorkstationsAdd {
+                name: s(),
+                owner: s(),
+                public_key: None,
+            },
+            Call::WorkstationsList,
+            Call::WorkstationsShow { name: s() },
+            Call::WorkstationsRevoke { name: s(), reason: s() },
+            Call::WorkstationsRotateKey {
+                name: s(),
+                public_key: None,
+            },
+            Call::TargetsList,
+            Call::TargetsCheck { name: s() },
+            Call::RecordingsList(RecordingFilter::default()),
+            Call::RecordingsSearch(SearchQuery {
+                text: s(),
+                user: None,
+                target: None,
+                limit: 1,
+            }),
+            Call::RecordingsGet { id: s() },
+            Call::RecordingsPublicKey,
+            Call::RecordingsHold {
+                id: s(),
+                release: false,
+            },
+            Call::RecordingsPurge,
+        ];
+        for c in &calls {
+            assert!(action(c).is_some(), "{c:?}");
+        }
+        assert_eq!(action(&calls[17]), Some(Action::ReadRecordings));
+        assert_eq!(action(&calls[21]), Some(Action::ManageRecordings));
+        assert_eq!(action(&Call::Whoami), None);
+    }
 
     #[test]
     fn calls_are_tagged_json_and_strict() {
@@ -398,9 +718,12 @@ mod tests {
              [roles.boss]\nkind = \"manager\"\ntiers = [\"db\"]\n[roles.audit]\nkind = \"auditor\"\n",
         )
         .unwrap();
+        let config = test_config(&dir);
         let ctx = Ctx {
             store: &store,
-            policy: &policy,
+            policy: Ok(&policy),
+            config: &config,
+            identity_files: &[],
         };
         let person = |name: &str, role: &str| {
             let n = UserName::parse(name).unwrap();
@@ -470,7 +793,9 @@ mod tests {
         .unwrap();
         let ctx2 = Ctx {
             store: &store,
-            policy: &policy2,
+            policy: Ok(&policy2),
+            config: &config,
+            identity_files: &[],
         };
         let boss = crate::ident::RoleName::parse("boss").unwrap();
         for u in ["m1", "m2"] {
@@ -521,5 +846,15 @@ mod tests {
         assert_eq!(execute(&ctx, &dave, &bad).await.unwrap_err().kind, ErrorKind::Invalid);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn test_config(dir: &std::path::Path) -> crate::config::GatewayConfig {
+        let path = dir.join("herse.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"data\"\nmaster_key_file = \"m.key\"\npolicy = \"policy.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n",
+        )
+        .unwrap();
+        crate::config::GatewayConfig::load(&path).unwrap()
     }
 }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admin;
 pub mod audit_log;
 pub mod certs;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod mfa;
 pub mod origin;
 pub mod policy;
+pub mod recordings_query;
 pub mod relay;
 pub mod retention;
 pub mod runtime;

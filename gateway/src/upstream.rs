@@ -175,7 +175,7 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
 }
 
 /// What `hersectl targets check` reports.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ProbeReport {
     pub target: String,
     pub address: String,

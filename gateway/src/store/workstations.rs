@@ -10,7 +10,7 @@ use crate::ident::{UserName, WorkstationName};
 use crate::wg::pool::TunnelNet;
 use crate::wg::WgPublicKey;
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WorkstationRow {
     pub name: String,
     pub owner: String,

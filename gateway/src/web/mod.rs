@@ -8,6 +8,7 @@
 //! - [`tls`]: the portal's certificate (configured, or self-signed and sealed).
 //! - [`pages`]: the handlers.
 
+mod api;
 mod grants;
 mod keys;
 pub use keys::build as webauthn;

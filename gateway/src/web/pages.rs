@@ -39,6 +39,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/login/approval", post(api_login_approval))
         .route("/api/whoami", get(api_whoami))
         .route("/api/v1/call", post(api_call))
+        .route("/api/v1/recordings/{id}/file", get(super::api::recording_file))
         .route("/totp", get(totp_page))
         .route("/totp/start", post(totp_start))
         .route("/totp/confirm", post(totp_confirm))
@@ -838,7 +839,11 @@ async fn issue_api_token(app: &App, origin: &Origin, user: &UserName) -> Respons
 
 /// The API session a bearer token stands for: an unexpired API token (never a portal
 /// cookie's), used from the workstation it was issued to, of a user still active.
-async fn api_session(app: &App, headers: &HeaderMap, origin: &Origin) -> Result<(WebSession, UserName), Response> {
+pub(super) async fn api_session(
+    app: &App,
+    headers: &HeaderMap,
+    origin: &Origin,
+) -> Result<(WebSession, UserName), Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -894,7 +899,9 @@ async fn api_call(
     let caller = crate::access::Caller::Person(crate::access::Person::new(&policy, user, &roles));
     let ctx = crate::control::Ctx {
         store: &app.gw.store,
-        policy: &policy,
+        policy: Ok(&policy),
+        config: &app.gw.config,
+        identity_files: &[],
     };
     match crate::control::execute(&ctx, &caller, &call).await {
         Ok(v) => axum::Json(serde_json::json!({ "ok": v })).into_response(),

@@ -1,0 +1,421 @@
+//! Finding recordings: the metadata filters of `recordings list` and the text scan behind
+//! `--contains` and `recordings search`. Runs where the recordings are (the gateway, or
+//! `hersectl` in local mode), so a remote auditor gets the same answers as a local one.
+//!
+//! The scan reads each recording whole; encrypted ones are read only with identities
+//! the process was given (the gateway has none: it cannot read encrypted tiers, by
+//! design), and are otherwise reported as skipped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use session_recordings::{DataDirection, Event, Meta, ReadError, RecordingReader};
+
+use crate::store::{SessionRow, Store, StoreError};
+
+/// Most rows or hits one query returns.
+pub const MAX_RESULTS: i64 = 10_000;
+/// Longest search text (characters).
+pub const MAX_NEEDLE: usize = 1000;
+
+/// `recordings list` filters; times are Unix microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingFilter {
+    pub user: Option<String>,
+    pub target: Option<String>,
+    pub tier: Option<String>,
+    /// Workstation name, or a prefix of the client address.
+    pub workstation: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Terminal text, commands or SFTP paths containing this.
+    pub contains: Option<String>,
+    pub limit: i64,
+}
+
+impl RecordingFilter {
+    /// The metadata part of the filter (everything but `contains`). Purged recordings never
+    /// match.
+    pub fn keeps(&self, s: &SessionRow) -> bool {
+        self.user.as_ref().is_none_or(|u| &s.user == u)
+            && self.target.as_ref().is_none_or(|t| &s.target == t)
+            && self.tier.as_ref().is_none_or(|t| &s.tier == t)
+            && self
+                .workstation
+                .as_ref()
+                .is_none_or(|w| s.workstation.as_deref() == Some(w.as_str()) || s.client_addr.starts_with(w.as_str()))
+            && self.since.is_none_or(|t| s.started_at >= t)
+            && self.until.is_none_or(|t| s.started_at < t)
+            && s.purged_at.is_none()
+    }
+}
+
+/// `recordings search`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    pub text: String,
+    pub user: Option<String>,
+    pub target: Option<String>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Hit {
+    pub session: String,
+    pub user: String,
+    pub target: String,
+    pub at_seconds: f64,
+    pub snippet: String,
+}
+
+/// A recording the scan could not read (encrypted without an identity, damaged, gone).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Skipped {
+    pub session: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SearchResult {
+    pub hits: Vec<Hit>,
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Identity(String),
+}
+
+fn limit(l: i64) -> Result<usize, QueryError> {
+    if l < 1 {
+        return Err(QueryError::Input("--limit must be at least 1".into()));
+    }
+    Ok(l.min(MAX_RESULTS) as usize)
+}
+
+fn needle(text: &str) -> Result<(), QueryError> {
+    if text.is_empty() || text.chars().count() > MAX_NEEDLE {
+        return Err(QueryError::Input(format!(
+            "the search text must have 1 to {MAX_NEEDLE} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The identities in these age identity files (an auditor's, in local mode).
+fn identities(files: &[PathBuf]) -> Result<Vec<Box<dyn age::Identity>>, QueryError> {
+    let mut ids = Vec::new();
+    for p in files {
+        ids.extend(
+            session_recordings::crypt::load_identities(p)
+                .map_err(|e| QueryError::Identity(format!("{}: {e}", p.display())))?,
+        );
+    }
+    Ok(ids)
+}
+
+/// Open a recording for its events, unlocking it with `ids` when encrypted.
+pub fn open_events(
+    path: &Path,
+    ids: &[Box<dyn age::Identity>],
+) -> Result<RecordingReader<std::io::BufReader<std::fs::File>>, ReadError> {
+    let mut r = RecordingReader::open(path)?;
+    if r.header().encryption.is_some() {
+        if ids.is_empty() {
+            return Err(ReadError::Encrypted);
+        }
+        r.unlock(ids)?;
+    }
+    Ok(r)
+}
+
+/// Recordings matching `f`, newest first.
+pub async fn list(
+    store: &Store,
+    f: &RecordingFilter,
+    identity_files: &[PathBuf],
+) -> Result<Vec<SessionRow>, QueryError> {
+    let max = limit(f.limit)?;
+    if let Some(t) = &f.contains {
+        needle(t)?;
+    }
+    let rows: Vec<SessionRow> = store
+        .sessions(false, i64::MAX)
+        .await?
+        .into_iter()
+        .filter(|s| f.keeps(s))
+        .collect();
+    let Some(text) = f.contains.clone() else {
+        return Ok(rows.into_iter().take(max).collect());
+    };
+    let files = identity_files.to_vec();
+    blocking(move || {
+        let ids = identities(&files)?;
+        let mut out = Vec::new();
+        for s in rows {
+            if hits(Path::new(&s.recording), &text, 1, &ids).is_ok_and(|h| !h.is_empty()) {
+                out.push(s);
+                if out.len() >= max {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// Every place `q.text` occurs, newest recording first, at most `q.limit` hits.
+pub async fn search(store: &Store, q: &SearchQuery, identity_files: &[PathBuf]) -> Result<SearchResult, QueryError> {
+    let max = limit(q.limit)?;
+    needle(&q.text)?;
+    let rows: Vec<SessionRow> = store
+        .sessions(false, i64::MAX)
+        .await?
+        .into_iter()
+        .filter(|s| {
+            s.purged_at.is_none()
+                && q.user.as_ref().is_none_or(|u| &s.user == u)
+                && q.target.as_ref().is_none_or(|t| &s.target == t)
+        })
+        .collect();
+    let files = identity_files.to_vec();
+    let text = q.text.clone();
+    blocking(move || {
+        let ids = identities(&files)?;
+        let mut r = SearchResult::default();
+        for s in rows {
+            let left = max.saturating_sub(r.hits.len());
+            if left == 0 {
+                break;
+            }
+            match hits(Path::new(&s.recording), &text, left, &ids) {
+                Ok(h) => r.hits.extend(h.into_iter().map(|(t, snippet)| Hit {
+                    session: s.id.clone(),
+                    user: s.user.clone(),
+                    target: s.target.clone(),
+                    at_seconds: t as f64 / 1e6,
+                    snippet,
+                })),
+                Err(e) => r.skipped.push(Skipped {
+                    session: s.id.clone(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Ok(r)
+    })
+    .await
+}
+
+/// Reading recordings is file I/O and CPU: off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, QueryError> + Send + 'static,
+) -> Result<T, QueryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| QueryError::Input(format!("recording scan failed: {e}")))?
+}
+
+/// Where `needle` occurs in a recording: (time, snippet), at most `limit`. Text split
+/// across two data events of one channel and direction is still found.
+pub fn hits(
+    path: &Path,
+    needle: &str,
+    limit: usize,
+    ids: &[Box<dyn age::Identity>],
+) -> Result<Vec<(u64, String)>, ReadError> {
+    let mut reader = open_events(path, ids)?;
+    let mut out = Vec::new();
+    let mut tails: HashMap<Stream, String> = HashMap::new();
+    let keep = needle.chars().count().saturating_sub(1);
+    while let Some(e) = reader.next_event()? {
+        let Some((t, text, key)) = searchable(&e) else { continue };
+        let joined = match key {
+            Some(k) => {
+                let tail = tails.entry(k).or_default();
+                let joined = format!("{tail}{text}");
+                *tail = last_chars(&joined, keep);
+                joined
+            }
+            None => text,
+        };
+        if let Some(i) = joined.find(needle) {
+            out.push((t, snippet(&joined, i)));
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A data stream: (channel, is input).
+type Stream = (u32, bool);
+
+/// The text an event offers to a search, with its time and, for data, its stream.
+fn searchable(e: &Event) -> Option<(u64, String, Option<Stream>)> {
+    match e {
+        Event::Data {
+            t_micros,
+            channel,
+            direction,
+            data,
+        } => Some((
+            *t_micros,
+            strip_ansi(&String::from_utf8_lossy(data)),
+            Some((*channel, *direction == DataDirection::Input)),
+        )),
+        Event::Meta {
+            t_micros,
+            meta: Meta::Exec { command },
+            ..
+        } => Some((*t_micros, command.clone(), None)),
+        Event::Meta {
+            t_micros,
+            meta: Meta::SftpOp { path, target, .. },
+            ..
+        } => Some((
+            *t_micros,
+            format!("{path} {}", target.clone().unwrap_or_default()),
+            None,
+        )),
+        _ => None,
+    }
+}
+
+fn last_chars(s: &str, n: usize) -> String {
+    let start = s.char_indices().rev().nth(n.saturating_sub(1)).map_or(0, |(i, _)| i);
+    if n == 0 {
+        return String::new();
+    }
+    s[start..].to_owned()
+}
+
+/// About 30 characters before the match, 80 in all, on one line.
+fn snippet(joined: &str, i: usize) -> String {
+    let start = joined[..i].char_indices().rev().nth(30).map(|(j, _)| j).unwrap_or(0);
+    let s: String = joined[start..]
+        .chars()
+        .take(80)
+        .collect::<String>()
+        .replace(['\n', '\r'], " ");
+    s.trim().to_owned()
+}
+
+/// Remove terminal control sequences (CSI, OSC, other escapes) and carriage returns.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\u{1b}' => match it.next() {
+                Some('[') => {
+                    for d in it.by_ref() {
+                        if ('@'..='~').contains(&d) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    while let Some(d) = it.next() {
+                        if d == '\u{7}' || (d == '\u{1b}' && it.peek() == Some(&'\\')) {
+                            if d == '\u{1b}' {
+                                it.next();
+                            }
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\r' => {}
+            c if c.is_control() && c != '\n' && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(user: &str, tier: &str, ws: Option<&str>, addr: &str, started: i64) -> SessionRow {
+        SessionRow {
+            id: "s1".into(),
+            node: "n".into(),
+            user: user.into(),
+            target: "db1".into(),
+            tier: tier.into(),
+            login: "deploy".into(),
+            client_addr: addr.into(),
+            workstation: ws.map(str::to_owned),
+            recording: "/nonexistent".into(),
+            started_at: started,
+            ended_at: None,
+            end_reason: None,
+            kill_requested_by: None,
+            legal_hold: false,
+            purged_at: None,
+            grant: None,
+        }
+    }
+
+    #[test]
+    fn filters_combine_and_purged_never_match() {
+        let r = row("alice", "db", Some("lap1"), "10.77.0.5:4000", 100);
+        let all = RecordingFilter::default();
+        assert!(all.keeps(&r));
+        let f = |g: fn(&mut RecordingFilter)| {
+            let mut f = RecordingFilter::default();
+            g(&mut f);
+            f.keeps(&r)
+        };
+        assert!(f(|f| f.user = Some("alice".into())));
+        assert!(!f(|f| f.user = Some("bob".into())));
+        assert!(!f(|f| f.tier = Some("web".into())));
+        assert!(f(|f| f.workstation = Some("lap1".into())));
+        assert!(f(|f| f.workstation = Some("10.77.0.".into())));
+        assert!(!f(|f| f.workstation = Some("lap2".into())));
+        assert!(f(|f| f.since = Some(100)));
+        assert!(!f(|f| f.since = Some(101)));
+        assert!(!f(|f| f.until = Some(100)));
+        assert!(f(|f| f.until = Some(101)));
+        let mut purged = r.clone();
+        purged.purged_at = Some(5);
+        assert!(!all.keeps(&purged));
+    }
+
+    #[test]
+    fn limits_and_needles_are_bounded() {
+        assert!(limit(0).is_err());
+        assert_eq!(limit(i64::MAX).unwrap(), MAX_RESULTS as usize);
+        assert!(needle("").is_err());
+        assert!(needle(&"x".repeat(MAX_NEEDLE + 1)).is_err());
+        assert!(needle("marker").is_ok());
+    }
+
+    #[test]
+    fn ansi_is_stripped_and_snippets_stay_on_one_line() {
+        assert_eq!(strip_ansi("\u{1b}[1;32mok\u{1b}[0m\r\n\u{1b}]0;title\u{7}x"), "ok\nx");
+        assert_eq!(last_chars("héllo", 3), "llo");
+        assert_eq!(last_chars("hé", 5), "hé");
+        assert_eq!(last_chars("abc", 0), "");
+        let text = format!("{}needle\nafter", "a".repeat(50));
+        let s = snippet(&text, 50);
+        assert!(s.starts_with(&"a".repeat(30)) && s.contains("needle after"), "{s}");
+    }
+
+    #[test]
+    fn a_missing_recording_is_an_error_not_a_panic() {
+        assert!(hits(Path::new("/nonexistent/x.herserec"), "x", 1, &[]).is_err());
+    }
+}

@@ -1,0 +1,468 @@
+//! Remote `hersectl` under each caller's own permissions: an engineer's real OpenSSH
+//! session is recorded; an auditor logged in from "a workstation" lists, searches,
+//! shows, verifies, exports and plays it through the HTTPS control API (the recording is
+//! downloaded into a private cache and checked there); an admin manages users, keys and
+//! role bindings remotely; each is refused what their role does not give them.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use herse_e2e::*;
+
+const DEPLOY: &str = "hdeploy";
+const PASSWORD: &str = "Correct-Horse-Battery-9";
+const MARKER: &str = "MARKER-remote-7f3a";
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+struct World {
+    dir: PathBuf,
+    gw: Gateway,
+    port: u16,
+    askpass: PathBuf,
+    eve_cfg: PathBuf,
+    eve_key: PathBuf,
+}
+
+impl World {
+    /// `hersectl` in remote mode as `who`, with their own login and recordings cache.
+    fn as_(&self, who: &str) -> Command {
+        let mut c = Command::new(bin("hersectl"));
+        c.env_remove("HERSE_CONFIG")
+            .env("HERSE_SESSION", self.session_file(who))
+            .env("XDG_CACHE_HOME", self.dir.join(format!("cache-{who}")))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn session_file(&self, who: &str) -> PathBuf {
+        self.dir.join(format!("session-{who}.json"))
+    }
+
+    /// Log in with the password and `code` (a TOTP or recovery code).
+    fn login(&self, who: &str, code: &str) {
+        let mut child = self
+            .as_(who)
+            .args(["login", "--server", &format!("https://127.0.0.1:{}", self.port), "--ca"])
+            .arg(self.dir.join("data/portal_cert.pem"))
+            .args(["--user", who])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{PASSWORD}\n{code}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "login {who}: {}", text(&out.stderr));
+    }
+
+    /// A fresh TOTP code for `who` from the askpass program (never a step twice).
+    fn code(&self, who: &str) -> String {
+        ok(Command::new(&self.askpass).arg(format!("Verification code (TOTP) for {who}:")))
+            .trim()
+            .to_owned()
+    }
+
+    /// GET the recording file endpoint with `who`'s token, as an attacker with curl
+    /// would: the HTTP status.
+    fn curl_file(&self, who: &str, path_and_query: &str) -> String {
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.session_file(who)).unwrap()).unwrap();
+        let token = saved["token"].as_str().unwrap();
+        ok(Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--path-as-is",
+                "--cacert",
+            ])
+            .arg(self.dir.join("data/portal_cert.pem"))
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("https://127.0.0.1:{}{path_and_query}", self.port)))
+    }
+}
+
+fn refused(out: &Output, why: &str) {
+    assert_eq!(out.status.code(), Some(4), "wanted refusal: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(why), "wanted {why:?}: {}", text(&out.stderr));
+}
+
+fn world() -> (TempDir, World, Sshd) {
+    ensure_account(DEPLOY);
+    let dir = TempDir::new("remote");
+    let d = dir.0.clone();
+    let port = free_port();
+    let cfg = d.join("herse.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"data\"\nmaster_key_file = \"secrets/master.key\"\npolicy = \"policy.toml\"\n\
+             [ssh]\nlisten = [\"127.0.0.1:0\"]\nauth_timeout = \"60s\"\ndrain_timeout = \"3s\"\n\
+             [web]\nlisten = [\"127.0.0.1:{port}\"]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("policy.toml"), "").unwrap();
+    ok(Command::new(bin("herse")).arg("-c").arg(&cfg).arg("init").arg("--json"));
+    let db = Sshd::start(
+        &d,
+        "db1",
+        SshdOptions {
+            user_ca_pub: &d.join("data/user_ca.pub"),
+            netns: None,
+            host_cert: None,
+            host_key: None,
+        },
+    );
+    std::fs::write(
+        d.join("policy.toml"),
+        format!(
+            "[tiers.db.targets.db1]\naddress = \"127.0.0.1\"\nport = {p}\nhost_keys = [\"{k}\"]\n\
+             [roles.engineers]\ntiers = [\"db\"]\nlogins = [\"{DEPLOY}\"]\noperations = [\"shell\", \"exec\"]\n\
+             max_session = \"1h\"\nidle_timeout = \"10m\"\nmfa_remember = \"1h\"\n\
+             [roles.auditors]\nkind = \"auditor\"\n\
+             [roles.admins]\nkind = \"admin\"\n",
+            p = db.port,
+            k = db.host_key_pub
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start(&d, &cfg);
+    gw.wait_line("portal listening on", Duration::from_secs(10));
+    let eve_key = keygen(&d, "eve");
+    let mut uris = Vec::new();
+    for (u, role) in [("eve", "engineers"), ("audrey", "auditors"), ("adam", "admins")] {
+        ok(gw.ctl().args(["users", "add", u]));
+        ok(gw.ctl().args(["roles", "bind", u, role]));
+        let mut c = gw
+            .ctl()
+            .args(["users", "password", u])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(c.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+        assert!(c.wait().unwrap().success());
+        uris.push((u, enrol_totp(&cfg, u)));
+    }
+    ok(gw
+        .ctl()
+        .args(["keys", "add", "eve"])
+        .arg(format!("{}.pub", eve_key.display())));
+    let askpass = d.join("askpass");
+    let refs: Vec<(&str, &str)> = uris.iter().map(|(u, s)| (*u, s.as_str())).collect();
+    write_askpass(&askpass, &refs);
+    let host_ca = std::fs::read_to_string(d.join("data/host_ca.pub")).unwrap();
+    let host_key = std::fs::read_to_string(d.join("data/host_key.pub")).unwrap();
+    std::fs::write(
+        d.join("known_hosts"),
+        format!(
+            "@cert-authority db1 {}\n[127.0.0.1]:{} {}\n",
+            host_ca.trim(),
+            gw.port,
+            host_key.trim()
+        ),
+    )
+    .unwrap();
+    let eve_cfg = d.join("ssh_config_eve");
+    std::fs::write(
+        &eve_cfg,
+        format!(
+            "Host gw\n  HostName 127.0.0.1\n  Port {}\n  User eve\nHost db1\n  ProxyJump gw\n\
+             Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n\
+             PasswordAuthentication no\n  KbdInteractiveAuthentication yes\n  BatchMode no\n\
+             NumberOfPasswordPrompts 1\n  LogLevel ERROR\n  ConnectTimeout 15\n",
+            gw.port,
+            eve_key.display(),
+            d.join("known_hosts").display()
+        ),
+    )
+    .unwrap();
+    let w = World {
+        dir: d,
+        gw,
+        port,
+        askpass,
+        eve_cfg,
+        eve_key,
+    };
+    (dir, w, db)
+}
+
+#[test]
+fn every_command_remotely_under_the_callers_permissions() {
+    let (_dir, w, _db) = world();
+
+    // The engineer's real session, recorded.
+    let mut ssh = Command::new("ssh");
+    with_askpass(&mut ssh, &w.askpass)
+        .arg("-F")
+        .arg(&w.eve_cfg)
+        .args(["-l", DEPLOY, "db1", &format!("echo {MARKER}")])
+        .stdin(Stdio::null());
+    let out = ok(&mut ssh);
+    assert!(out.contains(MARKER), "{out}");
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(w.gw.ctl().args(["sessions", "list", "--all", "--json"]))).unwrap();
+    let id = all[0]["id"].as_str().unwrap().to_owned();
+    // The row closes as the session ends.
+    for _ in 0..50 {
+        let s: serde_json::Value =
+            serde_json::from_str(&ok(w.gw.ctl().args(["sessions", "list", "--all", "--json"]))).unwrap();
+        if !s[0]["ended_at"].is_null() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    w.login("audrey", &w.code("audrey"));
+    w.login("adam", &w.code("adam"));
+    // eve's TOTP step went to ssh: she logs in with a recovery code.
+    let codes = ok(w.gw.ctl().args(["users", "recovery-codes", "eve"]));
+    w.login("eve", codes.lines().next().unwrap().trim());
+
+    // The auditor: list (with --contains, scanned on the gateway), search, show, verify,
+    // export, play.
+    let list: serde_json::Value = serde_json::from_str(&ok(w.as_("audrey").args([
+        "recordings",
+        "list",
+        "--contains",
+        MARKER,
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], id.as_str());
+    let none: serde_json::Value = serde_json::from_str(&ok(w.as_("audrey").args([
+        "recordings",
+        "list",
+        "--contains",
+        "no-such-text-anywhere",
+        "--json",
+    ])))
+    .unwrap();
+    assert!(none.as_array().unwrap().is_empty(), "{none}");
+    let hits: serde_json::Value =
+        serde_json::from_str(&ok(w.as_("audrey").args(["recordings", "search", MARKER, "--json"]))).unwrap();
+    assert_eq!(hits[0]["session"], id.as_str(), "{hits}");
+
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(w.as_("audrey").args(["recordings", "show", &id, "--json"]))).unwrap();
+    assert_eq!(show["verification"], "complete", "{show}");
+    assert_eq!(show["user"], "eve");
+    let verify = ok(w.as_("audrey").args(["recordings", "verify", &id]));
+    assert!(verify.contains("complete"), "{verify}");
+    // With the key pinned from `herse init`, not the gateway's word.
+    ok(w.as_("audrey")
+        .args(["recordings", "verify", &id, "--public-key"])
+        .arg(w.dir.join("data/audit_key.pub")));
+    // A wrong pinned key fails the check.
+    let wrong = run(w.as_("audrey").args([
+        "recordings",
+        "verify",
+        &id,
+        "--public-key",
+        "5866666666666666666666666666666666666666666666666666666666666666",
+    ]));
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong.stdout));
+
+    let export = ok(w.as_("audrey").args(["recordings", "export", &id, "--format", "text"]));
+    assert!(export.contains(MARKER), "{export}");
+    let play = ok(w.as_("audrey").args(["recordings", "play", &id, "--speed", "100"]));
+    assert!(play.contains(MARKER), "{play}");
+
+    // The copy is private to the auditor.
+    use std::os::unix::fs::PermissionsExt;
+    let cache = w.dir.join("cache-audrey/herse/recordings");
+    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+    let copy = cache.join(format!("{id}.herserec"));
+    assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // Each download was audited with the auditor's name, once per download.
+    let reads = json_lines(&ok(w.gw.ctl().args([
+        "audit",
+        "list",
+        "--kind",
+        "recording.read",
+        "--json",
+    ])));
+    assert!(!reads.is_empty() && reads.iter().all(|e| e["session"] == id.as_str()));
+    assert!(
+        reads.iter().all(|e| e["detail"].as_str().unwrap().contains("audrey")),
+        "{reads:?}"
+    );
+    assert!(
+        reads.len() <= 7,
+        "one read per download, not per chunk: {}",
+        reads.len()
+    );
+
+    // The file endpoint, as an attacker sees it.
+    assert_eq!(
+        w.curl_file("audrey", &format!("/api/v1/recordings/{id}/file?offset=0")),
+        "200"
+    );
+    assert_eq!(
+        w.curl_file("audrey", &format!("/api/v1/recordings/{id}/file?offset=99999999999")),
+        "416"
+    );
+    assert_eq!(
+        w.curl_file("audrey", "/api/v1/recordings/..%2F..%2Fherse.toml/file"),
+        "400"
+    );
+    assert_eq!(w.curl_file("audrey", "/api/v1/recordings/not-a-session/file"), "400");
+    assert_eq!(w.curl_file("eve", &format!("/api/v1/recordings/{id}/file")), "403");
+    assert_eq!(w.curl_file("adam", &format!("/api/v1/recordings/{id}/file")), "403");
+
+    // The auditor administers nothing.
+    refused(&run(w.as_("audrey").args(["users", "add", "mallory"])), "admin");
+    refused(
+        &run(w
+            .as_("audrey")
+            .args(["keys", "add", "eve"])
+            .arg(format!("{}.pub", w.eve_key.display()))),
+        "admin",
+    );
+    refused(&run(w.as_("audrey").args(["workstations", "list"])), "admin");
+    refused(&run(w.as_("audrey").args(["recordings", "hold", &id])), "admin");
+
+    // The admin manages people remotely, and reads no recording.
+    let frank_key = keygen(&w.dir, "frank");
+    ok(w.as_("adam").args(["users", "add", "frank"]));
+    let fp = ok(w
+        .as_("adam")
+        .args(["keys", "add", "frank"])
+        .arg(format!("{}.pub", frank_key.display())));
+    assert!(fp.trim().starts_with("SHA256:"), "{fp}");
+    ok(w.as_("adam").args(["roles", "bind", "frank", "engineers"]));
+    let bad_role = run(w.as_("adam").args(["roles", "bind", "frank", "no-such-role"]));
+    assert_eq!(bad_role.status.code(), Some(2), "{}", text(&bad_role.stderr));
+    let frank: serde_json::Value =
+        serde_json::from_str(&ok(w.gw.ctl().args(["users", "show", "frank", "--json"]))).unwrap();
+    assert_eq!(frank["roles"][0], "engineers", "{frank}");
+    assert_eq!(frank["keys"].as_array().map(Vec::len), Some(1), "{frank}");
+    let keys = ok(w.as_("adam").args(["keys", "list", "frank"]));
+    assert!(keys.contains(fp.trim()), "{keys}");
+    let targets = ok(w.as_("adam").args(["targets", "list"]));
+    assert!(targets.contains("db1"), "{targets}");
+    let bind = json_lines(&ok(w.gw.ctl().args([
+        "audit",
+        "list",
+        "--kind",
+        "role.bind",
+        "--user",
+        "frank",
+        "--json",
+    ])));
+    assert!(bind[0]["detail"].as_str().unwrap().contains("by adam"), "{bind:?}");
+    let check: serde_json::Value =
+        serde_json::from_str(&ok(w.as_("adam").args(["targets", "check", "db1", "--json"]))).unwrap();
+    assert_eq!(check["host_key_ok"], true, "{check}");
+    let ws: serde_json::Value =
+        serde_json::from_str(&ok(w.as_("adam").args(["workstations", "list", "--json"]))).unwrap();
+    assert!(ws.as_array().unwrap().is_empty(), "{ws}");
+    let mut pw = w
+        .as_("adam")
+        .args(["users", "password", "frank"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(pw.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    assert!(pw.wait_with_output().unwrap().status.success());
+    let codes = ok(w.as_("adam").args(["users", "recovery-codes", "frank"]));
+    assert!(codes.lines().count() >= 8, "{codes}");
+    let enrol = run(w.as_("adam").args(["users", "totp", "enroll", "frank"]));
+    assert_eq!(enrol.status.code(), Some(2), "{}", text(&enrol.stderr));
+    assert!(text(&enrol.stderr).contains("local mode"), "{}", text(&enrol.stderr));
+    ok(w.as_("adam").args(["recordings", "hold", &id]));
+    refused(&run(w.as_("adam").args(["recordings", "export", &id])), "auditor");
+    refused(&run(w.as_("adam").args(["recordings", "list"])), "auditor");
+
+    // The engineer reads no recordings, not even their own.
+    refused(&run(w.as_("eve").args(["recordings", "list"])), "auditor");
+    refused(&run(w.as_("eve").args(["recordings", "show", &id])), "auditor");
+
+    // An id that is not a session id never becomes a path, here either.
+    let bad = run(w.as_("audrey").args(["recordings", "show", "../../etc/passwd"]));
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+
+    watch_a_live_session_remotely(&w);
+}
+
+/// The auditor watches a live session through the gateway (the copy grows by polling);
+/// the admin kills it remotely and the watch ends with the reason.
+fn watch_a_live_session_remotely(w: &World) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::sync::mpsc;
+    let mut ssh = Command::new("ssh");
+    with_askpass(&mut ssh, &w.askpass)
+        .arg("-F")
+        .arg(&w.eve_cfg)
+        .args([
+            "-l",
+            DEPLOY,
+            "db1",
+            "echo started; sleep 3; echo WATCHED-live-9c1; sleep 600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut session = ssh.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(session.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "started");
+    let live: serde_json::Value = serde_json::from_str(&ok(w.gw.ctl().args(["sessions", "list", "--json"]))).unwrap();
+    let id = live[0]["id"].as_str().unwrap().to_owned();
+
+    let mut watch = w
+        .as_("audrey")
+        .args(["sessions", "watch", &id, "--from-start"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut out = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !text(&seen).contains("WATCHED-live-9c1") {
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(b) => seen.extend(b),
+            Err(_) => panic!("the watch never showed the live output: {:?}", text(&seen)),
+        }
+    }
+    ok(w.as_("adam").args(["sessions", "kill", &id]));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = watch.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the watch did not end with the session"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    watch.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("session ended"), "{err}");
+    let _ = session.kill();
+    let _ = session.wait();
+}
