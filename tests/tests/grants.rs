@@ -401,6 +401,17 @@ fn grant_lifecycle_with_real_sessions() {
 
     // 6. The auditor reads the audit log remotely (and verifies it), but adds no user.
     refused(&run(w.as_("dave").args(["users", "add", "mallory"])), 4, "admin");
+    let revoked = session_row(&w, &g1)["id"].as_str().unwrap().to_owned();
+    let replay = ok(w
+        .as_("dave")
+        .args(["recordings", "export", &revoked, "--format", "text"]));
+    assert!(replay.contains("started"), "the auditor replays the session: {replay}");
+    assert!(ok(w.as_("dave").args(["recordings", "play", &revoked, "--speed", "100"])).contains("started"));
+    refused(
+        &run(w.as_("bob").args(["recordings", "export", &revoked])),
+        4,
+        "auditor",
+    );
     let events = json_lines(&ok(w.as_("dave").args(["audit", "list", "--json", "--limit", "1000"])));
     for kind in [
         "grant.requested",
