@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub use anyhow::Result;
 
 pub mod netns;
+pub mod people;
 
 /// Directory holding the built `herse` and `hersectl` binaries.
 pub fn bin_dir() -> PathBuf {

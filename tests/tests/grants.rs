@@ -2,11 +2,11 @@
 //! the HTTPS control API), an engineer asks, managers decide, and real OpenSSH sessions
 //! open under the grant, get warnings, and are cut at expiry, revocation or suspension.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use herse_e2e::people::{init_with_portal, jump_config, People};
 use herse_e2e::*;
 
 const DEPLOY: &str = "hdeploy";
@@ -17,52 +17,24 @@ fn text(b: &[u8]) -> String {
 }
 
 struct World {
-    dir: PathBuf,
     gw: Gateway,
-    port: u16,
-    askpass: PathBuf,
+    people: People,
     alice_cfg: PathBuf,
 }
 
 impl World {
     /// `hersectl` in remote mode as `who` (their own saved login).
     fn as_(&self, who: &str) -> Command {
-        let mut c = Command::new(bin("hersectl"));
-        c.env_remove("HERSE_CONFIG")
-            .env("HERSE_SESSION", self.dir.join(format!("session-{who}.json")));
-        c
-    }
-
-    /// A fresh TOTP code for `who`, from the same askpass program ssh uses (so no
-    /// step is ever offered twice).
-    fn code(&self, who: &str) -> String {
-        let out = ok(Command::new(&self.askpass).arg(format!("Verification code (TOTP) for {who}:")));
-        out.trim().to_owned()
+        self.people.as_(who)
     }
 
     fn login(&self, who: &str) {
-        let mut child = self
-            .as_(who)
-            .args(["login", "--server", &format!("https://127.0.0.1:{}", self.port), "--ca"])
-            .arg(self.dir.join("data/portal_cert.pem"))
-            .args(["--user", who])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let code = self.code(who);
-        writeln!(child.stdin.take().unwrap(), "{PASSWORD}\n{code}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "login {who}: {}", text(&out.stderr));
-        let meta = std::fs::metadata(self.dir.join(format!("session-{who}.json"))).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "token file mode");
+        self.people.login(who, &self.people.code(who));
     }
 
     fn ssh(&self, target: &str, cmd: &str) -> Command {
         let mut c = Command::new("ssh");
-        with_askpass(&mut c, &self.askpass)
+        with_askpass(&mut c, &self.people.askpass)
             .arg("-F")
             .arg(&self.alice_cfg)
             .args(["-l", DEPLOY, target, cmd])
@@ -141,19 +113,7 @@ fn world() -> (TempDir, World, Sshd) {
     ensure_account(DEPLOY);
     let dir = TempDir::new("grants");
     let d = dir.0.clone();
-    let port = free_port();
-    let cfg = d.join("herse.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"data\"\nmaster_key_file = \"secrets/master.key\"\npolicy = \"policy.toml\"\n\
-             [ssh]\nlisten = [\"127.0.0.1:0\"]\nauth_timeout = \"60s\"\ndrain_timeout = \"3s\"\n\
-             [web]\nlisten = [\"127.0.0.1:{port}\"]\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(d.join("policy.toml"), "").unwrap();
-    ok(Command::new(bin("herse")).arg("-c").arg(&cfg).arg("init").arg("--json"));
+    let (cfg, port) = init_with_portal(&d);
     let user_ca = d.join("data/user_ca.pub");
     let db = Sshd::start(
         &d,
@@ -188,69 +148,25 @@ fn world() -> (TempDir, World, Sshd) {
     .unwrap();
     let gw = Gateway::start(&d, &cfg);
     gw.wait_line("portal listening on", Duration::from_secs(10));
+    let people = People::enrol(
+        &gw,
+        port,
+        PASSWORD,
+        &[
+            ("alice", "dba"),
+            ("bob", "db-managers"),
+            ("carol", "web-managers"),
+            ("erin", "customer"),
+            ("dave", "auditors"),
+        ],
+    );
     let alice_key = keygen(&d, "alice");
-    let people = [
-        ("alice", "dba"),
-        ("bob", "db-managers"),
-        ("carol", "web-managers"),
-        ("erin", "customer"),
-        ("dave", "auditors"),
-    ];
-    let mut uris = Vec::new();
-    for (u, role) in people {
-        ok(gw.ctl().args(["users", "add", u]));
-        ok(gw.ctl().args(["roles", "bind", u, role]));
-        let mut c = gw
-            .ctl()
-            .args(["users", "password", u])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(c.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-        assert!(c.wait().unwrap().success());
-        uris.push((u, enrol_totp(&cfg, u)));
-    }
     ok(gw
         .ctl()
         .args(["keys", "add", "alice"])
         .arg(format!("{}.pub", alice_key.display())));
-    let askpass = d.join("askpass");
-    let refs: Vec<(&str, &str)> = uris.iter().map(|(u, s)| (*u, s.as_str())).collect();
-    write_askpass(&askpass, &refs);
-    let host_ca = std::fs::read_to_string(d.join("data/host_ca.pub")).unwrap();
-    let host_key = std::fs::read_to_string(d.join("data/host_key.pub")).unwrap();
-    std::fs::write(
-        d.join("known_hosts"),
-        format!(
-            "@cert-authority db1,pay1 {}\n[127.0.0.1]:{} {}\n",
-            host_ca.trim(),
-            gw.port,
-            host_key.trim()
-        ),
-    )
-    .unwrap();
-    let alice_cfg = d.join("ssh_config_alice");
-    std::fs::write(
-        &alice_cfg,
-        format!(
-            "Host gw\n  HostName 127.0.0.1\n  Port {}\n  User alice\nHost db1 pay1\n  ProxyJump gw\n\
-             Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n\
-             PasswordAuthentication no\n  KbdInteractiveAuthentication yes\n  BatchMode no\n\
-             NumberOfPasswordPrompts 1\n  LogLevel INFO\n  ConnectTimeout 15\n",
-            gw.port,
-            alice_key.display(),
-            d.join("known_hosts").display()
-        ),
-    )
-    .unwrap();
-    let w = World {
-        dir: d,
-        gw,
-        port,
-        askpass,
-        alice_cfg,
-    };
-    (dir, w, db)
+    let alice_cfg = jump_config(&d, gw.port, "alice", &alice_key, &["db1", "pay1"], "INFO");
+    (dir, World { gw, people, alice_cfg }, db)
 }
 
 #[test]

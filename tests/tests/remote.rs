@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use herse_e2e::people::{init_with_portal, jump_config, People};
 use herse_e2e::*;
 
 const DEPLOY: &str = "hdeploy";
@@ -23,48 +24,26 @@ struct World {
     dir: PathBuf,
     gw: Gateway,
     port: u16,
-    askpass: PathBuf,
+    people: People,
     eve_cfg: PathBuf,
     eve_key: PathBuf,
 }
 
 impl World {
-    /// `hersectl` in remote mode as `who`, with their own login and recordings cache.
     fn as_(&self, who: &str) -> Command {
-        let mut c = Command::new(bin("hersectl"));
-        c.env_remove("HERSE_CONFIG")
-            .env("HERSE_SESSION", self.session_file(who))
-            .env("XDG_CACHE_HOME", self.dir.join(format!("cache-{who}")))
-            .stdin(Stdio::null());
-        c
+        self.people.as_(who)
     }
 
     fn session_file(&self, who: &str) -> PathBuf {
-        self.dir.join(format!("session-{who}.json"))
+        self.people.session_file(who)
     }
 
-    /// Log in with the password and `code` (a TOTP or recovery code).
     fn login(&self, who: &str, code: &str) {
-        let mut child = self
-            .as_(who)
-            .args(["login", "--server", &format!("https://127.0.0.1:{}", self.port), "--ca"])
-            .arg(self.dir.join("data/portal_cert.pem"))
-            .args(["--user", who])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{PASSWORD}\n{code}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "login {who}: {}", text(&out.stderr));
+        self.people.login(who, code)
     }
 
-    /// A fresh TOTP code for `who` from the askpass program (never a step twice).
     fn code(&self, who: &str) -> String {
-        ok(Command::new(&self.askpass).arg(format!("Verification code (TOTP) for {who}:")))
-            .trim()
-            .to_owned()
+        self.people.code(who)
     }
 
     /// GET the recording file endpoint with `who`'s token, as an attacker with curl
@@ -98,19 +77,7 @@ fn world() -> (TempDir, World, Sshd) {
     ensure_account(DEPLOY);
     let dir = TempDir::new("remote");
     let d = dir.0.clone();
-    let port = free_port();
-    let cfg = d.join("herse.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"data\"\nmaster_key_file = \"secrets/master.key\"\npolicy = \"policy.toml\"\n\
-             [ssh]\nlisten = [\"127.0.0.1:0\"]\nauth_timeout = \"60s\"\ndrain_timeout = \"3s\"\n\
-             [web]\nlisten = [\"127.0.0.1:{port}\"]\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(d.join("policy.toml"), "").unwrap();
-    ok(Command::new(bin("herse")).arg("-c").arg(&cfg).arg("init").arg("--json"));
+    let (cfg, port) = init_with_portal(&d);
     let db = Sshd::start(
         &d,
         "db1",
@@ -136,59 +103,23 @@ fn world() -> (TempDir, World, Sshd) {
     .unwrap();
     let gw = Gateway::start(&d, &cfg);
     gw.wait_line("portal listening on", Duration::from_secs(10));
+    let people = People::enrol(
+        &gw,
+        port,
+        PASSWORD,
+        &[("eve", "engineers"), ("audrey", "auditors"), ("adam", "admins")],
+    );
     let eve_key = keygen(&d, "eve");
-    let mut uris = Vec::new();
-    for (u, role) in [("eve", "engineers"), ("audrey", "auditors"), ("adam", "admins")] {
-        ok(gw.ctl().args(["users", "add", u]));
-        ok(gw.ctl().args(["roles", "bind", u, role]));
-        let mut c = gw
-            .ctl()
-            .args(["users", "password", u])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(c.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-        assert!(c.wait().unwrap().success());
-        uris.push((u, enrol_totp(&cfg, u)));
-    }
     ok(gw
         .ctl()
         .args(["keys", "add", "eve"])
         .arg(format!("{}.pub", eve_key.display())));
-    let askpass = d.join("askpass");
-    let refs: Vec<(&str, &str)> = uris.iter().map(|(u, s)| (*u, s.as_str())).collect();
-    write_askpass(&askpass, &refs);
-    let host_ca = std::fs::read_to_string(d.join("data/host_ca.pub")).unwrap();
-    let host_key = std::fs::read_to_string(d.join("data/host_key.pub")).unwrap();
-    std::fs::write(
-        d.join("known_hosts"),
-        format!(
-            "@cert-authority db1 {}\n[127.0.0.1]:{} {}\n",
-            host_ca.trim(),
-            gw.port,
-            host_key.trim()
-        ),
-    )
-    .unwrap();
-    let eve_cfg = d.join("ssh_config_eve");
-    std::fs::write(
-        &eve_cfg,
-        format!(
-            "Host gw\n  HostName 127.0.0.1\n  Port {}\n  User eve\nHost db1\n  ProxyJump gw\n\
-             Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n\
-             PasswordAuthentication no\n  KbdInteractiveAuthentication yes\n  BatchMode no\n\
-             NumberOfPasswordPrompts 1\n  LogLevel ERROR\n  ConnectTimeout 15\n",
-            gw.port,
-            eve_key.display(),
-            d.join("known_hosts").display()
-        ),
-    )
-    .unwrap();
+    let eve_cfg = jump_config(&d, gw.port, "eve", &eve_key, &["db1"], "ERROR");
     let w = World {
         dir: d,
         gw,
         port,
-        askpass,
+        people,
         eve_cfg,
         eve_key,
     };
@@ -201,7 +132,7 @@ fn every_command_remotely_under_the_callers_permissions() {
 
     // The engineer's real session, recorded.
     let mut ssh = Command::new("ssh");
-    with_askpass(&mut ssh, &w.askpass)
+    with_askpass(&mut ssh, &w.people.askpass)
         .arg("-F")
         .arg(&w.eve_cfg)
         .args(["-l", DEPLOY, "db1", &format!("echo {MARKER}")])
@@ -402,7 +333,7 @@ fn watch_a_live_session_remotely(w: &World) {
     use std::io::{BufRead, BufReader, Read};
     use std::sync::mpsc;
     let mut ssh = Command::new("ssh");
-    with_askpass(&mut ssh, &w.askpass)
+    with_askpass(&mut ssh, &w.people.askpass)
         .arg("-F")
         .arg(&w.eve_cfg)
         .args([

@@ -8,9 +8,8 @@ use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use webauthn_rs::prelude::{PublicKeyCredential, SecurityKey, SecurityKeyAuthentication};
 
-use super::keys::{cred_id_b64, err, json_session, save_state, stored_keys, take_state, webauthn};
+use super::keys::{err, finish_assertion, json_session, start_assertion, stored_keys, ApproveFinish, Assertion};
 use super::pages::{esc, form_session, page, password_expired, renew_first, session, when, App};
 use crate::access::{Caller, Person};
 use crate::grants::{self, Listing};
@@ -158,23 +157,10 @@ pub(super) async fn approve_start(
     ) {
         return err(StatusCode::FORBIDDEN, format!("herse: refused: {r}"));
     }
-    let wa = match webauthn(&app) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let keys = match stored_keys(&app, &user).await {
-        Ok(k) if !k.is_empty() => k,
-        Ok(_) => return err(StatusCode::FORBIDDEN, "herse: enrol a security key to approve here"),
-        Err(r) => return r,
-    };
-    let creds: Vec<SecurityKey> = keys.into_iter().map(|(_, k)| k).collect();
-    let (options, state) = match wa.start_securitykey_authentication(&creds) {
-        Ok(x) => x,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("cannot start: {e}")),
-    };
-    match save_state(&app, &user, &purpose(&g.id), &state).await {
-        Ok(state_id) => Json(serde_json::json!({ "id": state_id, "options": options })).into_response(),
-        Err(r) => r,
+    match start_assertion(&app, &user, &purpose(&g.id)).await {
+        Ok(r) => r,
+        Err(Assertion::NoKey) => err(StatusCode::FORBIDDEN, "herse: enrol a security key to approve here"),
+        Err(Assertion::Response(r)) => r,
     }
 }
 
@@ -193,12 +179,6 @@ async fn refuse(app: &App, id: &str, user: &UserName, origin: &Origin, reason: S
     err(StatusCode::FORBIDDEN, format!("herse: {reason}"))
 }
 
-#[derive(serde::Deserialize)]
-pub(super) struct ApproveFinish {
-    id: String,
-    credential: PublicKeyCredential,
-}
-
 /// `POST /grants/{id}/approve/finish`: the touch, then the approval.
 pub(super) async fn approve_finish(
     State(app): State<App>,
@@ -211,35 +191,17 @@ pub(super) async fn approve_finish(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let wa = match webauthn(&app) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
     let refuse = |reason: String| refuse(&app, &id, &user, &origin, reason);
-    let Some(state) = take_state::<SecurityKeyAuthentication>(&app, &body.id, &user, &purpose(&id)).await else {
-        return refuse("no such approval ceremony (expired or used)".into()).await;
+    let key_name = match finish_assertion(&app, &user, &purpose(&id), &body).await {
+        Ok(name) => name,
+        Err(reason) => return refuse(reason).await,
     };
-    let result = match wa.finish_securitykey_authentication(&body.credential, &state) {
-        Ok(r) => r,
-        Err(e) => return refuse(format!("security key refused: {e}")).await,
-    };
-    let cred_id = cred_id_b64(result.cred_id().as_ref());
-    let rows = app.gw.store.security_keys(&user).await.unwrap_or_default();
-    let Some(key_row) = rows.into_iter().find(|r| r.credential_id == cred_id) else {
-        return refuse("this security key is not enrolled".into()).await;
-    };
-    if let Ok(mut key) = serde_json::from_str::<SecurityKey>(&key_row.key_json) {
-        key.update_credential(&result);
-        if let Ok(json) = serde_json::to_string(&key) {
-            let _ = app.gw.store.update_security_key(&cred_id, &json).await;
-        }
-    }
     let caller = match caller(&app, &user).await {
         Ok(c) => c,
         Err(r) => return r,
     };
     let policy = app.gw.policy.load_full();
-    let comment = format!("on the portal with security key {:?}", key_row.name);
+    let comment = format!("on the portal with security key {key_name:?}");
     match grants::approve(&app.gw.store, &policy, &caller, &id, &comment).await {
         Ok(g) => Json(serde_json::json!({ "status": g.status, "id": g.id })).into_response(),
         Err(e) => refuse(e.to_string()).await,

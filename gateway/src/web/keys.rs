@@ -426,33 +426,75 @@ pub(super) async fn approve_start(
     if let Err(reason) = approval_for(&app, &token, &s).await {
         return refuse_approval(&app, &origin, &s, &reason).await;
     }
-    let wa = match webauthn(&app) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let keys = match stored_keys(&app, &user).await {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+    match start_assertion(&app, &user, &approval_purpose(&token)).await {
+        Ok(r) => r,
+        Err(Assertion::NoKey) => refuse_approval(&app, &origin, &s, "no security key enrolled").await,
+        Err(Assertion::Response(r)) => r,
+    }
+}
+
+/// Why a security-key challenge could not start.
+pub(super) enum Assertion {
+    NoKey,
+    Response(Response),
+}
+
+/// Start a security-key assertion for `user`, for one `purpose`: the challenge (JSON for
+/// herse.js) and its state, kept single-use in the store.
+pub(super) async fn start_assertion(app: &App, user: &UserName, purpose: &str) -> Result<Response, Assertion> {
+    let wa = webauthn(app).map_err(Assertion::Response)?;
+    let keys = stored_keys(app, user).await.map_err(Assertion::Response)?;
     if keys.is_empty() {
-        return refuse_approval(&app, &origin, &s, "no security key enrolled").await;
+        return Err(Assertion::NoKey);
     }
     let creds: Vec<SecurityKey> = keys.into_iter().map(|(_, k)| k).collect();
-    let (options, state) = match wa.start_securitykey_authentication(&creds) {
-        Ok(x) => x,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("cannot start: {e}")),
-    };
-    let id = match save_state(&app, &user, &approval_purpose(&token), &state).await {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    Json(serde_json::json!({ "id": id, "options": options })).into_response()
+    let (options, state) = wa
+        .start_securitykey_authentication(&creds)
+        .map_err(|e| Assertion::Response(err(StatusCode::BAD_REQUEST, format!("cannot start: {e}"))))?;
+    let id = save_state(app, user, purpose, &state)
+        .await
+        .map_err(Assertion::Response)?;
+    Ok(Json(serde_json::json!({ "id": id, "options": options })).into_response())
 }
 
 #[derive(serde::Deserialize)]
 pub(super) struct ApproveFinish {
-    id: String,
-    credential: PublicKeyCredential,
+    pub(super) id: String,
+    pub(super) credential: PublicKeyCredential,
+}
+
+/// Finish a security-key assertion for `user` and `purpose`: the state is taken (used
+/// once), the signature checked, and the key must still be enrolled now (it may have
+/// been removed since the start); its counter is saved. The key's name, or the reason.
+pub(super) async fn finish_assertion(
+    app: &App,
+    user: &UserName,
+    purpose: &str,
+    body: &ApproveFinish,
+) -> Result<String, String> {
+    let wa = app
+        .gw
+        .webauthn
+        .as_deref()
+        .ok_or_else(|| "security keys are not configured".to_owned())?;
+    let Some(state) = take_state::<SecurityKeyAuthentication>(app, &body.id, user, purpose).await else {
+        return Err("no such approval ceremony (expired or used)".into());
+    };
+    let result = wa
+        .finish_securitykey_authentication(&body.credential, &state)
+        .map_err(|e| format!("security key refused: {e}"))?;
+    let cred_id = cred_id_b64(result.cred_id().as_ref());
+    let rows = app.gw.store.security_keys(user).await.unwrap_or_default();
+    let Some(row) = rows.into_iter().find(|r| r.credential_id == cred_id) else {
+        return Err("this security key is not enrolled".into());
+    };
+    if let Ok(mut key) = serde_json::from_str::<SecurityKey>(&row.key_json) {
+        key.update_credential(&result);
+        if let Ok(json) = serde_json::to_string(&key) {
+            let _ = app.gw.store.update_security_key(&cred_id, &json).await;
+        }
+    }
+    Ok(row.name)
 }
 
 pub(super) async fn approve_finish(
@@ -469,30 +511,10 @@ pub(super) async fn approve_finish(
     if let Err(reason) = approval_for(&app, &token, &s).await {
         return refuse_approval(&app, &origin, &s, &reason).await;
     }
-    let wa = match webauthn(&app) {
-        Ok(w) => w,
-        Err(r) => return r,
+    let key_name = match finish_assertion(&app, &user, &approval_purpose(&token), &body).await {
+        Ok(name) => name,
+        Err(reason) => return refuse_approval(&app, &origin, &s, &reason).await,
     };
-    let Some(state) = take_state::<SecurityKeyAuthentication>(&app, &body.id, &user, &approval_purpose(&token)).await
-    else {
-        return refuse_approval(&app, &origin, &s, "no such approval ceremony (expired or used)").await;
-    };
-    let result = match wa.finish_securitykey_authentication(&body.credential, &state) {
-        Ok(r) => r,
-        Err(e) => return refuse_approval(&app, &origin, &s, &format!("security key refused: {e}")).await,
-    };
-    // The key must still be enrolled now (it may have been removed since the start).
-    let cred_id = cred_id_b64(result.cred_id().as_ref());
-    let rows = app.gw.store.security_keys(&user).await.unwrap_or_default();
-    let Some(row) = rows.into_iter().find(|r| r.credential_id == cred_id) else {
-        return refuse_approval(&app, &origin, &s, "this security key is not enrolled").await;
-    };
-    if let Ok(mut key) = serde_json::from_str::<SecurityKey>(&row.key_json) {
-        key.update_credential(&result);
-        if let Ok(json) = serde_json::to_string(&key) {
-            let _ = app.gw.store.update_security_key(&cred_id, &json).await;
-        }
-    }
     match app.gw.store.approve(&token_hash(&token)).await {
         Ok(true) => {
             app.gw
@@ -500,7 +522,7 @@ pub(super) async fn approve_finish(
                     AuditEvent::new(
                         "mfa.approve",
                         Severity::Info,
-                        format!("SSH login approved with security key {:?}", row.name),
+                        format!("SSH login approved with security key {key_name:?}"),
                     )
                     .user(&user)
                     .origin(&origin),
