@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::keys::{err, finish_assertion, json_session, start_assertion, stored_keys, ApproveFinish, Assertion};
-use super::pages::{esc, form_session, page, password_expired, renew_first, session, when, App};
+use super::pages::{esc, form_session, page, page_session, when, App};
 use crate::access::{Caller, Person};
 use crate::grants::{self, Listing};
 use crate::ident::UserName;
@@ -63,14 +63,9 @@ pub(super) async fn grants_page(
     Extension(origin): Extension<Origin>,
     headers: HeaderMap,
 ) -> Response {
-    let Some((s, _)) = session(&app, &headers, &origin).await else {
-        return (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, "/login")]).into_response();
-    };
-    if password_expired(&app, &s.user).await {
-        return renew_first();
-    }
-    let Ok(user) = UserName::parse(&s.user) else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let (s, user) = match page_session(&app, &headers, &origin).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let caller = match caller(&app, &user).await {
         Ok(c) => c,

@@ -34,14 +34,15 @@ async function addKey() {
   });
   status("key added: " + name);
 }
-async function approve() {
-  const token = herse.dataset.token;
-  const s = await post("/approve/" + token + "/start", {});
+// A security-key assertion: POST base + "/start" for the challenge, touch, POST the
+// answer to base + "/finish"; the finish's JSON answer.
+async function assertKey(base) {
+  const s = await post(base + "/start", {});
   const o = s.options.publicKey;
   o.challenge = b64u.dec(o.challenge);
   (o.allowCredentials || []).forEach((c) => { c.id = b64u.dec(c.id); });
   const a = await navigator.credentials.get({ publicKey: o });
-  await post("/approve/" + token + "/finish", {
+  return post(base + "/finish", {
     id: s.id,
     credential: {
       id: a.id, rawId: b64u.enc(a.rawId), type: a.type, extensions: {},
@@ -53,26 +54,13 @@ async function approve() {
       },
     },
   });
+}
+async function approve() {
+  await assertKey("/approve/" + herse.dataset.token);
   status("approved");
 }
 async function approveGrant(id) {
-  const s = await post("/grants/" + id + "/approve/start", {});
-  const o = s.options.publicKey;
-  o.challenge = b64u.dec(o.challenge);
-  (o.allowCredentials || []).forEach((c) => { c.id = b64u.dec(c.id); });
-  const a = await navigator.credentials.get({ publicKey: o });
-  const r = await post("/grants/" + id + "/approve/finish", {
-    id: s.id,
-    credential: {
-      id: a.id, rawId: b64u.enc(a.rawId), type: a.type, extensions: {},
-      response: {
-        authenticatorData: b64u.enc(a.response.authenticatorData),
-        clientDataJSON: b64u.enc(a.response.clientDataJSON),
-        signature: b64u.enc(a.response.signature),
-        userHandle: a.response.userHandle ? b64u.enc(a.response.userHandle) : null,
-      },
-    },
-  });
+  const r = await assertKey("/grants/" + id + "/approve");
   status("grant " + id + ": " + r.status);
 }
 document.querySelectorAll("button[data-grant]").forEach((b) =>

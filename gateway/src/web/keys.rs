@@ -138,14 +138,9 @@ pub(super) async fn keys_page(
     Extension(origin): Extension<Origin>,
     headers: HeaderMap,
 ) -> Response {
-    let Some((s, _)) = session(&app, &headers, &origin).await else {
-        return (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, "/login")]).into_response();
-    };
-    if password_expired(&app, &s.user).await {
-        return renew_first();
-    }
-    let Ok(user) = UserName::parse(&s.user) else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let (s, user) = match super::pages::page_session(&app, &headers, &origin).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let rows = app.gw.store.security_keys(&user).await.unwrap_or_default();
     let mut list = String::new();

@@ -558,13 +558,28 @@ pub(super) async fn form_session(
     Ok((s, user))
 }
 
-async fn totp_page(State(app): State<App>, Extension(origin): Extension<Origin>, headers: HeaderMap) -> Response {
-    let Some((s, _)) = session(&app, &headers, &origin).await else {
-        return (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
+/// The session behind a page view: to the login page without one, to the password
+/// change first when the password has expired.
+pub(super) async fn page_session(
+    app: &App,
+    headers: &HeaderMap,
+    origin: &Origin,
+) -> Result<(WebSession, UserName), Response> {
+    let Some((s, _)) = session(app, headers, origin).await else {
+        return Err((StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response());
     };
-    if password_expired(&app, &s.user).await {
-        return renew_first();
+    if password_expired(app, &s.user).await {
+        return Err(renew_first());
     }
+    let user = UserName::parse(&s.user).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+    Ok((s, user))
+}
+
+async fn totp_page(State(app): State<App>, Extension(origin): Extension<Origin>, headers: HeaderMap) -> Response {
+    let (s, _) = match page_session(&app, &headers, &origin).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
     page(
         "Authenticator app",
         &format!(
