@@ -68,12 +68,19 @@ pub fn frame_hash(prev: &[u8; 32], kind: u8, seq: u64, payload: &[u8]) -> [u8; 3
     h.finalize().into()
 }
 
+/// A frame's fixed head: kind, sequence number, payload length.
+pub fn frame_head(kind: u8, seq: u64, payload: &[u8]) -> [u8; 13] {
+    let mut h = [0u8; 13];
+    h[0] = kind;
+    h[1..9].copy_from_slice(&seq.to_be_bytes());
+    h[9..13].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    h
+}
+
 /// Append a whole frame to `out`; returns its hash.
 pub fn encode_frame(out: &mut Vec<u8>, prev: &[u8; 32], kind: u8, seq: u64, payload: &[u8]) -> [u8; 32] {
     let hash = frame_hash(prev, kind, seq, payload);
-    out.push(kind);
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&frame_head(kind, seq, payload));
     out.extend_from_slice(payload);
     out.extend_from_slice(&hash);
     hash

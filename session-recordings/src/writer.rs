@@ -1,5 +1,5 @@
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -199,10 +199,15 @@ impl FileRecorder {
         st.last_checkpoint = Instant::now();
     }
 
-    fn close_chunk(&self, st: &mut State) {
+    /// Close the EVENTS frame being filled. Its payload goes straight from `chunk` to
+    /// the file (header, payload and hash in one vectored write): the bulk of a
+    /// recording is never copied a second time in memory.
+    fn close_chunk(&self, st: &mut State) -> Result<(), RecordError> {
         if st.chunk.is_empty() {
-            return;
+            return Ok(());
         }
+        // Frames already encoded go first, so the file keeps their order.
+        Self::write_out(st)?;
         let chunk = std::mem::take(&mut st.chunk);
         let sealed = self
             .data_key
@@ -211,15 +216,24 @@ impl FileRecorder {
             .as_ref()
             .map(|k| k.seal(&self.session_id, st.seq, &chunk));
         let payload = sealed.as_deref().unwrap_or(&chunk);
-        let offset = st.written + st.out.len() as u64;
+        let offset = st.written;
         let first_t = st.chunk_first_t.take().unwrap_or(0);
         let (seq, prev) = (st.seq, st.prev);
         format::encode_index_entry(&mut st.index, seq, offset, first_t, &prev);
-        st.prev = format::encode_frame(&mut st.out, &st.prev, FRAME_EVENTS, st.seq, payload);
+        let head = format::frame_head(FRAME_EVENTS, seq, payload);
+        let hash = format::frame_hash(&prev, FRAME_EVENTS, seq, payload);
+        let file = st.file.as_mut().ok_or(RecordError::Finished)?;
+        write_all_vectored(
+            file,
+            &mut [IoSlice::new(&head), IoSlice::new(payload), IoSlice::new(&hash)],
+        )?;
+        st.written += (head.len() + payload.len() + hash.len()) as u64;
+        st.prev = hash;
         st.seq += 1;
         st.chunk = chunk;
         st.chunk.clear();
         st.dirty_since_checkpoint = true;
+        Ok(())
     }
 
     fn write_out(st: &mut State) -> Result<(), RecordError> {
@@ -253,7 +267,7 @@ impl FileRecorder {
             }
             format::encode_record(&mut st.chunk, kind, t, channel, piece);
             if st.chunk.len() >= EVENTS_FRAME_TARGET {
-                self.close_chunk(&mut st);
+                self.close_chunk(&mut st)?;
                 Self::write_out(&mut st)?;
             }
         }
@@ -276,7 +290,7 @@ impl Recorder for FileRecorder {
         if st.file.is_none() {
             return Ok(());
         }
-        self.close_chunk(&mut st);
+        self.close_chunk(&mut st)?;
         let checkpoint = st.dirty_since_checkpoint && st.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
         if checkpoint {
             self.sign_frame(&mut st, FRAME_CHECKPOINT);
@@ -298,7 +312,7 @@ impl Recorder for FileRecorder {
             },
         )?;
         let mut st = self.lock();
-        self.close_chunk(&mut st);
+        self.close_chunk(&mut st)?;
         self.sign_frame(&mut st, FRAME_SEAL);
         Self::write_out(&mut st)?;
         let file = st.file.take().ok_or(RecordError::Finished)?;
@@ -306,6 +320,20 @@ impl Recorder for FileRecorder {
         file.sync_data()?;
         Ok(())
     }
+}
+
+/// `write_all` for several buffers at once (std's `write_all_vectored` is unstable).
+fn write_all_vectored(file: &mut File, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Discards everything. Only for benchmarks comparing the relay's own cost; the gateway
