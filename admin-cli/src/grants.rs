@@ -13,10 +13,13 @@ use crate::Cli;
 pub enum GrantsCmd {
     /// Ask for access to a tier (optionally one target and one login) for a while.
     Request {
+        /// The tier (production segment) to open.
         #[arg(long)]
         tier: String,
+        /// Only this target of the tier.
         #[arg(long)]
         target: Option<String>,
+        /// Only this login on the targets.
         #[arg(long)]
         login: Option<String>,
         /// How long, e.g. 2h or 30m (at most the tier's maximum).

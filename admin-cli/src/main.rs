@@ -20,7 +20,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hersectl", version, about = "Administer a Herse gateway")]
+#[command(
+    name = "hersectl",
+    version,
+    about = "Administer a Herse gateway",
+    after_help = "Exit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 not found, \
+                  4 refused (permission or login)."
+)]
 pub struct Cli {
     /// Gateway configuration file: local mode, on the gateway host (default
     /// /etc/herse/herse.toml). Without it, a saved `hersectl login` means remote mode.
