@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use crate::access::Caller;
 use crate::control::ControlError;
 use crate::control::{audit, err, user, Ctx, ErrorKind};
-use crate::ident::{RoleName, TargetName, WorkstationName};
+use crate::ident::{RoleName, TargetName, UserName, WorkstationName};
 use crate::store::{AuditEvent, Severity, WorkstationRow};
 use crate::wg::{WgPublicKey, WgSecret};
 
@@ -74,9 +74,15 @@ pub(crate) async fn users_password(
     }
     let hash = crate::web::password::hash(password).map_err(|e| err(ErrorKind::Internal, e))?;
     ctx.store.set_password(&u, &hash).await?;
+    ctx.store.end_other_web_sessions(&u, "").await?;
     audit(
         ctx.store,
-        AuditEvent::new("password.set", Severity::Info, format!("by {}", caller.label())).user(&u),
+        AuditEvent::new(
+            "password.set",
+            Severity::Warning,
+            format!("by {}; the user's portal sessions and API tokens ended", caller.label()),
+        )
+        .user(&u),
     )
     .await?;
     Ok(json!({ "user": u.as_str(), "message": format!("password set for {u}") }))
@@ -88,11 +94,12 @@ pub(crate) async fn users_recovery_codes(ctx: &Ctx<'_>, caller: &Caller, name: &
     let codes = crate::mfa::new_recovery_codes();
     let hashes: Vec<String> = codes.iter().map(|c| crate::mfa::recovery_hash(&u, c)).collect();
     ctx.store.set_recovery_codes(&u, &hashes).await?;
+    ctx.store.end_other_web_sessions(&u, "").await?;
     audit(
         ctx.store,
         AuditEvent::new(
             "mfa.recovery_codes",
-            Severity::Info,
+            Severity::Warning,
             format!("{} new recovery codes by {}", codes.len(), caller.label()),
         )
         .user(&u),
@@ -105,6 +112,7 @@ pub(crate) async fn users_recovery_codes(ctx: &Ctx<'_>, caller: &Caller, name: &
 pub(crate) async fn users_totp_remove(ctx: &Ctx<'_>, caller: &Caller, name: &str) -> Result<Value, ControlError> {
     let u = user(name)?;
     ctx.store.remove_totp(&u).await?;
+    ctx.store.end_other_web_sessions(&u, "").await?;
     audit(
         ctx.store,
         AuditEvent::new("mfa.remove", Severity::Warning, format!("TOTP by {}", caller.label())).user(&u),
@@ -180,10 +188,17 @@ pub(crate) async fn roles_bind(
 ) -> Result<Value, ControlError> {
     let u = user(name)?;
     let r = role(ctx, role_name)?;
+    not_own_roles(caller, &u)?;
     ctx.store.bind_role(&u, &r).await?;
+    // Handing out a duty (manager, auditor, admin) changes who decides: an alert.
+    let severity = if ctx.policy()?.duties.contains_key(&r) {
+        Severity::Alert
+    } else {
+        Severity::Info
+    };
     audit(
         ctx.store,
-        AuditEvent::new("role.bind", Severity::Info, format!("{r} by {}", caller.label())).user(&u),
+        AuditEvent::new("role.bind", severity, format!("{r} by {}", caller.label())).user(&u),
     )
     .await?;
     Ok(json!({ "user": u.as_str(), "role": r.as_str(), "message": format!("{u} now holds role {r}") }))
@@ -199,6 +214,7 @@ pub(crate) async fn roles_unbind(
 ) -> Result<Value, ControlError> {
     let u = user(name)?;
     let r = RoleName::parse(role_name).map_err(|e| invalid(e.to_string()))?;
+    not_own_roles(caller, &u)?;
     ctx.store.unbind_role(&u, &r).await?;
     audit(
         ctx.store,
@@ -206,6 +222,16 @@ pub(crate) async fn roles_unbind(
     )
     .await?;
     Ok(json!({ "user": u.as_str(), "role": r.as_str(), "message": format!("{u} no longer holds role {r}") }))
+}
+
+/// Nobody changes their own role bindings remotely: an admin who could bind themselves a
+/// manager or engineer role could approve their own access (local mode, on the gateway
+/// host, stays the recovery path).
+fn not_own_roles(caller: &Caller, user: &UserName) -> Result<(), ControlError> {
+    match caller.person() {
+        Some(p) if &p.name == user => Err(err(ErrorKind::Refused, "refused: you cannot change your own roles")),
+        _ => Ok(()),
+    }
 }
 
 fn ws_name(s: &str) -> Result<WorkstationName, ControlError> {

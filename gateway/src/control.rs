@@ -396,8 +396,13 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
                     "reason must be one non-empty line of at most 500 bytes",
                 ));
             }
-            if until.is_some_and(|t| t <= crate::store::now_micros()) {
+            let now = crate::store::now_micros();
+            if until.is_some_and(|t| t <= now) {
                 return Err(err(ErrorKind::Invalid, "--until must be in the future"));
+            }
+            // Longer than ten years is a mistake (or an attempt to overflow the clock).
+            if until.is_some_and(|t| t > now.saturating_add(10 * 365 * 86_400 * 1_000_000)) {
+                return Err(err(ErrorKind::Invalid, "--until must be within ten years"));
             }
             store.suspend_user(&u, reason, *until).await?;
             let until_text = until
@@ -469,8 +474,10 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
         }
         Call::AuditVerify { public_key } => {
             access::check(caller, &Action::ReadAudit)?;
+            // Hex only: a path here would have the gateway read its own files for the
+            // caller (hersectl reads a key file on the caller's side).
             let key = match public_key {
-                Some(k) => audit_log::public_key_from_arg(k)?,
+                Some(k) => audit_log::public_key_from_hex(k)?,
                 None => audit_log::stored_public_key(store).await?,
             };
             json(audit_log::verify(store, &key).await?)
@@ -539,8 +546,25 @@ async fn more(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serde_json:
         }
         Call::TargetsList => admin::targets_list(ctx),
         Call::TargetsCheck { name } => admin::targets_check(ctx, caller, name).await,
-        Call::RecordingsList(f) => json(crate::recordings_query::list(ctx.store, f, ctx.identity_files).await?),
-        Call::RecordingsSearch(q) => json(crate::recordings_query::search(ctx.store, q, ctx.identity_files).await?),
+        Call::RecordingsList(f) => {
+            let rows = crate::recordings_query::list(ctx.store, f, ctx.identity_files).await?;
+            if let Some(text) = &f.contains {
+                // Reading inside recordings is a read: audited like a download.
+                let detail = format!(
+                    "list containing {text:?} by {}: {} recordings",
+                    caller.label(),
+                    rows.len()
+                );
+                audit(ctx.store, AuditEvent::new("recording.search", Severity::Info, detail)).await?;
+            }
+            json(rows)
+        }
+        Call::RecordingsSearch(q) => {
+            let found = crate::recordings_query::search(ctx.store, q, ctx.identity_files).await?;
+            let detail = format!("search {:?} by {}", q.text, caller.label());
+            audit(ctx.store, AuditEvent::new("recording.search", Severity::Info, detail)).await?;
+            json(found)
+        }
         Call::RecordingsGet { id } => {
             let sid = session_id(id)?;
             let row = ctx
@@ -841,6 +865,40 @@ mod tests {
             execute(&ctx2, &as_("m2"), &approve2).await.unwrap()["status"],
             "pending",
             "m1 no longer manages pay: one current approval is not two"
+        );
+        // Review fixes: a key over the API is hex only (never a path the gateway reads);
+        // nobody changes their own roles; a suspension ends within ten years.
+        let by_path = Call::AuditVerify {
+            public_key: Some("/etc/passwd".into()),
+        };
+        let e = execute(&ctx, &dave, &by_path).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        assert!(
+            !e.message.contains("passwd") || e.message.contains("64 hex digits"),
+            "{}",
+            e.message
+        );
+        let admin = Caller::Person(crate::access::Person {
+            name: UserName::parse("bob").unwrap(),
+            engineer: false,
+            manages: Default::default(),
+            auditor: false,
+            admin: true,
+            roles: Default::default(),
+        });
+        let own = Call::RolesBind {
+            user: "bob".into(),
+            role: "dba".into(),
+        };
+        assert_eq!(execute(&ctx, &admin, &own).await.unwrap_err().kind, ErrorKind::Refused);
+        let forever = Call::UsersSuspend {
+            name: "alice".into(),
+            reason: "x".into(),
+            until: Some(i64::MAX),
+        };
+        assert_eq!(
+            execute(&ctx, &admin, &forever).await.unwrap_err().kind,
+            ErrorKind::Invalid
         );
         let bad = Call::GrantsShow { id: "../etc".into() };
         assert_eq!(execute(&ctx, &dave, &bad).await.unwrap_err().kind, ErrorKind::Invalid);

@@ -32,6 +32,8 @@ pub struct Gateway {
     pub portal_tls: Option<Arc<rustls::ServerConfig>>,
     /// Security keys (WebAuthn), when `web.rp_id` is configured.
     pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
+    /// When each (reader, recording) download was last audited (see `read_is_new`).
+    recording_reads: Mutex<HashMap<(String, String), std::time::Instant>>,
 }
 
 impl Gateway {
@@ -60,6 +62,7 @@ impl Gateway {
             recording_chain: tokio::sync::Mutex::new(()),
             webauthn,
             portal_tls,
+            recording_reads: Mutex::new(HashMap::new()),
         })
     }
 
@@ -69,6 +72,25 @@ impl Gateway {
         tracing::info!(kind = event.kind, user = ?event.user, session = ?event.session, detail = %event.detail, "audit");
         if let Err(e) = self.store.audit(&event).await {
             tracing::error!(error = %e, kind = event.kind, "cannot write audit event");
+        }
+    }
+
+    /// Whether `reader` reading recording `session` starts a new read to audit: the first
+    /// request of a download at any offset, again after 10 minutes of a long read (a
+    /// live `sessions watch`); not every chunk or poll.
+    pub(crate) fn read_is_new(&self, reader: &str, session: &str) -> bool {
+        const AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+        let mut reads = self.recording_reads.lock().unwrap_or_else(|p| p.into_inner());
+        if reads.len() > 10_000 {
+            reads.retain(|_, at| at.elapsed() < AGAIN_AFTER);
+        }
+        let key = (reader.to_owned(), session.to_owned());
+        match reads.get(&key) {
+            Some(at) if at.elapsed() < AGAIN_AFTER => false,
+            _ => {
+                reads.insert(key, std::time::Instant::now());
+                true
+            }
         }
     }
 

@@ -218,7 +218,10 @@ pub async fn approve(
             g.status.as_str()
         )));
     }
-    let rules = policy.tiers.get(&tier).map(|t| t.grants.clone()).unwrap_or_default();
+    // A tier gone from the policy approves nothing (its rules are unknown now).
+    let Some(rules) = policy.tiers.get(&tier).map(|t| t.grants.clone()) else {
+        return Err(GrantError::Conflict(format!("tier {tier} is no longer in the policy")));
+    };
     let external = rules.external_role.as_ref().is_some_and(|r| me.roles.contains(r));
     let comment = comment.trim();
     if comment.len() > MAX_TEXT || comment.chars().any(|c| c.is_control()) {
@@ -240,7 +243,14 @@ pub async fn approve(
     let votes = current_votes(store, policy, &g, &tier, &requester).await?;
     let state = access::approval_state(&rules, &requester, &votes);
     let detail = match &state {
-        ApprovalState::Approved => match store.activate_grant(&id).await? {
+        ApprovalState::Approved => match store
+            .activate_grant(
+                &id,
+                g.duration_secs
+                    .min(i64::try_from(rules.max_duration.as_secs()).unwrap_or(i64::MAX)),
+            )
+            .await?
+        {
             Some(expires) => format!(
                 "{id}: approved by {}; {} active until {}",
                 me.name,
@@ -430,6 +440,7 @@ pub async fn list(store: &Store, caller: &Caller, listing: Listing, limit: i64) 
             }
         }
     }
+    store.load_approvals(&mut out).await?;
     Ok(out)
 }
 

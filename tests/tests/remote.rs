@@ -234,6 +234,20 @@ fn every_command_remotely_under_the_callers_permissions() {
         reads.len()
     );
 
+    // Searching inside recordings is audited too.
+    let searches = json_lines(&ok(w.gw.ctl().args([
+        "audit",
+        "list",
+        "--kind",
+        "recording.search",
+        "--json",
+    ])));
+    assert!(
+        searches.iter().any(|e| e["detail"].as_str().unwrap().contains(MARKER)
+            && e["detail"].as_str().unwrap().contains("audrey")),
+        "{searches:?}"
+    );
+
     // The file endpoint, as an attacker sees it.
     assert_eq!(
         w.curl_file("audrey", &format!("/api/v1/recordings/{id}/file?offset=0")),

@@ -222,6 +222,9 @@ fn security_keys_approve_ssh_logins_in_a_real_browser() {
     ok(gw.ctl().args(["roles", "bind", "bob", "db-managers"]));
     let audit = || json_lines(&ok(gw.ctl().args(["audit", "list", "--json", "--limit", "1000"])));
 
+    // Recovery codes now: minting them later would end the users' portal sessions.
+    let codes = ok(gw.ctl().args(["users", "recovery-codes", "alice"]));
+
     // Each user's browser logs in to the portal (password + TOTP).
     let mut alice = Browser::start(&home, &base, port);
     let mut bob = Browser::start(&home, &base, port);
@@ -311,7 +314,6 @@ fn security_keys_approve_ssh_logins_in_a_real_browser() {
 
     // A manager approves a pending access request on the portal with a key touch.
     // Alice asks with remote hersectl (her TOTP step is spent: a recovery code logs in).
-    let codes = ok(gw.ctl().args(["users", "recovery-codes", "alice"]));
     let code = codes
         .lines()
         .map(str::trim)

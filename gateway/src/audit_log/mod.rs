@@ -87,6 +87,15 @@ pub fn public_key_from_arg(arg: &str) -> Result<VerifyingKey, AuditLogError> {
     parse_public_key(&text).map_err(|e| AuditLogError::Input(format!("{arg}: {e}")))
 }
 
+/// A public key given as 64 hex digits only: what a call from elsewhere may carry (a
+/// path would make the gateway read its own files for the caller).
+pub fn public_key_from_hex(arg: &str) -> Result<VerifyingKey, AuditLogError> {
+    if !is_hex_key(arg.trim()) {
+        return Err(AuditLogError::Input("the public key must be 64 hex digits".into()));
+    }
+    parse_public_key(arg.trim()).map_err(|e| AuditLogError::Input(format!("{arg}: {e}")))
+}
+
 fn is_hex_key(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -182,8 +182,9 @@ impl Store {
             .collect()
     }
 
-    /// Grants matching `f`, newest first (of the newest 10 000 matching in the database:
-    /// memory stays bounded however long the history).
+    /// Grants matching `f`, newest first, without their approvals (see
+    /// [`Store::load_approvals`]); of the newest 10 000 matching in the database, so
+    /// memory stays bounded however long the history.
     pub async fn grants(&self, f: &GrantFilter<'_>, limit: i64) -> Result<Vec<GrantRow>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM grants WHERE ($1 IS NULL OR requester = $1) AND ($2 IS NULL OR status = $2) \
@@ -195,17 +196,24 @@ impl Store {
         .await?;
         let mut out = Vec::new();
         for r in &rows {
-            let mut g = row(r)?;
+            let g = row(r)?;
             if f.tiers.as_ref().is_some_and(|t| !t.contains(&g.tier)) {
                 continue;
             }
-            g.approvals = self.approvals(&g.id).await?;
             out.push(g);
             if out.len() as i64 >= limit {
                 break;
             }
         }
         Ok(out)
+    }
+
+    /// Fill in the approvals of `rows` (after the caller kept only what it may show).
+    pub async fn load_approvals(&self, rows: &mut [GrantRow]) -> Result<(), StoreError> {
+        for g in rows {
+            g.approvals = self.approvals(&g.id).await?;
+        }
+        Ok(())
     }
 
     /// Record one approver's vote on a pending grant. `Exists` if they already voted;
@@ -236,15 +244,17 @@ impl Store {
         }
     }
 
-    /// Start a pending grant now; `Some(expires_at)` if this call started it.
-    pub async fn activate_grant(&self, id: &GrantId) -> Result<Option<i64>, StoreError> {
+    /// Start a pending grant now, for `duration_secs` (the request's, cut to the tier's
+    /// current maximum by the caller); `Some(expires_at)` if this call started it.
+    pub async fn activate_grant(&self, id: &GrantId, duration_secs: i64) -> Result<Option<i64>, StoreError> {
         let now = now_micros();
         let r = sqlx::query(
-            "UPDATE grants SET status = 'active', starts_at = $1, expires_at = $1 + duration_secs * 1000000 \
+            "UPDATE grants SET status = 'active', starts_at = $1, expires_at = $3 \
              WHERE id = $2 AND status = 'pending'",
         )
         .bind(now)
         .bind(id.as_str())
+        .bind(now.saturating_add(duration_secs.saturating_mul(1_000_000)))
         .execute(&self.pool)
         .await?;
         if r.rows_affected() == 0 {

@@ -179,10 +179,29 @@ impl Store {
                 "user {name} has enrolled workstations, kept for the audit trail: suspend the user instead"
             )));
         }
+        let grants: i64 = sqlx::query("SELECT COUNT(*) FROM grants WHERE requester = $1")
+            .bind(name.as_str())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        if grants > 0 {
+            return Err(StoreError::Invalid(format!(
+                "user {name} has access grants, kept for the audit trail: suspend the user instead"
+            )));
+        }
         let mut tx = self.pool.begin().await?;
+        // Everything that would let the name act again (tokens, factors, keys, votes on
+        // requests still open) goes with it.
         for q in [
             "DELETE FROM totp WHERE user_name = $1",
             "DELETE FROM mfa_proofs WHERE user_name = $1",
+            "DELETE FROM web_sessions WHERE user_name = $1",
+            "DELETE FROM recovery_codes WHERE user_name = $1",
+            "DELETE FROM security_keys WHERE user_name = $1",
+            "DELETE FROM webauthn_states WHERE user_name = $1",
+            "DELETE FROM ssh_approvals WHERE user_name = $1",
+            "DELETE FROM grant_approvals WHERE approver = $1 \
+             AND grant_id IN (SELECT id FROM grants WHERE status = 'pending')",
         ] {
             sqlx::query(q).bind(name.as_str()).execute(&mut *tx).await?;
         }
@@ -448,8 +467,8 @@ mod tests {
             s.add_approval(&gid, &carol, false, "").await,
             Err(StoreError::Exists(_))
         ));
-        assert!(s.activate_grant(&gid).await.unwrap().is_some());
-        assert!(s.activate_grant(&gid).await.unwrap().is_none());
+        assert!(s.activate_grant(&gid, 600).await.unwrap().is_some());
+        assert!(s.activate_grant(&gid, 600).await.unwrap().is_none());
         assert!(!s.end_grant(&gid, GrantStatus::Denied, "carol", "no").await.unwrap());
         assert_eq!(s.active_grants(&bob).await.unwrap().len(), 1);
         let id3 = SessionId::random();

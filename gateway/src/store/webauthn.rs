@@ -218,7 +218,7 @@ impl Store {
     pub async fn consume_approval(&self, token_hash: &str) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "UPDATE ssh_approvals SET consumed_at = $1 WHERE token_hash = $2 AND approved_at IS NOT NULL \
-             AND consumed_at IS NULL",
+             AND consumed_at IS NULL AND expires_at > $1",
         )
         .bind(now_micros())
         .bind(token_hash)

@@ -4,8 +4,8 @@
 //!
 //! At most [`MAX_CHUNK`] bytes from `offset` per request; `x-herse-size` says how long
 //! the file was when opened, so the client asks again from where it stopped (a live
-//! recording grows: `sessions watch` polls with the growing offset). A download from
-//! offset 0 is audited as `recording.read`, once, not each poll.
+//! recording grows: `sessions watch` polls with the growing offset). The first request of
+//! a download (at any offset) is audited as `recording.read`, not each chunk or poll.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -61,6 +61,7 @@ pub(super) async fn recording_file(
         Ok(r) => r,
         Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
     };
+    let reader = user.to_string();
     let caller = Caller::Person(Person::new(&app.gw.policy.load_full(), user, &roles));
     if let Err(r) = access::check(&caller, &Action::ReadRecordings) {
         return fail(StatusCode::FORBIDDEN, "refused", format!("refused: {r}"));
@@ -124,7 +125,9 @@ pub(super) async fn recording_file(
             "cannot read the recording",
         );
     }
-    if q.offset == 0 && q.index != 1 {
+    // The first request of a read, at whatever offset it starts (the index holds no
+    // content); not each chunk or poll.
+    if q.index != 1 && app.gw.read_is_new(&reader, sid.as_str()) {
         let e = AuditEvent::new(
             "recording.read",
             Severity::Info,

@@ -298,7 +298,11 @@ async fn authenticate(
         }
         return fail(StatusCode::UNAUTHORIZED, "Login failed.");
     }
-    let _ = gw.store.reset_login_failures(&user).await;
+    // With a key to come, the login has not succeeded yet: failures are cleared (and the
+    // success audited) only when the approval is taken.
+    if !by_key {
+        let _ = gw.store.reset_login_failures(&user).await;
+    }
     // No second-factor proof is recorded for SSH here: a portal login must not let SSH
     // skip a security key (or the remembered window) with a TOTP or recovery code.
     let expired = stored.and_then(|(_, set_at)| {
@@ -307,7 +311,11 @@ async fn authenticate(
     });
     gw.audit(
         AuditEvent::new(
-            kind_success(channel),
+            if by_key {
+                "api.login.password_ok"
+            } else {
+                kind_success(channel)
+            },
             // A recovery code in use means the authenticator may be lost or stolen.
             if recovery_left.is_some() {
                 Severity::Warning
@@ -318,7 +326,7 @@ async fn authenticate(
                 "password + {}{}",
                 match recovery_left {
                     Some(left) => format!("recovery code ({left} left)"),
-                    None if by_key => "security-key approval to come".to_owned(),
+                    None if by_key => "a security-key approval to come".to_owned(),
                     None => "second factor".to_owned(),
                 },
                 if expired.is_some() { " (password expired)" } else { "" }
@@ -732,16 +740,23 @@ async fn api_login(
         (Ok(u), Some(_)) => !app.gw.store.security_keys(&u).await.unwrap_or_default().is_empty(),
         _ => false,
     };
+    let user = match authenticate(&app, &origin, &f, "api", has_keys).await {
+        Ok((u, false)) => u,
+        Ok((_, true)) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "your password has expired: change it on the portal first",
+            )
+        }
+        Err((status, msg)) => return refuse(status, &msg),
+    };
+    // Said only to someone who knew the password: the key is the factor, as for SSH.
     if has_keys && !f.code.trim().is_empty() {
         return refuse(
             StatusCode::BAD_REQUEST,
             "you have a security key: leave the code empty and approve with the key",
         );
     }
-    let user = match authenticate(&app, &origin, &f, "api", has_keys).await {
-        Ok((u, _)) => u,
-        Err((status, msg)) => return refuse(status, &msg),
-    };
     if has_keys {
         return begin_api_approval(&app, &origin, &user).await;
     }
@@ -820,6 +835,7 @@ async fn api_login_approval(
     }
     match app.gw.store.consume_approval(&hash).await {
         Ok(true) => {
+            let _ = app.gw.store.reset_login_failures(&user).await;
             app.gw
                 .audit(
                     AuditEvent::new("api.login.success", Severity::Info, "password + security key")
