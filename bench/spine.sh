@@ -114,25 +114,9 @@ HPORT=$(grep -o 'SSH listening on .*' "$W/herse.log" | head -1 | sed 's/.*://')
 # Every session proves a second factor: enrol TOTP for alice (confirmed like an
 # authenticator app), and prove it once below; the role remembers the proof for this
 # workstation for an hour, so the measured logins are key-only, like OpenSSH's.
-totp_py='import base64,hashlib,hmac,struct,sys,time,urllib.parse as u
-def code(secret, step):
-    k = base64.b32decode(secret + "=" * (-len(secret) % 8))
-    h = hmac.new(k, struct.pack(">Q", step), hashlib.sha1).digest(); o = h[-1] & 15
-    return "%06d" % ((struct.unpack(">I", h[o:o+4])[0] & 0x7FFFFFFF) % 1000000)'
-SECRET=$(python3 -c "$totp_py
-import subprocess
-p = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-uri = p.stdout.readline().strip()
-secret = u.parse_qs(u.urlparse(uri).query)['secret'][0]
-p.stdin.write(code(secret, int(time.time()) // 30) + '\\n'); p.stdin.close()
-assert p.wait() == 0, 'enrolment failed'
-print(secret)" "$BIN/hersectl" -c "$W/herse.toml" users totp enroll alice)
-cat > "$W/askpass" <<PY
-#!/usr/bin/env python3
-$totp_py
-print(code("$SECRET", int(time.time()) // 30 + 1))
-PY
-chmod +x "$W/askpass"
+. bench/totp.sh
+SECRET=$(totp_enrol "$BIN/hersectl" "$W/herse.toml" alice)
+totp_askpass "$W/askpass" "$SECRET"
 
 {
   echo "@cert-authority t1 $(cat "$W/data/host_ca.pub")"

@@ -103,25 +103,9 @@ CTL users add alice --key "$W/user.pub" >/dev/null
 CTL roles bind alice bench >/dev/null
 # Every session proves a second factor: TOTP for alice, proved once before the ssh
 # figure (askpass); the role remembers the proof for her workstation.
-totp_py='import base64,hashlib,hmac,struct,sys,time,urllib.parse as u
-def code(secret, step):
-    k = base64.b32decode(secret + "=" * (-len(secret) % 8))
-    h = hmac.new(k, struct.pack(">Q", step), hashlib.sha1).digest(); o = h[-1] & 15
-    return "%06d" % ((struct.unpack(">I", h[o:o+4])[0] & 0x7FFFFFFF) % 1000000)'
-SECRET=$(python3 -c "$totp_py
-import subprocess
-p = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-uri = p.stdout.readline().strip()
-secret = u.parse_qs(u.urlparse(uri).query)['secret'][0]
-p.stdin.write(code(secret, int(time.time()) // 30) + '\\n'); p.stdin.close()
-assert p.wait() == 0, 'enrolment failed'
-print(secret)" "$W/hersectl" -c "$W/herse.toml" users totp enroll alice)
-cat > "$W/askpass" <<PY
-#!/usr/bin/env python3
-$totp_py
-print(code("$SECRET", int(time.time()) // 30 + 1))
-PY
-chmod +x "$W/askpass"
+. bench/totp.sh
+SECRET=$(totp_enrol "$W/hersectl" "$W/herse.toml" alice)
+totp_askpass "$W/askpass" "$SECRET"
 CTL workstations add bench-ws --owner alice > "$W/$IFH.conf" 2>/dev/null
 # In a subshell, so this shell does not report the job killed at cleanup.
 (HERSE_BENCH_UNRECORDED=1 HERSE_BENCH_TUNNEL_FORWARD=5201=127.0.0.1:5201 HERSE_LOG=warn \

@@ -116,6 +116,21 @@ pub struct SshdOptions<'a> {
 }
 
 impl Sshd {
+    /// A target on loopback trusting the test gateway's user CA (`dir/data/user_ca.pub`),
+    /// with its own host key.
+    pub fn target(dir: &Path, name: &str) -> Sshd {
+        Sshd::start(
+            dir,
+            name,
+            SshdOptions {
+                user_ca_pub: &dir.join("data/user_ca.pub"),
+                netns: None,
+                host_cert: None,
+                host_key: None,
+            },
+        )
+    }
+
     pub fn start(dir: &Path, name: &str, opts: SshdOptions<'_>) -> Sshd {
         std::fs::create_dir_all("/run/sshd").ok();
         let d = dir.join(name);

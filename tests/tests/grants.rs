@@ -114,17 +114,7 @@ fn world() -> (TempDir, World, Sshd) {
     let dir = TempDir::new("grants");
     let d = dir.0.clone();
     let (cfg, port) = init_with_portal(&d);
-    let user_ca = d.join("data/user_ca.pub");
-    let db = Sshd::start(
-        &d,
-        "db1",
-        SshdOptions {
-            user_ca_pub: &user_ca,
-            netns: None,
-            host_cert: None,
-            host_key: None,
-        },
-    );
+    let db = Sshd::target(&d, "db1");
     // db: one manager approves; pay (the same sshd under another name): two distinct
     // approvers, one of them the customer's.
     std::fs::write(

@@ -78,16 +78,7 @@ fn world() -> (TempDir, World, Sshd) {
     let dir = TempDir::new("remote");
     let d = dir.0.clone();
     let (cfg, port) = init_with_portal(&d);
-    let db = Sshd::start(
-        &d,
-        "db1",
-        SshdOptions {
-            user_ca_pub: &d.join("data/user_ca.pub"),
-            netns: None,
-            host_cert: None,
-            host_key: None,
-        },
-    );
+    let db = Sshd::target(&d, "db1");
     std::fs::write(
         d.join("policy.toml"),
         format!(

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use herse_e2e::people::set_password;
 use herse_e2e::*;
 
 const DEPLOY: &str = "hdeploy";
@@ -148,17 +149,6 @@ fn finished(mut child: Child) -> (bool, String) {
     }
 }
 
-fn set_password(gw: &Gateway, user: &str, pw: &str) {
-    let mut c = gw
-        .ctl()
-        .args(["users", "password", user])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(c.stdin.take().unwrap(), "{pw}").unwrap();
-    assert!(c.wait().unwrap().success());
-}
-
 #[test]
 fn security_keys_approve_ssh_logins_in_a_real_browser() {
     ensure_account(DEPLOY);
@@ -168,17 +158,7 @@ fn security_keys_approve_ssh_logins_in_a_real_browser() {
     pki(&d, &home);
     std::fs::write(d.join("policy.toml"), "").unwrap();
     let config = Gateway::init(&d);
-    let user_ca = d.join("data/user_ca.pub");
-    let web = Sshd::start(
-        &d,
-        "web1",
-        SshdOptions {
-            user_ca_pub: &user_ca,
-            netns: None,
-            host_cert: None,
-            host_key: None,
-        },
-    );
+    let web = Sshd::target(&d, "web1");
     std::fs::write(
         d.join("policy.toml"),
         format!(
