@@ -111,28 +111,29 @@ impl Store {
         status: UserStatus,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
-        let r = sqlx::query("UPDATE users SET status = $1, status_reason = $2, suspended_until = NULL WHERE name = $3")
-            .bind(status.as_str())
-            .bind(reason)
-            .bind(name.as_str())
-            .execute(&self.pool)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {name}")));
-        }
-        Ok(())
+        self.update_status(name, status, reason, None).await
     }
 
     /// Suspend `name` (until `until`, if given: a gateway resumes them then).
     pub async fn suspend_user(&self, name: &UserName, reason: &str, until: Option<i64>) -> Result<(), StoreError> {
-        let r = sqlx::query(
-            "UPDATE users SET status = 'suspended', status_reason = $1, suspended_until = $2 WHERE name = $3",
-        )
-        .bind(reason)
-        .bind(until)
-        .bind(name.as_str())
-        .execute(&self.pool)
-        .await?;
+        self.update_status(name, UserStatus::Suspended, Some(reason), until)
+            .await
+    }
+
+    async fn update_status(
+        &self,
+        name: &UserName,
+        status: UserStatus,
+        reason: Option<&str>,
+        until: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let r = sqlx::query("UPDATE users SET status = $1, status_reason = $2, suspended_until = $3 WHERE name = $4")
+            .bind(status.as_str())
+            .bind(reason)
+            .bind(until)
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("user {name}")));
         }
