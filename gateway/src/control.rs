@@ -257,6 +257,7 @@ impl From<StoreError> for ControlError {
         match e {
             StoreError::NotFound(what) => err(ErrorKind::NotFound, format!("{what} not found")),
             StoreError::Exists(what) => err(ErrorKind::Conflict, format!("{what} already exists")),
+            StoreError::Refused(why) => err(ErrorKind::Conflict, why),
             other => {
                 tracing::error!(error = %other, "control call failed in the store");
                 err(ErrorKind::Internal, "gateway storage error")
@@ -900,6 +901,37 @@ mod tests {
             execute(&ctx, &admin, &forever).await.unwrap_err().kind,
             ErrorKind::Invalid
         );
+        // A password reset ends the user's tokens; a user with grants is kept (clear
+        // refusal), one without is removed with their tokens.
+        let dave_name = UserName::parse("dave").unwrap();
+        for (hash, who) in [("t-alice", "alice"), ("t-dave", "dave")] {
+            store
+                .create_web_session(hash, &UserName::parse(who).unwrap(), "@loopback", "-", i64::MAX)
+                .await
+                .unwrap();
+        }
+        let reset = Call::UsersPassword {
+            name: "alice".into(),
+            password: Secret::new("Correct-Horse-Battery-9"),
+        };
+        execute(&ctx, &local, &reset).await.unwrap();
+        assert!(
+            store.web_session("t-alice").await.unwrap().is_none(),
+            "token survived a reset"
+        );
+        let e = execute(&ctx, &local, &Call::UsersRemove { name: "alice".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert!(e.message.contains("has access grants"), "{}", e.message);
+        store
+            .unbind_role(&dave_name, &crate::ident::RoleName::parse("audit").unwrap())
+            .await
+            .unwrap();
+        execute(&ctx, &local, &Call::UsersRemove { name: "dave".into() })
+            .await
+            .unwrap();
+        assert!(store.web_session("t-dave").await.unwrap().is_none());
         let bad = Call::GrantsShow { id: "../etc".into() };
         assert_eq!(execute(&ctx, &dave, &bad).await.unwrap_err().kind, ErrorKind::Invalid);
         store.close().await;

@@ -306,6 +306,26 @@ fn an_expired_password_must_be_changed_first() {
         base: format!("https://127.0.0.1:{port}"),
         jar: d.join("cookies"),
     };
+    // No API token for an expired password (a recovery code as the factor: the TOTP step
+    // is kept for the portal login below).
+    let codes = ok(gw.ctl().args(["users", "recovery-codes", "dave"]));
+    let code = codes
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.contains(' '))
+        .unwrap()
+        .to_owned();
+    let r = p.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &format!("{{\"user\":\"dave\",\"password\":\"Soon-Expired-Passphrase-5\",\"code\":\"{code}\"}}"),
+        &format!("{}/api/login", p.base),
+    ]);
+    assert_eq!(status(&r), 403, "{r}");
+    assert!(r.contains("password has expired") && !r.contains("token"), "{r}");
     let r = p.login("dave", "Soon-Expired-Passphrase-5", &totp_next(&totp));
     assert_eq!(status(&r), 303, "{r}");
     let home = p.curl(&[&format!("{}/", p.base)]);

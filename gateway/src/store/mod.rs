@@ -37,6 +37,9 @@ pub enum StoreError {
     Exists(String),
     #[error("stored data is invalid: {0}")]
     Invalid(String),
+    /// The change is not allowed in the object's present state (the text says why).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Unix time in microseconds.

@@ -176,7 +176,7 @@ impl Store {
             .await?
             .try_get(0)?;
         if ws > 0 {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Refused(format!(
                 "user {name} has enrolled workstations, kept for the audit trail: suspend the user instead"
             )));
         }
@@ -186,7 +186,7 @@ impl Store {
             .await?
             .try_get(0)?;
         if grants > 0 {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Refused(format!(
                 "user {name} has access grants, kept for the audit trail: suspend the user instead"
             )));
         }

@@ -187,7 +187,7 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("workstation {name}")))?;
         if w.is_revoked() {
-            return Err(StoreError::Invalid(format!("workstation {name} is revoked")));
+            return Err(StoreError::Refused(format!("workstation {name} is revoked")));
         }
         self.refuse_known_key(key).await?;
         let mut tx = self.pool.begin().await?;
@@ -208,7 +208,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() != 1 {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Refused(format!(
                 "workstation {name} changed meanwhile; try again"
             )));
         }
