@@ -179,7 +179,8 @@ for path in $PATHS; do
   perf_pid=""
   if [ -n "${HERSE_BENCH_PERF:-}" ] && [ "$path" = herse-hop ]; then
     # Optional profile of the gateway during the single-hop transfer (bench/README).
-    perf record -q -F 999 -g -e cpu-clock -p "$HPID" -o "$HERSE_BENCH_PERF" 2>/dev/null & perf_pid=$!
+    # HERSE_BENCH_PERF_ARGS replaces the profile, e.g. "stat -e syscalls:sys_enter_*".
+    perf ${HERSE_BENCH_PERF_ARGS:-record -q -F 999 -g -e cpu-clock} -p "$HPID" -o "$HERSE_BENCH_PERF" 2>/dev/null & perf_pid=$!
     sleep 0.3
   fi
   s=$(date +%s%N)

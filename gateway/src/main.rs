@@ -6,6 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: the relay allocates and frees packet-sized buffers
+/// continuously, and glibc trims its per-thread arenas back to the kernel after them, so
+/// every packet faulted fresh zero pages in (36 859 page faults for 512 MiB relayed, 12% of
+/// the gateway's CPU). mimalloc keeps its pages (2 400 faults).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "herse",

@@ -58,6 +58,8 @@ pub struct Verified {
 /// the audit public key, every checkpoint signature.
 pub struct RecordingReader<R> {
     input: R,
+    /// The chain's hash function, from the file's version.
+    hash: format::ChainHash,
     offset: u64,
     seq: u64,
     prev: [u8; 32],
@@ -128,12 +130,11 @@ impl<R: Read> RecordingReader<R> {
             return Err(ReadError::BadMagic);
         }
         let version = u16::from_be_bytes([pre[8], pre[9]]);
-        if version != format::VERSION {
-            return Err(ReadError::Version(version));
-        }
+        let hash = format::ChainHash::of_version(version).ok_or(ReadError::Version(version))?;
         let mut r = RecordingReader {
             input,
             offset: format::PREAMBLE_LEN,
+            hash,
             seq: 0,
             prev: [0u8; 32],
             header: Header::placeholder(),
@@ -235,7 +236,7 @@ impl<R: Read> RecordingReader<R> {
             self.truncated = true;
             return Ok(None);
         }
-        let expect = format::frame_hash(&self.prev, kind, seq, &payload);
+        let expect = format::frame_hash(self.hash, &self.prev, kind, seq, &payload);
         if expect != hash {
             return Err(self.corrupt(seq, offset, "hash mismatch: the frame was altered"));
         }

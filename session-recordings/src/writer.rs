@@ -221,7 +221,7 @@ impl FileRecorder {
         let (seq, prev) = (st.seq, st.prev);
         format::encode_index_entry(&mut st.index, seq, offset, first_t, &prev);
         let head = format::frame_head(FRAME_EVENTS, seq, payload);
-        let hash = format::frame_hash(&prev, FRAME_EVENTS, seq, payload);
+        let hash = format::frame_hash(format::ChainHash::CURRENT, &prev, FRAME_EVENTS, seq, payload);
         let file = st.file.as_mut().ok_or(RecordError::Finished)?;
         write_all_vectored(
             file,

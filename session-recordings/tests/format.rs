@@ -89,13 +89,20 @@ fn write_golden(path: &Path) {
     rec.finish("client closed").unwrap();
 }
 
-fn golden_path() -> PathBuf {
+fn golden_path(version: u16) -> PathBuf {
     // The directory `cargo test` runs us from, not the one we were compiled in: a test
     // binary reused from a shared target dir may come from another checkout.
     let dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    dir.join("tests/golden/v1.herserec")
+    dir.join(format!("tests/golden/v{version}.herserec"))
+}
+
+/// Every version's golden file: older recordings must keep reading and verifying.
+fn goldens() -> Vec<(u16, Vec<u8>)> {
+    (1..=VERSION)
+        .map(|v| (v, std::fs::read(golden_path(v)).expect("golden file")))
+        .collect()
 }
 
 #[test]
@@ -104,16 +111,22 @@ fn golden_recording_is_byte_for_byte_stable_and_reads_back() {
     write_golden(&path);
     let written = std::fs::read(&path).unwrap();
     if std::env::var_os("HERSE_UPDATE_GOLDEN").is_some() {
-        std::fs::write(golden_path(), &written).unwrap();
+        std::fs::write(golden_path(VERSION), &written).unwrap();
     }
-    let golden = std::fs::read(golden_path()).expect("golden file (regenerate with HERSE_UPDATE_GOLDEN=1)");
+    let golden = std::fs::read(golden_path(VERSION)).expect("golden file (regenerate with HERSE_UPDATE_GOLDEN=1)");
     assert!(
         written == golden,
         "the writer's output changed: the format is a contract (regenerate only with a version bump)"
     );
+    assert_eq!(u16::from_be_bytes([golden[8], golden[9]]), VERSION);
+    for (version, golden) in goldens() {
+        reads_back_whole(version, &golden);
+    }
+}
 
-    let (h, events, truncated) = RecordingReader::new(&golden[..], None).unwrap().events().unwrap();
-    assert_eq!(h, header());
+fn reads_back_whole(version: u16, golden: &[u8]) {
+    let (h, events, truncated) = RecordingReader::new(golden, None).unwrap().events().unwrap();
+    assert_eq!(h, header(), "version {version}");
     assert!(!truncated);
     let metas: Vec<&Meta> = events
         .iter()
@@ -151,13 +164,13 @@ fn golden_recording_is_byte_for_byte_stable_and_reads_back() {
     let ts: Vec<u64> = events.iter().map(|e| e.t_micros()).collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]));
 
-    let v = RecordingReader::new(&golden[..], Some(key().verifying_key()))
+    let v = RecordingReader::new(golden, Some(key().verifying_key()))
         .unwrap()
         .verify()
         .unwrap();
     assert!(
         matches!(v.completeness, Completeness::Complete { .. }),
-        "{:?}",
+        "version {version}: {:?}",
         v.completeness
     );
     assert!(v.frames >= 5, "header, checkpoint, events frames, seal: {}", v.frames);
@@ -182,13 +195,18 @@ fn verify(bytes: &[u8]) -> Result<Verified, ReadError> {
 
 #[test]
 fn any_changed_byte_fails_with_its_position() {
-    let golden = std::fs::read(golden_path()).unwrap();
-    let fr = frames(&golden);
+    for (_, golden) in goldens() {
+        changed_bytes_fail(&golden);
+    }
+}
+
+fn changed_bytes_fail(golden: &[u8]) {
+    let fr = frames(golden);
     // One byte in every frame, and a sample of positions across the whole file.
     let mut positions: Vec<usize> = fr.iter().map(|r| r.start + (r.end - r.start) / 2).collect();
     positions.extend((10..golden.len()).step_by(997));
     for pos in positions {
-        let mut t = golden.clone();
+        let mut t = golden.to_vec();
         t[pos] ^= 0x20;
         match verify(&t) {
             Err(ReadError::Corrupt { frame, offset, .. }) | Err(ReadError::BadSignature { frame, offset }) => {
@@ -203,15 +221,20 @@ fn any_changed_byte_fails_with_its_position() {
     // Wrong key.
     let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
     assert!(matches!(
-        RecordingReader::new(&golden[..], Some(other)).unwrap().verify(),
+        RecordingReader::new(golden, Some(other)).unwrap().verify(),
         Err(ReadError::BadSignature { frame: 1, .. })
     ));
 }
 
 #[test]
 fn dropped_duplicated_and_swapped_frames_fail() {
-    let golden = std::fs::read(golden_path()).unwrap();
-    let fr = frames(&golden);
+    for (_, golden) in goldens() {
+        frame_edits_fail(&golden);
+    }
+}
+
+fn frame_edits_fail(golden: &[u8]) {
+    let fr = frames(golden);
     assert!(fr.len() >= 5);
     let splice = |parts: Vec<std::ops::Range<usize>>| -> Vec<u8> {
         let mut v = golden[..10].to_vec();
@@ -238,8 +261,13 @@ fn dropped_duplicated_and_swapped_frames_fail() {
 
 #[test]
 fn a_cut_recording_is_truncated_never_complete() {
-    let golden = std::fs::read(golden_path()).unwrap();
-    let fr = frames(&golden);
+    for (_, golden) in goldens() {
+        cuts_are_truncated(&golden);
+    }
+}
+
+fn cuts_are_truncated(golden: &[u8]) {
+    let fr = frames(golden);
     // Without the seal: truncated at the first checkpoint (the only one before it).
     let no_seal = &golden[..fr[fr.len() - 1].start];
     match verify(no_seal).unwrap().completeness {
@@ -262,6 +290,16 @@ fn a_cut_recording_is_truncated_never_complete() {
     assert!(truncated && !events.is_empty());
     // Cut inside the header: not a recording at all.
     assert!(verify(&golden[..20]).is_err());
+}
+
+#[test]
+fn the_version_picks_the_hash_and_is_checked() {
+    let (_, mut golden) = goldens().pop().unwrap();
+    // Claiming another version of the format breaks every hash.
+    golden[9] = 1;
+    assert!(matches!(verify(&golden), Err(ReadError::Corrupt { frame: 0, .. })));
+    golden[9] = 3;
+    assert!(matches!(verify(&golden), Err(ReadError::Version(3))));
 }
 
 #[test]
