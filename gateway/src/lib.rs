@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit_log;
 pub mod certs;
 pub mod config;
+pub mod conn_threads;
 pub mod control;
 pub mod diag;
 pub mod front;

@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::conn_threads::{self, ConnectionThreads};
 use crate::front::{base_config, FrontHandler};
 use crate::gateway::Gateway;
 use crate::ident::WorkstationName;
@@ -44,6 +45,8 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     }
     let config = Arc::new(base_config(&gw));
     let permits = Arc::new(Semaphore::new(gw.config.max_connections));
+    let threads =
+        Arc::new(ConnectionThreads::start().map_err(|e| anyhow::anyhow!("cannot start connection threads: {e}"))?);
     let mut listeners = Vec::new();
     for addr in &gw.config.ssh_listen {
         let l = TcpListener::bind(addr)
@@ -57,6 +60,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
             l,
             config.clone(),
             permits.clone(),
+            threads.clone(),
         )));
     }
     let mut uapi_socket = None;
@@ -104,6 +108,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
                 acceptor,
                 config.clone(),
                 permits.clone(),
+                threads.clone(),
                 portal.clone().zip(web_tunnel_port),
             )));
             if let Some(p) = web_tunnel_port.filter(|_| portal.is_some()) {
@@ -172,6 +177,8 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     .await;
     crate::audit_log::checkpoint_at_shutdown(&gw).await;
     gw.store.close().await;
+    // Last: database connections opened from a connection thread are driven by it.
+    drop(threads);
     Ok(())
 }
 
@@ -180,6 +187,7 @@ async fn accept_loop(
     listener: TcpListener,
     config: Arc<russh::server::Config>,
     permits: Arc<Semaphore>,
+    threads: Arc<ConnectionThreads>,
 ) {
     loop {
         let (tcp, peer) = tokio::select! {
@@ -205,8 +213,15 @@ async fn accept_loop(
             addr: peer,
             via: Via::Loopback,
         };
-        gw.tasks.spawn(async move {
+        threads.spawn(&gw.tasks, async move {
             let _permit = permit;
+            let tcp = match conn_threads::rehome(tcp) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot move the connection to its thread");
+                    return;
+                }
+            };
             serve_connection(gw2, tcp, origin, config)
                 .instrument(tracing::info_span!("connection", client.addr = %peer))
                 .await;
@@ -248,6 +263,7 @@ async fn tunnel_accept_loop(
     mut acceptor: tokio::sync::mpsc::Receiver<Accepted>,
     config: Arc<russh::server::Config>,
     permits: Arc<Semaphore>,
+    threads: Arc<ConnectionThreads>,
     portal: Option<(crate::web::Portal, u16)>,
 ) {
     loop {
@@ -294,7 +310,7 @@ async fn tunnel_accept_loop(
         };
         let gw2 = gw.clone();
         let config = config.clone();
-        gw.tasks.spawn(async move {
+        threads.spawn(&gw.tasks, async move {
             let _permit = permit;
             let span =
                 tracing::info_span!("connection", client.addr = %origin.addr, workstation = %accepted.workstation);
