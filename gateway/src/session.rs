@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use russh::server;
-use session_recordings::{FileRecorder, Header, PreviousRecording, Recorder};
+use session_recordings::{FileRecorder, Header, PreviousRecording, RecordError, Recorder};
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
@@ -387,6 +387,22 @@ async fn open_recording(
 /// Runs beside a session until it ends: flushes the recording every second (a failed
 /// flush ends the session), enforces the maximum length and the idle timeout, then
 /// seals the recording, closes the row and disconnects the client.
+/// Run a recorder call that may wait for the disk (a checkpoint's sync, the seal) on the
+/// blocking pool: the connection's thread keeps relaying its other sessions meanwhile.
+async fn off_thread<F>(recorder: &Arc<dyn Recorder>, call: F) -> Result<(), RecordError>
+where
+    F: FnOnce(&dyn Recorder) -> Result<(), RecordError> + Send + 'static,
+{
+    let r = recorder.clone();
+    match tokio::task::spawn_blocking(move || call(r.as_ref())).await {
+        Ok(result) => result,
+        // The runtime is shutting down or the call panicked: report it as a failure.
+        Err(e) => Err(RecordError::Write(std::io::Error::other(format!(
+            "recorder call failed: {e}"
+        )))),
+    }
+}
+
 async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
     let deadline = tokio::time::Instant::now() + s.authorized.max_session();
     // A session under a grant ends with it, to the second, on this node's own clock (the
@@ -413,7 +429,7 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
                 s.end(format!("access grant {id} expired"));
             }
             _ = tick.tick() => {
-                if let Err(e) = s.recorder.flush() {
+                if let Err(e) = off_thread(&s.recorder, |r| r.flush()).await {
                     s.end(format!("recording failed: {e}"));
                 }
                 let idle_for = s.started.elapsed().saturating_sub(Duration::from_millis(s.last_activity_ms.load(Ordering::Relaxed)));
@@ -446,7 +462,10 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
         .upstream
         .disconnect(russh::Disconnect::ByApplication, "session ended", "")
         .await;
-    let sealed = s.recorder.finish(&reason);
+    let sealed = {
+        let reason = reason.clone();
+        off_thread(&s.recorder, move |r| r.finish(&reason)).await
+    };
     if let Err(e) = &sealed {
         tracing::error!(session = %s.id, error = %e, "cannot seal recording");
     }

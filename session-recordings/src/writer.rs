@@ -32,7 +32,8 @@ pub trait Recorder: Send + Sync {
     fn data(&self, channel: u32, direction: DataDirection, bytes: &[u8]) -> Result<(), RecordError>;
     /// Any other event.
     fn meta(&self, channel: u32, meta: &Meta) -> Result<(), RecordError>;
-    /// Write buffered events and, when due, a signed checkpoint.
+    /// Write buffered events and, when due, a signed checkpoint synced to disk. May wait
+    /// for the disk: call it off the relay's thread. Recording goes on meanwhile.
     fn flush(&self) -> Result<(), RecordError>;
     /// Write the closing event and the signed seal; later calls fail with
     /// [`RecordError::Finished`].
@@ -296,10 +297,16 @@ impl Recorder for FileRecorder {
             self.sign_frame(&mut st, FRAME_CHECKPOINT);
         }
         Self::write_out(&mut st)?;
-        if checkpoint {
-            if let Some(f) = st.file.as_ref() {
-                f.sync_data()?;
-            }
+        if !checkpoint {
+            return Ok(());
+        }
+        // The sync goes through a second descriptor of the same file, outside the lock:
+        // the relay keeps appending while the disk catches up, and everything written
+        // up to the checkpoint is on disk when this returns.
+        let sync = st.file.as_ref().map(File::try_clone).transpose()?;
+        drop(st);
+        if let Some(f) = sync {
+            f.sync_data()?;
         }
         Ok(())
     }
