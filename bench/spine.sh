@@ -11,7 +11,8 @@
 # trees), because wall time on a shared 2-core machine is noisy.
 #
 # Usage: bench/spine.sh [--cipher chacha20-poly1305@openssh.com] [--size-mib 1024] [--setups 30]
-# HERSE_BENCH_PERF=FILE also records a perf profile of the gateway during the single-hop transfer.
+# HERSE_BENCH_PERF=FILE also records a perf profile of the gateway during the single-hop
+# transfer (HERSE_BENCH_PERF_PATH=herse-jump: during the ProxyJump-form one).
 # Needs root (creates a throwaway login), OpenSSH server and client, and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -177,7 +178,7 @@ for path in $PATHS; do
   mid=${MIDDLE[$path]}
   t0=$(cg_ns target); m0=0; [ -n "$mid" ] && m0=$(cg_ns "$mid")
   perf_pid=""
-  if [ -n "${HERSE_BENCH_PERF:-}" ] && [ "$path" = herse-hop ]; then
+  if [ -n "${HERSE_BENCH_PERF:-}" ] && [ "$path" = "${HERSE_BENCH_PERF_PATH:-herse-hop}" ]; then
     # Optional profile of the gateway during the single-hop transfer (bench/README).
     # HERSE_BENCH_PERF_ARGS replaces the profile, e.g. "stat -e syscalls:sys_enter_*".
     perf ${HERSE_BENCH_PERF_ARGS:-record -q -F 999 -g -e cpu-clock} -p "$HPID" -o "$HERSE_BENCH_PERF" 2>/dev/null & perf_pid=$!
