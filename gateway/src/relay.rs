@@ -457,7 +457,7 @@ async fn client_to_target(
             s.touch();
             chan.bytes_in
                 .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            rec.data(id, DataDirection::Input, &data)?;
+            rec.data_shared(id, DataDirection::Input, data.clone())?;
             if chan.sftp_active() {
                 sftp_inbound(chan, framer, &data).await?;
             } else {
@@ -467,7 +467,7 @@ async fn client_to_target(
         }
         ChannelMsg::ExtendedData { data, ext } => {
             s.touch();
-            rec.data(id, DataDirection::Input, &data)?;
+            rec.data_shared(id, DataDirection::Input, data.clone())?;
             up.extended_data_bytes(ext, data).await?;
         }
         ChannelMsg::Eof => {
@@ -580,7 +580,7 @@ async fn target_to_client(
             s.touch();
             chan.bytes_out
                 .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            rec.data(id, DataDirection::Output, &data)?;
+            rec.data_shared(id, DataDirection::Output, data.clone())?;
             if chan.sftp_active() {
                 sftp_outbound(chan, framer, &data).await?;
             } else {
@@ -591,7 +591,7 @@ async fn target_to_client(
         }
         ChannelMsg::ExtendedData { data, ext } => {
             s.touch();
-            rec.data(id, DataDirection::Stderr, &data)?;
+            rec.data_shared(id, DataDirection::Stderr, data.clone())?;
             front.extended_data_bytes(ext, data).await?;
         }
         ChannelMsg::Eof => {

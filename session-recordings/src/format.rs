@@ -8,14 +8,18 @@
 //! frame   := kind:u8 seq:u64 len:u32 payload[len] hash[32]
 //! ```
 //! All integers are big-endian. `seq` starts at 0 and grows by one per frame. Each
-//! frame's `hash` is `H(prev || kind || seq || len || payload)` where `prev` is the
-//! previous frame's hash (32 zero bytes for frame 0): the frames form a hash chain, so a
-//! changed, dropped, duplicated or reordered frame breaks it. `H` depends on the version:
-//! version 2 uses BLAKE3 (the plain hash mode, 32-byte output), version 1 SHA-256. The two
-//! are equally binding; BLAKE3 costs the gateway less than half as much CPU per byte
-//! recorded (0.27 against 0.69 CPU-s/GiB on the reference machine), and every byte of a
-//! session goes through it. Versions differ in nothing else. The version is not itself
-//! chained: changing it makes every hash fail.
+//! frame's `hash` chains it to `prev`, the previous frame's hash (32 zero bytes for frame
+//! 0), so a changed, dropped, duplicated or reordered frame breaks the chain:
+//! - version 2: `BLAKE3(prev || kind || seq || payload || len)` (the plain hash mode,
+//!   32-byte output). The length comes last so a writer can hash the payload as it
+//!   arrives; every field but the payload has a fixed size, so the input still parses
+//!   one way only.
+//! - version 1: `SHA-256(prev || kind || seq || len || payload)`.
+//!
+//! BLAKE3 costs the gateway less than half as much CPU per byte recorded (0.27 against
+//! 0.69 CPU-s/GiB on the reference machine), and every byte of a session goes through
+//! it. Versions differ in nothing else. The version is not itself chained: changing it
+//! makes every hash fail.
 //!
 //! Frame kinds:
 //! - `1` HEADER, always frame 0: the JSON [`crate::Header`] (who, from where, which
@@ -88,42 +92,53 @@ impl ChainHash {
 
 /// The hash of frame `seq`, chained to `prev`.
 pub fn frame_hash(alg: ChainHash, prev: &[u8; 32], kind: u8, seq: u64, payload: &[u8]) -> [u8; 32] {
-    let len = (payload.len() as u32).to_be_bytes();
     match alg {
         ChainHash::Sha256 => {
             let mut h = Sha256::new();
             h.update(prev);
             h.update([kind]);
             h.update(seq.to_be_bytes());
-            h.update(len);
+            h.update((payload.len() as u32).to_be_bytes());
             h.update(payload);
             h.finalize().into()
         }
         ChainHash::Blake3 => {
-            let mut h = blake3::Hasher::new();
-            h.update(prev);
-            h.update(&[kind]);
-            h.update(&seq.to_be_bytes());
-            h.update(&len);
+            let mut h = frame_hasher(prev, kind, seq);
             h.update(payload);
-            h.finalize().into()
+            finish_frame_hash(h, payload.len())
         }
     }
 }
 
+/// A version-2 frame hash started at its chain position; feed it the payload, then
+/// [`finish_frame_hash`].
+pub fn frame_hasher(prev: &[u8; 32], kind: u8, seq: u64) -> blake3::Hasher {
+    let mut h = blake3::Hasher::new();
+    h.update(prev);
+    h.update(&[kind]);
+    h.update(&seq.to_be_bytes());
+    h
+}
+
+/// The version-2 frame hash once `payload_len` bytes of payload went into `h`.
+pub fn finish_frame_hash(mut h: blake3::Hasher, payload_len: usize) -> [u8; 32] {
+    h.update(&(payload_len as u32).to_be_bytes());
+    h.finalize().into()
+}
+
 /// A frame's fixed head: kind, sequence number, payload length.
-pub fn frame_head(kind: u8, seq: u64, payload: &[u8]) -> [u8; 13] {
+pub fn frame_head(kind: u8, seq: u64, payload_len: usize) -> [u8; 13] {
     let mut h = [0u8; 13];
     h[0] = kind;
     h[1..9].copy_from_slice(&seq.to_be_bytes());
-    h[9..13].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    h[9..13].copy_from_slice(&(payload_len as u32).to_be_bytes());
     h
 }
 
 /// Append a whole frame of the current version to `out`; returns its hash.
 pub fn encode_frame(out: &mut Vec<u8>, prev: &[u8; 32], kind: u8, seq: u64, payload: &[u8]) -> [u8; 32] {
     let hash = frame_hash(ChainHash::CURRENT, prev, kind, seq, payload);
-    out.extend_from_slice(&frame_head(kind, seq, payload));
+    out.extend_from_slice(&frame_head(kind, seq, payload.len()));
     out.extend_from_slice(payload);
     out.extend_from_slice(&hash);
     hash
@@ -144,11 +159,18 @@ pub fn checkpoint_message(seal: bool, session_id: &str, seq: u64, prev: &[u8; 32
 
 /// Append one event record to an EVENTS payload.
 pub fn encode_record(out: &mut Vec<u8>, kind: u8, t_micros: u64, channel: u32, data: &[u8]) {
-    out.push(kind);
-    out.extend_from_slice(&t_micros.to_be_bytes());
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(&record_head(kind, t_micros, channel, data.len()));
     out.extend_from_slice(data);
+}
+
+/// An event record's fixed head; its `data_len` bytes of data follow.
+pub fn record_head(kind: u8, t_micros: u64, channel: u32, data_len: usize) -> [u8; RECORD_HEADER_LEN] {
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[0] = kind;
+    h[1..9].copy_from_slice(&t_micros.to_be_bytes());
+    h[9..13].copy_from_slice(&channel.to_be_bytes());
+    h[13..17].copy_from_slice(&(data_len as u32).to_be_bytes());
+    h
 }
 
 /// The hex hash of a header frame, by which the next recording links to this one.

@@ -11,6 +11,7 @@
 //! The file format is specified in [`format`].
 #![forbid(unsafe_code)]
 
+mod chunk;
 pub mod crypt;
 mod event;
 mod follow;

@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signer, SigningKey};
 
+use bytes::Bytes;
+
+use crate::chunk::{Chunk, Payload, MAX_PIECES};
 use crate::crypt::DataKey;
 use crate::event::{kind, DataDirection, Header, Meta};
 use crate::format::{
@@ -30,6 +33,11 @@ pub enum RecordError {
 pub trait Recorder: Send + Sync {
     /// Bulk bytes on a channel.
     fn data(&self, channel: u32, direction: DataDirection, bytes: &[u8]) -> Result<(), RecordError>;
+    /// Bulk bytes the caller owns as [`Bytes`] (a relayed packet): a recorder may keep a
+    /// reference instead of copying them.
+    fn data_shared(&self, channel: u32, direction: DataDirection, bytes: Bytes) -> Result<(), RecordError> {
+        self.data(channel, direction, &bytes)
+    }
     /// Any other event.
     fn meta(&self, channel: u32, meta: &Meta) -> Result<(), RecordError>;
     /// Write buffered events and, when due, a signed checkpoint synced to disk. May wait
@@ -49,7 +57,7 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 struct State {
     file: Option<File>,
     /// The EVENTS frame being filled (bounded by [`EVENTS_FRAME_TARGET`] plus one record).
-    chunk: Vec<u8>,
+    chunk: Chunk,
     /// Encoded frames waiting for one `write` call.
     out: Vec<u8>,
     seq: u64,
@@ -58,8 +66,6 @@ struct State {
     last_checkpoint: Instant,
     /// Bytes of the recording already written to the file.
     written: u64,
-    /// Time of the first record in `chunk`.
-    chunk_first_t: Option<u64>,
     /// Seek index (see [`crate::format`]): one entry per EVENTS frame, written beside
     /// the recording.
     index_file: Option<File>,
@@ -142,14 +148,13 @@ impl FileRecorder {
             clock,
             state: Mutex::new(State {
                 file: None,
-                chunk: Vec::with_capacity(EVENTS_FRAME_TARGET + 1024),
+                chunk: Chunk::with_capacity(EVENTS_FRAME_TARGET + 1024),
                 out: Vec::new(),
                 seq: 1,
                 prev: header_hash,
                 dirty_since_checkpoint: true,
                 last_checkpoint: Instant::now(),
                 written: 0,
-                chunk_first_t: None,
                 index_file: None,
                 index: Vec::new(),
             }),
@@ -200,38 +205,51 @@ impl FileRecorder {
         st.last_checkpoint = Instant::now();
     }
 
-    /// Close the EVENTS frame being filled. Its payload goes straight from `chunk` to
-    /// the file (header, payload and hash in one vectored write): the bulk of a
-    /// recording is never copied a second time in memory.
+    /// Close the EVENTS frame being filled and write it with one vectored write: head,
+    /// the payload's pieces from where they are (copied record heads, shared packets),
+    /// hash. The bulk of a recording is never copied in memory; an encrypted tier's
+    /// frame is sealed into one buffer first.
     fn close_chunk(&self, st: &mut State) -> Result<(), RecordError> {
         if st.chunk.is_empty() {
             return Ok(());
         }
         // Frames already encoded go first, so the file keeps their order.
         Self::write_out(st)?;
-        let chunk = std::mem::take(&mut st.chunk);
+        let (seq, prev) = (st.seq, st.prev);
+        let first_t = st.chunk.first_t().unwrap_or(0);
+        format::encode_index_entry(&mut st.index, seq, st.written, first_t, &prev);
         let sealed = self
             .data_key
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|k| k.seal(&self.session_id, st.seq, &chunk));
-        let payload = sealed.as_deref().unwrap_or(&chunk);
-        let offset = st.written;
-        let first_t = st.chunk_first_t.take().unwrap_or(0);
-        let (seq, prev) = (st.seq, st.prev);
-        format::encode_index_entry(&mut st.index, seq, offset, first_t, &prev);
-        let head = format::frame_head(FRAME_EVENTS, seq, payload);
-        let hash = format::frame_hash(format::ChainHash::CURRENT, &prev, FRAME_EVENTS, seq, payload);
-        let file = st.file.as_mut().ok_or(RecordError::Finished)?;
-        write_all_vectored(
-            file,
-            &mut [IoSlice::new(&head), IoSlice::new(payload), IoSlice::new(&hash)],
-        )?;
-        st.written += (head.len() + payload.len() + hash.len()) as u64;
+            .map(|k| k.seal(&self.session_id, seq, &st.chunk.contiguous()));
+        let State { file, chunk, .. } = st;
+        let file = file.as_mut().ok_or(RecordError::Finished)?;
+        let (len, hash) = match &sealed {
+            Some(payload) => {
+                let hash = format::frame_hash(format::ChainHash::CURRENT, &prev, FRAME_EVENTS, seq, payload);
+                let head = format::frame_head(FRAME_EVENTS, seq, payload.len());
+                write_all_vectored(
+                    file,
+                    &mut [IoSlice::new(&head), IoSlice::new(payload), IoSlice::new(&hash)],
+                )?;
+                (payload.len(), hash)
+            }
+            None => {
+                let hash = chunk.hash(seq, &prev);
+                let head = format::frame_head(FRAME_EVENTS, seq, chunk.len());
+                let mut slices = Vec::with_capacity(chunk.pieces() + 2);
+                slices.push(IoSlice::new(&head));
+                slices.extend(chunk.io_slices());
+                slices.push(IoSlice::new(&hash));
+                write_all_vectored(file, &mut slices)?;
+                (chunk.len(), hash)
+            }
+        };
+        st.written += (format::FRAME_OVERHEAD + len) as u64;
         st.prev = hash;
         st.seq += 1;
-        st.chunk = chunk;
         st.chunk.clear();
         st.dirty_since_checkpoint = true;
         Ok(())
@@ -255,19 +273,42 @@ impl FileRecorder {
     }
 
     fn record(&self, kind: u8, channel: u32, payload: &[u8]) -> Result<(), RecordError> {
+        let pieces = payload.chunks(MAX_RECORD_PAYLOAD);
+        let empty = payload.is_empty().then_some(&[][..]);
+        self.record_pieces(kind, channel, empty.into_iter().chain(pieces).map(Payload::Borrowed))
+    }
+
+    fn record_shared(&self, kind: u8, channel: u32, payload: Bytes) -> Result<(), RecordError> {
+        if payload.len() <= MAX_RECORD_PAYLOAD {
+            return self.record_pieces(kind, channel, std::iter::once(Payload::Shared(payload)));
+        }
+        let n = payload.len().div_ceil(MAX_RECORD_PAYLOAD);
+        let pieces = (0..n).map(|i| {
+            let end = ((i + 1) * MAX_RECORD_PAYLOAD).min(payload.len());
+            Payload::Shared(payload.slice(i * MAX_RECORD_PAYLOAD..end))
+        });
+        self.record_pieces(kind, channel, pieces)
+    }
+
+    /// Append records (one per piece, all at the same time stamp), closing frames as
+    /// they fill.
+    fn record_pieces<'a>(
+        &self,
+        kind: u8,
+        channel: u32,
+        pieces: impl Iterator<Item = Payload<'a>>,
+    ) -> Result<(), RecordError> {
         let t = (self.clock)();
+        let encrypted = self.data_key.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         let mut st = self.lock();
         if st.file.is_none() {
             return Err(RecordError::Finished);
         }
-        let pieces = payload.chunks(MAX_RECORD_PAYLOAD);
-        let empty = payload.is_empty().then_some(&[][..]);
-        for piece in empty.into_iter().chain(pieces) {
-            if st.chunk.is_empty() {
-                st.chunk_first_t = Some(t);
-            }
-            format::encode_record(&mut st.chunk, kind, t, channel, piece);
-            if st.chunk.len() >= EVENTS_FRAME_TARGET {
+        for piece in pieces {
+            // Plaintext frames are hashed as they fill; sealed ones once sealed.
+            let hash_at = (!encrypted).then_some((st.seq, st.prev));
+            st.chunk.push(kind, t, channel, piece, hash_at);
+            if st.chunk.len() >= EVENTS_FRAME_TARGET || st.chunk.pieces() >= MAX_PIECES {
                 self.close_chunk(&mut st)?;
                 Self::write_out(&mut st)?;
             }
@@ -279,6 +320,10 @@ impl FileRecorder {
 impl Recorder for FileRecorder {
     fn data(&self, channel: u32, direction: DataDirection, bytes: &[u8]) -> Result<(), RecordError> {
         self.record(direction.kind(), channel, bytes)
+    }
+
+    fn data_shared(&self, channel: u32, direction: DataDirection, bytes: Bytes) -> Result<(), RecordError> {
+        self.record_shared(direction.kind(), channel, bytes)
     }
 
     fn meta(&self, channel: u32, meta: &Meta) -> Result<(), RecordError> {

@@ -52,6 +52,11 @@ fn tmp(name: &str) -> PathBuf {
 
 /// A deterministic recording: fixed key, header and clock.
 fn write_golden(path: &Path) {
+    write_golden_as(path, false)
+}
+
+/// The same recording, bulk data handed over as shared packets (`data_shared`) or not.
+fn write_golden_as(path: &Path, shared: bool) {
     let t = Arc::new(AtomicU64::new(0));
     let t2 = t.clone();
     let rec = FileRecorder::create_with_clock(
@@ -78,12 +83,21 @@ fn write_golden(path: &Path) {
     )
     .unwrap();
     rec.meta(0, &Meta::Shell).unwrap();
-    rec.data(0, DataDirection::Input, b"ls\r").unwrap();
-    rec.data(0, DataDirection::Output, b"ls\r\nfile1  file2\r\n$ ").unwrap();
+    let data = |d: DataDirection, b: &[u8]| {
+        if shared {
+            rec.data_shared(0, d, bytes::Bytes::copy_from_slice(b)).unwrap()
+        } else {
+            rec.data(0, d, b).unwrap()
+        }
+    };
+    data(DataDirection::Input, b"ls\r");
+    data(DataDirection::Output, b"ls\r\nfile1  file2\r\n$ ");
     rec.meta(0, &Meta::Resize { cols: 120, rows: 40 }).unwrap();
-    // Large output spans several EVENTS frames.
+    // Large output spans several EVENTS frames, in packets as a relay sees them.
     let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    rec.data(0, DataDirection::Output, &big).unwrap();
+    for packet in big.chunks(32 * 1024) {
+        data(DataDirection::Output, packet);
+    }
     rec.meta(0, &Meta::ExitStatus { code: 0 }).unwrap();
     rec.meta(0, &Meta::Close).unwrap();
     rec.finish("client closed").unwrap();
@@ -290,6 +304,18 @@ fn cuts_are_truncated(golden: &[u8]) {
     assert!(truncated && !events.is_empty());
     // Cut inside the header: not a recording at all.
     assert!(verify(&golden[..20]).is_err());
+}
+
+#[test]
+fn shared_packets_are_recorded_byte_for_byte_like_copied_ones() {
+    let (a, b) = (tmp("copied"), tmp("shared"));
+    write_golden_as(&a, false);
+    write_golden_as(&b, true);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(
+        std::fs::read(session_recordings::format::index_path(&a)).unwrap(),
+        std::fs::read(session_recordings::format::index_path(&b)).unwrap()
+    );
 }
 
 #[test]
