@@ -689,7 +689,10 @@ pub fn base_config(gw: &Gateway) -> server::Config {
         auth_rejection_time: Duration::ZERO,
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![gw.keys.host.clone()],
-        window_size: 8 * 1024 * 1024,
+        // OpenSSH's own window (2 MiB). Offered 8 MiB, the OpenSSH client buffered that
+        // much and spent twice the CPU per GiB on allocating and unmapping its buffers
+        // (ProxyJump upload: 6.8 against 3.3 CPU-s/GiB with 2 MiB).
+        window_size: 2 * 1024 * 1024,
         maximum_packet_size: 65535,
         channel_buffer_size: 64,
         max_auth_attempts: 6,
