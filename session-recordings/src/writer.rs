@@ -26,6 +26,10 @@ pub enum RecordError {
     Encode(#[from] serde_json::Error),
     #[error("recording is already finished")]
     Finished,
+    /// A write failed earlier: nothing more is written, so the file ends where the
+    /// failure left it and reads as truncated, never as a spliced frame.
+    #[error("recording stopped after an earlier write error")]
+    Stopped,
 }
 
 /// The interface the gateway's relay writes through. Implementations must be cheap to
@@ -70,6 +74,8 @@ struct State {
     /// the recording.
     index_file: Option<File>,
     index: Vec<u8>,
+    /// Set by the first write error; the file is closed then.
+    stopped: bool,
 }
 
 /// Writes a signed, hash-chained recording to a file it creates (never overwrites).
@@ -157,6 +163,7 @@ impl FileRecorder {
                 written: 0,
                 index_file: None,
                 index: Vec::new(),
+                stopped: false,
             }),
         };
         {
@@ -255,6 +262,26 @@ impl FileRecorder {
         Ok(())
     }
 
+    /// After a failed write the file is in an unknown state (a frame may be half
+    /// written): close it so that no later frame lands after the partial one.
+    fn stop_on_write_error(st: &mut State, r: Result<(), RecordError>) -> Result<(), RecordError> {
+        if matches!(r, Err(RecordError::Write(_))) {
+            st.file = None;
+            st.index_file = None;
+            st.stopped = true;
+        }
+        r
+    }
+
+    /// Why nothing can be recorded any more.
+    fn closed(st: &State) -> RecordError {
+        if st.stopped {
+            RecordError::Stopped
+        } else {
+            RecordError::Finished
+        }
+    }
+
     fn write_out(st: &mut State) -> Result<(), RecordError> {
         if st.out.is_empty() {
             return Ok(());
@@ -302,15 +329,15 @@ impl FileRecorder {
         let encrypted = self.data_key.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         let mut st = self.lock();
         if st.file.is_none() {
-            return Err(RecordError::Finished);
+            return Err(Self::closed(&st));
         }
         for piece in pieces {
             // Plaintext frames are hashed as they fill; sealed ones once sealed.
             let hash_at = (!encrypted).then_some((st.seq, st.prev));
             st.chunk.push(kind, t, channel, piece, hash_at);
             if st.chunk.len() >= EVENTS_FRAME_TARGET || st.chunk.pieces() >= MAX_PIECES {
-                self.close_chunk(&mut st)?;
-                Self::write_out(&mut st)?;
+                let r = self.close_chunk(&mut st).and_then(|()| Self::write_out(&mut st));
+                Self::stop_on_write_error(&mut st, r)?;
             }
         }
         Ok(())
@@ -334,14 +361,16 @@ impl Recorder for FileRecorder {
     fn flush(&self) -> Result<(), RecordError> {
         let mut st = self.lock();
         if st.file.is_none() {
-            return Ok(());
+            return if st.stopped { Err(RecordError::Stopped) } else { Ok(()) };
         }
-        self.close_chunk(&mut st)?;
+        let r = self.close_chunk(&mut st);
+        Self::stop_on_write_error(&mut st, r)?;
         let checkpoint = st.dirty_since_checkpoint && st.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
         if checkpoint {
             self.sign_frame(&mut st, FRAME_CHECKPOINT);
         }
-        Self::write_out(&mut st)?;
+        let r = Self::write_out(&mut st);
+        Self::stop_on_write_error(&mut st, r)?;
         if !checkpoint {
             return Ok(());
         }
@@ -364,9 +393,14 @@ impl Recorder for FileRecorder {
             },
         )?;
         let mut st = self.lock();
-        self.close_chunk(&mut st)?;
+        if st.file.is_none() {
+            return Err(Self::closed(&st));
+        }
+        let r = self.close_chunk(&mut st);
+        Self::stop_on_write_error(&mut st, r)?;
         self.sign_frame(&mut st, FRAME_SEAL);
-        Self::write_out(&mut st)?;
+        let r = Self::write_out(&mut st);
+        Self::stop_on_write_error(&mut st, r)?;
         let file = st.file.take().ok_or(RecordError::Finished)?;
         *self.data_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
         file.sync_data()?;

@@ -448,3 +448,53 @@ fn the_seek_index_jumps_near_a_time_and_cannot_forge_data() {
     let mut r = RecordingReader::open_at(&path, u64::MAX).unwrap();
     assert!(r.next_event().is_err());
 }
+
+/// Unmounts the throwaway filesystem, whatever the test's outcome.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_write_error_stops_the_recording_which_then_reads_as_truncated() {
+    // A 1 MiB filesystem (tmpfs; the test suite runs as root, as the end-to-end tests do).
+    let dir = tmp("enospc").parent().unwrap().join("fs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "herse-test-enospc"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs (needs root)");
+    let _m = Mounted(dir.clone());
+    let path = dir.join("r.herserec");
+    let rec = FileRecorder::create(&path, &header(), key()).unwrap();
+    let packet = bytes::Bytes::from(vec![b'x'; 32 * 1024]);
+    let err = (0..100)
+        .find_map(|_| rec.data_shared(0, DataDirection::Output, packet.clone()).err())
+        .expect("a 1 MiB filesystem fills up");
+    assert!(matches!(err, RecordError::Write(_)), "{err}");
+    // Nothing more is written after the failure, whatever the caller tries.
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(matches!(
+        rec.data(0, DataDirection::Output, b"more"),
+        Err(RecordError::Stopped)
+    ));
+    assert!(matches!(rec.flush(), Err(RecordError::Stopped)));
+    assert!(matches!(rec.finish("done"), Err(RecordError::Stopped)));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+    // The file reads as cut short, authenticated up to its checkpoint: never complete,
+    // never a spliced frame.
+    let v = RecordingReader::open_verified(&path, &key().verifying_key())
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert!(
+        matches!(v.completeness, Completeness::Truncated { .. }),
+        "{:?}",
+        v.completeness
+    );
+}
