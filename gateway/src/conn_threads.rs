@@ -47,19 +47,23 @@ impl ConnectionThreads {
         for i in 0..n.max(1) {
             let rt = Builder::new_current_thread()
                 .enable_all()
-                .thread_name(format!("herse-conn-{i}"))
+                // The name of this runtime's blocking-pool threads (recording syncs).
+                .thread_name(format!("herse-blk-{i}"))
                 .build()?;
             let handle = rt.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
+            let live = Arc::new(AtomicUsize::new(0));
+            let gone = Retired(live.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("herse-conn-{i}"))
                 .spawn(move || {
+                    let _gone = gone;
                     // Runs the connections' tasks until the pool is dropped.
                     let _ = rt.block_on(stopped);
                 })?;
             workers.push(Worker {
                 handle,
-                live: Arc::new(AtomicUsize::new(0)),
+                live,
                 stop: Some(stop),
                 thread: Some(thread),
             });
@@ -106,6 +110,22 @@ impl Drop for ConnectionThreads {
                 // A thread that panicked has nothing left to clean up.
                 let _ = t.join();
             }
+        }
+    }
+}
+
+/// Load that a thread which has ended (stopped, or a runtime panic) shows forever, so
+/// that no new connection is placed on it.
+const RETIRED: usize = usize::MAX / 2;
+
+/// Marks its thread's load as [`RETIRED`] when the thread ends, however it ends.
+struct Retired(Arc<AtomicUsize>);
+
+impl Drop for Retired {
+    fn drop(&mut self) {
+        self.0.store(RETIRED, Ordering::Relaxed);
+        if std::thread::panicking() {
+            tracing::error!("a connection thread ended with a panic; it takes no new connections");
         }
     }
 }
@@ -174,6 +194,26 @@ mod tests {
         tasks.close();
         tasks.wait().await;
         assert_eq!(pool.load(), vec![0, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_thread_that_ended_takes_no_connections() {
+        let mut pool = ConnectionThreads::with_threads(2).unwrap();
+        let w0 = &mut pool.workers[0];
+        w0.stop.take().unwrap().send(()).unwrap();
+        w0.thread.take().unwrap().join().unwrap();
+        let tasks = TaskTracker::new();
+        let (release, released) = tokio::sync::watch::channel(false);
+        for _ in 0..3 {
+            let mut released = released.clone();
+            pool.spawn(&tasks, async move {
+                let _ = released.wait_for(|r| *r).await;
+            });
+        }
+        assert_eq!(pool.load(), vec![RETIRED, 3]);
+        release.send(true).unwrap();
+        tasks.close();
+        tasks.wait().await;
     }
 
     #[tokio::test]

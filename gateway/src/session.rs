@@ -329,7 +329,6 @@ async fn open_recording(
     if cfg!(feature = "bench-null-recorder") {
         return Ok(Arc::new(session_recordings::NullRecorder));
     }
-    std::fs::create_dir_all(&gw.config.recordings_dir).map_err(|e| e.to_string())?;
     let _chain = gw.recording_chain.lock().await;
     let previous = gw
         .store
@@ -365,18 +364,32 @@ async fn open_recording(
         .map(|t| t.encrypt_to.clone())
         .unwrap_or_default();
     let path = recording_path(gw, id);
-    let r = if recipients.is_empty() {
-        FileRecorder::create(&path, &header, gw.keys.audit.clone())
+    let dir = gw.config.recordings_dir.clone();
+    let key = gw.keys.audit.clone();
+    let sealed_to = if recipients.is_empty() {
+        None
     } else {
         let parsed = session_recordings::crypt::parse_recipients(&recipients).map_err(|e| e.to_string())?;
-        let (data_key, encryption) = session_recordings::crypt::new_key(&parsed).map_err(|e| e.to_string())?;
-        let header = Header {
-            encryption: Some(encryption),
-            ..header
-        };
-        FileRecorder::create_encrypted(&path, &header, gw.keys.audit.clone(), data_key)
-    }
-    .map_err(|e| e.to_string())?;
+        Some(session_recordings::crypt::new_key(&parsed).map_err(|e| e.to_string())?)
+    };
+    // Creating the file syncs it to disk: on the blocking pool, not on the connection's
+    // thread, whose other sessions keep relaying meanwhile.
+    let created = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        match sealed_to {
+            None => FileRecorder::create(&path, &header, key),
+            Some((data_key, encryption)) => {
+                let header = Header {
+                    encryption: Some(encryption),
+                    ..header
+                };
+                FileRecorder::create_encrypted(&path, &header, key, data_key)
+            }
+        }
+    })
+    .await
+    .map_err(|e| format!("recording could not be created: {e}"))?;
+    let r = created.map_err(|e| e.to_string())?;
     gw.store
         .set_recording_chain_head(&gw.node, id.as_str(), &hex::encode(r.header_hash()))
         .await
@@ -384,9 +397,6 @@ async fn open_recording(
     Ok(Arc::new(r))
 }
 
-/// Runs beside a session until it ends: flushes the recording every second (a failed
-/// flush ends the session), enforces the maximum length and the idle timeout, then
-/// seals the recording, closes the row and disconnects the client.
 /// Run a recorder call that may wait for the disk (a checkpoint's sync, the seal) on the
 /// blocking pool: the connection's thread keeps relaying its other sessions meanwhile.
 async fn off_thread<F>(recorder: &Arc<dyn Recorder>, call: F) -> Result<(), RecordError>
@@ -403,6 +413,9 @@ where
     }
 }
 
+/// Runs beside a session until it ends: flushes the recording every second (a failed
+/// flush ends the session), enforces the maximum length and the idle timeout, then
+/// seals the recording, closes the row and disconnects the client.
 async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
     let deadline = tokio::time::Instant::now() + s.authorized.max_session();
     // A session under a grant ends with it, to the second, on this node's own clock (the
@@ -429,7 +442,13 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
                 s.end(format!("access grant {id} expired"));
             }
             _ = tick.tick() => {
-                if let Err(e) = off_thread(&s.recorder, |r| r.flush()).await {
+                // A disk that hangs must not hold up the session's end (kill, grant,
+                // maximum length): those cancel the session, and the seal follows.
+                let flushed = tokio::select! {
+                    r = off_thread(&s.recorder, |r| r.flush()) => r,
+                    _ = s.cancel.cancelled() => Ok(()),
+                };
+                if let Err(e) = flushed {
                     s.end(format!("recording failed: {e}"));
                 }
                 let idle_for = s.started.elapsed().saturating_sub(Duration::from_millis(s.last_activity_ms.load(Ordering::Relaxed)));

@@ -264,7 +264,7 @@ impl FileRecorder {
 
     /// After a failed write the file is in an unknown state (a frame may be half
     /// written): close it so that no later frame lands after the partial one.
-    fn stop_on_write_error(st: &mut State, r: Result<(), RecordError>) -> Result<(), RecordError> {
+    fn stop_on_write_error<T>(st: &mut State, r: Result<T, RecordError>) -> Result<T, RecordError> {
         if matches!(r, Err(RecordError::Write(_))) {
             st.file = None;
             st.index_file = None;
@@ -326,18 +326,30 @@ impl FileRecorder {
         pieces: impl Iterator<Item = Payload<'a>>,
     ) -> Result<(), RecordError> {
         let t = (self.clock)();
-        let encrypted = self.data_key.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         let mut st = self.lock();
+        self.push_locked(&mut st, kind, channel, t, pieces)
+    }
+
+    /// [`Self::record_pieces`] under the state lock the caller holds.
+    fn push_locked<'a>(
+        &self,
+        st: &mut State,
+        kind: u8,
+        channel: u32,
+        t: u64,
+        pieces: impl Iterator<Item = Payload<'a>>,
+    ) -> Result<(), RecordError> {
         if st.file.is_none() {
-            return Err(Self::closed(&st));
+            return Err(Self::closed(st));
         }
+        let encrypted = self.data_key.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         for piece in pieces {
             // Plaintext frames are hashed as they fill; sealed ones once sealed.
             let hash_at = (!encrypted).then_some((st.seq, st.prev));
             st.chunk.push(kind, t, channel, piece, hash_at);
             if st.chunk.len() >= EVENTS_FRAME_TARGET || st.chunk.pieces() >= MAX_PIECES {
-                let r = self.close_chunk(&mut st).and_then(|()| Self::write_out(&mut st));
-                Self::stop_on_write_error(&mut st, r)?;
+                let r = self.close_chunk(st).and_then(|()| Self::write_out(st));
+                Self::stop_on_write_error(st, r)?;
             }
         }
         Ok(())
@@ -377,25 +389,35 @@ impl Recorder for FileRecorder {
         // The sync goes through a second descriptor of the same file, outside the lock:
         // the relay keeps appending while the disk catches up, and everything written
         // up to the checkpoint is on disk when this returns.
-        let sync = st.file.as_ref().map(File::try_clone).transpose()?;
+        let sync = st.file.as_ref().map(File::try_clone).transpose();
+        let sync = Self::stop_on_write_error(&mut st, sync.map_err(RecordError::from))?;
         drop(st);
         if let Some(f) = sync {
-            f.sync_data()?;
+            if let Err(e) = f.sync_data() {
+                // Pages may be lost: the recording stops here, and the seal will not
+                // claim otherwise.
+                let mut st = self.lock();
+                return Self::stop_on_write_error(&mut st, Err(e.into()));
+            }
         }
         Ok(())
     }
 
     fn finish(&self, reason: &str) -> Result<(), RecordError> {
-        self.meta(
-            u32::MAX,
-            &Meta::End {
-                reason: reason.to_owned(),
-            },
-        )?;
+        let end = serde_json::to_vec(&Meta::End {
+            reason: reason.to_owned(),
+        })?;
+        let t = (self.clock)();
+        // The end event, the last frame and the seal in one critical section: nothing
+        // recorded concurrently can land after the end.
         let mut st = self.lock();
-        if st.file.is_none() {
-            return Err(Self::closed(&st));
-        }
+        self.push_locked(
+            &mut st,
+            kind::META,
+            u32::MAX,
+            t,
+            std::iter::once(Payload::Borrowed(&end)),
+        )?;
         let r = self.close_chunk(&mut st);
         Self::stop_on_write_error(&mut st, r)?;
         self.sign_frame(&mut st, FRAME_SEAL);
