@@ -170,25 +170,24 @@ impl Store {
     }
 
     pub async fn remove_user(&self, name: &UserName) -> Result<(), StoreError> {
-        let ws: i64 = sqlx::query("SELECT COUNT(*) FROM workstations WHERE owner = $1")
-            .bind(name.as_str())
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
-        if ws > 0 {
-            return Err(StoreError::Refused(format!(
-                "user {name} has enrolled workstations, kept for the audit trail: suspend the user instead"
-            )));
-        }
-        let grants: i64 = sqlx::query("SELECT COUNT(*) FROM grants WHERE requester = $1")
-            .bind(name.as_str())
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
-        if grants > 0 {
-            return Err(StoreError::Refused(format!(
-                "user {name} has access grants, kept for the audit trail: suspend the user instead"
-            )));
+        // What the audit trail names stays, and so does its user.
+        for (count, what) in [
+            (
+                "SELECT COUNT(*) FROM workstations WHERE owner = $1",
+                "enrolled workstations",
+            ),
+            ("SELECT COUNT(*) FROM grants WHERE requester = $1", "access grants"),
+        ] {
+            let n: i64 = sqlx::query(count)
+                .bind(name.as_str())
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?;
+            if n > 0 {
+                return Err(StoreError::Refused(format!(
+                    "user {name} has {what}, kept for the audit trail: suspend the user instead"
+                )));
+            }
         }
         let mut tx = self.pool.begin().await?;
         // Everything that would let the name act again (tokens, factors, keys, votes on
