@@ -90,9 +90,10 @@ impl Chunk {
         self.first_t
     }
 
-    /// Append one record. `hash_at` is the chain position (`seq`, `prev`) this frame will
-    /// take, when its hash can be computed as it fills (plaintext frames); `None` when
-    /// the payload is transformed first (encrypted tiers).
+    /// Append one record. `hash_at`, read for a frame's first record only, is the chain
+    /// position (`seq`, `prev`) the frame will take when its hash can be computed as it
+    /// fills (plaintext frames); `None` when the payload is transformed first (encrypted
+    /// tiers).
     pub(crate) fn push(&mut self, kind: u8, t: u64, channel: u32, data: Payload<'_>, hash_at: Option<(u64, [u8; 32])>) {
         if self.first_t.is_none() {
             self.first_t = Some(t);

@@ -195,6 +195,10 @@ impl FileRecorder {
         self.header_hash
     }
 
+    fn encrypted(&self) -> bool {
+        self.data_key.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -233,27 +237,20 @@ impl FileRecorder {
             .map(|k| k.seal(&self.session_id, seq, &st.chunk.contiguous()));
         let State { file, chunk, .. } = st;
         let file = file.as_mut().ok_or(RecordError::Finished)?;
-        let (len, hash) = match &sealed {
-            Some(payload) => {
-                let hash = format::frame_hash(format::ChainHash::CURRENT, &prev, FRAME_EVENTS, seq, payload);
-                let head = format::frame_head(FRAME_EVENTS, seq, payload.len());
-                write_all_vectored(
-                    file,
-                    &mut [IoSlice::new(&head), IoSlice::new(payload), IoSlice::new(&hash)],
-                )?;
-                (payload.len(), hash)
-            }
-            None => {
-                let hash = chunk.hash(seq, &prev);
-                let head = format::frame_head(FRAME_EVENTS, seq, chunk.len());
-                let mut slices = Vec::with_capacity(chunk.pieces() + 2);
-                slices.push(IoSlice::new(&head));
-                slices.extend(chunk.io_slices());
-                slices.push(IoSlice::new(&hash));
-                write_all_vectored(file, &mut slices)?;
-                (chunk.len(), hash)
-            }
+        let (len, hash, payload) = match &sealed {
+            Some(p) => (
+                p.len(),
+                format::frame_hash(format::ChainHash::CURRENT, &prev, FRAME_EVENTS, seq, p),
+                vec![IoSlice::new(p)],
+            ),
+            None => (chunk.len(), chunk.hash(seq, &prev), chunk.io_slices()),
         };
+        let head = format::frame_head(FRAME_EVENTS, seq, len);
+        let mut slices = Vec::with_capacity(payload.len() + 2);
+        slices.push(IoSlice::new(&head));
+        slices.extend(payload);
+        slices.push(IoSlice::new(&hash));
+        write_all_vectored(file, &mut slices)?;
         st.written += (format::FRAME_OVERHEAD + len) as u64;
         st.prev = hash;
         st.seq += 1;
@@ -342,10 +339,10 @@ impl FileRecorder {
         if st.file.is_none() {
             return Err(Self::closed(st));
         }
-        let encrypted = self.data_key.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         for piece in pieces {
-            // Plaintext frames are hashed as they fill; sealed ones once sealed.
-            let hash_at = (!encrypted).then_some((st.seq, st.prev));
+            // Plaintext frames are hashed as they fill (from their first record, so the
+            // key is looked at once a frame); sealed ones once sealed.
+            let hash_at = (st.chunk.is_empty() && !self.encrypted()).then_some((st.seq, st.prev));
             st.chunk.push(kind, t, channel, piece, hash_at);
             if st.chunk.len() >= EVENTS_FRAME_TARGET || st.chunk.pieces() >= MAX_PIECES {
                 let r = self.close_chunk(st).and_then(|()| Self::write_out(st));
