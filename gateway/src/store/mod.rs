@@ -4,6 +4,7 @@
 
 mod audit;
 mod grants;
+mod home;
 mod mfa;
 mod portal;
 mod sessions;
@@ -15,7 +16,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions};
+use sqlx::ConnectOptions;
 
 pub use audit::{AuditCheckpoint, AuditEvent, AuditFilter, AuditRow, Severity};
 pub use grants::{ApprovalRow, GrantFilter, GrantRow, GrantStatus, NewGrant};
@@ -52,7 +53,7 @@ pub fn now_micros() -> i64 {
 
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: AnyPool,
+    pool: home::HomePool,
     /// Where this process forwards the audit events it appends (`[audit] syslog`).
     syslog: Option<std::sync::Arc<crate::audit_log::syslog::Syslog>>,
 }
@@ -91,11 +92,14 @@ impl Store {
         if sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
-        Ok(Store { pool, syslog: None })
+        Ok(Store {
+            pool: home::HomePool::here(pool),
+            syslog: None,
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        MIGRATOR.run(self.pool.inner()).await?;
         // Rows from before the audit chain (or from an older node) join it in order.
         let chained = self.chain_unchained_audit().await?;
         if chained > 0 {
@@ -268,8 +272,8 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[cfg(test)]
 impl Store {
     /// Raw access for tests that tamper with rows.
-    pub(crate) fn pool(&self) -> &AnyPool {
-        &self.pool
+    pub(crate) fn pool(&self) -> &sqlx::AnyPool {
+        self.pool.inner()
     }
 }
 
@@ -282,7 +286,10 @@ pub(crate) async fn memory_store() -> Store {
         .connect("sqlite::memory:")
         .await
         .unwrap();
-    let s = Store { pool, syslog: None };
+    let s = Store {
+        pool: home::HomePool::here(pool),
+        syslog: None,
+    };
     s.migrate().await.unwrap();
     s
 }
