@@ -700,7 +700,7 @@ pub fn base_config(gw: &Gateway) -> server::Config {
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 3,
         nodelay: true,
-        preferred: crate::upstream::preferred_algorithms(),
+        preferred: crate::upstream::front_algorithms(),
         ..Default::default()
     }
 }
