@@ -226,7 +226,11 @@ async fn run(
     };
     let both = async {
         tokio::select! {
-            r = async { tokio::try_join!(inbound, outbound) } => r,
+            // A close from either side ends the channel. Once the gateway has closed one
+            // side, russh delivers nothing more from it, not even the peer's CLOSE
+            // reply: waiting for both directions would hold the channel (its task, its
+            // `ssh.max_sessions` slot) until the connection ends.
+            r = async { tokio::select! { r = inbound => r, r = outbound => r } } => r.map(|()| ((), ())),
             never = notices => never,
         }
     };
