@@ -39,6 +39,7 @@ struct RawSsh {
     listen: Vec<Spanned<String>>,
     tunnel_port: Option<Spanned<u16>>,
     max_connections: Option<Spanned<usize>>,
+    max_sessions: Option<Spanned<usize>>,
     auth_timeout: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
 }
@@ -155,6 +156,9 @@ pub struct GatewayConfig {
     pub web: Option<WebConfig>,
     pub password_policy: crate::web::password::PasswordPolicy,
     pub max_connections: usize,
+    /// Channels open at once on one SSH connection (OpenSSH's `MaxSessions`): shells,
+    /// execs, SFTP, forwards and ProxyJump hops alike.
+    pub max_sessions: usize,
     pub auth_timeout: Duration,
     pub drain_timeout: Duration,
     pub recordings_dir: PathBuf,
@@ -413,6 +417,14 @@ impl GatewayConfig {
             Some(m) => *m.get_ref(),
             None => 512,
         };
+        let max_sessions = match &raw.ssh.max_sessions {
+            Some(m) if *m.get_ref() == 0 => {
+                errors.push(src.at(Some(m.span()), "ssh.max_sessions must be at least 1"));
+                1
+            }
+            Some(m) => *m.get_ref(),
+            None => 10,
+        };
         let mut env_allow = Vec::new();
         for p in &raw.sessions.env_allow {
             match glob::Pattern::new(p.get_ref()) {
@@ -472,6 +484,7 @@ impl GatewayConfig {
             web,
             password_policy,
             max_connections,
+            max_sessions,
             auth_timeout,
             drain_timeout,
             recordings_dir,
@@ -554,6 +567,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn connection_and_session_limits_default_like_openssh_and_refuse_zero() {
+        let base = "data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n";
+        let c = load(base).unwrap();
+        assert_eq!((c.max_connections, c.max_sessions), (512, 10));
+        let c = load(&format!("{base}max_connections = 4\nmax_sessions = 2\n")).unwrap();
+        assert_eq!((c.max_connections, c.max_sessions), (4, 2));
+        for (key, line) in [("max_connections", 5), ("max_sessions", 5)] {
+            let e = load(&format!("{base}{key} = 0\n")).unwrap_err().to_string();
+            assert!(e.contains(&format!("ssh.{key} must be at least 1")), "{e}");
+            assert!(e.contains(&format!(":{line}:")), "no line number: {e}");
+        }
     }
 
     #[test]

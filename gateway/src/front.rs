@@ -19,6 +19,7 @@ use std::time::Duration;
 use russh::keys::ssh_key::PublicKey;
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::certs;
 use crate::gateway::Gateway;
@@ -77,17 +78,52 @@ pub struct FrontHandler {
     origin: Origin,
     mode: Mode,
     state: AuthState,
+    /// Channels open at once on this connection, up to `ssh.max_sessions`.
+    channels: Arc<Semaphore>,
+    /// Whether a refusal at that limit was audited already: once per connection, so a
+    /// client retrying in a loop cannot flood the audit trail.
+    limit_audited: AtomicBool,
 }
 
 impl FrontHandler {
     pub fn outer(gw: Arc<Gateway>, origin: Origin, authenticated: Arc<AtomicBool>) -> Self {
         FrontHandler {
-            gw,
             authenticated,
+            channels: Arc::new(Semaphore::new(gw.config.max_sessions)),
+            limit_audited: AtomicBool::new(false),
+            gw,
             origin,
             mode: Mode::Outer,
             state: AuthState::None,
         }
+    }
+
+    /// A slot for one more channel on this connection. At `ssh.max_sessions` the open is
+    /// refused as a resource shortage (OpenSSH's `MaxSessions` answer); the first such
+    /// refusal on a connection is audited.
+    async fn channel_slot(&self, reply: ChannelOpenHandle) -> Option<(OwnedSemaphorePermit, ChannelOpenHandle)> {
+        if let Ok(slot) = self.channels.clone().try_acquire_owned() {
+            return Some((slot, reply));
+        }
+        let limit = self.gw.config.max_sessions;
+        reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+        if self.limit_audited.swap(true, Ordering::Relaxed) {
+            tracing::debug!(limit, "channel refused at ssh.max_sessions");
+            return None;
+        }
+        let mut event = AuditEvent::new(
+            "access.denied",
+            Severity::Warning,
+            format!("channel refused: {limit} already open on this connection (ssh.max_sessions)"),
+        )
+        .origin(&self.origin);
+        match &self.state {
+            AuthState::Target(s) => event = event.user(s.authorized().user()).session(s.id()),
+            AuthState::Jump { user } => event = event.user(user),
+            _ => {}
+        }
+        self.gw.audit(event).await;
+        None
     }
 
     fn refuse(&mut self, ssh_user: &str, message: String) -> Auth {
@@ -748,18 +784,26 @@ impl server::Handler for FrontHandler {
     ) -> Result<(), Self::Error> {
         match &self.state {
             AuthState::Target(s) => {
+                let Some((slot, reply)) = self.channel_slot(reply).await else {
+                    return Ok(());
+                };
                 reply.accept().await;
                 let s = s.clone();
                 let handle = session.handle();
                 let cfg = self.gw.clone();
                 self.gw.tasks.spawn(async move {
+                    let _slot = slot;
                     relay::session_channel(s, channel, handle, move |name| cfg.config.env_allowed(name)).await;
                 });
             }
             AuthState::Jump { user } => {
+                let Some((slot, reply)) = self.channel_slot(reply).await else {
+                    return Ok(());
+                };
                 reply.accept().await;
                 let user = user.clone();
                 self.gw.tasks.spawn(async move {
+                    let _slot = slot;
                     let msg = format!(
                         "herse: {user}, name a target: ssh -J {user}@<gateway> LOGIN@TARGET, or ssh {user}+LOGIN+TARGET@<gateway>\r\n"
                     );
@@ -809,6 +853,16 @@ impl server::Handler for FrontHandler {
                     reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
                     return Ok(());
                 };
+                let Some((slot, reply)) = self.channel_slot(reply).await else {
+                    return Ok(());
+                };
+                // The hop is a connection of its own (an upstream session, a recording):
+                // it counts against `ssh.max_connections` like an accepted one.
+                let Ok(connection) = self.gw.connections.clone().try_acquire_owned() else {
+                    tracing::warn!(%user, "connection limit reached; refusing a ProxyJump hop");
+                    reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+                    return Ok(());
+                };
                 let config = match inner_config(&self.gw, &target) {
                     Ok(c) => Arc::new(c),
                     Err(e) => {
@@ -824,9 +878,12 @@ impl server::Handler for FrontHandler {
                     origin: self.origin.clone(),
                     mode: Mode::Inner { user, target },
                     state: AuthState::None,
+                    channels: Arc::new(Semaphore::new(self.gw.config.max_sessions)),
+                    limit_audited: AtomicBool::new(false),
                 };
                 let tasks = self.gw.tasks.clone();
                 tasks.spawn(async move {
+                    let _slots = (slot, connection);
                     match server::run_stream(config, channel.into_stream(), inner).await {
                         Ok(running) => {
                             if let Err(e) = running.await {
@@ -841,13 +898,17 @@ impl server::Handler for FrontHandler {
                 let decision = s.authorized().check(&Request::Forward { host, port });
                 match decision {
                     Ok(()) => {
+                        let Some((slot, reply)) = self.channel_slot(reply).await else {
+                            return Ok(());
+                        };
                         reply.accept().await;
                         let s = s.clone();
                         let handle = session.handle();
                         let (host, orig) = (host.to_owned(), (orig_addr.to_owned(), orig_port));
-                        self.gw
-                            .tasks
-                            .spawn(relay::forward_channel(s, channel, handle, host, port, orig));
+                        self.gw.tasks.spawn(async move {
+                            let _slot = slot;
+                            relay::forward_channel(s, channel, handle, host, port, orig).await
+                        });
                     }
                     Err(reason) => {
                         let _ = s.recorder().meta(

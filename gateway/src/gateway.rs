@@ -32,6 +32,8 @@ pub struct Gateway {
     pub portal_tls: Option<Arc<rustls::ServerConfig>>,
     /// Security keys (WebAuthn), when `web.rp_id` is configured.
     pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
+    /// One permit per SSH connection, accepted or inner (a ProxyJump hop): `ssh.max_connections`.
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
     /// When each (reader, recording) download was last audited (see `read_is_new`).
     recording_reads: Mutex<HashMap<(String, String), std::time::Instant>>,
 }
@@ -50,7 +52,9 @@ impl Gateway {
             .as_ref()
             .and_then(|w| w.webauthn.as_ref())
             .and_then(|(rp, origin)| crate::web::webauthn(rp, origin));
+        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         Arc::new(Gateway {
+            connections,
             config,
             policy: ArcSwap::from_pointee(policy),
             store,

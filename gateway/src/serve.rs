@@ -44,7 +44,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
         .await;
     }
     let config = Arc::new(base_config(&gw));
-    let permits = Arc::new(Semaphore::new(gw.config.max_connections));
+    let permits = gw.connections.clone();
     let threads =
         Arc::new(ConnectionThreads::start().map_err(|e| anyhow::anyhow!("cannot start connection threads: {e}"))?);
     let mut listeners = Vec::new();

@@ -46,6 +46,11 @@ fn client(program: &str) -> Command {
 
 impl World {
     fn new(name: &str) -> World {
+        World::with_ssh(name, "")
+    }
+
+    /// A world whose gateway config has `ssh_lines` added to its `[ssh]` section.
+    fn with_ssh(name: &str, ssh_lines: &str) -> World {
         ensure_account(DEPLOY);
         ensure_account(OPS);
         let dir = TempDir::new(name);
@@ -53,6 +58,8 @@ impl World {
         // Placeholder policy so `herse init` can run; rewritten once targets exist.
         std::fs::write(d.join("policy.toml"), "").unwrap();
         let config = Gateway::init(&d);
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replacen("[ssh]\n", &format!("[ssh]\n{ssh_lines}"), 1)).unwrap();
         let user_ca = d.join("data/user_ca.pub");
 
         let web = Sshd::start(
@@ -1408,6 +1415,16 @@ async fn raw_login(
     key: std::sync::Arc<russh::keys::PrivateKey>,
     totp: &str,
 ) -> russh::client::Handle<AcceptAny> {
+    raw_login_as(port, key, totp, &format!("alice+{DEPLOY}+web1")).await
+}
+
+/// Log in as `user` (a single-hop name, or a plain one for ProxyJump) with a raw client.
+async fn raw_login_as(
+    port: u16,
+    key: std::sync::Arc<russh::keys::PrivateKey>,
+    totp: &str,
+    user: &str,
+) -> russh::client::Handle<AcceptAny> {
     let mut h = russh::client::connect(
         std::sync::Arc::new(russh::client::Config::default()),
         ("127.0.0.1", port),
@@ -1415,13 +1432,12 @@ async fn raw_login(
     )
     .await
     .unwrap();
-    let user = format!("alice+{DEPLOY}+web1");
     let auth = h
-        .authenticate_publickey(&user, russh::keys::PrivateKeyWithHashAlg::new(key, None))
+        .authenticate_publickey(user, russh::keys::PrivateKeyWithHashAlg::new(key, None))
         .await
         .unwrap();
     if !auth.success() {
-        let r = h.authenticate_keyboard_interactive_start(&user, None).await.unwrap();
+        let r = h.authenticate_keyboard_interactive_start(user, None).await.unwrap();
         assert!(
             matches!(r, russh::client::KeyboardInteractiveAuthResponse::InfoRequest { .. }),
             "{r:?}"
@@ -1488,4 +1504,116 @@ fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
     });
     assert!(!Path::new("/tmp/herse-smuggled").exists());
     assert!(!Path::new("/tmp/herse-second-command").exists());
+}
+
+/// Channels per connection stop at `ssh.max_sessions`, like OpenSSH's MaxSessions, and a
+/// ProxyJump hop counts against `ssh.max_connections` like an accepted connection: an
+/// authenticated user cannot open upstream sessions without bound over one connection.
+#[test]
+fn channels_per_connection_and_proxyjump_hops_are_bounded() {
+    let w = World::with_ssh("limits", "max_connections = 4\nmax_sessions = 3\n");
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Single hop: three channels at once, not four; a closed one frees its slot.
+        let hop = raw_login(w.gw.port, key.clone(), &w.alice_totp).await;
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            let ch = hop.channel_open_session().await.expect("a channel under the limit");
+            ch.exec(true, "sleep 30").await.unwrap();
+            open.push(ch);
+        }
+        for _ in 0..2 {
+            assert!(
+                hop.channel_open_session().await.is_err(),
+                "a fourth channel was opened with max_sessions = 3"
+            );
+        }
+        open.pop().unwrap().close().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match hop.channel_open_session().await {
+                Ok(ch) => {
+                    open.push(ch);
+                    break;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "the slot was not freed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // ProxyJump: the jump connection (2 of 4) and two hops (3 and 4 of 4) fill the
+        // gateway; a third hop and a new connection are both refused.
+        let jump = raw_login_as(w.gw.port, key.clone(), &w.alice_totp, "alice").await;
+        let mut hops = Vec::new();
+        for _ in 0..2 {
+            hops.push(
+                jump.channel_open_direct_tcpip("web1", 22, "127.0.0.1", 5000)
+                    .await
+                    .expect("a hop under the connection limit"),
+            );
+        }
+        assert!(
+            jump.channel_open_direct_tcpip("web1", 22, "127.0.0.1", 5000)
+                .await
+                .is_err(),
+            "a hop beyond max_connections was accepted"
+        );
+        let refused = tokio::time::timeout(
+            Duration::from_secs(10),
+            russh::client::connect(
+                std::sync::Arc::new(russh::client::Config::default()),
+                ("127.0.0.1", w.gw.port),
+                AcceptAny,
+            ),
+        )
+        .await;
+        assert!(
+            matches!(refused, Ok(Err(_))),
+            "a connection beyond max_connections was not refused"
+        );
+        // Ending the single-hop connection frees a connection for a hop.
+        drop(open);
+        hop.disconnect(russh::Disconnect::ByApplication, "", "").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match jump.channel_open_direct_tcpip("web1", 22, "127.0.0.1", 5000).await {
+                Ok(ch) => {
+                    hops.push(ch);
+                    break;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "the connection was not freed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // OpenSSH connection sharing: more commands, one after another, than max_sessions
+    // over one master connection. Each ends with the target closing its channel, and
+    // each frees its slot.
+    let ctl = w.d().join("mux.sock");
+    let dest = format!("alice+{DEPLOY}+web1@gw");
+    let mux = |c: &mut Command| {
+        c.arg("-o").arg(format!("ControlPath={}", ctl.display()));
+    };
+    let mut master = ssh(&w.alice);
+    mux(&mut master);
+    ok(master.args(["-o", "ControlMaster=yes", "-o", "ControlPersist=30", "-f", "-N", &dest]));
+    for i in 0..5 {
+        let mut c = ssh(&w.alice);
+        mux(&mut c);
+        c.args(["-o", "ControlMaster=no", &dest, &format!("echo shared-{i}")]);
+        let out = run(&mut c);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("shared-{i}")),
+            "command {i} over the shared connection: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut exit = ssh(&w.alice);
+    mux(&mut exit);
+    let _ = run(exit.args(["-O", "exit", &dest]));
+
+    // Refusals are audited once per connection, however often a client retries.
+    let audit = ok(w.gw.ctl().args(["audit", "list", "--json"]));
+    assert_eq!(audit.matches("ssh.max_sessions").count(), 1, "{audit}");
 }
