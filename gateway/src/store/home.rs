@@ -62,15 +62,27 @@ impl HomePool {
     }
 }
 
-/// A future or stream polled with the home runtime's context entered.
+/// A future or stream polled, and dropped, with the home runtime's context entered
+/// (sqlx spawns the task that returns a connection to the pool where it is dropped).
 struct AtHome<T> {
     home: Handle,
-    inner: T,
+    /// `None` only once dropped.
+    inner: Option<T>,
 }
 
 impl<T> AtHome<T> {
     fn new(home: Handle, inner: T) -> Self {
-        AtHome { home, inner }
+        AtHome {
+            home,
+            inner: Some(inner),
+        }
+    }
+}
+
+impl<T> Drop for AtHome<T> {
+    fn drop(&mut self) {
+        let _entered = self.home.enter();
+        drop(self.inner.take());
     }
 }
 
@@ -80,7 +92,10 @@ impl<F: std::future::Future + Unpin> std::future::Future for AtHome<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         let _entered = this.home.enter();
-        Pin::new(&mut this.inner).poll(cx)
+        match this.inner.as_mut() {
+            Some(f) => Pin::new(f).poll(cx),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -90,11 +105,14 @@ impl<S: Stream + Unpin> Stream for AtHome<S> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = &mut *self;
         let _entered = this.home.enter();
-        Pin::new(&mut this.inner).poll_next(cx)
+        match this.inner.as_mut() {
+            Some(s) => Pin::new(s).poll_next(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or((0, Some(0)), |s| s.size_hint())
     }
 }
 
@@ -143,16 +161,17 @@ impl<'p> Executor<'p> for &'p HomePool {
 mod tests {
     use std::time::Duration;
 
+    use sqlx::any::AnyPoolOptions;
+
     use super::*;
 
-    /// Open `n` pool connections at once, each in its own transaction, and use them.
+    /// A statement through the pool, then `n` connections at once, each in a transaction.
     async fn use_connections(pool: &HomePool, n: usize) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(pool).await?;
         let mut txs = Vec::new();
         for _ in 0..n {
             txs.push(pool.begin().await?);
         }
-        // One more statement through the pool itself, while all of those are held.
-        sqlx::query("SELECT 1").execute(pool).await?;
         for mut tx in txs {
             sqlx::query("SELECT 1").execute(&mut *tx).await?;
             tx.commit().await?;
@@ -161,47 +180,66 @@ mod tests {
     }
 
     /// Connections a connection thread opens must not depend on that thread: here it
-    /// opens them, then stalls without driving its reactor (as a thread busy relaying
-    /// does), and the home runtime must still use every pooled connection at once.
-    /// Only PostgreSQL connections are sockets (SQLite's run on their own threads, and
-    /// the in-memory test store has one connection), so this runs on PostgreSQL, which
-    /// `scripts/test-all` requires.
+    /// opens them and lets them go back to the pool, then stalls without driving its
+    /// reactor (as a thread busy relaying does). The home runtime must still use every
+    /// pooled connection, and the pool's size forces it to use those.
+    /// Only PostgreSQL connections are sockets (SQLite's run on threads of their own),
+    /// so this needs the server `scripts/test-all` starts.
     #[test]
     fn connections_opened_by_another_runtime_do_not_depend_on_it() {
+        let Ok(url) = std::env::var("HERSE_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var_os("HERSE_REQUIRE_POSTGRES").is_none(),
+                "HERSE_REQUIRE_POSTGRES is set but HERSE_TEST_POSTGRES_URL is not"
+            );
+            return;
+        };
+        const N: usize = 4;
         let home = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        for (name, store) in home.block_on(crate::store::test_backends()) {
-            if name != "postgres" {
-                continue;
-            }
-            let pool = store.pool.clone();
-            let (opened_tx, opened_rx) = std::sync::mpsc::channel();
-            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-            let stalled = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let r = rt.block_on(use_connections(&pool, 4));
-                opened_tx.send(r.map_err(|e| e.to_string())).unwrap();
-                // The runtime lives on, but nothing drives it until the test is done.
-                let _ = done_rx.recv_timeout(Duration::from_secs(20));
-                drop(rt);
+        let pool = home.block_on(async {
+            sqlx::any::install_default_drivers();
+            let pool = AnyPoolOptions::new()
+                .max_connections(N as u32)
+                .connect(&url)
+                .await
+                .unwrap();
+            HomePool::here(pool)
+        });
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let other = pool.clone();
+        let stalled = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let r = rt.block_on(async {
+                use_connections(&other, N).await?;
+                // Connections return to the pool from tasks spawned where they are
+                // released: let those run before stalling.
+                while other.inner().num_idle() < N {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok::<(), sqlx::Error>(())
             });
-            opened_rx.recv().unwrap().unwrap();
-            let used = home.block_on(async {
-                tokio::time::timeout(Duration::from_secs(5), use_connections(&store.pool, 5)).await
-            });
-            done_tx.send(()).unwrap();
-            stalled.join().unwrap();
-            match used {
-                Ok(r) => r.unwrap_or_else(|e| panic!("{name}: {e}")),
-                Err(_) => panic!("{name}: pooled connections waited on a stalled runtime"),
-            }
-            home.block_on(store.close());
+            opened_tx.send(r.map_err(|e| e.to_string())).unwrap();
+            // The runtime lives on, but nothing drives it until the test is done.
+            let _ = done_rx.recv_timeout(Duration::from_secs(30));
+            drop(rt);
+        });
+        opened_rx.recv().unwrap().unwrap();
+        let used =
+            home.block_on(async { tokio::time::timeout(Duration::from_secs(5), use_connections(&pool, N)).await });
+        done_tx.send(()).unwrap();
+        stalled.join().unwrap();
+        match used {
+            Ok(r) => r.unwrap(),
+            Err(_) => panic!("pooled connections waited on a stalled runtime"),
         }
+        home.block_on(pool.close());
     }
 }
