@@ -85,6 +85,46 @@ pub struct FrontHandler {
     limit_audited: AtomicBool,
 }
 
+/// Serve one SSH connection, accepted or inner (a ProxyJump hop), until it ends. The
+/// version exchange, key exchange and authentication must be done within
+/// `ssh.auth_timeout`, or the connection is cut: nothing half-open holds a connection
+/// or a channel slot.
+pub async fn serve_ssh<S>(config: Arc<server::Config>, stream: S, handler: FrontHandler)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let authenticated = handler.authenticated.clone();
+    let deadline = tokio::time::Instant::now() + handler.gw.config.auth_timeout;
+    let running = match tokio::time::timeout_at(deadline, server::run_stream(config, stream, handler)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(error = ?e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("no SSH handshake within the auth timeout");
+            return;
+        }
+    };
+    let handle = running.handle();
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep_until(deadline).await;
+        if !authenticated.load(Ordering::Acquire) {
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "herse: authentication timed out".into(),
+                    String::new(),
+                )
+                .await;
+        }
+    });
+    if let Err(e) = running.await {
+        tracing::debug!(error = ?e, "connection ended with error");
+    }
+    timer.abort();
+}
+
 impl FrontHandler {
     pub fn outer(gw: Arc<Gateway>, origin: Origin, authenticated: Arc<AtomicBool>) -> Self {
         FrontHandler {
@@ -884,14 +924,7 @@ impl server::Handler for FrontHandler {
                 let tasks = self.gw.tasks.clone();
                 tasks.spawn(async move {
                     let _slots = (slot, connection);
-                    match server::run_stream(config, channel.into_stream(), inner).await {
-                        Ok(running) => {
-                            if let Err(e) = running.await {
-                                tracing::debug!(error = ?e, "inner connection ended");
-                            }
-                        }
-                        Err(e) => tracing::debug!(error = ?e, "inner connection failed"),
-                    }
+                    serve_ssh(config, channel.into_stream(), inner).await;
                 });
             }
             AuthState::Target(s) => {

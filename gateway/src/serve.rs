@@ -1,7 +1,7 @@
 //! `herse serve`: listeners, live-session watcher, and signal handling (SIGHUP reloads
 //! the policy, SIGTERM and SIGINT drain).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -428,35 +428,8 @@ async fn serve_connection<S>(gw: Arc<Gateway>, stream: S, origin: Origin, config
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let authenticated = Arc::new(AtomicBool::new(false));
-    let handler = FrontHandler::outer(gw.clone(), origin, authenticated.clone());
-    let running = match russh::server::run_stream(config, stream, handler).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(error = ?e, "handshake failed");
-            return;
-        }
-    };
-    let handle = running.handle();
-    let auth_timeout = gw.config.auth_timeout;
-    // A client that has not authenticated by the auth timeout is cut: no half-open
-    // connections sit on the gateway.
-    let timer = tokio::spawn(async move {
-        tokio::time::sleep(auth_timeout).await;
-        if !authenticated.load(Ordering::Acquire) {
-            let _ = handle
-                .disconnect(
-                    russh::Disconnect::ByApplication,
-                    "herse: authentication timed out".into(),
-                    String::new(),
-                )
-                .await;
-        }
-    });
-    if let Err(e) = running.await {
-        tracing::debug!(error = ?e, "connection ended with error");
-    }
-    timer.abort();
+    let handler = FrontHandler::outer(gw, origin, Arc::new(AtomicBool::new(false)));
+    crate::front::serve_ssh(config, stream, handler).await;
 }
 
 /// Ends live sessions that an operator killed, whose user was suspended or removed, or

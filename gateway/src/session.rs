@@ -249,9 +249,15 @@ impl TargetSession {
             .user(self.authorized.user())
             .session(&self.id)
             .origin(&self.origin);
-        if let Err(err) = self.store.audit(&e).await {
-            tracing::error!(error = %err, "cannot write audit event");
-        }
+        // Written by a task of its own: the relay asking may be dropped before the write
+        // completes (its channel closed from the other side), and would roll it back.
+        let store = self.store.clone();
+        let write = tokio::spawn(async move {
+            if let Err(err) = store.audit(&e).await {
+                tracing::error!(error = %err, "cannot write audit event");
+            }
+        });
+        let _ = write.await;
     }
 
     /// Note traffic (for the idle timeout).

@@ -58,7 +58,10 @@ impl World {
         // Placeholder policy so `herse init` can run; rewritten once targets exist.
         std::fs::write(d.join("policy.toml"), "").unwrap();
         let config = Gateway::init(&d);
-        let text = std::fs::read_to_string(&config).unwrap();
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        if ssh_lines.contains("auth_timeout") {
+            text = text.replace("auth_timeout = \"20s\"\n", "");
+        }
         std::fs::write(&config, text.replacen("[ssh]\n", &format!("[ssh]\n{ssh_lines}"), 1)).unwrap();
         let user_ca = d.join("data/user_ca.pub");
 
@@ -1511,7 +1514,18 @@ fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
 /// authenticated user cannot open upstream sessions without bound over one connection.
 #[test]
 fn channels_per_connection_and_proxyjump_hops_are_bounded() {
-    let w = World::with_ssh("limits", "max_connections = 4\nmax_sessions = 3\n");
+    let w = World::with_ssh(
+        "limits",
+        "max_connections = 4\nmax_sessions = 3\nauth_timeout = \"4s\"\n",
+    );
+    let shortage = |r: Result<(), russh::Error>| {
+        matches!(
+            r,
+            Err(russh::Error::ChannelOpenFailure(
+                russh::ChannelOpenFailure::ResourceShortage
+            ))
+        )
+    };
     let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -1525,8 +1539,8 @@ fn channels_per_connection_and_proxyjump_hops_are_bounded() {
         }
         for _ in 0..2 {
             assert!(
-                hop.channel_open_session().await.is_err(),
-                "a fourth channel was opened with max_sessions = 3"
+                shortage(hop.channel_open_session().await.map(drop)),
+                "a fourth channel was not refused for resource shortage with max_sessions = 3"
             );
         }
         open.pop().unwrap().close().await.unwrap();
@@ -1554,10 +1568,12 @@ fn channels_per_connection_and_proxyjump_hops_are_bounded() {
             );
         }
         assert!(
-            jump.channel_open_direct_tcpip("web1", 22, "127.0.0.1", 5000)
-                .await
-                .is_err(),
-            "a hop beyond max_connections was accepted"
+            shortage(
+                jump.channel_open_direct_tcpip("web1", 22, "127.0.0.1", 5000)
+                    .await
+                    .map(drop)
+            ),
+            "a hop beyond max_connections was not refused for resource shortage"
         );
         let refused = tokio::time::timeout(
             Duration::from_secs(10),
@@ -1586,6 +1602,23 @@ fn channels_per_connection_and_proxyjump_hops_are_bounded() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Hops that never start their SSH handshake are cut at the auth timeout, like
+        // any connection, and give their connections back: a new one is served.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let h = russh::client::connect(
+                std::sync::Arc::new(russh::client::Config::default()),
+                ("127.0.0.1", w.gw.port),
+                AcceptAny,
+            )
+            .await;
+            if h.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "idle hops still hold their connections");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        drop(hops);
     });
     // OpenSSH connection sharing: more commands, one after another, than max_sessions
     // over one master connection. Each ends with the target closing its channel, and
