@@ -215,13 +215,34 @@ pub async fn search(store: &Store, q: &SearchQuery, identity_files: &[PathBuf]) 
     .await
 }
 
-/// Reading recordings is file I/O and CPU: off the async threads.
+/// Text scans running at once in this process. A scan reads every recording whole
+/// (gigabytes, at a core's speed); without a bound, a few concurrent searches would take
+/// every core from the sessions being relayed. Further scans wait their turn, for a
+/// minute at most.
+static SCANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// Reading recordings is file I/O and CPU: off the async threads, one scan at a time.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, QueryError> + Send + 'static,
 ) -> Result<T, QueryError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| QueryError::Input(format!("recording scan failed: {e}")))?
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+    let turn = match tokio::time::timeout(WAIT, SCANS.acquire()).await {
+        Ok(Ok(turn)) => turn,
+        Ok(Err(_)) => return Err(QueryError::Input("recording scans are shut down".into())),
+        Err(_) => {
+            return Err(QueryError::Input(
+                "another recording scan has been running for a minute; try again later".into(),
+            ))
+        }
+    };
+    // The turn ends with the scan itself, not with this future: a caller that goes away
+    // does not stop a scan already running.
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        f()
+    })
+    .await
+    .map_err(|e| QueryError::Input(format!("recording scan failed: {e}")))?
 }
 
 /// Where `needle` occurs in a recording: (time, snippet), at most `limit`. Text split
@@ -347,6 +368,31 @@ pub fn strip_ansi(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn scans_run_one_at_a_time() {
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn(blocking(move || {
+            started_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            Ok(1)
+        }));
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        // While the first scan runs, a second one waits for its turn.
+        let mut second = tokio::spawn(blocking(|| Ok(2)));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), &mut second)
+                .await
+                .is_err(),
+            "a second scan ran beside the first"
+        );
+        release_tx.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        assert_eq!(second.await.unwrap().unwrap(), 2);
+    }
 
     fn row(user: &str, tier: &str, ws: Option<&str>, addr: &str, started: i64) -> SessionRow {
         SessionRow {
