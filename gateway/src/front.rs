@@ -147,23 +147,27 @@ impl FrontHandler {
         }
         let limit = self.gw.config.max_sessions;
         reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+        self.audit_limit(format!(
+            "channel refused: {limit} already open on this connection (ssh.max_sessions)"
+        ))
+        .await;
+        None
+    }
+
+    /// Audit a refusal at a resource limit, once per connection: a client retrying in a
+    /// loop must not flood the audit trail.
+    async fn audit_limit(&self, detail: String) {
         if self.limit_audited.swap(true, Ordering::Relaxed) {
-            tracing::debug!(limit, "channel refused at ssh.max_sessions");
-            return None;
+            tracing::debug!(%detail, "refused at a limit again");
+            return;
         }
-        let mut event = AuditEvent::new(
-            "access.denied",
-            Severity::Warning,
-            format!("channel refused: {limit} already open on this connection (ssh.max_sessions)"),
-        )
-        .origin(&self.origin);
+        let mut event = AuditEvent::new("access.denied", Severity::Warning, detail).origin(&self.origin);
         match &self.state {
             AuthState::Target(s) => event = event.user(s.authorized().user()).session(s.id()),
             AuthState::Jump { user } => event = event.user(user),
             _ => {}
         }
         self.gw.audit(event).await;
-        None
     }
 
     fn refuse(&mut self, ssh_user: &str, message: String) -> Auth {
@@ -899,8 +903,12 @@ impl server::Handler for FrontHandler {
                 // The hop is a connection of its own (an upstream session, a recording):
                 // it counts against `ssh.max_connections` like an accepted one.
                 let Ok(connection) = self.gw.connections.clone().try_acquire_owned() else {
-                    tracing::warn!(%user, "connection limit reached; refusing a ProxyJump hop");
                     reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+                    let limit = self.gw.config.max_connections;
+                    self.audit_limit(format!(
+                        "ProxyJump hop to {target} refused: the gateway serves {limit} connections (ssh.max_connections)"
+                    ))
+                    .await;
                     return Ok(());
                 };
                 let config = match inner_config(&self.gw, &target) {

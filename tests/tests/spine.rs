@@ -1649,4 +1649,5 @@ fn channels_per_connection_and_proxyjump_hops_are_bounded() {
     // Refusals are audited once per connection, however often a client retries.
     let audit = ok(w.gw.ctl().args(["audit", "list", "--json"]));
     assert_eq!(audit.matches("ssh.max_sessions").count(), 1, "{audit}");
+    assert_eq!(audit.matches("hop to web1 refused").count(), 1, "{audit}");
 }
