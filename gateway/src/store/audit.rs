@@ -152,7 +152,7 @@ impl Store {
     pub async fn append_audit(&self, e: &AuditEvent) -> Result<AuditRow, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1")
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
         let (seq, prev_hex) = head_in(&mut tx).await?;
         let prev =
@@ -188,12 +188,12 @@ impl Store {
         .bind(&r.detail)
         .bind(r.prev_hash.as_deref())
         .bind(&hash)
-        .execute(&mut *tx)
+        .execute(tx.conn()?)
         .await?;
         sqlx::query("UPDATE audit_head SET hash = $1, updated_at = $2 WHERE id = 1")
             .bind(&hash)
             .bind(r.at)
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
         tx.commit().await?;
         r.hash = Some(hash);
@@ -208,7 +208,7 @@ impl Store {
             let mut tx = self.pool.begin().await?;
             // A write first: the same lock as an append.
             sqlx::query("UPDATE audit_head SET updated_at = updated_at WHERE id = 1")
-                .execute(&mut *tx)
+                .execute(tx.conn()?)
                 .await?;
             let (mut seq, prev_hex) = head_in(&mut tx).await?;
             let mut prev = chain::parse_hash(&prev_hex)
@@ -217,7 +217,7 @@ impl Store {
                 "SELECT {COLUMNS} FROM audit_events WHERE seq IS NULL ORDER BY at, id LIMIT $1"
             )))
             .bind(CHAIN_BATCH)
-            .fetch_all(&mut *tx)
+            .fetch_all(tx.conn()?)
             .await?;
             for r in &rows {
                 let r = row(r)?;
@@ -228,7 +228,7 @@ impl Store {
                     .bind(hex::encode(prev))
                     .bind(hex::encode(hash))
                     .bind(&r.id)
-                    .execute(&mut *tx)
+                    .execute(tx.conn()?)
                     .await?;
                 prev = hash;
                 total += 1;
@@ -237,7 +237,7 @@ impl Store {
                 .bind(seq)
                 .bind(hex::encode(prev))
                 .bind(now_micros())
-                .execute(&mut *tx)
+                .execute(tx.conn()?)
                 .await?;
             tx.commit().await?;
         }
@@ -378,9 +378,9 @@ impl Store {
     }
 }
 
-async fn head_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(i64, String), StoreError> {
+async fn head_in(tx: &mut super::home::HomeTx) -> Result<(i64, String), StoreError> {
     let r = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn()?)
         .await?
         .ok_or_else(|| StoreError::NotFound("audit head".into()))?;
     Ok((r.try_get(0)?, r.try_get(1)?))

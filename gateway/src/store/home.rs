@@ -53,12 +53,50 @@ impl HomePool {
         &self.pool
     }
 
-    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
-        AtHome::new(self.home.clone(), Box::pin(self.pool.begin())).await
+    pub(crate) async fn begin(&self) -> Result<HomeTx, sqlx::Error> {
+        let tx = AtHome::new(self.home.clone(), Box::pin(self.pool.begin())).await?;
+        Ok(HomeTx {
+            home: self.home.clone(),
+            tx: Some(tx),
+        })
     }
 
     pub(crate) async fn close(&self) {
         self.pool.close().await
+    }
+}
+
+/// A transaction whose end (commit, or rollback when dropped) runs with the home runtime
+/// entered: sqlx returns the connection to the pool, and rolls back a dropped
+/// transaction, from a task spawned where that happens. On a busy connection thread an
+/// abandoned audit append would keep the audit chain's row lock until that task ran.
+pub(crate) struct HomeTx {
+    home: Handle,
+    /// `None` only once committed or dropped.
+    tx: Option<Transaction<'static, Any>>,
+}
+
+impl HomeTx {
+    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        match self.tx.take() {
+            Some(tx) => AtHome::new(self.home.clone(), Box::pin(tx.commit())).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The transaction's connection, for statements.
+    pub(crate) fn conn(&mut self) -> Result<&mut sqlx::AnyConnection, sqlx::Error> {
+        match self.tx.as_mut() {
+            Some(tx) => Ok(&mut **tx),
+            None => Err(sqlx::Error::PoolClosed),
+        }
+    }
+}
+
+impl Drop for HomeTx {
+    fn drop(&mut self) {
+        let _entered = self.home.enter();
+        drop(self.tx.take());
     }
 }
 
@@ -173,7 +211,7 @@ mod tests {
             txs.push(pool.begin().await?);
         }
         for mut tx in txs {
-            sqlx::query("SELECT 1").execute(&mut *tx).await?;
+            sqlx::query("SELECT 1").execute(tx.conn()?).await?;
             tx.commit().await?;
         }
         Ok(())

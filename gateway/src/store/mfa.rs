@@ -94,13 +94,13 @@ impl Store {
         sqlx::query("DELETE FROM mfa_proofs WHERE user_name = $1 AND workstation = $2")
             .bind(user.as_str())
             .bind(workstation)
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
         sqlx::query("INSERT INTO mfa_proofs (user_name, workstation, proved_at) VALUES ($1, $2, $3)")
             .bind(user.as_str())
             .bind(workstation)
             .bind(now_micros())
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
         tx.commit().await?;
         Ok(())
@@ -129,14 +129,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM recovery_codes WHERE user_name = $1")
             .bind(user.as_str())
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
         for h in hashes {
             sqlx::query("INSERT INTO recovery_codes (user_name, code_hash, created_at) VALUES ($1, $2, $3)")
                 .bind(user.as_str())
                 .bind(h)
                 .bind(now_micros())
-                .execute(&mut *tx)
+                .execute(tx.conn()?)
                 .await?;
         }
         tx.commit().await?;

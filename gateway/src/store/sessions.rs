@@ -118,13 +118,13 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM recording_chain WHERE node = $1")
             .bind(node)
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
         sqlx::query("INSERT INTO recording_chain (node, session_id, header_hash) VALUES ($1, $2, $3)")
             .bind(node)
             .bind(session)
             .bind(header_hash)
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
         tx.commit().await?;
         Ok(())

@@ -203,19 +203,19 @@ impl Store {
             "DELETE FROM grant_approvals WHERE approver = $1 \
              AND grant_id IN (SELECT id FROM grants WHERE status = 'pending')",
         ] {
-            sqlx::query(q).bind(name.as_str()).execute(&mut *tx).await?;
+            sqlx::query(q).bind(name.as_str()).execute(tx.conn()?).await?;
         }
         sqlx::query("DELETE FROM user_keys WHERE user_name = $1")
             .bind(name.as_str())
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
         sqlx::query("DELETE FROM role_bindings WHERE user_name = $1")
             .bind(name.as_str())
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
         let r = sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name.as_str())
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("user {name}")));

@@ -195,7 +195,7 @@ impl Store {
             .bind(&w.public_key)
             .bind(name.as_str())
             .bind(now_micros())
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
         let r = sqlx::query(
             "UPDATE workstations SET public_key = $1, key_rotated_at = $2, last_handshake_at = NULL \
@@ -205,7 +205,7 @@ impl Store {
         .bind(now_micros())
         .bind(name.as_str())
         .bind(&w.public_key)
-        .execute(&mut *tx)
+        .execute(tx.conn()?)
         .await?;
         if r.rows_affected() != 1 {
             return Err(StoreError::Refused(format!(
