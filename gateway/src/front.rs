@@ -126,14 +126,20 @@ where
 }
 
 impl FrontHandler {
-    pub fn outer(gw: Arc<Gateway>, origin: Origin, authenticated: Arc<AtomicBool>) -> Self {
+    /// The handler of an accepted connection.
+    pub fn outer(gw: Arc<Gateway>, origin: Origin) -> Self {
+        FrontHandler::new(gw, origin, Mode::Outer)
+    }
+
+    /// A fresh connection's handler: nothing authenticated, no channel open.
+    fn new(gw: Arc<Gateway>, origin: Origin, mode: Mode) -> Self {
         FrontHandler {
-            authenticated,
+            authenticated: Arc::new(AtomicBool::new(false)),
             channels: Arc::new(Semaphore::new(gw.config.max_sessions)),
             limit_audited: AtomicBool::new(false),
             gw,
             origin,
-            mode: Mode::Outer,
+            mode,
             state: AuthState::None,
         }
     }
@@ -920,15 +926,7 @@ impl server::Handler for FrontHandler {
                     }
                 };
                 reply.accept().await;
-                let inner = FrontHandler {
-                    gw: self.gw.clone(),
-                    authenticated: Arc::new(AtomicBool::new(false)),
-                    origin: self.origin.clone(),
-                    mode: Mode::Inner { user, target },
-                    state: AuthState::None,
-                    channels: Arc::new(Semaphore::new(self.gw.config.max_sessions)),
-                    limit_audited: AtomicBool::new(false),
-                };
+                let inner = FrontHandler::new(self.gw.clone(), self.origin.clone(), Mode::Inner { user, target });
                 let tasks = self.gw.tasks.clone();
                 tasks.spawn(async move {
                     let _slots = (slot, connection);

@@ -1,7 +1,6 @@
 //! `herse serve`: listeners, live-session watcher, and signal handling (SIGHUP reloads
 //! the policy, SIGTERM and SIGINT drain).
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -428,8 +427,7 @@ async fn serve_connection<S>(gw: Arc<Gateway>, stream: S, origin: Origin, config
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let handler = FrontHandler::outer(gw, origin, Arc::new(AtomicBool::new(false)));
-    crate::front::serve_ssh(config, stream, handler).await;
+    crate::front::serve_ssh(config, stream, FrontHandler::outer(gw, origin)).await;
 }
 
 /// Ends live sessions that an operator killed, whose user was suspended or removed, or
