@@ -1421,6 +1421,16 @@ async fn raw_login(
     raw_login_as(port, key, totp, &format!("alice+{DEPLOY}+web1")).await
 }
 
+/// A raw client's SSH connection to the gateway, not yet authenticated.
+async fn raw_connect(port: u16) -> Result<russh::client::Handle<AcceptAny>, russh::Error> {
+    russh::client::connect(
+        std::sync::Arc::new(russh::client::Config::default()),
+        ("127.0.0.1", port),
+        AcceptAny,
+    )
+    .await
+}
+
 /// Log in as `user` (a single-hop name, or a plain one for ProxyJump) with a raw client.
 async fn raw_login_as(
     port: u16,
@@ -1428,13 +1438,7 @@ async fn raw_login_as(
     totp: &str,
     user: &str,
 ) -> russh::client::Handle<AcceptAny> {
-    let mut h = russh::client::connect(
-        std::sync::Arc::new(russh::client::Config::default()),
-        ("127.0.0.1", port),
-        AcceptAny,
-    )
-    .await
-    .unwrap();
+    let mut h = raw_connect(port).await.unwrap();
     let auth = h
         .authenticate_publickey(user, russh::keys::PrivateKeyWithHashAlg::new(key, None))
         .await
@@ -1575,15 +1579,7 @@ fn channels_per_connection_and_proxyjump_hops_are_bounded() {
             ),
             "a hop beyond max_connections was not refused for resource shortage"
         );
-        let refused = tokio::time::timeout(
-            Duration::from_secs(10),
-            russh::client::connect(
-                std::sync::Arc::new(russh::client::Config::default()),
-                ("127.0.0.1", w.gw.port),
-                AcceptAny,
-            ),
-        )
-        .await;
+        let refused = tokio::time::timeout(Duration::from_secs(10), raw_connect(w.gw.port)).await;
         assert!(
             matches!(refused, Ok(Err(_))),
             "a connection beyond max_connections was not refused"
@@ -1606,12 +1602,7 @@ fn channels_per_connection_and_proxyjump_hops_are_bounded() {
         // any connection, and give their connections back: a new one is served.
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let h = russh::client::connect(
-                std::sync::Arc::new(russh::client::Config::default()),
-                ("127.0.0.1", w.gw.port),
-                AcceptAny,
-            )
-            .await;
+            let h = raw_connect(w.gw.port).await;
             if h.is_ok() {
                 break;
             }
