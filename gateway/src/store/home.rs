@@ -11,7 +11,8 @@
 //! [`HomePool`] runs every pool acquisition with the home runtime's context entered, so
 //! the sockets and timers sqlx creates there belong to the home runtime, whoever asks.
 //! Statements on a connection already open need nothing: its socket stays where it was
-//! registered.
+//! registered. [`HomeTx`] ends transactions there too, since sqlx returns a connection
+//! (and rolls back a dropped transaction) from a task spawned where that happens.
 
 use std::fmt;
 use std::pin::Pin;
@@ -88,7 +89,7 @@ impl HomeTx {
     pub(crate) fn conn(&mut self) -> Result<&mut sqlx::AnyConnection, sqlx::Error> {
         match self.tx.as_mut() {
             Some(tx) => Ok(&mut **tx),
-            None => Err(sqlx::Error::PoolClosed),
+            None => Err(sqlx::Error::Protocol("transaction already ended".into())),
         }
     }
 }
