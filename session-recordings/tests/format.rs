@@ -370,6 +370,52 @@ fn flush_writes_events_and_checkpoints_while_running() {
     );
 }
 
+/// Bytes of `path` in the page cache, as util-linux's `fincore` reports them.
+fn cached_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux) runs");
+    assert!(
+        out.status.success(),
+        "fincore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn synced_recording_pages_leave_the_page_cache() {
+    // Write-once data: after each checkpoint's sync the recorder drops what it synced,
+    // so a long session neither fills the page cache nor writes into memory the
+    // hypervisor took back (see `drop_synced`). Needs a disk-backed temp dir (tmpfs
+    // pages cannot be dropped).
+    let path = tmp("dropcache");
+    let rec = FileRecorder::create(&path, &header(), key()).unwrap();
+    let block: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    for _ in 0..256 {
+        rec.data(1, DataDirection::Output, &block).unwrap();
+    }
+    rec.flush().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > 16 << 20, "{len}");
+    assert!(cached_bytes(&path) > 8 << 20, "written, not yet synced: still cached");
+    std::thread::sleep(CHECKPOINT_EVERY + std::time::Duration::from_millis(100));
+    rec.data(1, DataDirection::Output, b"tail").unwrap();
+    rec.flush().unwrap();
+    let cached = cached_bytes(&path);
+    assert!(cached <= 64 * 1024, "synced pages dropped, {cached} bytes still cached");
+    rec.finish("done").unwrap();
+    assert!(cached_bytes(&path) <= 128 * 1024, "sealed and dropped");
+    let v = RecordingReader::open_verified(&path, &key().verifying_key())
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert!(matches!(v.completeness, Completeness::Complete { .. }));
+    assert_eq!(v.events, 256 + 1 + 1, "every record reads back from disk, and the end");
+}
+
 #[test]
 fn encrypted_events_verify_without_the_key_and_read_only_with_it() {
     let path = tmp("encrypted");
