@@ -55,6 +55,10 @@ pub trait Recorder: Send + Sync {
 /// Source of the time stamps: microseconds since the session started.
 pub type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
 
+/// How much is written between two write-behind steps: small enough that the pages
+/// dropped one step are reused, still warm, by the next.
+const WRITE_BEHIND_STEP: u64 = 8 << 20;
+
 /// How often a checkpoint is signed while events keep coming.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
@@ -70,8 +74,11 @@ struct State {
     last_checkpoint: Instant,
     /// Bytes of the recording already written to the file.
     written: u64,
-    /// Bytes at the start of the file already synced and dropped from the page cache.
+    /// Bytes at the start of the file synced at a checkpoint and dropped from the page
+    /// cache.
     dropped: u64,
+    /// Write-behind: writeback was started for everything before this offset.
+    kicked: u64,
     /// Seek index (see [`crate::format`]): one entry per EVENTS frame, written beside
     /// the recording.
     index_file: Option<File>,
@@ -164,6 +171,7 @@ impl FileRecorder {
                 last_checkpoint: Instant::now(),
                 written: 0,
                 dropped: 0,
+                kicked: 0,
                 index_file: None,
                 index: Vec::new(),
                 stopped: false,
@@ -255,6 +263,7 @@ impl FileRecorder {
         slices.push(IoSlice::new(&hash));
         write_all_vectored(file, &mut slices)?;
         st.written += (format::FRAME_OVERHEAD + len) as u64;
+        Self::write_behind(st);
         st.prev = hash;
         st.seq += 1;
         st.chunk.clear();
@@ -282,6 +291,23 @@ impl FileRecorder {
         }
     }
 
+    /// Every [`WRITE_BEHIND_STEP`] bytes: drop the pages written back since the last
+    /// step (and any left behind since the last checkpoint), and start writing back the
+    /// step just written (see [`drop_synced`] for why). A checkpoint's sync and drop
+    /// catch whatever was still under writeback.
+    fn write_behind(st: &mut State) {
+        if st.written < st.kicked + WRITE_BEHIND_STEP {
+            return;
+        }
+        if let Some(file) = st.file.as_ref() {
+            // Never the sync's business: this neither waits nor claims anything is
+            // on disk. DONTNEED starts writeback of dirty pages and drops clean ones.
+            drop_synced(file, st.dropped, st.kicked);
+            drop_synced(file, st.kicked, st.written);
+        }
+        st.kicked = st.written;
+    }
+
     fn write_out(st: &mut State) -> Result<(), RecordError> {
         if st.out.is_empty() {
             return Ok(());
@@ -290,6 +316,7 @@ impl FileRecorder {
         file.write_all(&st.out)?;
         st.written += st.out.len() as u64;
         st.out.clear();
+        Self::write_behind(st);
         if !st.index.is_empty() {
             if let Some(index) = st.index_file.as_mut() {
                 index.write_all(&st.index)?;
@@ -435,7 +462,8 @@ impl Recorder for FileRecorder {
     }
 }
 
-/// Drop the synced bytes `from..to` of a recording from the page cache.
+/// Drop the bytes `from..to` of a recording from the page cache: clean pages leave it,
+/// dirty ones are queued for writeback (and left for a later call).
 ///
 /// A recording is written once and read again, if ever, long after; keeping it cached
 /// only evicts pages that are useful. On virtual machines that hand freed memory back
