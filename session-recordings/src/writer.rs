@@ -469,9 +469,10 @@ impl Recorder for FileRecorder {
 /// only evicts pages that are useful. On virtual machines that hand freed memory back
 /// to the host (free page reporting, DAMON), it also makes every recorded byte land on
 /// a page the host must fault in again, measured here at about 4 s of system time per
-/// GiB; clean pages dropped after each checkpoint's sync are reused warm by the next
-/// second's writes. Only clean pages are dropped, so this never loses data; it is a
-/// hint, and its failure changes nothing but the cache.
+/// GiB; pages dropped every write-behind step are reused warm by the next step's
+/// writes. Only clean pages are dropped, so this never loses data; it is a hint, and
+/// its failure changes nothing but the cache (a writeback error still reaches the next
+/// checkpoint's sync, which stops the recording).
 fn drop_synced(file: &File, from: u64, to: u64) {
     let page = rustix::param::page_size() as u64;
     let from = from - from % page;
