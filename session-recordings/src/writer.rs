@@ -293,7 +293,7 @@ impl FileRecorder {
 
     /// Every [`WRITE_BEHIND_STEP`] bytes: drop the pages written back since the last
     /// step (and any left behind since the last checkpoint), and start writing back the
-    /// step just written (see [`drop_synced`] for why). A checkpoint's sync and drop
+    /// step just written (see [`drop_from_cache`] for why). A checkpoint's sync and drop
     /// catch whatever was still under writeback.
     fn write_behind(st: &mut State) {
         if st.written < st.kicked + WRITE_BEHIND_STEP {
@@ -302,8 +302,8 @@ impl FileRecorder {
         if let Some(file) = st.file.as_ref() {
             // Never the sync's business: this neither waits nor claims anything is
             // on disk. DONTNEED starts writeback of dirty pages and drops clean ones.
-            drop_synced(file, st.dropped, st.kicked);
-            drop_synced(file, st.kicked, st.written);
+            drop_from_cache(file, st.dropped, st.kicked);
+            drop_from_cache(file, st.kicked, st.written);
         }
         st.kicked = st.written;
     }
@@ -427,7 +427,7 @@ impl Recorder for FileRecorder {
                 let mut st = self.lock();
                 return Self::stop_on_write_error(&mut st, Err(e.into()));
             }
-            drop_synced(&f, from, to);
+            drop_from_cache(&f, from, to);
             let mut st = self.lock();
             st.dropped = st.dropped.max(to);
         }
@@ -457,7 +457,7 @@ impl Recorder for FileRecorder {
         let file = st.file.take().ok_or(RecordError::Finished)?;
         *self.data_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
         file.sync_data()?;
-        drop_synced(&file, st.dropped, st.written);
+        drop_from_cache(&file, st.dropped, st.written);
         Ok(())
     }
 }
@@ -473,7 +473,7 @@ impl Recorder for FileRecorder {
 /// writes. Only clean pages are dropped, so this never loses data; it is a hint, and
 /// its failure changes nothing but the cache (a writeback error still reaches the next
 /// checkpoint's sync, which stops the recording).
-fn drop_synced(file: &File, from: u64, to: u64) {
+fn drop_from_cache(file: &File, from: u64, to: u64) {
     let page = rustix::param::page_size() as u64;
     let from = from - from % page;
     if let Some(len) = to.checked_sub(from).filter(|&n| n > 0) {

@@ -387,10 +387,10 @@ fn cached_bytes(path: &Path) -> u64 {
 
 #[test]
 fn synced_recording_pages_leave_the_page_cache() {
-    // Write-once data: after each checkpoint's sync the recorder drops what it synced,
-    // so a long session neither fills the page cache nor writes into memory the
-    // hypervisor took back (see `drop_synced`). Needs a disk-backed temp dir (tmpfs
-    // pages cannot be dropped).
+    // Write-once data: every write-behind step and every checkpoint's sync drop what is
+    // on disk, so a long session neither fills the page cache nor writes into memory
+    // the hypervisor took back (see `drop_from_cache`). Needs a disk-backed temp dir
+    // (tmpfs pages cannot be dropped).
     let path = tmp("dropcache");
     let rec = FileRecorder::create(&path, &header(), key()).unwrap();
     let block: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
