@@ -2,15 +2,16 @@
 //!
 //! Record heads and small payloads are copied into one buffer; a large payload that the
 //! caller hands over as [`Bytes`] (a relayed packet) is kept by reference and written
-//! from where it is. The frame's hash is computed as records arrive, while their bytes
-//! are still in the CPU's cache, so the relay touches each recorded byte once to hash it
-//! and once to write it (format version 2 hashes the payload before its length for this).
+//! from where it is. Each record's data is hashed as it arrives, while its bytes are
+//! still in the CPU's cache, so the relay touches each recorded byte once to hash it and
+//! once to write it; the frame's hash, over the records' heads and data hashes (format
+//! version 3), is finished when the frame closes.
 
 use std::io::IoSlice;
 
 use bytes::Bytes;
 
-use crate::format::{self, ChainHash, FRAME_EVENTS};
+use crate::format::{self, ChainHash, FRAME_EVENTS, RECORD_HEADER_LEN};
 
 /// Payloads at least this long are kept by reference rather than copied.
 const SHARE_MIN: usize = 2048;
@@ -49,20 +50,17 @@ impl Payload<'_> {
     }
 }
 
-/// The running hash of a frame, bound to the chain position it was started at.
-struct Running {
-    hasher: blake3::Hasher,
-    seq: u64,
-    prev: [u8; 32],
-}
-
 #[derive(Default)]
 pub(crate) struct Chunk {
     small: Vec<u8>,
     pieces: Vec<Piece>,
     len: usize,
     first_t: Option<u64>,
-    running: Option<Running>,
+    records: usize,
+    /// The frame's hash input so far (version 3): each record's head and data hash, for
+    /// the records pushed with `digest` (all of a plaintext frame's).
+    body: Vec<u8>,
+    digested: usize,
 }
 
 impl Chunk {
@@ -90,26 +88,20 @@ impl Chunk {
         self.first_t
     }
 
-    /// Append one record. `hash_at`, read for a frame's first record only, is the chain
-    /// position (`seq`, `prev`) the frame will take when its hash can be computed as it
-    /// fills (plaintext frames); `None` when the payload is transformed first (encrypted
-    /// tiers).
-    pub(crate) fn push(&mut self, kind: u8, t: u64, channel: u32, data: Payload<'_>, hash_at: Option<(u64, [u8; 32])>) {
+    /// Append one record. `digest`: hash its data now, for a plaintext frame's hash;
+    /// false when the payload is transformed first (encrypted tiers), whose frame hash
+    /// covers the sealed bytes.
+    pub(crate) fn push(&mut self, kind: u8, t: u64, channel: u32, data: Payload<'_>, digest: bool) {
         if self.first_t.is_none() {
             self.first_t = Some(t);
         }
-        if self.running.is_none() && self.len == 0 {
-            self.running = hash_at.map(|(seq, prev)| Running {
-                hasher: format::frame_hasher(&prev, FRAME_EVENTS, seq),
-                seq,
-                prev,
-            });
-        }
         let head = format::record_head(kind, t, channel, data.len());
-        if let Some(r) = &mut self.running {
-            r.hasher.update(&head);
-            r.hasher.update(data.as_slice());
+        if digest {
+            self.body.extend_from_slice(&head);
+            self.body.extend_from_slice(&format::record_digest(data.as_slice()));
+            self.digested += 1;
         }
+        self.records += 1;
         self.len += head.len() + data.len();
         let start = self.small.len();
         self.small.extend_from_slice(&head);
@@ -134,13 +126,18 @@ impl Chunk {
         }
     }
 
-    /// The frame's hash at chain position (`seq`, `prev`): from the running hash when it
-    /// was started there, otherwise computed over the payload now.
-    pub(crate) fn hash(&mut self, seq: u64, prev: &[u8; 32]) -> [u8; 32] {
-        match self.running.take() {
-            Some(r) if r.seq == seq && r.prev == *prev => format::finish_frame_hash(r.hasher, self.len),
-            _ => format::frame_hash(ChainHash::CURRENT, prev, FRAME_EVENTS, seq, &self.contiguous()),
+    /// The hash of this frame as a plaintext EVENTS frame at chain position (`seq`,
+    /// `prev`): from the data hashes taken as records arrived, or, if some were pushed
+    /// without, over the whole payload now. `None` only if the payload does not parse
+    /// as the records it was built from, which would be a bug: the caller fails closed.
+    pub(crate) fn hash(&self, seq: u64, prev: &[u8; 32]) -> Option<[u8; 32]> {
+        if self.digested == self.records {
+            debug_assert_eq!(self.body.len(), self.records * (RECORD_HEADER_LEN + 32));
+            let mut h = format::frame_hasher(prev, FRAME_EVENTS, seq);
+            h.update(&self.body);
+            return Some(format::finish_frame_hash(h, self.len));
         }
+        format::events_frame_hash(ChainHash::CURRENT, prev, seq, &self.contiguous())
     }
 
     /// The payload in one buffer (for sealing, or a hash that could not run ahead).
@@ -170,7 +167,9 @@ impl Chunk {
         self.pieces.clear();
         self.len = 0;
         self.first_t = None;
-        self.running = None;
+        self.records = 0;
+        self.body.clear();
+        self.digested = 0;
     }
 }
 
@@ -192,32 +191,64 @@ mod tests {
         let small = b"ls\r".to_vec();
         let prev = [9u8; 32];
         let mut c = Chunk::with_capacity(1024);
-        c.push(1, 5, 0, Payload::Borrowed(&small), Some((3, prev)));
-        c.push(2, 6, 0, Payload::Shared(big.clone()), Some((3, prev)));
-        c.push(2, 7, 0, Payload::Shared(Bytes::from_static(b"tiny")), Some((3, prev)));
-        c.push(1, 8, 1, Payload::Shared(big.clone()), Some((3, prev)));
+        c.push(1, 5, 0, Payload::Borrowed(&small), true);
+        c.push(2, 6, 0, Payload::Shared(big.clone()), true);
+        c.push(2, 7, 0, Payload::Shared(Bytes::from_static(b"tiny")), true);
+        c.push(1, 8, 1, Payload::Shared(big.clone()), true);
         let want = encoded(&[(1, 5, 0, &small), (2, 6, 0, &big), (2, 7, 0, b"tiny"), (1, 8, 1, &big)]);
         assert_eq!(c.contiguous(), want);
         assert_eq!(c.len(), want.len());
         assert_eq!(c.first_t(), Some(5));
         // Heads and small payloads between two shared packets share one piece.
         assert_eq!(c.pieces(), 4, "head+ls+head | big | head+tiny+head | big");
-        let expect = format::frame_hash(ChainHash::CURRENT, &prev, FRAME_EVENTS, 3, &want);
+        let expect = format::events_frame_hash(ChainHash::CURRENT, &prev, 3, &want);
         assert_eq!(c.hash(3, &prev), expect);
     }
 
+    /// The version-3 hash exactly as the format's documentation states it, computed
+    /// here without the crate's helpers.
     #[test]
-    fn a_hash_started_elsewhere_in_the_chain_is_recomputed() {
+    fn the_hash_is_the_specified_one() {
         let prev = [1u8; 32];
         let mut c = Chunk::with_capacity(64);
-        c.push(2, 0, 0, Payload::Borrowed(b"out"), Some((4, prev)));
-        let want = encoded(&[(2, 0, 0, b"out")]);
-        let other = [2u8; 32];
+        c.push(2, 9, 4, Payload::Borrowed(b"out"), true);
+        c.push(16, 10, 4, Payload::Shared(Bytes::from(vec![3u8; 5000])), true);
+        let mut spec = blake3::Hasher::new();
+        spec.update(&prev);
+        spec.update(&[FRAME_EVENTS]);
+        spec.update(&7u64.to_be_bytes());
+        for (kind, t, data) in [(2u8, 9u64, b"out".to_vec()), (16, 10, vec![3u8; 5000])] {
+            spec.update(&[kind]);
+            spec.update(&t.to_be_bytes());
+            spec.update(&4u32.to_be_bytes());
+            spec.update(&(data.len() as u32).to_be_bytes());
+            spec.update(blake3::hash(&data).as_bytes());
+        }
+        spec.update(&((2 * 17 + 3 + 5000) as u32).to_be_bytes());
+        let spec: [u8; 32] = spec.finalize().into();
+        assert_eq!(c.hash(7, &prev), Some(spec));
+        let blob = format::frame_hash(ChainHash::CURRENT, &prev, FRAME_EVENTS, 7, &c.contiguous());
+        assert_ne!(Some(blob), c.hash(7, &prev), "data is hashed record by record");
+    }
+
+    #[test]
+    fn records_pushed_without_their_digest_are_hashed_at_the_close() {
+        let prev = [1u8; 32];
+        let mut c = Chunk::with_capacity(64);
+        c.push(2, 0, 0, Payload::Borrowed(b"out"), false);
+        c.push(2, 1, 0, Payload::Borrowed(b"more"), true);
+        let want = encoded(&[(2, 0, 0, b"out"), (2, 1, 0, b"more")]);
         assert_eq!(
-            c.hash(5, &other),
-            format::frame_hash(ChainHash::CURRENT, &other, FRAME_EVENTS, 5, &want)
+            c.hash(5, &prev),
+            format::events_frame_hash(ChainHash::CURRENT, &prev, 5, &want)
         );
+        assert!(c.hash(5, &prev).is_some());
         c.clear();
         assert!(c.is_empty() && c.first_t().is_none() && c.pieces() == 0);
+        c.push(2, 0, 0, Payload::Borrowed(b"x"), true);
+        assert_eq!(
+            c.hash(6, &prev),
+            format::events_frame_hash(ChainHash::CURRENT, &prev, 6, &encoded(&[(2, 0, 0, b"x")]))
+        );
     }
 }

@@ -236,7 +236,12 @@ impl<R: Read> RecordingReader<R> {
             self.truncated = true;
             return Ok(None);
         }
-        let expect = format::frame_hash(self.hash, &self.prev, kind, seq, &payload);
+        let expect = if kind == FRAME_EVENTS && self.header.encryption.is_none() {
+            format::events_frame_hash(self.hash, &self.prev, seq, &payload)
+                .ok_or_else(|| self.corrupt(seq, offset, "events frame does not parse into records"))?
+        } else {
+            format::frame_hash(self.hash, &self.prev, kind, seq, &payload)
+        };
         if expect != hash {
             return Err(self.corrupt(seq, offset, "hash mismatch: the frame was altered"));
         }

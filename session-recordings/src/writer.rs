@@ -254,7 +254,12 @@ impl FileRecorder {
                 format::frame_hash(format::ChainHash::CURRENT, &prev, FRAME_EVENTS, seq, p),
                 vec![IoSlice::new(p)],
             ),
-            None => (chunk.len(), chunk.hash(seq, &prev), chunk.io_slices()),
+            None => {
+                let hash = chunk
+                    .hash(seq, &prev)
+                    .ok_or_else(|| std::io::Error::other("an events frame does not parse as its records"))?;
+                (chunk.len(), hash, chunk.io_slices())
+            }
         };
         let head = format::frame_head(FRAME_EVENTS, seq, len);
         let mut slices = Vec::with_capacity(payload.len() + 2);
@@ -369,11 +374,10 @@ impl FileRecorder {
         if st.file.is_none() {
             return Err(Self::closed(st));
         }
+        let encrypted = self.encrypted();
         for piece in pieces {
-            // Plaintext frames are hashed as they fill (from their first record, so the
-            // key is looked at once a frame); sealed ones once sealed.
-            let hash_at = (st.chunk.is_empty() && !self.encrypted()).then_some((st.seq, st.prev));
-            st.chunk.push(kind, t, channel, piece, hash_at);
+            // Plaintext records are hashed as they arrive; sealed frames once sealed.
+            st.chunk.push(kind, t, channel, piece, !encrypted);
             if st.chunk.len() >= EVENTS_FRAME_TARGET || st.chunk.pieces() >= MAX_PIECES {
                 let r = self.close_chunk(st).and_then(|()| Self::write_out(st));
                 Self::stop_on_write_error(st, r)?;

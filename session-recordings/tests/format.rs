@@ -307,6 +307,30 @@ fn cuts_are_truncated(golden: &[u8]) {
 }
 
 #[test]
+fn an_events_frame_that_is_not_records_is_corrupt() {
+    use session_recordings::format::{encode_frame, frame_head, FRAME_EVENTS, FRAME_HEADER};
+    let mut file = MAGIC.to_vec();
+    file.extend_from_slice(&VERSION.to_be_bytes());
+    let header_hash = encode_frame(
+        &mut file,
+        &[0; 32],
+        FRAME_HEADER,
+        0,
+        &serde_json::to_vec(&header()).unwrap(),
+    );
+    // One record whose length runs past the frame; no hash can match it.
+    let mut payload = vec![2u8; 17];
+    payload[13..17].copy_from_slice(&100u32.to_be_bytes());
+    file.extend_from_slice(&frame_head(FRAME_EVENTS, 1, payload.len()));
+    file.extend_from_slice(&payload);
+    file.extend_from_slice(&header_hash);
+    match RecordingReader::new(&file[..], None).unwrap().verify() {
+        Err(ReadError::Corrupt { frame: 1, what, .. }) => assert!(what.contains("records"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn shared_packets_are_recorded_byte_for_byte_like_copied_ones() {
     let (a, b) = (tmp("copied"), tmp("shared"));
     write_golden_as(&a, false);
@@ -320,12 +344,23 @@ fn shared_packets_are_recorded_byte_for_byte_like_copied_ones() {
 
 #[test]
 fn the_version_picks_the_hash_and_is_checked() {
-    let (_, mut golden) = goldens().pop().unwrap();
-    // Claiming another version of the format breaks every hash.
-    golden[9] = 1;
-    assert!(matches!(verify(&golden), Err(ReadError::Corrupt { frame: 0, .. })));
-    golden[9] = 3;
-    assert!(matches!(verify(&golden), Err(ReadError::Version(3))));
+    // Claiming another version of the format breaks a hash: the header's (1 against 2
+    // or 3), or the first EVENTS frame's (2 against 3, whose others hash alike).
+    for (version, golden) in goldens() {
+        for claimed in (1..=VERSION).filter(|&v| v != version) {
+            let mut t = golden.clone();
+            t[9] = claimed as u8;
+            match verify(&t) {
+                Err(ReadError::Corrupt { frame, what, .. }) => {
+                    assert!(frame <= 2, "v{version} read as v{claimed}: frame {frame}: {what}")
+                }
+                other => panic!("v{version} read as v{claimed}: {other:?}"),
+            }
+        }
+        let mut t = golden.clone();
+        t[9] = (VERSION + 1) as u8;
+        assert!(matches!(verify(&t), Err(ReadError::Version(v)) if v == VERSION + 1));
+    }
 }
 
 #[test]
