@@ -20,6 +20,7 @@ mod reader;
 pub mod scp;
 pub mod sftp;
 pub mod sftp_audit;
+mod sink;
 mod writer;
 
 pub use event::{ChannelKind, DataDirection, Event, Header, Meta, PreviousRecording};

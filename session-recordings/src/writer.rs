@@ -14,6 +14,7 @@ use crate::event::{kind, DataDirection, Header, Meta};
 use crate::format::{
     self, EVENTS_FRAME_TARGET, FRAME_CHECKPOINT, FRAME_EVENTS, FRAME_HEADER, FRAME_SEAL, MAX_RECORD_PAYLOAD,
 };
+use crate::sink::{drop_from_cache, Sink};
 
 /// Why a recorder could not record. Any of these ends the session it records.
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +56,12 @@ pub trait Recorder: Send + Sync {
 /// Source of the time stamps: microseconds since the session started.
 pub type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
 
-/// How much is written between two write-behind steps: small enough that the pages
-/// dropped one step are reused, still warm, by the next.
-const WRITE_BEHIND_STEP: u64 = 8 << 20;
-
 /// How often a checkpoint is signed while events keep coming.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 struct State {
-    file: Option<File>,
+    /// The recording's file; `None` once finished or stopped.
+    sink: Option<Sink>,
     /// The EVENTS frame being filled (bounded by [`EVENTS_FRAME_TARGET`] plus one record).
     chunk: Chunk,
     /// Encoded frames waiting for one `write` call.
@@ -72,13 +70,8 @@ struct State {
     prev: [u8; 32],
     dirty_since_checkpoint: bool,
     last_checkpoint: Instant,
-    /// Bytes of the recording already written to the file.
+    /// Bytes of the recording handed to the sink.
     written: u64,
-    /// Bytes at the start of the file synced at a checkpoint and dropped from the page
-    /// cache.
-    dropped: u64,
-    /// Write-behind: writeback was started for everything before this offset.
-    kicked: u64,
     /// Seek index (see [`crate::format`]): one entry per EVENTS frame, written beside
     /// the recording.
     index_file: Option<File>,
@@ -144,7 +137,8 @@ impl FileRecorder {
             path: path.to_owned(),
             source,
         };
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(path)
@@ -162,7 +156,7 @@ impl FileRecorder {
             data_key: Mutex::new(None),
             clock,
             state: Mutex::new(State {
-                file: None,
+                sink: None,
                 chunk: Chunk::with_capacity(EVENTS_FRAME_TARGET + 1024),
                 out: Vec::new(),
                 seq: 1,
@@ -170,8 +164,6 @@ impl FileRecorder {
                 dirty_since_checkpoint: true,
                 last_checkpoint: Instant::now(),
                 written: 0,
-                dropped: 0,
-                kicked: 0,
                 index_file: None,
                 index: Vec::new(),
                 stopped: false,
@@ -181,11 +173,12 @@ impl FileRecorder {
             let mut st = rec.lock();
             st.out = out;
             rec.sign_frame(&mut st, FRAME_CHECKPOINT);
-            file.write_all(&st.out).map_err(create_err)?;
-            file.sync_data().map_err(create_err)?;
-            st.written = st.out.len() as u64;
+            let mut sink = Sink::new(file, path);
+            sink.append(&mut [IoSlice::new(&st.out)]).map_err(create_err)?;
+            sink.sync().map_err(create_err)?;
+            st.written = sink.len();
             st.out.clear();
-            st.file = Some(file);
+            st.sink = Some(sink);
             let mut index = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -246,8 +239,8 @@ impl FileRecorder {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|k| k.seal(&self.session_id, seq, &st.chunk.contiguous()));
-        let State { file, chunk, .. } = st;
-        let file = file.as_mut().ok_or(RecordError::Finished)?;
+        let State { sink, chunk, .. } = st;
+        let sink = sink.as_mut().ok_or(RecordError::Finished)?;
         let (len, hash, payload) = match &sealed {
             Some(p) => (
                 p.len(),
@@ -266,9 +259,8 @@ impl FileRecorder {
         slices.push(IoSlice::new(&head));
         slices.extend(payload);
         slices.push(IoSlice::new(&hash));
-        write_all_vectored(file, &mut slices)?;
+        sink.append(&mut slices)?;
         st.written += (format::FRAME_OVERHEAD + len) as u64;
-        Self::write_behind(st);
         st.prev = hash;
         st.seq += 1;
         st.chunk.clear();
@@ -280,7 +272,7 @@ impl FileRecorder {
     /// written): close it so that no later frame lands after the partial one.
     fn stop_on_write_error<T>(st: &mut State, r: Result<T, RecordError>) -> Result<T, RecordError> {
         if matches!(r, Err(RecordError::Write(_))) {
-            st.file = None;
+            st.sink = None;
             st.index_file = None;
             st.stopped = true;
         }
@@ -296,32 +288,20 @@ impl FileRecorder {
         }
     }
 
-    /// Every [`WRITE_BEHIND_STEP`] bytes: drop the pages written back since the last
-    /// step (and any left behind since the last checkpoint), and start writing back the
-    /// step just written (see [`drop_from_cache`] for why). A checkpoint's sync and drop
-    /// catch whatever was still under writeback.
-    fn write_behind(st: &mut State) {
-        if st.written < st.kicked + WRITE_BEHIND_STEP {
-            return;
-        }
-        if let Some(file) = st.file.as_ref() {
-            // Never the sync's business: this neither waits nor claims anything is
-            // on disk. DONTNEED starts writeback of dirty pages and drops clean ones.
-            drop_from_cache(file, st.dropped, st.kicked);
-            drop_from_cache(file, st.kicked, st.written);
-        }
-        st.kicked = st.written;
+    /// Put everything appended into the file (see [`Sink::flush`]).
+    fn sink_flush(st: &mut State) -> Result<(), RecordError> {
+        st.sink.as_mut().ok_or(RecordError::Finished)?.flush()?;
+        Ok(())
     }
 
     fn write_out(st: &mut State) -> Result<(), RecordError> {
         if st.out.is_empty() {
             return Ok(());
         }
-        let file = st.file.as_mut().ok_or(RecordError::Finished)?;
-        file.write_all(&st.out)?;
+        let sink = st.sink.as_mut().ok_or(RecordError::Finished)?;
+        sink.append(&mut [IoSlice::new(&st.out)])?;
         st.written += st.out.len() as u64;
         st.out.clear();
-        Self::write_behind(st);
         if !st.index.is_empty() {
             if let Some(index) = st.index_file.as_mut() {
                 index.write_all(&st.index)?;
@@ -371,7 +351,7 @@ impl FileRecorder {
         t: u64,
         pieces: impl Iterator<Item = Payload<'a>>,
     ) -> Result<(), RecordError> {
-        if st.file.is_none() {
+        if st.sink.is_none() {
             return Err(Self::closed(st));
         }
         let encrypted = self.encrypted();
@@ -403,7 +383,7 @@ impl Recorder for FileRecorder {
 
     fn flush(&self) -> Result<(), RecordError> {
         let mut st = self.lock();
-        if st.file.is_none() {
+        if st.sink.is_none() {
             return if st.stopped { Err(RecordError::Stopped) } else { Ok(()) };
         }
         let r = self.close_chunk(&mut st);
@@ -412,7 +392,7 @@ impl Recorder for FileRecorder {
         if checkpoint {
             self.sign_frame(&mut st, FRAME_CHECKPOINT);
         }
-        let r = Self::write_out(&mut st);
+        let r = Self::write_out(&mut st).and_then(|()| Self::sink_flush(&mut st));
         Self::stop_on_write_error(&mut st, r)?;
         if !checkpoint {
             return Ok(());
@@ -420,11 +400,11 @@ impl Recorder for FileRecorder {
         // The sync goes through a second descriptor of the same file, outside the lock:
         // the relay keeps appending while the disk catches up, and everything written
         // up to the checkpoint is on disk when this returns.
-        let sync = st.file.as_ref().map(File::try_clone).transpose();
-        let sync = Self::stop_on_write_error(&mut st, sync.map_err(RecordError::from))?;
-        let (from, to) = (st.dropped, st.written);
+        let sync = st.sink.as_ref().map(|s| s.sync_handle().map(|f| (f, s.dropped())));
+        let sync = Self::stop_on_write_error(&mut st, sync.transpose().map_err(RecordError::from))?;
+        let to = st.written;
         drop(st);
-        if let Some(f) = sync {
+        if let Some((f, from)) = sync {
             if let Err(e) = f.sync_data() {
                 // Pages may be lost: the recording stops here, and the seal will not
                 // claim otherwise.
@@ -432,8 +412,9 @@ impl Recorder for FileRecorder {
                 return Self::stop_on_write_error(&mut st, Err(e.into()));
             }
             drop_from_cache(&f, from, to);
-            let mut st = self.lock();
-            st.dropped = st.dropped.max(to);
+            if let Some(sink) = self.lock().sink.as_mut() {
+                sink.synced(to);
+            }
         }
         Ok(())
     }
@@ -456,47 +437,16 @@ impl Recorder for FileRecorder {
         let r = self.close_chunk(&mut st);
         Self::stop_on_write_error(&mut st, r)?;
         self.sign_frame(&mut st, FRAME_SEAL);
-        let r = Self::write_out(&mut st);
+        let r = Self::write_out(&mut st).and_then(|()| {
+            let sink = st.sink.as_mut().ok_or(RecordError::Finished)?;
+            sink.close()?;
+            Ok(sink.sync()?)
+        });
         Self::stop_on_write_error(&mut st, r)?;
-        let file = st.file.take().ok_or(RecordError::Finished)?;
+        st.sink = None;
         *self.data_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        file.sync_data()?;
-        drop_from_cache(&file, st.dropped, st.written);
         Ok(())
     }
-}
-
-/// Drop the bytes `from..to` of a recording from the page cache: clean pages leave it,
-/// dirty ones are queued for writeback (and left for a later call).
-///
-/// A recording is written once and read again, if ever, long after; keeping it cached
-/// only evicts pages that are useful. On virtual machines that hand freed memory back
-/// to the host (free page reporting, DAMON), it also makes every recorded byte land on
-/// a page the host must fault in again, measured here at about 4 s of system time per
-/// GiB; pages dropped every write-behind step are reused warm by the next step's
-/// writes. Only clean pages are dropped, so this never loses data; it is a hint, and
-/// its failure changes nothing but the cache (a writeback error still reaches the next
-/// checkpoint's sync, which stops the recording).
-fn drop_from_cache(file: &File, from: u64, to: u64) {
-    let page = rustix::param::page_size() as u64;
-    let from = from - from % page;
-    if let Some(len) = to.checked_sub(from).filter(|&n| n > 0) {
-        let _ = rustix::fs::fadvise(file, from, std::num::NonZeroU64::new(len), rustix::fs::Advice::DontNeed);
-    }
-}
-
-/// `write_all` for several buffers at once (std's `write_all_vectored` is unstable).
-fn write_all_vectored(file: &mut File, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match file.write_vectored(bufs) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Discards everything. Only for benchmarks comparing the relay's own cost; the gateway
