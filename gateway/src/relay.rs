@@ -292,8 +292,9 @@ async fn run(
         let _ = s.recorder().meta(id, &Meta::ForwardClosed { bytes_in, bytes_out });
     }
     let _ = s.recorder().meta(id, &Meta::Close);
-    // Channel close is a flush point: what the channel did is on disk now.
-    if let Err(e) = s.recorder().flush() {
+    // Channel close is a flush point: what the channel did is on disk now. Off this
+    // thread: a flush may wait for the recording's writer or sign and sync a checkpoint.
+    if let Err(e) = crate::session::off_thread(s.recorder(), |r| r.flush()).await {
         s.end(format!("recording failed: {e}"));
     }
 }

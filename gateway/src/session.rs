@@ -405,7 +405,7 @@ async fn open_recording(
 
 /// Run a recorder call that may wait for the disk (a checkpoint's sync, the seal) on the
 /// blocking pool: the connection's thread keeps relaying its other sessions meanwhile.
-async fn off_thread<F>(recorder: &Arc<dyn Recorder>, call: F) -> Result<(), RecordError>
+pub(crate) async fn off_thread<F>(recorder: &Arc<dyn Recorder>, call: F) -> Result<(), RecordError>
 where
     F: FnOnce(&dyn Recorder) -> Result<(), RecordError> + Send + 'static,
 {
