@@ -83,7 +83,15 @@ pub struct FrontHandler {
     /// Whether a refusal at that limit was audited already: once per connection, so a
     /// client retrying in a loop cannot flood the audit trail.
     limit_audited: AtomicBool,
+    /// Channel opens refused on this connection (see [`MAX_REFUSED_CHANNELS`]).
+    refused_channels: u32,
 }
+
+/// Channel opens refused by policy on one connection before the gateway closes it: a
+/// refused open holds no channel slot, so without this a client could probe targets and
+/// forwards, each refusal audited, for as long as it likes. OpenSSH users retry by
+/// hand; a script that is refused this often is not going to succeed.
+pub const MAX_REFUSED_CHANNELS: u32 = 16;
 
 /// Serve one SSH connection, accepted or inner (a ProxyJump hop), until it ends. The
 /// version exchange, key exchange and authentication must be done within
@@ -137,6 +145,7 @@ impl FrontHandler {
             authenticated: Arc::new(AtomicBool::new(false)),
             channels: Arc::new(Semaphore::new(gw.config.max_sessions)),
             limit_audited: AtomicBool::new(false),
+            refused_channels: 0,
             gw,
             origin,
             mode,
@@ -174,6 +183,32 @@ impl FrontHandler {
             _ => {}
         }
         self.gw.audit(event).await;
+    }
+
+    /// Count a channel open refused by policy (after it was audited); at
+    /// [`MAX_REFUSED_CHANNELS`], audit that and close the connection.
+    async fn channel_refused(&mut self, session: &mut Session) {
+        self.refused_channels += 1;
+        if self.refused_channels < MAX_REFUSED_CHANNELS {
+            return;
+        }
+        let mut event = AuditEvent::new(
+            "access.denied",
+            Severity::Warning,
+            format!("connection closed after {MAX_REFUSED_CHANNELS} refused channel requests"),
+        )
+        .origin(&self.origin);
+        match &self.state {
+            AuthState::Target(s) => event = event.user(s.authorized().user()).session(s.id()),
+            AuthState::Jump { user } => event = event.user(user),
+            _ => {}
+        }
+        self.gw.audit(event).await;
+        let _ = session.disconnect(
+            russh::Disconnect::ByApplication,
+            &format!("herse: connection closed after {MAX_REFUSED_CHANNELS} refused requests"),
+            "",
+        );
     }
 
     fn refuse(&mut self, ssh_user: &str, message: String) -> Auth {
@@ -901,6 +936,7 @@ impl server::Handler for FrontHandler {
                         )
                         .await;
                     reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                    self.channel_refused(session).await;
                     return Ok(());
                 };
                 let Some((slot, reply)) = self.channel_slot(reply).await else {
@@ -950,24 +986,19 @@ impl server::Handler for FrontHandler {
                         });
                     }
                     Err(reason) => {
+                        let request = format!("direct-tcpip {host}:{port}");
                         let _ = s.recorder().meta(
                             u32::from(channel.id()),
                             &session_recordings::Meta::Denied {
-                                request: format!("direct-tcpip {host}:{port}"),
+                                request: request.clone(),
                                 reason: reason.clone(),
                             },
                         );
-                        self.gw
-                            .audit(
-                                AuditEvent::new("access.denied", Severity::Warning, reason)
-                                    .user(s.authorized().user())
-                                    .session(s.id())
-                                    .origin(&self.origin),
-                            )
-                            .await;
+                        s.audit_denied(&request, &reason).await;
                         reply
                             .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                             .await;
+                        self.channel_refused(session).await;
                     }
                 }
             }

@@ -3,7 +3,7 @@
 //! end path the recording is sealed and the session row closed.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -51,7 +51,15 @@ pub struct TargetSession {
     /// Lines for the user at their first session channel (grant outcomes since their
     /// last login).
     greeting: Mutex<Vec<String>>,
+    /// Requests refused on this session so far (see [`AUDITED_DENIALS`]).
+    denials: AtomicU32,
 }
+
+/// Refused requests of one session that are audited one by one. Every refusal is in the
+/// session's recording; past this many, the audit log gets a notice instead of a row
+/// per refusal, and the total in the session's end event, so a client repeating refused
+/// requests (an sftp loop, say) cannot grow the audit log without bound.
+pub const AUDITED_DENIALS: u32 = 20;
 
 /// Counts a relayed channel while it lives.
 pub struct ChannelGuard(Arc<TargetSession>);
@@ -177,6 +185,7 @@ impl TargetSession {
             open_channels: AtomicUsize::new(0),
             channels_done: tokio::sync::Notify::new(),
             greeting: Mutex::new(greeting),
+            denials: AtomicU32::new(0),
         });
         // Registered before its row exists, so the watcher never mistakes this session's
         // row for one left behind by a crash (and closes the row while it still runs).
@@ -243,9 +252,21 @@ impl TargetSession {
         *self.front.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     }
 
-    /// Audit a request refused on this session.
+    /// Audit a request refused on this session (up to [`AUDITED_DENIALS`] of them).
     pub async fn audit_denied(&self, request: &str, reason: &str) {
-        let e = AuditEvent::new("access.denied", Severity::Warning, format!("{request}: {reason}"))
+        let n = self.denials.fetch_add(1, Ordering::Relaxed) + 1;
+        let detail = match n.cmp(&AUDITED_DENIALS) {
+            std::cmp::Ordering::Less => format!("{request}: {reason}"),
+            std::cmp::Ordering::Equal => format!(
+                "{request}: {reason} (the {AUDITED_DENIALS}th refusal on this session: further ones are in \
+                 its recording only, and counted in its end event)"
+            ),
+            std::cmp::Ordering::Greater => {
+                tracing::debug!(session = %self.id, request, reason, "request denied, not audited");
+                return;
+            }
+        };
+        let e = AuditEvent::new("access.denied", Severity::Warning, detail)
             .user(self.authorized.user())
             .session(&self.id)
             .origin(&self.origin);
@@ -497,8 +518,14 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
     if let Err(e) = gw.store.session_ended(&s.id, &reason).await {
         tracing::error!(session = %s.id, error = %e, "cannot close session row");
     }
+    let denials = s.denials.load(Ordering::Relaxed);
+    let detail = if denials > AUDITED_DENIALS {
+        format!("{reason} ({denials} requests refused)")
+    } else {
+        reason
+    };
     gw.audit(
-        AuditEvent::new("session.end", Severity::Info, reason)
+        AuditEvent::new("session.end", Severity::Info, detail)
             .user(s.authorized.user())
             .session(&s.id)
             .origin(&s.origin),

@@ -982,6 +982,32 @@ fn read_only_sftp_refuses_writes_and_allows_reads() {
     assert!(denied.iter().any(|r| r.contains("rename")), "{denied:?}");
     let audit = ok(w.gw.ctl().args(["audit", "list", "--kind", "access.denied", "--json"]));
     assert!(audit.contains("sftp-write is not allowed"), "{audit}");
+    // A session repeating refused requests: every refusal is recorded, the audit log
+    // keeps the first herse::session::AUDITED_DENIALS and the total in the end event.
+    let flood = 25;
+    let cmds: String = (0..flood).map(|i| format!("-mkdir flood{i}\n")).collect();
+    let out = batch(&cmds);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_sessions_ended(&w);
+    let recorded = recordings(&w)
+        .into_iter()
+        .flat_map(|(_, ev)| ev)
+        .filter(|e| matches!(e, Event::Meta { meta: Meta::Denied { request, .. }, .. } if request.contains("flood")))
+        .count();
+    assert_eq!(recorded, flood, "every refusal is in the recording");
+    let events = json_lines(&ok(w.gw.ctl().args(["audit", "list", "--json", "--limit", "500"])));
+    let detail = |e: &serde_json::Value| e["detail"].as_str().unwrap_or("").to_owned();
+    let audited = events
+        .iter()
+        .filter(|e| e["kind"] == "access.denied" && detail(e).contains("flood"))
+        .count();
+    assert_eq!(audited, 20, "herse::session::AUDITED_DENIALS");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "session.end" && detail(e).contains(&format!("({flood} requests refused)"))),
+        "the end event counts the refusals"
+    );
 }
 
 fn recording_ids(w: &World) -> Vec<String> {
@@ -1511,6 +1537,51 @@ fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
     });
     assert!(!Path::new("/tmp/herse-smuggled").exists());
     assert!(!Path::new("/tmp/herse-second-command").exists());
+}
+
+/// Refused channel opens are audited each, up to herse::front::MAX_REFUSED_CHANNELS per
+/// connection; then the connection is closed, so probing targets cannot flood the audit
+/// log through one login.
+#[test]
+fn a_connection_that_keeps_being_refused_is_closed() {
+    let w = World::new("refusals");
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let limit: u32 = 16; // herse::front::MAX_REFUSED_CHANNELS
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let jump = raw_login_as(w.gw.port, key.clone(), &w.alice_totp, "alice").await;
+        for i in 0..limit {
+            let r = jump
+                .channel_open_direct_tcpip(format!("probe{i}"), 22, "127.0.0.1", 5000)
+                .await;
+            assert!(r.is_err(), "an unknown target was opened");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !jump.is_closed() {
+            assert!(Instant::now() < deadline, "the connection stayed open");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Under the limit, a connection goes on after a refusal.
+        let other = raw_login_as(w.gw.port, key.clone(), &w.alice_totp, "alice").await;
+        assert!(other
+            .channel_open_direct_tcpip("nowhere", 22, "127.0.0.1", 5000)
+            .await
+            .is_err());
+        other
+            .channel_open_direct_tcpip("web1", 22, "127.0.0.1", 5000)
+            .await
+            .expect("a known target after one refusal");
+    });
+    let events = json_lines(&ok(w.gw.ctl().args(["audit", "list", "--json", "--limit", "500"])));
+    let detail = |e: &serde_json::Value| e["detail"].as_str().unwrap_or("").to_owned();
+    let probes = events.iter().filter(|e| detail(e).contains("\"probe")).count();
+    assert_eq!(probes, limit as usize, "each refusal is audited");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["user"] == "alice" && detail(e).contains("connection closed after")),
+        "the closing is audited"
+    );
 }
 
 /// Channels per connection stop at `ssh.max_sessions`, like OpenSSH's MaxSessions, and a
