@@ -38,6 +38,8 @@ cargo build --release --quiet -p herse-gateway -p hersectl
 BIN="$CARGO_TARGET_DIR/release"
 HERSE_BIN=${HERSE_BIN:-$BIN/herse}
 # PATHS limits the paths measured (default: all four).
+# HERSE_BENCH_SSH_LINES adds lines to the gateway's [ssh] section, e.g.
+# 'ciphers = ["aes128-gcm@openssh.com"]'.
 PATHS=${PATHS:-"direct jump herse-jump herse-hop"}
 scripts/install-test-deps
 LOGIN=hbench
@@ -67,6 +69,7 @@ master_key_file = "secrets/master.key"
 policy = "policy.toml"
 [ssh]
 listen = ["127.0.0.1:0"]
+${HERSE_BENCH_SSH_LINES:-}
 CFG
 : > "$W/policy.toml"
 "$HERSE_BIN" -c "$W/herse.toml" init --json > /dev/null

@@ -40,6 +40,7 @@ struct RawSsh {
     tunnel_port: Option<Spanned<u16>>,
     max_connections: Option<Spanned<usize>>,
     max_sessions: Option<Spanned<usize>>,
+    ciphers: Option<Spanned<Vec<Spanned<String>>>>,
     auth_timeout: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
 }
@@ -159,6 +160,9 @@ pub struct GatewayConfig {
     /// Channels open at once on one SSH connection (OpenSSH's `MaxSessions`): shells,
     /// execs, SFTP, forwards and ProxyJump hops alike.
     pub max_sessions: usize,
+    /// Ciphers the SSH server offers clients (OpenSSH's `Ciphers`); the client's order
+    /// picks among them.
+    pub ciphers: Vec<russh::cipher::Name>,
     pub auth_timeout: Duration,
     pub drain_timeout: Duration,
     pub recordings_dir: PathBuf,
@@ -425,6 +429,40 @@ impl GatewayConfig {
             Some(m) => *m.get_ref(),
             None => 10,
         };
+        let ciphers = match &raw.ssh.ciphers {
+            None => crate::upstream::FRONT_CIPHERS.to_vec(),
+            Some(list) if list.get_ref().is_empty() => {
+                errors.push(src.at(Some(list.span()), "ssh.ciphers must name at least one cipher"));
+                crate::upstream::FRONT_CIPHERS.to_vec()
+            }
+            Some(list) => {
+                let mut ciphers = Vec::new();
+                for c in list.get_ref() {
+                    match crate::upstream::FRONT_CIPHERS
+                        .iter()
+                        .find(|n| n.as_ref() == c.get_ref())
+                    {
+                        Some(n) if ciphers.contains(n) => {
+                            errors.push(src.at(Some(c.span()), format!("ssh.ciphers: {} is listed twice", c.get_ref())))
+                        }
+                        Some(n) => ciphers.push(*n),
+                        None => errors.push(src.at(
+                            Some(c.span()),
+                            format!(
+                                "ssh.ciphers: unknown cipher {:?} (supported: {})",
+                                c.get_ref(),
+                                crate::upstream::FRONT_CIPHERS
+                                    .iter()
+                                    .map(|n| n.as_ref())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )),
+                    }
+                }
+                ciphers
+            }
+        };
         let mut env_allow = Vec::new();
         for p in &raw.sessions.env_allow {
             match glob::Pattern::new(p.get_ref()) {
@@ -485,6 +523,7 @@ impl GatewayConfig {
             password_policy,
             max_connections,
             max_sessions,
+            ciphers,
             auth_timeout,
             drain_timeout,
             recordings_dir,
@@ -567,6 +606,32 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn ciphers_default_to_all_and_are_checked() {
+        let base = "data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n";
+        let c = load(base).unwrap();
+        assert_eq!(c.ciphers, crate::upstream::FRONT_CIPHERS);
+        let c = load(&format!(
+            "{base}ciphers = [\"aes128-gcm@openssh.com\", \"aes256-gcm@openssh.com\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.ciphers, [russh::cipher::AES_128_GCM, russh::cipher::AES_256_GCM]);
+        for (list, what) in [
+            (
+                "[\"aes128-gcm@openssh.com\", \"3des-cbc\"]",
+                "unknown cipher \"3des-cbc\"",
+            ),
+            (
+                "[\"aes128-gcm@openssh.com\", \"aes128-gcm@openssh.com\"]",
+                "listed twice",
+            ),
+            ("[]", "at least one"),
+        ] {
+            let e = load(&format!("{base}ciphers = {list}\n")).unwrap_err().to_string();
+            assert!(e.contains(what) && e.contains(":5:"), "{list}: {e}");
+        }
     }
 
     #[test]

@@ -821,7 +821,7 @@ pub fn base_config(gw: &Gateway) -> server::Config {
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 3,
         nodelay: true,
-        preferred: crate::upstream::front_algorithms(),
+        preferred: crate::upstream::front_algorithms(&gw.config.ciphers),
         ..Default::default()
     }
 }

@@ -57,10 +57,11 @@ impl client::Handler for UpstreamHandler {
 
 pub type UpstreamHandle = client::Handle<UpstreamHandler>;
 
-/// Ciphers offered to clients, in russh's order plus aes128-gcm, which OpenSSH users
-/// commonly select for speed on AES-NI hardware. The client's order decides, so this
-/// order is only what a client without preferences would get.
-const FRONT_CIPHERS: &[russh::cipher::Name] = &[
+/// Ciphers offered to clients by default (`ssh.ciphers` narrows them), in russh's order
+/// plus aes128-gcm, which OpenSSH users commonly select for speed on AES-NI hardware.
+/// The client's order decides, so this order is only what a client without preferences
+/// would get.
+pub const FRONT_CIPHERS: &[russh::cipher::Name] = &[
     russh::cipher::CHACHA20_POLY1305,
     russh::cipher::AES_256_GCM,
     russh::cipher::AES_128_GCM,
@@ -82,10 +83,10 @@ const UPSTREAM_CIPHERS_AES_HW: &[russh::cipher::Name] = &[
     russh::cipher::AES_256_CTR,
 ];
 
-/// Algorithms the gateway's SSH server offers to clients.
-pub fn front_algorithms() -> russh::Preferred {
+/// Algorithms the gateway's SSH server offers to clients: `ciphers` (from `ssh.ciphers`).
+pub fn front_algorithms(ciphers: &[russh::cipher::Name]) -> russh::Preferred {
     russh::Preferred {
-        cipher: std::borrow::Cow::Borrowed(FRONT_CIPHERS),
+        cipher: std::borrow::Cow::Owned(ciphers.to_vec()),
         ..russh::Preferred::DEFAULT
     }
 }
@@ -288,7 +289,7 @@ mod tests {
 
     #[test]
     fn clients_are_offered_chacha20_and_aes_gcm() {
-        let front = front_algorithms();
+        let front = front_algorithms(FRONT_CIPHERS);
         for c in [
             russh::cipher::CHACHA20_POLY1305,
             russh::cipher::AES_128_GCM,

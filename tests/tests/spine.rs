@@ -1539,6 +1539,20 @@ fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
     assert!(!Path::new("/tmp/herse-second-command").exists());
 }
 
+/// `ssh.ciphers` is what clients are offered, on the outer connection and the ProxyJump
+/// hop alike (OpenSSH's `Ciphers`): a stock OpenSSH client still connects, one insisting
+/// on another cipher does not.
+#[test]
+fn ssh_ciphers_limit_what_clients_negotiate() {
+    let w = World::with_ssh("ciphers", "ciphers = [\"aes128-gcm@openssh.com\"]\n");
+    let out = ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo through"]));
+    assert_eq!(out.trim(), "through");
+    refused(
+        &run(ssh(&w.alice).args(["-c", "chacha20-poly1305@openssh.com", "-l", DEPLOY, "web1", "true"])),
+        "no matching cipher",
+    );
+}
+
 /// Refused channel opens are audited each, up to herse::front::MAX_REFUSED_CHANNELS per
 /// connection; then the connection is closed, so probing targets cannot flood the audit
 /// log through one login.
