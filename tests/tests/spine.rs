@@ -1203,6 +1203,46 @@ fn sigkill_during_a_transfer_leaves_a_truncated_recording_that_replays() {
     assert!(transcript.contains("line 1\n"), "replays up to the cut");
 }
 
+/// The same with bulk output, which the recorder stages and writes with direct I/O (a
+/// recording that takes 4 MiB within a flush interval): the cut recording verifies as
+/// truncated, never as corrupt, and holds the output up to the cut.
+#[test]
+fn sigkill_during_bulk_output_leaves_a_truncated_recording() {
+    let w = World::new("sigkillbulk");
+    let mut child = ssh(&w.alice)
+        .args(["-l", DEPLOY, "web1", "head -c 8000000000 /dev/zero"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(4500) {
+        let n = child.stdout.as_mut().unwrap().read(&mut buf).unwrap();
+        assert!(n > 0, "the transfer ended early");
+        got += n as u64;
+    }
+    assert!(got > 32 << 20, "bulk output, well above 4 MiB a second: {got} bytes");
+    let mut gw = w.gw;
+    gw.signal("KILL");
+    let _ = gw.proc.take().unwrap().child.wait();
+    let _ = child.kill();
+    let _ = child.wait();
+    let hersectl = |args: &[&str]| ok(Command::new(bin("hersectl")).arg("-c").arg(&gw.config).args(args));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&hersectl(&["recordings", "list", "--json"])).unwrap();
+    assert_eq!(rows.len(), 1);
+    let id = rows[0]["id"].as_str().unwrap().to_owned();
+    let show: serde_json::Value = serde_json::from_str(&hersectl(&["recordings", "show", &id, "--json"])).unwrap();
+    let status = show["verification"].as_str().unwrap();
+    assert!(status.contains("truncated at"), "{show}");
+    let recorded = show["bytes"]["output"].as_u64().unwrap();
+    assert!(
+        recorded >= 16 << 20 && recorded <= got + (8 << 20),
+        "the output up to the cut is recorded: {recorded} of {got} bytes relayed"
+    );
+}
+
 /// Unmounts on drop.
 struct Mount(PathBuf);
 impl Drop for Mount {
