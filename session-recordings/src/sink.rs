@@ -17,7 +17,10 @@
 //!
 //! A session that slows down (less than [`DIRECT_KEEP`] in a flush interval) goes back
 //! to buffered writes and frees its staging buffers and writer thread, so an idle
-//! terminal session holds none. A filesystem without direct I/O (tmpfs, some network
+//! terminal session holds none. At most [`MAX_DIRECT`] recordings of the process are in
+//! direct mode at once (2 MiB of buffers and a thread each); others wait their turn in
+//! buffered mode, so many clients pushing bulk at once cannot grow the gateway's memory
+//! or thread count beyond that. A filesystem without direct I/O (tmpfs, some network
 //! filesystems), or whose alignment needs more than 4 KiB, stays buffered.
 //!
 //! Errors from either path come back as `io::Error` from the next call: the recorder
@@ -27,6 +30,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
@@ -43,6 +47,29 @@ pub(crate) const DIRECT_KEEP: u64 = 1 << 20;
 const STAGING: usize = 1 << 20;
 /// Alignment of direct I/O buffers and offsets we provide.
 const ALIGN: usize = 4096;
+/// Recordings in direct mode at once, in this process.
+pub(crate) const MAX_DIRECT: usize = 64;
+static DIRECT_NOW: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_DIRECT`] places in direct mode, given back when dropped.
+struct DirectSlot;
+
+impl DirectSlot {
+    fn take() -> Option<DirectSlot> {
+        DIRECT_NOW
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_DIRECT).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| DirectSlot)
+    }
+}
+
+impl Drop for DirectSlot {
+    fn drop(&mut self) {
+        DIRECT_NOW.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 pub(crate) struct Sink {
     /// The recording, opened for buffered reads and writes.
@@ -72,6 +99,7 @@ struct Direct {
     writer: Writer,
     /// Buffers sent to the writer and not yet back (at most one).
     in_flight: usize,
+    _slot: DirectSlot,
 }
 
 impl Sink {
@@ -170,6 +198,10 @@ impl Sink {
         let Some(fd) = self.direct_fd.clone() else {
             return Ok(());
         };
+        let Some(slot) = DirectSlot::take() else {
+            // Every place is taken: buffered, and asked again at the next append.
+            return Ok(());
+        };
         // The staging buffer starts at the block holding the end of the file; the bytes
         // of that block already written are read back into it.
         let base = self.len - self.len % ALIGN as u64;
@@ -190,6 +222,7 @@ impl Sink {
             spare: None,
             writer,
             in_flight: 0,
+            _slot: slot,
         });
         Ok(())
     }
@@ -460,6 +493,9 @@ mod tests {
         }
     }
 
+    /// Tests that need direct mode, or fill its places, run one at a time.
+    static DIRECT_PLACES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn temp(name: &str) -> (std::path::PathBuf, File) {
         let path = std::env::temp_dir().join(format!("herse-sink-{}-{name}", std::process::id()));
         let _ = std::fs::remove_file(&path);
@@ -488,6 +524,7 @@ mod tests {
     /// page-cache test of the format.
     #[test]
     fn bulk_goes_direct_and_every_flush_leaves_the_whole_stream_in_the_file() {
+        let _one = DIRECT_PLACES.lock().unwrap_or_else(|p| p.into_inner());
         let (path, file) = temp("modes");
         let mut sink = Sink::new(file, &path);
         assert!(sink.direct_fd.is_some(), "the temp dir's filesystem has direct I/O");
@@ -530,6 +567,26 @@ mod tests {
     }
 
     #[test]
+    fn direct_mode_has_a_bounded_number_of_places() {
+        let _one = DIRECT_PLACES.lock().unwrap_or_else(|p| p.into_inner());
+        let taken: Vec<DirectSlot> = std::iter::from_fn(DirectSlot::take).take(MAX_DIRECT + 1).collect();
+        assert_eq!(taken.len(), MAX_DIRECT);
+        let (path, file) = temp("places");
+        let mut sink = Sink::new(file, &path);
+        assert!(sink.direct_fd.is_some(), "the temp dir's filesystem has direct I/O");
+        let mut s = Stream { next: 0, rng: 7 };
+        s.append(&mut sink, 6 << 20).unwrap();
+        assert!(!sink.is_direct(), "no place: still buffered");
+        drop(taken);
+        s.append(&mut sink, 1 << 20).unwrap();
+        assert!(sink.is_direct(), "a place came free");
+        sink.close().unwrap();
+        assert_eq!(DIRECT_NOW.load(Ordering::Acquire), 0, "the place is given back");
+        assert_file_is(&path, s.next);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
     fn without_direct_io_writes_are_buffered_with_write_behind() {
         let (path, file) = temp("buffered");
         let mut sink = Sink::new(file, &path);
@@ -550,6 +607,7 @@ mod tests {
 
     #[test]
     fn a_failed_direct_write_comes_back_as_an_error() {
+        let _one = DIRECT_PLACES.lock().unwrap_or_else(|p| p.into_inner());
         let (path, file) = temp("fails");
         let mut sink = Sink::new(file, &path);
         // A descriptor that cannot write: the writer thread's first write fails.
