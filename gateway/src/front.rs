@@ -987,13 +987,17 @@ impl server::Handler for FrontHandler {
                     }
                     Err(reason) => {
                         let request = format!("direct-tcpip {host}:{port}");
-                        let _ = s.recorder().meta(
+                        let recorded = s.recorder().meta(
                             u32::from(channel.id()),
                             &session_recordings::Meta::Denied {
                                 request: request.clone(),
                                 reason: reason.clone(),
                             },
                         );
+                        if let Err(e) = recorded {
+                            // Fail closed: a session whose recording broke goes no further.
+                            s.end(format!("recording failed: {e}"));
+                        }
                         s.audit_denied(&request, &reason).await;
                         reply
                             .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
