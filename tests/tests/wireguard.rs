@@ -450,14 +450,22 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
     };
     eprintln!("revocation closed the live session in {waited:?}");
     assert!(waited < Duration::from_millis(1500), "revocation took {waited:?}");
-    let rows: serde_json::Value =
-        serde_json::from_str(&ok(ctl().args(["sessions", "list", "--all", "--json"]))).unwrap();
-    assert!(
-        rows.as_array().unwrap().iter().any(|r| r["end_reason"]
-            .as_str()
-            .is_some_and(|e| e.contains("workstation alice-ws revoked"))),
-        "{rows}"
-    );
+    // The client is cut first; the session's row is closed after its recording is
+    // sealed, a moment later.
+    let t0 = Instant::now();
+    loop {
+        let rows: serde_json::Value =
+            serde_json::from_str(&ok(ctl().args(["sessions", "list", "--all", "--json"]))).unwrap();
+        if rows.as_array().unwrap().iter().any(|r| {
+            r["end_reason"]
+                .as_str()
+                .is_some_and(|e| e.contains("workstation alice-ws revoked"))
+        }) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{rows}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     net.ws1.wg_quick_down(&alice_conf);
     net.ws1.wg_quick_up(&alice_conf);
     assert!(
