@@ -70,8 +70,6 @@ struct State {
     prev: [u8; 32],
     dirty_since_checkpoint: bool,
     last_checkpoint: Instant,
-    /// Bytes of the recording handed to the sink.
-    written: u64,
     /// Seek index (see [`crate::format`]): one entry per EVENTS frame, written beside
     /// the recording.
     index_file: Option<File>,
@@ -163,7 +161,6 @@ impl FileRecorder {
                 prev: header_hash,
                 dirty_since_checkpoint: true,
                 last_checkpoint: Instant::now(),
-                written: 0,
                 index_file: None,
                 index: Vec::new(),
                 stopped: false,
@@ -176,7 +173,6 @@ impl FileRecorder {
             let mut sink = Sink::new(file, path);
             sink.append(&mut [IoSlice::new(&st.out)]).map_err(create_err)?;
             sink.sync().map_err(create_err)?;
-            st.written = sink.len();
             st.out.clear();
             st.sink = Some(sink);
             let mut index = OpenOptions::new()
@@ -220,10 +216,11 @@ impl FileRecorder {
         st.last_checkpoint = Instant::now();
     }
 
-    /// Close the EVENTS frame being filled and write it with one vectored write: head,
+    /// Close the EVENTS frame being filled and hand it to the sink in one call: head,
     /// the payload's pieces from where they are (copied record heads, shared packets),
-    /// hash. The bulk of a recording is never copied in memory; an encrypted tier's
-    /// frame is sealed into one buffer first.
+    /// hash. The sink writes them with one vectored write, or copies them once into its
+    /// direct-I/O staging buffer; an encrypted tier's frame is sealed into one buffer
+    /// first.
     fn close_chunk(&self, st: &mut State) -> Result<(), RecordError> {
         if st.chunk.is_empty() {
             return Ok(());
@@ -232,7 +229,8 @@ impl FileRecorder {
         Self::write_out(st)?;
         let (seq, prev) = (st.seq, st.prev);
         let first_t = st.chunk.first_t().unwrap_or(0);
-        format::encode_index_entry(&mut st.index, seq, st.written, first_t, &prev);
+        let offset = st.sink.as_ref().ok_or(RecordError::Finished)?.len();
+        format::encode_index_entry(&mut st.index, seq, offset, first_t, &prev);
         let sealed = self
             .data_key
             .lock()
@@ -260,7 +258,6 @@ impl FileRecorder {
         slices.extend(payload);
         slices.push(IoSlice::new(&hash));
         sink.append(&mut slices)?;
-        st.written += (format::FRAME_OVERHEAD + len) as u64;
         st.prev = hash;
         st.seq += 1;
         st.chunk.clear();
@@ -300,7 +297,6 @@ impl FileRecorder {
         }
         let sink = st.sink.as_mut().ok_or(RecordError::Finished)?;
         sink.append(&mut [IoSlice::new(&st.out)])?;
-        st.written += st.out.len() as u64;
         st.out.clear();
         if !st.index.is_empty() {
             if let Some(index) = st.index_file.as_mut() {
@@ -400,11 +396,13 @@ impl Recorder for FileRecorder {
         // The sync goes through a second descriptor of the same file, outside the lock:
         // the relay keeps appending while the disk catches up, and everything written
         // up to the checkpoint is on disk when this returns.
-        let sync = st.sink.as_ref().map(|s| s.sync_handle().map(|f| (f, s.dropped())));
+        let sync = st
+            .sink
+            .as_ref()
+            .map(|s| s.sync_handle().map(|f| (f, s.dropped(), s.len())));
         let sync = Self::stop_on_write_error(&mut st, sync.transpose().map_err(RecordError::from))?;
-        let to = st.written;
         drop(st);
-        if let Some((f, from)) = sync {
+        if let Some((f, from, to)) = sync {
             if let Err(e) = f.sync_data() {
                 // Pages may be lost: the recording stops here, and the seal will not
                 // claim otherwise.

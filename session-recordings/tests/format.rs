@@ -422,10 +422,11 @@ fn cached_bytes(path: &Path) -> u64 {
 
 #[test]
 fn synced_recording_pages_leave_the_page_cache() {
-    // Write-once data: every write-behind step and every checkpoint's sync drop what is
-    // on disk, so a long session neither fills the page cache nor writes into memory
-    // the hypervisor took back (see `drop_from_cache`). Needs a disk-backed temp dir
-    // (tmpfs pages cannot be dropped).
+    // Write-once data: a bulk recording bypasses the page cache (direct I/O, see the
+    // crate's `sink`), the buffered path drops what is written back every write-behind
+    // step, and every checkpoint's sync drops what is on disk, so a long session neither
+    // fills the page cache nor writes into memory the hypervisor took back. Needs a
+    // disk-backed temp dir (tmpfs pages cannot be dropped).
     let path = tmp("dropcache");
     let rec = FileRecorder::create(&path, &header(), key()).unwrap();
     let block: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
@@ -435,7 +436,7 @@ fn synced_recording_pages_leave_the_page_cache() {
     rec.flush().unwrap();
     let len = std::fs::metadata(&path).unwrap().len();
     assert!(len > 16 << 20, "{len}");
-    // Write-behind: once the first steps' writeback is done, the next steps drop them.
+    // Bulk: the first 4 MiB went through the cache, the rest bypassed it.
     std::thread::sleep(std::time::Duration::from_millis(800));
     for _ in 0..256 {
         rec.data(1, DataDirection::Output, &block).unwrap();
