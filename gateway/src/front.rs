@@ -93,6 +93,14 @@ pub struct FrontHandler {
 /// hand; a script that is refused this often is not going to succeed.
 pub const MAX_REFUSED_CHANNELS: u32 = 16;
 
+/// A kernel socket carrying SSH, read through a 128 KiB buffer. russh reads each packet
+/// with two `read_exact` calls (its first cipher block, then the rest), which on a bare
+/// socket is two or three `recv` system calls per packet; through the buffer one `recv`
+/// carries several packets. Writes pass straight through.
+pub(crate) fn read_buffered<S: tokio::io::AsyncRead>(socket: S) -> tokio::io::BufReader<S> {
+    tokio::io::BufReader::with_capacity(128 * 1024, socket)
+}
+
 /// Serve one SSH connection, accepted or inner (a ProxyJump hop), until it ends. The
 /// version exchange, key exchange and authentication must be done within
 /// `ssh.auth_timeout`, or the connection is cut: nothing half-open holds a connection

@@ -221,19 +221,13 @@ async fn accept_loop(
                     return;
                 }
             };
-            let tcp = tokio::io::BufReader::with_capacity(FRONT_READ_BUFFER, tcp);
+            let tcp = crate::front::read_buffered(tcp);
             serve_connection(gw2, tcp, origin, config)
                 .instrument(tracing::info_span!("connection", client.addr = %peer))
                 .await;
         });
     }
 }
-
-/// Read buffer of an accepted TCP connection. russh reads each packet with two
-/// `read_exact` calls (its first cipher block, then the rest), which on a bare socket
-/// is two or three `recv` system calls per packet; through this buffer one `recv`
-/// carries several packets.
-const FRONT_READ_BUFFER: usize = 128 * 1024;
 
 /// The portal's loopback listener (local admin).
 async fn portal_accept_loop(gw: Arc<Gateway>, listener: TcpListener, portal: crate::web::Portal) {

@@ -173,6 +173,8 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
             source,
         })?;
     let _ = tcp.set_nodelay(true);
+    // Bulk downloads arrive on this leg: read it buffered, like the front.
+    let tcp = crate::front::read_buffered(tcp);
     let connecting = client::connect_stream(Arc::new(client_config(target)), tcp, handler);
     let mut handle = match tokio::time::timeout(login.connect_timeout, connecting).await {
         Err(_) => return Err(UpstreamError::Timeout(addr)),
