@@ -12,7 +12,7 @@ use session_recordings::{FileRecorder, Header, PreviousRecording, RecordError, R
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
-use crate::ident::{Login, SessionId, TargetName, UserName};
+use crate::ident::{Login, RoleName, SessionId, TargetName, UserName};
 use crate::origin::Origin;
 use crate::policy::{Authorized, Denial};
 use crate::store::{AuditEvent, SessionStart, Severity};
@@ -29,6 +29,12 @@ pub enum StartError {
     Upstream(#[from] UpstreamError),
     #[error("session refused: gateway storage error")]
     Store(String),
+    #[error(
+        "session refused: {user} already has {open} session{s} open, the most role {role} allows \
+         (max_connections); end one first",
+        s = if *open == 1 { "" } else { "s" }
+    )]
+    TooManySessions { user: UserName, open: u64, role: RoleName },
 }
 
 pub struct TargetSession {
@@ -116,6 +122,18 @@ impl TargetSession {
                 return Err(denial.into());
             }
         };
+        // Checked first so a user at the limit costs no recording and no upstream
+        // connection; checked again, atomically, when the session's row is written.
+        if let Some(limit) = authorized.connection_limit() {
+            let open = gw
+                .store
+                .live_sessions_of(user.as_str())
+                .await
+                .map_err(|e| StartError::Store(e.to_string()))?;
+            if open >= u64::from(limit.max) {
+                return Err(too_many(gw, user, target, login, origin, open, &limit.role).await);
+            }
+        }
         let id = SessionId::random();
         let recorder = match open_recording(gw, &id, &authorized, origin).await {
             Ok(r) => r,
@@ -202,14 +220,32 @@ impl TargetSession {
             recording: &recording.to_string_lossy(),
             grant: session.authorized.grant().map(|g| g.id.as_str()),
         };
-        if let Err(e) = gw.store.session_started(&row).await {
+        // `Ok(Some(limit))`: the limit was reached by another session of this user that
+        // started meanwhile, on this node or another.
+        let written = match session.authorized.connection_limit() {
+            None => gw.store.session_started(&row).await.map(|()| None),
+            Some(limit) => gw
+                .store
+                .session_started_within(&row, limit.max)
+                .await
+                .map(|ok| (!ok).then_some(limit)),
+        };
+        let refusal = match written {
+            Ok(None) => None,
+            Ok(Some(limit)) => Some((
+                too_many(gw, user, target, login, origin, u64::from(limit.max), &limit.role).await,
+                "connection limit reached",
+            )),
+            Err(e) => Some((StartError::Store(e.to_string()), "gateway storage error")),
+        };
+        if let Some((err, why)) = refusal {
             gw.unregister(session.id.as_str());
             let _ = session
                 .upstream
                 .disconnect(russh::Disconnect::ByApplication, "session refused", "")
                 .await;
-            let _ = session.recorder.finish("gateway storage error");
-            return Err(StartError::Store(e.to_string()));
+            let _ = session.recorder.finish(why);
+            return Err(err);
         }
         gw.audit(
             AuditEvent::new("session.start", Severity::Info, session.authorized.describe())
@@ -342,6 +378,30 @@ pub async fn decide_now(
 
 fn recording_path(gw: &Gateway, id: &SessionId) -> std::path::PathBuf {
     gw.config.recordings_dir.join(format!("{id}.herserec"))
+}
+
+/// Audit a login refused at its user's `max_connections`, and say why.
+async fn too_many(
+    gw: &Gateway,
+    user: &UserName,
+    target: &TargetName,
+    login: &Login,
+    origin: &Origin,
+    open: u64,
+    role: &RoleName,
+) -> StartError {
+    let err = StartError::TooManySessions {
+        user: user.clone(),
+        open,
+        role: role.clone(),
+    };
+    gw.audit(
+        AuditEvent::new("access.denied", Severity::Warning, format!("{login}@{target}: {err}"))
+            .user(user)
+            .origin(origin),
+    )
+    .await;
+    err
 }
 
 async fn open_recording(

@@ -1767,3 +1767,102 @@ fn channels_per_connection_and_proxyjump_hops_are_bounded() {
     assert_eq!(audit.matches("ssh.max_sessions").count(), 1, "{audit}");
     assert_eq!(audit.matches("hop to web1 refused").count(), 1, "{audit}");
 }
+
+/// A role's `max_connections` caps the target sessions its holder has open at once
+/// (Teleport's role option of that name): the lowest among all the user's roles applies,
+/// the refusal says why and is audited, and a session that ends frees its place.
+#[test]
+fn a_roles_max_connections_caps_a_users_open_sessions() {
+    let w = World::new("maxconn");
+    let policy_path = w.d().join("policy.toml");
+    let policy = std::fs::read_to_string(&policy_path).unwrap();
+    // alice holds web-full and db-exec; the limit is on db-exec, which does not even
+    // cover web1.
+    let limited = policy.replacen("[roles.db-exec]\n", "[roles.db-exec]\nmax_connections = 2\n", 1);
+    assert_ne!(limited, policy);
+    std::fs::write(&policy_path, limited).unwrap();
+    w.gw.signal("HUP");
+    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+
+    let live = |n: usize| {
+        let start = Instant::now();
+        loop {
+            let rows =
+                serde_json::from_str::<Vec<serde_json::Value>>(&ok(w.gw.ctl().args(["sessions", "list", "--json"])))
+                    .unwrap();
+            if rows.len() == n {
+                return rows;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{} live sessions, not {n}",
+                rows.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // One after the other: the first proves the second factor (a TOTP code is good
+    // once), and the role remembers the proof for the second.
+    let mut held = Vec::new();
+    for n in 1..=2 {
+        held.push(
+            ssh(&w.alice)
+                .args(["-l", DEPLOY, "web1", "sleep 60"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        live(n);
+    }
+    let rows = live(2);
+
+    let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo third"]));
+    refused(
+        &out,
+        "alice already has 2 sessions open, the most role db-exec allows (max_connections)",
+    );
+    // The ProxyJump form counts the same sessions.
+    refused(
+        &run(ssh(&w.alice).args(["-J", "gw", "-l", DEPLOY, "web1", "echo third"])),
+        "max_connections",
+    );
+    // Another user is not limited by alice's sessions (bob's roles allow a shell only).
+    let mut bob = ssh(&w.bob)
+        .args(["-T", "-l", OPS, "web1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        bob.stdin
+            .take()
+            .unwrap()
+            .write_all(b"echo bob-$((1+1))\nexit\n")
+            .unwrap();
+    }
+    let out = bob.wait_with_output().unwrap();
+    assert!(text(&out.stdout).contains("bob-2"), "{}", text(&out.stderr));
+    let audit = ok(w.gw.ctl().args(["audit", "list", "--json", "--limit", "500"]));
+    let denials = json_lines(&audit)
+        .into_iter()
+        .filter(|e| e["kind"] == "access.denied" && e["detail"].as_str().unwrap_or("").contains("max_connections"))
+        .count();
+    assert_eq!(denials, 2, "each refusal is audited once:\n{audit}");
+
+    // Ending one session frees its place.
+    let id = rows[0]["id"].as_str().unwrap().to_owned();
+    ok(w.gw.ctl().args(["sessions", "kill", &id]));
+    live(1);
+    assert_eq!(
+        ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo again"])).trim(),
+        "again"
+    );
+    for c in &mut held {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

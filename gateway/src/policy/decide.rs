@@ -81,6 +81,15 @@ pub struct GrantUse {
     pub expires_at: i64,
 }
 
+/// The most target sessions a user may have open at once (on every node), and the
+/// role that says so: the lowest `max_connections` among all the user's roles, whether
+/// or not they cover this target, as Teleport does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimit {
+    pub max: u32,
+    pub role: RoleName,
+}
+
 /// Proof that policy allowed `user` to log in as `login` on `target`. Only
 /// [`Authorized::decide`] builds one, and the relay takes one to start.
 #[derive(Debug, Clone)]
@@ -97,6 +106,7 @@ pub struct Authorized {
     mfa_window: Option<Duration>,
     /// Set when a role that requires a grant was needed for this decision.
     grant: Option<GrantUse>,
+    connection_limit: Option<ConnectionLimit>,
 }
 
 impl Authorized {
@@ -124,6 +134,15 @@ impl Authorized {
         if roles.is_empty() {
             return Err(Denial::NoRoles(user.clone()));
         }
+        let connection_limit = roles
+            .iter()
+            .filter_map(|r| {
+                r.max_connections.map(|max| ConnectionLimit {
+                    max,
+                    role: r.name.clone(),
+                })
+            })
+            .min_by_key(|l| l.max);
         let on_tier: Vec<_> = roles.iter().filter(|r| r.tiers.contains(&t.tier)).collect();
         if on_tier.is_empty() {
             return Err(Denial::TierNotAllowed {
@@ -197,7 +216,13 @@ impl Authorized {
                     .and_then(|w| w.into_iter().min())
             },
             grant,
+            connection_limit,
         })
+    }
+
+    /// How many target sessions this user may have open at once, if any role limits it.
+    pub fn connection_limit(&self) -> Option<&ConnectionLimit> {
+        self.connection_limit.as_ref()
     }
 
     /// How long an earlier second-factor proof from the same workstation covers this
@@ -381,6 +406,60 @@ requires_grant = true
 
     fn n<T>(f: fn(&str) -> Result<T, crate::ident::NameError>, s: &str) -> T {
         f(s).unwrap()
+    }
+
+    #[test]
+    fn the_lowest_max_connections_among_all_the_users_roles_applies() {
+        let text = format!(
+            r#"
+[tiers.web.targets.web1]
+address = "127.0.0.1"
+host_keys = ["{KEY}"]
+[tiers.db.targets.db1]
+address = "127.0.0.3"
+host_keys = ["{KEY}"]
+[roles.web]
+tiers = ["web"]
+logins = ["deploy"]
+operations = ["shell"]
+max_session = "1h"
+idle_timeout = "10m"
+max_connections = 5
+[roles.open]
+tiers = ["web"]
+logins = ["deploy"]
+operations = ["exec"]
+max_session = "1h"
+idle_timeout = "10m"
+[roles.db]
+tiers = ["db"]
+logins = ["postgres"]
+operations = ["shell"]
+max_session = "1h"
+idle_timeout = "10m"
+max_connections = 2
+"#
+        );
+        let p = parse(Path::new("p.toml"), &text).unwrap();
+        let alice = n(UserName::parse, "alice");
+        let limit = |roles: &[&str]| {
+            let roles: Vec<RoleName> = roles.iter().map(|r| n(RoleName::parse, r)).collect();
+            let a = Authorized::decide(
+                &p,
+                &alice,
+                &roles,
+                &[],
+                0,
+                &n(TargetName::parse, "web1"),
+                &n(Login::parse, "deploy"),
+            )
+            .unwrap();
+            a.connection_limit().map(|l| (l.max, l.role.to_string()))
+        };
+        assert_eq!(limit(&["open"]), None);
+        assert_eq!(limit(&["web", "open"]), Some((5, "web".into())));
+        // The db role does not cover web1, and its limit still holds for alice.
+        assert_eq!(limit(&["web", "open", "db"]), Some((2, "db".into())));
     }
 
     #[test]

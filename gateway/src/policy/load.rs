@@ -88,7 +88,12 @@ struct RawRole {
     /// A second factor proven from a workstation covers this role's logins from it for
     /// this long (e.g. "15m"); absent: a fresh one for every connection.
     mfa_remember: Option<Spanned<String>>,
+    /// Target sessions a holder may have open at once, on every node.
+    max_connections: Option<Spanned<i64>>,
 }
+
+/// The most `max_connections` may say: a number, not a way to spell "unlimited".
+const MAX_CONNECTIONS_LIMIT: i64 = 10_000;
 
 /// Read and validate a policy file. Every problem is reported, not only the first.
 pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
@@ -375,8 +380,20 @@ fn role(
         .mfa_remember
         .as_ref()
         .map(|r| duration(src, errors, r, "mfa_remember"));
+    let max_connections = raw.max_connections.as_ref().and_then(|n| {
+        let v = *n.get_ref();
+        let ok = (1..=MAX_CONNECTIONS_LIMIT).contains(&v);
+        if !ok {
+            errors.push(src.at(
+                Some(n.span()),
+                format!("role {name}: max_connections must be between 1 and {MAX_CONNECTIONS_LIMIT}, not {v}"),
+            ));
+        }
+        u32::try_from(v).ok().filter(|_| ok)
+    });
     (errors.len() == before).then_some(Role {
         mfa_remember,
+        max_connections,
         name,
         tiers,
         targets,
@@ -416,6 +433,7 @@ fn duty(
         ("idle_timeout", raw.idle_timeout.is_some()),
         ("requires_grant", raw.requires_grant.is_some()),
         ("mfa_remember", raw.mfa_remember.is_some()),
+        ("max_connections", raw.max_connections.is_some()),
         ("tiers", raw.kind != RoleKind::Manager && raw.tiers.is_some()),
     ];
     for (field, present) in misplaced {
@@ -621,6 +639,45 @@ tiers = ["web"]
         let text = ok_policy().replace("max_session = \"8h\"\n", "");
         let err = parse(Path::new("p.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("role dev: missing field `max_session`"), "{err}");
+    }
+
+    #[test]
+    fn max_connections_is_a_bounded_count_on_engineer_roles() {
+        let text = ok_policy().replace(
+            "idle_timeout = \"30m\"\n",
+            "idle_timeout = \"30m\"\nmax_connections = 3\n",
+        );
+        let p = parse(Path::new("p.toml"), &text).unwrap();
+        assert_eq!(p.roles[&RoleName::parse("dev").unwrap()].max_connections, Some(3));
+        assert_eq!(
+            parse(Path::new("p.toml"), &ok_policy()).unwrap().roles[&RoleName::parse("dev").unwrap()].max_connections,
+            None
+        );
+        for bad in ["0", "-1", "10001"] {
+            let text = ok_policy().replace(
+                "idle_timeout = \"30m\"\n",
+                &format!("idle_timeout = \"30m\"\nmax_connections = {bad}\n"),
+            );
+            let errs = parse(Path::new("p.toml"), &text).unwrap_err().0;
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(
+                errs[0].message.contains("max_connections must be between 1 and 10000"),
+                "{}",
+                errs[0].message
+            );
+            assert_eq!(errs[0].line, 16, "{bad}: the line of the value");
+        }
+        let text = ok_policy().replace(
+            "idle_timeout = \"30m\"\n",
+            "idle_timeout = \"30m\"\nmax_connections = \"3\"\n",
+        );
+        assert!(parse(Path::new("p.toml"), &text).is_err(), "a string is not a count");
+        let text = ok_policy() + "[roles.audit]\nkind = \"auditor\"\nmax_connections = 2\n";
+        let err = parse(Path::new("p.toml"), &text).unwrap_err().to_string();
+        assert!(
+            err.contains("`max_connections` does not apply to a role of kind \"auditor\""),
+            "{err}"
+        );
     }
 
     #[test]

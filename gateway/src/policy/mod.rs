@@ -136,6 +136,9 @@ pub struct Role {
     pub requires_grant: bool,
     /// How long a second factor proven from a workstation covers this role's logins.
     pub mfa_remember: Option<Duration>,
+    /// Target sessions a holder of this role may have open at once, on every node
+    /// (Teleport's `max_connections`); the lowest among a user's roles applies.
+    pub max_connections: Option<u32>,
 }
 
 /// A whole, validated policy.

@@ -131,24 +131,42 @@ impl Store {
     }
 
     pub async fn session_started(&self, s: &SessionStart<'_>) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO sessions (id, node, user_name, target, tier, login, client_addr, recording, started_at, workstation, grant_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(s.id.as_str())
-        .bind(s.node)
-        .bind(s.user)
-        .bind(s.target)
-        .bind(s.tier)
-        .bind(s.login)
-        .bind(s.client_addr)
-        .bind(s.recording)
-        .bind(now_micros())
-        .bind(s.workstation)
-        .bind(s.grant)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin().await?;
+        insert_session(tx.conn()?, s).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Record a live session unless its user already has `max` live sessions (on any
+    /// node); `Ok(false)` then, and nothing is written. The user's row is locked first,
+    /// so two nodes starting sessions for one user at once cannot both pass the count.
+    pub async fn session_started_within(&self, s: &SessionStart<'_>, max: u32) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE users SET name = name WHERE name = $1")
+            .bind(s.user)
+            .execute(tx.conn()?)
+            .await?;
+        let open: i64 = sqlx::query("SELECT COUNT(*) FROM sessions WHERE user_name = $1 AND ended_at IS NULL")
+            .bind(s.user)
+            .fetch_one(tx.conn()?)
+            .await?
+            .try_get(0)?;
+        if open >= i64::from(max) {
+            return Ok(false);
+        }
+        insert_session(tx.conn()?, s).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Live sessions of `user`, on every node.
+    pub async fn live_sessions_of(&self, user: &str) -> Result<u64, StoreError> {
+        let open: i64 = sqlx::query("SELECT COUNT(*) FROM sessions WHERE user_name = $1 AND ended_at IS NULL")
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(open).unwrap_or(0))
     }
 
     pub async fn session_ended(&self, id: &SessionId, reason: &str) -> Result<(), StoreError> {
@@ -258,4 +276,25 @@ impl Store {
             .await?;
         r.as_ref().map(row).transpose().map_err(StoreError::from)
     }
+}
+
+async fn insert_session(conn: &mut sqlx::AnyConnection, s: &SessionStart<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sessions (id, node, user_name, target, tier, login, client_addr, recording, started_at, workstation, grant_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(s.id.as_str())
+    .bind(s.node)
+    .bind(s.user)
+    .bind(s.target)
+    .bind(s.tier)
+    .bind(s.login)
+    .bind(s.client_addr)
+    .bind(s.recording)
+    .bind(now_micros())
+    .bind(s.workstation)
+    .bind(s.grant)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -355,6 +355,71 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_users_live_sessions_are_counted_against_a_limit_on_every_backend() {
+        use crate::ident::SessionId;
+        use crate::store::SessionStart;
+        for (backend, s) in crate::store::test_backends().await {
+            let carol = UserName::parse("carol").unwrap();
+            s.add_user(&carol).await.unwrap();
+            let ids: Vec<SessionId> = (0..16).map(|_| SessionId::random()).collect();
+            // Sixteen starts at once on two "nodes", at most three live sessions.
+            let mut starts = tokio::task::JoinSet::new();
+            for (i, id) in ids.iter().enumerate() {
+                let (s, id) = (s.clone(), id.clone());
+                starts.spawn(async move {
+                    let row = SessionStart {
+                        id: &id,
+                        node: if i % 2 == 0 { "n1" } else { "n2" },
+                        user: "carol",
+                        target: "web1",
+                        tier: "web",
+                        login: "deploy",
+                        client_addr: "a",
+                        workstation: None,
+                        recording: "r",
+                        grant: None,
+                    };
+                    s.session_started_within(&row, 3).await.unwrap().then_some(id)
+                });
+            }
+            let mut started = Vec::new();
+            while let Some(r) = starts.join_next().await {
+                started.extend(r.unwrap());
+            }
+            assert_eq!(started.len(), 3, "{backend}: exactly the limit starts");
+            assert_eq!(s.live_sessions_of("carol").await.unwrap(), 3, "{backend}");
+            assert_eq!(
+                s.sessions(true, 100).await.unwrap().len(),
+                3,
+                "{backend}: refused starts write nothing"
+            );
+            // An ended session frees its place; other users do not count.
+            s.session_ended(&started[0], "done").await.unwrap();
+            assert_eq!(s.live_sessions_of("carol").await.unwrap(), 2, "{backend}");
+            let row = |id| SessionStart {
+                id,
+                node: "n1",
+                user: "carol",
+                target: "web1",
+                tier: "web",
+                login: "deploy",
+                client_addr: "a",
+                workstation: None,
+                recording: "r",
+                grant: None,
+            };
+            let next = SessionId::random();
+            assert!(s.session_started_within(&row(&next), 3).await.unwrap(), "{backend}");
+            assert!(
+                !s.session_started_within(&row(&SessionId::random()), 3).await.unwrap(),
+                "{backend}"
+            );
+            assert_eq!(s.live_sessions_of("nobody").await.unwrap(), 0, "{backend}");
+            eprintln!("session limit tests passed on {backend}");
+        }
+    }
+
     async fn users_keys_roles(s: &Store) {
         let alice = UserName::parse("alice").unwrap();
         let key = PublicKey::from_openssh(KEY).unwrap();
