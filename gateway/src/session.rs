@@ -219,6 +219,8 @@ impl TargetSession {
             workstation: origin.workstation().map(|w| w.as_str()),
             recording: &recording.to_string_lossy(),
             grant: session.authorized.grant().map(|g| g.id.as_str()),
+            ends_by: crate::store::now_micros()
+                .saturating_add(i64::try_from(session.authorized.max_session().as_micros()).unwrap_or(i64::MAX)),
         };
         // `Ok(Some(limit))`: the limit was reached by another session of this user that
         // started meanwhile, on this node or another.

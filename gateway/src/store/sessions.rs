@@ -17,6 +17,8 @@ pub struct SessionStart<'a> {
     pub recording: &'a str,
     /// The access grant the session runs under, if its decision needed one.
     pub grant: Option<&'a str>,
+    /// When the session must have ended (Unix microseconds): its maximum length.
+    pub ends_by: i64,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -38,6 +40,11 @@ pub struct SessionRow {
     pub purged_at: Option<i64>,
     pub grant: Option<String>,
 }
+
+/// The live sessions of user $1 at $2, for `max_connections`. Rows from before
+/// `ends_by` existed count while open.
+const LIVE_OF_USER: &str =
+    "SELECT COUNT(*) FROM sessions WHERE user_name = $1 AND ended_at IS NULL AND (ends_by IS NULL OR ends_by > $2)";
 
 const COLUMNS: &str = "id, node, user_name, target, tier, login, client_addr, recording, started_at, ended_at, end_reason, kill_requested_by, legal_hold, purged_at, workstation, grant_id";
 
@@ -146,8 +153,9 @@ impl Store {
             .bind(s.user)
             .execute(tx.conn()?)
             .await?;
-        let open: i64 = sqlx::query("SELECT COUNT(*) FROM sessions WHERE user_name = $1 AND ended_at IS NULL")
+        let open: i64 = sqlx::query(LIVE_OF_USER)
             .bind(s.user)
+            .bind(now_micros())
             .fetch_one(tx.conn()?)
             .await?
             .try_get(0)?;
@@ -159,10 +167,12 @@ impl Store {
         Ok(true)
     }
 
-    /// Live sessions of `user`, on every node.
+    /// Live sessions of `user`, on every node: open rows whose maximum length has not
+    /// passed (a row past it was left by a node that crashed).
     pub async fn live_sessions_of(&self, user: &str) -> Result<u64, StoreError> {
-        let open: i64 = sqlx::query("SELECT COUNT(*) FROM sessions WHERE user_name = $1 AND ended_at IS NULL")
+        let open: i64 = sqlx::query(LIVE_OF_USER)
             .bind(user)
+            .bind(now_micros())
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
@@ -280,8 +290,8 @@ impl Store {
 
 async fn insert_session(conn: &mut sqlx::AnyConnection, s: &SessionStart<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO sessions (id, node, user_name, target, tier, login, client_addr, recording, started_at, workstation, grant_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "INSERT INTO sessions (id, node, user_name, target, tier, login, client_addr, recording, started_at, workstation, grant_id, ends_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(s.id.as_str())
     .bind(s.node)
@@ -294,6 +304,7 @@ async fn insert_session(conn: &mut sqlx::AnyConnection, s: &SessionStart<'_>) ->
     .bind(now_micros())
     .bind(s.workstation)
     .bind(s.grant)
+    .bind(s.ends_by)
     .execute(conn)
     .await?;
     Ok(())

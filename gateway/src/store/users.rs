@@ -379,6 +379,7 @@ mod tests {
                         workstation: None,
                         recording: "r",
                         grant: None,
+                        ends_by: i64::MAX,
                     };
                     s.session_started_within(&row, 3).await.unwrap().then_some(id)
                 });
@@ -397,18 +398,21 @@ mod tests {
             // An ended session frees its place; other users do not count.
             s.session_ended(&started[0], "done").await.unwrap();
             assert_eq!(s.live_sessions_of("carol").await.unwrap(), 2, "{backend}");
-            let row = |id| SessionStart {
-                id,
-                node: "n1",
-                user: "carol",
-                target: "web1",
-                tier: "web",
-                login: "deploy",
-                client_addr: "a",
-                workstation: None,
-                recording: "r",
-                grant: None,
-            };
+            fn row(id: &SessionId) -> SessionStart<'_> {
+                SessionStart {
+                    id,
+                    node: "n1",
+                    user: "carol",
+                    target: "web1",
+                    tier: "web",
+                    login: "deploy",
+                    client_addr: "a",
+                    workstation: None,
+                    recording: "r",
+                    grant: None,
+                    ends_by: i64::MAX,
+                }
+            }
             let next = SessionId::random();
             assert!(s.session_started_within(&row(&next), 3).await.unwrap(), "{backend}");
             assert!(
@@ -416,6 +420,26 @@ mod tests {
                 "{backend}"
             );
             assert_eq!(s.live_sessions_of("nobody").await.unwrap(), 0, "{backend}");
+            // A row left open past its maximum length (by a node that crashed and never
+            // came back) no longer counts.
+            s.session_ended(&next, "done").await.unwrap();
+            let stale = SessionId::random();
+            s.session_started(&SessionStart {
+                ends_by: crate::store::now_micros() - 1,
+                ..row(&stale)
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                s.sessions(true, 100).await.unwrap().len(),
+                3,
+                "{backend}: still listed as open"
+            );
+            assert_eq!(s.live_sessions_of("carol").await.unwrap(), 2, "{backend}");
+            assert!(
+                s.session_started_within(&row(&SessionId::random()), 3).await.unwrap(),
+                "{backend}"
+            );
             eprintln!("session limit tests passed on {backend}");
         }
     }
@@ -465,6 +489,7 @@ mod tests {
             workstation: None,
             recording: "/r",
             grant: None,
+            ends_by: i64::MAX,
         })
         .await
         .unwrap();
@@ -502,6 +527,7 @@ mod tests {
             workstation: None,
             recording: "r",
             grant: None,
+            ends_by: i64::MAX,
         })
         .await
         .unwrap();
@@ -548,6 +574,7 @@ mod tests {
             workstation: None,
             recording: "r",
             grant: Some(gid.as_str()),
+            ends_by: i64::MAX,
         })
         .await
         .unwrap();
