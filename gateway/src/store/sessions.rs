@@ -147,9 +147,11 @@ impl Store {
     /// Record a live session unless its user already has `max` live sessions (on any
     /// node); `Ok(false)` then, and nothing is written. The user's row is locked first,
     /// so two nodes starting sessions for one user at once cannot both pass the count.
+    /// (A non-key column: on PostgreSQL that lock does not hold up foreign-key checks
+    /// of rows that reference the user.)
     pub async fn session_started_within(&self, s: &SessionStart<'_>, max: u32) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE users SET name = name WHERE name = $1")
+        sqlx::query("UPDATE users SET status = status WHERE name = $1")
             .bind(s.user)
             .execute(tx.conn()?)
             .await?;

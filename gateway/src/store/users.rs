@@ -359,6 +359,22 @@ mod tests {
     async fn a_users_live_sessions_are_counted_against_a_limit_on_every_backend() {
         use crate::ident::SessionId;
         use crate::store::SessionStart;
+        /// A session of carol's on node n1.
+        fn row(id: &SessionId) -> SessionStart<'_> {
+            SessionStart {
+                id,
+                node: "n1",
+                user: "carol",
+                target: "web1",
+                tier: "web",
+                login: "deploy",
+                client_addr: "a",
+                workstation: None,
+                recording: "r",
+                grant: None,
+                ends_by: i64::MAX,
+            }
+        }
         for (backend, s) in crate::store::test_backends().await {
             let carol = UserName::parse("carol").unwrap();
             s.add_user(&carol).await.unwrap();
@@ -369,17 +385,8 @@ mod tests {
                 let (s, id) = (s.clone(), id.clone());
                 starts.spawn(async move {
                     let row = SessionStart {
-                        id: &id,
                         node: if i % 2 == 0 { "n1" } else { "n2" },
-                        user: "carol",
-                        target: "web1",
-                        tier: "web",
-                        login: "deploy",
-                        client_addr: "a",
-                        workstation: None,
-                        recording: "r",
-                        grant: None,
-                        ends_by: i64::MAX,
+                        ..row(&id)
                     };
                     s.session_started_within(&row, 3).await.unwrap().then_some(id)
                 });
@@ -398,21 +405,6 @@ mod tests {
             // An ended session frees its place; other users do not count.
             s.session_ended(&started[0], "done").await.unwrap();
             assert_eq!(s.live_sessions_of("carol").await.unwrap(), 2, "{backend}");
-            fn row(id: &SessionId) -> SessionStart<'_> {
-                SessionStart {
-                    id,
-                    node: "n1",
-                    user: "carol",
-                    target: "web1",
-                    tier: "web",
-                    login: "deploy",
-                    client_addr: "a",
-                    workstation: None,
-                    recording: "r",
-                    grant: None,
-                    ends_by: i64::MAX,
-                }
-            }
             let next = SessionId::random();
             assert!(s.session_started_within(&row(&next), 3).await.unwrap(), "{backend}");
             assert!(
