@@ -12,7 +12,7 @@ use session_recordings::{FileRecorder, Header, PreviousRecording, RecordError, R
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
-use crate::ident::{Login, RoleName, SessionId, TargetName, UserName};
+use crate::ident::{Login, SessionId, TargetName, UserName};
 use crate::origin::Origin;
 use crate::policy::{Authorized, Denial};
 use crate::store::{AuditEvent, SessionStart, Severity};
@@ -29,12 +29,6 @@ pub enum StartError {
     Upstream(#[from] UpstreamError),
     #[error("session refused: gateway storage error")]
     Store(String),
-    #[error(
-        "session refused: {user} already has {open} session{s} open, the most role {role} allows \
-         (max_connections); end one first",
-        s = if *open == 1 { "" } else { "s" }
-    )]
-    TooManySessions { user: UserName, open: u64, role: RoleName },
 }
 
 pub struct TargetSession {
@@ -108,19 +102,7 @@ impl TargetSession {
             .map_err(|e| StartError::Store(e.to_string()))?
         {
             Ok(a) => a,
-            Err(denial) => {
-                gw.audit(
-                    AuditEvent::new(
-                        "access.denied",
-                        Severity::Warning,
-                        format!("{login}@{target}: {denial}"),
-                    )
-                    .user(user)
-                    .origin(origin),
-                )
-                .await;
-                return Err(denial.into());
-            }
+            Err(denial) => return Err(denied(gw, user, target, login, origin, denial).await),
         };
         // Checked first so a user at the limit costs no recording and no upstream
         // connection; checked again, atomically, when the session's row is written.
@@ -131,7 +113,7 @@ impl TargetSession {
                 .await
                 .map_err(|e| StartError::Store(e.to_string()))?;
             if open >= u64::from(limit.max) {
-                return Err(too_many(gw, user, target, login, origin, open, &limit.role).await);
+                return Err(denied(gw, user, target, login, origin, limit.refusal(user, open)).await);
             }
         }
         let id = SessionId::random();
@@ -235,7 +217,15 @@ impl TargetSession {
         let refusal = match written {
             Ok(None) => None,
             Ok(Some(limit)) => Some((
-                too_many(gw, user, target, login, origin, u64::from(limit.max), &limit.role).await,
+                denied(
+                    gw,
+                    user,
+                    target,
+                    login,
+                    origin,
+                    limit.refusal(user, u64::from(limit.max)),
+                )
+                .await,
                 "connection limit reached",
             )),
             Err(e) => Some((StartError::Store(e.to_string()), "gateway storage error")),
@@ -382,28 +372,26 @@ fn recording_path(gw: &Gateway, id: &SessionId) -> std::path::PathBuf {
     gw.config.recordings_dir.join(format!("{id}.herserec"))
 }
 
-/// Audit a login refused at its user's `max_connections`, and say why.
-async fn too_many(
+/// Audit a login that policy refused, and say why.
+async fn denied(
     gw: &Gateway,
     user: &UserName,
     target: &TargetName,
     login: &Login,
     origin: &Origin,
-    open: u64,
-    role: &RoleName,
+    denial: Denial,
 ) -> StartError {
-    let err = StartError::TooManySessions {
-        user: user.clone(),
-        open,
-        role: role.clone(),
-    };
     gw.audit(
-        AuditEvent::new("access.denied", Severity::Warning, format!("{login}@{target}: {err}"))
-            .user(user)
-            .origin(origin),
+        AuditEvent::new(
+            "access.denied",
+            Severity::Warning,
+            format!("{login}@{target}: {denial}"),
+        )
+        .user(user)
+        .origin(origin),
     )
     .await;
-    err
+    denial.into()
 }
 
 async fn open_recording(

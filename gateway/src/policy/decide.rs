@@ -29,6 +29,12 @@ pub enum Denial {
     },
     #[error("tier {tier} requires an approved access grant and you have none active")]
     GrantRequired { tier: TierName },
+    #[error(
+        "{user} already has {open} session{s} open, the most role {role} allows \
+         (max_connections); end one first",
+        s = if *open == 1 { "" } else { "s" }
+    )]
+    TooManySessions { user: UserName, open: u64, role: RoleName },
 }
 
 /// What an SFTP request needs.
@@ -88,6 +94,17 @@ pub struct GrantUse {
 pub struct ConnectionLimit {
     pub max: u32,
     pub role: RoleName,
+}
+
+impl ConnectionLimit {
+    /// The refusal of a login by `user`, who has `open` sessions open already.
+    pub fn refusal(&self, user: &UserName, open: u64) -> Denial {
+        Denial::TooManySessions {
+            user: user.clone(),
+            open,
+            role: self.role.clone(),
+        }
+    }
 }
 
 /// Proof that policy allowed `user` to log in as `login` on `target`. Only

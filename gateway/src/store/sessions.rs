@@ -138,9 +138,7 @@ impl Store {
     }
 
     pub async fn session_started(&self, s: &SessionStart<'_>) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        insert_session(tx.conn()?, s).await?;
-        tx.commit().await?;
+        insert_session(&self.pool, s).await?;
         Ok(())
     }
 
@@ -290,7 +288,10 @@ impl Store {
     }
 }
 
-async fn insert_session(conn: &mut sqlx::AnyConnection, s: &SessionStart<'_>) -> Result<(), sqlx::Error> {
+async fn insert_session<'c>(
+    conn: impl sqlx::Executor<'c, Database = sqlx::Any>,
+    s: &SessionStart<'_>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO sessions (id, node, user_name, target, tier, login, client_addr, recording, started_at, workstation, grant_id, ends_by) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",

@@ -346,6 +346,23 @@ mod tests {
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEh4KR6w7B2dEyE62oDLhFFbFtVWeUwyH8zqz4pWX5VA alice@ws";
 
+    /// A session of `user` on node n1, open until it is ended.
+    fn session_of<'a>(user: &'a str, id: &'a crate::ident::SessionId) -> crate::store::SessionStart<'a> {
+        crate::store::SessionStart {
+            id,
+            node: "n1",
+            user,
+            target: "web1",
+            tier: "web",
+            login: "deploy",
+            client_addr: "a",
+            workstation: None,
+            recording: "r",
+            grant: None,
+            ends_by: i64::MAX,
+        }
+    }
+
     #[tokio::test]
     async fn users_keys_roles_sessions_audit_on_every_backend() {
         for (backend, s) in crate::store::test_backends().await {
@@ -359,22 +376,6 @@ mod tests {
     async fn a_users_live_sessions_are_counted_against_a_limit_on_every_backend() {
         use crate::ident::SessionId;
         use crate::store::SessionStart;
-        /// A session of carol's on node n1.
-        fn row(id: &SessionId) -> SessionStart<'_> {
-            SessionStart {
-                id,
-                node: "n1",
-                user: "carol",
-                target: "web1",
-                tier: "web",
-                login: "deploy",
-                client_addr: "a",
-                workstation: None,
-                recording: "r",
-                grant: None,
-                ends_by: i64::MAX,
-            }
-        }
         for (backend, s) in crate::store::test_backends().await {
             let carol = UserName::parse("carol").unwrap();
             s.add_user(&carol).await.unwrap();
@@ -386,7 +387,7 @@ mod tests {
                 starts.spawn(async move {
                     let row = SessionStart {
                         node: if i % 2 == 0 { "n1" } else { "n2" },
-                        ..row(&id)
+                        ..session_of("carol", &id)
                     };
                     s.session_started_within(&row, 3).await.unwrap().then_some(id)
                 });
@@ -406,9 +407,14 @@ mod tests {
             s.session_ended(&started[0], "done").await.unwrap();
             assert_eq!(s.live_sessions_of("carol").await.unwrap(), 2, "{backend}");
             let next = SessionId::random();
-            assert!(s.session_started_within(&row(&next), 3).await.unwrap(), "{backend}");
             assert!(
-                !s.session_started_within(&row(&SessionId::random()), 3).await.unwrap(),
+                s.session_started_within(&session_of("carol", &next), 3).await.unwrap(),
+                "{backend}"
+            );
+            assert!(
+                !s.session_started_within(&session_of("carol", &SessionId::random()), 3)
+                    .await
+                    .unwrap(),
                 "{backend}"
             );
             assert_eq!(s.live_sessions_of("nobody").await.unwrap(), 0, "{backend}");
@@ -418,7 +424,7 @@ mod tests {
             let stale = SessionId::random();
             s.session_started(&SessionStart {
                 ends_by: crate::store::now_micros() - 1,
-                ..row(&stale)
+                ..session_of("carol", &stale)
             })
             .await
             .unwrap();
@@ -429,7 +435,9 @@ mod tests {
             );
             assert_eq!(s.live_sessions_of("carol").await.unwrap(), 2, "{backend}");
             assert!(
-                s.session_started_within(&row(&SessionId::random()), 3).await.unwrap(),
+                s.session_started_within(&session_of("carol", &SessionId::random()), 3)
+                    .await
+                    .unwrap(),
                 "{backend}"
             );
             eprintln!("session limit tests passed on {backend}");
@@ -470,21 +478,7 @@ mod tests {
         let bob = UserName::parse("bob").unwrap();
         s.add_user(&bob).await.unwrap();
         let id = SessionId::random();
-        s.session_started(&SessionStart {
-            id: &id,
-            node: "n1",
-            user: "bob",
-            target: "web1",
-            tier: "web",
-            login: "deploy",
-            client_addr: "127.0.0.1:1",
-            workstation: None,
-            recording: "/r",
-            grant: None,
-            ends_by: i64::MAX,
-        })
-        .await
-        .unwrap();
+        s.session_started(&session_of("bob", &id)).await.unwrap();
         assert!(s.sessions_to_end("n1").await.unwrap().is_empty());
         assert!(s.request_kill(&id, "local:root").await.unwrap());
         assert_eq!(
@@ -508,21 +502,7 @@ mod tests {
 
         // A suspended user's live session is reported for ending.
         let id2 = SessionId::random();
-        s.session_started(&SessionStart {
-            id: &id2,
-            node: "n1",
-            user: "bob",
-            target: "web1",
-            tier: "web",
-            login: "deploy",
-            client_addr: "a",
-            workstation: None,
-            recording: "r",
-            grant: None,
-            ends_by: i64::MAX,
-        })
-        .await
-        .unwrap();
+        s.session_started(&session_of("bob", &id2)).await.unwrap();
         s.set_user_status(&bob, UserStatus::Suspended, None).await.unwrap();
         assert_eq!(s.sessions_to_end("n1").await.unwrap()[0].1, "user suspended");
         assert_eq!(s.close_orphaned_sessions("n1").await.unwrap(), 1);
@@ -556,17 +536,8 @@ mod tests {
         assert_eq!(s.active_grants(&bob).await.unwrap().len(), 1);
         let id3 = SessionId::random();
         s.session_started(&SessionStart {
-            id: &id3,
-            node: "n1",
-            user: "bob",
-            target: "web1",
-            tier: "web",
-            login: "deploy",
-            client_addr: "a",
-            workstation: None,
-            recording: "r",
             grant: Some(gid.as_str()),
-            ends_by: i64::MAX,
+            ..session_of("bob", &id3)
         })
         .await
         .unwrap();
