@@ -134,6 +134,13 @@ pub enum SessionsCmd {
 }
 
 #[derive(Subcommand)]
+pub enum NodesCmd {
+    /// Every node that has run against this database: when it last reported, its live
+    /// sessions, and whether another node presumed it stopped.
+    List,
+}
+
+#[derive(Subcommand)]
 pub enum TargetsCmd {
     /// Targets in the policy.
     List,
@@ -393,7 +400,9 @@ async fn control(cli: &Cli) -> Result<(), Failure> {
             output::table(
                 cli.json,
                 &list,
-                &["ID", "USER", "TARGET", "LOGIN", "CLIENT", "STARTED", "ENDED", "GRANT"],
+                &[
+                    "ID", "USER", "TARGET", "LOGIN", "CLIENT", "NODE", "STARTED", "ENDED", "GRANT",
+                ],
                 |s| {
                     vec![
                         s.id.clone(),
@@ -401,9 +410,27 @@ async fn control(cli: &Cli) -> Result<(), Failure> {
                         s.target.clone(),
                         s.login.clone(),
                         s.client_addr.clone(),
+                        s.node.clone(),
                         output::time(s.started_at),
                         s.ended_at.map(output::time).unwrap_or_else(|| "live".into()),
                         s.grant.clone().unwrap_or_default(),
+                    ]
+                },
+            );
+        }
+        crate::Command::Nodes(NodesCmd::List) => {
+            let list: Vec<herse::store::NodeRow> = parse(execute(cli, &Call::NodesList).await?)?;
+            output::table(
+                cli.json,
+                &list,
+                &["NODE", "STARTED", "LAST SEEN", "LIVE SESSIONS", "PRESUMED STOPPED"],
+                |n| {
+                    vec![
+                        n.name.clone(),
+                        output::time(n.started_at),
+                        output::time(n.seen_at),
+                        n.live_sessions.to_string(),
+                        n.presumed_stopped_at.map(output::time).unwrap_or_default(),
                     ]
                 },
             );
@@ -488,6 +515,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         | crate::Command::Keys(_)
         | crate::Command::Roles(_)
         | crate::Command::Sessions(_)
+        | crate::Command::Nodes(_)
         | crate::Command::Targets(_) => control(&cli).await,
     }
 }

@@ -82,6 +82,9 @@ pub enum Command {
     /// Targets defined in the policy.
     #[command(subcommand)]
     Targets(commands::TargetsCmd),
+    /// Gateway nodes sharing the database, and whether each still reports.
+    #[command(subcommand)]
+    Nodes(commands::NodesCmd),
     /// Enrolled workstations: the WireGuard peers, each bound to its owner.
     #[command(subcommand)]
     Workstations(workstations::WorkstationsCmd),

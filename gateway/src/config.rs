@@ -30,6 +30,8 @@ struct RawConfig {
     sessions: RawSessions,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    cluster: RawCluster,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +110,35 @@ struct RawAudit {
     syslog: Option<Spanned<String>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    /// This gateway's name among the nodes sharing the database (default: the host name).
+    node: Option<Spanned<String>>,
+    /// How long a node may go unseen before the others close its sessions.
+    node_timeout: Option<Spanned<String>>,
+}
+
+/// Bounds of `cluster.node_timeout`: at least three heartbeats, at most an hour.
+const NODE_TIMEOUT_MIN: Duration = Duration::from_secs(15);
+const NODE_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+
+/// This machine's host name, the default node name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| valid_node_name(s))
+        .unwrap_or_else(|| "herse".to_owned())
+}
+
+fn valid_node_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// The WireGuard front door.
 #[derive(Debug, Clone)]
 pub struct WireguardConfig {
@@ -169,6 +200,10 @@ pub struct GatewayConfig {
     pub env_allow: Vec<glob::Pattern>,
     /// Where audit events are also sent (`[audit] syslog`).
     pub audit_syslog: Option<crate::audit_log::syslog::SyslogTarget>,
+    /// This gateway's node name in the shared database (`[cluster] node`).
+    pub node: String,
+    /// A node unseen for this long is presumed stopped and its sessions are closed.
+    pub node_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -507,6 +542,30 @@ impl GatewayConfig {
                 None
             }
         });
+        let node = match &raw.cluster.node {
+            None => host_name(),
+            Some(n) if valid_node_name(n.get_ref()) => n.get_ref().clone(),
+            Some(n) => {
+                errors.push(src.at(
+                    Some(n.span()),
+                    "cluster.node must be 1 to 64 letters, digits, '-', '_' or '.'",
+                ));
+                String::new()
+            }
+        };
+        let node_timeout = match &raw.cluster.node_timeout {
+            None => Duration::from_secs(60),
+            Some(t) => match humantime::parse_duration(t.get_ref()) {
+                Ok(d) if (NODE_TIMEOUT_MIN..=NODE_TIMEOUT_MAX).contains(&d) => d,
+                _ => {
+                    errors.push(src.at(
+                        Some(t.span()),
+                        "cluster.node_timeout: a duration from 15s to 1h (three heartbeats at least)",
+                    ));
+                    NODE_TIMEOUT_MIN
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
@@ -529,6 +588,8 @@ impl GatewayConfig {
             recordings_dir,
             env_allow,
             audit_syslog,
+            node,
+            node_timeout,
         })
     }
 
@@ -662,5 +723,32 @@ mod tests {
         );
         let e = load(&format!("{base}facility = \"auth\"\n")).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+    #[test]
+    fn the_node_name_defaults_to_the_host_and_its_timeout_is_bounded() {
+        let base = "data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n";
+        let c = load(base).unwrap();
+        assert!(valid_node_name(&c.node), "{}", c.node);
+        assert_eq!(c.node_timeout, Duration::from_secs(60));
+        let c = load(&format!(
+            "{base}[cluster]\nnode = \"gw-2.paris\"\nnode_timeout = \"2m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.node.as_str(), c.node_timeout),
+            ("gw-2.paris", Duration::from_secs(120))
+        );
+        for (line, what) in [
+            ("node = \"\"", "cluster.node must be"),
+            ("node = \"gw 2\"", "cluster.node must be"),
+            ("node = \"gw/2\"", "cluster.node must be"),
+            ("node_timeout = \"10s\"", "cluster.node_timeout"),
+            ("node_timeout = \"2h\"", "cluster.node_timeout"),
+            ("node_timeout = \"soon\"", "cluster.node_timeout"),
+            ("heartbeat = \"1s\"", "unknown field"),
+        ] {
+            let e = load(&format!("{base}[cluster]\n{line}\n")).unwrap_err().to_string();
+            assert!(e.contains("herse.toml:6") && e.contains(what), "{line}: {e}");
+        }
     }
 }

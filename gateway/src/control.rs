@@ -61,6 +61,7 @@ pub enum Call {
     SessionsKill {
         id: String,
     },
+    NodesList,
     /// The newest `limit` events matching, oldest first.
     AuditList {
         filter: AuditFilter,
@@ -441,6 +442,10 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
             access::check(caller, &Action::ListSessions)?;
             json(store.sessions(*live, clamp(*limit)).await?)
         }
+        Call::NodesList => {
+            access::check(caller, &Action::ListSessions)?;
+            json(store.nodes().await?)
+        }
         Call::SessionsKill { id } => {
             access::check(caller, &Action::KillSession)?;
             let sid = SessionId::parse(id).map_err(|e| err(ErrorKind::Invalid, e.to_string()))?;
@@ -581,7 +586,7 @@ async fn more(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serde_json:
         }
         Call::RecordingsHold { id, release } => recordings_hold(ctx, caller, id, *release).await,
         Call::RecordingsPurge => {
-            let ids = crate::retention::purge(ctx.store, ctx.policy()?, &crate::runtime::node_name()).await?;
+            let ids = crate::retention::purge(ctx.store, ctx.policy()?, &ctx.config.node).await?;
             let message = format!(
                 "purged {} recording(s){}{}",
                 ids.len(),

@@ -44,7 +44,6 @@ impl Gateway {
         policy: Policy,
         store: Store,
         keys: GatewayKeys,
-        node: String,
         portal_tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Arc<Self> {
         let webauthn = config
@@ -55,11 +54,11 @@ impl Gateway {
         let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         Arc::new(Gateway {
             connections,
+            node: config.node.clone(),
             config,
             policy: ArcSwap::from_pointee(policy),
             store,
             keys,
-            node,
             live: Mutex::new(HashMap::new()),
             stop_accepting: CancellationToken::new(),
             tasks: TaskTracker::new(),

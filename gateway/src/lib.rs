@@ -8,6 +8,7 @@ pub mod access;
 pub mod admin;
 pub mod audit_log;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod conn_threads;
 pub mod control;

@@ -13,15 +13,6 @@ use crate::policy;
 use crate::secrets::{MasterKey, MasterKeySource};
 use crate::store::Store;
 
-/// This machine's name, used as the node name in the sessions table.
-pub fn node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "herse".to_owned())
-}
-
 pub async fn open_store(config: &GatewayConfig) -> anyhow::Result<Store> {
     let store = Store::connect(&config.database_url, false).await.with_context(|| {
         format!(
@@ -32,7 +23,7 @@ pub async fn open_store(config: &GatewayConfig) -> anyhow::Result<Store> {
     store.migrate().await?;
     Ok(match &config.audit_syslog {
         Some(t) => store.with_syslog(std::sync::Arc::new(
-            crate::audit_log::syslog::Syslog::start(t.clone(), &node_name())
+            crate::audit_log::syslog::Syslog::start(t.clone(), &config.node)
                 .with_context(|| format!("cannot start syslog forwarding to {t}"))?,
         )),
         None => store,
@@ -68,5 +59,5 @@ pub async fn open_gateway(config_path: &Path, master_key_fd: Option<u32>) -> any
         }
     };
     drop(master);
-    Ok(Gateway::new(config, policy, store, keys, node_name(), portal_tls))
+    Ok(Gateway::new(config, policy, store, keys, portal_tls))
 }

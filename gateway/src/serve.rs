@@ -42,6 +42,9 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
         ))
         .await;
     }
+    // Join the nodes before serving: a node that cannot report itself alive would
+    // soon have its sessions closed by the others.
+    let member = crate::cluster::join(&gw).await?;
     let config = Arc::new(base_config(&gw));
     let permits = gw.connections.clone();
     let threads =
@@ -148,6 +151,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     .await;
     let watcher = tokio::spawn(watch_sessions(gw.clone()));
     let purger = tokio::spawn(purge_loop(gw.clone()));
+    let heartbeat = tokio::spawn(member.run(gw.clone()));
     tokio::spawn(crate::audit_log::checkpoint_loop(gw.clone()));
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -161,8 +165,10 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
         }
     }
     drain(&gw).await;
+    // The heartbeat runs through the drain, which may outlast cluster.node_timeout.
     watcher.abort();
     purger.abort();
+    heartbeat.abort();
     for l in listeners {
         l.abort();
     }

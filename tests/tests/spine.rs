@@ -1866,3 +1866,132 @@ fn a_roles_max_connections_caps_a_users_open_sessions() {
         let _ = c.wait();
     }
 }
+
+/// Two gateway nodes on one database. A node that stops reporting (here: frozen with
+/// SIGSTOP) has its open sessions closed by the other after `cluster.node_timeout`, so
+/// `sessions list` does not show them live for good; when the frozen node wakes, it
+/// learns that and ends the sessions it still ran, so none runs where a kill cannot
+/// reach it.
+#[test]
+fn a_silent_nodes_sessions_are_closed_by_another_node_and_it_ends_them_on_waking() {
+    let w = World::new("nodes");
+    let second = w.d().join("herse-n2.toml");
+    let text = std::fs::read_to_string(&w.gw.config).unwrap();
+    std::fs::write(
+        &second,
+        format!("{text}\n[cluster]\nnode = \"n2\"\nnode_timeout = \"15s\"\n"),
+    )
+    .unwrap();
+    let n2 = Gateway::start(w.d(), &second);
+    let ctl2 = || n2.ctl();
+    let json = |args: &[&str]| serde_json::from_str::<serde_json::Value>(&ok(ctl2().args(args))).unwrap();
+    let wait = |what: &str, limit: Duration, mut done: Box<dyn FnMut() -> bool + '_>| {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < limit, "{what} within {limit:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // A session through the first node (its node name is the host name).
+    let mut held = ssh(&w.alice)
+        .args(["-l", DEPLOY, "web1", "sleep 120"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait(
+        "the session is live",
+        Duration::from_secs(15),
+        Box::new(|| json(&["sessions", "list", "--json"]).as_array().unwrap().len() == 1),
+    );
+    let row = json(&["sessions", "list", "--json"])[0].clone();
+    let (id, first) = (
+        row["id"].as_str().unwrap().to_owned(),
+        row["node"].as_str().unwrap().to_owned(),
+    );
+    assert_ne!(first, "n2");
+    let nodes = json(&["nodes", "list", "--json"]);
+    let nodes = nodes.as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    let of = |name: &str| nodes.iter().find(|n| n["name"] == name).unwrap().clone();
+    assert_eq!(of(&first)["live_sessions"], 1);
+    assert_eq!(of("n2")["live_sessions"], 0);
+    assert!(of(&first)["presumed_stopped_at"].is_null());
+
+    // Freeze the first node: n2 closes its session once it has been silent for 15 s.
+    w.gw.signal("STOP");
+    let frozen = Instant::now();
+    wait(
+        "n2 closes the silent node's session",
+        Duration::from_secs(40),
+        Box::new(|| json(&["sessions", "list", "--json"]).as_array().unwrap().is_empty()),
+    );
+    assert!(
+        frozen.elapsed() >= Duration::from_secs(10),
+        "closed after {:?}, before the timeout",
+        frozen.elapsed()
+    );
+    let all = json(&["sessions", "list", "--all", "--json"]);
+    let row = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        row["end_reason"].as_str().unwrap(),
+        format!("node {first} stopped responding (unseen for over 15s)")
+    );
+    let audit = ok(ctl2().args(["audit", "list", "--kind", "node.stopped", "--json"]));
+    assert!(
+        audit.contains(&format!(
+            "node {first} unseen for over 15s: its 1 open session(s) closed by node n2"
+        )),
+        "{audit}"
+    );
+    assert!(!json(&["nodes", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["name"] == first.as_str() && n["presumed_stopped_at"].is_null()));
+    assert!(held.try_wait().unwrap().is_none(), "the client cannot know yet");
+
+    // Woken, the first node learns it was presumed stopped and ends the session.
+    w.gw.signal("CONT");
+    wait(
+        "the woken node ends the session it still ran",
+        Duration::from_secs(20),
+        Box::new(|| held.try_wait().unwrap().is_some()),
+    );
+    let mut err = String::new();
+    held.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("presumed stopped"), "the client is told why:\n{err}");
+    let audit = ok(ctl2().args(["audit", "list", "--kind", "node.presumed_stopped", "--json"]));
+    assert!(audit.contains("1 session(s) still running here ended"), "{audit}");
+    // The row keeps the reason it was closed with; the recording is whole and sealed.
+    let all = json(&["sessions", "list", "--all", "--json"]);
+    let row = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert!(row["end_reason"].as_str().unwrap().contains("stopped responding"));
+    wait(
+        "the recording verifies",
+        Duration::from_secs(10),
+        Box::new(|| run(ctl2().args(["recordings", "verify", &id])).status.success()),
+    );
+    let nodes = json(&["nodes", "list", "--json"]);
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["presumed_stopped_at"].is_null()),
+        "{nodes}"
+    );
+}

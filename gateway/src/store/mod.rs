@@ -6,6 +6,7 @@ mod audit;
 mod grants;
 mod home;
 mod mfa;
+mod nodes;
 mod portal;
 mod sessions;
 mod users;
@@ -20,6 +21,7 @@ use sqlx::ConnectOptions;
 
 pub use audit::{AuditCheckpoint, AuditEvent, AuditFilter, AuditRow, Severity};
 pub use grants::{ApprovalRow, GrantFilter, GrantRow, GrantStatus, NewGrant};
+pub use nodes::{Heartbeat, NodeRow};
 pub use portal::WebSession;
 pub use sessions::{SessionRow, SessionStart};
 pub use users::{fingerprint, KeyRow, UserRow, UserStatus};

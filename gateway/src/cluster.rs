@@ -1,0 +1,140 @@
+//! This node among the gateways that share one database: it reports itself alive, closes
+//! the sessions of nodes that stopped reporting, and ends its own sessions if another
+//! node presumed it stopped (see `store::nodes` for why both halves are needed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::gateway::Gateway;
+use crate::ident::SessionId;
+use crate::store::{now_micros, AuditEvent, Heartbeat, Severity, StoreError};
+
+/// How often a node reports itself alive and looks for silent nodes.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often a second process under this node's name is reported again.
+const NAME_SHARED_REPEAT: Duration = Duration::from_secs(600);
+
+/// This process, among the processes that have run as this node.
+fn new_instance() -> String {
+    SessionId::random().as_str().to_owned()
+}
+
+/// The node's first report, before it serves: an error stops the start (the database
+/// is unreachable), as the rest of start-up would.
+pub async fn join(gw: &Gateway) -> Result<Member, StoreError> {
+    let mut member = Member {
+        instance: new_instance(),
+        beaten: false,
+        name_shared_told: None,
+    };
+    member.beat(gw).await?;
+    Ok(member)
+}
+
+/// This process's standing as the node.
+pub struct Member {
+    instance: String,
+    beaten: bool,
+    name_shared_told: Option<tokio::time::Instant>,
+}
+
+impl Member {
+    async fn beat(&mut self, gw: &Gateway) -> Result<(), StoreError> {
+        let beat = gw
+            .store
+            .node_alive(&gw.node, &self.instance, now_micros(), self.beaten)
+            .await?;
+        self.beaten = true;
+        self.act_on(gw, beat).await;
+        Ok(())
+    }
+
+    async fn act_on(&mut self, gw: &Gateway, beat: Heartbeat) {
+        if let Some(at) = beat.presumed_stopped_at {
+            end_sessions_closed_elsewhere(gw, at).await;
+        }
+        if beat.name_shared && self.name_shared_told.is_none_or(|t| t.elapsed() >= NAME_SHARED_REPEAT) {
+            self.name_shared_told = Some(tokio::time::Instant::now());
+            let detail = format!(
+                "another gateway process also runs as node {}: give each node its own [cluster] node name \
+                 (each one closes the other's sessions when it restarts)",
+                gw.node
+            );
+            eprintln!("herse: {detail}");
+            gw.audit(AuditEvent::new("node.name_shared", Severity::Alert, detail))
+                .await;
+        }
+    }
+
+    /// Report every [`HEARTBEAT`] and close the sessions of silent nodes, until the
+    /// process stops.
+    pub async fn run(mut self, gw: Arc<Gateway>) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.beat(&gw).await {
+                tracing::error!(error = %e, "cannot report this node alive");
+            }
+            close_silent_nodes_sessions(&gw).await;
+        }
+    }
+}
+
+/// Another node found this one silent and closed its sessions' rows: end each session
+/// still running here whose row is closed, so none runs where a kill cannot reach it.
+async fn end_sessions_closed_elsewhere(gw: &Gateway, at: i64) {
+    let mut ended = 0usize;
+    for s in gw.live_sessions() {
+        match gw.store.session(s.id()).await {
+            Ok(Some(row)) if row.ended_at.is_none() => {}
+            Ok(_) => {
+                s.end(format!(
+                    "node {} was presumed stopped (unseen for longer than cluster.node_timeout) and its \
+                     sessions were closed",
+                    gw.node
+                ));
+                ended += 1;
+            }
+            Err(e) => tracing::error!(error = %e, session = %s.id(), "cannot read a session's row"),
+        }
+    }
+    let detail = format!(
+        "another node presumed node {} stopped at {} (unseen for longer than cluster.node_timeout) and \
+         closed its sessions; {ended} session(s) still running here ended",
+        gw.node,
+        crate::web::rfc3339(at)
+    );
+    eprintln!("herse: {detail}");
+    gw.audit(AuditEvent::new("node.presumed_stopped", Severity::Alert, detail))
+        .await;
+}
+
+async fn close_silent_nodes_sessions(gw: &Gateway) {
+    let timeout = gw.config.node_timeout;
+    let now = now_micros();
+    let since = now.saturating_sub(i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX));
+    let shown = humantime::format_duration(timeout).to_string();
+    let reason = |node: &str| format!("node {node} stopped responding (unseen for over {shown})");
+    match gw
+        .store
+        .close_sessions_of_silent_nodes(&gw.node, now, since, reason)
+        .await
+    {
+        Ok(closed) => {
+            for (node, n) in closed {
+                gw.audit(AuditEvent::new(
+                    "node.stopped",
+                    Severity::Warning,
+                    format!(
+                        "node {node} unseen for over {shown}: its {n} open session(s) closed by node {}",
+                        gw.node
+                    ),
+                ))
+                .await;
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot close the sessions of silent nodes"),
+    }
+}

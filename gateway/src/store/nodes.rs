@@ -1,0 +1,297 @@
+//! Gateway nodes sharing the database: each reports itself alive every few seconds,
+//! and the open sessions of a node that stopped reporting are closed by the others.
+//!
+//! Without this, a node that crashed and never came back left its sessions "live" in
+//! `sessions list` for good, where `sessions kill` could not end them. Closing them is
+//! safe only if a node that was merely slow (a long pause, a lost database connection)
+//! learns of it: it is marked `presumed_stopped_at`, sees the mark at its next
+//! heartbeat, and ends every session whose row was closed, so a running session always
+//! has an open row that a kill request reaches.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+
+/// What a node must act on after reporting itself alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Another node found this one silent at this time (Unix microseconds) and closed
+    /// the sessions it had open then.
+    pub presumed_stopped_at: Option<i64>,
+    /// Another process wrote this node's row since its last heartbeat: two gateways
+    /// run under one node name.
+    pub name_shared: bool,
+}
+
+/// A node as `hersectl nodes list` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeRow {
+    pub name: String,
+    pub started_at: i64,
+    pub seen_at: i64,
+    pub presumed_stopped_at: Option<i64>,
+    pub live_sessions: i64,
+}
+
+impl Store {
+    /// Record that `node`, run by the process `instance`, is alive at `now`. `beat_before`
+    /// says whether this process has reported before (so a row written by another
+    /// instance since then means a second process uses the name).
+    pub async fn node_alive(
+        &self,
+        node: &str,
+        instance: &str,
+        now: i64,
+        beat_before: bool,
+    ) -> Result<Heartbeat, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Lock the row first (a write on SQLite takes the database's write lock), so a
+        // node closing our sessions and this heartbeat happen one after the other.
+        sqlx::query("UPDATE nodes SET seen_at = seen_at WHERE name = $1")
+            .bind(node)
+            .execute(tx.conn()?)
+            .await?;
+        let row = sqlx::query("SELECT instance, presumed_stopped_at FROM nodes WHERE name = $1")
+            .bind(node)
+            .fetch_optional(tx.conn()?)
+            .await?;
+        let beat = match row {
+            None => {
+                sqlx::query(
+                    "INSERT INTO nodes (name, instance, started_at, seen_at, presumed_stopped_at) \
+                     VALUES ($1, $2, $3, $3, NULL)",
+                )
+                .bind(node)
+                .bind(instance)
+                .bind(now)
+                .execute(tx.conn()?)
+                .await?;
+                Heartbeat {
+                    presumed_stopped_at: None,
+                    name_shared: false,
+                }
+            }
+            Some(r) => {
+                let was: String = r.try_get(0)?;
+                let presumed: Option<i64> = r.try_get(1)?;
+                sqlx::query(
+                    "UPDATE nodes SET started_at = CASE WHEN instance = $2 THEN started_at ELSE $3 END, \
+                     instance = $2, seen_at = $3, presumed_stopped_at = NULL WHERE name = $1",
+                )
+                .bind(node)
+                .bind(instance)
+                .bind(now)
+                .execute(tx.conn()?)
+                .await?;
+                Heartbeat {
+                    presumed_stopped_at: presumed,
+                    name_shared: beat_before && was != instance,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(beat)
+    }
+
+    /// Close the open sessions of every node but `me` not seen since `silent_since`,
+    /// with `reason(node)` as their end reason, and mark those nodes presumed stopped.
+    /// Returns each such node with the number of sessions closed.
+    pub async fn close_sessions_of_silent_nodes(
+        &self,
+        me: &str,
+        now: i64,
+        silent_since: i64,
+        reason: impl Fn(&str) -> String,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let silent: Vec<String> = sqlx::query(
+            "SELECT n.name FROM nodes n WHERE n.name <> $1 AND n.seen_at < $2 \
+             AND EXISTS (SELECT 1 FROM sessions s WHERE s.node = n.name AND s.ended_at IS NULL)",
+        )
+        .bind(me)
+        .bind(silent_since)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+        let mut closed = Vec::new();
+        for node in silent {
+            let mut tx = self.pool.begin().await?;
+            // The mark is the decision, taken under the node row's lock: a heartbeat that
+            // got there first makes it match nothing, and one that comes after sees it.
+            let marked = sqlx::query(
+                "UPDATE nodes SET presumed_stopped_at = COALESCE(presumed_stopped_at, $1) \
+                 WHERE name = $2 AND seen_at < $3",
+            )
+            .bind(now)
+            .bind(&node)
+            .bind(silent_since)
+            .execute(tx.conn()?)
+            .await?
+            .rows_affected();
+            if marked == 0 {
+                continue;
+            }
+            let n =
+                sqlx::query("UPDATE sessions SET ended_at = $1, end_reason = $2 WHERE node = $3 AND ended_at IS NULL")
+                    .bind(now)
+                    .bind(reason(&node))
+                    .bind(&node)
+                    .execute(tx.conn()?)
+                    .await?
+                    .rows_affected();
+            tx.commit().await?;
+            if n > 0 {
+                closed.push((node, n));
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Every node that has reported, newest first, with its open sessions.
+    pub async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        sqlx::query(
+            "SELECT n.name, n.started_at, n.seen_at, n.presumed_stopped_at, \
+             (SELECT COUNT(*) FROM sessions s WHERE s.node = n.name AND s.ended_at IS NULL) \
+             FROM nodes n ORDER BY n.seen_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(NodeRow {
+                name: r.try_get(0)?,
+                started_at: r.try_get(1)?,
+                seen_at: r.try_get(2)?,
+                presumed_stopped_at: r.try_get(3)?,
+                live_sessions: r.try_get(4)?,
+            })
+        })
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ident::{SessionId, UserName};
+    use crate::store::SessionStart;
+
+    const SEC: i64 = 1_000_000;
+
+    fn on<'a>(node: &'a str, id: &'a SessionId) -> SessionStart<'a> {
+        SessionStart {
+            id,
+            node,
+            user: "carol",
+            target: "web1",
+            tier: "web",
+            login: "deploy",
+            client_addr: "a",
+            workstation: None,
+            recording: "r",
+            grant: None,
+            ends_by: i64::MAX,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_nodes_sessions_are_closed_and_it_learns_so_on_every_backend() {
+        for (backend, s) in crate::store::test_backends().await {
+            s.add_user(&UserName::parse("carol").unwrap()).await.unwrap();
+            let first = s.node_alive("n1", "i1", 0, false).await.unwrap();
+            assert_eq!(first.presumed_stopped_at, None, "{backend}");
+            assert!(!first.name_shared, "{backend}");
+            s.node_alive("n2", "i2", 0, false).await.unwrap();
+            let (a, b, c) = (SessionId::random(), SessionId::random(), SessionId::random());
+            s.session_started(&on("n1", &a)).await.unwrap();
+            s.session_started(&on("n1", &b)).await.unwrap();
+            s.session_started(&on("n2", &c)).await.unwrap();
+            s.session_ended(&b, "exit").await.unwrap();
+            let reason = |n: &str| format!("node {n} stopped responding");
+
+            // n2 keeps reporting; n1 falls silent.
+            s.node_alive("n2", "i2", 50 * SEC, true).await.unwrap();
+            assert!(
+                s.close_sessions_of_silent_nodes("n2", 50 * SEC, 0, reason)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{backend}: seen at the cut is not silent"
+            );
+            let closed = s
+                .close_sessions_of_silent_nodes("n2", 70 * SEC, 10 * SEC, reason)
+                .await
+                .unwrap();
+            assert_eq!(closed, vec![("n1".to_owned(), 1)], "{backend}: only n1's open session");
+            let row = s.session(&a).await.unwrap().unwrap();
+            assert_eq!(row.ended_at, Some(70 * SEC), "{backend}");
+            assert_eq!(
+                row.end_reason.as_deref(),
+                Some("node n1 stopped responding"),
+                "{backend}"
+            );
+            assert_eq!(
+                s.session(&b).await.unwrap().unwrap().end_reason.as_deref(),
+                Some("exit")
+            );
+            assert_eq!(
+                s.session(&c).await.unwrap().unwrap().ended_at,
+                None,
+                "{backend}: n2's own"
+            );
+            assert_eq!(s.live_sessions_of("carol").await.unwrap(), 1, "{backend}");
+            // A node never closes its own sessions this way, however old its own beat.
+            assert!(s
+                .close_sessions_of_silent_nodes("n2", 999 * SEC, 900 * SEC, reason)
+                .await
+                .unwrap()
+                .iter()
+                .all(|(n, _)| n != "n2"));
+            // Nothing more to close: a second pass does nothing.
+            assert!(s
+                .close_sessions_of_silent_nodes("n2", 80 * SEC, 10 * SEC, reason)
+                .await
+                .unwrap()
+                .is_empty());
+
+            // n1 was only paused: its next heartbeat says when it was presumed stopped,
+            // once.
+            let back = s.node_alive("n1", "i1", 90 * SEC, true).await.unwrap();
+            assert_eq!(back.presumed_stopped_at, Some(70 * SEC), "{backend}");
+            assert!(!back.name_shared, "{backend}");
+            let again = s.node_alive("n1", "i1", 95 * SEC, true).await.unwrap();
+            assert_eq!(again.presumed_stopped_at, None, "{backend}");
+            // Sessions n1 starts now are its own to run, and are not closed while it reports.
+            let d = SessionId::random();
+            s.session_started(&on("n1", &d)).await.unwrap();
+            assert!(s
+                .close_sessions_of_silent_nodes("n2", 100 * SEC, 60 * SEC, reason)
+                .await
+                .unwrap()
+                .is_empty());
+
+            // A second process under the name n1 shows up at n1's next heartbeat; a
+            // restart (a new process beating for the first time) does not.
+            s.node_alive("n1", "intruder", 96 * SEC, true).await.unwrap();
+            assert!(
+                s.node_alive("n1", "i1", 97 * SEC, true).await.unwrap().name_shared,
+                "{backend}"
+            );
+            assert!(
+                !s.node_alive("n1", "i3", 98 * SEC, false).await.unwrap().name_shared,
+                "{backend}"
+            );
+
+            let nodes = s.nodes().await.unwrap();
+            assert_eq!(nodes.len(), 2, "{backend}");
+            assert_eq!(nodes[0].name, "n1", "{backend}: newest first");
+            assert_eq!(
+                nodes[0].started_at,
+                98 * SEC,
+                "{backend}: a new process restarts the clock"
+            );
+            assert_eq!(nodes[0].live_sessions, 1, "{backend}");
+            assert_eq!(nodes[1].live_sessions, 1, "{backend}");
+        }
+    }
+}
