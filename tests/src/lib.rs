@@ -222,12 +222,19 @@ pub struct Gateway {
 impl Gateway {
     /// Write the config (listening on an ephemeral port), run `herse init`.
     pub fn init(dir: &Path) -> PathBuf {
+        Gateway::init_with(dir, "")
+    }
+
+    /// [`Gateway::init`] with `top` (top-level settings, such as `database_url`) added.
+    pub fn init_with(dir: &Path, top: &str) -> PathBuf {
         let cfg = dir.join("herse.toml");
         std::fs::write(
             &cfg,
-            "data_dir = \"data\"\nmaster_key_file = \"secrets/master.key\"\npolicy = \"policy.toml\"\n\
-             [ssh]\nlisten = [\"127.0.0.1:0\"]\nauth_timeout = \"20s\"\ndrain_timeout = \"3s\"\n\
-             [sessions]\nenv_allow = [\"LANG\", \"HERSE_TEST_*\"]\n",
+            format!(
+                "data_dir = \"data\"\nmaster_key_file = \"secrets/master.key\"\npolicy = \"policy.toml\"\n{top}\
+                 [ssh]\nlisten = [\"127.0.0.1:0\"]\nauth_timeout = \"20s\"\ndrain_timeout = \"3s\"\n\
+                 [sessions]\nenv_allow = [\"LANG\", \"HERSE_TEST_*\"]\n"
+            ),
         )
         .unwrap();
         ok(Command::new(bin("herse")).arg("-c").arg(&cfg).arg("init").arg("--json"));
@@ -322,6 +329,31 @@ impl Gateway {
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
+}
+
+/// The URL of a fresh database on the tests' PostgreSQL server (`HERSE_TEST_POSTGRES_URL`,
+/// started by `scripts/test-all`), or `None` where none runs. `HERSE_REQUIRE_POSTGRES`
+/// makes a missing server an error, so the full run cannot skip it silently.
+pub fn postgres_database(prefix: &str) -> Option<String> {
+    let Ok(admin) = std::env::var("HERSE_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("HERSE_REQUIRE_POSTGRES").is_none(),
+            "HERSE_REQUIRE_POSTGRES is set but HERSE_TEST_POSTGRES_URL is not"
+        );
+        return None;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!("herse_e2e_{prefix}_{}_{nanos}", std::process::id());
+    ok(Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", &admin, "-c"])
+        .arg(format!("CREATE DATABASE {name}")));
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("HERSE_TEST_POSTGRES_URL ends in /DATABASE");
+    Some(format!("{base}/{name}"))
 }
 
 /// A throwaway directory removed on drop (kept when HERSE_KEEP_TEST_DIRS is set).

@@ -51,13 +51,19 @@ impl World {
 
     /// A world whose gateway config has `ssh_lines` added to its `[ssh]` section.
     fn with_ssh(name: &str, ssh_lines: &str) -> World {
+        World::with_config(name, "", ssh_lines)
+    }
+
+    /// A world whose gateway config has `top` added to its top-level settings and
+    /// `ssh_lines` to its `[ssh]` section.
+    fn with_config(name: &str, top: &str, ssh_lines: &str) -> World {
         ensure_account(DEPLOY);
         ensure_account(OPS);
         let dir = TempDir::new(name);
         let d = dir.0.clone();
         // Placeholder policy so `herse init` can run; rewritten once targets exist.
         std::fs::write(d.join("policy.toml"), "").unwrap();
-        let config = Gateway::init(&d);
+        let config = Gateway::init_with(&d, top);
         let mut text = std::fs::read_to_string(&config).unwrap();
         if ssh_lines.contains("auth_timeout") {
             text = text.replace("auth_timeout = \"20s\"\n", "");
@@ -1874,7 +1880,11 @@ fn a_roles_max_connections_caps_a_users_open_sessions() {
 /// reach it.
 #[test]
 fn a_silent_nodes_sessions_are_closed_by_another_node_and_it_ends_them_on_waking() {
-    let w = World::new("nodes");
+    // On PostgreSQL, the multi-node backend, wherever the test server runs.
+    let top = postgres_database("nodes")
+        .map(|url| format!("database_url = \"{url}\"\n"))
+        .unwrap_or_default();
+    let w = World::with_config("nodes", &top, "");
     let second = w.d().join("herse-n2.toml");
     let text = std::fs::read_to_string(&w.gw.config).unwrap();
     std::fs::write(
