@@ -494,9 +494,16 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
     let mut execs = Vec::new();
     let mut sftp = Vec::new();
     let mut denied = Vec::new();
+    let mut recorded_end = None;
     let mut bytes = HashMap::<&str, u64>::new();
     for e in &events {
         match e {
+            // The reason sealed into the recording, which the session row may not hold
+            // (a row closed by another node, or after the database came back).
+            Event::Meta {
+                meta: Meta::End { reason },
+                ..
+            } => recorded_end = Some(reason.clone()),
             Event::Meta {
                 meta: Meta::Exec { command },
                 ..
@@ -561,6 +568,7 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
         "target": header.target, "target_address": header.target_addr, "tier": header.tier, "login": header.login,
         "role": header.role, "grant": header.grant, "decision": header.decision,
         "started": output::time(header.started_at_micros as i64), "ended": row.ended_at.map(output::time), "end_reason": row.end_reason,
+        "recorded_end_reason": recorded_end,
         "verification": status, "events": events.len(), "bytes": bytes, "execs": execs, "sftp": sftp, "denied": denied,
         "file": row.recording,
     });

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::gateway::Gateway;
 use crate::ident::SessionId;
-use crate::store::{now_micros, AuditEvent, Heartbeat, Severity, StoreError};
+use crate::store::{now_micros, AuditEvent, Heartbeat, Severity};
 
 /// How often a node reports itself alive and looks for silent nodes.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -21,11 +21,13 @@ fn new_instance() -> String {
 
 /// The node's first report, before it serves: an error stops the start (the database
 /// is unreachable), as the rest of start-up would.
-pub async fn join(gw: &Gateway) -> Result<Member, StoreError> {
+pub async fn join(gw: &Gateway) -> anyhow::Result<Member> {
     let mut member = Member {
         instance: new_instance(),
         beaten: false,
         name_shared_told: None,
+        reported: tokio::time::Instant::now(),
+        cut_off: false,
     };
     member.beat(gw).await?;
     Ok(member)
@@ -36,14 +38,20 @@ pub struct Member {
     instance: String,
     beaten: bool,
     name_shared_told: Option<tokio::time::Instant>,
+    /// The last heartbeat that reached the database.
+    reported: tokio::time::Instant,
+    /// The database has been out of reach for longer than `cluster.node_timeout`.
+    cut_off: bool,
 }
 
 impl Member {
-    async fn beat(&mut self, gw: &Gateway) -> Result<(), StoreError> {
-        let beat = gw
-            .store
-            .node_alive(&gw.node, &self.instance, now_micros(), self.beaten)
-            .await?;
+    async fn beat(&mut self, gw: &Gateway) -> anyhow::Result<()> {
+        // Bounded: a query to an unreachable server may otherwise wait minutes for TCP
+        // to give up, and the cut-off in `run` would come that late.
+        let alive = gw.store.node_alive(&gw.node, &self.instance, now_micros(), self.beaten);
+        let beat = tokio::time::timeout(HEARTBEAT, alive)
+            .await
+            .map_err(|_| anyhow::anyhow!("the database did not answer within {HEARTBEAT:?}"))??;
         self.beaten = true;
         self.act_on(gw, beat).await;
         Ok(())
@@ -74,10 +82,76 @@ impl Member {
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = self.beat(&gw).await {
-                tracing::error!(error = %e, "cannot report this node alive");
+            match self.beat(&gw).await {
+                Ok(()) => {
+                    self.reported = tokio::time::Instant::now();
+                    if std::mem::take(&mut self.cut_off) {
+                        eprintln!("herse: the database is reachable again");
+                    }
+                    // Bounded like the heartbeat, so a database that stops answering
+                    // here cannot hold the loop (and the cut-off) up.
+                    let tidy = async {
+                        close_rows_of_ended_sessions(&gw).await;
+                        close_silent_nodes_sessions(&gw).await;
+                    };
+                    if tokio::time::timeout(HEARTBEAT, tidy).await.is_err() {
+                        tracing::error!("closing ended and silent nodes' sessions took over {HEARTBEAT:?}");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot report this node alive");
+                    if self.reported.elapsed() >= gw.config.node_timeout {
+                        self.end_sessions_cut_off(&gw);
+                    }
+                }
             }
-            close_silent_nodes_sessions(&gw).await;
+        }
+    }
+
+    /// The database has been out of reach for `cluster.node_timeout`: kills,
+    /// suspensions and grant ends can no longer reach this node's sessions, and the
+    /// other nodes now presume it stopped. End them (fail closed); new sessions are
+    /// refused meanwhile, since their rows cannot be written.
+    fn end_sessions_cut_off(&mut self, gw: &Gateway) {
+        let live = gw.live_sessions();
+        if !self.cut_off || !live.is_empty() {
+            let why = format!(
+                "node {} cannot reach the database for over {}: kills, suspensions and grant ends \
+                 could not reach this session",
+                gw.node,
+                humantime::format_duration(gw.config.node_timeout)
+            );
+            eprintln!("herse: {why}; ending {} session(s)", live.len());
+            tracing::error!(sessions = live.len(), "{why}");
+            for s in live {
+                s.end(why.clone());
+            }
+        }
+        self.cut_off = true;
+    }
+}
+
+/// Close this node's open rows of sessions it no longer runs: a session that ended
+/// while its row could not be written (the database was out of reach). A session is
+/// registered before its row is written and unregistered after it is closed, so an
+/// open row of an unregistered session is never one still starting or running.
+async fn close_rows_of_ended_sessions(gw: &Gateway) {
+    let open = match gw.store.open_sessions_of_node(&gw.node).await {
+        Ok(open) => open,
+        Err(e) => return tracing::error!(error = %e, "cannot list this node's open sessions"),
+    };
+    for id in open {
+        if gw.live_session(&id).is_some() {
+            continue;
+        }
+        let Ok(sid) = SessionId::parse(&id) else { continue };
+        let reason = "ended while its row could not be written (its recording has the reason)";
+        match gw.store.session_ended(&sid, reason).await {
+            Ok(()) => {
+                gw.audit(AuditEvent::new("session.end", Severity::Warning, reason).session(&sid))
+                    .await
+            }
+            Err(e) => tracing::error!(error = %e, session = %sid, "cannot close a session row"),
         }
     }
 }

@@ -2005,3 +2005,147 @@ fn a_silent_nodes_sessions_are_closed_by_another_node_and_it_ends_them_on_waking
         "{nodes}"
     );
 }
+
+/// A PostgreSQL server of one test's own, which it may stop and start.
+struct OwnPostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    /// Started with the project's script (which installs PostgreSQL where it is missing).
+    fn start(dir: PathBuf) -> OwnPostgres {
+        let port = free_port();
+        let script = manifest_dir().parent().unwrap().join("scripts/start-test-postgres");
+        std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        ok(Command::new(script)
+            .env("HERSE_TEST_PG_PORT", port.to_string())
+            .env("HERSE_TEST_PG_DIR", &dir));
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .unwrap()
+            .map(|e| e.unwrap().path().join("bin"))
+            .max()
+            .unwrap();
+        OwnPostgres { dir, bin, port }
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        ok(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.dir)
+            .args(args));
+    }
+
+    fn stop(&self) {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+
+    fn restart(&self) {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        self.pg_ctl(&["-l", &format!("{}/log", self.dir.display()), "-w", "-o", &opts, "start"]);
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Fail closed when the database is lost: once a node has not reached it for
+/// `cluster.node_timeout`, kills, suspensions and grant ends cannot reach its sessions,
+/// so it ends them; when the database is back, it closes the rows it could not close
+/// then.
+#[test]
+fn a_node_that_loses_its_database_ends_its_sessions_and_closes_their_rows_once_back() {
+    if std::env::var_os("HERSE_TEST_POSTGRES_URL").is_none() {
+        assert!(
+            std::env::var_os("HERSE_REQUIRE_POSTGRES").is_none(),
+            "PostgreSQL is required"
+        );
+        eprintln!("skipped: no PostgreSQL (scripts/test-all starts one)");
+        return;
+    }
+    let pg = OwnPostgres::start(std::env::temp_dir().join(format!("herse-e2e-lostdb-pg-{}", std::process::id())));
+    ok(Command::new("psql").args(["-q", &pg.url("postgres"), "-c", "CREATE DATABASE herse"]));
+    let top = format!(
+        "database_url = \"{}\"\n[cluster]\nnode_timeout = \"15s\"\n",
+        pg.url("herse")
+    );
+    let w = World::with_config("lostdb", &top, "");
+    let live = |w: &World| json_rows(&ok(w.gw.ctl().args(["sessions", "list", "--json"])));
+    let mut held = ssh(&w.alice)
+        .args(["-l", DEPLOY, "web1", "sleep 120"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while live(&w).len() != 1 {
+        assert!(start.elapsed() < Duration::from_secs(15), "the session never went live");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let id = live(&w)[0]["id"].as_str().unwrap().to_owned();
+
+    pg.stop();
+    let lost = Instant::now();
+    while held.try_wait().unwrap().is_none() {
+        assert!(
+            lost.elapsed() < Duration::from_secs(40),
+            "the session outlived its node's database"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        lost.elapsed() >= Duration::from_secs(10),
+        "ended after {:?}",
+        lost.elapsed()
+    );
+    let mut err = String::new();
+    held.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("cannot reach the database for over 15s"), "{err}");
+
+    // Back (after the node gave up writing the session's end): the row it could not
+    // close then is closed, and audited.
+    w.gw.wait_line("cannot close session row", Duration::from_secs(30));
+    pg.restart();
+    let back = Instant::now();
+    while !live(&w).is_empty() {
+        assert!(back.elapsed() < Duration::from_secs(30), "the row stayed open");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let all = json_rows(&ok(w.gw.ctl().args(["sessions", "list", "--all", "--json"])));
+    let row = all.iter().find(|r| r["id"] == id.as_str()).unwrap();
+    assert!(
+        row["end_reason"].as_str().unwrap().contains("could not be written"),
+        "{row}"
+    );
+    let audit = ok(w.gw.ctl().args(["audit", "list", "--kind", "session.end", "--json"]));
+    assert!(audit.contains(&id), "{audit}");
+    // The recording was sealed with the real reason, and verifies.
+    ok(w.gw.ctl().args(["recordings", "verify", &id]));
+    let shown = ok(w.gw.ctl().args(["recordings", "show", &id]));
+    assert!(shown.contains("cannot reach the database"), "{shown}");
+}
+
+fn json_rows(out: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(out).unwrap()
+}

@@ -148,6 +148,17 @@ impl Store {
         Ok(closed)
     }
 
+    /// The ids of `node`'s open session rows.
+    pub async fn open_sessions_of_node(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        sqlx::query("SELECT id FROM sessions WHERE node = $1 AND ended_at IS NULL")
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
+    }
+
     /// Every node that has reported, newest first, with its open sessions.
     pub async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
         sqlx::query(
