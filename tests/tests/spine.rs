@@ -1904,18 +1904,7 @@ fn a_silent_nodes_sessions_are_closed_by_another_node_and_it_ends_them_on_waking
     };
 
     // A session through the first node (its node name is the host name).
-    let mut held = ssh(&w.alice)
-        .args(["-l", DEPLOY, "web1", "sleep 120"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait(
-        "the session is live",
-        Duration::from_secs(15),
-        Box::new(|| json(&["sessions", "list", "--json"]).as_array().unwrap().len() == 1),
-    );
-    let row = json(&["sessions", "list", "--json"])[0].clone();
+    let (mut held, row) = hold_session(&w, ctl2);
     let (id, first) = (
         row["id"].as_str().unwrap().to_owned(),
         row["node"].as_str().unwrap().to_owned(),
@@ -1942,14 +1931,7 @@ fn a_silent_nodes_sessions_are_closed_by_another_node_and_it_ends_them_on_waking
         "closed after {:?}, before the timeout",
         frozen.elapsed()
     );
-    let all = json(&["sessions", "list", "--all", "--json"]);
-    let row = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id.as_str())
-        .unwrap()
-        .clone();
+    let row = session_row(ctl2(), &id);
     assert_eq!(
         row["end_reason"].as_str().unwrap(),
         format!("node {first} stopped responding (unseen for over 15s)")
@@ -1981,14 +1963,7 @@ fn a_silent_nodes_sessions_are_closed_by_another_node_and_it_ends_them_on_waking
     let audit = ok(ctl2().args(["audit", "list", "--kind", "node.presumed_stopped", "--json"]));
     assert!(audit.contains("1 session(s) still running here ended"), "{audit}");
     // The row keeps the reason it was closed with; the recording is whole and sealed.
-    let all = json(&["sessions", "list", "--all", "--json"]);
-    let row = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id.as_str())
-        .unwrap()
-        .clone();
+    let row = session_row(ctl2(), &id);
     assert!(row["end_reason"].as_str().unwrap().contains("stopped responding"));
     wait(
         "the recording verifies",
@@ -2092,18 +2067,8 @@ fn a_node_that_loses_its_database_ends_its_sessions_and_closes_their_rows_once_b
     );
     let w = World::with_config("lostdb", &top, "");
     let live = |w: &World| json_rows(&ok(w.gw.ctl().args(["sessions", "list", "--json"])));
-    let mut held = ssh(&w.alice)
-        .args(["-l", DEPLOY, "web1", "sleep 120"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while live(&w).len() != 1 {
-        assert!(start.elapsed() < Duration::from_secs(15), "the session never went live");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let id = live(&w)[0]["id"].as_str().unwrap().to_owned();
+    let (mut held, row) = hold_session(&w, || w.gw.ctl());
+    let id = row["id"].as_str().unwrap().to_owned();
 
     pg.stop();
     let lost = Instant::now();
@@ -2132,8 +2097,7 @@ fn a_node_that_loses_its_database_ends_its_sessions_and_closes_their_rows_once_b
         assert!(back.elapsed() < Duration::from_secs(30), "the row stayed open");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let all = json_rows(&ok(w.gw.ctl().args(["sessions", "list", "--all", "--json"])));
-    let row = all.iter().find(|r| r["id"] == id.as_str()).unwrap();
+    let row = session_row(w.gw.ctl(), &id);
     assert!(
         row["end_reason"].as_str().unwrap().contains("could not be written"),
         "{row}"
@@ -2148,4 +2112,35 @@ fn a_node_that_loses_its_database_ends_its_sessions_and_closes_their_rows_once_b
 
 fn json_rows(out: &str) -> Vec<serde_json::Value> {
     serde_json::from_str(out).unwrap()
+}
+
+/// Run `sleep 120` on web1 as alice and wait until its session is live (the only one,
+/// as `ctl` lists them): the client, its stderr piped, and the session's row.
+#[allow(clippy::zombie_processes)] // the client is returned; its caller waits for it
+fn hold_session(w: &World, ctl: impl Fn() -> Command) -> (std::process::Child, serde_json::Value) {
+    let mut held = ssh(&w.alice)
+        .args(["-l", DEPLOY, "web1", "sleep 120"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let [row] = json_rows(&ok(ctl().args(["sessions", "list", "--json"]))).as_slice() {
+            return (held, row.clone());
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = held.kill();
+            panic!("the session never went live");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The `sessions list --all` row of session `id`.
+fn session_row(mut ctl: Command, id: &str) -> serde_json::Value {
+    json_rows(&ok(ctl.args(["sessions", "list", "--all", "--json"])))
+        .into_iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("no session {id}"))
 }

@@ -279,6 +279,24 @@ impl Store {
     }
 }
 
+/// A session of `user` on node n1, open until it is ended (store tests).
+#[cfg(test)]
+pub(crate) fn test_session<'a>(user: &'a str, id: &'a crate::ident::SessionId) -> SessionStart<'a> {
+    SessionStart {
+        id,
+        node: "n1",
+        user,
+        target: "web1",
+        tier: "web",
+        login: "deploy",
+        client_addr: "a",
+        workstation: None,
+        recording: "r",
+        grant: None,
+        ends_by: i64::MAX,
+    }
+}
+
 #[cfg(test)]
 pub(crate) async fn memory_store() -> Store {
     // One connection: every pooled `sqlite::memory:` connection is its own database.

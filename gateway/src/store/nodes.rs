@@ -55,39 +55,24 @@ impl Store {
             .bind(node)
             .fetch_optional(tx.conn()?)
             .await?;
-        let beat = match row {
-            None => {
-                sqlx::query(
-                    "INSERT INTO nodes (name, instance, started_at, seen_at, presumed_stopped_at) \
-                     VALUES ($1, $2, $3, $3, NULL)",
-                )
-                .bind(node)
-                .bind(instance)
-                .bind(now)
-                .execute(tx.conn()?)
-                .await?;
-                Heartbeat {
-                    presumed_stopped_at: None,
-                    name_shared: false,
-                }
-            }
-            Some(r) => {
-                let was: String = r.try_get(0)?;
-                let presumed: Option<i64> = r.try_get(1)?;
-                sqlx::query(
-                    "UPDATE nodes SET started_at = CASE WHEN instance = $2 THEN started_at ELSE $3 END, \
-                     instance = $2, seen_at = $3, presumed_stopped_at = NULL WHERE name = $1",
-                )
-                .bind(node)
-                .bind(instance)
-                .bind(now)
-                .execute(tx.conn()?)
-                .await?;
-                Heartbeat {
-                    presumed_stopped_at: presumed,
-                    name_shared: beat_before && was != instance,
-                }
-            }
+        let previous = row
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get::<String, _>(0)?, r.try_get::<Option<i64>, _>(1)?)))
+            .transpose()?;
+        // A new process restarts the node's clock; the mark is consumed.
+        sqlx::query(
+            "INSERT INTO nodes (name, instance, started_at, seen_at, presumed_stopped_at) VALUES ($1, $2, $3, $3, NULL) \
+             ON CONFLICT (name) DO UPDATE SET \
+             started_at = CASE WHEN nodes.instance = excluded.instance THEN nodes.started_at ELSE excluded.started_at END, \
+             instance = excluded.instance, seen_at = excluded.seen_at, presumed_stopped_at = NULL",
+        )
+        .bind(node)
+        .bind(instance)
+        .bind(now)
+        .execute(tx.conn()?)
+        .await?;
+        let beat = Heartbeat {
+            presumed_stopped_at: previous.as_ref().and_then(|(_, at)| *at),
+            name_shared: beat_before && previous.is_some_and(|(was, _)| was != instance),
         };
         tx.commit().await?;
         Ok(beat)
@@ -191,17 +176,8 @@ mod tests {
 
     fn on<'a>(node: &'a str, id: &'a SessionId) -> SessionStart<'a> {
         SessionStart {
-            id,
             node,
-            user: "carol",
-            target: "web1",
-            tier: "web",
-            login: "deploy",
-            client_addr: "a",
-            workstation: None,
-            recording: "r",
-            grant: None,
-            ends_by: i64::MAX,
+            ..crate::store::test_session("carol", id)
         }
     }
 

@@ -346,22 +346,7 @@ mod tests {
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEh4KR6w7B2dEyE62oDLhFFbFtVWeUwyH8zqz4pWX5VA alice@ws";
 
-    /// A session of `user` on node n1, open until it is ended.
-    fn session_of<'a>(user: &'a str, id: &'a crate::ident::SessionId) -> crate::store::SessionStart<'a> {
-        crate::store::SessionStart {
-            id,
-            node: "n1",
-            user,
-            target: "web1",
-            tier: "web",
-            login: "deploy",
-            client_addr: "a",
-            workstation: None,
-            recording: "r",
-            grant: None,
-            ends_by: i64::MAX,
-        }
-    }
+    use crate::store::test_session as session_of;
 
     #[tokio::test]
     async fn users_keys_roles_sessions_audit_on_every_backend() {
