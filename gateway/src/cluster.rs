@@ -162,8 +162,10 @@ async fn end_sessions_closed_elsewhere(gw: &Gateway, at: i64) {
     let mut ended = 0usize;
     for s in gw.live_sessions() {
         match gw.store.session(s.id()).await {
+            // No row yet: the session is starting, after the mark; its row will be open.
+            Ok(None) => {}
             Ok(Some(row)) if row.ended_at.is_none() => {}
-            Ok(_) => {
+            Ok(Some(_)) => {
                 s.end(format!(
                     "node {} was presumed stopped (unseen for longer than cluster.node_timeout) and its \
                      sessions were closed",
