@@ -425,6 +425,21 @@ requires_grant = true
         f(s).unwrap()
     }
 
+    /// alice, holding `roles` (no grants), logging in as `login` on `target`.
+    fn alice_with(p: &Policy, roles: &[&str], target: &str, login: &str) -> Authorized {
+        let roles: Vec<RoleName> = roles.iter().map(|r| n(RoleName::parse, r)).collect();
+        Authorized::decide(
+            p,
+            &n(UserName::parse, "alice"),
+            &roles,
+            &[],
+            0,
+            &n(TargetName::parse, target),
+            &n(Login::parse, login),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn the_lowest_max_connections_among_all_the_users_roles_applies() {
         let text = format!(
@@ -458,20 +473,10 @@ max_connections = 2
 "#
         );
         let p = parse(Path::new("p.toml"), &text).unwrap();
-        let alice = n(UserName::parse, "alice");
         let limit = |roles: &[&str]| {
-            let roles: Vec<RoleName> = roles.iter().map(|r| n(RoleName::parse, r)).collect();
-            let a = Authorized::decide(
-                &p,
-                &alice,
-                &roles,
-                &[],
-                0,
-                &n(TargetName::parse, "web1"),
-                &n(Login::parse, "deploy"),
-            )
-            .unwrap();
-            a.connection_limit().map(|l| (l.max, l.role.to_string()))
+            alice_with(&p, roles, "web1", "deploy")
+                .connection_limit()
+                .map(|l| (l.max, l.role.to_string()))
         };
         assert_eq!(limit(&["open"]), None);
         assert_eq!(limit(&["web", "open"]), Some((5, "web".into())));
@@ -514,14 +519,7 @@ idle_timeout = "10m"
 "#
         );
         let p = parse(Path::new("p.toml"), &text).unwrap();
-        let alice = n(UserName::parse, "alice");
-        let deploy = n(Login::parse, "deploy");
-        let window = |roles: &[&str], target: &str| {
-            let roles: Vec<RoleName> = roles.iter().map(|r| n(RoleName::parse, r)).collect();
-            Authorized::decide(&p, &alice, &roles, &[], 0, &n(TargetName::parse, target), &deploy)
-                .unwrap()
-                .mfa_window()
-        };
+        let window = |roles: &[&str], target: &str| alice_with(&p, roles, target, "deploy").mfa_window();
         assert_eq!(window(&["long"], "web1"), Some(Duration::from_secs(3600)));
         assert_eq!(window(&["long", "short"], "web1"), Some(Duration::from_secs(300)));
         assert_eq!(window(&["long", "fresh"], "web1"), None, "a role without a window");
