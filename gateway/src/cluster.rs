@@ -2,8 +2,11 @@
 //! the sessions of nodes that stopped reporting, and ends its own sessions if another
 //! node presumed it stopped (see `store::nodes` for why both halves are needed).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::gateway::Gateway;
 use crate::ident::SessionId;
@@ -26,8 +29,9 @@ pub async fn join(gw: &Gateway) -> anyhow::Result<Member> {
         instance: new_instance(),
         beaten: false,
         name_shared_told: None,
-        reported: tokio::time::Instant::now(),
+        reported: Instant::now(),
         cut_off: false,
+        watch: SilenceWatch::default(),
     };
     member.beat(gw).await?;
     Ok(member)
@@ -37,11 +41,13 @@ pub async fn join(gw: &Gateway) -> anyhow::Result<Member> {
 pub struct Member {
     instance: String,
     beaten: bool,
-    name_shared_told: Option<tokio::time::Instant>,
+    name_shared_told: Option<Instant>,
     /// The last heartbeat that reached the database.
-    reported: tokio::time::Instant,
+    reported: Instant,
     /// The database has been out of reach for longer than `cluster.node_timeout`.
     cut_off: bool,
+    /// The other nodes' heartbeat counters, as last seen.
+    watch: SilenceWatch,
 }
 
 impl Member {
@@ -62,7 +68,7 @@ impl Member {
             end_sessions_closed_elsewhere(gw, at).await;
         }
         if beat.name_shared && self.name_shared_told.is_none_or(|t| t.elapsed() >= NAME_SHARED_REPEAT) {
-            self.name_shared_told = Some(tokio::time::Instant::now());
+            self.name_shared_told = Some(Instant::now());
             let detail = format!(
                 "another gateway process also runs as node {}: give each node its own [cluster] node name \
                  (each one closes the other's sessions when it restarts)",
@@ -84,7 +90,7 @@ impl Member {
             tick.tick().await;
             match self.beat(&gw).await {
                 Ok(()) => {
-                    self.reported = tokio::time::Instant::now();
+                    self.reported = Instant::now();
                     if std::mem::take(&mut self.cut_off) {
                         eprintln!("herse: the database is reachable again");
                     }
@@ -92,7 +98,7 @@ impl Member {
                     // here cannot hold the loop (and the cut-off) up.
                     let tidy = async {
                         close_rows_of_ended_sessions(&gw).await;
-                        close_silent_nodes_sessions(&gw).await;
+                        close_silent_nodes_sessions(&gw, &mut self.watch).await;
                     };
                     if tokio::time::timeout(HEARTBEAT, tidy).await.is_err() {
                         tracing::error!("closing ended and silent nodes' sessions took over {HEARTBEAT:?}");
@@ -187,19 +193,59 @@ async fn end_sessions_closed_elsewhere(gw: &Gateway, at: i64) {
         .await;
 }
 
-async fn close_silent_nodes_sessions(gw: &Gateway) {
+/// Tells silent nodes by their heartbeat counters: a node is silent once its counter has
+/// not moved for the timeout on this node's own monotonic clock. The nodes' wall clocks
+/// never meet, so a node whose clock runs behind is not reaped while it reports, and one
+/// whose clock runs ahead is not spared once it stops. A node that has just started
+/// waits a full timeout before judging any other node.
+#[derive(Debug, Default)]
+struct SilenceWatch {
+    /// Per node: its counter and when this node first saw that value.
+    seen: HashMap<String, (i64, Instant)>,
+}
+
+impl SilenceWatch {
+    /// Note the counters read at `now` (nodes not listed are forgotten) and return those
+    /// that have not moved for `timeout`, each with the counter it stopped at.
+    fn observe(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        beats: impl IntoIterator<Item = (String, i64)>,
+    ) -> Vec<(String, i64)> {
+        let mut seen = HashMap::new();
+        let mut silent = Vec::new();
+        for (node, count) in beats {
+            let since = match self.seen.get(&node) {
+                Some(&(before, since)) if before == count => since,
+                _ => now,
+            };
+            if now.saturating_duration_since(since) >= timeout {
+                silent.push((node.clone(), count));
+            }
+            seen.insert(node, (count, since));
+        }
+        self.seen = seen;
+        silent
+    }
+}
+
+async fn close_silent_nodes_sessions(gw: &Gateway, watch: &mut SilenceWatch) {
     let timeout = gw.config.node_timeout;
-    let now = now_micros();
-    let since = now.saturating_sub(i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX));
+    let beats = match gw.store.node_beats(&gw.node).await {
+        Ok(beats) => beats,
+        Err(e) => return tracing::error!(error = %e, "cannot read the other nodes' heartbeats"),
+    };
     let shown = humantime::format_duration(timeout).to_string();
-    let reason = |node: &str| format!("node {node} stopped responding (unseen for over {shown})");
-    match gw
-        .store
-        .close_sessions_of_silent_nodes(&gw.node, now, since, reason)
-        .await
-    {
-        Ok(closed) => {
-            for (node, n) in closed {
+    for (node, count) in watch.observe(Instant::now(), timeout, beats) {
+        let reason = format!("node {node} stopped responding (unseen for over {shown})");
+        match gw
+            .store
+            .close_sessions_of_silent_node(&node, count, now_micros(), &reason)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
                 gw.audit(AuditEvent::new(
                     "node.stopped",
                     Severity::Warning,
@@ -210,7 +256,49 @@ async fn close_silent_nodes_sessions(gw: &Gateway) {
                 ))
                 .await;
             }
+            Err(e) => tracing::error!(error = %e, node, "cannot close the sessions of a silent node"),
         }
-        Err(e) => tracing::error!(error = %e, "cannot close the sessions of silent nodes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(15);
+
+    fn beats(list: &[(&str, i64)]) -> Vec<(String, i64)> {
+        list.iter().map(|&(n, c)| (n.to_owned(), c)).collect()
+    }
+
+    #[test]
+    fn a_node_is_silent_when_its_counter_stands_still_for_the_timeout_on_our_clock() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = SilenceWatch::default();
+        // Just started: nobody is judged before a full timeout of watching.
+        assert!(w.observe(at(0), TIMEOUT, beats(&[("n1", 7), ("n2", 3)])).is_empty());
+        // n1 keeps reporting; n2 stands still.
+        assert!(w.observe(at(5), TIMEOUT, beats(&[("n1", 8), ("n2", 3)])).is_empty());
+        assert!(w.observe(at(14), TIMEOUT, beats(&[("n1", 10), ("n2", 3)])).is_empty());
+        assert_eq!(
+            w.observe(at(15), TIMEOUT, beats(&[("n1", 10), ("n2", 3)])),
+            beats(&[("n2", 3)]),
+            "n2 at the timeout; n1 moved at 14 s"
+        );
+        assert_eq!(
+            w.observe(at(29), TIMEOUT, beats(&[("n1", 10), ("n2", 3)])),
+            beats(&[("n1", 10), ("n2", 3)]),
+            "n1 stood still from 14 s"
+        );
+        // n2 comes back (any change counts, even a counter that went down with a
+        // restored database), and a node no longer listed is forgotten.
+        assert!(w.observe(at(30), TIMEOUT, beats(&[("n2", 1)])).is_empty());
+        assert!(w.observe(at(44), TIMEOUT, beats(&[("n1", 10), ("n2", 1)])).is_empty());
+        assert_eq!(
+            w.observe(at(45), TIMEOUT, beats(&[("n1", 10), ("n2", 1)])),
+            beats(&[("n2", 1)]),
+            "n1 is watched afresh from 44 s"
+        );
     }
 }

@@ -7,6 +7,12 @@
 //! learns of it: it is marked `presumed_stopped_at`, sees the mark at its next
 //! heartbeat, and ends every session whose row was closed, so a running session always
 //! has an open row that a kill request reaches.
+//!
+//! Silence is judged by a heartbeat counter (`beats`), never by comparing one node's
+//! wall clock with another's: the observer notes when each counter last moved on its own
+//! monotonic clock, and the closing is conditional on the counter it saw. A node whose
+//! clock runs behind is therefore not reaped while it reports, and one whose clock runs
+//! ahead is not spared after it stops.
 
 use sqlx::Row;
 
@@ -58,12 +64,15 @@ impl Store {
         let previous = row
             .map(|r| Ok::<_, sqlx::Error>((r.try_get::<String, _>(0)?, r.try_get::<Option<i64>, _>(1)?)))
             .transpose()?;
-        // A new process restarts the node's clock; the mark is consumed.
+        // A new process restarts the node's clock; the mark is consumed; the counter
+        // only ever moves forward, across processes too.
         sqlx::query(
-            "INSERT INTO nodes (name, instance, started_at, seen_at, presumed_stopped_at) VALUES ($1, $2, $3, $3, NULL) \
+            "INSERT INTO nodes (name, instance, started_at, seen_at, presumed_stopped_at, beats) \
+             VALUES ($1, $2, $3, $3, NULL, 1) \
              ON CONFLICT (name) DO UPDATE SET \
              started_at = CASE WHEN nodes.instance = excluded.instance THEN nodes.started_at ELSE excluded.started_at END, \
-             instance = excluded.instance, seen_at = excluded.seen_at, presumed_stopped_at = NULL",
+             instance = excluded.instance, seen_at = excluded.seen_at, presumed_stopped_at = NULL, \
+             beats = nodes.beats + 1",
         )
         .bind(node)
         .bind(instance)
@@ -78,58 +87,56 @@ impl Store {
         Ok(beat)
     }
 
-    /// Close the open sessions of every node but `me` not seen since `silent_since`,
-    /// with `reason(node)` as their end reason, and mark those nodes presumed stopped.
-    /// Returns each such node with the number of sessions closed.
-    pub async fn close_sessions_of_silent_nodes(
-        &self,
-        me: &str,
-        now: i64,
-        silent_since: i64,
-        reason: impl Fn(&str) -> String,
-    ) -> Result<Vec<(String, u64)>, StoreError> {
-        let silent: Vec<String> = sqlx::query(
-            "SELECT n.name FROM nodes n WHERE n.name <> $1 AND n.seen_at < $2 \
+    /// The heartbeat counter of every node but `me` that has open sessions.
+    pub async fn node_beats(&self, me: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query(
+            "SELECT n.name, n.beats FROM nodes n WHERE n.name <> $1 \
              AND EXISTS (SELECT 1 FROM sessions s WHERE s.node = n.name AND s.ended_at IS NULL)",
         )
         .bind(me)
-        .bind(silent_since)
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-        let mut closed = Vec::new();
-        for node in silent {
-            let mut tx = self.pool.begin().await?;
-            // The mark is the decision, taken under the node row's lock: a heartbeat that
-            // got there first makes it match nothing, and one that comes after sees it.
-            let marked = sqlx::query(
-                "UPDATE nodes SET presumed_stopped_at = COALESCE(presumed_stopped_at, $1) \
-                 WHERE name = $2 AND seen_at < $3",
-            )
-            .bind(now)
-            .bind(&node)
-            .bind(silent_since)
-            .execute(tx.conn()?)
-            .await?
-            .rows_affected();
-            if marked == 0 {
-                continue;
-            }
-            let n =
-                sqlx::query("UPDATE sessions SET ended_at = $1, end_reason = $2 WHERE node = $3 AND ended_at IS NULL")
-                    .bind(now)
-                    .bind(reason(&node))
-                    .bind(&node)
-                    .execute(tx.conn()?)
-                    .await?
-                    .rows_affected();
-            tx.commit().await?;
-            if n > 0 {
-                closed.push((node, n));
-            }
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+    }
+
+    /// `node` was found silent with its counter at `beats`: unless it has reported since,
+    /// mark it presumed stopped at `now` and close its open sessions with `reason`.
+    /// Returns the number of sessions closed.
+    pub async fn close_sessions_of_silent_node(
+        &self,
+        node: &str,
+        beats: i64,
+        now: i64,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The mark is the decision, taken under the node row's lock: a heartbeat that got
+        // there first moved the counter and makes it match nothing, and one that comes
+        // after sees the mark.
+        let marked = sqlx::query(
+            "UPDATE nodes SET presumed_stopped_at = COALESCE(presumed_stopped_at, $1) \
+             WHERE name = $2 AND beats = $3",
+        )
+        .bind(now)
+        .bind(node)
+        .bind(beats)
+        .execute(tx.conn()?)
+        .await?
+        .rows_affected();
+        if marked == 0 {
+            return Ok(0);
         }
+        let closed =
+            sqlx::query("UPDATE sessions SET ended_at = $1, end_reason = $2 WHERE node = $3 AND ended_at IS NULL")
+                .bind(now)
+                .bind(reason)
+                .bind(node)
+                .execute(tx.conn()?)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
         Ok(closed)
     }
 
@@ -194,29 +201,42 @@ mod tests {
             s.session_started(&on("n1", &b)).await.unwrap();
             s.session_started(&on("n2", &c)).await.unwrap();
             s.session_ended(&b, "exit").await.unwrap();
-            let reason = |n: &str| format!("node {n} stopped responding");
+            let reason = "node n1 stopped responding";
 
-            // n2 keeps reporting; n1 falls silent.
-            s.node_alive("n2", "i2", 50 * SEC, true).await.unwrap();
-            assert!(
-                s.close_sessions_of_silent_nodes("n2", 50 * SEC, 0, reason)
-                    .await
-                    .unwrap()
-                    .is_empty(),
-                "{backend}: seen at the cut is not silent"
-            );
-            let closed = s
-                .close_sessions_of_silent_nodes("n2", 70 * SEC, 10 * SEC, reason)
-                .await
-                .unwrap();
-            assert_eq!(closed, vec![("n1".to_owned(), 1)], "{backend}: only n1's open session");
-            let row = s.session(&a).await.unwrap().unwrap();
-            assert_eq!(row.ended_at, Some(70 * SEC), "{backend}");
+            // n2 watches the counters of the other nodes that have open sessions.
             assert_eq!(
-                row.end_reason.as_deref(),
-                Some("node n1 stopped responding"),
+                s.node_beats("n2").await.unwrap(),
+                vec![("n1".to_owned(), 1)],
                 "{backend}"
             );
+            // n1 reports again with its clock an hour behind: the counter moved, so a
+            // closing decided on the old counter does nothing.
+            s.node_alive("n1", "i1", -3600 * SEC, true).await.unwrap();
+            assert_eq!(
+                s.close_sessions_of_silent_node("n1", 1, 70 * SEC, reason)
+                    .await
+                    .unwrap(),
+                0,
+                "{backend}: a node that reported since is not closed, whatever its clock"
+            );
+            assert_eq!(s.session(&a).await.unwrap().unwrap().ended_at, None, "{backend}");
+
+            // n1 falls silent at counter 2.
+            assert_eq!(
+                s.node_beats("n2").await.unwrap(),
+                vec![("n1".to_owned(), 2)],
+                "{backend}"
+            );
+            assert_eq!(
+                s.close_sessions_of_silent_node("n1", 2, 70 * SEC, reason)
+                    .await
+                    .unwrap(),
+                1,
+                "{backend}: only n1's open session"
+            );
+            let row = s.session(&a).await.unwrap().unwrap();
+            assert_eq!(row.ended_at, Some(70 * SEC), "{backend}");
+            assert_eq!(row.end_reason.as_deref(), Some(reason), "{backend}");
             assert_eq!(
                 s.session(&b).await.unwrap().unwrap().end_reason.as_deref(),
                 Some("exit")
@@ -227,35 +247,32 @@ mod tests {
                 "{backend}: n2's own"
             );
             assert_eq!(s.live_sessions_of("carol").await.unwrap(), 1, "{backend}");
-            // A node never closes its own sessions this way, however old its own beat.
-            assert!(s
-                .close_sessions_of_silent_nodes("n2", 999 * SEC, 900 * SEC, reason)
-                .await
-                .unwrap()
-                .iter()
-                .all(|(n, _)| n != "n2"));
-            // Nothing more to close: a second pass does nothing.
-            assert!(s
-                .close_sessions_of_silent_nodes("n2", 80 * SEC, 10 * SEC, reason)
-                .await
-                .unwrap()
-                .is_empty());
+            // Nothing more to close: n1 is no longer watched, and a second pass does nothing.
+            assert!(s.node_beats("n2").await.unwrap().is_empty(), "{backend}");
+            assert_eq!(
+                s.close_sessions_of_silent_node("n1", 2, 80 * SEC, reason)
+                    .await
+                    .unwrap(),
+                0
+            );
 
-            // n1 was only paused: its next heartbeat says when it was presumed stopped,
-            // once.
+            // n1 was only paused: its next heartbeat says when it was presumed stopped
+            // (the first mark, not the second pass's), once.
             let back = s.node_alive("n1", "i1", 90 * SEC, true).await.unwrap();
             assert_eq!(back.presumed_stopped_at, Some(70 * SEC), "{backend}");
             assert!(!back.name_shared, "{backend}");
             let again = s.node_alive("n1", "i1", 95 * SEC, true).await.unwrap();
             assert_eq!(again.presumed_stopped_at, None, "{backend}");
-            // Sessions n1 starts now are its own to run, and are not closed while it reports.
+            // Sessions n1 starts now are its own to run: the old counter matches nothing.
             let d = SessionId::random();
             s.session_started(&on("n1", &d)).await.unwrap();
-            assert!(s
-                .close_sessions_of_silent_nodes("n2", 100 * SEC, 60 * SEC, reason)
-                .await
-                .unwrap()
-                .is_empty());
+            assert_eq!(
+                s.close_sessions_of_silent_node("n1", 2, 100 * SEC, reason)
+                    .await
+                    .unwrap(),
+                0
+            );
+            assert_eq!(s.session(&d).await.unwrap().unwrap().ended_at, None, "{backend}");
 
             // A second process under the name n1 shows up at n1's next heartbeat; a
             // restart (a new process beating for the first time) does not.
