@@ -186,7 +186,7 @@ async fn end_sessions_closed_elsewhere(gw: &Gateway, at: i64) {
         "another node presumed node {} stopped at {} (unseen for longer than cluster.node_timeout) and \
          closed its sessions; {ended} session(s) still running here ended",
         gw.node,
-        crate::web::rfc3339(at)
+        crate::timefmt::rfc3339(at)
     );
     eprintln!("herse: {detail}");
     gw.audit(AuditEvent::new("node.presumed_stopped", Severity::Alert, detail))

@@ -408,7 +408,7 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
             }
             store.suspend_user(&u, reason, *until).await?;
             let until_text = until
-                .map(|t| format!(" until {}", crate::web::rfc3339(t)))
+                .map(|t| format!(" until {}", crate::timefmt::rfc3339(t)))
                 .unwrap_or_default();
             audit(
                 store,

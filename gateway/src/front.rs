@@ -504,9 +504,7 @@ impl FrontHandler {
     ) -> Auth {
         use crate::mfa::Verdict;
         let verdict = crate::mfa::check_second_factor(&self.gw.store, &self.gw.keys.user_secrets, &user, code).await;
-        let when = |micros: i64| {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64))
-        };
+        let when = crate::timefmt::rfc3339;
         match verdict {
             Ok(v @ (Verdict::Accepted | Verdict::AcceptedRecovery { .. })) => {
                 if let Err(e) = self.gw.store.record_mfa_proof(&user, self.proof_place()).await {

@@ -255,7 +255,7 @@ pub async fn approve(
                 "{id}: approved by {}; {} active until {}",
                 me.name,
                 scope(&g),
-                crate::web::rfc3339(expires)
+                crate::timefmt::rfc3339(expires)
             ),
             None => format!("{id}: approved by {} (already decided)", me.name),
         },
@@ -482,7 +482,7 @@ pub fn outcome_line(g: &GrantRow) -> String {
                 .map(|a| a.approver.as_str())
                 .collect::<Vec<_>>()
                 .join(" and "),
-            g.expires_at.map(crate::web::rfc3339).unwrap_or_default()
+            g.expires_at.map(crate::timefmt::rfc3339).unwrap_or_default()
         ),
         GrantStatus::Denied => format!("your access request {} ({}) was denied by {by}: {note}", g.id, scope(g)),
         GrantStatus::Revoked => format!("your access grant {} ({}) was revoked by {by}: {note}", g.id, scope(g)),

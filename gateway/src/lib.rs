@@ -31,6 +31,7 @@ pub mod secrets;
 pub mod serve;
 pub mod session;
 pub mod store;
+pub mod timefmt;
 pub mod upstream;
 pub mod web;
 pub mod wg;

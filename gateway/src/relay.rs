@@ -312,7 +312,7 @@ async fn session_notices(chan: &Chan<'_>) -> Result<(), RelayError> {
         return Ok(());
     };
     let left = || Duration::from_micros(u64::try_from(grant.expires_at - crate::store::now_micros()).unwrap_or(0));
-    let ends_at = crate::web::rfc3339(grant.expires_at);
+    let ends_at = crate::timefmt::rfc3339(grant.expires_at);
     if left() <= GRANT_WARNINGS[0] {
         let l = left();
         let secs = l.as_secs() + u64::from(l.subsec_nanos() > 0);

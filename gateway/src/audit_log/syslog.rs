@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::store::AuditRow;
 
@@ -234,7 +234,6 @@ fn sanitize(s: &str, max: usize) -> String {
 /// The RFC 5424 message for one appended event.
 pub fn format_rfc5424(row: &AuditRow, hostname: &str, pid: u32) -> String {
     let pri = FACILITY * 8 + severity_code(&row.severity);
-    let at = UNIX_EPOCH + Duration::from_micros(u64::try_from(row.at).unwrap_or(0));
     let (detail, truncated) = if row.detail.len() > MAX_DETAIL {
         let mut end = MAX_DETAIL;
         while !row.detail.is_char_boundary(end) {
@@ -261,7 +260,7 @@ pub fn format_rfc5424(row: &AuditRow, hostname: &str, pid: u32) -> String {
     }
     format!(
         "<{pri}>1 {} {} herse {pid} {} - {msg}",
-        humantime::format_rfc3339_micros(at),
+        crate::timefmt::rfc3339_micros(row.at),
         sanitize(hostname, 255),
         sanitize(&row.kind, 32),
     )

@@ -49,7 +49,7 @@ impl std::fmt::Display for Problem {
             Problem::BadSignature { seq, node, signed_at } => write!(
                 f,
                 "checkpoint at seq {seq} (node {node}, signed at {}) has a bad signature",
-                time(*signed_at)
+                crate::timefmt::rfc3339(*signed_at)
             ),
             Problem::CheckpointMismatch { seq, node, what } => {
                 write!(
@@ -127,11 +127,6 @@ impl std::fmt::Display for VerifyReport {
             Ok(())
         }
     }
-}
-
-fn time(micros: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(u64::try_from(micros).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Verify the whole log against `key` (the audit public key; take it from somewhere

@@ -106,14 +106,6 @@ impl Portal {
     }
 }
 
-/// Unix microseconds as an RFC 3339 time (seconds precision, UTC).
-pub fn rfc3339(micros: i64) -> String {
-    // Clamped to the year 9999: humantime cannot format later times (it would panic).
-    const MAX_MICROS: i64 = 253_402_300_799_000_000;
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros.clamp(0, MAX_MICROS) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// A short code an approval page shows, to match against the terminal that asked:
 /// six characters without look-alikes.
 pub fn short_code() -> String {

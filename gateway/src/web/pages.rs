@@ -391,7 +391,7 @@ async fn login(State(app): State<App>, Extension(origin): Extension<Origin>, For
 }
 
 pub(super) fn when(micros: i64) -> String {
-    super::rfc3339(micros)
+    crate::timefmt::rfc3339(micros)
 }
 
 async fn home(State(app): State<App>, Extension(origin): Extension<Origin>, headers: HeaderMap) -> Response {
