@@ -138,6 +138,12 @@ pub enum NodesCmd {
     /// Every node that has run against this database: when it last reported, its live
     /// sessions, and whether another node presumed it stopped.
     List,
+    /// Forget a node taken out of service. Refused while it has open sessions or has
+    /// reported within cluster.node_timeout (a node still running adds itself back).
+    Remove {
+        /// The node's name, as `nodes list` shows it.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -345,6 +351,7 @@ fn simple_call(c: &crate::Command) -> Result<Option<herse::control::Call>, Failu
             role: role.clone(),
         },
         C::Sessions(SessionsCmd::Kill { id }) => Call::SessionsKill { id: id.clone() },
+        C::Nodes(NodesCmd::Remove { name }) => Call::NodesRemove { name: name.clone() },
         _ => return Ok(None),
     }))
 }

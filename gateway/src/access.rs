@@ -155,6 +155,8 @@ pub enum Action<'a> {
     ManageWorkstations,
     /// List targets, probe them.
     ManageTargets,
+    /// Forget a gateway node that no longer runs.
+    ManageNodes,
 }
 
 /// Why an action is refused. Safe to show to the caller.
@@ -225,7 +227,8 @@ pub fn check(caller: &Caller, action: &Action<'_>) -> Result<(), Refusal> {
         | Action::ManageRecordings
         | Action::ManageUsers
         | Action::ManageWorkstations
-        | Action::ManageTargets => needs(p.admin, "admin"),
+        | Action::ManageTargets
+        | Action::ManageNodes => needs(p.admin, "admin"),
     }
 }
 
@@ -315,7 +318,7 @@ mod tests {
         ]
     }
 
-    const OTHER: [Action<'static>; 10] = [
+    const OTHER: [Action<'static>; 11] = [
         Action::SelfService,
         Action::RequestGrant,
         Action::ReadRecordings,
@@ -326,6 +329,7 @@ mod tests {
         Action::ManageUsers,
         Action::ManageWorkstations,
         Action::ManageTargets,
+        Action::ManageNodes,
     ];
 
     proptest! {

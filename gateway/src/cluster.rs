@@ -65,7 +65,20 @@ impl Member {
 
     async fn act_on(&mut self, gw: &Gateway, beat: Heartbeat) {
         if let Some(at) = beat.presumed_stopped_at {
-            end_sessions_closed_elsewhere(gw, at).await;
+            let cause = format!(
+                "another node presumed node {} stopped at {} (unseen for longer than cluster.node_timeout) \
+                 and closed its sessions",
+                gw.node,
+                crate::timefmt::rfc3339(at)
+            );
+            end_sessions_closed_elsewhere(gw, &cause).await;
+        } else if beat.row_removed {
+            let cause = format!(
+                "node {}'s row was removed (hersectl nodes remove) while it ran; it is back, and any \
+                 session row closed before the removal is honoured",
+                gw.node
+            );
+            end_sessions_closed_elsewhere(gw, &cause).await;
         }
         if beat.name_shared && self.name_shared_told.is_none_or(|t| t.elapsed() >= NAME_SHARED_REPEAT) {
             self.name_shared_told = Some(Instant::now());
@@ -162,9 +175,10 @@ async fn close_rows_of_ended_sessions(gw: &Gateway) {
     }
 }
 
-/// Another node found this one silent and closed its sessions' rows: end each session
-/// still running here whose row is closed, so none runs where a kill cannot reach it.
-async fn end_sessions_closed_elsewhere(gw: &Gateway, at: i64) {
+/// Another node found this one silent and closed its sessions' rows (or the mark that
+/// says so may have been removed with the node's row): end each session still running
+/// here whose row is closed, so none runs where a kill cannot reach it.
+async fn end_sessions_closed_elsewhere(gw: &Gateway, cause: &str) {
     let mut ended = 0usize;
     for s in gw.live_sessions() {
         match gw.store.session(s.id()).await {
@@ -182,12 +196,7 @@ async fn end_sessions_closed_elsewhere(gw: &Gateway, at: i64) {
             Err(e) => tracing::error!(error = %e, session = %s.id(), "cannot read a session's row"),
         }
     }
-    let detail = format!(
-        "another node presumed node {} stopped at {} (unseen for longer than cluster.node_timeout) and \
-         closed its sessions; {ended} session(s) still running here ended",
-        gw.node,
-        crate::timefmt::rfc3339(at)
-    );
+    let detail = format!("{cause}; {ended} session(s) still running here ended");
     eprintln!("herse: {detail}");
     gw.audit(AuditEvent::new("node.presumed_stopped", Severity::Alert, detail))
         .await;

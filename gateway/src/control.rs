@@ -9,7 +9,7 @@ use crate::grants::{self, GrantError, GrantRequest, Listing};
 use crate::ident::{SessionId, UserName};
 use crate::policy::Policy;
 use crate::recordings_query::{QueryError, RecordingFilter, SearchQuery};
-use crate::store::{AuditEvent, AuditFilter, Severity, Store, StoreError};
+use crate::store::{AuditEvent, AuditFilter, NodeRemoval, Severity, Store, StoreError};
 
 /// One request. Tagged JSON: `{"call": "grants-approve", "id": "g…", "comment": ""}`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -62,6 +62,10 @@ pub enum Call {
         id: String,
     },
     NodesList,
+    /// Forget a node taken out of service.
+    NodesRemove {
+        name: String,
+    },
     /// The newest `limit` events matching, oldest first.
     AuditList {
         filter: AuditFilter,
@@ -445,6 +449,46 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
         Call::NodesList => {
             access::check(caller, &Action::ListSessions)?;
             json(store.nodes().await?)
+        }
+        Call::NodesRemove { name } => {
+            access::check(caller, &Action::ManageNodes)?;
+            let timeout = ctx.config.node_timeout;
+            let cut = crate::store::now_micros().saturating_sub(i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX));
+            match store.remove_node(name, cut).await? {
+                NodeRemoval::Removed => {}
+                NodeRemoval::NotFound => return Err(err(ErrorKind::NotFound, format!("no node {name}"))),
+                NodeRemoval::HasOpenSessions(n) => {
+                    return Err(err(
+                        ErrorKind::Conflict,
+                        format!(
+                            "node {name} has {n} open session(s): they close once it has been silent for \
+                             cluster.node_timeout ({})",
+                            humantime::format_duration(timeout)
+                        ),
+                    ))
+                }
+                NodeRemoval::RecentlySeen(at) => {
+                    return Err(err(
+                        ErrorKind::Conflict,
+                        format!(
+                            "node {name} reported at {}, within cluster.node_timeout ({}): stop it first \
+                             (a running node adds itself back)",
+                            crate::timefmt::rfc3339(at),
+                            humantime::format_duration(timeout)
+                        ),
+                    ))
+                }
+            }
+            audit(
+                store,
+                AuditEvent::new(
+                    "node.removed",
+                    Severity::Info,
+                    format!("node {name} forgotten by {}", caller.label()),
+                ),
+            )
+            .await?;
+            json(serde_json::json!({ "node": name, "message": format!("node {name} removed") }))
         }
         Call::SessionsKill { id } => {
             access::check(caller, &Action::KillSession)?;

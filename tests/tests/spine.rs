@@ -1979,6 +1979,14 @@ fn a_silent_nodes_sessions_are_closed_by_another_node_and_it_ends_them_on_waking
             .all(|n| n["presumed_stopped_at"].is_null()),
         "{nodes}"
     );
+    // A node that runs cannot be forgotten; one that never existed is not found.
+    let out = run(ctl2().args(["nodes", "remove", &first]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("within cluster.node_timeout (15s): stop it first"),
+        "{out:?}"
+    );
+    assert_eq!(run(ctl2().args(["nodes", "remove", "gone"])).status.code(), Some(3));
 }
 
 /// A PostgreSQL server of one test's own, which it may stop and start.

@@ -21,7 +21,7 @@ use sqlx::ConnectOptions;
 
 pub use audit::{AuditCheckpoint, AuditEvent, AuditFilter, AuditRow, Severity};
 pub use grants::{ApprovalRow, GrantFilter, GrantRow, GrantStatus, NewGrant};
-pub use nodes::{Heartbeat, NodeRow};
+pub use nodes::{Heartbeat, NodeRemoval, NodeRow};
 pub use portal::WebSession;
 pub use sessions::{SessionRow, SessionStart};
 pub use users::{fingerprint, KeyRow, UserRow, UserStatus};

@@ -27,6 +27,22 @@ pub struct Heartbeat {
     /// Another process wrote this node's row since its last heartbeat: two gateways
     /// run under one node name.
     pub name_shared: bool,
+    /// This process has reported before, yet the row was gone (`hersectl nodes
+    /// remove`): a mark set before the removal may have gone with it, so the node must
+    /// look for closed rows of its sessions as if it had been presumed stopped.
+    pub row_removed: bool,
+}
+
+/// What `remove_node` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRemoval {
+    Removed,
+    NotFound,
+    /// The node still has open session rows: they close once it is presumed stopped
+    /// (or it ends them), and removing it first would hide them from `nodes list`.
+    HasOpenSessions(i64),
+    /// The node reported at this time (Unix microseconds), after the caller's cut.
+    RecentlySeen(i64),
 }
 
 /// A node as `hersectl nodes list` shows it.
@@ -81,7 +97,8 @@ impl Store {
         .await?;
         let beat = Heartbeat {
             presumed_stopped_at: previous.as_ref().and_then(|(_, at)| *at),
-            name_shared: beat_before && previous.is_some_and(|(was, _)| was != instance),
+            name_shared: beat_before && previous.as_ref().is_some_and(|(was, _)| was != instance),
+            row_removed: beat_before && previous.is_none(),
         };
         tx.commit().await?;
         Ok(beat)
@@ -151,6 +168,42 @@ impl Store {
             .collect()
     }
 
+    /// Forget `node` (a gateway taken out of service), unless it has open sessions or
+    /// reported at or after `seen_since`. A node still running adds itself back at its
+    /// next heartbeat, so this only tidies `nodes list`; it decides nothing.
+    pub async fn remove_node(&self, node: &str, seen_since: i64) -> Result<NodeRemoval, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Under the row's lock, like the heartbeat and the closing of a silent node.
+        let found = sqlx::query("UPDATE nodes SET seen_at = seen_at WHERE name = $1")
+            .bind(node)
+            .execute(tx.conn()?)
+            .await?
+            .rows_affected();
+        if found == 0 {
+            return Ok(NodeRemoval::NotFound);
+        }
+        let row = sqlx::query(
+            "SELECT n.seen_at, (SELECT COUNT(*) FROM sessions s WHERE s.node = n.name AND s.ended_at IS NULL) \
+             FROM nodes n WHERE n.name = $1",
+        )
+        .bind(node)
+        .fetch_one(tx.conn()?)
+        .await?;
+        let (seen_at, open): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if open > 0 {
+            return Ok(NodeRemoval::HasOpenSessions(open));
+        }
+        if seen_at >= seen_since {
+            return Ok(NodeRemoval::RecentlySeen(seen_at));
+        }
+        sqlx::query("DELETE FROM nodes WHERE name = $1")
+            .bind(node)
+            .execute(tx.conn()?)
+            .await?;
+        tx.commit().await?;
+        Ok(NodeRemoval::Removed)
+    }
+
     /// Every node that has reported, newest first, with its open sessions.
     pub async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
         sqlx::query(
@@ -195,6 +248,7 @@ mod tests {
             let first = s.node_alive("n1", "i1", 0, false).await.unwrap();
             assert_eq!(first.presumed_stopped_at, None, "{backend}");
             assert!(!first.name_shared, "{backend}");
+            assert!(!first.row_removed, "{backend}: a first heartbeat creates the row");
             s.node_alive("n2", "i2", 0, false).await.unwrap();
             let (a, b, c) = (SessionId::random(), SessionId::random(), SessionId::random());
             s.session_started(&on("n1", &a)).await.unwrap();
@@ -296,6 +350,31 @@ mod tests {
             );
             assert_eq!(nodes[0].live_sessions, 1, "{backend}");
             assert_eq!(nodes[1].live_sessions, 1, "{backend}");
+
+            // Forgetting a node: not while it has open sessions, nor if it reported
+            // after the cut; otherwise once.
+            use super::NodeRemoval;
+            assert_eq!(s.remove_node("nx", 0).await.unwrap(), NodeRemoval::NotFound);
+            assert_eq!(
+                s.remove_node("n2", 999 * SEC).await.unwrap(),
+                NodeRemoval::HasOpenSessions(1),
+                "{backend}"
+            );
+            s.session_ended(&c, "exit").await.unwrap();
+            assert_eq!(
+                s.remove_node("n2", 0).await.unwrap(),
+                NodeRemoval::RecentlySeen(0),
+                "{backend}: seen at the cut"
+            );
+            assert_eq!(s.remove_node("n2", 1).await.unwrap(), NodeRemoval::Removed);
+            assert_eq!(s.remove_node("n2", 1).await.unwrap(), NodeRemoval::NotFound);
+            assert_eq!(s.nodes().await.unwrap().len(), 1, "{backend}");
+            // Removed under a node that still runs: it learns so, and is back.
+            let beat = s.node_alive("n2", "i2", 99 * SEC, true).await.unwrap();
+            assert!(beat.row_removed, "{backend}");
+            assert!(!beat.name_shared, "{backend}");
+            assert!(!s.node_alive("n2", "i2", 100 * SEC, true).await.unwrap().row_removed);
+            assert_eq!(s.nodes().await.unwrap().len(), 2, "{backend}");
         }
     }
 }
