@@ -461,13 +461,21 @@ impl FrontHandler {
             tracing::error!(error = %e, "store unavailable during login");
             "herse: access denied: the gateway cannot check your second factor now".to_owned()
         };
-        // A login the policy refuses anyway is refused (with its reason) without asking.
+        // A login the policy refuses anyway is refused (with its reason) without asking,
+        // and so is one over the user's max_connections.
         let Ok(authorized) = crate::session::decide_now(&self.gw, user, target, login)
             .await
             .map_err(unavailable)?
         else {
             return Ok(false);
         };
+        if crate::session::over_connection_limit(&self.gw, user, &authorized)
+            .await
+            .map_err(unavailable)?
+            .is_some()
+        {
+            return Ok(false);
+        }
         let proved = self
             .gw
             .store

@@ -15,7 +15,7 @@ use crate::gateway::Gateway;
 use crate::ident::{Login, SessionId, TargetName, UserName};
 use crate::origin::Origin;
 use crate::policy::{Authorized, Denial};
-use crate::store::{AuditEvent, SessionStart, Severity};
+use crate::store::{AuditEvent, SessionStart, Severity, StoreError};
 use crate::upstream::{self, UpstreamError, UpstreamHandle, UpstreamLogin};
 
 /// Why a session could not start. `client_message` is safe to show to the client.
@@ -106,15 +106,11 @@ impl TargetSession {
         };
         // Checked first so a user at the limit costs no recording and no upstream
         // connection; checked again, atomically, when the session's row is written.
-        if let Some(limit) = authorized.connection_limit() {
-            let open = gw
-                .store
-                .live_sessions_of(user.as_str())
-                .await
-                .map_err(|e| StartError::Store(e.to_string()))?;
-            if open >= u64::from(limit.max) {
-                return Err(denied(gw, user, target, login, origin, limit.refusal(user, open)).await);
-            }
+        if let Some(denial) = over_connection_limit(gw, user, &authorized)
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?
+        {
+            return Err(denied(gw, user, target, login, origin, denial).await);
         }
         let id = SessionId::random();
         let recorder = match open_recording(gw, &id, &authorized, origin).await {
@@ -348,6 +344,21 @@ impl TargetSession {
 }
 
 /// The policy's decision for `user` now: their role bindings and the grants in force.
+/// The refusal of one more session for `user` if they already have as many open (on
+/// every node) as `authorized`'s roles allow. Not atomic: the session's row is checked
+/// again when written.
+pub async fn over_connection_limit(
+    gw: &Gateway,
+    user: &UserName,
+    authorized: &Authorized,
+) -> Result<Option<Denial>, StoreError> {
+    let Some(limit) = authorized.connection_limit() else {
+        return Ok(None);
+    };
+    let open = gw.store.live_sessions_of(user.as_str()).await?;
+    Ok((open >= u64::from(limit.max)).then(|| limit.refusal(user, open)))
+}
+
 pub async fn decide_now(
     gw: &Gateway,
     user: &UserName,

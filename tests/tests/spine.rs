@@ -1824,6 +1824,19 @@ fn a_roles_max_connections_caps_a_users_open_sessions() {
     }
     let rows = live(2);
 
+    // From now on no proof is remembered, so a login that went ahead would ask alice
+    // for a code (and the askpass program would use up a TOTP step); one over the
+    // limit is refused before she is asked.
+    let forgetful = std::fs::read_to_string(&policy_path)
+        .unwrap()
+        .replace("mfa_remember = \"1h\"\n", "");
+    std::fs::write(&policy_path, forgetful).unwrap();
+    w.gw.signal("HUP");
+    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    let askpass_state = w.d().join("askpass.state.alice");
+    let steps_used = || std::fs::read_to_string(&askpass_state).unwrap();
+    let before = steps_used();
+
     let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo third"]));
     refused(
         &out,
@@ -1858,6 +1871,11 @@ fn a_roles_max_connections_caps_a_users_open_sessions() {
         .filter(|e| e["kind"] == "access.denied" && e["detail"].as_str().unwrap_or("").contains("max_connections"))
         .count();
     assert_eq!(denials, 2, "each refusal is audited once:\n{audit}");
+    assert_eq!(
+        steps_used(),
+        before,
+        "alice was asked for a code for a login over the limit"
+    );
 
     // Ending one session frees its place.
     let id = rows[0]["id"].as_str().unwrap().to_owned();
