@@ -119,6 +119,10 @@ impl Member {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot report this node alive");
+                    // The other nodes' counters may stand still for the same reason ours
+                    // does: their silence is no evidence until we have watched them for
+                    // a full timeout with the database reachable.
+                    self.watch = SilenceWatch::default();
                     if self.reported.elapsed() >= gw.config.node_timeout {
                         self.end_sessions_cut_off(&gw);
                     }
@@ -205,8 +209,9 @@ async fn end_sessions_closed_elsewhere(gw: &Gateway, cause: &str) {
 /// Tells silent nodes by their heartbeat counters: a node is silent once its counter has
 /// not moved for the timeout on this node's own monotonic clock. The nodes' wall clocks
 /// never meet, so a node whose clock runs behind is not reaped while it reports, and one
-/// whose clock runs ahead is not spared once it stops. A node that has just started
-/// waits a full timeout before judging any other node.
+/// whose clock runs ahead is not spared once it stops. A node that has just started, or
+/// that could not reach the database itself, waits a full timeout before judging any
+/// other node: a database outage shared by all must not read as every other node dying.
 #[derive(Debug, Default)]
 struct SilenceWatch {
     /// Per node: its counter and when this node first saw that value.

@@ -132,7 +132,8 @@ fn host_name() -> String {
         .unwrap_or_else(|| "herse".to_owned())
 }
 
-fn valid_node_name(n: &str) -> bool {
+/// What `[cluster] node` may be: 1–64 of `[A-Za-z0-9._-]`.
+pub fn valid_node_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.chars()

@@ -452,6 +452,12 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
         }
         Call::NodesRemove { name } => {
             access::check(caller, &Action::ManageNodes)?;
+            if !crate::config::valid_node_name(name) {
+                return Err(err(
+                    ErrorKind::Invalid,
+                    "a node name is 1 to 64 letters, digits, '.', '_' or '-'",
+                ));
+            }
             let timeout = ctx.config.node_timeout;
             let cut = crate::store::now_micros().saturating_sub(i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX));
             match store.remove_node(name, cut).await? {

@@ -2005,6 +2005,7 @@ fn a_silent_nodes_sessions_are_closed_by_another_node_and_it_ends_them_on_waking
         "{out:?}"
     );
     assert_eq!(run(ctl2().args(["nodes", "remove", "gone"])).status.code(), Some(3));
+    assert_eq!(run(ctl2().args(["nodes", "remove", "bad/name"])).status.code(), Some(2));
 }
 
 /// A PostgreSQL server of one test's own, which it may stop and start.
