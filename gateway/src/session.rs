@@ -343,7 +343,6 @@ impl TargetSession {
     }
 }
 
-/// The policy's decision for `user` now: their role bindings and the grants in force.
 /// The refusal of one more session for `user` if they already have as many open (on
 /// every node) as `authorized`'s roles allow. Not atomic: the session's row is checked
 /// again when written.
@@ -359,6 +358,7 @@ pub async fn over_connection_limit(
     Ok((open >= u64::from(limit.max)).then(|| limit.refusal(user, open)))
 }
 
+/// The policy's decision for `user` now: their role bindings and the grants in force.
 pub async fn decide_now(
     gw: &Gateway,
     user: &UserName,
