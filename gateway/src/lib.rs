@@ -22,6 +22,7 @@ pub mod keys;
 pub mod metrics;
 pub mod mfa;
 pub mod origin;
+pub mod peer_endpoints;
 pub mod policy;
 pub mod recordings_query;
 pub mod relay;

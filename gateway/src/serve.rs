@@ -66,6 +66,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
         )));
     }
     let mut uapi_socket = None;
+    let mut endpoint_book = None;
     let portal = gw
         .portal_tls
         .clone()
@@ -83,6 +84,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     let wireguard = match &gw.config.wireguard {
         Some(wc) => {
             let peers = peer_specs(&gw.store.active_peers().await?);
+            let (greet, book) = crate::peer_endpoints::load(&gw).await;
             let (wg, acceptor) = WireGuard::start(
                 &WgConfig {
                     listen: wc.listen,
@@ -95,6 +97,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
                 },
                 gw.keys.wireguard.clone(),
                 peers,
+                greet,
             )
             .await
             .map_err(|e| anyhow::anyhow!("cannot start WireGuard on {}: {e}", wc.listen))?;
@@ -117,7 +120,9 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
                 eprintln!("herse: portal on https://{}:{p} inside the tunnel", wc.net.gateway);
             }
             let wg = Arc::new(wg);
-            listeners.push(tokio::spawn(watch_workstations(gw.clone(), wg.clone())));
+            let book = Arc::new(tokio::sync::Mutex::new(book));
+            listeners.push(tokio::spawn(watch_workstations(gw.clone(), wg.clone(), book.clone())));
+            endpoint_book = Some(book);
             if let Some(name) = &wc.interface {
                 let u = Uapi::start(std::path::Path::new(uapi::SOCKET_DIR), name, wg.clone())
                     .map_err(|e| anyhow::anyhow!("cannot serve the WireGuard UAPI socket for {name}: {e}"))?;
@@ -173,6 +178,10 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
         l.abort();
     }
     drop(uapi_socket);
+    // Handshakes of the last seconds too, so the next start can greet those peers.
+    if let (Some(wg), Some(book)) = (&wireguard, &endpoint_book) {
+        book.lock().await.save(&gw, wg).await;
+    }
     drop(wireguard);
     gw.audit(AuditEvent::new(
         "gateway.stop",
@@ -351,8 +360,13 @@ fn peer_specs(peers: &[ActivePeer]) -> Vec<PeerSpec> {
 
 /// Keeps the WireGuard peers equal to the enrolled, live workstations of active users,
 /// four times a second: a revoked workstation or a suspended owner loses its peer and
-/// every session from it at once. Traffic counters are saved for `workstations list`.
-async fn watch_workstations(gw: Arc<Gateway>, wg: Arc<WireGuard>) {
+/// every session from it at once. Traffic counters are saved for `workstations list`, and
+/// the peers' endpoints for the next start (`peer_endpoints`).
+async fn watch_workstations(
+    gw: Arc<Gateway>,
+    wg: Arc<WireGuard>,
+    book: Arc<tokio::sync::Mutex<crate::peer_endpoints::EndpointBook>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_stats = tokio::time::Instant::now();
     loop {
@@ -393,6 +407,7 @@ async fn watch_workstations(gw: Arc<Gateway>, wg: Arc<WireGuard>) {
         }
         if last_stats.elapsed() >= Duration::from_secs(5) {
             last_stats = tokio::time::Instant::now();
+            book.lock().await.save(&gw, &wg).await;
             for p in wg.status() {
                 if let Err(e) = gw
                     .store

@@ -175,7 +175,7 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
     }
     let (alice_totp, bob_totp) = (enrol_totp(&config, "alice"), enrol_totp(&config, "bob"));
     write_askpass(&d.join("askpass"), &[("alice", &alice_totp), ("bob", &bob_totp)]);
-    let herse = Gateway::spawn(&d, &config, Some(&net.gw));
+    let mut herse = Gateway::spawn(&d, &config, Some(&net.gw));
     herse.wait_line("WireGuard on udp", Duration::from_secs(20));
     let (if1, if2, ifx) = (iface("a"), iface("b"), iface("x"));
     let alice_conf = enrol(&herse, &d, "alice-ws", "alice", &if1);
@@ -536,6 +536,31 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
     ok(ctl().args(["users", "resume", "bob"]));
     std::thread::sleep(Duration::from_millis(600));
     assert!(net.ws2.tcp_connects("10.77.0.1", 22, 5), "resumed owner's workstation");
+
+    // 8. A restarted gateway has lost its WireGuard sessions while the workstation still
+    //    holds its own; left to its timers, the workstation would only start a new
+    //    handshake 15 s after its first unanswered packet. The gateway saved where it
+    //    heard the peer and greets it with a handshake at start.
+    let out = run(ssh(&net.ws2, &bob).args(["-l", DEPLOY, "web1", "echo before-restart"]));
+    assert_eq!(text(&out.stdout).trim(), "before-restart", "{}", text(&out.stderr));
+    herse.signal("TERM");
+    assert!(herse.proc.take().unwrap().child.wait().unwrap().success());
+    let saved = ok(Command::new("python3").arg("-c").arg(format!(
+        "import sqlite3; print([r[0] for r in sqlite3.connect({:?}).execute('SELECT endpoint FROM wireguard_endpoints')])",
+        d.join("data/herse.db").display().to_string()
+    )));
+    assert!(saved.contains("'10.210.2.2:"), "endpoints saved at shutdown: {saved}");
+    let herse = Gateway::spawn(&d, &config, Some(&net.gw));
+    herse.wait_line("WireGuard on udp", Duration::from_secs(20));
+    let t0 = Instant::now();
+    let out = run(ssh(&net.ws2, &bob).args(["-l", DEPLOY, "web1", "echo after-restart"]));
+    let took = t0.elapsed();
+    assert_eq!(text(&out.stdout).trim(), "after-restart", "{}", text(&out.stderr));
+    eprintln!("first ssh after a gateway restart took {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "reconnecting after a restart took {took:?}"
+    );
 
     net.ws2.wg_quick_down(&bob_conf);
     net.ws1.wg_quick_down(&alice_conf);

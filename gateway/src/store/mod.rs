@@ -26,7 +26,7 @@ pub use portal::WebSession;
 pub use sessions::{SessionRow, SessionStart};
 pub use users::{fingerprint, KeyRow, UserRow, UserStatus};
 pub use webauthn::{Approval, SecurityKeyRow};
-pub use workstations::{ActivePeer, WorkstationRow};
+pub use workstations::{ActivePeer, PeerEndpoint, WorkstationRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -196,6 +196,10 @@ impl Store {
         if seen_at >= seen_since {
             return Ok(NodeRemoval::RecentlySeen(seen_at));
         }
+        sqlx::query("DELETE FROM wireguard_endpoints WHERE node = $1")
+            .bind(node)
+            .execute(tx.conn()?)
+            .await?;
         sqlx::query("DELETE FROM nodes WHERE name = $1")
             .bind(node)
             .execute(tx.conn()?)

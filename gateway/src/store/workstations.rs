@@ -1,7 +1,7 @@
 //! Workstations: enrolled WireGuard peers, each bound to one user.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use sqlx::Row;
 
@@ -40,6 +40,16 @@ pub struct ActivePeer {
     pub owner: String,
     pub public_key: WgPublicKey,
     pub address: Ipv4Addr,
+}
+
+/// Where a node last heard a WireGuard peer, so that after a restart it can send that
+/// peer a handshake instead of waiting for the peer's timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerEndpoint {
+    pub public_key: WgPublicKey,
+    pub endpoint: SocketAddr,
+    /// Unix microseconds of the peer's last completed handshake with the node.
+    pub handshake_at: i64,
 }
 
 const COLUMNS: &str = "name, owner, public_key, address, created_at, created_by, key_rotated_at, revoked_at, \
@@ -243,6 +253,56 @@ impl Store {
         Ok(out)
     }
 
+    /// The peers `node` heard, where it heard them, and when each last completed a
+    /// handshake. Rows of keys that are no longer a live workstation's are deleted first;
+    /// a row that does not parse (it is only a hint) is skipped with a warning.
+    pub async fn peer_endpoints(&self, node: &str) -> Result<Vec<PeerEndpoint>, StoreError> {
+        sqlx::query(
+            "DELETE FROM wireguard_endpoints WHERE node = $1 AND public_key NOT IN \
+             (SELECT public_key FROM workstations WHERE revoked_at IS NULL)",
+        )
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        let rows = sqlx::query("SELECT public_key, endpoint, handshake_at FROM wireguard_endpoints WHERE node = $1")
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (key, endpoint): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            match (WgPublicKey::parse(&key), endpoint.parse()) {
+                (Ok(public_key), Ok(endpoint)) => out.push(PeerEndpoint {
+                    public_key,
+                    endpoint,
+                    handshake_at: r.try_get(2)?,
+                }),
+                _ => tracing::warn!(%node, key, endpoint, "ignoring a saved WireGuard endpoint that does not parse"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Save where `node` heard these peers (only those that changed need passing).
+    pub async fn save_peer_endpoints(&self, node: &str, endpoints: &[PeerEndpoint]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for e in endpoints {
+            sqlx::query(
+                "INSERT INTO wireguard_endpoints (node, public_key, endpoint, handshake_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (node, public_key) DO UPDATE SET endpoint = excluded.endpoint, \
+                 handshake_at = excluded.handshake_at",
+            )
+            .bind(node)
+            .bind(e.public_key.to_string())
+            .bind(e.endpoint.to_string())
+            .bind(e.handshake_at)
+            .execute(tx.conn()?)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn record_workstation_traffic(
         &self,
         name: &str,
@@ -268,8 +328,62 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::test_backends;
-    use crate::store::UserStatus;
+    use crate::store::{NodeRemoval, UserStatus};
     use crate::wg::WgSecret;
+
+    #[tokio::test]
+    async fn peer_endpoints_are_kept_per_node_and_only_for_live_keys() {
+        for (backend, s) in test_backends().await {
+            let alice = UserName::parse("alice").unwrap();
+            s.add_user(&alice).await.unwrap();
+            let net = TunnelNet::parse("10.77.0.1/29").unwrap();
+            let (ws1, ws2) = (
+                WorkstationName::parse("ws1").unwrap(),
+                WorkstationName::parse("ws2").unwrap(),
+            );
+            let (k1, k2) = (WgSecret::generate().public(), WgSecret::generate().public());
+            s.add_workstation(&ws1, &alice, &k1, &net, "root").await.unwrap();
+            s.add_workstation(&ws2, &alice, &k2, &net, "root").await.unwrap();
+            let at = |public_key, endpoint: &str, handshake_at| PeerEndpoint {
+                public_key,
+                endpoint: endpoint.parse().unwrap(),
+                handshake_at,
+            };
+            s.save_peer_endpoints("a", &[at(k1, "192.0.2.1:40000", 10), at(k2, "[2001:db8::2]:51820", 20)])
+                .await
+                .unwrap();
+            s.save_peer_endpoints("b", &[at(k1, "198.51.100.1:1", 30)])
+                .await
+                .unwrap();
+            // A later save replaces a peer's row (the workstation roamed).
+            s.save_peer_endpoints("a", &[at(k1, "192.0.2.9:41000", 40)])
+                .await
+                .unwrap();
+            let mut seen = s.peer_endpoints("a").await.unwrap();
+            seen.sort_by_key(|e| e.handshake_at);
+            assert_eq!(
+                seen,
+                vec![at(k2, "[2001:db8::2]:51820", 20), at(k1, "192.0.2.9:41000", 40)],
+                "{backend}"
+            );
+            // A revoked workstation's key is forgotten.
+            assert!(s.revoke_workstation(&ws2, "root", "lost").await.unwrap());
+            assert_eq!(
+                s.peer_endpoints("a").await.unwrap(),
+                vec![at(k1, "192.0.2.9:41000", 40)]
+            );
+            // A row that does not parse is skipped, not an error.
+            sqlx::query("UPDATE wireguard_endpoints SET endpoint = 'nonsense' WHERE node = 'b'")
+                .execute(&s.pool)
+                .await
+                .unwrap();
+            assert!(s.peer_endpoints("b").await.unwrap().is_empty(), "{backend}");
+            // `nodes remove` takes the node's rows with it.
+            s.node_alive("a", "i1", 1, false).await.unwrap();
+            assert_eq!(s.remove_node("a", i64::MAX).await.unwrap(), NodeRemoval::Removed);
+            assert!(s.peer_endpoints("a").await.unwrap().is_empty(), "{backend}");
+        }
+    }
 
     #[tokio::test]
     async fn enrol_revoke_rotate_on_every_backend() {

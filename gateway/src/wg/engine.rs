@@ -75,12 +75,12 @@ pub struct Accepted {
 }
 
 /// One peer as `wg show` would describe it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct PeerStatus {
     pub workstation: String,
-    pub public_key: String,
+    pub public_key: WgPublicKey,
     pub address: Ipv4Addr,
-    pub endpoint: Option<String>,
+    pub endpoint: Option<SocketAddr>,
     /// Unix microseconds of the last completed handshake.
     pub last_handshake: Option<i64>,
     pub rx_bytes: u64,
@@ -224,6 +224,7 @@ pub(crate) struct Stack {
     retiring: std::collections::HashSet<WgPublicKey>,
     /// Where removed peers were last seen, so a peer that comes back (owner resumed)
     /// gets a handshake from the gateway at once instead of waiting for its own timers.
+    /// At start: the peers to greet after a restart.
     last_endpoints: HashMap<WgPublicKey, SocketAddr>,
     /// Peers to send a handshake initiation to on the next poll.
     kick: Vec<WgPublicKey>,
@@ -267,10 +268,16 @@ impl Drop for WireGuard {
 impl WireGuard {
     /// Bind the UDP port and start the engine with `peers`. New connections arrive on the
     /// returned receiver.
+    ///
+    /// `greet` names peers that may still hold a session with the process this one
+    /// replaces, and where they were: each gets a handshake initiation at once, so its
+    /// traffic resumes without waiting for its own timers (which give up on a silent
+    /// session only after 15 s).
     pub async fn start(
         config: &WgConfig,
         secret: WgSecret,
         peers: Vec<PeerSpec>,
+        greet: HashMap<WgPublicKey, SocketAddr>,
     ) -> std::io::Result<(WireGuard, mpsc::Receiver<Accepted>)> {
         let udp = UdpSocket::bind(config.listen).await?;
         let local_addr = udp.local_addr()?;
@@ -294,7 +301,7 @@ impl WireGuard {
             closing: Vec::new(),
             peers: HashMap::new(),
             retiring: Default::default(),
-            last_endpoints: HashMap::new(),
+            last_endpoints: greet,
             kick: Vec::new(),
             by_index: HashMap::new(),
             by_ip: HashMap::new(),
@@ -485,9 +492,9 @@ impl Stack {
                 let (since, tx, rx, _, _) = p.tunn.stats();
                 PeerStatus {
                     workstation: p.spec.workstation.clone(),
-                    public_key: p.spec.public_key.to_string(),
+                    public_key: p.spec.public_key,
                     address: p.spec.address,
-                    endpoint: p.endpoint.map(|e| e.to_string()),
+                    endpoint: p.endpoint,
                     last_handshake: since.and_then(|d| now.checked_sub(d)).map(|t| {
                         t.duration_since(SystemTime::UNIX_EPOCH)
                             .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

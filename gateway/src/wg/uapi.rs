@@ -10,7 +10,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::engine::WireGuard;
-use super::key::WgPublicKey;
 
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 const EPERM: i32 = 1;
@@ -116,10 +115,7 @@ async fn answer(conn: UnixStream, wg: &WireGuard) -> std::io::Result<()> {
 fn get(wg: &WireGuard) -> String {
     let mut out = format!("listen_port={}\n", wg.local_addr().port());
     for p in wg.status() {
-        let Ok(key) = WgPublicKey::parse(&p.public_key) else {
-            continue;
-        };
-        out.push_str(&format!("public_key={}\n", hex::encode(key.as_bytes())));
+        out.push_str(&format!("public_key={}\n", hex::encode(p.public_key.as_bytes())));
         if let Some(e) = &p.endpoint {
             out.push_str(&format!("endpoint={e}\n"));
         }
