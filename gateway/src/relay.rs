@@ -132,6 +132,11 @@ struct Chan<'a> {
     /// before it (so nothing reaches the target outside a judged command).
     is_session: bool,
     started: std::sync::atomic::AtomicBool,
+    /// The shell, exec or subsystem request forwarded with want-reply, until the target
+    /// answers it. The client had its answer already (see `front`'s request handlers),
+    /// so a refusal from the target ends the channel with the reason: forwarded without
+    /// want-reply, a refused request left the client waiting on an open channel for good.
+    awaiting_start: std::sync::Mutex<Option<String>>,
     /// Bytes from the client and from the target, for the channel's closing record.
     bytes_in: std::sync::atomic::AtomicU64,
     bytes_out: std::sync::atomic::AtomicU64,
@@ -148,6 +153,10 @@ impl Chan<'_> {
             self.s.recorder().meta(self.id, m)?;
         }
         Ok(())
+    }
+
+    fn await_start(&self, what: &str) {
+        *self.awaiting_start.lock().unwrap_or_else(|p| p.into_inner()) = Some(what.to_owned());
     }
 
     fn sftp_active(&self) -> bool {
@@ -193,6 +202,7 @@ async fn run(
         bytes_out: std::sync::atomic::AtomicU64::new(0),
         is_session,
         started: std::sync::atomic::AtomicBool::new(false),
+        awaiting_start: std::sync::Mutex::new(None),
     };
 
     let inbound = async {
@@ -510,7 +520,8 @@ async fn client_to_target(
         }
         ChannelMsg::RequestShell { .. } => {
             rec.meta(id, &Meta::Shell)?;
-            up.request_shell(false).await?;
+            chan.await_start("shell");
+            up.request_shell(true).await?;
         }
         ChannelMsg::Exec { command, .. } => {
             let text = String::from_utf8_lossy(&command).into_owned();
@@ -519,14 +530,16 @@ async fn client_to_target(
                     Some((direction, ScpTracker::new(direction, path)));
             }
             rec.meta(id, &Meta::Exec { command: text })?;
-            up.exec(false, command).await?;
+            chan.await_start("exec");
+            up.exec(true, command).await?;
         }
         ChannelMsg::RequestSubsystem { name, .. } => {
             rec.meta(id, &Meta::Subsystem { name: name.clone() })?;
             if name == "sftp" {
                 *chan.sftp.lock().unwrap_or_else(|p| p.into_inner()) = Some(SftpAudit::default());
             }
-            up.request_subsystem(false, name).await?;
+            chan.await_start(&format!("subsystem {name}"));
+            up.request_subsystem(true, name).await?;
         }
         ChannelMsg::SetEnv {
             variable_name,
@@ -623,6 +636,18 @@ async fn target_to_client(
             let _ = front_handle
                 .exit_signal_request(front.id(), signal_name, core_dumped, error_message, lang_tag)
                 .await;
+        }
+        ChannelMsg::Success => {
+            chan.awaiting_start.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
+        ChannelMsg::Failure => {
+            // Only the start request asks for a reply; any other failure is not ours.
+            if let Some(what) = chan.awaiting_start.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(RelayError::Channel(format!(
+                    "target {} refused the {what} request",
+                    s.authorized().target().name
+                )));
+            }
         }
         ChannelMsg::Close => return Ok(false),
         _ => {}

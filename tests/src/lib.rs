@@ -113,6 +113,8 @@ pub struct SshdOptions<'a> {
     /// An OpenSSH host certificate file to present, if any.
     pub host_cert: Option<&'a Path>,
     pub host_key: Option<&'a Path>,
+    /// Serve the sftp subsystem (OpenSSH's sftp-server).
+    pub sftp: bool,
 }
 
 impl Sshd {
@@ -127,6 +129,7 @@ impl Sshd {
                 netns: None,
                 host_cert: None,
                 host_key: None,
+                sftp: true,
             },
         )
     }
@@ -157,11 +160,14 @@ impl Sshd {
         let mut cfg = format!(
             "Port {port}\nListenAddress {listen}\nHostKey {}\nTrustedUserCAKeys {}\nAuthorizedKeysFile none\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
-             AllowTcpForwarding yes\nSubsystem sftp /usr/lib/openssh/sftp-server\nLogLevel VERBOSE\nPrintMotd no\n\
+             AllowTcpForwarding yes\nLogLevel VERBOSE\nPrintMotd no\n\
              AcceptEnv LANG LC_* TZ HERSE_TEST_*\n",
             key.display(),
             opts.user_ca_pub.display()
         );
+        if opts.sftp {
+            cfg.push_str("Subsystem sftp /usr/lib/openssh/sftp-server\n");
+        }
         if let Some(c) = opts.host_cert {
             cfg.push_str(&format!("HostCertificate {}\n", c.display()));
         }

@@ -52,6 +52,7 @@ fn world(name: &str) -> World {
         netns: None,
         host_cert: None,
         host_key: None,
+        sftp: true,
     };
     let web = Sshd::start(&d, "web1", opts());
     let db = Sshd::start(&d, "db1", opts());

@@ -79,6 +79,7 @@ impl World {
                 netns: None,
                 host_cert: None,
                 host_key: None,
+                sftp: true,
             },
         );
         // db1 presents a host certificate from a site host CA (not Herse's).
@@ -103,6 +104,7 @@ impl World {
                 netns: None,
                 host_cert: Some(&db_cert),
                 host_key: Some(&db_key),
+                sftp: true,
             },
         );
         let site_ca_pub = std::fs::read_to_string(format!("{}.pub", site_ca.display())).unwrap();
@@ -880,6 +882,87 @@ fn init_refuses_to_overwrite_and_sigterm_drains() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_request_the_target_refuses_ends_the_channel_with_the_reason() {
+    let w = World::new("targetrefuses");
+    let d = w.d().to_owned();
+    // A web-tier target without an sftp subsystem: alice's role allows sftp there, the
+    // target does not serve it. OpenSSH's client, talking to it directly, reports the
+    // failed request and exits; through the gateway it must not wait on an open channel.
+    let bare = Sshd::start(
+        &d,
+        "web-bare",
+        SshdOptions {
+            user_ca_pub: &d.join("data/user_ca.pub"),
+            netns: None,
+            host_cert: None,
+            host_key: None,
+            sftp: false,
+        },
+    );
+    let policy_path = d.join("policy.toml");
+    let mut policy = std::fs::read_to_string(&policy_path).unwrap();
+    policy.push_str(&format!(
+        "\n[tiers.web.targets.web-bare]\naddress = \"127.0.0.1\"\nport = {}\nhost_keys = [\"{}\"]\n",
+        bare.port, bare.host_key_pub
+    ));
+    std::fs::write(&policy_path, policy).unwrap();
+    w.gw.signal("HUP");
+    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    let host_ca = std::fs::read_to_string(d.join("data/host_ca.pub")).unwrap();
+    let mut known = std::fs::read_to_string(d.join("known_hosts")).unwrap();
+    known.push_str(&format!("@cert-authority web-bare {}\n", host_ca.trim()));
+    std::fs::write(d.join("known_hosts"), known).unwrap();
+    std::fs::write(d.join("batch"), "ls\n").unwrap();
+
+    let mut sftp = client("sftp")
+        .arg("-F")
+        .arg(&w.alice)
+        .args(["-J", "gw", "-b"])
+        .arg(d.join("batch"))
+        .arg(format!("{DEPLOY}@web-bare"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while sftp.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = sftp.kill();
+            panic!("sftp still waiting 20 s after the target refused its subsystem");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = sftp.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("herse: target web-bare refused the subsystem sftp request"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The same session's shell and exec requests are answered by the target as before.
+    let out = run(ssh(&w.alice).args(["-J", "gw", "-l", DEPLOY, "web-bare", "echo served"]));
+    assert_eq!(text(&out.stdout), "served\n", "{}", text(&out.stderr));
+    // The recording says why the channel ended.
+    wait_sessions_ended(&w);
+    let denied: Vec<String> = recordings(&w)
+        .into_iter()
+        .flat_map(|(_, events)| events)
+        .filter_map(|e| match e {
+            Event::Meta {
+                meta: Meta::Denied { reason, .. },
+                ..
+            } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        denied.iter().any(|r| r.contains("refused the subsystem sftp request")),
+        "{denied:?}"
+    );
 }
 
 #[test]

@@ -135,6 +135,7 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
             netns: Some((&net.web, "10.211.1.2", 22)),
             host_cert: None,
             host_key: None,
+            sftp: true,
         },
     );
     let db = Sshd::start(
@@ -145,6 +146,7 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
             netns: Some((&net.db, "10.211.2.2", 22)),
             host_cert: None,
             host_key: None,
+            sftp: true,
         },
     );
     std::fs::write(
