@@ -15,16 +15,26 @@
 # that build refuses to serve without HERSE_BENCH_UNRECORDED=1), and ssh goes through
 # Herse as users do: ProxyJump, recorded — so it carries Herse's SSH relay too.
 #
-# Usage: bench/wireguard.sh [--size-mib 512] [--seconds 10]
+# With --recording-rounds N, a second table gives what recording costs through the
+# tunnel (issue #3's ratio, as workstations see it): throughput through Herse of ssh into
+# `cat > /dev/null` and of an sftp put (its SFTP stream parsed, the file hashed), single
+# hop and ProxyJump, with this build and with a bench-only build whose recorder records
+# nothing (--features bench-null-recorder), restarting the gateway between the two, in
+# N alternating rounds; medians. The gateway's CPU-s/GiB there covers WireGuard, TCP, SSH
+# and recording together.
+#
+# Usage: bench/wireguard.sh [--size-mib 512] [--seconds 10] [--recording-rounds N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=512
 SECONDS_=10
+RROUNDS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --size-mib) SIZE_MIB=$2; shift 2;;
     --seconds) SECONDS_=$2; shift 2;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0;;
+    --recording-rounds) RROUNDS=$2; shift 2;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0;;
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
@@ -34,6 +44,10 @@ W=$(mktemp -d /tmp/herse-wgbench.XXXXXX)
 cargo build --release --quiet -p herse-gateway -p hersectl --features herse-gateway/bench-tunnel-forward
 cp "$CARGO_TARGET_DIR/release/herse" "$W/herse"
 cp "$CARGO_TARGET_DIR/release/hersectl" "$W/hersectl"
+if [ "$RROUNDS" -gt 0 ]; then
+  cargo build --release --quiet -p herse-gateway --features bench-tunnel-forward,bench-null-recorder
+  cp "$CARGO_TARGET_DIR/release/herse" "$W/herse-null"
+fi
 LOGIN=hbench
 id "$LOGIN" >/dev/null 2>&1 || useradd -m -p '*' -s /bin/sh "$LOGIN"
 WS=hbws-$$; GW=hbgw-$$
@@ -82,6 +96,7 @@ UsePAM no
 StrictModes no
 PidFile none
 LogLevel ERROR
+Subsystem sftp /usr/lib/openssh/sftp-server
 CFG
 ingw /usr/sbin/sshd -f "$W/sshd_config" -E "$W/sshd.log"
 ingw iperf3 -s -D --logfile "$W/iperf3.log"
@@ -93,7 +108,7 @@ host_keys = ["$(cat "$W/host.pub")"]
 [roles.bench]
 tiers = ["bench"]
 logins = ["$LOGIN"]
-operations = ["shell", "exec"]
+operations = ["shell", "exec", "sftp-read", "sftp-write"]
 max_session = "8h"
 idle_timeout = "1h"
 mfa_remember = "1h"
@@ -107,11 +122,18 @@ CTL roles bind alice bench >/dev/null
 SECRET=$(totp_enrol "$W/hersectl" "$W/herse.toml" alice)
 totp_askpass "$W/askpass" "$SECRET"
 CTL workstations add bench-ws --owner alice > "$W/$IFH.conf" 2>/dev/null
-# In a subshell, so this shell does not report the job killed at cleanup.
-(HERSE_BENCH_UNRECORDED=1 HERSE_BENCH_TUNNEL_FORWARD=5201=127.0.0.1:5201 HERSE_LOG=warn \
-  ip netns exec "$GW" "$W/herse" -c "$W/herse.toml" serve 2> "$W/herse.log" &)
-sleep 1
-HERSE_PID=$(ingw pgrep -f "$W/herse -c" | head -1)
+start_herse() {
+  # In a subshell, so this shell does not report the job killed at cleanup.
+  (HERSE_BENCH_UNRECORDED=1 HERSE_BENCH_TUNNEL_FORWARD=5201=127.0.0.1:5201 HERSE_LOG=warn \
+    ip netns exec "$GW" "$1" -c "$W/herse.toml" serve 2>> "$W/herse.log" &)
+  sleep 1
+  HERSE_PID=$(ingw pgrep -f "$1 -c" | head -1)
+}
+stop_herse() {
+  kill -TERM "$HERSE_PID"
+  while kill -0 "$HERSE_PID" 2>/dev/null; do sleep 0.1; done
+}
+start_herse "$W/herse"
 
 # wireguard-go on both ends for (b).
 WSK=$(wg genkey); GWK=$(wg genkey)
@@ -185,3 +207,56 @@ for path in veth wg-go herse; do
   mbs=$(python3 -c "print(round($SIZE_MIB*1.048576/($e-$s)))")
   printf '| %s | %s | %s | %s |\n' "$path" "$mbit" "$cpu" "$mbs"
 done
+
+[ "$RROUNDS" -gt 0 ] || exit 0
+# Recording's cost through the tunnel. A restarted gateway greets the workstation at
+# once (it shook hands moments ago), and the role remembers the second factor.
+transfer_mbs() {
+  local kind=$1 s e
+  shift
+  s=$(date +%s.%N)
+  if [ "$kind" = cat ]; then
+    inws ssh "${SSHOPTS[@]}" "$@" 'cat > /dev/null' < "$W/payload"
+  else
+    echo "put $W/payload /dev/null" | inws sftp -q "${SSHOPTS[@]}" -b - "$@" > /dev/null
+  fi
+  e=$(date +%s.%N)
+  python3 -c "print(round($SIZE_MIB*1.048576/($e-$s)))"
+}
+: > "$W/rec-rows"
+for round in $(seq "$RROUNDS"); do
+  for build in recorded null; do
+    bin="$W/herse"; [ "$build" = null ] && bin="$W/herse-null"
+    stop_herse; start_herse "$bin"
+    for form in hop jump; do
+      for kind in cat sftp; do
+        dest=(-J "alice@10.77.0.1" "$LOGIN@tgt")
+        [ "$form" = hop ] && dest=("alice+$LOGIN+tgt@10.77.0.1")
+        t0=$(cpu_ticks "$HERSE_PID")
+        mbs=$(transfer_mbs "$kind" "${dest[@]}")
+        t1=$(cpu_ticks "$HERSE_PID")
+        echo "$form-$kind $build $mbs $(python3 -c "print(($t1-$t0)/$HZ/($SIZE_MIB/1024))")" >> "$W/rec-rows"
+        echo "round $round/$RROUNDS: $build $form $kind $mbs MB/s" >&2
+      done
+    done
+  done
+done
+echo
+python3 - "$W/rec-rows" "$RROUNDS" "$SIZE_MIB" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    form, build, mbs, cpu = line.split()
+    rows.setdefault((form, build), []).append((float(mbs), float(cpu)))
+print(f"Recording through the tunnel, {sys.argv[3]} MiB per run, {sys.argv[2]} rounds, medians "
+      "(ratio: median of each round's recorded/null)")
+print()
+print("| form, transfer | recorded MB/s | null MB/s | ratio | gateway CPU-s/GiB recorded / null |")
+print("|---|---|---|---|---|")
+for form in ("hop-cat", "hop-sftp", "jump-cat", "jump-sftp"):
+    rec, null = rows[(form, "recorded")], rows[(form, "null")]
+    ratio = statistics.median(r[0] / n[0] for r, n in zip(rec, null))
+    med = lambda xs, i: statistics.median(x[i] for x in xs)
+    print(f"| herse-{form.replace('-', ', ', 1)} | {med(rec, 0):.0f} | {med(null, 0):.0f} | {ratio:.2f} | "
+          f"{med(rec, 1):.2f} / {med(null, 1):.2f} |")
+PY
