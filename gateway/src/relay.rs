@@ -115,6 +115,17 @@ pub async fn forward_channel(
     .await;
 }
 
+/// Requests per channel whose reply from the target may be due at once.
+const MAX_REPLIES_DUE: usize = 8;
+
+/// A request forwarded to the target with want-reply.
+#[derive(Debug)]
+enum Due {
+    Terminal,
+    /// The channel's shell, exec or subsystem request, named for messages.
+    Start(String),
+}
+
 /// State shared by the two directions of one channel.
 struct Chan<'a> {
     s: &'a TargetSession,
@@ -132,11 +143,12 @@ struct Chan<'a> {
     /// before it (so nothing reaches the target outside a judged command).
     is_session: bool,
     started: std::sync::atomic::AtomicBool,
-    /// The shell, exec or subsystem request forwarded with want-reply, until the target
-    /// answers it. The client had its answer already (see `front`'s request handlers),
-    /// so a refusal from the target ends the channel with the reason: forwarded without
-    /// want-reply, a refused request left the client waiting on an open channel for good.
-    awaiting_start: std::sync::Mutex<Option<String>>,
+    /// Requests forwarded with want-reply whose answer from the target is still due
+    /// (answers come in order). The client had its answer already (see `front`'s request
+    /// handlers), so a refusal is acted on here: a refused shell, exec or subsystem ends
+    /// the channel with the reason (without want-reply, the client was left waiting on
+    /// an open channel for good), a refused terminal is reported to the client.
+    replies_due: std::sync::Mutex<std::collections::VecDeque<Due>>,
     /// Bytes from the client and from the target, for the channel's closing record.
     bytes_in: std::sync::atomic::AtomicU64,
     bytes_out: std::sync::atomic::AtomicU64,
@@ -155,8 +167,20 @@ impl Chan<'_> {
         Ok(())
     }
 
-    fn await_start(&self, what: &str) {
-        *self.awaiting_start.lock().unwrap_or_else(|p| p.into_inner()) = Some(what.to_owned());
+    /// Whether to ask the target for a reply to `due`. A target that never answers
+    /// cannot make the queue grow past a few entries: later requests go without.
+    fn want_reply(&self, due: Due) -> bool {
+        let mut q = self.replies_due.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= MAX_REPLIES_DUE {
+            return false;
+        }
+        q.push_back(due);
+        true
+    }
+
+    /// The request the target's success or failure answers; `None` if none was due.
+    fn answered(&self) -> Option<Due> {
+        self.replies_due.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
     }
 
     fn sftp_active(&self) -> bool {
@@ -202,7 +226,7 @@ async fn run(
         bytes_out: std::sync::atomic::AtomicU64::new(0),
         is_session,
         started: std::sync::atomic::AtomicBool::new(false),
-        awaiting_start: std::sync::Mutex::new(None),
+        replies_due: Default::default(),
     };
 
     let inbound = async {
@@ -508,7 +532,7 @@ async fn client_to_target(
                 },
             )?;
             up.request_pty(
-                false,
+                chan.want_reply(Due::Terminal),
                 &term,
                 col_width,
                 row_height,
@@ -520,8 +544,7 @@ async fn client_to_target(
         }
         ChannelMsg::RequestShell { .. } => {
             rec.meta(id, &Meta::Shell)?;
-            chan.await_start("shell");
-            up.request_shell(true).await?;
+            up.request_shell(chan.want_reply(Due::Start("shell".into()))).await?;
         }
         ChannelMsg::Exec { command, .. } => {
             let text = String::from_utf8_lossy(&command).into_owned();
@@ -530,16 +553,15 @@ async fn client_to_target(
                     Some((direction, ScpTracker::new(direction, path)));
             }
             rec.meta(id, &Meta::Exec { command: text })?;
-            chan.await_start("exec");
-            up.exec(true, command).await?;
+            up.exec(chan.want_reply(Due::Start("exec".into())), command).await?;
         }
         ChannelMsg::RequestSubsystem { name, .. } => {
             rec.meta(id, &Meta::Subsystem { name: name.clone() })?;
             if name == "sftp" {
                 *chan.sftp.lock().unwrap_or_else(|p| p.into_inner()) = Some(SftpAudit::default());
             }
-            chan.await_start(&format!("subsystem {name}"));
-            up.request_subsystem(true, name).await?;
+            let want_reply = chan.want_reply(Due::Start(format!("subsystem {name}")));
+            up.request_subsystem(want_reply, name).await?;
         }
         ChannelMsg::SetEnv {
             variable_name,
@@ -638,17 +660,33 @@ async fn target_to_client(
                 .await;
         }
         ChannelMsg::Success => {
-            chan.awaiting_start.lock().unwrap_or_else(|p| p.into_inner()).take();
+            chan.answered();
         }
-        ChannelMsg::Failure => {
-            // Only the start request asks for a reply; any other failure is not ours.
-            if let Some(what) = chan.awaiting_start.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        ChannelMsg::Failure => match chan.answered() {
+            Some(Due::Start(what)) => {
                 return Err(RelayError::Channel(format!(
                     "target {} refused the {what} request",
                     s.authorized().target().name
                 )));
             }
-        }
+            Some(Due::Terminal) => {
+                // As OpenSSH does ("PTY allocation request failed"): the command runs
+                // without a terminal, and the user is told why.
+                let reason = format!("target {} refused a terminal", s.authorized().target().name);
+                rec.meta(
+                    id,
+                    &Meta::Denied {
+                        request: "pty".into(),
+                        reason: reason.clone(),
+                    },
+                )?;
+                let _g = chan.front_lock.lock().await;
+                front
+                    .extended_data_bytes(1, format!("herse: {reason}; running without one\r\n"))
+                    .await?;
+            }
+            None => {}
+        },
         ChannelMsg::Close => return Ok(false),
         _ => {}
     }

@@ -943,9 +943,27 @@ fn a_request_the_target_refuses_ends_the_channel_with_the_reason() {
         "{}",
         text(&out.stderr)
     );
-    // The same session's shell and exec requests are answered by the target as before.
+    // The same target still runs commands.
     let out = run(ssh(&w.alice).args(["-J", "gw", "-l", DEPLOY, "web-bare", "echo served"]));
     assert_eq!(text(&out.stdout), "served\n", "{}", text(&out.stderr));
+    // A target that refuses terminals (PermitTTY no): as with OpenSSH's "PTY allocation
+    // request failed", the command runs without one and the user is told.
+    let cfg = bare.dir.join("sshd_config");
+    let mut c = std::fs::read_to_string(&cfg).unwrap();
+    c.push_str("PermitTTY no\n");
+    std::fs::write(&cfg, c).unwrap();
+    ok(Command::new("kill").args(["-HUP", &bare.proc.child.id().to_string()]));
+    std::thread::sleep(Duration::from_millis(500)); // sshd re-executes itself
+    let out = run(ssh(&w.alice).args(["-tt", "-J", "gw", "-l", DEPLOY, "web-bare", "tty; echo ran"]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        stdout.contains("not a tty") && stdout.contains("ran"),
+        "{stdout} / {stderr}"
+    );
+    assert!(
+        stderr.contains("herse: target web-bare refused a terminal; running without one"),
+        "{stdout} / {stderr}"
+    );
     // The recording says why the channel ended.
     wait_sessions_ended(&w);
     let denied: Vec<String> = recordings(&w)
@@ -961,6 +979,10 @@ fn a_request_the_target_refuses_ends_the_channel_with_the_reason() {
         .collect();
     assert!(
         denied.iter().any(|r| r.contains("refused the subsystem sftp request")),
+        "{denied:?}"
+    );
+    assert!(
+        denied.iter().any(|r| r == "target web-bare refused a terminal"),
         "{denied:?}"
     );
 }
