@@ -1891,7 +1891,7 @@ fn a_roles_max_connections_caps_a_users_open_sessions() {
     // cover web1.
     let limited = policy.replacen("[roles.db-exec]\n", "[roles.db-exec]\nmax_connections = 2\n", 1);
     assert_ne!(limited, policy);
-    std::fs::write(&policy_path, limited).unwrap();
+    std::fs::write(&policy_path, &limited).unwrap();
     w.gw.signal("HUP");
     w.gw.wait_line("policy reloaded", Duration::from_secs(10));
 
@@ -1982,7 +1982,12 @@ fn a_roles_max_connections_caps_a_users_open_sessions() {
         "alice was asked for a code for a login over the limit"
     );
 
-    // Ending one session frees its place.
+    // Ending one session frees its place. (The proof is remembered again: a third TOTP
+    // code within one 30 s step would make the askpass program wait for the next step,
+    // past the gateway's auth_timeout.)
+    std::fs::write(&policy_path, &limited).unwrap();
+    w.gw.signal("HUP");
+    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
     let id = rows[0]["id"].as_str().unwrap().to_owned();
     ok(w.gw.ctl().args(["sessions", "kill", &id]));
     live(1);
