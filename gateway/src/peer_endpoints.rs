@@ -21,7 +21,8 @@ const SESSION_LIFETIME_MICROS: i64 = 180_000_000;
 /// (they are derived from "time since"); closer than this counts as unchanged.
 const SAME_HANDSHAKE_MICROS: i64 = 1_000_000;
 
-/// What this node last saved, so that only changes are written.
+/// What this node last saved, so that only changes are written: a peer's row changes
+/// when it roams or rekeys (every 2 minutes while it has traffic).
 #[derive(Debug, Default)]
 pub struct EndpointBook {
     saved: HashMap<WgPublicKey, (SocketAddr, i64)>,

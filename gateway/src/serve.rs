@@ -405,9 +405,11 @@ async fn watch_workstations(
             gw.audit(AuditEvent::new("workstation.peer_removed", Severity::Info, reason).workstation(&ws))
                 .await;
         }
+        // Every pass, so a crash right after a workstation's first handshake still lets
+        // the next start greet it; only changes are written (a rekey every 2 minutes).
+        book.lock().await.save(&gw, &wg).await;
         if last_stats.elapsed() >= Duration::from_secs(5) {
             last_stats = tokio::time::Instant::now();
-            book.lock().await.save(&gw, &wg).await;
             for p in wg.status() {
                 if let Err(e) = gw
                     .store

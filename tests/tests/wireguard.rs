@@ -542,16 +542,16 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
     // 8. A restarted gateway has lost its WireGuard sessions while the workstation still
     //    holds its own; left to its timers, the workstation would only start a new
     //    handshake 15 s after its first unanswered packet. The gateway saved where it
-    //    heard the peer and greets it with a handshake at start.
+    //    heard the peer and greets it with a handshake at start, even after a crash.
     let out = run(ssh(&net.ws2, &bob).args(["-l", DEPLOY, "web1", "echo before-restart"]));
     assert_eq!(text(&out.stdout).trim(), "before-restart", "{}", text(&out.stderr));
-    herse.signal("TERM");
-    assert!(herse.proc.take().unwrap().child.wait().unwrap().success());
+    herse.signal("KILL");
+    let _ = herse.proc.take().unwrap().child.wait();
     let saved = ok(Command::new("python3").arg("-c").arg(format!(
         "import sqlite3; print([r[0] for r in sqlite3.connect({:?}).execute('SELECT endpoint FROM wireguard_endpoints')])",
         d.join("data/herse.db").display().to_string()
     )));
-    assert!(saved.contains("'10.210.2.2:"), "endpoints saved at shutdown: {saved}");
+    assert!(saved.contains("'10.210.2.2:"), "endpoints saved: {saved}");
     let herse = Gateway::spawn(&d, &config, Some(&net.gw));
     herse.wait_line("WireGuard on udp", Duration::from_secs(20));
     let t0 = Instant::now();
