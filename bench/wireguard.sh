@@ -180,6 +180,21 @@ CFG
 SSHOPTS=(-F "$W/ssh_config")
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$W/payload"
 
+# MB/s of SIZE_MIB through ssh ARGS…: KIND `cat` pipes it into `cat > /dev/null`,
+# `sftp` puts it to /dev/null.
+transfer_mbs() {
+  local kind=$1 s e
+  shift
+  s=$(date +%s.%N)
+  if [ "$kind" = cat ]; then
+    inws ssh "${SSHOPTS[@]}" "$@" 'cat > /dev/null' < "$W/payload"
+  else
+    echo "put $W/payload /dev/null" | inws sftp -q "${SSHOPTS[@]}" -b - "$@" > /dev/null
+  fi
+  e=$(date +%s.%N)
+  python3 -c "print(round($SIZE_MIB*1.048576/($e-$s)))"
+}
+
 printf '| path | iperf3 Mbit/s | gateway tunnel CPU-s/GiB (iperf3) | ssh MB/s |\n|---|---|---|---|\n'
 for path in veth wg-go herse; do
   case $path in
@@ -201,28 +216,13 @@ for path in veth wg-go herse; do
   else
     dest=("$LOGIN@$addr")
   fi
-  s=$(date +%s.%N)
-  inws ssh "${SSHOPTS[@]}" "${dest[@]}" 'cat > /dev/null' < "$W/payload"
-  e=$(date +%s.%N)
-  mbs=$(python3 -c "print(round($SIZE_MIB*1.048576/($e-$s)))")
+  mbs=$(transfer_mbs cat "${dest[@]}")
   printf '| %s | %s | %s | %s |\n' "$path" "$mbit" "$cpu" "$mbs"
 done
 
 [ "$RROUNDS" -gt 0 ] || exit 0
 # Recording's cost through the tunnel. A restarted gateway greets the workstation at
 # once (it shook hands moments ago), and the role remembers the second factor.
-transfer_mbs() {
-  local kind=$1 s e
-  shift
-  s=$(date +%s.%N)
-  if [ "$kind" = cat ]; then
-    inws ssh "${SSHOPTS[@]}" "$@" 'cat > /dev/null' < "$W/payload"
-  else
-    echo "put $W/payload /dev/null" | inws sftp -q "${SSHOPTS[@]}" -b - "$@" > /dev/null
-  fi
-  e=$(date +%s.%N)
-  python3 -c "print(round($SIZE_MIB*1.048576/($e-$s)))"
-}
 : > "$W/rec-rows"
 for round in $(seq "$RROUNDS"); do
   for build in recorded null; do
