@@ -94,6 +94,9 @@ struct RawMetrics {
 #[serde(deny_unknown_fields)]
 struct RawRecordings {
     dir: Option<Spanned<PathBuf>>,
+    /// How long the recording store may take to accept a write before it counts as
+    /// failed.
+    stall_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -118,6 +121,11 @@ struct RawCluster {
     /// How long a node may go unseen before the others close its sessions.
     node_timeout: Option<Spanned<String>>,
 }
+
+/// Bounds of `recordings.stall_timeout`: above a loaded disk's slowest sync, and short
+/// enough that a hung store ends its sessions (and refuses new ones) promptly.
+const STALL_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+const STALL_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 
 /// Bounds of `cluster.node_timeout`: at least three heartbeats, at most an hour.
 const NODE_TIMEOUT_MIN: Duration = Duration::from_secs(15);
@@ -198,6 +206,9 @@ pub struct GatewayConfig {
     pub auth_timeout: Duration,
     pub drain_timeout: Duration,
     pub recordings_dir: PathBuf,
+    /// A recording store that takes longer than this to accept a write has failed: its
+    /// sessions end and new ones are refused (`[recordings] stall_timeout`).
+    pub recordings_stall: Duration,
     pub env_allow: Vec<glob::Pattern>,
     /// Where audit events are also sent (`[audit] syslog`).
     pub audit_syslog: Option<crate::audit_log::syslog::SyslogTarget>,
@@ -554,6 +565,16 @@ impl GatewayConfig {
                 String::new()
             }
         };
+        let recordings_stall = match &raw.recordings.stall_timeout {
+            None => session_recordings::STALL_LIMIT,
+            Some(t) => match humantime::parse_duration(t.get_ref()) {
+                Ok(d) if (STALL_TIMEOUT_MIN..=STALL_TIMEOUT_MAX).contains(&d) => d,
+                _ => {
+                    errors.push(src.at(Some(t.span()), "recordings.stall_timeout: a duration from 1s to 5m"));
+                    STALL_TIMEOUT_MIN
+                }
+            },
+        };
         let node_timeout = match &raw.cluster.node_timeout {
             None => Duration::from_secs(60),
             Some(t) => match humantime::parse_duration(t.get_ref()) {
@@ -587,6 +608,7 @@ impl GatewayConfig {
             auth_timeout,
             drain_timeout,
             recordings_dir,
+            recordings_stall,
             env_allow,
             audit_syslog,
             node,
@@ -750,6 +772,25 @@ mod tests {
         ] {
             let e = load(&format!("{base}[cluster]\n{line}\n")).unwrap_err().to_string();
             assert!(e.contains("herse.toml:6") && e.contains(what), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_recording_stall_timeout_defaults_to_ten_seconds_and_is_bounded() {
+        let base = "data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n";
+        assert_eq!(load(base).unwrap().recordings_stall, Duration::from_secs(10));
+        let c = load(&format!("{base}[recordings]\nstall_timeout = \"3s\"\n")).unwrap();
+        assert_eq!(c.recordings_stall, Duration::from_secs(3));
+        for line in [
+            "stall_timeout = \"500ms\"",
+            "stall_timeout = \"1h\"",
+            "stall_timeout = \"never\"",
+        ] {
+            let e = load(&format!("{base}[recordings]\n{line}\n")).unwrap_err().to_string();
+            assert!(
+                e.contains("herse.toml:6") && e.contains("recordings.stall_timeout"),
+                "{line}: {e}"
+            );
         }
     }
 }

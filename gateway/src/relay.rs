@@ -328,7 +328,13 @@ async fn run(
     let _ = s.recorder().meta(id, &Meta::Close);
     // Channel close is a flush point: what the channel did is on disk now. Off this
     // thread: a flush may wait for the recording's writer or sign and sync a checkpoint.
-    if let Err(e) = crate::session::off_thread(s.recorder(), |r| r.flush()).await {
+    // A session that is ending does not wait for it: its seal writes everything, and
+    // its end (a kill, above all) must not wait for a slow or hung store.
+    let flushed = tokio::select! {
+        r = crate::session::off_thread(s.recorder(), |r| r.flush()) => r,
+        _ = s.cancelled() => Ok(()),
+    };
+    if let Err(e) = flushed {
         s.end(format!("recording failed: {e}"));
     }
 }

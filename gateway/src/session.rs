@@ -113,7 +113,18 @@ impl TargetSession {
             return Err(denied(gw, user, target, login, origin, denial).await);
         }
         let id = SessionId::random();
-        let recorder = match open_recording(gw, &id, &authorized, origin).await {
+        // A store that hangs refuses the session after the stall limit, like one that
+        // fails (the creation, left running on its blocking thread, cleans up after it).
+        let stall = gw.config.recordings_stall;
+        let opened = tokio::time::timeout(stall, open_recording(gw, &id, &authorized, origin))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the recording store did not answer within {}s",
+                    stall.as_secs_f32()
+                ))
+            });
+        let recorder = match opened {
             Ok(r) => r,
             Err(e) => {
                 gw.audit(
@@ -153,7 +164,7 @@ impl TargetSession {
                         .origin(origin),
                 )
                 .await;
-                let _ = recorder.finish(&format!("upstream failed: {e}"));
+                let _ = seal(gw, &recorder, format!("upstream failed: {e}")).await;
                 return Err(e.into());
             }
         };
@@ -232,7 +243,7 @@ impl TargetSession {
                 .upstream
                 .disconnect(russh::Disconnect::ByApplication, "session refused", "")
                 .await;
-            let _ = session.recorder.finish(why);
+            let _ = seal(gw, &session.recorder, why.to_owned()).await;
             return Err(err);
         }
         gw.audit(
@@ -460,24 +471,39 @@ async fn open_recording(
         let parsed = session_recordings::crypt::parse_recipients(&recipients).map_err(|e| e.to_string())?;
         Some(session_recordings::crypt::new_key(&parsed).map_err(|e| e.to_string())?)
     };
+    let stall = gw.config.recordings_stall;
     // Creating the file syncs it to disk: on the blocking pool, not on the connection's
-    // thread, whose other sessions keep relaying meanwhile.
-    let created = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)?;
-        match sealed_to {
-            None => FileRecorder::create(&path, &header, key),
-            Some((data_key, encryption)) => {
-                let header = Header {
-                    encryption: Some(encryption),
-                    ..header
-                };
-                FileRecorder::create_encrypted(&path, &header, key, data_key)
-            }
+    // thread, whose other sessions keep relaying meanwhile. If the store hangs, the
+    // caller stops waiting; should the file appear later, no session uses it, and it
+    // is removed.
+    let (created_tx, created) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let r = std::fs::create_dir_all(&dir)
+            .map_err(|e| RecordError::Create {
+                path: dir.clone(),
+                source: e,
+            })
+            .and_then(|()| match sealed_to {
+                None => FileRecorder::create(&path, &header, key),
+                Some((data_key, encryption)) => {
+                    let header = Header {
+                        encryption: Some(encryption),
+                        ..header
+                    };
+                    FileRecorder::create_encrypted(&path, &header, key, data_key)
+                }
+            })
+            .map(|r| r.with_stall_limit(stall));
+        if let Err(Ok(abandoned)) = created_tx.send(r) {
+            drop(abandoned);
+            let _ = std::fs::remove_file(session_recordings::format::index_path(&path));
+            let _ = std::fs::remove_file(&path);
         }
-    })
-    .await
-    .map_err(|e| format!("recording could not be created: {e}"))?;
-    let r = created.map_err(|e| e.to_string())?;
+    });
+    let r = created
+        .await
+        .map_err(|_| "recording could not be created: its thread stopped".to_owned())?
+        .map_err(|e| e.to_string())?;
     gw.store
         .set_recording_chain_head(&gw.node, id.as_str(), &hex::encode(r.header_hash()))
         .await
@@ -499,6 +525,15 @@ where
             "recorder call failed: {e}"
         )))),
     }
+}
+
+/// Seal a recording off the connection's thread, waiting at most the stall limit: a
+/// store that hangs leaves the recording unsealed (it then reads as truncated).
+async fn seal(gw: &Gateway, recorder: &Arc<dyn Recorder>, reason: String) -> Result<(), RecordError> {
+    let stall = gw.config.recordings_stall;
+    tokio::time::timeout(stall, off_thread(recorder, move |r| r.finish(&reason)))
+        .await
+        .unwrap_or(Err(RecordError::Stalled(stall)))
 }
 
 /// Runs beside a session until it ends: flushes the recording every second (a failed
@@ -532,8 +567,12 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
             _ = tick.tick() => {
                 // A disk that hangs must not hold up the session's end (kill, grant,
                 // maximum length): those cancel the session, and the seal follows.
+                // A flush that outlasts the stall limit (its checkpoint's sync hangs) fails.
+                let stall = gw.config.recordings_stall;
                 let flushed = tokio::select! {
-                    r = off_thread(&s.recorder, |r| r.flush()) => r,
+                    r = tokio::time::timeout(stall, off_thread(&s.recorder, |r| r.flush())) => {
+                        r.unwrap_or(Err(RecordError::Stalled(stall)))
+                    }
                     _ = s.cancel.cancelled() => Ok(()),
                 };
                 if let Err(e) = flushed {
@@ -569,10 +608,7 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
         .upstream
         .disconnect(russh::Disconnect::ByApplication, "session ended", "")
         .await;
-    let sealed = {
-        let reason = reason.clone();
-        off_thread(&s.recorder, move |r| r.finish(&reason)).await
-    };
+    let sealed = seal(&gw, &s.recorder, reason.clone()).await;
     if let Err(e) = &sealed {
         tracing::error!(session = %s.id, error = %e, "cannot seal recording");
     }

@@ -25,7 +25,7 @@ mod writer;
 
 pub use event::{ChannelKind, DataDirection, Event, Header, Meta, PreviousRecording};
 pub use reader::{Completeness, ReadError, RecordingReader, Verified};
-pub use writer::{Clock, FileRecorder, NullRecorder, RecordError, Recorder, CHECKPOINT_EVERY};
+pub use writer::{Clock, FileRecorder, NullRecorder, RecordError, Recorder, CHECKPOINT_EVERY, STALL_LIMIT};
 
 pub use follow::TailFile;
 pub use format::{MAGIC, MAX_RECORD_PAYLOAD, VERSION};

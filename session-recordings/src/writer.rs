@@ -1,8 +1,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
 use ed25519_dalek::{Signer, SigningKey};
 
@@ -31,12 +33,17 @@ pub enum RecordError {
     /// failure left it and reads as truncated, never as a spliced frame.
     #[error("recording stopped after an earlier write error")]
     Stopped,
+    /// The recording store took longer than this to accept a write (a hung disk or
+    /// network volume): the session ends, as if the write had failed.
+    #[error("the recording store did not accept a write within {}s", .0.as_secs_f32())]
+    Stalled(Duration),
 }
 
 /// The interface the gateway's relay writes through. Implementations must be cheap to
 /// call per packet and must return an error rather than drop anything.
 pub trait Recorder: Send + Sync {
-    /// Bulk bytes on a channel.
+    /// Bulk bytes on a channel. Never waits for the disk longer than the recorder's
+    /// stall limit.
     fn data(&self, channel: u32, direction: DataDirection, bytes: &[u8]) -> Result<(), RecordError>;
     /// Bulk bytes the caller owns as [`Bytes`] (a relayed packet): a recorder may keep a
     /// reference instead of copying them.
@@ -59,6 +66,59 @@ pub type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
 /// How often a checkpoint is signed while events keep coming.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
+/// How long, by default, the recording store may take to accept a write before the
+/// recorder counts it as failed (see [`FileRecorder::with_stall_limit`]).
+pub const STALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// Calls queued for a recording's thread. Each holds at most one relayed packet, so this
+/// bounds what a session's recorder holds in memory beside its frame and staging buffers.
+const QUEUE: usize = 64;
+
+/// What a recording's thread is asked to do, in the order the callers asked.
+enum Cmd {
+    Records {
+        kind: u8,
+        channel: u32,
+        t: u64,
+        data: Pieces,
+    },
+    /// Write what is buffered (and a checkpoint when due); answer with the sync the
+    /// caller then does itself, outside the thread.
+    Flush(Sender<Result<Option<SyncJob>, RecordError>>),
+    /// The caller synced everything below this offset.
+    Synced(u64),
+    Finish {
+        end: Vec<u8>,
+        t: u64,
+        reply: Sender<Result<(), RecordError>>,
+    },
+}
+
+/// One call's payload, already cut into records of at most [`MAX_RECORD_PAYLOAD`].
+enum Pieces {
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+/// A checkpoint's sync, done by the flushing caller so the recording's thread keeps
+/// taking records while the disk catches up.
+struct SyncJob {
+    file: File,
+    from: u64,
+    to: u64,
+}
+
+/// Whether a recording still takes records, as its callers see it.
+enum Status {
+    Open,
+    Finished,
+    /// A write failed; the first caller to look is told why, later ones that it stopped.
+    Stopped(Option<RecordError>),
+    /// The store took longer than the stall limit to accept a write.
+    Stalled(Duration),
+}
+
+/// The recording's state, owned by its thread.
 struct State {
     /// The recording's file; `None` once finished or stopped.
     sink: Option<Sink>,
@@ -74,20 +134,35 @@ struct State {
     /// the recording.
     index_file: Option<File>,
     index: Vec<u8>,
-    /// Set by the first write error; the file is closed then.
-    stopped: bool,
+}
+
+/// The part of a recorder that its thread runs: it hashes, frames, signs and writes.
+struct Worker {
+    session_id: String,
+    key: SigningKey,
+    /// Encrypts EVENTS payloads when the tier asks for it; dropped (zeroized) at the seal.
+    data_key: Option<DataKey>,
+    clock: Arc<Clock>,
+    st: State,
+    status: Arc<Mutex<Status>>,
 }
 
 /// Writes a signed, hash-chained recording to a file it creates (never overwrites).
+///
+/// Each recording has a thread of its own that hashes, frames, signs and writes; the
+/// callers (the relay, per packet) only stamp the time and queue the record. So the
+/// relay's thread never waits for the disk, and a store that hangs (a stalled network
+/// volume, a frozen filesystem) costs a caller at most the stall limit before the call
+/// fails and the session ends: recording fails closed even when the disk does not fail
+/// but stops answering.
 pub struct FileRecorder {
     path: PathBuf,
-    session_id: String,
     header_hash: [u8; 32],
-    key: SigningKey,
-    /// Encrypts EVENTS payloads when the tier asks for it; dropped (zeroized) at the seal.
-    data_key: Mutex<Option<DataKey>>,
-    clock: Clock,
-    state: Mutex<State>,
+    clock: Arc<Clock>,
+    stall: Duration,
+    /// `None` once the seal was queued: nothing is accepted after it.
+    tx: Mutex<Option<Sender<Cmd>>>,
+    status: Arc<Mutex<Status>>,
 }
 
 impl std::fmt::Debug for FileRecorder {
@@ -96,6 +171,10 @@ impl std::fmt::Debug for FileRecorder {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl FileRecorder {
@@ -124,13 +203,35 @@ impl FileRecorder {
                 "encrypted recording without an encryption header",
             )));
         }
-        let rec = Self::create(path, header, key)?;
-        *rec.data_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(data_key);
-        Ok(rec)
+        let started = Instant::now();
+        Self::open(
+            path,
+            header,
+            key,
+            Box::new(move || started.elapsed().as_micros() as u64),
+            Some(data_key),
+        )
     }
 
     /// As [`Self::create`] with an explicit clock (deterministic output for tests).
     pub fn create_with_clock(path: &Path, header: &Header, key: SigningKey, clock: Clock) -> Result<Self, RecordError> {
+        Self::open(path, header, key, clock, None)
+    }
+
+    /// How long a call may wait for the recording's thread (which waits for the disk)
+    /// before it fails with [`RecordError::Stalled`]; default [`STALL_LIMIT`].
+    pub fn with_stall_limit(mut self, limit: Duration) -> Self {
+        self.stall = limit;
+        self
+    }
+
+    fn open(
+        path: &Path,
+        header: &Header,
+        key: SigningKey,
+        clock: Clock,
+        data_key: Option<DataKey>,
+    ) -> Result<Self, RecordError> {
         let create_err = |source| RecordError::Create {
             path: path.to_owned(),
             source,
@@ -146,44 +247,53 @@ impl FileRecorder {
         out.extend_from_slice(&format::VERSION.to_be_bytes());
         let header_json = serde_json::to_vec(header)?;
         let header_hash = format::encode_frame(&mut out, &[0u8; 32], FRAME_HEADER, 0, &header_json);
-        let rec = FileRecorder {
-            path: path.to_owned(),
+        let clock = Arc::new(clock);
+        let status = Arc::new(Mutex::new(Status::Open));
+        let mut worker = Worker {
             session_id: header.session_id.clone(),
-            header_hash,
             key,
-            data_key: Mutex::new(None),
-            clock,
-            state: Mutex::new(State {
+            data_key,
+            clock: clock.clone(),
+            st: State {
                 sink: None,
                 chunk: Chunk::with_capacity(EVENTS_FRAME_TARGET + 1024),
-                out: Vec::new(),
+                out,
                 seq: 1,
                 prev: header_hash,
                 dirty_since_checkpoint: true,
                 last_checkpoint: Instant::now(),
                 index_file: None,
                 index: Vec::new(),
-                stopped: false,
-            }),
+            },
+            status: status.clone(),
         };
-        {
-            let mut st = rec.lock();
-            st.out = out;
-            rec.sign_frame(&mut st, FRAME_CHECKPOINT);
-            let mut sink = Sink::new(file, path);
-            sink.append(&mut [IoSlice::new(&st.out)]).map_err(create_err)?;
-            sink.sync().map_err(create_err)?;
-            st.out.clear();
-            st.sink = Some(sink);
-            let mut index = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(format::index_path(path))
-                .map_err(create_err)?;
-            index.write_all(format::INDEX_MAGIC).map_err(create_err)?;
-            st.index_file = Some(index);
-        }
-        Ok(rec)
+        worker.sign_frame(FRAME_CHECKPOINT);
+        let mut sink = Sink::new(file, path);
+        sink.append(&mut [IoSlice::new(&worker.st.out)]).map_err(create_err)?;
+        sink.sync().map_err(create_err)?;
+        worker.st.out.clear();
+        worker.st.sink = Some(sink);
+        let mut index = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(format::index_path(path))
+            .map_err(create_err)?;
+        index.write_all(format::INDEX_MAGIC).map_err(create_err)?;
+        worker.st.index_file = Some(index);
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        std::thread::Builder::new()
+            .name("herse-rec".into())
+            .stack_size(256 << 10)
+            .spawn(move || worker.run(rx))
+            .map_err(create_err)?;
+        Ok(FileRecorder {
+            path: path.to_owned(),
+            header_hash,
+            clock,
+            stall: STALL_LIMIT,
+            tx: Mutex::new(Some(tx)),
+            status,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -195,15 +305,159 @@ impl FileRecorder {
         self.header_hash
     }
 
+    /// Why nothing can be recorded any more, if so. A write error is reported once, to
+    /// the first caller that looks.
+    fn ended(&self) -> Option<RecordError> {
+        match &mut *locked(&self.status) {
+            Status::Open => None,
+            Status::Finished => Some(RecordError::Finished),
+            Status::Stopped(first) => Some(first.take().unwrap_or(RecordError::Stopped)),
+            Status::Stalled(limit) => Some(RecordError::Stalled(*limit)),
+        }
+    }
+
+    /// The store stopped answering: later calls fail at once. What was queued is still
+    /// written if the store comes back, but the recording is never sealed.
+    fn stalled(&self) -> RecordError {
+        let mut status = locked(&self.status);
+        if matches!(*status, Status::Open) {
+            *status = Status::Stalled(self.stall);
+        }
+        RecordError::Stalled(self.stall)
+    }
+
+    /// Queue `cmd`, waiting at most the stall limit for room.
+    fn send(&self, tx: &Sender<Cmd>, cmd: Cmd) -> Result<(), RecordError> {
+        match tx.send_timeout(cmd, self.stall) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => Err(self.stalled()),
+            Err(SendTimeoutError::Disconnected(_)) => Err(self.ended().unwrap_or(RecordError::Stopped)),
+        }
+    }
+
+    /// Wait at most the stall limit for the recording's thread to answer.
+    fn answer<T>(&self, rx: &Receiver<Result<T, RecordError>>) -> Result<T, RecordError> {
+        match rx.recv_timeout(self.stall) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(self.stalled()),
+            Err(RecvTimeoutError::Disconnected) => Err(self.ended().unwrap_or(RecordError::Stopped)),
+        }
+    }
+
+    fn record(&self, kind: u8, channel: u32, payload: &[u8]) -> Result<(), RecordError> {
+        let data = if payload.len() <= MAX_RECORD_PAYLOAD {
+            Pieces::One(Bytes::copy_from_slice(payload))
+        } else {
+            Pieces::Many(payload.chunks(MAX_RECORD_PAYLOAD).map(Bytes::copy_from_slice).collect())
+        };
+        self.queue(kind, channel, data)
+    }
+
+    fn record_shared(&self, kind: u8, channel: u32, payload: Bytes) -> Result<(), RecordError> {
+        if payload.len() <= MAX_RECORD_PAYLOAD {
+            return self.queue(kind, channel, Pieces::One(payload));
+        }
+        let n = payload.len().div_ceil(MAX_RECORD_PAYLOAD);
+        let pieces = (0..n)
+            .map(|i| {
+                let end = ((i + 1) * MAX_RECORD_PAYLOAD).min(payload.len());
+                payload.slice(i * MAX_RECORD_PAYLOAD..end)
+            })
+            .collect();
+        self.queue(kind, channel, Pieces::Many(pieces))
+    }
+
+    /// Stamp the records (all at the same time) and queue them for the thread.
+    fn queue(&self, kind: u8, channel: u32, data: Pieces) -> Result<(), RecordError> {
+        if let Some(e) = self.ended() {
+            return Err(e);
+        }
+        // The stamp and the place in the queue are taken under one lock, so records
+        // keep their order in time, and none lands after the seal.
+        let tx = locked(&self.tx);
+        let tx = tx.as_ref().ok_or(RecordError::Finished)?;
+        let t = (self.clock)();
+        self.send(tx, Cmd::Records { kind, channel, t, data })
+    }
+}
+
+impl Worker {
+    /// Serve the recording's callers until it is sealed, stopped, or dropped (its
+    /// callers gone: the file then ends unsealed and reads as truncated).
+    fn run(mut self, rx: Receiver<Cmd>) {
+        for cmd in rx {
+            if matches!(*locked(&self.status), Status::Stopped(_)) {
+                // A caller's sync failed: nothing more is written. (After a stall, what
+                // was queued before it is still written, should the store come back.)
+                return;
+            }
+            match cmd {
+                Cmd::Records { kind, channel, t, data } => {
+                    let r = match data {
+                        Pieces::One(b) => self.push(kind, channel, t, std::iter::once(Payload::Shared(b))),
+                        Pieces::Many(v) => self.push(kind, channel, t, v.into_iter().map(Payload::Shared)),
+                    };
+                    if let Err(e) = r {
+                        self.stop(Some(e));
+                        return;
+                    }
+                }
+                Cmd::Flush(reply) => {
+                    let r = self.flush();
+                    let failed = r.is_err();
+                    match reply.send(r) {
+                        Ok(()) if failed => return self.stop(None),
+                        Ok(()) => {}
+                        // The caller gave up waiting: it reports the stall itself.
+                        Err(e) => {
+                            if let Err(err) = e.into_inner() {
+                                return self.stop(Some(err));
+                            }
+                        }
+                    }
+                }
+                Cmd::Synced(to) => {
+                    if let Some(sink) = self.st.sink.as_mut() {
+                        sink.synced(to);
+                    }
+                }
+                Cmd::Finish { end, t, reply } => {
+                    let r = self.finish(&end, t);
+                    if r.is_ok() {
+                        *locked(&self.status) = Status::Finished;
+                    } else {
+                        self.st.sink = None;
+                        self.st.index_file = None;
+                        let mut status = locked(&self.status);
+                        if matches!(*status, Status::Open) {
+                            *status = Status::Stopped(None);
+                        }
+                    }
+                    let _ = reply.send(r);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After a failed write the file is in an unknown state (a frame may be half
+    /// written): close it so that no later frame lands after the partial one, and tell
+    /// the callers (`first`: the error no caller has seen yet).
+    fn stop(&mut self, first: Option<RecordError>) {
+        self.st.sink = None;
+        self.st.index_file = None;
+        let mut status = locked(&self.status);
+        if matches!(*status, Status::Open) {
+            *status = Status::Stopped(first);
+        }
+    }
+
     fn encrypted(&self) -> bool {
-        self.data_key.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.data_key.is_some()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn sign_frame(&self, st: &mut State, kind: u8) {
+    fn sign_frame(&mut self, kind: u8) {
+        let st = &mut self.st;
         let t = (self.clock)();
         let msg = format::checkpoint_message(kind == FRAME_SEAL, &self.session_id, st.seq, &st.prev, t);
         let sig = self.key.sign(&msg);
@@ -221,20 +475,19 @@ impl FileRecorder {
     /// hash. The sink writes them with one vectored write, or copies them once into its
     /// direct-I/O staging buffer; an encrypted tier's frame is sealed into one buffer
     /// first.
-    fn close_chunk(&self, st: &mut State) -> Result<(), RecordError> {
-        if st.chunk.is_empty() {
+    fn close_chunk(&mut self) -> Result<(), RecordError> {
+        if self.st.chunk.is_empty() {
             return Ok(());
         }
         // Frames already encoded go first, so the file keeps their order.
-        Self::write_out(st)?;
+        self.write_out()?;
+        let st = &mut self.st;
         let (seq, prev) = (st.seq, st.prev);
         let first_t = st.chunk.first_t().unwrap_or(0);
         let offset = st.sink.as_ref().ok_or(RecordError::Finished)?.len();
         format::encode_index_entry(&mut st.index, seq, offset, first_t, &prev);
         let sealed = self
             .data_key
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|k| k.seal(&self.session_id, seq, &st.chunk.contiguous()));
         let State { sink, chunk, .. } = st;
@@ -265,33 +518,8 @@ impl FileRecorder {
         Ok(())
     }
 
-    /// After a failed write the file is in an unknown state (a frame may be half
-    /// written): close it so that no later frame lands after the partial one.
-    fn stop_on_write_error<T>(st: &mut State, r: Result<T, RecordError>) -> Result<T, RecordError> {
-        if matches!(r, Err(RecordError::Write(_))) {
-            st.sink = None;
-            st.index_file = None;
-            st.stopped = true;
-        }
-        r
-    }
-
-    /// Why nothing can be recorded any more.
-    fn closed(st: &State) -> RecordError {
-        if st.stopped {
-            RecordError::Stopped
-        } else {
-            RecordError::Finished
-        }
-    }
-
-    /// Put everything appended into the file (see [`Sink::flush`]).
-    fn sink_flush(st: &mut State) -> Result<(), RecordError> {
-        st.sink.as_mut().ok_or(RecordError::Finished)?.flush()?;
-        Ok(())
-    }
-
-    fn write_out(st: &mut State) -> Result<(), RecordError> {
+    fn write_out(&mut self) -> Result<(), RecordError> {
+        let st = &mut self.st;
         if st.out.is_empty() {
             return Ok(());
         }
@@ -307,58 +535,61 @@ impl FileRecorder {
         Ok(())
     }
 
-    fn record(&self, kind: u8, channel: u32, payload: &[u8]) -> Result<(), RecordError> {
-        let pieces = payload.chunks(MAX_RECORD_PAYLOAD);
-        let empty = payload.is_empty().then_some(&[][..]);
-        self.record_pieces(kind, channel, empty.into_iter().chain(pieces).map(Payload::Borrowed))
-    }
-
-    fn record_shared(&self, kind: u8, channel: u32, payload: Bytes) -> Result<(), RecordError> {
-        if payload.len() <= MAX_RECORD_PAYLOAD {
-            return self.record_pieces(kind, channel, std::iter::once(Payload::Shared(payload)));
-        }
-        let n = payload.len().div_ceil(MAX_RECORD_PAYLOAD);
-        let pieces = (0..n).map(|i| {
-            let end = ((i + 1) * MAX_RECORD_PAYLOAD).min(payload.len());
-            Payload::Shared(payload.slice(i * MAX_RECORD_PAYLOAD..end))
-        });
-        self.record_pieces(kind, channel, pieces)
-    }
-
-    /// Append records (one per piece, all at the same time stamp), closing frames as
-    /// they fill.
-    fn record_pieces<'a>(
-        &self,
-        kind: u8,
-        channel: u32,
-        pieces: impl Iterator<Item = Payload<'a>>,
-    ) -> Result<(), RecordError> {
-        let t = (self.clock)();
-        let mut st = self.lock();
-        self.push_locked(&mut st, kind, channel, t, pieces)
-    }
-
-    /// [`Self::record_pieces`] under the state lock the caller holds.
-    fn push_locked<'a>(
-        &self,
-        st: &mut State,
+    /// Append records (one per piece, all at time `t`), closing frames as they fill.
+    fn push<'a>(
+        &mut self,
         kind: u8,
         channel: u32,
         t: u64,
         pieces: impl Iterator<Item = Payload<'a>>,
     ) -> Result<(), RecordError> {
-        if st.sink.is_none() {
-            return Err(Self::closed(st));
+        if self.st.sink.is_none() {
+            return Err(RecordError::Finished);
         }
         let encrypted = self.encrypted();
         for piece in pieces {
             // Plaintext records are hashed as they arrive; sealed frames once sealed.
-            st.chunk.push(kind, t, channel, piece, !encrypted);
-            if st.chunk.len() >= EVENTS_FRAME_TARGET || st.chunk.pieces() >= MAX_PIECES {
-                let r = self.close_chunk(st).and_then(|()| Self::write_out(st));
-                Self::stop_on_write_error(st, r)?;
+            self.st.chunk.push(kind, t, channel, piece, !encrypted);
+            if self.st.chunk.len() >= EVENTS_FRAME_TARGET || self.st.chunk.pieces() >= MAX_PIECES {
+                self.close_chunk()?;
+                self.write_out()?;
             }
         }
+        Ok(())
+    }
+
+    /// Everything queued before into the file, a checkpoint when due; the checkpoint's
+    /// sync is left to the caller.
+    fn flush(&mut self) -> Result<Option<SyncJob>, RecordError> {
+        self.close_chunk()?;
+        let checkpoint = self.st.dirty_since_checkpoint && self.st.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+        if checkpoint {
+            self.sign_frame(FRAME_CHECKPOINT);
+        }
+        self.write_out()?;
+        let sink = self.st.sink.as_mut().ok_or(RecordError::Finished)?;
+        sink.flush()?;
+        if !checkpoint {
+            return Ok(None);
+        }
+        Ok(Some(SyncJob {
+            file: sink.sync_handle()?,
+            from: sink.dropped(),
+            to: sink.len(),
+        }))
+    }
+
+    /// The end event, the last frame and the seal, synced.
+    fn finish(&mut self, end: &[u8], t: u64) -> Result<(), RecordError> {
+        self.push(kind::META, u32::MAX, t, std::iter::once(Payload::Borrowed(end)))?;
+        self.close_chunk()?;
+        self.sign_frame(FRAME_SEAL);
+        self.write_out()?;
+        let mut sink = self.st.sink.take().ok_or(RecordError::Finished)?;
+        self.st.index_file = None;
+        self.data_key = None;
+        sink.close()?;
+        sink.sync()?;
         Ok(())
     }
 }
@@ -378,41 +609,36 @@ impl Recorder for FileRecorder {
     }
 
     fn flush(&self) -> Result<(), RecordError> {
-        let mut st = self.lock();
-        if st.sink.is_none() {
-            return if st.stopped { Err(RecordError::Stopped) } else { Ok(()) };
+        match self.ended() {
+            None => {}
+            Some(RecordError::Finished) => return Ok(()),
+            Some(e) => return Err(e),
         }
-        let r = self.close_chunk(&mut st);
-        Self::stop_on_write_error(&mut st, r)?;
-        let checkpoint = st.dirty_since_checkpoint && st.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-        if checkpoint {
-            self.sign_frame(&mut st, FRAME_CHECKPOINT);
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        {
+            let tx = locked(&self.tx);
+            let Some(tx) = tx.as_ref() else { return Ok(()) };
+            self.send(tx, Cmd::Flush(reply))?;
         }
-        let r = Self::write_out(&mut st).and_then(|()| Self::sink_flush(&mut st));
-        Self::stop_on_write_error(&mut st, r)?;
-        if !checkpoint {
+        let Some(job) = self.answer(&answer)? else {
             return Ok(());
+        };
+        // The sync goes through a second descriptor of the same file, on the caller's
+        // thread: the recording's thread keeps taking records while the disk catches
+        // up, and everything written up to the checkpoint is on disk when this returns.
+        if let Err(e) = job.file.sync_data() {
+            // Pages may be lost: the recording stops here, and the seal will not claim
+            // otherwise.
+            let mut status = locked(&self.status);
+            if matches!(*status, Status::Open) {
+                *status = Status::Stopped(None);
+            }
+            return Err(e.into());
         }
-        // The sync goes through a second descriptor of the same file, outside the lock:
-        // the relay keeps appending while the disk catches up, and everything written
-        // up to the checkpoint is on disk when this returns.
-        let sync = st
-            .sink
-            .as_ref()
-            .map(|s| s.sync_handle().map(|f| (f, s.dropped(), s.len())));
-        let sync = Self::stop_on_write_error(&mut st, sync.transpose().map_err(RecordError::from))?;
-        drop(st);
-        if let Some((f, from, to)) = sync {
-            if let Err(e) = f.sync_data() {
-                // Pages may be lost: the recording stops here, and the seal will not
-                // claim otherwise.
-                let mut st = self.lock();
-                return Self::stop_on_write_error(&mut st, Err(e.into()));
-            }
-            drop_from_cache(&f, from, to);
-            if let Some(sink) = self.lock().sink.as_mut() {
-                sink.synced(to);
-            }
+        drop_from_cache(&job.file, job.from, job.to);
+        if let Some(tx) = locked(&self.tx).as_ref() {
+            // Only bookkeeping of the page cache: never worth waiting for.
+            let _ = tx.try_send(Cmd::Synced(job.to));
         }
         Ok(())
     }
@@ -421,29 +647,19 @@ impl Recorder for FileRecorder {
         let end = serde_json::to_vec(&Meta::End {
             reason: reason.to_owned(),
         })?;
-        let t = (self.clock)();
-        // The end event, the last frame and the seal in one critical section: nothing
-        // recorded concurrently can land after the end.
-        let mut st = self.lock();
-        self.push_locked(
-            &mut st,
-            kind::META,
-            u32::MAX,
-            t,
-            std::iter::once(Payload::Borrowed(&end)),
-        )?;
-        let r = self.close_chunk(&mut st);
-        Self::stop_on_write_error(&mut st, r)?;
-        self.sign_frame(&mut st, FRAME_SEAL);
-        let r = Self::write_out(&mut st).and_then(|()| {
-            let sink = st.sink.as_mut().ok_or(RecordError::Finished)?;
-            sink.close()?;
-            Ok(sink.sync()?)
-        });
-        Self::stop_on_write_error(&mut st, r)?;
-        st.sink = None;
-        *self.data_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        Ok(())
+        if let Some(e) = self.ended() {
+            return Err(e);
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        {
+            // Taking the sender closes the queue: nothing recorded concurrently can land
+            // after the end.
+            let mut tx = locked(&self.tx);
+            let sender = tx.take().ok_or(RecordError::Finished)?;
+            let t = (self.clock)();
+            self.send(&sender, Cmd::Finish { end, t, reply })?;
+        }
+        self.answer(&answer)
     }
 }
 

@@ -590,3 +590,152 @@ fn a_write_error_stops_the_recording_which_then_reads_as_truncated() {
         v.completeness
     );
 }
+
+/// A loop-mounted ext4 that `fsfreeze` can freeze: writes to a frozen filesystem block in
+/// the kernel, as on a hung disk or network volume. Thawed and unmounted on drop.
+struct Frozen {
+    mount: PathBuf,
+    image: PathBuf,
+}
+
+impl Frozen {
+    fn new(name: &str) -> Frozen {
+        let base = tmp(name).parent().unwrap().to_owned();
+        let (image, mount) = (base.join("fs.img"), base.join("fs"));
+        std::fs::create_dir_all(&mount).unwrap();
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(std::process::Command::new("truncate").args(["-s", "32M"]).arg(&image));
+        run(std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount));
+        Frozen { mount, image }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        let flag = if frozen { "-f" } else { "-u" };
+        let ok = std::process::Command::new("fsfreeze")
+            .arg(flag)
+            .arg(&self.mount)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "fsfreeze {flag}");
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&self.mount)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("umount").arg(&self.mount).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+#[test]
+fn a_store_that_stops_answering_fails_the_calls_within_the_stall_limit() {
+    let fs = Frozen::new("stall");
+    let path = fs.mount.join("r.herserec");
+    let limit = std::time::Duration::from_millis(700);
+    let rec = FileRecorder::create(&path, &header(), key())
+        .unwrap()
+        .with_stall_limit(limit);
+    rec.data(1, DataDirection::Output, b"before").unwrap();
+    rec.flush().unwrap();
+
+    fs.freeze(true);
+    // The recording's thread blocks on its first write; the callers fill its queue, and
+    // the next call waits no longer than the limit.
+    let packet = bytes::Bytes::from(vec![b'x'; 32 * 1024]);
+    let start = std::time::Instant::now();
+    let err = (0..100_000)
+        .find_map(|_| rec.data_shared(1, DataDirection::Output, packet.clone()).err())
+        .expect("a frozen store stalls the recorder");
+    let waited = start.elapsed();
+    assert!(matches!(err, RecordError::Stalled(l) if l == limit), "{err}");
+    assert!(waited < limit * 4, "failed after {waited:?}");
+    // Every later call fails at once, the seal included.
+    let start = std::time::Instant::now();
+    assert!(matches!(
+        rec.data(1, DataDirection::Output, b"more"),
+        Err(RecordError::Stalled(_))
+    ));
+    assert!(matches!(rec.flush(), Err(RecordError::Stalled(_))));
+    assert!(matches!(rec.finish("done"), Err(RecordError::Stalled(_))));
+    assert!(start.elapsed() < limit / 2, "{:?}", start.elapsed());
+
+    // The store comes back: what was accepted before the stall is written, and the file
+    // reads as cut short (never sealed), authenticated up to its checkpoint.
+    fs.freeze(false);
+    drop(rec);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let v = loop {
+        let v = verify(&std::fs::read(&path).unwrap()).unwrap();
+        if v.events > 1 || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        matches!(v.completeness, Completeness::Truncated { .. }),
+        "{:?}",
+        v.completeness
+    );
+    assert!(v.events > 1, "the records queued before the stall were written");
+}
+
+#[test]
+fn records_from_many_threads_keep_their_order_and_none_lands_after_the_seal() {
+    let path = tmp("threads");
+    let rec = Arc::new(FileRecorder::create(&path, &header(), key()).unwrap());
+    let writers: Vec<_> = (0..4u32)
+        .map(|ch| {
+            let rec = rec.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while rec.data(ch, DataDirection::Output, &n.to_be_bytes()).is_ok() {
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    rec.finish("done").unwrap();
+    let sent: Vec<u32> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let r = RecordingReader::open_verified(&path, &key().verifying_key()).unwrap();
+    let mut next = [0u32; 4];
+    let mut last_t = 0;
+    let mut ended = false;
+    let (_, events, truncated) = r.events().unwrap();
+    assert!(!truncated);
+    for e in events {
+        assert!(!ended, "an event after the end: {e:?}");
+        assert!(e.t_micros() >= last_t, "time goes forward");
+        last_t = e.t_micros();
+        match e {
+            Event::Data { channel, data, .. } => {
+                let n = u32::from_be_bytes(data[..].try_into().unwrap());
+                assert_eq!(n, next[channel as usize], "channel {channel} in order");
+                next[channel as usize] += 1;
+            }
+            Event::Meta {
+                meta: Meta::End { .. }, ..
+            } => ended = true,
+            _ => {}
+        }
+    }
+    assert!(ended);
+    assert_eq!(next.to_vec(), sent, "every accepted record is in the recording");
+}

@@ -1405,6 +1405,145 @@ fn a_full_recording_store_fails_closed() {
     assert_eq!(text(&out.stdout).trim(), "back", "{}", text(&out.stderr));
 }
 
+/// An ext4 image loop-mounted over `dir`, which `fsfreeze` can freeze: writes to a
+/// frozen filesystem block in the kernel, as on a hung disk or network volume. Thawed
+/// and unmounted on drop, whatever the test's outcome.
+struct Freezable(PathBuf);
+
+impl Freezable {
+    fn mount(dir: &Path, image: &Path) -> Freezable {
+        std::fs::create_dir_all(dir).unwrap();
+        ok(Command::new("truncate").args(["-s", "64M"]).arg(image));
+        ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image));
+        ok(Command::new("mount").args(["-o", "loop"]).arg(image).arg(dir));
+        Freezable(dir.to_owned())
+    }
+
+    fn freeze(&self, frozen: bool) {
+        ok(Command::new("fsfreeze")
+            .arg(if frozen { "-f" } else { "-u" })
+            .arg(&self.0));
+    }
+}
+
+impl Drop for Freezable {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Waits for `child` to exit, at most `limit`; its stderr.
+fn exits_within(child: &mut std::process::Child, limit: Duration) -> String {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    err
+}
+
+#[test]
+fn a_recording_store_that_hangs_ends_its_sessions_and_refuses_new_ones() {
+    let w = World::with_config("hang", "[recordings]\nstall_timeout = \"2s\"\n", "");
+    let store = Freezable::mount(&w.gw.data().join("recordings"), &w.dir.0.join("recordings.img"));
+    let session = |cmd: &str| {
+        ssh(&w.alice)
+            .args(["-l", DEPLOY, "web1", cmd])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // One after the other: the first proves the second factor, the role remembers it.
+    let mut busy = session("i=0; while [ $i -lt 1200 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done");
+    let mut idle = None;
+    let start = Instant::now();
+    let ids = loop {
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&ok(w.gw.ctl().args(["sessions", "list", "--json"]))).unwrap();
+        if rows.len() == 1 && idle.is_none() {
+            idle = Some(session("sleep 120"));
+        }
+        if rows.len() == 2 {
+            break rows;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let mut err = String::new();
+            for c in std::iter::once(&mut busy).chain(idle.as_mut()) {
+                let _ = c.kill();
+                c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            }
+            panic!("sessions did not start: {rows:?}: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Past a checkpoint of everything the idle session recorded.
+    std::thread::sleep(Duration::from_millis(3500));
+
+    store.freeze(true);
+    let frozen_at = Instant::now();
+    // A session with output to record ends once the store has not answered for the
+    // stall limit; the client is told why.
+    let err = exits_within(&mut busy, Duration::from_secs(12));
+    assert!(err.contains("recording failed") && err.contains("within 2s"), "{err}");
+    eprintln!("busy session ended {:?} after the freeze", frozen_at.elapsed());
+    // An idle session has nothing unrecorded; `sessions kill` still ends it at once.
+    let idle_id = ids
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .find(|id| ok(w.gw.ctl().args(["sessions", "list", "--json"])).contains(id.as_str()))
+        .expect("the idle session is still live");
+    let killed_at = Instant::now();
+    let mut kill = w.gw.ctl().args(["sessions", "kill", &idle_id]).spawn().unwrap();
+    let err = exits_within(idle.as_mut().unwrap(), Duration::from_secs(5));
+    let cut = killed_at.elapsed();
+    assert!(err.contains("killed by"), "{err}");
+    // The client is cut without waiting for the store (hersectl, which waits for the
+    // session's row to close after the seal, returns once the seal gives up).
+    assert!(cut < Duration::from_millis(1900), "{cut:?}");
+    assert!(kill.wait().unwrap().success());
+    eprintln!("idle session's client cut {cut:?} after the kill");
+    // New sessions are refused after the stall limit, with the reason.
+    let t = Instant::now();
+    let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo should-not-run"]));
+    assert!(!out.status.success());
+    assert!(!text(&out.stdout).contains("should-not-run"));
+    assert!(
+        text(&out.stderr).contains("recording is unavailable"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(t.elapsed() < Duration::from_secs(8), "refused after {:?}", t.elapsed());
+
+    // The store answers again: sessions work, and the refused session's recording,
+    // created once the store came back, is removed.
+    store.freeze(false);
+    let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo back"]));
+    assert_eq!(text(&out.stdout).trim(), "back", "{}", text(&out.stderr));
+    wait_sessions_ended(&w);
+    let files = std::fs::read_dir(w.gw.data().join("recordings"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "herserec"))
+        .count();
+    assert_eq!(files, 3, "the busy, idle and last sessions' recordings, no other");
+    let audit = ok(w
+        .gw
+        .ctl()
+        .args(["audit", "list", "--kind", "session.refused", "--json"]));
+    assert!(audit.contains("did not answer within 2s"), "{audit}");
+}
+
 #[test]
 fn sessions_watch_follows_a_live_session_read_only() {
     let w = World::new("watch");
