@@ -113,18 +113,7 @@ impl TargetSession {
             return Err(denied(gw, user, target, login, origin, denial).await);
         }
         let id = SessionId::random();
-        // A store that hangs refuses the session after the stall limit, like one that
-        // fails (the creation, left running on its blocking thread, cleans up after it).
-        let stall = gw.config.recordings_stall;
-        let opened = tokio::time::timeout(stall, open_recording(gw, &id, &authorized, origin))
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "the recording store did not answer within {}s",
-                    stall.as_secs_f32()
-                ))
-            });
-        let recorder = match opened {
+        let recorder = match open_recording(gw, &id, &authorized, origin).await {
             Ok(r) => r,
             Err(e) => {
                 gw.audit(
@@ -472,12 +461,21 @@ async fn open_recording(
         Some(session_recordings::crypt::new_key(&parsed).map_err(|e| e.to_string())?)
     };
     let stall = gw.config.recordings_stall;
+    // Creations that outlived the stall limit and still wait for the store: past a few,
+    // the store is not answering, and a session is refused without adding one more
+    // blocked thread (clients retrying cannot pile them up).
+    let Some(creating) = Creating::enter() else {
+        return Err(format!(
+            "the recording store is not answering ({MAX_CREATING} recordings are still waiting for it)"
+        ));
+    };
     // Creating the file syncs it to disk: on the blocking pool, not on the connection's
-    // thread, whose other sessions keep relaying meanwhile. If the store hangs, the
-    // caller stops waiting; should the file appear later, no session uses it, and it
-    // is removed.
+    // thread, whose other sessions keep relaying meanwhile. A store that hangs refuses
+    // the session after the stall limit, like one that fails; should the file appear
+    // later, no session uses it, and it is removed.
     let (created_tx, created) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
+        let _creating = creating;
         let r = std::fs::create_dir_all(&dir)
             .map_err(|e| RecordError::Create {
                 path: dir.clone(),
@@ -500,10 +498,16 @@ async fn open_recording(
             let _ = std::fs::remove_file(&path);
         }
     });
-    let r = created
-        .await
-        .map_err(|_| "recording could not be created: its thread stopped".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let r = match tokio::time::timeout(stall, created).await {
+        Err(_) => {
+            return Err(format!(
+                "the recording store did not answer within {}s",
+                stall.as_secs_f32()
+            ))
+        }
+        Ok(Err(_)) => return Err("recording could not be created: its thread stopped".to_owned()),
+        Ok(Ok(r)) => r.map_err(|e| e.to_string())?,
+    };
     gw.store
         .set_recording_chain_head(&gw.node, id.as_str(), &hex::encode(r.header_hash()))
         .await
@@ -524,6 +528,31 @@ where
         Err(e) => Err(RecordError::Write(std::io::Error::other(format!(
             "recorder call failed: {e}"
         )))),
+    }
+}
+
+/// Recordings being created at once, in this process, beyond which a store is taken to
+/// be hung (creating one takes milliseconds when it answers).
+const MAX_CREATING: usize = 16;
+static CREATING: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_CREATING`] places, given back when the creation ends.
+struct Creating;
+
+impl Creating {
+    fn enter() -> Option<Creating> {
+        CREATING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CREATING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Creating)
+    }
+}
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        CREATING.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -629,4 +658,17 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
     )
     .await;
     gw.unregister(s.id.as_str());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creations_waiting_on_a_hung_store_are_capped() {
+        let held: Vec<Creating> = (0..MAX_CREATING).map(|_| Creating::enter().unwrap()).collect();
+        assert!(Creating::enter().is_none(), "one more would block another thread");
+        drop(held);
+        assert!(Creating::enter().is_some(), "places come back as creations end");
+    }
 }

@@ -70,18 +70,27 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 /// recorder counts it as failed (see [`FileRecorder::with_stall_limit`]).
 pub const STALL_LIMIT: Duration = Duration::from_secs(10);
 
-/// Calls queued for a recording's thread. Each holds at most one relayed packet, so this
-/// bounds what a session's recorder holds in memory beside its frame and staging buffers.
-const QUEUE: usize = 64;
+/// Records are handed to the recording's thread in batches of about this many bytes (or
+/// [`BATCH_RECORDS`]), and at every flush and the seal: one wake-up of the thread per
+/// batch rather than per packet (which cost the relay 0.2-0.3 CPU-s per GiB here).
+const BATCH_BYTES: usize = 256 << 10;
+const BATCH_RECORDS: usize = 64;
+/// Batches queued for the thread: with the batch being filled, this bounds what a
+/// session's recorder holds in memory beside its frame and staging buffers (about
+/// 1.3 MiB of relayed packets).
+const QUEUE: usize = 4;
+
+/// A call's records, stamped.
+struct Record {
+    kind: u8,
+    channel: u32,
+    t: u64,
+    data: Pieces,
+}
 
 /// What a recording's thread is asked to do, in the order the callers asked.
 enum Cmd {
-    Records {
-        kind: u8,
-        channel: u32,
-        t: u64,
-        data: Pieces,
-    },
+    Records(Vec<Record>),
     /// Write what is buffered (and a checkpoint when due); answer with the sync the
     /// caller then does itself, outside the thread.
     Flush(Sender<Result<Option<SyncJob>, RecordError>>),
@@ -160,9 +169,17 @@ pub struct FileRecorder {
     header_hash: [u8; 32],
     clock: Arc<Clock>,
     stall: Duration,
-    /// `None` once the seal was queued: nothing is accepted after it.
-    tx: Mutex<Option<Sender<Cmd>>>,
+    tx: Mutex<Queue>,
     status: Arc<Mutex<Status>>,
+}
+
+/// The callers' side of the thread's queue.
+struct Queue {
+    /// `None` once the seal was queued: nothing is accepted after it.
+    tx: Option<Sender<Cmd>>,
+    /// Records not yet handed over, and their bytes.
+    batch: Vec<Record>,
+    bytes: usize,
 }
 
 impl std::fmt::Debug for FileRecorder {
@@ -291,7 +308,11 @@ impl FileRecorder {
             header_hash,
             clock,
             stall: STALL_LIMIT,
-            tx: Mutex::new(Some(tx)),
+            tx: Mutex::new(Queue {
+                tx: Some(tx),
+                batch: Vec::new(),
+                bytes: 0,
+            }),
             status,
         })
     }
@@ -374,10 +395,31 @@ impl FileRecorder {
         }
         // The stamp and the place in the queue are taken under one lock, so records
         // keep their order in time, and none lands after the seal.
-        let tx = locked(&self.tx);
-        let tx = tx.as_ref().ok_or(RecordError::Finished)?;
+        let mut q = locked(&self.tx);
+        if q.tx.is_none() {
+            return Err(RecordError::Finished);
+        }
         let t = (self.clock)();
-        self.send(tx, Cmd::Records { kind, channel, t, data })
+        q.bytes += match &data {
+            Pieces::One(b) => b.len(),
+            Pieces::Many(v) => v.iter().map(Bytes::len).sum(),
+        };
+        q.batch.push(Record { kind, channel, t, data });
+        if q.bytes >= BATCH_BYTES || q.batch.len() >= BATCH_RECORDS {
+            self.hand_over(&mut q)?;
+        }
+        Ok(())
+    }
+
+    /// Hand the batch being filled to the thread.
+    fn hand_over(&self, q: &mut Queue) -> Result<(), RecordError> {
+        if q.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut q.batch, Vec::with_capacity(BATCH_RECORDS));
+        q.bytes = 0;
+        let tx = q.tx.as_ref().ok_or(RecordError::Finished)?;
+        self.send(tx, Cmd::Records(batch))
     }
 }
 
@@ -392,14 +434,16 @@ impl Worker {
                 return;
             }
             match cmd {
-                Cmd::Records { kind, channel, t, data } => {
-                    let r = match data {
-                        Pieces::One(b) => self.push(kind, channel, t, std::iter::once(Payload::Shared(b))),
-                        Pieces::Many(v) => self.push(kind, channel, t, v.into_iter().map(Payload::Shared)),
-                    };
-                    if let Err(e) = r {
-                        self.stop(Some(e));
-                        return;
+                Cmd::Records(batch) => {
+                    for Record { kind, channel, t, data } in batch {
+                        let r = match data {
+                            Pieces::One(b) => self.push(kind, channel, t, std::iter::once(Payload::Shared(b))),
+                            Pieces::Many(v) => self.push(kind, channel, t, v.into_iter().map(Payload::Shared)),
+                        };
+                        if let Err(e) = r {
+                            self.stop(Some(e));
+                            return;
+                        }
                     }
                 }
                 Cmd::Flush(reply) => {
@@ -616,8 +660,12 @@ impl Recorder for FileRecorder {
         }
         let (reply, answer) = crossbeam_channel::bounded(1);
         {
-            let tx = locked(&self.tx);
-            let Some(tx) = tx.as_ref() else { return Ok(()) };
+            let mut q = locked(&self.tx);
+            if q.tx.is_none() {
+                return Ok(());
+            }
+            self.hand_over(&mut q)?;
+            let tx = q.tx.as_ref().ok_or(RecordError::Finished)?;
             self.send(tx, Cmd::Flush(reply))?;
         }
         let Some(job) = self.answer(&answer)? else {
@@ -636,7 +684,7 @@ impl Recorder for FileRecorder {
             return Err(e.into());
         }
         drop_from_cache(&job.file, job.from, job.to);
-        if let Some(tx) = locked(&self.tx).as_ref() {
+        if let Some(tx) = locked(&self.tx).tx.as_ref() {
             // Only bookkeeping of the page cache: never worth waiting for.
             let _ = tx.try_send(Cmd::Synced(job.to));
         }
@@ -654,8 +702,9 @@ impl Recorder for FileRecorder {
         {
             // Taking the sender closes the queue: nothing recorded concurrently can land
             // after the end.
-            let mut tx = locked(&self.tx);
-            let sender = tx.take().ok_or(RecordError::Finished)?;
+            let mut q = locked(&self.tx);
+            self.hand_over(&mut q)?;
+            let sender = q.tx.take().ok_or(RecordError::Finished)?;
             let t = (self.clock)();
             self.send(&sender, Cmd::Finish { end, t, reply })?;
         }
