@@ -190,6 +190,12 @@ impl std::fmt::Debug for FileRecorder {
     }
 }
 
+/// Microseconds since now: the time stamps of a recording that starts now.
+fn since_now() -> Clock {
+    let started = Instant::now();
+    Box::new(move || started.elapsed().as_micros() as u64)
+}
+
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -198,13 +204,7 @@ impl FileRecorder {
     /// Create `path` and write the header and a first signed checkpoint, synced to disk,
     /// so a session never starts without an authenticated recording that names it.
     pub fn create(path: &Path, header: &Header, key: SigningKey) -> Result<Self, RecordError> {
-        let started = Instant::now();
-        Self::create_with_clock(
-            path,
-            header,
-            key,
-            Box::new(move || started.elapsed().as_micros() as u64),
-        )
+        Self::open(path, header, key, since_now(), None)
     }
 
     /// As [`Self::create`], encrypting events with `data_key`; `header.encryption` must
@@ -220,14 +220,7 @@ impl FileRecorder {
                 "encrypted recording without an encryption header",
             )));
         }
-        let started = Instant::now();
-        Self::open(
-            path,
-            header,
-            key,
-            Box::new(move || started.elapsed().as_micros() as u64),
-            Some(data_key),
-        )
+        Self::open(path, header, key, since_now(), Some(data_key))
     }
 
     /// As [`Self::create`] with an explicit clock (deterministic output for tests).

@@ -1354,6 +1354,19 @@ fn sigkill_during_bulk_output_leaves_a_truncated_recording() {
     );
 }
 
+/// A new session is refused, nothing runs, and the client is told the recording is
+/// unavailable.
+fn refused_for_its_recording(w: &World) {
+    let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo should-not-run"]));
+    assert!(!out.status.success());
+    assert!(!text(&out.stdout).contains("should-not-run"));
+    assert!(
+        text(&out.stderr).contains("recording is unavailable"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// Unmounts on drop.
 struct Mount(PathBuf);
 impl Drop for Mount {
@@ -1385,14 +1398,7 @@ fn a_full_recording_store_fails_closed() {
     assert!(text(&out.stderr).contains("recording failed"), "{}", text(&out.stderr));
 
     // The store is full: new sessions are refused with a clear message.
-    let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo should-not-run"]));
-    assert!(!out.status.success());
-    assert!(!text(&out.stdout).contains("should-not-run"));
-    assert!(
-        text(&out.stderr).contains("recording is unavailable"),
-        "{}",
-        text(&out.stderr)
-    );
+    refused_for_its_recording(&w);
     let audit = ok(w
         .gw
         .ctl()
@@ -1516,14 +1522,7 @@ fn a_recording_store_that_hangs_ends_its_sessions_and_refuses_new_ones() {
     eprintln!("idle session's client cut {cut:?} after the kill");
     // New sessions are refused after the stall limit, with the reason.
     let t = Instant::now();
-    let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo should-not-run"]));
-    assert!(!out.status.success());
-    assert!(!text(&out.stdout).contains("should-not-run"));
-    assert!(
-        text(&out.stderr).contains("recording is unavailable"),
-        "{}",
-        text(&out.stderr)
-    );
+    refused_for_its_recording(&w);
     assert!(t.elapsed() < Duration::from_secs(8), "refused after {:?}", t.elapsed());
 
     // The store answers again: sessions work, and the refused session's recording,
