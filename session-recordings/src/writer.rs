@@ -196,6 +196,15 @@ fn since_now() -> Clock {
     Box::new(move || started.elapsed().as_micros() as u64)
 }
 
+/// The first failure wins: a recording that already ended, stopped or stalled keeps
+/// what it was.
+fn fail(status: &Mutex<Status>, failed: Status) {
+    let mut status = locked(status);
+    if matches!(*status, Status::Open) {
+        *status = failed;
+    }
+}
+
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -333,10 +342,7 @@ impl FileRecorder {
     /// The store stopped answering: later calls fail at once. What was queued is still
     /// written if the store comes back, but the recording is never sealed.
     fn stalled(&self) -> RecordError {
-        let mut status = locked(&self.status);
-        if matches!(*status, Status::Open) {
-            *status = Status::Stalled(self.stall);
-        }
+        fail(&self.status, Status::Stalled(self.stall));
         RecordError::Stalled(self.stall)
     }
 
@@ -463,12 +469,7 @@ impl Worker {
                     if r.is_ok() {
                         *locked(&self.status) = Status::Finished;
                     } else {
-                        self.st.sink = None;
-                        self.st.index_file = None;
-                        let mut status = locked(&self.status);
-                        if matches!(*status, Status::Open) {
-                            *status = Status::Stopped(None);
-                        }
+                        self.stop(None);
                     }
                     let _ = reply.send(r);
                     return;
@@ -483,10 +484,7 @@ impl Worker {
     fn stop(&mut self, first: Option<RecordError>) {
         self.st.sink = None;
         self.st.index_file = None;
-        let mut status = locked(&self.status);
-        if matches!(*status, Status::Open) {
-            *status = Status::Stopped(first);
-        }
+        fail(&self.status, Status::Stopped(first));
     }
 
     fn encrypted(&self) -> bool {
@@ -670,10 +668,7 @@ impl Recorder for FileRecorder {
         if let Err(e) = job.file.sync_data() {
             // Pages may be lost: the recording stops here, and the seal will not claim
             // otherwise.
-            let mut status = locked(&self.status);
-            if matches!(*status, Status::Open) {
-                *status = Status::Stopped(None);
-            }
+            fail(&self.status, Status::Stopped(None));
             return Err(e.into());
         }
         drop_from_cache(&job.file, job.from, job.to);
