@@ -2,10 +2,10 @@
 //!
 //! Record heads and small payloads are copied into one buffer; a large payload that the
 //! caller hands over as [`Bytes`] (a relayed packet) is kept by reference and written
-//! from where it is. Each record's data is hashed as it arrives, while its bytes are
-//! still in the CPU's cache, so the relay touches each recorded byte once to hash it and
-//! once to write it; the frame's hash, over the records' heads and data hashes (format
-//! version 3), is finished when the frame closes.
+//! from where it is. Each record's data hash comes with it (taken by the relay while the
+//! packet was still in its core's cache) or is taken as it arrives, so each recorded
+//! byte is read once to hash it and once to write it; the frame's hash, over the
+//! records' heads and data hashes (format version 3), is finished when the frame closes.
 
 use std::io::IoSlice;
 
@@ -26,6 +26,18 @@ enum Piece {
         end: usize,
     },
     Shared(Bytes),
+}
+
+/// A record's data hash (version 3), as far as the frame's hash needs it.
+#[derive(Clone, Copy)]
+pub(crate) enum Digest {
+    /// Not needed: the payload is transformed first (encrypted tiers), and the frame's
+    /// hash covers the sealed bytes.
+    Skip,
+    /// Hash the data now.
+    Now,
+    /// Already taken, where the data was hot in the cache (the relay's thread).
+    Given([u8; 32]),
 }
 
 /// One record's payload, borrowed for the call or shared for the frame's lifetime.
@@ -88,17 +100,24 @@ impl Chunk {
         self.first_t
     }
 
-    /// Append one record. `digest`: hash its data now, for a plaintext frame's hash;
-    /// false when the payload is transformed first (encrypted tiers), whose frame hash
-    /// covers the sealed bytes.
-    pub(crate) fn push(&mut self, kind: u8, t: u64, channel: u32, data: Payload<'_>, digest: bool) {
+    /// Append one record, with its data hash for a plaintext frame's hash (see
+    /// [`Digest`]). A given hash must be [`format::record_digest`] of `data`.
+    pub(crate) fn push(&mut self, kind: u8, t: u64, channel: u32, data: Payload<'_>, digest: Digest) {
         if self.first_t.is_none() {
             self.first_t = Some(t);
         }
         let head = format::record_head(kind, t, channel, data.len());
-        if digest {
+        let digest = match digest {
+            Digest::Skip => None,
+            Digest::Now => Some(format::record_digest(data.as_slice())),
+            Digest::Given(d) => {
+                debug_assert_eq!(d, format::record_digest(data.as_slice()));
+                Some(d)
+            }
+        };
+        if let Some(d) = digest {
             self.body.extend_from_slice(&head);
-            self.body.extend_from_slice(&format::record_digest(data.as_slice()));
+            self.body.extend_from_slice(&d);
             self.digested += 1;
         }
         self.records += 1;
@@ -191,10 +210,16 @@ mod tests {
         let small = b"ls\r".to_vec();
         let prev = [9u8; 32];
         let mut c = Chunk::with_capacity(1024);
-        c.push(1, 5, 0, Payload::Borrowed(&small), true);
-        c.push(2, 6, 0, Payload::Shared(big.clone()), true);
-        c.push(2, 7, 0, Payload::Shared(Bytes::from_static(b"tiny")), true);
-        c.push(1, 8, 1, Payload::Shared(big.clone()), true);
+        c.push(1, 5, 0, Payload::Borrowed(&small), Digest::Now);
+        c.push(2, 6, 0, Payload::Shared(big.clone()), Digest::Now);
+        c.push(
+            2,
+            7,
+            0,
+            Payload::Shared(Bytes::from_static(b"tiny")),
+            Digest::Given(format::record_digest(b"tiny")),
+        );
+        c.push(1, 8, 1, Payload::Shared(big.clone()), Digest::Now);
         let want = encoded(&[(1, 5, 0, &small), (2, 6, 0, &big), (2, 7, 0, b"tiny"), (1, 8, 1, &big)]);
         assert_eq!(c.contiguous(), want);
         assert_eq!(c.len(), want.len());
@@ -211,8 +236,8 @@ mod tests {
     fn the_hash_is_the_specified_one() {
         let prev = [1u8; 32];
         let mut c = Chunk::with_capacity(64);
-        c.push(2, 9, 4, Payload::Borrowed(b"out"), true);
-        c.push(16, 10, 4, Payload::Shared(Bytes::from(vec![3u8; 5000])), true);
+        c.push(2, 9, 4, Payload::Borrowed(b"out"), Digest::Now);
+        c.push(16, 10, 4, Payload::Shared(Bytes::from(vec![3u8; 5000])), Digest::Now);
         let mut spec = blake3::Hasher::new();
         spec.update(&prev);
         spec.update(&[FRAME_EVENTS]);
@@ -235,8 +260,8 @@ mod tests {
     fn records_pushed_without_their_digest_are_hashed_at_the_close() {
         let prev = [1u8; 32];
         let mut c = Chunk::with_capacity(64);
-        c.push(2, 0, 0, Payload::Borrowed(b"out"), false);
-        c.push(2, 1, 0, Payload::Borrowed(b"more"), true);
+        c.push(2, 0, 0, Payload::Borrowed(b"out"), Digest::Skip);
+        c.push(2, 1, 0, Payload::Borrowed(b"more"), Digest::Now);
         let want = encoded(&[(2, 0, 0, b"out"), (2, 1, 0, b"more")]);
         assert_eq!(
             c.hash(5, &prev),
@@ -245,7 +270,7 @@ mod tests {
         assert!(c.hash(5, &prev).is_some());
         c.clear();
         assert!(c.is_empty() && c.first_t().is_none() && c.pieces() == 0);
-        c.push(2, 0, 0, Payload::Borrowed(b"x"), true);
+        c.push(2, 0, 0, Payload::Borrowed(b"x"), Digest::Now);
         assert_eq!(
             c.hash(6, &prev),
             format::events_frame_hash(ChainHash::CURRENT, &prev, 6, &encoded(&[(2, 0, 0, b"x")]))
