@@ -483,11 +483,29 @@ async fn wait_ended(cli: &Cli, id: &str) -> Result<(), Failure> {
             )
             .await?,
         )?;
-        if !list.iter().any(|s| s.id == id) {
-            println!("session {id} ended after {} ms", start.elapsed().as_millis());
-            return Ok(());
+        // Gone from the live list: ended and its recording closed. Still there with a
+        // reason: its client is cut and the recording is being sealed (a hung store
+        // holds that up to the gateway's stall limit); the kill has done its part.
+        let closed = match list.iter().find(|s| s.id == id) {
+            None => true,
+            Some(s) if s.end_reason.is_some() => false,
+            Some(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ms = start.elapsed().as_millis();
+        if cli.json {
+            output::object(
+                true,
+                &serde_json::json!({ "session": id, "ended_after_ms": ms, "recording_closed": closed }),
+            );
+        } else if closed {
+            println!("session {id} ended after {ms} ms");
+        } else {
+            println!("session {id} ended after {ms} ms (its recording is still being sealed)");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        return Ok(());
     }
     Err(Failure {
         code: 1,

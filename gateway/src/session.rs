@@ -637,7 +637,15 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
         .upstream
         .disconnect(russh::Disconnect::ByApplication, "session ended", "")
         .await;
-    let sealed = seal(&gw, &s.recorder, reason.clone()).await;
+    // The client is cut: say so at once (`sessions kill` waits for it), while the seal,
+    // which a hung store may hold up to the stall limit, runs.
+    let (sealed, ending) = tokio::join!(
+        seal(&gw, &s.recorder, reason.clone()),
+        gw.store.session_ending(&s.id, &reason)
+    );
+    if let Err(e) = ending {
+        tracing::warn!(session = %s.id, error = %e, "cannot mark session row as ending");
+    }
     if let Err(e) = &sealed {
         tracing::error!(session = %s.id, error = %e, "cannot seal recording");
     }

@@ -1511,15 +1511,24 @@ fn a_recording_store_that_hangs_ends_its_sessions_and_refuses_new_ones() {
         .find(|id| ok(w.gw.ctl().args(["sessions", "list", "--json"])).contains(id.as_str()))
         .expect("the idle session is still live");
     let killed_at = Instant::now();
-    let mut kill = w.gw.ctl().args(["sessions", "kill", &idle_id]).spawn().unwrap();
+    let kill =
+        w.gw.ctl()
+            .args(["sessions", "kill", &idle_id])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
     let err = exits_within(idle.as_mut().unwrap(), Duration::from_secs(5));
     let cut = killed_at.elapsed();
     assert!(err.contains("killed by"), "{err}");
-    // The client is cut without waiting for the store (hersectl, which waits for the
-    // session's row to close after the seal, returns once the seal gives up).
+    // The client is cut without waiting for the store, and hersectl says so without
+    // waiting for the seal either (which gives up only at the 2 s stall limit).
     assert!(cut < Duration::from_millis(1900), "{cut:?}");
-    assert!(kill.wait().unwrap().success());
-    eprintln!("idle session's client cut {cut:?} after the kill");
+    let done = kill.wait_with_output().unwrap();
+    let said = killed_at.elapsed();
+    let out = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success() && out.contains("still being sealed"), "{out}");
+    assert!(said < Duration::from_millis(1900), "hersectl returned after {said:?}");
+    eprintln!("idle session's client cut {cut:?} after the kill, hersectl returned after {said:?}");
     // New sessions are refused after the stall limit, with the reason.
     let t = Instant::now();
     refused_for_its_recording(&w);

@@ -179,6 +179,18 @@ impl Store {
         Ok(u64::try_from(open).unwrap_or(0))
     }
 
+    /// The session's client was cut, for `reason`; its recording is still being sealed
+    /// (which a hung store may hold up to the stall limit), so the row stays live until
+    /// [`Self::session_ended`]. The first reason stays.
+    pub async fn session_ending(&self, id: &SessionId, reason: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET end_reason = $1 WHERE id = $2 AND ended_at IS NULL AND end_reason IS NULL")
+            .bind(reason)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn session_ended(&self, id: &SessionId, reason: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE sessions SET ended_at = $1, end_reason = $2 WHERE id = $3 AND ended_at IS NULL")
             .bind(now_micros())

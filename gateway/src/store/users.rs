@@ -474,6 +474,14 @@ mod tests {
             s.sessions_to_end("n2").await.unwrap().is_empty(),
             "other nodes do not see it"
         );
+        // Cut, its recording still being sealed: live, with its reason; the first
+        // reason stays.
+        s.session_ending(&id, "killed").await.unwrap();
+        s.session_ending(&id, "idle timeout").await.unwrap();
+        let ending = s.sessions(true, 10).await.unwrap();
+        assert_eq!(ending.len(), 1);
+        assert_eq!(ending[0].end_reason.as_deref(), Some("killed"));
+        assert_eq!(ending[0].ended_at, None);
         s.session_ended(&id, "killed").await.unwrap();
         assert!(
             !s.request_kill(&id, "x").await.unwrap(),
