@@ -383,7 +383,10 @@ fn watch_a_live_session_remotely(w: &World) {
             Err(_) => panic!("the watch never showed the live output: {:?}", text(&seen)),
         }
     }
-    ok(w.as_("adam").args(["sessions", "kill", &id]));
+    let killed: serde_json::Value =
+        serde_json::from_str(&ok(w.as_("adam").args(["sessions", "kill", &id, "--json"]))).unwrap();
+    assert_eq!(killed["session"], id.as_str(), "{killed}");
+    assert!(killed["ended_after_ms"].as_u64().is_some(), "{killed}");
     let start = std::time::Instant::now();
     let status = loop {
         if let Some(s) = watch.try_wait().unwrap() {
