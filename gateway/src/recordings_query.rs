@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use session_recordings::{DataDirection, Event, Meta, ReadError, RecordingReader};
 
@@ -156,11 +158,12 @@ pub async fn list(
         return Ok(rows.into_iter().take(max).collect());
     };
     let files = identity_files.to_vec();
-    blocking(move || {
+    blocking(move |gone| {
         let ids = identities(&files)?;
         let mut out = Vec::new();
         for s in rows {
-            if hits(Path::new(&s.recording), &text, 1, &ids).is_ok_and(|h| !h.is_empty()) {
+            gone.check()?;
+            if hits(Path::new(&s.recording), &text, 1, &ids, gone).is_ok_and(|h| !h.is_empty()) {
                 out.push(s);
                 if out.len() >= max {
                     break;
@@ -188,15 +191,16 @@ pub async fn search(store: &Store, q: &SearchQuery, identity_files: &[PathBuf]) 
         .collect();
     let files = identity_files.to_vec();
     let text = q.text.clone();
-    blocking(move || {
+    blocking(move |gone| {
         let ids = identities(&files)?;
         let mut r = SearchResult::default();
         for s in rows {
+            gone.check()?;
             let left = max.saturating_sub(r.hits.len());
             if left == 0 {
                 break;
             }
-            match hits(Path::new(&s.recording), &text, left, &ids) {
+            match hits(Path::new(&s.recording), &text, left, &ids, gone) {
                 Ok(h) => r.hits.extend(h.into_iter().map(|(t, snippet)| Hit {
                     session: s.id.clone(),
                     user: s.user.clone(),
@@ -221,9 +225,41 @@ pub async fn search(store: &Store, q: &SearchQuery, identity_files: &[PathBuf]) 
 /// minute at most.
 static SCANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
-/// Reading recordings is file I/O and CPU: off the async threads, one scan at a time.
+/// Set once the caller of a scan went away (its future was dropped: the client hung up
+/// or gave up): the scan stops at its next check rather than reading on for nobody while
+/// it holds the one turn.
+#[derive(Clone, Default)]
+pub struct Abandoned(Arc<AtomicBool>);
+
+impl Abandoned {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn check(&self) -> Result<(), QueryError> {
+        if self.is_set() {
+            return Err(QueryError::Input(
+                "the recording scan was abandoned by its caller".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sets its [`Abandoned`] when dropped: with the caller's future, whether it finished or
+/// was cancelled.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reading recordings is file I/O and CPU: off the async threads, one scan at a time,
+/// stopped when its caller goes away.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, QueryError> + Send + 'static,
+    f: impl FnOnce(&Abandoned) -> Result<T, QueryError> + Send + 'static,
 ) -> Result<T, QueryError> {
     const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
     let turn = match tokio::time::timeout(WAIT, SCANS.acquire()).await {
@@ -235,29 +271,40 @@ async fn blocking<T: Send + 'static>(
             ))
         }
     };
-    // The turn ends with the scan itself, not with this future: a caller that goes away
-    // does not stop a scan already running.
+    // The turn ends with the scan itself, not with this future; a caller that goes away
+    // makes the scan stop at its next check (per recording, and every few hundred events).
+    let gone = Abandoned::default();
+    let _set_when_gone = SetOnDrop(gone.0.clone());
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        f()
+        f(&gone)
     })
     .await
     .map_err(|e| QueryError::Input(format!("recording scan failed: {e}")))?
 }
 
 /// Where `needle` occurs in a recording: (time, snippet), at most `limit`. Text split
-/// across two data events of one channel and direction is still found.
+/// across two data events of one channel and direction is still found. Stops early,
+/// with the hits so far, once `gone` is set.
 pub fn hits(
     path: &Path,
     needle: &str,
     limit: usize,
     ids: &[Box<dyn age::Identity>],
+    gone: &Abandoned,
 ) -> Result<Vec<(u64, String)>, ReadError> {
+    /// Events read between two looks at `gone`.
+    const CHECK_EVERY: u32 = 256;
     let mut reader = open_events(path, ids)?;
     let mut out = Vec::new();
     let mut tails: HashMap<Stream, String> = HashMap::new();
     let keep = needle.chars().count().saturating_sub(1);
+    let mut read = 0u32;
     while let Some(e) = reader.next_event()? {
+        read = read.wrapping_add(1);
+        if read.is_multiple_of(CHECK_EVERY) && gone.is_set() {
+            break;
+        }
         let Some((t, text, key)) = searchable(&e) else { continue };
         let joined = match key {
             Some(k) => {
@@ -373,7 +420,7 @@ mod tests {
     async fn scans_run_one_at_a_time() {
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let first = tokio::spawn(blocking(move || {
+        let first = tokio::spawn(blocking(move |_| {
             started_tx.send(()).unwrap();
             release_rx.recv().unwrap();
             Ok(1)
@@ -382,7 +429,7 @@ mod tests {
             .await
             .unwrap();
         // While the first scan runs, a second one waits for its turn.
-        let mut second = tokio::spawn(blocking(|| Ok(2)));
+        let mut second = tokio::spawn(blocking(|_| Ok(2)));
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(300), &mut second)
                 .await
@@ -392,6 +439,78 @@ mod tests {
         release_tx.send(()).unwrap();
         assert_eq!(first.await.unwrap().unwrap(), 1);
         assert_eq!(second.await.unwrap().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_scan_whose_caller_goes_away_stops_and_frees_its_turn() {
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<bool>();
+        let scan = tokio::spawn(blocking(move |gone| {
+            started_tx.send(()).unwrap();
+            // A scan that would read for an hour, looking at `gone` as scans do.
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_secs(3600) {
+                if let Err(e) = gone.check() {
+                    stopped_tx.send(true).unwrap();
+                    return Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            stopped_tx.send(false).unwrap();
+            Ok(1)
+        }));
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        // The caller goes away: its future is dropped, as when a client hangs up.
+        scan.abort();
+        let stopped = tokio::task::spawn_blocking(move || stopped_rx.recv_timeout(std::time::Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(stopped, Ok(true), "the scan went on for nobody");
+        // Its turn is free: the next scan runs at once.
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), blocking(|_| Ok(2))).await;
+        assert_eq!(next.expect("the turn was not freed").unwrap(), 2);
+    }
+
+    #[test]
+    fn hits_stop_early_once_the_caller_is_gone() {
+        use session_recordings::{FileRecorder, Header, Recorder};
+        let dir = std::env::temp_dir().join(format!("herse-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.herserec");
+        let header = Header {
+            session_id: "s".into(),
+            user: "alice".into(),
+            client_addr: "10.77.0.2:40000".into(),
+            workstation: None,
+            target: "db1".into(),
+            target_addr: "127.0.0.1:22".into(),
+            tier: "db".into(),
+            login: "deploy".into(),
+            role: "dba".into(),
+            grant: None,
+            decision: "test".into(),
+            started_at_micros: 0,
+            previous: None,
+            signing_key: String::new(),
+            encryption: None,
+        };
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let r = FileRecorder::create(&path, &header, key).unwrap();
+        for i in 0..2000 {
+            r.data(0, DataDirection::Output, format!("line {i} needle\r\n").as_bytes())
+                .unwrap();
+        }
+        r.finish("done").unwrap();
+        let all = hits(&path, "needle", 10_000, &[], &Abandoned::default()).unwrap();
+        assert_eq!(all.len(), 2000);
+        let gone = Abandoned::default();
+        drop(SetOnDrop(gone.0.clone()));
+        let some = hits(&path, "needle", 10_000, &[], &gone).unwrap();
+        assert!(some.len() < 256, "read on after its caller left: {} hits", some.len());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn row(user: &str, tier: &str, ws: Option<&str>, addr: &str, started: i64) -> SessionRow {
@@ -462,6 +581,6 @@ mod tests {
 
     #[test]
     fn a_missing_recording_is_an_error_not_a_panic() {
-        assert!(hits(Path::new("/nonexistent/x.herserec"), "x", 1, &[]).is_err());
+        assert!(hits(Path::new("/nonexistent/x.herserec"), "x", 1, &[], &Abandoned::default()).is_err());
     }
 }
