@@ -186,7 +186,7 @@ for path in $PATHS; do
   t0=$(cg_ns target); m0=0; [ -n "$mid" ] && m0=$(cg_ns "$mid")
   perf_pid=""
   if [ -n "${HERSE_BENCH_PERF:-}" ] && [ "$path" = "${HERSE_BENCH_PERF_PATH:-herse-hop}" ]; then
-    # Optional profile of the gateway during the single-hop transfer (bench/README).
+    # Optional profile of the gateway during the single-hop transfer (the header above).
     # HERSE_BENCH_PERF_ARGS replaces the profile, e.g. "stat -e syscalls:sys_enter_*".
     perf ${HERSE_BENCH_PERF_ARGS:-record -q -F 999 -g -e cpu-clock} -p "$HPID" -o "$HERSE_BENCH_PERF" 2>/dev/null & perf_pid=$!
     sleep 0.3
