@@ -277,7 +277,12 @@ async fn blocking<T: Send + 'static>(
     let _set_when_gone = SetOnDrop(gone.0.clone());
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        f(&gone)
+        let r = f(&gone);
+        // Set before `f` returned: only a caller that left sets it that early.
+        if gone.is_set() {
+            tracing::info!("a recording scan stopped early: its caller went away");
+        }
+        r
     })
     .await
     .map_err(|e| QueryError::Input(format!("recording scan failed: {e}")))?

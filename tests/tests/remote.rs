@@ -117,6 +117,53 @@ fn world() -> (TempDir, World, Sshd) {
     (dir, w, db)
 }
 
+/// A text scan reads every recording whole and holds the gateway's one scan turn. An
+/// auditor who gives up (hersectl interrupted, its connection closed) must not leave it
+/// reading on for nobody while every other scan waits.
+#[test]
+fn a_remote_scan_stops_when_its_caller_hangs_up() {
+    let (_dir, w, _db) = world();
+    // A recording that takes seconds to scan: 100 MB of terminal-less output.
+    let mut ssh = Command::new("ssh");
+    with_askpass(&mut ssh, &w.people.askpass)
+        .arg("-F")
+        .arg(&w.eve_cfg)
+        .args([
+            "-l",
+            DEPLOY,
+            "db1",
+            "head -c 100000000 /dev/zero | tr '\\0' a | fold -w 99",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    assert!(ssh.status().unwrap().success());
+    w.login("audrey", &w.code("audrey"));
+    let started = std::time::Instant::now();
+    let mut scan = w
+        .as_("audrey")
+        .args(["recordings", "search", "text-that-is-nowhere"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        scan.try_wait().unwrap().is_none(),
+        "the scan ended within {:?}: the recording is too small for this test",
+        started.elapsed()
+    );
+    scan.kill().unwrap();
+    let _ = scan.wait();
+    let hung_up = std::time::Instant::now();
+    w.gw.wait_line("recording scan stopped early", Duration::from_secs(10));
+    eprintln!("scan stopped {:?} after its caller hung up", hung_up.elapsed());
+    // The turn is free: another scan answers at once.
+    let t = std::time::Instant::now();
+    ok(w.as_("audrey")
+        .args(["recordings", "list", "--contains", "x", "--user", "nobody"]));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
 #[test]
 fn every_command_remotely_under_the_callers_permissions() {
     let (_dir, w, _db) = world();
