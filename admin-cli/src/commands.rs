@@ -123,7 +123,8 @@ pub enum SessionsCmd {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
-    /// End a live session; waits until the gateway has closed it.
+    /// End a live session; returns once the gateway has cut its client (its recording's
+    /// seal may still be running).
     Kill { id: String },
     /// Show a live session's terminal in real time, read-only (from now, or --from-start).
     Watch {
@@ -467,27 +468,20 @@ async fn control(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-/// After a kill: wait until the gateway has closed the session (any node, within a
-/// second).
+/// After a kill: wait until the gateway has cut the session's client (any node, within
+/// a second), which it marks on the row before sealing the recording.
 async fn wait_ended(cli: &Cli, id: &str) -> Result<(), Failure> {
     use herse::control::Call;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(5) {
-        let list: Vec<herse::store::SessionRow> = parse(
-            execute(
-                cli,
-                &Call::SessionsList {
-                    live: true,
-                    limit: 10_000,
-                },
-            )
-            .await?,
-        )?;
-        // Gone from the live list: ended and its recording closed. Still there with a
-        // reason: its client is cut and the recording is being sealed (a hung store
-        // holds that up to the gateway's stall limit); the kill has done its part.
-        let closed = match list.iter().find(|s| s.id == id) {
+        let row: Option<herse::store::SessionRow> =
+            parse(execute(cli, &Call::SessionsShow { id: id.to_owned() }).await?)?;
+        // Closed: ended, and the seal done or given up. Open with a reason: its client is
+        // cut and the recording is being sealed (a hung store holds that up to the
+        // gateway's stall limit); the kill has done its part. (No row: purged since.)
+        let closed = match row {
             None => true,
+            Some(s) if s.ended_at.is_some() => true,
             Some(s) if s.end_reason.is_some() => false,
             Some(_) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -498,7 +492,7 @@ async fn wait_ended(cli: &Cli, id: &str) -> Result<(), Failure> {
         if cli.json {
             output::object(
                 true,
-                &serde_json::json!({ "session": id, "ended_after_ms": ms, "recording_closed": closed }),
+                &serde_json::json!({ "session": id, "ended_after_ms": ms, "seal_pending": !closed }),
             );
         } else if closed {
             println!("session {id} ended after {ms} ms");

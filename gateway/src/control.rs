@@ -61,6 +61,10 @@ pub enum Call {
     SessionsKill {
         id: String,
     },
+    /// One session's row, live or ended (`null` if there is none).
+    SessionsShow {
+        id: String,
+    },
     NodesList,
     /// Forget a node taken out of service.
     NodesRemove {
@@ -495,6 +499,11 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
             )
             .await?;
             json(serde_json::json!({ "node": name, "message": format!("node {name} removed") }))
+        }
+        Call::SessionsShow { id } => {
+            access::check(caller, &Action::ListSessions)?;
+            let sid = SessionId::parse(id).map_err(|e| err(ErrorKind::Invalid, e.to_string()))?;
+            json(store.session(&sid).await?)
         }
         Call::SessionsKill { id } => {
             access::check(caller, &Action::KillSession)?;

@@ -567,7 +567,9 @@ async fn seal(gw: &Gateway, recorder: &Arc<dyn Recorder>, reason: String) -> Res
 
 /// Runs beside a session until it ends: flushes the recording every second (a failed
 /// flush ends the session), enforces the maximum length and the idle timeout, then
-/// seals the recording, closes the row and disconnects the client.
+/// disconnects client and target, writes the reason on the row (still open, so the
+/// session counts towards `max_connections` until the seal) while it seals the
+/// recording, and closes the row.
 async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
     let deadline = tokio::time::Instant::now() + s.authorized.max_session();
     // A session under a grant ends with it, to the second, on this node's own clock (the

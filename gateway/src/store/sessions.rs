@@ -266,7 +266,8 @@ impl Store {
     /// Sessions left open by a node that stopped without closing them (a crash).
     pub async fn close_orphaned_sessions(&self, node: &str) -> Result<u64, StoreError> {
         let r = sqlx::query(
-            "UPDATE sessions SET ended_at = $1, end_reason = 'gateway restarted' WHERE node = $2 AND ended_at IS NULL",
+            "UPDATE sessions SET ended_at = $1, end_reason = COALESCE(end_reason, 'gateway restarted') \
+             WHERE node = $2 AND ended_at IS NULL",
         )
         .bind(now_micros())
         .bind(node)
