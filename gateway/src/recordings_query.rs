@@ -229,20 +229,33 @@ static SCANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 /// or gave up): the scan stops at its next check rather than reading on for nobody while
 /// it holds the one turn.
 #[derive(Clone, Default)]
-pub struct Abandoned(Arc<AtomicBool>);
+pub struct Abandoned {
+    set: Arc<AtomicBool>,
+    /// A check found it set, so the scan stopped short.
+    stopped: Arc<AtomicBool>,
+}
 
 impl Abandoned {
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+    /// Whether the caller went away; the scan stops short if so.
+    pub fn stop_here(&self) -> bool {
+        let gone = self.set.load(Ordering::Relaxed);
+        if gone {
+            self.stopped.store(true, Ordering::Relaxed);
+        }
+        gone
     }
 
     fn check(&self) -> Result<(), QueryError> {
-        if self.is_set() {
+        if self.stop_here() {
             return Err(QueryError::Input(
                 "the recording scan was abandoned by its caller".into(),
             ));
         }
         Ok(())
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
     }
 }
 
@@ -274,12 +287,11 @@ async fn blocking<T: Send + 'static>(
     // The turn ends with the scan itself, not with this future; a caller that goes away
     // makes the scan stop at its next check (per recording, and every few hundred events).
     let gone = Abandoned::default();
-    let _set_when_gone = SetOnDrop(gone.0.clone());
+    let _set_when_gone = SetOnDrop(gone.set.clone());
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
         let r = f(&gone);
-        // Set before `f` returned: only a caller that left sets it that early.
-        if gone.is_set() {
+        if gone.stopped() {
             tracing::info!("a recording scan stopped early: its caller went away");
         }
         r
@@ -307,7 +319,7 @@ pub fn hits(
     let mut read = 0u32;
     while let Some(e) = reader.next_event()? {
         read = read.wrapping_add(1);
-        if read.is_multiple_of(CHECK_EVERY) && gone.is_set() {
+        if read.is_multiple_of(CHECK_EVERY) && gone.stop_here() {
             break;
         }
         let Some((t, text, key)) = searchable(&e) else { continue };
@@ -452,9 +464,10 @@ mod tests {
         let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<bool>();
         let scan = tokio::spawn(blocking(move |gone| {
             started_tx.send(()).unwrap();
-            // A scan that would read for an hour, looking at `gone` as scans do.
+            // A scan that would read on for 10 s, looking at `gone` as scans do (bounded:
+            // a broken flag fails the test instead of hanging it).
             let t = std::time::Instant::now();
-            while t.elapsed() < std::time::Duration::from_secs(3600) {
+            while t.elapsed() < std::time::Duration::from_secs(10) {
                 if let Err(e) = gone.check() {
                     stopped_tx.send(true).unwrap();
                     return Err(e);
@@ -512,9 +525,10 @@ mod tests {
         let all = hits(&path, "needle", 10_000, &[], &Abandoned::default()).unwrap();
         assert_eq!(all.len(), 2000);
         let gone = Abandoned::default();
-        drop(SetOnDrop(gone.0.clone()));
+        drop(SetOnDrop(gone.set.clone()));
         let some = hits(&path, "needle", 10_000, &[], &gone).unwrap();
         assert!(some.len() < 256, "read on after its caller left: {} hits", some.len());
+        assert!(gone.stopped(), "the stop is told");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
