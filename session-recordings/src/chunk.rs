@@ -70,7 +70,7 @@ pub(crate) struct Chunk {
     first_t: Option<u64>,
     records: usize,
     /// The frame's hash input so far (version 3): each record's head and data hash, for
-    /// the records pushed with `digest` (all of a plaintext frame's).
+    /// the records pushed with one (`Digest::Now` or `Given`: all of a plaintext frame's).
     body: Vec<u8>,
     digested: usize,
 }

@@ -159,7 +159,8 @@ struct State {
     index: Vec<u8>,
 }
 
-/// The part of a recorder that its thread runs: it hashes, frames, signs and writes.
+/// The part of a recorder that its thread runs: it frames, signs and writes (and hashes
+/// what its callers did not: encrypted frames, the end event).
 struct Worker {
     session_id: String,
     key: SigningKey,
@@ -174,8 +175,9 @@ struct Worker {
 ///
 /// Each recording has a thread of its own that frames, signs and writes; the callers
 /// (the relay, per packet) only hash the record's data (plaintext recordings, while the
-/// packet is hot in their core's cache; measured: 0.1-0.2 CPU-s/GiB less than hashing
-/// it on the recording's thread), stamp the time and queue the record. So the
+/// packet is hot in their core's cache; measured: 0.2 CPU-s/GiB less than hashing it on
+/// the recording's thread in ProxyJump form, the same single hop), stamp the time and
+/// queue the record. So the
 /// relay's thread never waits for the disk, and a store that hangs (a stalled network
 /// volume, a frozen filesystem) costs a caller at most the stall limit before the call
 /// fails and the session ends: recording fails closed even when the disk does not fail
