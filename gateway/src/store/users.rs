@@ -498,7 +498,12 @@ mod tests {
         s.session_started(&session_of("bob", &id2)).await.unwrap();
         s.set_user_status(&bob, UserStatus::Suspended, None).await.unwrap();
         assert_eq!(s.sessions_to_end("n1").await.unwrap()[0].1, "user suspended");
+        // Cut while its node crashed mid-seal: the restart keeps why it ended.
+        s.session_ending(&id2, "user suspended").await.unwrap();
         assert_eq!(s.close_orphaned_sessions("n1").await.unwrap(), 1);
+        let row = s.session(&id2).await.unwrap().unwrap();
+        assert_eq!(row.end_reason.as_deref(), Some("user suspended"));
+        assert!(row.ended_at.is_some());
         s.set_user_status(&bob, UserStatus::Active, None).await.unwrap();
 
         // A session under a grant ends when the grant is revoked; approvals and state
