@@ -54,12 +54,18 @@ enum Command {
     },
 }
 
+/// What the gateway logs unless `HERSE_LOG` says otherwise. boringtun's own messages
+/// are WireGuard's normal timers ("HANDSHAKE(REKEY_TIMEOUT)" every 5 s for 90 s while a
+/// workstation is offline, then "CONNECTION_EXPIRED") without saying which peer; the
+/// tunnel's events that matter are logged by `wg::engine` with the workstation's name.
+const DEFAULT_LOG: &str = "info,russh=warn,boringtun=off";
+
 /// Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HERSE_LOG").unwrap_or_else(|_| "info,russh=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HERSE_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -175,5 +181,26 @@ fn print_init(r: &herse::init::InitReport) {
     println!("In each user's ~/.ssh/known_hosts:");
     for l in &r.known_hosts {
         println!("  {l}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DEFAULT_LOG;
+    use tracing::Level;
+
+    #[test]
+    fn the_default_log_keeps_our_events_and_drops_boringtuns_timers() {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(DEFAULT_LOG))
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(tracing::enabled!(target: "herse::wg::engine", Level::INFO));
+            assert!(!tracing::enabled!(target: "herse::wg::engine", Level::DEBUG));
+            assert!(tracing::enabled!(target: "russh::server", Level::WARN));
+            assert!(!tracing::enabled!(target: "russh::server", Level::INFO));
+            assert!(!tracing::enabled!(target: "boringtun::noise::timers", Level::ERROR));
+        });
     }
 }
