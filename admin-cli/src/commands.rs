@@ -403,6 +403,7 @@ async fn control(cli: &Cli) -> Result<(), Failure> {
             let call = Call::SessionsList {
                 live: !all,
                 limit: *limit,
+                after: None,
             };
             let list: Vec<herse::store::SessionRow> = parse(execute(cli, &call).await?)?;
             output::table(

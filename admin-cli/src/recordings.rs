@@ -191,19 +191,26 @@ impl Source {
         }
     }
 
+    /// Every session row, newest first. Remotely, page by page: the gateway returns at
+    /// most `MAX_PAGE` rows per call, and `verify --all` must see every recording.
     async fn all_rows(&self) -> Result<Vec<SessionRow>, Failure> {
-        match self {
-            Source::Local(store) => Ok(store.sessions(false, i64::MAX).await?),
-            Source::Remote(saved) => parse(
-                crate::remote::call(
-                    saved,
-                    &Call::SessionsList {
-                        live: false,
-                        limit: i64::MAX,
-                    },
-                )
-                .await?,
-            ),
+        let saved = match self {
+            Source::Local(store) => return Ok(store.sessions(false, i64::MAX).await?),
+            Source::Remote(saved) => saved,
+        };
+        let mut rows: Vec<SessionRow> = Vec::new();
+        loop {
+            let call = Call::SessionsList {
+                live: false,
+                limit: herse::control::MAX_PAGE,
+                after: rows.last().map(SessionRow::cursor),
+            };
+            let page: Vec<SessionRow> = parse(crate::remote::call(saved, &call).await?)?;
+            let full = page.len() as i64 >= herse::control::MAX_PAGE;
+            rows.extend(page);
+            if !full {
+                return Ok(rows);
+            }
         }
     }
 

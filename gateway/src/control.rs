@@ -9,7 +9,7 @@ use crate::grants::{self, GrantError, GrantRequest, Listing};
 use crate::ident::{SessionId, UserName};
 use crate::policy::Policy;
 use crate::recordings_query::{QueryError, RecordingFilter, SearchQuery};
-use crate::store::{AuditEvent, AuditFilter, NodeRemoval, Severity, Store, StoreError};
+use crate::store::{AuditEvent, AuditFilter, NodeRemoval, SessionCursor, Severity, Store, StoreError};
 
 /// One request. Tagged JSON: `{"call": "grants-approve", "id": "g…", "comment": ""}`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -54,9 +54,13 @@ pub enum Call {
     UsersResume {
         name: String,
     },
+    /// Newest first, at most `limit` (capped at [`MAX_PAGE`]); `after`: continue after
+    /// the last row of the previous page.
     SessionsList {
         live: bool,
         limit: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<SessionCursor>,
     },
     SessionsKill {
         id: String,
@@ -312,8 +316,11 @@ pub struct Ctx<'a> {
 }
 
 /// Listing sizes a caller may ask for: at least one row, at most 10 000 per call.
+/// The most rows one listing returns; longer ones are read page by page.
+pub const MAX_PAGE: i64 = 10_000;
+
 fn clamp(limit: i64) -> i64 {
-    limit.clamp(1, 10_000)
+    limit.clamp(1, MAX_PAGE)
 }
 
 impl<'a> Ctx<'a> {
@@ -446,9 +453,9 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
             .await?;
             json(serde_json::json!({ "user": u.as_str(), "message": format!("user {u} resumed") }))
         }
-        Call::SessionsList { live, limit } => {
+        Call::SessionsList { live, limit, after } => {
             access::check(caller, &Action::ListSessions)?;
-            json(store.sessions(*live, clamp(*limit)).await?)
+            json(store.sessions_page(*live, clamp(*limit), after.as_ref()).await?)
         }
         Call::NodesList => {
             access::check(caller, &Action::ListSessions)?;

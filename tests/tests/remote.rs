@@ -237,6 +237,10 @@ fn every_command_remotely_under_the_callers_permissions() {
         "5866666666666666666666666666666666666666666666666666666666666666",
     ]));
     assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong.stdout));
+    // Every recording and the chain between them, read page by page from the gateway.
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(w.as_("audrey").args(["recordings", "verify", "--all", "--json"]))).unwrap();
+    assert!(all.to_string().contains(&id), "{all}");
 
     let export = ok(w.as_("audrey").args(["recordings", "export", &id, "--format", "text"]));
     assert!(export.contains(MARKER), "{export}");

@@ -23,7 +23,7 @@ pub use audit::{AuditCheckpoint, AuditEvent, AuditFilter, AuditRow, Severity};
 pub use grants::{ApprovalRow, GrantFilter, GrantRow, GrantStatus, NewGrant};
 pub use nodes::{Heartbeat, NodeRemoval, NodeRow};
 pub use portal::WebSession;
-pub use sessions::{SessionRow, SessionStart};
+pub use sessions::{SessionCursor, SessionRow, SessionStart};
 pub use users::{fingerprint, KeyRow, UserRow, UserStatus};
 pub use webauthn::{Approval, SecurityKeyRow};
 pub use workstations::{ActivePeer, PeerEndpoint, WorkstationRow};

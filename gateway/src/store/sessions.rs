@@ -21,6 +21,24 @@ pub struct SessionStart<'a> {
     pub ends_by: i64,
 }
 
+/// Where a page of [`Store::sessions_page`] ends: its last row's start time and id.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionCursor {
+    pub started_at: i64,
+    pub id: String,
+}
+
+impl SessionRow {
+    /// The cursor that continues after this row.
+    pub fn cursor(&self) -> SessionCursor {
+        SessionCursor {
+            started_at: self.started_at,
+            id: self.id.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SessionRow {
     pub id: String,
@@ -276,15 +294,33 @@ impl Store {
         Ok(r.rows_affected())
     }
 
+    /// The newest sessions first, at most `limit`.
     pub async fn sessions(&self, live_only: bool, limit: i64) -> Result<Vec<SessionRow>, StoreError> {
-        let sql = if live_only {
-            format!("SELECT {COLUMNS} FROM sessions WHERE ended_at IS NULL ORDER BY started_at DESC LIMIT $1")
-        } else {
-            format!("SELECT {COLUMNS} FROM sessions ORDER BY started_at DESC LIMIT $1")
+        self.sessions_page(live_only, limit, None).await
+    }
+
+    /// As [`Self::sessions`], continuing after `after` (a row's start time and id, the
+    /// last of the previous page): pages follow (start time, id) downwards, so every row
+    /// comes exactly once however many share a start time.
+    pub async fn sessions_page(
+        &self,
+        live_only: bool,
+        limit: i64,
+        after: Option<&SessionCursor>,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let live = if live_only { "ended_at IS NULL" } else { "TRUE" };
+        let sql = match after {
+            None => format!("SELECT {COLUMNS} FROM sessions WHERE {live} ORDER BY started_at DESC, id DESC LIMIT $1"),
+            Some(_) => format!(
+                "SELECT {COLUMNS} FROM sessions WHERE {live} AND (started_at < $2 OR (started_at = $2 AND id < $3)) \
+                 ORDER BY started_at DESC, id DESC LIMIT $1"
+            ),
         };
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(limit)
-            .fetch_all(&self.pool)
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(limit);
+        if let Some(c) = after {
+            q = q.bind(c.started_at).bind(c.id.clone());
+        }
+        q.fetch_all(&self.pool)
             .await?
             .iter()
             .map(|r| row(r).map_err(StoreError::from))
