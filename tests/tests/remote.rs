@@ -34,6 +34,18 @@ impl World {
         self.people.as_(who)
     }
 
+    /// eve's real OpenSSH client running `command` on db1 through the gateway (her second
+    /// factor through the askpass).
+    fn eve_runs(&self, command: &str) -> Command {
+        let mut ssh = Command::new("ssh");
+        with_askpass(&mut ssh, &self.people.askpass)
+            .arg("-F")
+            .arg(&self.eve_cfg)
+            .args(["-l", DEPLOY, "db1", command])
+            .stdin(Stdio::null());
+        ssh
+    }
+
     fn session_file(&self, who: &str) -> PathBuf {
         self.people.session_file(who)
     }
@@ -126,19 +138,8 @@ fn world(name: &str) -> (TempDir, World, Sshd) {
 fn a_remote_scan_stops_when_its_caller_hangs_up() {
     let (_dir, w, _db) = world("remote-scan");
     // A recording that takes seconds to scan: 100 MB of terminal-less output.
-    let mut ssh = Command::new("ssh");
-    with_askpass(&mut ssh, &w.people.askpass)
-        .arg("-F")
-        .arg(&w.eve_cfg)
-        .args([
-            "-l",
-            DEPLOY,
-            "db1",
-            "head -c 100000000 /dev/zero | tr '\\0' a | fold -w 99",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    assert!(ssh.status().unwrap().success());
+    let mut ssh = w.eve_runs("head -c 100000000 /dev/zero | tr '\\0' a | fold -w 99");
+    assert!(ssh.stdout(Stdio::null()).status().unwrap().success());
     w.login("audrey", &w.code("audrey"));
     let started = std::time::Instant::now();
     let mut scan = w
@@ -166,13 +167,7 @@ fn every_command_remotely_under_the_callers_permissions() {
     let (_dir, w, _db) = world("remote");
 
     // The engineer's real session, recorded.
-    let mut ssh = Command::new("ssh");
-    with_askpass(&mut ssh, &w.people.askpass)
-        .arg("-F")
-        .arg(&w.eve_cfg)
-        .args(["-l", DEPLOY, "db1", &format!("echo {MARKER}")])
-        .stdin(Stdio::null());
-    let out = ok(&mut ssh);
+    let out = ok(&mut w.eve_runs(&format!("echo {MARKER}")));
     assert!(out.contains(MARKER), "{out}");
     let all: serde_json::Value =
         serde_json::from_str(&ok(w.gw.ctl().args(["sessions", "list", "--all", "--json"]))).unwrap();
