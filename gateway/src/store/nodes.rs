@@ -145,16 +145,13 @@ impl Store {
         if marked == 0 {
             return Ok(0);
         }
-        let closed = sqlx::query(
-            "UPDATE sessions SET ended_at = $1, end_reason = COALESCE(end_reason, $2) \
-                 WHERE node = $3 AND ended_at IS NULL",
-        )
-        .bind(now)
-        .bind(reason)
-        .bind(node)
-        .execute(tx.conn()?)
-        .await?
-        .rows_affected();
+        let closed = sqlx::query(super::sessions::CLOSE_OPEN_ROWS_OF_NODE)
+            .bind(now)
+            .bind(reason)
+            .bind(node)
+            .execute(tx.conn()?)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(closed)
     }

@@ -59,6 +59,11 @@ pub struct SessionRow {
     pub grant: Option<String>,
 }
 
+/// Close node $3's open rows at $1 for reason $2. A row cut before (its recording was
+/// still being sealed when the node stopped) keeps the reason it was cut for.
+pub(super) const CLOSE_OPEN_ROWS_OF_NODE: &str =
+    "UPDATE sessions SET ended_at = $1, end_reason = COALESCE(end_reason, $2) WHERE node = $3 AND ended_at IS NULL";
+
 /// The live sessions of user $1 at $2, for `max_connections`. Rows from before
 /// `ends_by` existed count while open.
 const LIVE_OF_USER: &str =
@@ -283,14 +288,12 @@ impl Store {
 
     /// Sessions left open by a node that stopped without closing them (a crash).
     pub async fn close_orphaned_sessions(&self, node: &str) -> Result<u64, StoreError> {
-        let r = sqlx::query(
-            "UPDATE sessions SET ended_at = $1, end_reason = COALESCE(end_reason, 'gateway restarted') \
-             WHERE node = $2 AND ended_at IS NULL",
-        )
-        .bind(now_micros())
-        .bind(node)
-        .execute(&self.pool)
-        .await?;
+        let r = sqlx::query(CLOSE_OPEN_ROWS_OF_NODE)
+            .bind(now_micros())
+            .bind("gateway restarted")
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected())
     }
 
