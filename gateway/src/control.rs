@@ -718,6 +718,18 @@ mod tests {
         assert!(serde_json::from_str::<Call>(r#"{"call":"recordings-get","id":"x","path":"/etc/passwd"}"#).is_err());
         assert!(serde_json::from_str::<Call>(r#"{"call":"recordings-list","limit":5,"file":"x"}"#).is_err());
         assert!(serde_json::from_str::<Call>(r#"{"call":"recordings-list","limit":5}"#).is_ok());
+        // The structs inside calls are strict too: a misspelt filter must not widen a
+        // listing to everything, nor a misspelt field of a grant request vanish.
+        let audit = |filter: &str| format!(r#"{{"call":"audit-list","limit":5,"filter":{filter}}}"#);
+        assert!(serde_json::from_str::<Call>(&audit(r#"{"user":"alice"}"#)).is_ok());
+        assert!(serde_json::from_str::<Call>(&audit(r#"{"users":"alice"}"#)).is_err());
+        let request = |extra: &str| {
+            format!(
+                r#"{{"call":"grants-request","tier":"prod","target":null,"login":null,"duration_secs":60,"reason":"x"{extra}}}"#
+            )
+        };
+        assert!(serde_json::from_str::<Call>(&request("")).is_ok());
+        assert!(serde_json::from_str::<Call>(&request(r#","logins":"root""#)).is_err());
     }
 
     /// Every call past the first group names the action it needs (none falls through to

@@ -36,6 +36,7 @@ pub enum GrantError {
 
 /// What an engineer asks for.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GrantRequest {
     pub tier: String,
     pub target: Option<String>,

@@ -94,6 +94,7 @@ pub struct AuditRow {
 
 /// Which events to list: every bound is optional (`at` in Unix microseconds).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditFilter {
     /// At or after.
     pub since: Option<i64>,
