@@ -34,8 +34,9 @@ pub struct Gateway {
     pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
     /// One permit per SSH connection, accepted or inner (a ProxyJump hop): `ssh.max_connections`.
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
-    /// When each (reader, recording) download was last audited (see `read_is_new`).
-    recording_reads: Mutex<HashMap<(String, String), std::time::Instant>>,
+    /// Which recordings each reader fetched lately, so that a download is audited once
+    /// per read, not per chunk.
+    pub(crate) recording_reads: RecentReads,
 }
 
 impl Gateway {
@@ -65,7 +66,7 @@ impl Gateway {
             recording_chain: tokio::sync::Mutex::new(()),
             webauthn,
             portal_tls,
-            recording_reads: Mutex::new(HashMap::new()),
+            recording_reads: RecentReads::default(),
         })
     }
 
@@ -75,25 +76,6 @@ impl Gateway {
         tracing::info!(kind = event.kind, user = ?event.user, session = ?event.session, detail = %event.detail, "audit");
         if let Err(e) = self.store.audit(&event).await {
             tracing::error!(error = %e, kind = event.kind, "cannot write audit event");
-        }
-    }
-
-    /// Whether `reader` reading recording `session` starts a new read to audit: the first
-    /// request of a download at any offset, again after 10 minutes of a long read (a
-    /// live `sessions watch`); not every chunk or poll.
-    pub(crate) fn read_is_new(&self, reader: &str, session: &str) -> bool {
-        const AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
-        let mut reads = self.recording_reads.lock().unwrap_or_else(|p| p.into_inner());
-        if reads.len() > 10_000 {
-            reads.retain(|_, at| at.elapsed() < AGAIN_AFTER);
-        }
-        let key = (reader.to_owned(), session.to_owned());
-        match reads.get(&key) {
-            Some(at) if at.elapsed() < AGAIN_AFTER => false,
-            _ => {
-                reads.insert(key, std::time::Instant::now());
-                true
-            }
         }
     }
 
@@ -119,5 +101,55 @@ impl Gateway {
             .values()
             .cloned()
             .collect()
+    }
+}
+
+/// When each (reader, recording) download was last audited. A read is audited at its
+/// first request, at any offset, and again after 10 minutes of a long read (a live
+/// `sessions watch`); not at every chunk or poll.
+///
+/// A read counts as audited only once its event is written: if the write fails, the
+/// request is refused and the next one must audit again. (Two first requests at once
+/// both audit: an event too many rather than a read unseen.)
+#[derive(Default)]
+pub(crate) struct RecentReads(Mutex<HashMap<(String, String), std::time::Instant>>);
+
+impl RecentReads {
+    const AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+    const PRUNE_PAST: usize = 10_000;
+
+    /// Whether `reader` reading recording `session` must be audited before any byte goes.
+    pub(crate) fn needs_audit(&self, reader: &str, session: &str) -> bool {
+        let reads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        reads
+            .get(&(reader.to_owned(), session.to_owned()))
+            .is_none_or(|at| at.elapsed() >= Self::AGAIN_AFTER)
+    }
+
+    /// The read's event is written.
+    pub(crate) fn audited(&self, reader: &str, session: &str) {
+        let mut reads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if reads.len() > Self::PRUNE_PAST {
+            reads.retain(|_, at| at.elapsed() < Self::AGAIN_AFTER);
+        }
+        reads.insert((reader.to_owned(), session.to_owned()), std::time::Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecentReads;
+
+    #[test]
+    fn a_read_is_audited_once_and_only_once_its_event_is_written() {
+        let reads = RecentReads::default();
+        assert!(reads.needs_audit("ann", "s1"));
+        // The event's write failed: nothing was marked, so the retry audits again.
+        assert!(reads.needs_audit("ann", "s1"));
+        reads.audited("ann", "s1");
+        assert!(!reads.needs_audit("ann", "s1"));
+        // Per reader and per recording.
+        assert!(reads.needs_audit("bob", "s1"));
+        assert!(reads.needs_audit("ann", "s2"));
     }
 }

@@ -127,7 +127,7 @@ pub(super) async fn recording_file(
     }
     // The first request of a read, at whatever offset it starts (the index holds no
     // content); not each chunk or poll.
-    if q.index != 1 && app.gw.read_is_new(&reader, sid.as_str()) {
+    if q.index != 1 && app.gw.recording_reads.needs_audit(&reader, sid.as_str()) {
         let e = AuditEvent::new(
             "recording.read",
             Severity::Info,
@@ -139,6 +139,7 @@ pub(super) async fn recording_file(
             // Reading without the audit trail would be a read nobody can see.
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
+        app.gw.recording_reads.audited(&reader, sid.as_str());
     }
     let len = (size - q.offset).min(MAX_CHUNK);
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file.take(len)));
