@@ -17,7 +17,7 @@ use session_recordings::scp::{self, ScpDirection, ScpTracker};
 use session_recordings::sftp::{self, Framer};
 use session_recordings::sftp_audit::SftpAudit;
 
-use crate::policy::{Request, SftpAccess};
+use crate::policy::Request;
 use crate::session::TargetSession;
 
 type FrontChannel = Channel<server::Msg>;
@@ -401,12 +401,7 @@ async fn sftp_inbound(chan: &Chan<'_>, framer: &mut Framer, data: &[u8]) -> Resu
         .map_err(|e| RelayError::Channel(format!("client sent {e}")))?
     {
         let req = sftp::parse_request(&packet).map_err(|e| RelayError::Channel(format!("client sent {e}")))?;
-        let access = match &req {
-            r if r.is_write() => SftpAccess::Write,
-            sftp::Request::Open { .. } => SftpAccess::ReadFile,
-            _ => SftpAccess::Metadata,
-        };
-        match chan.s.authorized().check_sftp(access) {
+        match chan.s.authorized().check_sftp(req.access()) {
             Ok(()) => {
                 if let Some(a) = chan.sftp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
                     a.request(&req).map_err(|e| RelayError::Channel(e.to_string()))?;

@@ -14,36 +14,40 @@ pub enum ScpDirection {
     Download,
 }
 
-/// A strictly parsed `scp -t|-f [opts] PATH` command; anything else (extra words, shell
-/// syntax) is not scp and is judged as a plain exec.
+/// The server side of a legacy scp transfer, exactly as OpenSSH's scp client asks for it:
+/// `scp [-v] [-r] [-p] [-d] -t|-f [--] PATH`, words split by single spaces, `--` only
+/// (and always) before a path that starts with `-`. Anything else is not scp and is
+/// judged as a plain exec.
+///
+/// The command goes to the target's shell as it is, so it must mean there exactly what
+/// it means here. Hence a closed grammar rather than a getopt look-alike, and a path made
+/// only of characters no shell treats specially (letters and digits, `. _ / + - , : @`):
+/// no quoting, globbing, expansion, or whitespace other than the space the shells split
+/// on. Paths with other characters fall back to exec, or to scp's SFTP mode.
 pub fn parse_command(command: &str) -> Option<(ScpDirection, String)> {
-    const SHELL: &[char] = &[
-        ';', '&', '|', '$', '`', '<', '>', '(', ')', '{', '}', '*', '?', '[', ']', '\'', '"', '\\', '\n', '\r', '#',
-        '~',
-    ];
-    if command.contains(SHELL) {
-        return None;
-    }
-    let mut words = command.split_whitespace();
+    let mut words = command.split(' ');
     if words.next()? != "scp" {
         return None;
     }
-    let mut direction = None;
-    let mut path = None;
-    for w in words {
-        match w {
-            "-t" => direction = direction.xor(Some(ScpDirection::Upload)).or(None),
-            "-f" => direction = direction.xor(Some(ScpDirection::Download)).or(None),
-            "-r" | "-p" | "-d" | "-v" | "-q" | "--" => {}
-            w if w.starts_with('-') => return None,
-            w => {
-                if path.replace(w.to_owned()).is_some() {
-                    return None;
-                }
-            }
+    let mut flags: Vec<&str> = Vec::new();
+    let direction = loop {
+        match words.next()? {
+            "-t" => break ScpDirection::Upload,
+            "-f" => break ScpDirection::Download,
+            f @ ("-v" | "-r" | "-p" | "-d") if !flags.contains(&f) => flags.push(f),
+            _ => return None,
         }
+    };
+    let path = match words.next()? {
+        "--" => words.next().filter(|p| p.starts_with('-'))?,
+        p if p.starts_with('-') => return None,
+        p => p,
+    };
+    let plain = |c: char| c.is_alphanumeric() || matches!(c, '.' | '_' | '/' | '+' | '-' | ',' | ':' | '@');
+    if words.next().is_some() || path.is_empty() || !path.chars().all(plain) {
+        return None;
     }
-    Some((direction?, path.unwrap_or_else(|| ".".into())))
+    Some((direction, path.to_owned()))
 }
 
 enum State {
@@ -210,7 +214,46 @@ mod tests {
             Some((ScpDirection::Download, "dir".into()))
         );
         assert_eq!(parse_command("scp -t ."), Some((ScpDirection::Upload, ".".into())));
+        // What OpenSSH's scp sends, every flag on; `--` before a path that starts with -.
+        assert_eq!(
+            parse_command("scp -v -r -p -d -t /srv/app/releases"),
+            Some((ScpDirection::Upload, "/srv/app/releases".into()))
+        );
+        assert_eq!(
+            parse_command("scp -f -- -odd-name"),
+            Some((ScpDirection::Download, "-odd-name".into()))
+        );
+        assert_eq!(
+            parse_command("scp -f données/été.txt"),
+            Some((ScpDirection::Download, "données/été.txt".into()))
+        );
         for bad in [
+            // Words the target's shell splits differently: vertical tab, form feed and
+            // Unicode spaces are one word to sh, tabs and doubled spaces are not ours.
+            "scp -r -t -- -f\u{b}-f\u{b}",
+            "scp -t -- -f\u{c}x",
+            "scp -t a\u{a0}b",
+            "scp -t\ta",
+            "scp  -t a",
+            "scp -t a ",
+            // Direction given twice or both ways (OpenSSH's scp takes -f over -t).
+            "scp -t -f -t X",
+            "scp -f -f x",
+            "scp -t -t x",
+            // Flags after the direction, repeated, combined, or unknown.
+            "scp -t -r x",
+            "scp -r -r -t x",
+            "scp -rt x",
+            "scp -t -- x",
+            "scp -t -x",
+            "scp -t --",
+            "scp -t",
+            "scp -t -- -x y",
+            // Shell syntax in the path.
+            "scp -t ~/x",
+            "scp -t x=1",
+            "scp -t x%y",
+            "scp -t x\u{fffd}",
             "scp -t /tmp/x; rm -rf /",
             "scp -t $(id)",
             "scp -t a b",

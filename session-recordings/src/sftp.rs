@@ -197,6 +197,19 @@ pub enum Request {
     },
 }
 
+/// What an SFTP request needs from the role (see [`Request::access`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// stat, list, realpath, readlink, close, and the read-only extensions.
+    Metadata,
+    /// A file's content.
+    Read,
+    /// Anything that can change the target.
+    Write,
+    /// A handle that both reads and writes.
+    ReadWrite,
+}
+
 /// Extended requests that only read.
 const READ_ONLY_EXTENSIONS: &[&str] = &[
     "statvfs@openssh.com",
@@ -234,12 +247,26 @@ impl Request {
         }
     }
 
-    /// Whether the request can change the target's filesystem. Unknown extensions count
-    /// as writes (fail closed).
-    pub fn is_write(&self) -> bool {
+    /// What the request can do to the target's files, for the role check. Unknown
+    /// extensions count as writes (fail closed).
+    ///
+    /// An OPEN reads unless it only writes: OpenSSH's sftp-server opens a file read-only
+    /// for any flags without WRITE (`READ | APPEND`, `READ | CREAT`, even no flags at
+    /// all), so those handles give the file's content. READ on a handle reads, whatever
+    /// the handle was opened for.
+    pub fn access(&self) -> Access {
         use Request::*;
         match self {
-            Open { pflags, .. } => pflags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC) != 0,
+            Open { pflags, .. } => {
+                let writes = pflags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC) != 0;
+                let reads = pflags & FXF_READ != 0 || pflags & FXF_WRITE == 0;
+                match (reads, writes) {
+                    (true, true) => Access::ReadWrite,
+                    (false, true) => Access::Write,
+                    _ => Access::Read,
+                }
+            }
+            Read { .. } => Access::Read,
             Write { .. }
             | Setstat { .. }
             | Fsetstat { .. }
@@ -247,19 +274,24 @@ impl Request {
             | Mkdir { .. }
             | Rmdir { .. }
             | Rename { .. }
-            | Symlink { .. } => true,
-            Extended { name, .. } => !READ_ONLY_EXTENSIONS.contains(&name.as_str()),
+            | Symlink { .. } => Access::Write,
+            Extended { name, .. } if READ_ONLY_EXTENSIONS.contains(&name.as_str()) => Access::Metadata,
+            Extended { .. } => Access::Write,
             Init { .. }
             | Close { .. }
-            | Read { .. }
             | Lstat { .. }
             | Fstat { .. }
             | Opendir { .. }
             | Readdir { .. }
             | Realpath { .. }
             | Stat { .. }
-            | Readlink { .. } => false,
+            | Readlink { .. } => Access::Metadata,
         }
+    }
+
+    /// Whether the request can change the target's filesystem.
+    pub fn is_write(&self) -> bool {
+        matches!(self.access(), Access::Write | Access::ReadWrite)
     }
 
     /// A short name for the operation.
@@ -509,6 +541,23 @@ mod tests {
         };
         assert!(open(FXF_WRITE | FXF_CREAT | FXF_TRUNC).is_write());
         assert!(open(FXF_READ | FXF_APPEND).is_write());
+        // sftp-server opens read-only whenever WRITE is absent, so APPEND or CREAT
+        // with READ (or with nothing) gives a handle that reads.
+        assert_eq!(open(FXF_WRITE | FXF_CREAT | FXF_TRUNC).access(), Access::Write);
+        assert_eq!(open(FXF_READ).access(), Access::Read);
+        assert_eq!(open(0).access(), Access::Read);
+        assert_eq!(open(FXF_EXCL).access(), Access::Read);
+        assert_eq!(open(FXF_APPEND).access(), Access::ReadWrite);
+        assert_eq!(open(FXF_READ | FXF_APPEND).access(), Access::ReadWrite);
+        assert_eq!(open(FXF_READ | FXF_CREAT).access(), Access::ReadWrite);
+        assert_eq!(open(FXF_READ | FXF_WRITE).access(), Access::ReadWrite);
+        let read = Request::Read {
+            id: 1,
+            handle: b"h".to_vec(),
+            offset: 0,
+            len: 4,
+        };
+        assert_eq!(read.access(), Access::Read);
         assert!(Request::Remove {
             id: 1,
             path: "x".into()

@@ -1055,6 +1055,18 @@ fn read_only_sftp_refuses_writes_and_allows_reads() {
         .arg(format!("{OPS}@web1:up2.txt")));
     assert!(!up.status.success());
     assert!(!Path::new(&format!("{home}/up2.txt")).exists());
+    // An upload dressed as a download for a shell that splits words differently from
+    // the gateway (vertical tabs are not word breaks to sh, so the target would run
+    // `scp -r -t` into a directory named "-f\v-f\v") is a plain exec, and refused.
+    let sly_dir = format!("-f\u{b}-f\u{b}");
+    let sly = run(client("ssh")
+        .arg("-F")
+        .arg(&w.bob)
+        .arg(format!("{OPS}@web1"))
+        .arg(format!("scp -r -t -- {sly_dir}")));
+    assert!(!sly.status.success());
+    assert!(text(&sly.stderr).contains("not allowed"), "{}", text(&sly.stderr));
+    assert!(!Path::new(&format!("{home}/{sly_dir}")).exists());
     let transfers: Vec<(String, u64)> = recordings(&w)
         .into_iter()
         .flat_map(|(_, ev)| ev)

@@ -37,16 +37,8 @@ pub enum Denial {
     TooManySessions { user: UserName, open: u64, role: RoleName },
 }
 
-/// What an SFTP request needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SftpAccess {
-    /// stat, list, realpath, readlink.
-    Metadata,
-    /// Opening a file for reading.
-    ReadFile,
-    /// Anything that can change the target.
-    Write,
-}
+/// What an SFTP request needs from the role.
+pub use session_recordings::sftp::Access as SftpAccess;
 
 /// A request made on an authorized session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,17 +288,18 @@ impl Authorized {
         }
     }
 
-    /// Whether one SFTP request is allowed: reading a file needs `sftp-read`, anything
-    /// that changes the target needs `sftp-write`, listing and stat need either.
+    /// Whether one SFTP request is allowed: reading a file's content needs `sftp-read`,
+    /// anything that changes the target needs `sftp-write`, a handle that does both needs
+    /// both, listing and stat need either.
     pub fn check_sftp(&self, access: SftpAccess) -> Result<(), String> {
-        let op = match access {
-            SftpAccess::Metadata if self.allows(Operation::SftpRead) || self.allows(Operation::SftpWrite) => {
-                return Ok(())
-            }
-            SftpAccess::Metadata | SftpAccess::ReadFile => Operation::SftpRead,
-            SftpAccess::Write => Operation::SftpWrite,
-        };
-        self.need(op)
+        match access {
+            SftpAccess::Metadata if self.allows(Operation::SftpWrite) => Ok(()),
+            SftpAccess::Metadata | SftpAccess::Read => self.need(Operation::SftpRead),
+            SftpAccess::Write => self.need(Operation::SftpWrite),
+            SftpAccess::ReadWrite => self
+                .need(Operation::SftpRead)
+                .and_then(|()| self.need(Operation::SftpWrite)),
+        }
     }
 
     pub fn user(&self) -> &UserName {
@@ -408,6 +401,20 @@ operations = ["exec", "port-forward"]
 forward = ["127.0.0.1:5432"]
 max_session = "2h"
 idle_timeout = "5m"
+
+[roles.web-get]
+tiers = ["web"]
+logins = ["deploy"]
+operations = ["sftp-read"]
+max_session = "1h"
+idle_timeout = "10m"
+
+[roles.web-put]
+tiers = ["web"]
+logins = ["deploy"]
+operations = ["sftp-write"]
+max_session = "1h"
+idle_timeout = "10m"
 
 [roles.dba]
 tiers = ["db"]
@@ -533,6 +540,49 @@ idle_timeout = "10m"
             .unwrap_err()
             .to_string()
             .contains("mfa_remember"));
+    }
+
+    /// Reading a file's content needs sftp-read, changing anything needs sftp-write, a
+    /// handle that does both needs both; legacy scp follows the same rights, and only
+    /// in the exact form OpenSSH's scp sends.
+    #[test]
+    fn file_transfer_rights_keep_reading_and_writing_apart() {
+        use SftpAccess::*;
+        let p = policy();
+        let get = alice_with(&p, &["web-get"], "web1", "deploy");
+        let put = alice_with(&p, &["web-put"], "web1", "deploy");
+        let both = alice_with(&p, &["web-get", "web-put"], "web1", "deploy");
+        for a in [&get, &put, &both] {
+            assert!(a.check(&Request::Subsystem("sftp")).is_ok());
+            assert!(a.check_sftp(Metadata).is_ok());
+        }
+        assert!(get.check_sftp(Read).is_ok());
+        assert!(get.check_sftp(Write).is_err());
+        assert!(get.check_sftp(ReadWrite).is_err());
+        assert!(put.check_sftp(Read).is_err());
+        assert!(put.check_sftp(Write).is_ok());
+        assert!(
+            put.check_sftp(ReadWrite).is_err(),
+            "a write-only role must not get a handle that reads"
+        );
+        assert!(both.check_sftp(ReadWrite).is_ok());
+
+        assert!(get.check(&Request::Exec("scp -f /srv/x")).is_ok());
+        assert!(get.check(&Request::Exec("scp -t /srv/x")).is_err());
+        assert!(put.check(&Request::Exec("scp -t /srv/x")).is_ok());
+        assert!(put.check(&Request::Exec("scp -f /srv/x")).is_err());
+        // Commands a shell reads differently from the gateway are plain execs, which
+        // neither role may run.
+        for sly in [
+            "scp -r -t -- -f\u{b}-f\u{b}",
+            "scp -t -f -f x",
+            "scp -t -f -t x",
+            "scp -f x; id",
+        ] {
+            assert!(get.check(&Request::Exec(sly)).is_err(), "{sly:?}");
+            assert!(put.check(&Request::Exec(sly)).is_err(), "{sly:?}");
+        }
+        assert!(get.check(&Request::Exec("id")).is_err());
     }
 
     #[test]
