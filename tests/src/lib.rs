@@ -82,6 +82,19 @@ pub fn ensure_account(login: &str) {
             "useradd {login}"
         );
     }
+    // A home left behind by an earlier account of that name (removed, then added again
+    // under another uid) is not the login's own, and writes there would fail on the
+    // target for a reason that has nothing to do with Herse.
+    let entry = Command::new("getent").args(["passwd", login]).output().unwrap();
+    let entry = String::from_utf8_lossy(&entry.stdout);
+    if let Some(home) = entry.trim().split(':').nth(5).filter(|h| h.starts_with("/home/")) {
+        let st = Command::new("chown")
+            .arg(format!("{login}:"))
+            .arg(home)
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown {login}: {home}");
+    }
 }
 
 /// Kill the child on drop.

@@ -21,6 +21,7 @@ struct World {
     bob: PathBuf,
     /// otpauth URI of alice's TOTP (what her authenticator app holds).
     alice_totp: String,
+    bob_totp: String,
 }
 
 thread_local! {
@@ -118,6 +119,10 @@ description = "web tier"
 address = "127.0.0.1"
 port = {wp}
 host_keys = ["{web_key}"]
+[tiers.web.targets.drop1]
+address = "127.0.0.1"
+port = {wp}
+host_keys = ["{web_key}"]
 [tiers.web.targets.web-bad]
 address = "127.0.0.1"
 port = {wp}
@@ -157,6 +162,15 @@ tiers = ["web"]
 targets = ["web1"]
 logins = ["{OPS}"]
 operations = ["sftp-read"]
+max_session = "1h"
+mfa_remember = "1h"
+idle_timeout = "10m"
+
+[roles.web-dropbox]
+tiers = ["web"]
+targets = ["drop1"]
+logins = ["{OPS}"]
+operations = ["sftp-write"]
 max_session = "1h"
 mfa_remember = "1h"
 idle_timeout = "10m"
@@ -201,6 +215,7 @@ idle_timeout = "10m"
             ("alice", "db-exec"),
             ("bob", "web-shell"),
             ("bob", "web-readonly"),
+            ("bob", "web-dropbox"),
         ] {
             ok(gw.ctl().args(["roles", "bind", u, r]));
         }
@@ -209,7 +224,7 @@ idle_timeout = "10m"
         std::fs::write(
             d.join("known_hosts"),
             format!(
-                "@cert-authority web1,web-bad,db1,db-wrongname,vault1 {}\n[127.0.0.1]:{} {}\n",
+                "@cert-authority web1,drop1,web-bad,db1,db-wrongname,vault1 {}\n[127.0.0.1]:{} {}\n",
                 host_ca.trim(),
                 gw.port,
                 host_key.trim()
@@ -226,6 +241,7 @@ idle_timeout = "10m"
             alice,
             bob,
             alice_totp,
+            bob_totp,
         }
     }
 
@@ -1058,7 +1074,7 @@ fn read_only_sftp_refuses_writes_and_allows_reads() {
     // An upload dressed as a download for a shell that splits words differently from
     // the gateway (vertical tabs are not word breaks to sh, so the target would run
     // `scp -r -t` into a directory named "-f\v-f\v") is a plain exec, and refused.
-    let sly_dir = format!("-f\u{b}-f\u{b}");
+    let sly_dir = "-f\u{b}-f\u{b}";
     let sly = run(client("ssh")
         .arg("-F")
         .arg(&w.bob)
@@ -1847,6 +1863,102 @@ fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
     });
     assert!(!Path::new("/tmp/herse-smuggled").exists());
     assert!(!Path::new("/tmp/herse-second-command").exists());
+}
+
+/// An SFTP conversation driven by hand over a raw client's channel.
+struct RawSftp {
+    ch: russh::Channel<russh::client::Msg>,
+    buf: Vec<u8>,
+}
+
+impl RawSftp {
+    async fn send(&mut self, kind: u8, body: &[u8]) {
+        let mut p = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+        p.push(kind);
+        p.extend_from_slice(body);
+        self.ch.data(&p[..]).await.unwrap();
+    }
+
+    /// The next packet: its type and body.
+    async fn recv(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                if self.buf.len() >= 4 + len {
+                    let p: Vec<u8> = self.buf.drain(..4 + len).collect();
+                    return (p[4], p[5..].to_vec());
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.ch.wait()).await {
+                Ok(Some(russh::ChannelMsg::Data { data })) => self.buf.extend_from_slice(&data),
+                Ok(Some(_)) => {}
+                other => panic!("the channel ended: {other:?}"),
+            }
+        }
+    }
+}
+
+fn sftp_string(b: &mut Vec<u8>, s: &[u8]) {
+    b.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    b.extend_from_slice(s);
+}
+
+/// A write-only SFTP role (a drop box) never gets a file's content: not through an OPEN
+/// that also asks to read (sftp-server opens `READ | APPEND` read-only), nor through
+/// READ on a handle it opened to write.
+#[test]
+fn a_write_only_sftp_role_cannot_read() {
+    const STATUS: u8 = 101;
+    const HANDLE: u8 = 102;
+    let w = World::new("sftpwo");
+    let home = format!("/home/{OPS}");
+    let secret = format!("{home}/herse-wo-{}.txt", std::process::id());
+    let dropped = format!("{home}/herse-wo-new-{}.txt", std::process::id());
+    std::fs::write(&secret, "secret\n").unwrap();
+    ok(Command::new("chown").arg(format!("{OPS}:{OPS}")).arg(&secret));
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("bob"), None).unwrap());
+    let open = |id: u32, path: &str, pflags: u32| {
+        let mut b = id.to_be_bytes().to_vec();
+        sftp_string(&mut b, path.as_bytes());
+        b.extend_from_slice(&pflags.to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b
+    };
+    let status_code = |body: &[u8]| u32::from_be_bytes(body[4..8].try_into().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = raw_login_as(w.gw.port, key, &w.bob_totp, &format!("bob+{OPS}+drop1")).await;
+        let ch = h.channel_open_session().await.unwrap();
+        ch.request_subsystem(true, "sftp").await.unwrap();
+        let mut sftp = RawSftp { ch, buf: Vec::new() };
+        sftp.send(1, &3u32.to_be_bytes()).await;
+        assert_eq!(sftp.recv().await.0, 2, "VERSION");
+
+        // READ | APPEND on a file that exists: refused by the gateway.
+        sftp.send(3, &open(1, &secret, 0x01 | 0x04)).await;
+        let (kind, body) = sftp.recv().await;
+        assert_eq!(kind, STATUS, "an OPEN that reads must not give a handle to this role");
+        assert_eq!(status_code(&body), 3, "permission denied");
+
+        // Opening to write is what the role is for...
+        sftp.send(3, &open(2, &dropped, 0x02 | 0x08 | 0x10)).await;
+        let (kind, body) = sftp.recv().await;
+        assert_eq!(kind, HANDLE, "{body:?}");
+        let handle = body[8..].to_vec();
+        // ...but reading through that handle is refused by the gateway itself (the
+        // target would answer "failure", not "permission denied").
+        let mut read = 3u32.to_be_bytes().to_vec();
+        sftp_string(&mut read, &handle);
+        read.extend_from_slice(&0u64.to_be_bytes());
+        read.extend_from_slice(&64u32.to_be_bytes());
+        sftp.send(5, &read).await;
+        let (kind, body) = sftp.recv().await;
+        assert_eq!(kind, STATUS);
+        assert_eq!(status_code(&body), 3, "permission denied");
+        assert!(String::from_utf8_lossy(&body).contains("herse:"), "{body:?}");
+    });
+    let _ = std::fs::remove_file(&secret);
+    let _ = std::fs::remove_file(&dropped);
 }
 
 /// `ssh.ciphers` is what clients are offered, on the outer connection and the ProxyJump
