@@ -406,7 +406,7 @@ async fn sftp_inbound(chan: &Chan<'_>, framer: &mut Framer, data: &[u8]) -> Resu
                 if let Some(a) = chan.sftp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
                     a.request(&req).map_err(|e| RelayError::Channel(e.to_string()))?;
                 }
-                chan.up.data_bytes(bytes::Bytes::from(packet)).await?;
+                chan.up.data_bytes(packet).await?;
             }
             Err(reason) => {
                 let request = format!("sftp {req}");
@@ -444,7 +444,7 @@ async fn sftp_outbound(chan: &Chan<'_>, framer: &mut Framer, data: &[u8]) -> Res
             chan.s.recorder().meta(chan.id, m)?;
         }
         let _g = chan.front_lock.lock().await;
-        chan.front.data_bytes(bytes::Bytes::from(packet)).await?;
+        chan.front.data_bytes(packet).await?;
     }
     Ok(())
 }

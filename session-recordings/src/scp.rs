@@ -72,6 +72,8 @@ pub struct ScpTracker {
 }
 
 const MAX_LINE: usize = 8192;
+/// Directories deep a stream is followed (each level is a line of up to [`MAX_LINE`]).
+const MAX_DEPTH: usize = 256;
 
 impl ScpTracker {
     pub fn new(direction: ScpDirection, target: String) -> Self {
@@ -162,32 +164,22 @@ impl ScpTracker {
                 let size = parts.next().and_then(|s| s.parse::<u64>().ok());
                 let name = parts.next().map(str::to_owned);
                 match (size, name) {
+                    // A zero-length file finishes when its trailer byte arrives.
                     (Some(size), Some(name)) if !name.contains('/') => {
-                        self.state = if size == 0 {
-                            State::Data {
-                                name,
-                                left: 0,
-                                size,
-                                hasher: Sha256::new(),
-                            }
-                        } else {
-                            State::Data {
-                                name,
-                                left: size,
-                                size,
-                                hasher: Sha256::new(),
-                            }
+                        self.state = State::Data {
+                            name,
+                            left: size,
+                            size,
+                            hasher: Sha256::new(),
                         };
-                        if size == 0 {
-                            // Zero-length file: finish at once through the data path.
-                            if let State::Data { .. } = self.state {}
-                        }
                     }
                     _ => self.broken = true,
                 }
             }
             Some('D') => match parts.nth(1) {
-                Some(name) if !name.contains('/') && name != ".." => self.dirs.push(name.to_owned()),
+                Some(name) if !name.contains('/') && name != ".." && self.dirs.len() < MAX_DEPTH => {
+                    self.dirs.push(name.to_owned())
+                }
                 _ => self.broken = true,
             },
             Some('E') => {
@@ -282,6 +274,22 @@ mod tests {
             if path == "/home/u/hello.txt" && *h == hex::encode(Sha256::digest(b"hello world")))
         );
         assert!(matches!(&ev[1], Meta::FileTransfer { path, bytes: 3, .. } if path == "/home/u/sub/a"));
+    }
+
+    #[test]
+    fn directories_are_followed_only_so_deep() {
+        let mut t = ScpTracker::new(ScpDirection::Upload, "/u".into());
+        let mut stream = b"D0755 0 d\n".repeat(MAX_DEPTH);
+        stream.extend_from_slice(b"C0644 1 f\nx\0");
+        assert_eq!(t.feed(&stream).len(), 1, "at the limit");
+        let mut t = ScpTracker::new(ScpDirection::Upload, "/u".into());
+        let mut stream = b"D0755 0 d\n".repeat(MAX_DEPTH + 1);
+        stream.extend_from_slice(b"C0644 1 f\nx\0");
+        assert!(
+            t.feed(&stream).is_empty(),
+            "past the limit the stream is no longer followed"
+        );
+        assert!(t.broken);
     }
 
     #[test]

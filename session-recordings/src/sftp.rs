@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use bytes::{Bytes, BytesMut};
+
 /// Largest packet accepted in either direction. OpenSSH's sftp-server refuses messages
 /// above 256 KiB; a little room is left for headers.
 pub const MAX_PACKET: usize = 256 * 1024 + 1024;
@@ -30,12 +32,16 @@ pub enum SftpError {
     Malformed(&'static str),
     #[error("unknown SFTP packet type {0}")]
     UnknownType(u8),
+    #[error("SFTP version {0}: only version 3 is audited and enforced")]
+    Version(u32),
 }
 
-/// Reassembles whole packets (length prefix included) from a byte stream.
+/// Reassembles whole packets (length prefix included) from a byte stream. Taking a
+/// packet costs the same however many follow it in the buffer (a message full of tiny
+/// packets is not quadratic).
 #[derive(Debug, Default)]
 pub struct Framer {
-    buf: Vec<u8>,
+    buf: BytesMut,
 }
 
 impl Framer {
@@ -44,7 +50,7 @@ impl Framer {
     }
 
     /// The next whole packet, if one is buffered.
-    pub fn next_packet(&mut self) -> Result<Option<Vec<u8>>, SftpError> {
+    pub fn next_packet(&mut self) -> Result<Option<Bytes>, SftpError> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -58,8 +64,7 @@ impl Framer {
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
-        let rest = self.buf.split_off(4 + len);
-        Ok(Some(std::mem::replace(&mut self.buf, rest)))
+        Ok(Some(self.buf.split_to(4 + len).freeze()))
     }
 
     /// Bytes of an incomplete packet still buffered.
@@ -530,6 +535,29 @@ mod tests {
         let mut big = Framer::default();
         big.push(&(MAX_PACKET as u32 + 1).to_be_bytes());
         assert!(matches!(big.next_packet(), Err(SftpError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_message_of_many_small_packets_comes_out_whole_and_in_order() {
+        let mut f = Framer::default();
+        let mut all = Vec::new();
+        for id in 0..20_000u32 {
+            let mut p = Vec::new();
+            p.extend_from_slice(&9u32.to_be_bytes());
+            p.push(17); // STAT
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(&0u32.to_be_bytes());
+            all.extend_from_slice(&p);
+        }
+        f.push(&all);
+        let mut n = 0u32;
+        while let Some(p) = f.next_packet().unwrap() {
+            assert_eq!(p.len(), 13);
+            assert_eq!(p[5..9], n.to_be_bytes());
+            n += 1;
+        }
+        assert_eq!(n, 20_000);
+        assert_eq!(f.pending(), 0);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! its flags, bytes read and written, the SHA-256 of what was transferred, and every
 //! changing operation (remove, rename, mkdir, rmdir, setstat, symlink) with its outcome.
 //!
-//! Memory is bounded: at most [`MAX_OUTSTANDING`] requests awaiting an answer and
-//! [`MAX_HANDLES`] open handles; beyond that the conversation is refused.
+//! Memory is bounded: at most [`MAX_OUTSTANDING`] requests awaiting an answer,
+//! [`MAX_HANDLES`] open handles, and [`MAX_HELD`] bytes of paths and handles kept for
+//! them; beyond that the conversation is refused. (OpenSSH's sftp keeps at most 64
+//! requests in flight, with short paths and 4-byte handles.)
 
 use std::collections::HashMap;
 
@@ -14,6 +16,7 @@ use crate::sftp::{Request, Response, SftpError, FX_OK};
 
 pub const MAX_OUTSTANDING: usize = 4096;
 pub const MAX_HANDLES: usize = 1024;
+pub const MAX_HELD: usize = 4 * 1024 * 1024;
 
 #[derive(Debug)]
 enum Pending {
@@ -35,6 +38,18 @@ enum Pending {
         target: Option<String>,
     },
     Other,
+}
+
+impl Pending {
+    /// Bytes this entry keeps alive, for [`MAX_HELD`].
+    fn held(&self) -> usize {
+        match self {
+            Pending::Open { path, .. } => path.len(),
+            Pending::Close { handle } | Pending::Read { handle, .. } => handle.len(),
+            Pending::Change { path, target, .. } => path.len() + target.as_ref().map_or(0, String::len),
+            Pending::Opendir | Pending::Other => 0,
+        }
+    }
 }
 
 struct Hashing {
@@ -96,6 +111,8 @@ impl OpenFile {
 pub struct SftpAudit {
     pending: HashMap<u32, Pending>,
     files: HashMap<Vec<u8>, OpenFile>,
+    /// Bytes of paths and handles held by `pending` and `files`.
+    held: usize,
 }
 
 impl std::fmt::Debug for SftpAudit {
@@ -103,6 +120,7 @@ impl std::fmt::Debug for SftpAudit {
         f.debug_struct("SftpAudit")
             .field("pending", &self.pending.len())
             .field("files", &self.files.len())
+            .field("held", &self.held)
             .finish()
     }
 }
@@ -113,6 +131,13 @@ impl SftpAudit {
         let Some(id) = req.id() else { return Ok(()) };
         if self.pending.len() >= MAX_OUTSTANDING {
             return Err(SftpError::Malformed("too many outstanding SFTP requests"));
+        }
+        // The answer could not be told apart from the earlier request's, and the earlier
+        // one's audit event would be lost.
+        if self.pending.contains_key(&id) {
+            return Err(SftpError::Malformed(
+                "request id reused while still awaiting its answer",
+            ));
         }
         let p = match req {
             Request::Open { path, pflags, .. } => Pending::Open {
@@ -160,14 +185,33 @@ impl SftpAudit {
             }
             _ => Pending::Other,
         };
+        self.hold(p.held())?;
         self.pending.insert(id, p);
         Ok(())
+    }
+
+    fn hold(&mut self, bytes: usize) -> Result<(), SftpError> {
+        if self.held + bytes > MAX_HELD {
+            return Err(SftpError::Malformed(
+                "SFTP requests awaiting answers hold too many bytes",
+            ));
+        }
+        self.held += bytes;
+        Ok(())
+    }
+
+    fn release(&mut self, bytes: usize) {
+        debug_assert!(self.held >= bytes, "held {} < {bytes}", self.held);
+        self.held = self.held.saturating_sub(bytes);
     }
 
     /// A response from the target; returns the audit events it completes.
     pub fn response(&mut self, resp: &Response) -> Result<Vec<Meta>, SftpError> {
         let mut out = Vec::new();
         let (id, status) = match resp {
+            // Requests are judged by version 3's layout (a later version's OPEN, for
+            // one, carries its access rights elsewhere).
+            Response::Version { version } if *version != 3 => return Err(SftpError::Version(*version)),
             Response::Version { .. } => return Ok(out),
             Response::Status { id, code, message } => (*id, Some((*code, message))),
             Response::Handle { id, .. }
@@ -179,6 +223,7 @@ impl SftpAudit {
         let Some(p) = self.pending.remove(&id) else {
             return Ok(out);
         };
+        self.release(p.held());
         let outcome = |s: Option<(u32, &String)>| match s {
             None | Some((FX_OK, _)) => "ok".to_owned(),
             Some((code, msg)) => format!("error {code}: {msg}"),
@@ -188,6 +233,7 @@ impl SftpAudit {
                 if self.files.len() >= MAX_HANDLES {
                     return Err(SftpError::Malformed("too many open SFTP handles"));
                 }
+                self.hold(handle.len() + path.len())?;
                 out.push(Meta::SftpOp {
                     op: "open".into(),
                     path: path.clone(),
@@ -195,17 +241,20 @@ impl SftpAudit {
                     flags: Some(pflags),
                     outcome: "ok".into(),
                 });
-                self.files.insert(
-                    handle.clone(),
-                    OpenFile {
-                        path,
-                        pflags,
-                        read: 0,
-                        written: 0,
-                        read_hash: Hashing::new(),
-                        write_hash: Hashing::new(),
-                    },
-                );
+                let file = OpenFile {
+                    path,
+                    pflags,
+                    read: 0,
+                    written: 0,
+                    read_hash: Hashing::new(),
+                    write_hash: Hashing::new(),
+                };
+                // A target handing out a handle that is still open: the earlier file's
+                // summary is written now rather than lost.
+                if let Some(earlier) = self.files.insert(handle.clone(), file) {
+                    self.release(handle.len() + earlier.path.len());
+                    out.push(earlier.summary());
+                }
             }
             (Pending::Open { path, pflags }, _) => {
                 out.push(Meta::SftpOp {
@@ -224,6 +273,7 @@ impl SftpAudit {
             }
             (Pending::Close { handle }, _) => {
                 if let Some(f) = self.files.remove(&handle) {
+                    self.release(handle.len() + f.path.len());
                     out.push(f.summary());
                 }
             }
@@ -243,6 +293,7 @@ impl SftpAudit {
 
     /// Files still open when the channel ends, as summaries.
     pub fn finish(&mut self) -> Vec<Meta> {
+        self.held = self.pending.values().map(Pending::held).sum();
         self.files.drain().map(|(_, f)| f.summary()).collect()
     }
 }
@@ -412,5 +463,110 @@ mod tests {
                 path: "x".into()
             })
             .is_err());
+    }
+
+    fn status(id: u32) -> Response {
+        Response::Status {
+            id,
+            code: 0,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_request_id_still_awaiting_its_answer_cannot_be_reused() {
+        let mut a = SftpAudit::default();
+        let remove = Request::Remove {
+            id: 5,
+            path: "/srv/app/config".into(),
+        };
+        a.request(&remove).unwrap();
+        let err = a
+            .request(&Request::Stat {
+                id: 5,
+                path: "x".into(),
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("reused"), "{err}");
+        // The remove is still followed, and its answer still audited.
+        let ev = a.response(&status(5)).unwrap();
+        assert!(matches!(&ev[..], [Meta::SftpOp { op, path, .. }] if op == "remove" && path == "/srv/app/config"));
+        // Once answered, the id is free again.
+        a.request(&remove).unwrap();
+    }
+
+    #[test]
+    fn the_bytes_held_for_answers_are_bounded_and_given_back() {
+        let mut a = SftpAudit::default();
+        let long = "p".repeat(200 * 1024);
+        let mut id = 0;
+        let err = loop {
+            id += 1;
+            let open = Request::Open {
+                id,
+                path: long.clone(),
+                pflags: crate::sftp::FXF_READ,
+            };
+            if let Err(e) = a.request(&open) {
+                break e;
+            }
+            assert!(id < 100, "never refused");
+        };
+        assert!(err.to_string().contains("too many bytes"), "{err}");
+        assert_eq!(id as usize, MAX_HELD / long.len() + 1);
+        // Answers give the room back: paths move to open files, closes free them.
+        for i in 1..id {
+            a.response(&Response::Handle {
+                id: i,
+                handle: i.to_be_bytes().to_vec(),
+            })
+            .unwrap();
+            a.request(&Request::Close {
+                id: 1000 + i,
+                handle: i.to_be_bytes().to_vec(),
+            })
+            .unwrap();
+            assert_eq!(a.response(&status(1000 + i)).unwrap().len(), 1);
+        }
+        assert_eq!(a.held, 0);
+        assert!(a.pending.is_empty() && a.files.is_empty());
+    }
+
+    #[test]
+    fn a_handle_given_out_twice_still_gets_its_first_files_summary() {
+        let mut a = SftpAudit::default();
+        for (id, path) in [(1, "/a"), (2, "/b")] {
+            a.request(&Request::Open {
+                id,
+                path: path.into(),
+                pflags: crate::sftp::FXF_READ,
+            })
+            .unwrap();
+        }
+        a.response(&Response::Handle {
+            id: 1,
+            handle: b"h".to_vec(),
+        })
+        .unwrap();
+        let ev = a
+            .response(&Response::Handle {
+                id: 2,
+                handle: b"h".to_vec(),
+            })
+            .unwrap();
+        assert!(
+            ev.iter()
+                .any(|m| matches!(m, Meta::SftpFile { path, .. } if path == "/a")),
+            "{ev:?}"
+        );
+        assert_eq!(a.held, 1 + "/b".len());
+    }
+
+    #[test]
+    fn only_sftp_version_3_is_followed() {
+        let mut a = SftpAudit::default();
+        assert!(a.response(&Response::Version { version: 3 }).unwrap().is_empty());
+        let err = a.response(&Response::Version { version: 6 }).unwrap_err();
+        assert_eq!(err, SftpError::Version(6));
     }
 }
