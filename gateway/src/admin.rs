@@ -72,7 +72,11 @@ pub(crate) async fn users_password(
     if let Err(reason) = ctx.config.password_policy.check(u.as_str(), password) {
         return Err(err(ErrorKind::Conflict, format!("password refused: {reason}")));
     }
-    let hash = crate::web::password::hash(password).map_err(|e| err(ErrorKind::Internal, e))?;
+    // Off the async workers, and under the portal's limit on hashes at once (each
+    // argon2id hash takes about 19 MiB and tens of milliseconds of CPU).
+    let hash = crate::web::password::hash_async(password)
+        .await
+        .map_err(|e| err(ErrorKind::Internal, e))?;
     ctx.store.set_password(&u, &hash).await?;
     ctx.store.end_other_web_sessions(&u, "").await?;
     audit(

@@ -129,9 +129,29 @@ impl std::fmt::Display for VerifyReport {
     }
 }
 
+/// One verification at a time per process.
+static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// Verify the whole log against `key` (the audit public key; take it from somewhere
 /// other than the database being verified when the database itself is in doubt).
+///
+/// A long log is seconds of CPU (every event hashed, every checkpoint's signature
+/// checked: 8,640 checkpoints a day at the default interval). So verifications take
+/// turns, and each runs on a blocking thread, never on the runtime's workers that carry
+/// the tunnel, the listeners and the cluster heartbeat.
 pub async fn verify(store: &Store, key: &VerifyingKey) -> Result<VerifyReport, StoreError> {
+    let _turn = VERIFYING
+        .acquire()
+        .await
+        .map_err(|_| StoreError::Refused("audit log verification is shutting down".into()))?;
+    let (store, key) = (store.clone(), *key);
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || rt.block_on(verify_here(&store, &key)))
+        .await
+        .map_err(|e| StoreError::Refused(format!("audit log verification stopped: {e}")))?
+}
+
+async fn verify_here(store: &Store, key: &VerifyingKey) -> Result<VerifyReport, StoreError> {
     // Checkpoints, then the head, then the events up to that head: each read sees at
     // least what the one before it saw, so a concurrent append is never a "deleted tail".
     let checkpoints = store.audit_checkpoints().await?;
