@@ -148,20 +148,32 @@ pub async fn list(
     if let Some(t) = &f.contains {
         needle(t)?;
     }
-    let rows: Vec<SessionRow> = store
-        .sessions(false, i64::MAX)
-        .await?
-        .into_iter()
-        .filter(|s| f.keeps(s))
-        .collect();
     let Some(text) = f.contains.clone() else {
-        return Ok(rows.into_iter().take(max).collect());
+        // Page by page until `max` rows match, not the whole table per call.
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.sessions_page(false, ROWS_PAGE, after.as_ref()).await?;
+            let last_page = (page.len() as i64) < ROWS_PAGE;
+            after = page.last().map(SessionRow::cursor);
+            let room = max - out.len();
+            out.extend(page.into_iter().filter(|s| f.keeps(s)).take(room));
+            if last_page || out.len() >= max {
+                return Ok(out);
+            }
+        }
     };
     let files = identity_files.to_vec();
+    let (store, f) = (store.clone(), f.clone());
+    let rt = tokio::runtime::Handle::current();
     blocking(move |gone| {
         let ids = identities(&files)?;
         let mut out = Vec::new();
-        for s in rows {
+        for s in Rows::new(store, rt) {
+            let s = s?;
+            if !f.keeps(&s) {
+                continue;
+            }
             gone.check()?;
             if hits(Path::new(&s.recording), &text, 1, &ids, gone).is_ok_and(|h| !h.is_empty()) {
                 out.push(s);
@@ -179,28 +191,27 @@ pub async fn list(
 pub async fn search(store: &Store, q: &SearchQuery, identity_files: &[PathBuf]) -> Result<SearchResult, QueryError> {
     let max = limit(q.limit)?;
     needle(&q.text)?;
-    let rows: Vec<SessionRow> = store
-        .sessions(false, i64::MAX)
-        .await?
-        .into_iter()
-        .filter(|s| {
-            s.purged_at.is_none()
-                && q.user.as_ref().is_none_or(|u| &s.user == u)
-                && q.target.as_ref().is_none_or(|t| &s.target == t)
-        })
-        .collect();
     let files = identity_files.to_vec();
-    let text = q.text.clone();
+    let (store, q) = (store.clone(), q.clone());
+    let rt = tokio::runtime::Handle::current();
     blocking(move |gone| {
         let ids = identities(&files)?;
+        let text = &q.text;
         let mut r = SearchResult::default();
-        for s in rows {
+        for s in Rows::new(store, rt) {
+            let s = s?;
+            let keep = s.purged_at.is_none()
+                && q.user.as_ref().is_none_or(|u| &s.user == u)
+                && q.target.as_ref().is_none_or(|t| &s.target == t);
+            if !keep {
+                continue;
+            }
             gone.check()?;
             let left = max.saturating_sub(r.hits.len());
             if left == 0 {
                 break;
             }
-            match hits(Path::new(&s.recording), &text, left, &ids, gone) {
+            match hits(Path::new(&s.recording), text, left, &ids, gone) {
                 Ok(h) => r.hits.extend(h.into_iter().map(|(t, snippet)| Hit {
                     session: s.id.clone(),
                     user: s.user.clone(),
@@ -217,6 +228,61 @@ pub async fn search(store: &Store, q: &SearchQuery, identity_files: &[PathBuf]) 
         Ok(r)
     })
     .await
+}
+
+/// Session rows read per query while listing or scanning.
+const ROWS_PAGE: i64 = 1000;
+
+/// Every session row, newest first, read a page at a time by a scan on its blocking
+/// thread once it has its turn: a scan never holds the whole table, and callers waiting
+/// for the turn hold nothing.
+struct Rows {
+    store: Store,
+    rt: tokio::runtime::Handle,
+    after: Option<crate::store::SessionCursor>,
+    page: std::vec::IntoIter<SessionRow>,
+    done: bool,
+}
+
+impl Rows {
+    fn new(store: Store, rt: tokio::runtime::Handle) -> Rows {
+        Rows {
+            store,
+            rt,
+            after: None,
+            page: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+}
+
+impl Iterator for Rows {
+    type Item = Result<SessionRow, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(row) = self.page.next() {
+                return Some(Ok(row));
+            }
+            if self.done {
+                return None;
+            }
+            let page = self
+                .rt
+                .block_on(self.store.sessions_page(false, ROWS_PAGE, self.after.as_ref()));
+            match page {
+                Ok(page) => {
+                    self.done = (page.len() as i64) < ROWS_PAGE;
+                    self.after = page.last().map(SessionRow::cursor);
+                    self.page = page.into_iter();
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
 }
 
 /// Text scans running at once in this process. A scan reads every recording whole
@@ -432,6 +498,44 @@ pub fn strip_ansi(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Listing and scanning read the table a page at a time, and still see every row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listings_and_scans_read_past_the_first_page() {
+        let n = 2 * ROWS_PAGE as usize + 10;
+        for (backend, s) in crate::store::test_backends().await {
+            let mut bobs = Vec::new();
+            for i in 0..n {
+                let id = crate::ident::SessionId::random();
+                let user = if i % 2 == 0 { "ann" } else { "bob" };
+                s.session_started(&crate::store::test_session(user, &id)).await.unwrap();
+                if user == "bob" {
+                    bobs.push(id.as_str().to_owned());
+                }
+            }
+            let bob = |limit: i64| RecordingFilter {
+                user: Some("bob".into()),
+                limit,
+                ..RecordingFilter::default()
+            };
+            let all = list(&s, &bob(i64::MAX), &[]).await.unwrap();
+            assert_eq!(all.len(), bobs.len(), "{backend}");
+            let mut ids: Vec<String> = all.iter().map(|r| r.id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), bobs.len(), "{backend}: each row once");
+            assert_eq!(list(&s, &bob(3), &[]).await.unwrap().len(), 3, "{backend}");
+            // A scan meets every row too (their recordings do not exist: each is skipped).
+            let q = SearchQuery {
+                text: "x".into(),
+                user: Some("bob".into()),
+                target: None,
+                limit: 10,
+            };
+            let r = search(&s, &q, &[]).await.unwrap();
+            assert_eq!(r.skipped.len(), bobs.len(), "{backend}");
+        }
+    }
 
     #[tokio::test]
     async fn scans_run_one_at_a_time() {
