@@ -14,7 +14,7 @@ use ed25519_dalek::VerifyingKey;
 use herse::control::Call;
 use herse::ident::SessionId;
 use herse::recordings_query::{strip_ansi, RecordingFilter, SearchQuery, SearchResult};
-use herse::store::{SessionRow, Store};
+use herse::store::{SessionCursor, SessionRow, Store};
 use session_recordings::{Completeness, DataDirection, Event, Meta, RecordingReader};
 
 use crate::commands::{execute, Failure};
@@ -198,20 +198,15 @@ impl Source {
             Source::Local(store) => return Ok(store.sessions(false, i64::MAX).await?),
             Source::Remote(saved) => saved,
         };
-        let mut rows: Vec<SessionRow> = Vec::new();
-        loop {
+        every_page(herse::control::MAX_PAGE, |after| {
             let call = Call::SessionsList {
                 live: false,
                 limit: herse::control::MAX_PAGE,
-                after: rows.last().map(SessionRow::cursor),
+                after,
             };
-            let page: Vec<SessionRow> = parse(crate::remote::call(saved, &call).await?)?;
-            let full = page.len() as i64 >= herse::control::MAX_PAGE;
-            rows.extend(page);
-            if !full {
-                return Ok(rows);
-            }
-        }
+            async move { parse(crate::remote::call(saved, &call).await?) }
+        })
+        .await
     }
 
     /// The key given, else the stored one (locally) or the gateway's (remotely).
@@ -247,6 +242,35 @@ impl Source {
                 }
                 Ok(path)
             }
+        }
+    }
+}
+
+/// Every row of a listing served in pages of at most `page` rows, newest first: `fetch`
+/// is asked for the page after the last row so far, until a short page. A gateway that
+/// hands back a row already seen (one that ignores the cursor) is an error, not an
+/// endless loop.
+async fn every_page<F, Fut>(page: i64, mut fetch: F) -> Result<Vec<SessionRow>, Failure>
+where
+    F: FnMut(Option<SessionCursor>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<SessionRow>, Failure>>,
+{
+    let mut rows: Vec<SessionRow> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let batch = fetch(rows.last().map(SessionRow::cursor)).await?;
+        let full = batch.len() as i64 >= page;
+        for r in batch {
+            if !seen.insert(r.id.clone()) {
+                return Err(failed(format!(
+                    "the gateway listed session {} twice while paging through sessions",
+                    r.id
+                )));
+            }
+            rows.push(r);
+        }
+        if !full {
+            return Ok(rows);
         }
     }
 }
@@ -1029,6 +1053,81 @@ fn play_file(path: &Path, speed: f64, at: f64, skip_idle: bool) -> Result<(), Fa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(started_at: i64, id: &str) -> SessionRow {
+        SessionRow {
+            id: id.into(),
+            node: "n1".into(),
+            user: "ann".into(),
+            target: "web1".into(),
+            tier: "web".into(),
+            login: "deploy".into(),
+            client_addr: "10.0.0.2".into(),
+            workstation: None,
+            recording: format!("/r/{id}"),
+            started_at,
+            ended_at: None,
+            end_reason: None,
+            kill_requested_by: None,
+            legal_hold: false,
+            purged_at: None,
+            grant: None,
+        }
+    }
+
+    /// What the gateway's keyset paging does: rows after the cursor in
+    /// (started_at, id) descending order, at most `page` of them.
+    fn served(table: &[SessionRow], after: Option<SessionCursor>, page: usize) -> Vec<SessionRow> {
+        table
+            .iter()
+            .filter(|r| {
+                after
+                    .as_ref()
+                    .is_none_or(|c| (r.started_at, r.id.as_str()) < (c.started_at, c.id.as_str()))
+            })
+            .take(page)
+            .cloned()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_page_reads_each_row_once_in_order() {
+        // Newest first; three rows share a start time.
+        let table = vec![
+            row(9, "s7"),
+            row(8, "s6"),
+            row(5, "s5"),
+            row(5, "s4"),
+            row(5, "s3"),
+            row(2, "s2"),
+            row(1, "s1"),
+        ];
+        for page in 1..=8 {
+            let mut calls = 0;
+            let rows = every_page(page as i64, |after| {
+                calls += 1;
+                let batch = served(&table, after, page);
+                async move { Ok(batch) }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{}", e.message));
+            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+            assert_eq!(ids, ["s7", "s6", "s5", "s4", "s3", "s2", "s1"], "page {page}");
+            assert_eq!(calls, table.len() / page + 1, "page {page}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_ignores_the_cursor_is_an_error_not_a_loop() {
+        let table = vec![row(3, "s3"), row(2, "s2"), row(1, "s1")];
+        let err = every_page(2, |_| {
+            let batch = served(&table, None, 2);
+            async move { Ok(batch) }
+        })
+        .await
+        .unwrap_err();
+        assert!(err.message.contains("twice"), "{}", err.message);
+    }
 
     #[test]
     fn ansi_is_stripped_and_utf8_is_joined() {
