@@ -508,6 +508,15 @@ async fn client_to_target(
         ChannelMsg::ExtendedData { data, ext } => {
             s.touch();
             rec.data_shared(id, DataDirection::Input, data.clone())?;
+            // A client has no extended data to send on a session (stderr flows the
+            // other way; OpenSSH's sshd drops it). On a file transfer it would be bytes
+            // past the parser that judges the transfer, so it ends the channel there.
+            let judged = chan.sftp_active() || chan.scp.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+            if judged {
+                return Err(RelayError::Channel(
+                    "client sent extended data on a file-transfer channel".into(),
+                ));
+            }
             up.extended_data_bytes(ext, data).await?;
         }
         ChannelMsg::Eof => {

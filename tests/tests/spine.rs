@@ -1956,6 +1956,25 @@ fn a_write_only_sftp_role_cannot_read() {
         assert_eq!(kind, STATUS);
         assert_eq!(status_code(&body), 3, "permission denied");
         assert!(String::from_utf8_lossy(&body).contains("herse:"), "{body:?}");
+
+        // Bytes beside the SFTP stream (extended data, which no client sends on a
+        // session) would pass unjudged: they end the channel instead.
+        sftp.ch.extended_data(1, &b"\0\0\0\x05\x03"[..]).await.unwrap();
+        let mut stderr = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(m) = sftp.ch.wait().await {
+                if let russh::ChannelMsg::ExtendedData { data, .. } = m {
+                    stderr.extend_from_slice(&data);
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the gateway did not end the channel");
+        assert!(
+            String::from_utf8_lossy(&stderr).contains("extended data on a file-transfer channel"),
+            "{}",
+            String::from_utf8_lossy(&stderr)
+        );
     });
     let _ = std::fs::remove_file(&secret);
     let _ = std::fs::remove_file(&dropped);
