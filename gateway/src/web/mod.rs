@@ -14,6 +14,7 @@ mod keys;
 pub use keys::build as webauthn;
 mod pages;
 pub mod password;
+mod slots;
 pub mod tls;
 
 use std::sync::Arc;
@@ -52,6 +53,9 @@ pub fn token_hash(token: &str) -> String {
 
 /// Portal connections at once (all listeners); more wait for nothing and are closed.
 const MAX_CONNECTIONS: usize = 128;
+/// Portal connections at once from one address (a workstation's tunnel address, or
+/// loopback for the local admin): a browser opens about six, hersectl one per command.
+const MAX_CONNECTIONS_PER_CLIENT: usize = 16;
 /// A request's headers must arrive within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// No portal connection lives longer than this (pages are small; browsers reconnect).
@@ -62,7 +66,7 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 pub struct Portal {
     router: axum::Router,
     tls: tokio_rustls::TlsAcceptor,
-    permits: Arc<tokio::sync::Semaphore>,
+    slots: Arc<slots::Slots>,
 }
 
 impl Portal {
@@ -70,7 +74,7 @@ impl Portal {
         Portal {
             router: pages::router(gw),
             tls: tokio_rustls::TlsAcceptor::from(tls),
-            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            slots: slots::Slots::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT),
         }
     }
 
@@ -79,9 +83,20 @@ impl Portal {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
-            tracing::warn!(client = %origin.addr, "portal connection limit reached");
-            return;
+        let _slot = match self.slots.take(origin.addr.ip()) {
+            Ok(slot) => slot,
+            Err(slots::Full::All) => {
+                tracing::warn!(client = %origin.addr, "portal connection limit reached");
+                return;
+            }
+            Err(slots::Full::Client) => {
+                tracing::warn!(
+                    client = %origin.addr,
+                    workstation = ?origin.workstation().map(|w| w.as_str()),
+                    "portal connection limit of this client reached"
+                );
+                return;
+            }
         };
         let tls = match tokio::time::timeout(Duration::from_secs(10), self.tls.accept(stream)).await {
             Ok(Ok(s)) => s,
