@@ -652,6 +652,15 @@ async fn verify(
     public_key: Option<&str>,
 ) -> Result<(), Failure> {
     let key = source.audit_key(public_key).await?;
+    if public_key.is_none() && !json {
+        // Whoever can rewrite recordings on the gateway host may have replaced the key
+        // stored there too, and re-signed them.
+        eprintln!(
+            "checking against the audit key the gateway keeps ({}); pass --public-key with a copy \
+             kept off the gateway host to rule out a replaced key",
+            hex::encode(key.as_bytes())
+        );
+    }
     let rows = match (id, all) {
         (Some(id), _) => vec![source.row(id).await?],
         (None, true) => source.all_rows().await?,
@@ -694,6 +703,15 @@ async fn verify(
             }
         };
         let line = match RecordingReader::open_verified(&path, &key).and_then(|r| r.verify()) {
+            Ok(v) if not_its_session(&v.header, row).is_some() => VerifyLine {
+                session: row.id.clone(),
+                file: row.recording.clone(),
+                ok: false,
+                status: format!(
+                    "FAILED: this is not the session's recording (its {} differs from the session's)",
+                    not_its_session(&v.header, row).unwrap_or_default()
+                ),
+            },
             Ok(v) => {
                 headers.insert(row.id.clone(), hex::encode(v.header_hash));
                 if let Some(p) = &v.header.previous {
@@ -757,6 +775,23 @@ async fn verify(
         });
     }
     Ok(())
+}
+
+/// The first field in which a recording's signed header and its session row disagree: a
+/// valid recording of another session (a file copied over this one, a row pointed at
+/// another file), or a row whose who and where were edited.
+fn not_its_session(h: &session_recordings::Header, row: &SessionRow) -> Option<&'static str> {
+    let fields = [
+        ("session id", h.session_id == row.id),
+        ("user", h.user == row.user),
+        ("target", h.target == row.target),
+        ("tier", h.tier == row.tier),
+        ("login", h.login == row.login),
+        ("client address", h.client_addr == row.client_addr),
+        ("workstation", h.workstation == row.workstation),
+        ("grant", h.grant == row.grant),
+    ];
+    fields.into_iter().find(|(_, same)| !same).map(|(what, _)| what)
 }
 
 /// Assemble UTF-8 text from byte chunks that may split a character.

@@ -205,6 +205,17 @@ impl<R: Read> RecordingReader<R> {
         }
     }
 
+    /// The file ends `bytes` into a frame: a recording cut short (its last frame was being
+    /// written), unless it was sealed, when nothing may follow the seal, whole or not.
+    fn cut_short(&mut self, offset: u64, bytes: u64) -> Result<Option<Frame>, ReadError> {
+        if self.sealed_at.is_some() {
+            return Err(self.corrupt(self.seq, offset, format!("{bytes} bytes after the seal")));
+        }
+        self.truncated = true;
+        self.bytes_since_checkpoint += bytes;
+        Ok(None)
+    }
+
     /// The next frame, checked against the chain; `None` at the end of the file.
     fn next_frame(&mut self) -> Result<Option<Frame>, ReadError> {
         let offset = self.offset;
@@ -212,10 +223,7 @@ impl<R: Read> RecordingReader<R> {
         match read_full(&mut self.input, &mut head)? {
             0 => return Ok(None),
             13 => {}
-            _ => {
-                self.truncated = true;
-                return Ok(None);
-            }
+            n => return self.cut_short(offset, n as u64),
         }
         let kind = head[0];
         let seq = u64::from_be_bytes(head[1..9].try_into().unwrap_or_default());
@@ -232,9 +240,13 @@ impl<R: Read> RecordingReader<R> {
         }
         let mut payload = vec![0u8; len];
         let mut hash = [0u8; 32];
-        if read_full(&mut self.input, &mut payload)? < len || read_full(&mut self.input, &mut hash)? < 32 {
-            self.truncated = true;
-            return Ok(None);
+        let got = read_full(&mut self.input, &mut payload)?;
+        if got < len {
+            return self.cut_short(offset, (13 + got) as u64);
+        }
+        let got = read_full(&mut self.input, &mut hash)?;
+        if got < 32 {
+            return self.cut_short(offset, (13 + len + got) as u64);
         }
         let expect = if kind == FRAME_EVENTS && self.header.encryption.is_none() {
             format::events_frame_hash(self.hash, &self.prev, seq, &payload)

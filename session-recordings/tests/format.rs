@@ -304,6 +304,38 @@ fn cuts_are_truncated(golden: &[u8]) {
     assert!(truncated && !events.is_empty());
     // Cut inside the header: not a recording at all.
     assert!(verify(&golden[..20]).is_err());
+    // The bytes of a frame cut short count as unauthenticated.
+    let unauth = |b: &[u8]| match verify(b).unwrap().completeness {
+        Completeness::Truncated {
+            unauthenticated_bytes, ..
+        } => unauthenticated_bytes,
+        c => panic!("{c:?}"),
+    };
+    assert_eq!(unauth(&golden[..no_seal.len() + 20]), unauth(no_seal) + 20);
+}
+
+#[test]
+fn nothing_may_follow_the_seal() {
+    for (_, golden) in goldens() {
+        let fr = frames(&golden);
+        let seal = fr[fr.len() - 1].clone();
+        // A frame head after the seal announcing forged frames to come (what a seek
+        // index could point into), a few stray bytes, a whole copy of a frame.
+        let mut head = golden.clone();
+        head.extend_from_slice(&[2u8, 0, 0, 0, 0, 0, 0, 0, fr.len() as u8, 0, 0x40, 0, 0]);
+        let mut stray = golden.clone();
+        stray.extend_from_slice(b"xyz");
+        let mut frame = golden.clone();
+        frame.extend_from_slice(&golden[fr[2].clone()]);
+        for (what, bytes) in [("head", head), ("stray", stray), ("frame", frame)] {
+            let e = verify(&bytes).expect_err(what).to_string();
+            assert!(
+                e.contains("after the seal") || e.contains(&format!("frame {}", fr.len())),
+                "{what}: {e}"
+            );
+            assert!(e.contains(&seal.end.to_string()), "{what}: the position is named: {e}");
+        }
+    }
 }
 
 #[test]

@@ -1275,6 +1275,19 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     std::fs::write(&path, &bytes).unwrap();
     assert!(run(w.gw.ctl().args(["recordings", "verify", middle])).status.success());
 
+    // Another session's recording, whole and validly signed, copied over this one's:
+    // verify sees that it is not this session's.
+    let newest = w.gw.data().join("recordings").join(format!("{}.herserec", ids[0]));
+    std::fs::copy(&newest, &path).unwrap();
+    let v = run(w.gw.ctl().args(["recordings", "verify", middle]));
+    assert_eq!(v.status.code(), Some(1));
+    assert!(
+        text(&v.stdout).contains("not the session's recording (its session id differs"),
+        "{}",
+        text(&v.stdout)
+    );
+    std::fs::write(&path, &bytes).unwrap();
+
     // Delete it: the next recording's link shows the gap.
     std::fs::remove_file(&path).unwrap();
     let v = run(w.gw.ctl().args(["recordings", "verify", "--all"]));
