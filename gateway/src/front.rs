@@ -27,7 +27,7 @@ use crate::ident::{FrontLogin, Login, TargetName, UserName};
 use crate::origin::{Origin, Via};
 use crate::policy::Request;
 use crate::relay;
-use crate::session::TargetSession;
+use crate::session::{SecondFactor, TargetSession};
 use crate::store::{AuditEvent, Severity};
 
 /// What the connection is.
@@ -277,7 +277,10 @@ impl FrontHandler {
     /// this workstation covers the login, then open the session.
     async fn start_target(&mut self, ssh_user: &str, user: &UserName, target: &TargetName, login: &Login) -> Auth {
         match self.second_factor_needed(user, target, login).await {
-            Ok(false) => self.open_session(ssh_user, user, target, login).await,
+            Ok(false) => {
+                self.open_session(ssh_user, user, target, login, SecondFactor::Remembered)
+                    .await
+            }
             Ok(true) => {
                 // A user with security keys approves on the portal (a touch), if the
                 // portal has WebAuthn configured; otherwise TOTP.
@@ -362,7 +365,7 @@ impl FrontHandler {
             .create_approval(
                 &hash,
                 user,
-                self.proof_place(),
+                self.origin.proof_place(),
                 target.as_str(),
                 login.as_str(),
                 &code,
@@ -405,12 +408,14 @@ impl FrontHandler {
         loop {
             match self.gw.store.consume_approval(&hash).await {
                 Ok(true) => {
-                    if let Err(e) = self.gw.store.record_mfa_proof(&user, self.proof_place()).await {
+                    if let Err(e) = self.gw.store.record_mfa_proof(&user, self.origin.proof_place()).await {
                         tracing::error!(error = %e, "cannot record second-factor proof");
                     }
                     self.audit_factor(&user, "mfa.success", Severity::Info, "security key".into())
                         .await;
-                    return self.open_session(ssh_user, &user, &target, &login).await;
+                    return self
+                        .open_session(ssh_user, &user, &target, &login, SecondFactor::ProvenNow)
+                        .await;
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -450,12 +455,6 @@ impl FrontHandler {
         }
     }
 
-    /// Where a second-factor proof is remembered: the workstation, or the loopback
-    /// listener ('@' cannot appear in a workstation name).
-    fn proof_place(&self) -> &str {
-        self.origin.workstation().map(|w| w.as_str()).unwrap_or("@loopback")
-    }
-
     async fn second_factor_needed(&self, user: &UserName, target: &TargetName, login: &Login) -> Result<bool, String> {
         let unavailable = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "store unavailable during login");
@@ -479,14 +478,21 @@ impl FrontHandler {
         let proved = self
             .gw
             .store
-            .last_mfa_proof(user, self.proof_place())
+            .last_mfa_proof(user, self.origin.proof_place())
             .await
             .map_err(unavailable)?;
         Ok(!crate::mfa::proof_covers(proved, authorized.mfa_window()))
     }
 
-    async fn open_session(&mut self, ssh_user: &str, user: &UserName, target: &TargetName, login: &Login) -> Auth {
-        match TargetSession::start(&self.gw, user, target, login, &self.origin).await {
+    async fn open_session(
+        &mut self,
+        ssh_user: &str,
+        user: &UserName,
+        target: &TargetName,
+        login: &Login,
+        factor: SecondFactor,
+    ) -> Auth {
+        match TargetSession::start(&self.gw, user, target, login, &self.origin, factor).await {
             Ok(s) => {
                 self.state = AuthState::Target(s);
                 Auth::Accept
@@ -515,7 +521,7 @@ impl FrontHandler {
         let when = crate::timefmt::rfc3339;
         match verdict {
             Ok(v @ (Verdict::Accepted | Verdict::AcceptedRecovery { .. })) => {
-                if let Err(e) = self.gw.store.record_mfa_proof(&user, self.proof_place()).await {
+                if let Err(e) = self.gw.store.record_mfa_proof(&user, self.origin.proof_place()).await {
                     tracing::error!(error = %e, "cannot record second-factor proof");
                 }
                 match v {
@@ -534,7 +540,8 @@ impl FrontHandler {
                             .await
                     }
                 }
-                self.open_session(ssh_user, &user, &target, &login).await
+                self.open_session(ssh_user, &user, &target, &login, SecondFactor::ProvenNow)
+                    .await
             }
             Ok(Verdict::NotEnrolled) => {
                 self.audit_factor(

@@ -28,6 +28,12 @@ impl Origin {
             Via::Loopback => None,
         }
     }
+
+    /// Where a second-factor proof made from here is remembered: the workstation, or
+    /// the loopback listener ('@' cannot appear in a workstation name).
+    pub fn proof_place(&self) -> &str {
+        self.workstation().map(|w| w.as_str()).unwrap_or("@loopback")
+    }
 }
 
 impl std::fmt::Display for Origin {

@@ -29,6 +29,19 @@ pub enum StartError {
     Upstream(#[from] UpstreamError),
     #[error("session refused: gateway storage error")]
     Store(String),
+    #[error("access denied: this login needs a second factor; connect again")]
+    FactorNeeded,
+}
+
+/// How a login's second factor stands when its session is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondFactor {
+    /// Proven on this connection (a TOTP code, a security-key approval).
+    ProvenNow,
+    /// Not asked for: a recent proof from this origin must cover the login, as the
+    /// decision that opens the session judges it (not an earlier look, which may have
+    /// refused the login and so asked for nothing).
+    Remembered,
 }
 
 pub struct TargetSession {
@@ -96,6 +109,7 @@ impl TargetSession {
         target: &TargetName,
         login: &Login,
         origin: &Origin,
+        factor: SecondFactor,
     ) -> Result<Arc<TargetSession>, StartError> {
         let authorized = match decide_now(gw, user, target, login)
             .await
@@ -111,6 +125,26 @@ impl TargetSession {
             .map_err(|e| StartError::Store(e.to_string()))?
         {
             return Err(denied(gw, user, target, login, origin, denial).await);
+        }
+        if factor == SecondFactor::Remembered {
+            let proved = gw
+                .store
+                .last_mfa_proof(user, origin.proof_place())
+                .await
+                .map_err(|e| StartError::Store(e.to_string()))?;
+            if !crate::mfa::proof_covers(proved, authorized.mfa_window()) {
+                gw.audit(
+                    AuditEvent::new(
+                        "access.denied",
+                        Severity::Warning,
+                        format!("{login}@{target}: allowed only once the second factor was no longer asked for"),
+                    )
+                    .user(user)
+                    .origin(origin),
+                )
+                .await;
+                return Err(StartError::FactorNeeded);
+            }
         }
         let id = SessionId::random();
         let recorder = match open_recording(gw, &id, &authorized, origin).await {
