@@ -33,6 +33,8 @@ pub enum HostKeyError {
     WrongPrincipal { expected: String, found: String },
     #[error("host certificate is outside its validity window")]
     Expired,
+    #[error("host certificate carries critical options ({0}), which no host certificate may")]
+    CriticalOptions(String),
     #[error("host certificate signature is invalid")]
     BadSignature,
 }
@@ -152,6 +154,12 @@ pub fn verify_host_at(check: &HostKeyCheck, presented: Presented<'_>, now: u64) 
             if c.cert_type() != CertType::Host {
                 return Err(HostKeyError::WrongType);
             }
+            // As OpenSSH's client: no critical option is defined for host certificates,
+            // so one that carries any is not understood, and refused.
+            if !c.critical_options().is_empty() {
+                let names: Vec<&str> = c.critical_options().keys().map(String::as_str).collect();
+                return Err(HostKeyError::CriticalOptions(names.join(",")));
+            }
             if !c.valid_principals().iter().any(|p| p == principal) {
                 return Err(HostKeyError::WrongPrincipal {
                     expected: principal.clone(),
@@ -242,6 +250,20 @@ mod tests {
         assert_eq!(
             verify_host_at(&check, Presented::Certificate(&good), unix_now() + 7200),
             Err(HostKeyError::Expired)
+        );
+        let mut b = builder(
+            host.public_key(),
+            CertType::Host,
+            "herse-proxy:db1",
+            "db1",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        b.critical_option("force-command", "true").unwrap();
+        let with_option = b.sign(&ca).unwrap();
+        assert_eq!(
+            verify_host(&check, Presented::Certificate(&with_option)),
+            Err(HostKeyError::CriticalOptions("force-command".into()))
         );
         assert!(matches!(
             verify_host(&check, Presented::Key(host.public_key())),

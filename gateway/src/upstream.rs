@@ -206,9 +206,13 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
             port_forwarding: auth.allows(Operation::PortForward),
         },
     )?;
-    let result = handle
-        .authenticate_openssh_cert(auth.login().as_str(), Arc::new(key), cert)
+    // Bounded like the handshake: this runs inside the client's authentication, which
+    // the front's auth timeout cannot interrupt, so a target that stops answering here
+    // would otherwise hold the client's connection (and a recording) for ever.
+    let authenticating = handle.authenticate_openssh_cert(auth.login().as_str(), Arc::new(key), cert);
+    let result = tokio::time::timeout(login.connect_timeout, authenticating)
         .await
+        .map_err(|_| UpstreamError::Timeout(addr.clone()))?
         .map_err(|source| UpstreamError::Ssh {
             target: target.name.to_string(),
             source,
