@@ -485,6 +485,7 @@ pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
         }
         RecordingsCmd::Verify { id, all, public_key } => {
             verify(
+                cli,
                 &Source::open(cli).await?,
                 json,
                 id.as_deref(),
@@ -644,7 +645,61 @@ struct VerifyLine {
     status: String,
 }
 
+/// What the signed audit log says happened to sessions, to hold the session rows (which
+/// whoever controls the database can edit) to it.
+#[derive(Default)]
+struct Logged {
+    /// Sessions started, with the seq of their `session.start` event.
+    started: HashMap<String, i64>,
+    ended: std::collections::HashSet<String>,
+    purged: std::collections::HashSet<String>,
+}
+
+impl Logged {
+    async fn read(cli: &Cli) -> Result<Logged, Failure> {
+        const PAGE: i64 = 10_000;
+        let mut logged = Logged::default();
+        for kind in ["session.start", "session.end", "recording.purge"] {
+            let filter = herse::store::AuditFilter {
+                kind: Some(kind.into()),
+                ..Default::default()
+            };
+            let mut after = 0;
+            loop {
+                let call = Call::AuditAfter {
+                    filter: filter.clone(),
+                    after,
+                    limit: PAGE,
+                };
+                let page: Vec<herse::store::AuditRow> = parse(execute(cli, &call).await?)?;
+                for e in &page {
+                    let (Some(session), Some(seq)) = (e.session.clone(), e.seq) else {
+                        continue;
+                    };
+                    match kind {
+                        "session.start" => {
+                            logged.started.insert(session, seq);
+                        }
+                        "session.end" => {
+                            logged.ended.insert(session);
+                        }
+                        _ => {
+                            logged.purged.insert(session);
+                        }
+                    }
+                }
+                match page.last().and_then(|e| e.seq) {
+                    Some(seq) if page.len() as i64 == PAGE => after = seq,
+                    _ => break,
+                }
+            }
+        }
+        Ok(logged)
+    }
+}
+
 async fn verify(
+    cli: &Cli,
     source: &Source,
     json: bool,
     id: Option<&str>,
@@ -661,6 +716,13 @@ async fn verify(
             hex::encode(key.as_bytes())
         );
     }
+    // The log first, then the rows: every session the log shows ended or purged had its
+    // row closed or marked (and its recording sealed) before that event was written.
+    let logged = if all {
+        Logged::read(cli).await?
+    } else {
+        Logged::default()
+    };
     let rows = match (id, all) {
         (Some(id), _) => vec![source.row(id).await?],
         (None, true) => source.all_rows().await?,
@@ -679,11 +741,16 @@ async fn verify(
     for (i, row) in rows.iter().enumerate() {
         if row.purged_at.is_some() {
             purged.insert(row.id.clone());
+            let logged_purge = !all || logged.purged.contains(&row.id);
             lines.push(VerifyLine {
                 session: row.id.clone(),
                 file: row.recording.clone(),
-                ok: true,
-                status: "purged by retention".into(),
+                ok: logged_purge,
+                status: if logged_purge {
+                    "purged by retention".into()
+                } else {
+                    "FAILED: marked purged, but the audit log has no recording.purge event for it".into()
+                },
             });
             continue;
         }
@@ -718,8 +785,10 @@ async fn verify(
                     links.push((row.id.clone(), p.clone()));
                 }
                 let complete = matches!(v.completeness, Completeness::Complete { .. });
-                // A live session is legitimately unsealed; an ended one must be sealed.
-                let ok = complete || row.ended_at.is_none();
+                // A live session is legitimately unsealed; an ended one must be sealed
+                // (ended by its row, or by the audit log whatever the row now says).
+                let live = row.ended_at.is_none() && !logged.ended.contains(&row.id);
+                let ok = complete || live;
                 VerifyLine {
                     session: row.id.clone(),
                     file: row.recording.clone(),
@@ -740,6 +809,22 @@ async fn verify(
         eprintln!();
     }
     if all {
+        // Every session the audit log saw start still has its row.
+        let have: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let mut gone: Vec<(&String, &i64)> = logged
+            .started
+            .iter()
+            .filter(|(id, _)| !have.contains(id.as_str()))
+            .collect();
+        gone.sort_by_key(|(_, seq)| **seq);
+        for (id, seq) in gone {
+            lines.push(VerifyLine {
+                session: id.clone(),
+                file: String::new(),
+                ok: false,
+                status: format!("FAILED: the session started (audit event seq {seq}) but its row is gone"),
+            });
+        }
         // The chain of recordings: every link must name a recording that is still here,
         // with the same header.
         for (from, prev) in links {

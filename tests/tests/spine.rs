@@ -1288,6 +1288,38 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     );
     std::fs::write(&path, &bytes).unwrap();
 
+    // Session rows are held to the signed audit log: a row marked purged with no purge
+    // in the log, a row reopened as if live, a row deleted.
+    let db = w.gw.data().join("herse.db");
+    let sql = |q: &str| {
+        ok(Command::new("python3").arg("-c").arg(format!(
+            "import sqlite3; c = sqlite3.connect({:?}); c.execute({q:?}); c.commit()",
+            db.display().to_string()
+        )))
+    };
+    let verify_all = || {
+        let v = run(w.gw.ctl().args(["recordings", "verify", "--all"]));
+        (v.status.code(), text(&v.stdout))
+    };
+    sql(&format!("UPDATE sessions SET purged_at = 1 WHERE id = '{}'", ids[0]));
+    let (code, out) = verify_all();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no recording.purge event"), "{out}");
+    sql(&format!("UPDATE sessions SET purged_at = NULL WHERE id = '{}'", ids[0]));
+    // Reopened and cut at its first checkpoint: an unsealed recording of a session the
+    // log saw end.
+    let newest_bytes = std::fs::read(&newest).unwrap();
+    sql(&format!("UPDATE sessions SET ended_at = NULL WHERE id = '{}'", ids[0]));
+    let (code, out) = verify_all();
+    assert_eq!(code, Some(0), "the recording itself is still sealed: {out}");
+    std::fs::write(&newest, &newest_bytes[..newest_bytes.len() - 40]).unwrap();
+    let (code, out) = verify_all();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("truncated"), "{out}");
+    std::fs::write(&newest, &newest_bytes).unwrap();
+    sql(&format!("UPDATE sessions SET ended_at = 1 WHERE id = '{}'", ids[0]));
+    assert_eq!(verify_all().0, Some(0));
+
     // Delete it: the next recording's link shows the gap.
     std::fs::remove_file(&path).unwrap();
     let v = run(w.gw.ctl().args(["recordings", "verify", "--all"]));
@@ -1296,6 +1328,17 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
         text(&v.stdout).contains(&format!("recording {middle} is missing")),
         "{}",
         text(&v.stdout)
+    );
+    // Delete the newest session's row (nothing links to it yet): the log still shows it.
+    sql(&format!("DELETE FROM sessions WHERE id = '{}'", ids[0]));
+    let (code, out) = verify_all();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}  NO   FAILED: the session started (audit event seq",
+            ids[0]
+        )),
+        "{out}"
     );
 }
 
