@@ -148,17 +148,27 @@ pub(crate) async fn keys_remove(
         return Err(invalid("not a key fingerprint"));
     }
     ctx.store.remove_key(&u, fingerprint).await?;
+    // Sessions do not record which key opened them, so all of the user's end: a key is
+    // removed because it leaked or is retired, and what it opened must not outlive it.
+    let ending = ctx
+        .store
+        .request_kill_of_user(u.as_str(), &format!("{} (key {fingerprint} removed)", caller.label()))
+        .await?;
     audit(
         ctx.store,
         AuditEvent::new(
             "key.remove",
             Severity::Info,
-            format!("{fingerprint} by {}", caller.label()),
+            format!("{fingerprint} by {}; {ending} open session(s) ended", caller.label()),
         )
         .user(&u),
     )
     .await?;
-    Ok(json!({ "user": u.as_str(), "message": format!("key {fingerprint} removed from {u}") }))
+    Ok(json!({
+        "user": u.as_str(),
+        "sessions_ended": ending,
+        "message": format!("key {fingerprint} removed from {u}{}", sessions_note(ending)),
+    }))
 }
 
 pub(crate) async fn keys_list(ctx: &Ctx<'_>, name: &str) -> Result<Value, ControlError> {
@@ -220,12 +230,36 @@ pub(crate) async fn roles_unbind(
     let r = RoleName::parse(role_name).map_err(|e| invalid(e.to_string()))?;
     not_own_roles(caller, &u)?;
     ctx.store.unbind_role(&u, &r).await?;
+    // The user's open sessions may rest on that role: they end, and the user connects
+    // again under what they still hold.
+    let ending = ctx
+        .store
+        .request_kill_of_user(u.as_str(), &format!("{} (role {r} unbound)", caller.label()))
+        .await?;
     audit(
         ctx.store,
-        AuditEvent::new("role.unbind", Severity::Info, format!("{r} by {}", caller.label())).user(&u),
+        AuditEvent::new(
+            "role.unbind",
+            Severity::Info,
+            format!("{r} by {}; {ending} open session(s) ended", caller.label()),
+        )
+        .user(&u),
     )
     .await?;
-    Ok(json!({ "user": u.as_str(), "role": r.as_str(), "message": format!("{u} no longer holds role {r}") }))
+    Ok(json!({
+        "user": u.as_str(),
+        "role": r.as_str(),
+        "sessions_ended": ending,
+        "message": format!("{u} no longer holds role {r}{}", sessions_note(ending)),
+    }))
+}
+
+fn sessions_note(ending: u64) -> String {
+    match ending {
+        0 => String::new(),
+        1 => "; their open session is ending".into(),
+        n => format!("; their {n} open sessions are ending"),
+    }
 }
 
 /// Nobody changes their own role bindings remotely: an admin who could bind themselves a

@@ -85,6 +85,8 @@ pub struct FrontHandler {
     limit_audited: AtomicBool,
     /// Channel opens refused on this connection (see [`MAX_REFUSED_CHANNELS`]).
     refused_channels: u32,
+    /// The key proven by the last public-key step, checked again when the session opens.
+    key: Option<PublicKey>,
 }
 
 /// Channel opens refused by policy on one connection before the gateway closes it: a
@@ -154,6 +156,7 @@ impl FrontHandler {
             channels: Arc::new(Semaphore::new(gw.config.max_sessions)),
             limit_audited: AtomicBool::new(false),
             refused_channels: 0,
+            key: None,
             gw,
             origin,
             mode,
@@ -492,7 +495,14 @@ impl FrontHandler {
         login: &Login,
         factor: SecondFactor,
     ) -> Auth {
-        match TargetSession::start(&self.gw, user, target, login, &self.origin, factor).await {
+        let Some(key) = self.key.clone() else {
+            return self.refuse(
+                ssh_user,
+                "herse: access denied: no key was proven for this login".into(),
+            );
+        };
+        let login_by = crate::session::LoginBy { key: &key, factor };
+        match TargetSession::start(&self.gw, user, target, login, &self.origin, login_by).await {
             Ok(s) => {
                 self.state = AuthState::Target(s);
                 Auth::Accept
@@ -636,6 +646,7 @@ impl FrontHandler {
 
     async fn publickey(&mut self, ssh_user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, russh::Error> {
         self.state = AuthState::None;
+        self.key = None;
         match self.mode.clone() {
             Mode::Outer => {
                 let front = match FrontLogin::parse(ssh_user) {
@@ -647,7 +658,7 @@ impl FrontHandler {
                 };
                 let user = front.user().clone();
                 match self.gw.store.active_user_with_key(&user, key.public_key).await {
-                    Ok(true) => {}
+                    Ok(true) => self.key = Some(key.public_key.clone()),
                     Ok(false) => {
                         self.audit_failure(ssh_user, "unknown user, suspended user, or key not registered")
                             .await;
@@ -681,7 +692,7 @@ impl FrontHandler {
             Mode::Inner { user, target } => {
                 // The inner login must be proven again with one of the same user's keys.
                 match self.gw.store.active_user_with_key(&user, key.public_key).await {
-                    Ok(true) => {}
+                    Ok(true) => self.key = Some(key.public_key.clone()),
                     _ => {
                         self.audit_failure(user.as_str(), "inner login with a key the user does not hold")
                             .await;

@@ -31,6 +31,16 @@ pub enum StartError {
     Store(String),
     #[error("access denied: this login needs a second factor; connect again")]
     FactorNeeded,
+    #[error("access denied: your account was suspended or your key removed while you logged in")]
+    NoLongerActive,
+}
+
+/// How the user proved who they are, as the session opening checks it again: the key
+/// must still be theirs and they still active (a second factor or an approval can take
+/// minutes), and the second factor must cover the login.
+pub struct LoginBy<'a> {
+    pub key: &'a russh::keys::ssh_key::PublicKey,
+    pub factor: SecondFactor,
 }
 
 /// How a login's second factor stands when its session is opened.
@@ -109,8 +119,27 @@ impl TargetSession {
         target: &TargetName,
         login: &Login,
         origin: &Origin,
-        factor: SecondFactor,
+        login_by: LoginBy<'_>,
     ) -> Result<Arc<TargetSession>, StartError> {
+        let active = gw
+            .store
+            .active_user_with_key(user, login_by.key)
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        if !active {
+            gw.audit(
+                AuditEvent::new(
+                    "access.denied",
+                    Severity::Warning,
+                    format!("{login}@{target}: suspended, removed, or its key removed during the login"),
+                )
+                .user(user)
+                .origin(origin),
+            )
+            .await;
+            return Err(StartError::NoLongerActive);
+        }
+        let factor = login_by.factor;
         let authorized = match decide_now(gw, user, target, login)
             .await
             .map_err(|e| StartError::Store(e.to_string()))?

@@ -1921,6 +1921,43 @@ fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
     assert!(!Path::new("/tmp/herse-second-command").exists());
 }
 
+/// A second factor can take a while to answer (or a security key to approve): a key
+/// removed meanwhile opens nothing, however right the factor.
+#[test]
+fn a_key_removed_while_the_second_factor_is_asked_opens_nothing() {
+    let w = World::new("keygone");
+    let bob: serde_json::Value =
+        serde_json::from_str(&ok(w.gw.ctl().args(["users", "show", "bob", "--json"]))).unwrap();
+    let fp = bob["keys"][0]["fingerprint"].as_str().unwrap().to_owned();
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("bob"), None).unwrap());
+    let user = format!("bob+{OPS}+web1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answer = rt.block_on(async {
+        let mut h = raw_connect(w.gw.port).await.unwrap();
+        let auth = h
+            .authenticate_publickey(&user, russh::keys::PrivateKeyWithHashAlg::new(key, None))
+            .await
+            .unwrap();
+        assert!(!auth.success(), "a second factor is asked first");
+        ok(w.gw.ctl().args(["keys", "remove", "bob", &fp]));
+        let r = h.authenticate_keyboard_interactive_start(&user, None).await.unwrap();
+        assert!(
+            matches!(r, russh::client::KeyboardInteractiveAuthResponse::InfoRequest { .. }),
+            "{r:?}"
+        );
+        h.authenticate_keyboard_interactive_respond(vec![totp_next(&w.bob_totp)])
+            .await
+            .unwrap()
+    });
+    assert!(
+        !matches!(answer, russh::client::KeyboardInteractiveAuthResponse::Success),
+        "the login went through with a removed key"
+    );
+    let audit = ok(w.gw.ctl().args(["audit", "list", "--kind", "access.denied", "--json"]));
+    assert!(audit.contains("its key removed during the login"), "{audit}");
+    assert_eq!(ok(w.gw.ctl().args(["sessions", "list", "--json"])).trim(), "[]");
+}
+
 /// An SFTP conversation driven by hand over a raw client's channel.
 struct RawSftp {
     ch: russh::Channel<russh::client::Msg>,

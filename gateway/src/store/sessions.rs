@@ -237,6 +237,22 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
+    /// Ask the nodes running `user`'s live sessions to end them all (a key or role they
+    /// may rest on was withdrawn); an earlier kill request keeps its reason. The number
+    /// of sessions asked.
+    pub async fn request_kill_of_user(&self, user: &str, by: &str) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE sessions SET kill_requested_at = $1, kill_requested_by = $2 \
+             WHERE user_name = $3 AND ended_at IS NULL AND kill_requested_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(by)
+        .bind(user)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Live sessions on `node` that must end now, with the reason: a kill was requested,
     /// their user was suspended or removed, or the grant they run under ended.
     pub async fn sessions_to_end(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {

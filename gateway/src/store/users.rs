@@ -517,6 +517,33 @@ mod tests {
             s.sessions_to_end("n2").await.unwrap().is_empty(),
             "other nodes do not see it"
         );
+        // Withdrawing what a user's sessions may rest on ends them all, on every node,
+        // keeping an earlier kill's reason.
+        let (other, elsewhere) = (SessionId::random(), SessionId::random());
+        s.session_started(&session_of("bob", &other)).await.unwrap();
+        s.session_started(&SessionStart {
+            node: "n2",
+            ..session_of("bob", &elsewhere)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            s.request_kill_of_user("bob", "admin ann (role x unbound)")
+                .await
+                .unwrap(),
+            2
+        );
+        let mut ending = s.sessions_to_end("n1").await.unwrap();
+        ending.sort();
+        let mut want = vec![
+            (id.to_string(), "killed by local:root".to_string()),
+            (other.to_string(), "killed by admin ann (role x unbound)".to_string()),
+        ];
+        want.sort();
+        assert_eq!(ending, want);
+        assert_eq!(s.sessions_to_end("n2").await.unwrap().len(), 1);
+        s.session_ended(&other, "killed").await.unwrap();
+        s.session_ended(&elsewhere, "killed").await.unwrap();
         // Cut, its recording still being sealed: live, with its reason; the first
         // reason stays.
         s.session_ending(&id, "killed").await.unwrap();
