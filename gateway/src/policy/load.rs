@@ -253,8 +253,17 @@ fn target(
     })
 }
 
+/// The longest duration a policy may give (a year and a day): sessions, idle times,
+/// remembered factors and grants are far shorter, and a larger one would overflow the
+/// clock arithmetic it feeds (deadlines, certificate validity).
+const MAX_POLICY_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 fn duration(src: &Source<'_>, errors: &mut Vec<Diagnostic>, v: &Spanned<String>, what: &str) -> Duration {
     match humantime::parse_duration(v.get_ref()) {
+        Ok(d) if d > MAX_POLICY_DURATION => {
+            errors.push(src.at(Some(v.span()), format!("{what} must be at most 366d")));
+            MAX_POLICY_DURATION
+        }
         Ok(d) if d >= Duration::from_secs(1) => d,
         Ok(_) => {
             errors.push(src.at(Some(v.span()), format!("{what} must be at least 1s")));
@@ -632,6 +641,19 @@ tiers = ["web"]
         let text = ok_policy() + "[roles.nobody]\nkind = \"superuser\"\n";
         let err = parse(Path::new("p.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("unknown variant `superuser`"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_bounded_both_ways() {
+        let text = ok_policy().replace("max_session = \"8h\"", "max_session = \"500000000years\"");
+        let err = parse(Path::new("p.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("max_session must be at most 366d"), "{err}");
+        assert!(err.contains("p.toml:"), "with its line: {err}");
+        let text = ok_policy().replace("idle_timeout = \"30m\"", "idle_timeout = \"0s\"");
+        let err = parse(Path::new("p.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("idle_timeout must be at least 1s"), "{err}");
+        let text = ok_policy().replace("max_session = \"8h\"", "max_session = \"366d\"");
+        assert!(parse(Path::new("p.toml"), &text).is_ok());
     }
 
     #[test]
