@@ -235,18 +235,26 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
+        // A row that does not parse loses its peer (logged) rather than failing the whole
+        // list: a failed list keeps the current peers, and with them revoked ones.
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let name: String = r.try_get(0)?;
             let key: String = r.try_get(2)?;
             let addr: String = r.try_get(3)?;
+            let (Ok(public_key), Ok(address)) = (WgPublicKey::parse(&key), addr.parse()) else {
+                tracing::error!(
+                    workstation = name,
+                    key,
+                    address = addr,
+                    "a workstation row does not parse: it has no tunnel until fixed"
+                );
+                continue;
+            };
             out.push(ActivePeer {
                 owner: r.try_get(1)?,
-                public_key: WgPublicKey::parse(&key)
-                    .map_err(|_| StoreError::Invalid(format!("workstation {name}: public key {key:?}")))?,
-                address: addr
-                    .parse()
-                    .map_err(|_| StoreError::Invalid(format!("workstation {name}: address {addr:?}")))?,
+                public_key,
+                address,
                 name,
             });
         }
@@ -446,6 +454,16 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(s.workstation(&ws3).await.unwrap().unwrap().rx_bytes, 10);
+
+            // A row that does not parse loses its own peer, not everyone's list.
+            let before = s.active_peers().await.unwrap().len();
+            sqlx::query("UPDATE workstations SET public_key = 'not-a-key' WHERE name = 'alice-ws3'")
+                .execute(s.pool())
+                .await
+                .unwrap();
+            let peers = s.active_peers().await.unwrap();
+            assert_eq!(peers.len(), before - 1, "{backend}");
+            assert!(peers.iter().all(|p| p.name != "alice-ws3"), "{backend}");
         }
     }
 }
