@@ -155,6 +155,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     ))
     .await;
     let watcher = tokio::spawn(watch_sessions(gw.clone()));
+    let grant_keeper = tokio::spawn(grant_housekeeping(gw.clone()));
     let purger = tokio::spawn(purge_loop(gw.clone()));
     let heartbeat = tokio::spawn(member.run(gw.clone()));
     tokio::spawn(crate::audit_log::checkpoint_loop(gw.clone()));
@@ -172,6 +173,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     drain(&gw).await;
     // The heartbeat runs through the drain, which may outlast cluster.node_timeout.
     watcher.abort();
+    grant_keeper.abort();
     purger.abort();
     heartbeat.abort();
     for l in listeners {
@@ -454,33 +456,93 @@ where
     crate::front::serve_ssh(config, stream, FrontHandler::outer(gw, origin)).await;
 }
 
-/// Ends live sessions that an operator killed, whose user was suspended or removed, or
-/// whose grant was revoked or expired, checked four times a second (so a change made on
-/// any node takes effect within a second). Once a second it also expires grants and
-/// ends suspensions that have run out.
-async fn watch_sessions(gw: Arc<Gateway>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut n: u64 = 0;
+/// Expires grants and ends suspensions that have run out, once a second, in a task of
+/// its own (its audit writes wait on the cluster-wide audit chain, and must never hold
+/// up the session watcher).
+async fn grant_housekeeping(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        n += 1;
-        if n % 4 == 1 {
-            crate::grants::housekeeping(&gw.store).await;
+        crate::grants::housekeeping(&gw.store).await;
+    }
+}
+
+/// When the session watcher last read its kill list.
+struct WatchHealth {
+    last_read: std::time::Instant,
+}
+
+impl WatchHealth {
+    fn new() -> WatchHealth {
+        WatchHealth {
+            last_read: std::time::Instant::now(),
         }
-        match gw.store.sessions_to_end(&gw.node).await {
-            Ok(list) => {
-                for (id, reason) in list {
-                    if let Some(s) = gw.live_session(&id) {
-                        s.end(reason);
-                    } else {
-                        // A row for a session this process does not run (it crashed earlier).
-                        if let Ok(sid) = crate::ident::SessionId::parse(&id) {
-                            let _ = gw.store.session_ended(&sid, &reason).await;
-                        }
-                    }
-                }
+    }
+
+    fn read(&mut self) {
+        self.last_read = std::time::Instant::now();
+    }
+
+    /// A pass failed: whether the node's sessions must now end, because kills,
+    /// suspensions and grant ends have not been able to reach them for `limit`.
+    fn failed(&self, limit: Duration) -> bool {
+        self.last_read.elapsed() >= limit
+    }
+}
+
+/// Ends live sessions that an operator killed, whose user was suspended or removed, or
+/// whose grant was revoked or expired, checked four times a second (so a change made on
+/// any node takes effect within a second). Each pass is bounded; when none has read the
+/// list for `cluster.node_timeout` (a failing or hung query, while the heartbeat may
+/// still succeed), the node's sessions end: nothing runs where a kill cannot reach it.
+async fn watch_sessions(gw: Arc<Gateway>) {
+    const PASS_LIMIT: Duration = Duration::from_secs(2);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut health = WatchHealth::new();
+    loop {
+        tick.tick().await;
+        let pass = tokio::time::timeout(PASS_LIMIT, gw.store.sessions_to_end(&gw.node)).await;
+        let error = match pass {
+            Ok(Ok(list)) => {
+                health.read();
+                end_listed(&gw, list).await;
+                continue;
             }
-            Err(e) => tracing::error!(error = %e, "cannot read session kill requests"),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {PASS_LIMIT:?}"),
+        };
+        tracing::error!(error, "cannot read session kill requests");
+        if !health.failed(gw.config.node_timeout) {
+            continue;
+        }
+        let live = gw.live_sessions();
+        if !live.is_empty() {
+            let why = format!(
+                "node {} could not read kills, suspensions and grant ends for over {}",
+                gw.node,
+                humantime::format_duration(gw.config.node_timeout)
+            );
+            tracing::error!(sessions = live.len(), "{why}; ending its sessions");
+            for s in live {
+                s.end(why.clone());
+            }
+        }
+    }
+}
+
+/// End the sessions of this node the watcher found listed, and close the rows of those
+/// this process does not run.
+async fn end_listed(gw: &Gateway, list: Vec<(String, String)>) {
+    for (id, reason) in list {
+        if let Some(s) = gw.live_session(&id) {
+            s.end(reason);
+        } else {
+            // A row for a session this process does not run (it crashed earlier).
+            if let Ok(sid) = crate::ident::SessionId::parse(&id) {
+                let _ = gw.store.session_ended(&sid, &reason).await;
+            }
         }
     }
 }
@@ -542,4 +604,20 @@ async fn drain(gw: &Arc<Gateway>) {
     }
     gw.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), gw.tasks.wait()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watcher_gives_up_on_its_sessions_only_after_the_node_timeout() {
+        let limit = Duration::from_millis(200);
+        let mut health = WatchHealth::new();
+        assert!(!health.failed(limit), "a first failure is not yet a cut-off");
+        std::thread::sleep(limit);
+        assert!(health.failed(limit));
+        health.read();
+        assert!(!health.failed(limit), "a good pass starts the count again");
+    }
 }
