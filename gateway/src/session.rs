@@ -126,17 +126,14 @@ impl TargetSession {
             .active_user_with_key(user, login_by.key)
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
-        if !active {
-            gw.audit(
-                AuditEvent::new(
-                    "access.denied",
-                    Severity::Warning,
-                    format!("{login}@{target}: suspended, removed, or its key removed during the login"),
-                )
+        let refused = |why: &str| {
+            AuditEvent::new("access.denied", Severity::Warning, format!("{login}@{target}: {why}"))
                 .user(user)
-                .origin(origin),
-            )
-            .await;
+                .origin(origin)
+        };
+        if !active {
+            gw.audit(refused("suspended, removed, or its key removed during the login"))
+                .await;
             return Err(StartError::NoLongerActive);
         }
         let factor = login_by.factor;
@@ -162,16 +159,8 @@ impl TargetSession {
                 .await
                 .map_err(|e| StartError::Store(e.to_string()))?;
             if !crate::mfa::proof_covers(proved, authorized.mfa_window()) {
-                gw.audit(
-                    AuditEvent::new(
-                        "access.denied",
-                        Severity::Warning,
-                        format!("{login}@{target}: allowed only once the second factor was no longer asked for"),
-                    )
-                    .user(user)
-                    .origin(origin),
-                )
-                .await;
+                gw.audit(refused("allowed only once the second factor was no longer asked for"))
+                    .await;
                 return Err(StartError::FactorNeeded);
             }
         }

@@ -1869,9 +1869,24 @@ async fn raw_login_as(
     h
 }
 
+/// What the gateway writes to a channel's stderr until it closes the channel (within
+/// 10 s, or the test fails).
+async fn stderr_until_closed(ch: &mut russh::Channel<russh::client::Msg>) -> String {
+    let mut stderr = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = ch.wait().await {
+            if let russh::ChannelMsg::ExtendedData { data, .. } = m {
+                stderr.extend_from_slice(&data);
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the gateway did not end the channel");
+    String::from_utf8_lossy(&stderr).into_owned()
+}
+
 #[test]
 fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
-    use russh::ChannelMsg;
     let w = World::new("raw");
     let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -1880,42 +1895,16 @@ fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
         let h = raw_login(w.gw.port, key.clone(), &w.alice_totp).await;
         let mut ch = h.channel_open_session().await.unwrap();
         ch.data(&b"echo smuggled > /tmp/herse-smuggled\n"[..]).await.unwrap();
-        let mut stderr = Vec::new();
-        let ended = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(m) = ch.wait().await {
-                if let ChannelMsg::ExtendedData { data, .. } = m {
-                    stderr.extend_from_slice(&data);
-                }
-            }
-        })
-        .await;
-        assert!(ended.is_ok(), "the gateway did not end the channel");
-        assert!(
-            String::from_utf8_lossy(&stderr).contains("data sent before a command"),
-            "{}",
-            String::from_utf8_lossy(&stderr)
-        );
+        let stderr = stderr_until_closed(&mut ch).await;
+        assert!(stderr.contains("data sent before a command"), "{stderr}");
 
         // A second command on the same channel is refused.
         let h = raw_login(w.gw.port, key.clone(), &w.alice_totp).await;
         let mut ch = h.channel_open_session().await.unwrap();
         ch.exec(true, "sleep 2").await.unwrap();
         ch.exec(true, "touch /tmp/herse-second-command").await.unwrap();
-        let mut stderr = Vec::new();
-        let ended = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(m) = ch.wait().await {
-                if let ChannelMsg::ExtendedData { data, .. } = m {
-                    stderr.extend_from_slice(&data);
-                }
-            }
-        })
-        .await;
-        assert!(ended.is_ok(), "the gateway did not end the channel");
-        assert!(
-            String::from_utf8_lossy(&stderr).contains("one command"),
-            "{}",
-            String::from_utf8_lossy(&stderr)
-        );
+        let stderr = stderr_until_closed(&mut ch).await;
+        assert!(stderr.contains("one command"), "{stderr}");
     });
     assert!(!Path::new("/tmp/herse-smuggled").exists());
     assert!(!Path::new("/tmp/herse-second-command").exists());
@@ -2053,21 +2042,8 @@ fn a_write_only_sftp_role_cannot_read() {
         // Bytes beside the SFTP stream (extended data, which no client sends on a
         // session) would pass unjudged: they end the channel instead.
         sftp.ch.extended_data(1, &b"\0\0\0\x05\x03"[..]).await.unwrap();
-        let mut stderr = Vec::new();
-        let ended = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(m) = sftp.ch.wait().await {
-                if let russh::ChannelMsg::ExtendedData { data, .. } = m {
-                    stderr.extend_from_slice(&data);
-                }
-            }
-        })
-        .await;
-        assert!(ended.is_ok(), "the gateway did not end the channel");
-        assert!(
-            String::from_utf8_lossy(&stderr).contains("extended data on a file-transfer channel"),
-            "{}",
-            String::from_utf8_lossy(&stderr)
-        );
+        let stderr = stderr_until_closed(&mut sftp.ch).await;
+        assert!(stderr.contains("extended data on a file-transfer channel"), "{stderr}");
     });
     let _ = std::fs::remove_file(&secret);
     let _ = std::fs::remove_file(&dropped);
