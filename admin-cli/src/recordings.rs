@@ -412,8 +412,9 @@ pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
         } => {
             let source = Source::open(cli).await?;
             let row = source.row(id).await?;
+            let key = source.audit_key(None).await?;
             let path = source.file(&row).await?;
-            play_file(&path, *speed, *at, *skip_idle)
+            play_file(&path, &key, *speed, *at, *skip_idle)
         }
         RecordingsCmd::Search {
             text,
@@ -440,8 +441,9 @@ pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
                 })?;
                 let source = Source::open(cli).await?;
                 let row = source.row(&first.session).await?;
+                let key = source.audit_key(None).await?;
                 let path = source.file(&row).await?;
-                return play_file(&path, 1.0, (first.at_seconds - 2.0).max(0.0), false);
+                return play_file(&path, &key, 1.0, (first.at_seconds - 2.0).max(0.0), false);
             }
             output::table(json, &found, &["SESSION", "USER", "TARGET", "AT", "MATCH"], |h| {
                 vec![
@@ -497,9 +499,9 @@ pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
         RecordingsCmd::Export { id, format, output } => {
             let source = Source::open(cli).await?;
             let row = source.row(id).await?;
+            let key = source.audit_key(None).await?;
             let path = source.file(&row).await?;
-            let reader = open_reader(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
-            let (header, events, _) = reader.events().map_err(failed)?;
+            let (header, events) = verified_events(&path, &key, 0)?;
             let text = match format {
                 ExportFormat::Asciicast => asciicast(&header, &events),
                 ExportFormat::Text => transcript(&events),
@@ -1144,21 +1146,43 @@ fn parse_when(s: &str) -> Result<i64, Failure> {
         .unwrap_or(0))
 }
 
-fn play_file(path: &Path, speed: f64, at: f64, skip_idle: bool) -> Result<(), Failure> {
+/// The events of a recording from time `at_micros` on (through the seek index), read
+/// with the audit key: every checkpoint and the seal are checked as they are read, so
+/// nothing of a recording that fails verification is shown or exported. An unsealed
+/// recording is read to its end, with a warning for what follows its last checkpoint.
+fn verified_events(
+    path: &Path,
+    key: &VerifyingKey,
+    at_micros: u64,
+) -> Result<(session_recordings::Header, Vec<Event>), Failure> {
+    let mut r = if at_micros == 0 {
+        RecordingReader::open_verified(path, key)
+    } else {
+        RecordingReader::open_at_verified(path, at_micros, key)
+    }
+    .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    unlock(&mut r).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    let (header, events, truncated) = r.events().map_err(|e| {
+        failed(format!(
+            "recording {} does not verify, so it is not shown: {e} (see `hersectl recordings verify`)",
+            path.display()
+        ))
+    })?;
+    if truncated {
+        eprintln!(
+            "hersectl: recording {} is not sealed (the session is live, or was cut short): \
+             what follows its last checkpoint is not authenticated",
+            header.session_id
+        );
+    }
+    Ok((header, events))
+}
+
+fn play_file(path: &Path, key: &VerifyingKey, speed: f64, at: f64, skip_idle: bool) -> Result<(), Failure> {
     let at_micros = (at.max(0.0) * 1e6) as u64;
     // Starting later: jump through the seek index instead of decoding from the start
     // (the player can then seek back only to the frame it started from).
-    let open = |p: &Path| {
-        if at_micros == 0 {
-            return open_reader(p);
-        }
-        let mut r = RecordingReader::open_at(p, at_micros)?;
-        unlock(&mut r)?;
-        Ok(r)
-    };
-    let (_, events, _) = open(path)
-        .and_then(|r| r.events())
-        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    let (_, events) = verified_events(path, key, at_micros)?;
     let timeline = crate::play::Timeline::from_events(&events);
     crate::play::play(
         &timeline,

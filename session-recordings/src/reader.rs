@@ -85,8 +85,19 @@ impl RecordingReader<BufReader<std::fs::File>> {
     /// index; without an index, from the start). Events before `t_micros` in that frame
     /// are still returned; the caller skips them.
     pub fn open_at(path: &Path, t_micros: u64) -> Result<Self, ReadError> {
+        Self::seek_to(Self::open(path)?, path, t_micros)
+    }
+
+    /// [`Self::open_at`], checking every checkpoint and the seal from there on against
+    /// `key`. The seek index is not trusted: an entry that does not lead into the signed
+    /// chain (a wrong offset, frame number or previous hash) makes the read fail at that
+    /// frame or at the next checkpoint, at most a checkpoint interval later.
+    pub fn open_at_verified(path: &Path, t_micros: u64, key: &VerifyingKey) -> Result<Self, ReadError> {
+        Self::seek_to(Self::open_verified(path, key)?, path, t_micros)
+    }
+
+    fn seek_to(mut r: Self, path: &Path, t_micros: u64) -> Result<Self, ReadError> {
         use std::io::{Seek, SeekFrom};
-        let mut r = Self::open(path)?;
         let Ok(bytes) = std::fs::read(format::index_path(path)) else {
             return Ok(r);
         };

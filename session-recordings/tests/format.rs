@@ -566,6 +566,14 @@ fn the_seek_index_jumps_near_a_time_and_cannot_forge_data() {
         n += 1;
     }
     assert!(n < 200 && n > 50, "{n}");
+    // Read with the key from the seek point: each checkpoint after it is checked, so a
+    // wrong key (or anything not signed by the right one) fails the read.
+    let r = RecordingReader::open_at_verified(&path, middle, &key().verifying_key()).unwrap();
+    let (_, events, truncated) = r.events().unwrap();
+    assert!(!truncated && events.len() == n, "{} events", events.len());
+    let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+    let r = RecordingReader::open_at_verified(&path, middle, &other).unwrap();
+    assert!(matches!(r.events(), Err(ReadError::BadSignature { .. })));
     // A forged index entry breaks the chain instead of yielding data.
     let idx_path = session_recordings::format::index_path(&path);
     let mut idx = std::fs::read(&idx_path).unwrap();

@@ -1271,6 +1271,16 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     let v = run(w.gw.ctl().args(["recordings", "verify", middle]));
     assert_eq!(v.status.code(), Some(1));
     assert!(text(&v.stdout).contains("frame"), "{}", text(&v.stdout));
+    // Nor is any of it exported or played.
+    for args in [
+        &["recordings", "export", middle.as_str(), "--format", "text"][..],
+        &["recordings", "play", middle.as_str(), "--speed", "100"][..],
+    ] {
+        let out = run(w.gw.ctl().args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(text(&out.stdout).is_empty(), "{args:?}: {}", text(&out.stdout));
+        assert!(text(&out.stderr).contains("does not verify"), "{}", text(&out.stderr));
+    }
     bytes[pos] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
     assert!(run(w.gw.ctl().args(["recordings", "verify", middle])).status.success());
