@@ -222,6 +222,25 @@ impl FrontHandler {
         );
     }
 
+    /// A request Herse never serves (remote or Unix-socket forwarding, channels only a
+    /// server may open): refused, audited, and counted towards the connection's limit of
+    /// refusals (so a client repeating it cannot flood the audit trail).
+    async fn unsupported(&mut self, request: String, session: &mut Session) {
+        const REASON: &str = "not served by the gateway";
+        match &self.state {
+            AuthState::Target(s) => s.audit_denied(&request, REASON).await,
+            state => {
+                let mut event = AuditEvent::new("access.denied", Severity::Warning, format!("{request}: {REASON}"))
+                    .origin(&self.origin);
+                if let AuthState::Jump { user } = state {
+                    event = event.user(user);
+                }
+                self.gw.audit(event).await;
+            }
+        }
+        self.channel_refused(session).await;
+    }
+
     fn refuse(&mut self, ssh_user: &str, message: String) -> Auth {
         self.state = AuthState::Refused {
             ssh_user: ssh_user.to_owned(),
@@ -939,6 +958,79 @@ impl server::Handler for FrontHandler {
         Ok(())
     }
 
+    /// Remote forwarding (-R) would open a path from production into the workstation.
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.unsupported(format!("remote port forwarding of {address}:{port}"), session)
+            .await;
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(&mut self, socket_path: &str, session: &mut Session) -> Result<bool, Self::Error> {
+        self.unsupported(format!("remote Unix socket forwarding of {socket_path}"), session)
+            .await;
+        Ok(false)
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        self.unsupported(format!("Unix socket forwarding to {socket_path}"), session)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        self.unsupported(
+            format!("an x11 channel from the client ({originator_address}:{originator_port})"),
+            session,
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        self.unsupported(
+            format!("a forwarded-tcpip channel from the client ({host_to_connect}:{port_to_connect})"),
+            session,
+        )
+        .await;
+        Ok(())
+    }
+
     async fn channel_open_direct_tcpip(
         &mut self,
         channel: Channel<Msg>,
@@ -1117,16 +1209,6 @@ impl server::Handler for FrontHandler {
     }
 
     async fn agent_request(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
-        Ok(false)
-    }
-
-    async fn tcpip_forward(
-        &mut self,
-        _address: &str,
-        _port: &mut u32,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        // Remote forwarding (-R) would open a path from production into the workstation.
         Ok(false)
     }
 }

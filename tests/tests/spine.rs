@@ -695,6 +695,23 @@ fn refusals_are_clear_and_audited() {
         &run(ssh(&w.alice).args(["-l", DEPLOY, "-W", "127.0.0.1:1", "web1"])),
         "open failed",
     );
+    // Remote forwarding is never served: refused, and audited.
+    refused(
+        &run(ssh(&w.alice).args([
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "0:127.0.0.1:22",
+            &format!("alice+{DEPLOY}+web1@gw"),
+            "true",
+        ])),
+        "forwarding failed",
+    );
+    let denied = ok(w.gw.ctl().args(["audit", "list", "--kind", "access.denied", "--json"]));
+    assert!(
+        denied.contains(":0: not served by the gateway") && denied.contains("remote port forwarding of"),
+        "{denied}"
+    );
     refused(
         &run(ssh(&w.bob).args(["-l", OPS, "-W", &format!("127.0.0.1:{}", w.web.port), "web1"])),
         "open failed",
