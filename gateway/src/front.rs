@@ -241,6 +241,14 @@ impl FrontHandler {
         self.channel_refused(session).await;
     }
 
+    /// [`Self::unsupported`] for a channel open, which is rejected first.
+    async fn unsupported_channel(&mut self, reply: ChannelOpenHandle, request: String, session: &mut Session) {
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        self.unsupported(request, session).await;
+    }
+
     fn refuse(&mut self, ssh_user: &str, message: String) -> Auth {
         self.state = AuthState::Refused {
             ssh_user: ssh_user.to_owned(),
@@ -983,11 +991,8 @@ impl server::Handler for FrontHandler {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        self.unsupported(format!("Unix socket forwarding to {socket_path}"), session)
-            .await;
+        let request = format!("Unix socket forwarding to {socket_path}");
+        self.unsupported_channel(reply, request, session).await;
         Ok(())
     }
 
@@ -999,14 +1004,8 @@ impl server::Handler for FrontHandler {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        self.unsupported(
-            format!("an x11 channel from the client ({originator_address}:{originator_port})"),
-            session,
-        )
-        .await;
+        let request = format!("an x11 channel from the client ({originator_address}:{originator_port})");
+        self.unsupported_channel(reply, request, session).await;
         Ok(())
     }
 
@@ -1020,14 +1019,8 @@ impl server::Handler for FrontHandler {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        self.unsupported(
-            format!("a forwarded-tcpip channel from the client ({host_to_connect}:{port_to_connect})"),
-            session,
-        )
-        .await;
+        let request = format!("a forwarded-tcpip channel from the client ({host_to_connect}:{port_to_connect})");
+        self.unsupported_channel(reply, request, session).await;
         Ok(())
     }
 
