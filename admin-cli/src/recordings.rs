@@ -659,7 +659,7 @@ struct Logged {
 
 impl Logged {
     async fn read(cli: &Cli) -> Result<Logged, Failure> {
-        const PAGE: i64 = 10_000;
+        const PAGE: i64 = herse::control::MAX_PAGE;
         let mut logged = Logged::default();
         for kind in ["session.start", "session.end", "recording.purge"] {
             let filter = herse::store::AuditFilter {
@@ -772,32 +772,32 @@ async fn verify(
             }
         };
         let line = match RecordingReader::open_verified(&path, &key).and_then(|r| r.verify()) {
-            Ok(v) if not_its_session(&v.header, row).is_some() => VerifyLine {
-                session: row.id.clone(),
-                file: row.recording.clone(),
-                ok: false,
-                status: format!(
-                    "FAILED: this is not the session's recording (its {} differs from the session's)",
-                    not_its_session(&v.header, row).unwrap_or_default()
-                ),
-            },
-            Ok(v) => {
-                headers.insert(row.id.clone(), hex::encode(v.header_hash));
-                if let Some(p) = &v.header.previous {
-                    links.push((row.id.clone(), p.clone()));
-                }
-                let complete = matches!(v.completeness, Completeness::Complete { .. });
-                // A live session is legitimately unsealed; an ended one must be sealed
-                // (ended by its row, or by the audit log whatever the row now says).
-                let live = row.ended_at.is_none() && !logged.ended.contains(&row.id);
-                let ok = complete || live;
-                VerifyLine {
+            Ok(v) => match not_its_session(&v.header, row) {
+                Some(what) => VerifyLine {
                     session: row.id.clone(),
                     file: row.recording.clone(),
-                    ok,
-                    status: completeness(&v.completeness),
+                    ok: false,
+                    status: format!(
+                        "FAILED: this is not the session's recording (its {what} differs from the session's)"
+                    ),
+                },
+                None => {
+                    headers.insert(row.id.clone(), hex::encode(v.header_hash));
+                    if let Some(p) = &v.header.previous {
+                        links.push((row.id.clone(), p.clone()));
+                    }
+                    let complete = matches!(v.completeness, Completeness::Complete { .. });
+                    // A live session is legitimately unsealed; an ended one must be sealed
+                    // (ended by its row, or by the audit log whatever the row now says).
+                    let live = row.ended_at.is_none() && !logged.ended.contains(&row.id);
+                    VerifyLine {
+                        session: row.id.clone(),
+                        file: row.recording.clone(),
+                        ok: complete || live,
+                        status: completeness(&v.completeness),
+                    }
                 }
-            }
+            },
             Err(e) => VerifyLine {
                 session: row.id.clone(),
                 file: row.recording.clone(),

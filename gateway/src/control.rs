@@ -315,10 +315,10 @@ pub struct Ctx<'a> {
     pub identity_files: &'a [std::path::PathBuf],
 }
 
-/// Listing sizes a caller may ask for: at least one row, at most 10 000 per call.
 /// The most rows one listing returns; longer ones are read page by page.
 pub const MAX_PAGE: i64 = 10_000;
 
+/// Listing sizes a caller may ask for: at least one row, at most [`MAX_PAGE`] per call.
 fn clamp(limit: i64) -> i64 {
     limit.clamp(1, MAX_PAGE)
 }

@@ -187,6 +187,10 @@ impl Chan<'_> {
         self.sftp.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
+    fn scp_active(&self) -> bool {
+        self.scp.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// Tell the client why the channel is refused or ends, then close it.
     async fn fail(&self, message: &str) {
         let _g = self.front_lock.lock().await;
@@ -511,8 +515,7 @@ async fn client_to_target(
             // A client has no extended data to send on a session (stderr flows the
             // other way; OpenSSH's sshd drops it). On a file transfer it would be bytes
             // past the parser that judges the transfer, so it ends the channel there.
-            let judged = chan.sftp_active() || chan.scp.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-            if judged {
+            if chan.sftp_active() || chan.scp_active() {
                 return Err(RelayError::Channel(
                     "client sent extended data on a file-transfer channel".into(),
                 ));

@@ -136,7 +136,6 @@ impl TargetSession {
                 .await;
             return Err(StartError::NoLongerActive);
         }
-        let factor = login_by.factor;
         let authorized = match decide_now(gw, user, target, login)
             .await
             .map_err(|e| StartError::Store(e.to_string()))?
@@ -152,7 +151,7 @@ impl TargetSession {
         {
             return Err(denied(gw, user, target, login, origin, denial).await);
         }
-        if factor == SecondFactor::Remembered {
+        if login_by.factor == SecondFactor::Remembered {
             let proved = gw
                 .store
                 .last_mfa_proof(user, origin.proof_place())
