@@ -42,6 +42,11 @@ pub struct Cli {
     /// (repeatable).
     #[arg(long, global = true)]
     pub identity: Vec<PathBuf>,
+    /// Remote mode: seconds to wait for the gateway to answer one call (a gateway that
+    /// accepts the connection and then hangs fails the command after this).
+    #[arg(long, global = true, env = "HERSECTL_TIMEOUT", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -101,6 +106,7 @@ pub enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     recordings::set_identities(cli.identity.clone());
+    remote::set_timeout(std::time::Duration::from_secs(cli.timeout));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HERSE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

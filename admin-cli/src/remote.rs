@@ -5,7 +5,8 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
@@ -113,6 +114,36 @@ fn host_port(server: &str) -> Result<(String, u16), Failure> {
     Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
 }
 
+/// How long one call may take, from the connection to the last byte of the answer
+/// (`--timeout`); set once at start.
+static ANSWER_WITHIN: OnceLock<Duration> = OnceLock::new();
+const DEFAULT_ANSWER_WITHIN: Duration = Duration::from_secs(120);
+
+pub fn set_timeout(limit: Duration) {
+    let _ = ANSWER_WITHIN.set(limit);
+}
+
+fn answer_within() -> Duration {
+    ANSWER_WITHIN.get().copied().unwrap_or(DEFAULT_ANSWER_WITHIN)
+}
+
+/// `work`, or a failure naming `server` when it has not finished within `--timeout`.
+async fn in_time<T>(
+    server: &str,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    let limit = answer_within();
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => Err(unreachable_server(
+            server,
+            what,
+            &format_args!("no answer within {}s (--timeout)", limit.as_secs()),
+        )),
+    }
+}
+
 /// An HTTP/1.1 connection over TLS to `server`, trusting only `ca_pem`; and the Host
 /// header value.
 async fn connect(
@@ -142,10 +173,13 @@ async fn connect(
     .await
     .map_err(|e| fail("connect", &e))?
     .map_err(|e| fail("connect", &e))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| fail("TLS", &e))?;
+    let tls = in_time(server, "TLS", async {
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| fail("TLS", &e))
+    })
+    .await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
         .map_err(|e| fail("HTTP", &e))?;
@@ -180,13 +214,17 @@ async fn post(
     let req = req
         .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))
         .map_err(|e| fail("request", &e))?;
-    let resp = sender.send_request(req).await.map_err(|e| fail("HTTP", &e))?;
-    let status = resp.status().as_u16();
-    let bytes = Limited::new(resp.into_body(), 64 << 20)
-        .collect()
-        .await
-        .map_err(|e| fail("reading the answer", &e))?
-        .to_bytes();
+    let (status, bytes) = in_time(server, "HTTP", async {
+        let resp = sender.send_request(req).await.map_err(|e| fail("HTTP", &e))?;
+        let status = resp.status().as_u16();
+        let bytes = Limited::new(resp.into_body(), 64 << 20)
+            .collect()
+            .await
+            .map_err(|e| fail("reading the answer", &e))?
+            .to_bytes();
+        Ok((status, bytes))
+    })
+    .await?;
     Ok((status, answer(&bytes)))
 }
 
@@ -244,18 +282,22 @@ pub async fn recording_chunk(
         .header(hyper::header::AUTHORIZATION, format!("Bearer {}", s.token))
         .body(Full::new(Bytes::new()))
         .map_err(|e| fail("request", &e))?;
-    let resp = sender.send_request(req).await.map_err(|e| fail("HTTP", &e))?;
-    let status = resp.status().as_u16();
-    let size = resp
-        .headers()
-        .get("x-herse-size")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let bytes = Limited::new(resp.into_body(), MAX_FILE_CHUNK)
-        .collect()
-        .await
-        .map_err(|e| fail("reading the recording", &e))?
-        .to_bytes();
+    let (status, size, bytes) = in_time(&s.server, "HTTP", async {
+        let resp = sender.send_request(req).await.map_err(|e| fail("HTTP", &e))?;
+        let status = resp.status().as_u16();
+        let size = resp
+            .headers()
+            .get("x-herse-size")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let bytes = Limited::new(resp.into_body(), MAX_FILE_CHUNK)
+            .collect()
+            .await
+            .map_err(|e| fail("reading the recording", &e))?
+            .to_bytes();
+        Ok((status, size, bytes))
+    })
+    .await?;
     match (status, size) {
         (200, Some(size)) => {
             out.write_all(&bytes)?;

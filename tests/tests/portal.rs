@@ -293,37 +293,58 @@ fn an_expired_password_must_be_changed_first() {
     let port = free_port();
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
-        "[web]\nlisten = [\"127.0.0.1:{port}\"]\n[passwords]\nmax_age = \"2s\"\n"
+        "[web]\nlisten = [\"127.0.0.1:{port}\"]\n[passwords]\nmax_age = \"3s\"\n"
     ));
     std::fs::write(&config, text).unwrap();
     let gw = Gateway::start(&d, &config);
     gw.wait_line("portal listening on", std::time::Duration::from_secs(10));
     ok(gw.ctl().args(["users", "add", "dave"]));
     let totp = enrol_totp(&config, "dave");
-    assert!(set_password(&gw, "dave", "Soon-Expired-Passphrase-5").status.success());
-    std::thread::sleep(std::time::Duration::from_millis(2500));
     let p = Portal {
         base: format!("https://127.0.0.1:{port}"),
         jar: d.join("cookies"),
     };
-    // No API token for an expired password (a recovery code as the factor: the TOTP step
-    // is kept for the portal login below).
+    // API logins here use recovery codes as the factor: the TOTP step is kept for the
+    // portal login below.
     let codes = ok(gw.ctl().args(["users", "recovery-codes", "dave"]));
-    let code = codes
+    let mut codes = codes
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty() && !l.contains(' '))
-        .unwrap()
-        .to_owned();
-    let r = p.curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "-d",
-        &format!("{{\"user\":\"dave\",\"password\":\"Soon-Expired-Passphrase-5\",\"code\":\"{code}\"}}"),
-        &format!("{}/api/login", p.base),
-    ]);
+        .filter(|l| !l.is_empty() && !l.contains(' '))
+        .map(str::to_owned);
+    let api_login = |code: &str| {
+        p.curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &format!("{{\"user\":\"dave\",\"password\":\"Soon-Expired-Passphrase-5\",\"code\":\"{code}\"}}"),
+            &format!("{}/api/login", p.base),
+        ])
+    };
+    let whoami = |token: &str| {
+        p.curl(&[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("{}/api/whoami", p.base),
+        ])
+    };
+    let set_at = std::time::Instant::now();
+    assert!(set_password(&gw, "dave", "Soon-Expired-Passphrase-5").status.success());
+    // A token taken while the password was valid...
+    let r = api_login(&codes.next().unwrap());
+    assert_eq!(status(&r), 200, "{r}");
+    let token = between(&r, "\"token\":\"", "\"");
+    let r = whoami(&token);
+    assert!(r.contains("\"user\":\"dave\""), "{r}");
+    std::thread::sleep(std::time::Duration::from_millis(3500).saturating_sub(set_at.elapsed()));
+    // ...stops working when the password expires, as the portal does.
+    let r = whoami(&token);
+    assert_eq!(status(&r), 403, "{r}");
+    assert!(r.contains("password has expired") && !r.contains("dave"), "{r}");
+    // And no new token for an expired password.
+    let r = api_login(&codes.next().unwrap());
     assert_eq!(status(&r), 403, "{r}");
     assert!(r.contains("password has expired") && !r.contains("token"), "{r}");
     let r = p.login("dave", "Soon-Expired-Passphrase-5", &totp_next(&totp));
@@ -347,4 +368,68 @@ fn an_expired_password_must_be_changed_first() {
     assert_eq!(status(&r), 200, "{r}");
     let r = p.curl(&[&format!("{}/keys", p.base)]);
     assert_eq!(status(&r), 200, "after the change: {r}");
+}
+
+/// A gateway that takes the connection and then never answers: remote `hersectl` gives
+/// up after `--timeout` with a clear error, instead of hanging.
+#[test]
+fn hersectl_gives_up_on_a_gateway_that_does_not_answer() {
+    use std::io::Write;
+    let dir = TempDir::new("portal-hung");
+    let d = dir.0.clone();
+    let made = run(Command::new("openssl")
+        .current_dir(&d)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-keyout",
+            "k.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]));
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    // Connections queue in the backlog: TCP is accepted, TLS never answered.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hung.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let mut login = Command::new(bin("hersectl"))
+        .env_remove("HERSE_CONFIG")
+        .env("HERSE_SESSION", d.join("session.json"))
+        .args([
+            "--timeout",
+            "2",
+            "login",
+            "--server",
+            &format!("https://127.0.0.1:{port}"),
+            "--ca",
+        ])
+        .arg(d.join("ca.pem"))
+        .args(["--user", "dave"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(login.stdin.take().unwrap(), "Some-Passphrase-1\n123456").unwrap();
+    let out = login.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no answer within 2s"), "{err}");
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    assert!(!d.join("session.json").exists());
+    drop(hung);
+    // A zero or absurd timeout is a usage error.
+    let out = run(Command::new(bin("hersectl")).args(["--timeout", "0", "whoami"]));
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -172,11 +172,17 @@ impl Store {
         Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
     }
 
-    /// Revoke; false when the workstation was already revoked.
+    /// Revoke, and end the portal sessions and API tokens opened from it; false when the
+    /// workstation was already revoked.
+    ///
+    /// Those sessions are bound to the workstation and its tunnel goes with the
+    /// revocation, so nothing could use them any more; they go anyway, in the same
+    /// transaction, so that no credential of a revoked device outlives it in the store.
     pub async fn revoke_workstation(&self, name: &WorkstationName, by: &str, reason: &str) -> Result<bool, StoreError> {
         if self.workstation(name).await?.is_none() {
             return Err(StoreError::NotFound(format!("workstation {name}")));
         }
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "UPDATE workstations SET revoked_at = $1, revoked_by = $2, revoke_reason = $3 \
              WHERE name = $4 AND revoked_at IS NULL",
@@ -185,8 +191,13 @@ impl Store {
         .bind(by)
         .bind(reason)
         .bind(name.as_str())
-        .execute(&self.pool)
+        .execute(tx.conn()?)
         .await?;
+        sqlx::query("DELETE FROM web_sessions WHERE workstation = $1")
+            .bind(name.as_str())
+            .execute(tx.conn()?)
+            .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -440,8 +451,19 @@ mod tests {
                 .unwrap();
             assert!(s.active_peers().await.unwrap().is_empty());
             s.set_user_status(&alice, UserStatus::Active, None).await.unwrap();
+            // Its portal sessions and API tokens go with it; others' stay.
+            let far = now_micros() + 3_600_000_000;
+            s.create_web_session("t-ws", &alice, ws.as_str(), "-", far)
+                .await
+                .unwrap();
+            s.create_web_session("t-ws2", &alice, ws2.as_str(), "-", far)
+                .await
+                .unwrap();
+            assert!(s.web_session("t-ws").await.unwrap().is_some());
             assert!(s.revoke_workstation(&ws, "root", "lost").await.unwrap());
             assert!(!s.revoke_workstation(&ws, "root", "again").await.unwrap());
+            assert!(s.web_session("t-ws").await.unwrap().is_none(), "{backend}");
+            assert!(s.web_session("t-ws2").await.unwrap().is_some(), "{backend}");
             assert_eq!(s.active_peers().await.unwrap().len(), 1);
             let k4 = WgSecret::generate().public();
             let w3 = s.add_workstation(&ws3, &alice, &k4, &net, "root").await.unwrap();

@@ -894,10 +894,22 @@ pub(super) async fn api_session(
     let Ok(user) = UserName::parse(&s.user) else {
         return Err(refused());
     };
-    match app.gw.store.is_active(&user).await {
-        Ok(true) => Ok((s, user)),
-        _ => Err(refused()),
+    if !matches!(app.gw.store.is_active(&user).await, Ok(true)) {
+        return Err(refused());
     }
+    // A password that expired while the token lives stops the token as it stops the
+    // portal: change it first (the login refuses an expired password the same way).
+    if password_expired(app, &s.user).await {
+        return Err((
+            StatusCode::FORBIDDEN,
+            axum::Json(serde_json::json!({
+                "error": "your password has expired: change it on the portal first",
+                "kind": "refused",
+            })),
+        )
+            .into_response());
+    }
+    Ok((s, user))
 }
 
 /// `POST /api/v1/call` with a bearer token and a JSON [`crate::control::Call`]: runs it
@@ -955,12 +967,17 @@ async fn api_whoami(State(app): State<App>, Extension(origin): Extension<Origin>
 }
 
 /// Whether `user`'s password is older than the policy's renewal period: such a user can
-/// only change it (and log out) until they do.
+/// only change it (and log out) until they do. Where the policy sets a period and the
+/// store cannot tell, the password counts as expired (fail closed).
 pub(super) async fn password_expired(app: &App, user: &str) -> bool {
     let Ok(u) = UserName::parse(user) else { return true };
-    match (app.gw.store.password(&u).await, app.gw.config.password_policy.max_age) {
-        (Ok(Some((_, set_at))), Some(max)) => now_micros().saturating_sub(set_at) > max.as_micros() as i64,
-        _ => false,
+    let Some(max) = app.gw.config.password_policy.max_age else {
+        return false;
+    };
+    match app.gw.store.password(&u).await {
+        Ok(Some((_, set_at))) => now_micros().saturating_sub(set_at) > max.as_micros() as i64,
+        Ok(None) => false,
+        Err(_) => true,
     }
 }
 
