@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::gateway::Gateway;
 use crate::ident::SessionId;
-use crate::store::{now_micros, AuditEvent, Heartbeat, Severity};
+use crate::store::{now_micros, AuditEvent, Heartbeat, Severity, STOPPED_INSTANCE};
 
 /// How often a node reports itself alive and looks for silent nodes.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -20,6 +20,44 @@ const NAME_SHARED_REPEAT: Duration = Duration::from_secs(600);
 /// This process, among the processes that have run as this node.
 fn new_instance() -> String {
     SessionId::random().as_str().to_owned()
+}
+
+/// Before this process touches anything of its node: refuse to start if another
+/// process still runs under the same node name (a copied config, a second host left
+/// with the same `[cluster] node`, a unit started twice). Start-up closes the node's
+/// open session rows as left over from a crash; with the other process alive, those
+/// are its live sessions, which kills and grant ends could then no longer reach.
+///
+/// A process that stopped cleanly says so in the row, and one that last reported more
+/// than `cluster.node_timeout` ago is taken for gone. Otherwise (a crash, or a live
+/// namesake) this waits a little over one heartbeat and looks whether the row's counter
+/// moved: only a running process moves it. Returns how long it waited.
+pub async fn refuse_a_running_namesake(gw: &Gateway) -> anyhow::Result<Duration> {
+    let Some(seen) = gw.store.node_report(&gw.node).await? else {
+        return Ok(Duration::ZERO);
+    };
+    let silent_for = now_micros().saturating_sub(seen.seen_at);
+    if seen.instance == STOPPED_INSTANCE || silent_for > gw.config.node_timeout.as_micros() as i64 {
+        return Ok(Duration::ZERO);
+    }
+    let wait = HEARTBEAT + Duration::from_secs(1);
+    eprintln!(
+        "herse: node {} did not stop cleanly (last report {:.0}s ago): waiting {}s to see whether          another process still runs as it",
+        gw.node,
+        (silent_for.max(0) as f64) / 1e6,
+        wait.as_secs()
+    );
+    tokio::time::sleep(wait).await;
+    let again = gw.store.node_report(&gw.node).await?;
+    if again.is_some_and(|a| a.beats != seen.beats) {
+        anyhow::bail!(
+            "another gateway process runs as node {} (its heartbeat moved within the last {}s): stop it, \
+             or give this one its own [cluster] node name",
+            gw.node,
+            wait.as_secs()
+        );
+    }
+    Ok(wait)
 }
 
 /// The node's first report, before it serves: an error stops the start (the database
@@ -51,6 +89,11 @@ pub struct Member {
 }
 
 impl Member {
+    /// This process's instance: [`Gateway`]'s store marks it stopped at a clean exit.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     async fn beat(&mut self, gw: &Gateway) -> anyhow::Result<()> {
         // Bounded: a query to an unreachable server may otherwise wait minutes for TCP
         // to give up, and the cut-off in `run` would come that late.

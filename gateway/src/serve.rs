@@ -33,6 +33,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
         }
         eprintln!("herse: WARNING: benchmark build, a tunnel port is forwarded unrecorded");
     }
+    crate::cluster::refuse_a_running_namesake(&gw).await?;
     let closed = gw.store.close_orphaned_sessions(&gw.node).await?;
     if closed > 0 {
         gw.audit(AuditEvent::new(
@@ -45,6 +46,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     // Join the nodes before serving: a node that cannot report itself alive would
     // soon have its sessions closed by the others.
     let member = crate::cluster::join(&gw).await?;
+    let instance = member.instance().to_owned();
     let config = Arc::new(base_config(&gw));
     let permits = gw.connections.clone();
     let threads =
@@ -192,6 +194,10 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     ))
     .await;
     crate::audit_log::checkpoint_at_shutdown(&gw).await;
+    // Last of the node's rows: the next process under this name starts without waiting.
+    if let Err(e) = gw.store.node_stopped(&gw.node, &instance).await {
+        tracing::warn!(error = %e, "cannot mark the node stopped; its next start waits a heartbeat");
+    }
     gw.store.close().await;
     // Last: database connections opened from a connection thread are driven by it.
     drop(threads);

@@ -2432,6 +2432,27 @@ fn a_silent_nodes_sessions_are_closed_by_another_node_and_it_ends_them_on_waking
     assert_eq!(of("n2")["live_sessions"], 0);
     assert!(of(&first)["presumed_stopped_at"].is_null());
 
+    // A second process started by mistake as the first node (its config again) sees the
+    // node's heartbeat move and refuses to start, before it closes anything: the live
+    // session's row stays open, where kills reach it.
+    let started = Instant::now();
+    let dup = run(Command::new(bin("herse"))
+        .arg("-c")
+        .arg(&w.gw.config)
+        .arg("serve")
+        .env("HERSE_LOG", "warn"));
+    let err = String::from_utf8_lossy(&dup.stderr);
+    assert!(!dup.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("another gateway process runs as node {first}")),
+        "{err}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(5), "{err}");
+    assert!(
+        session_row(ctl2(), &id)["ended_at"].is_null(),
+        "the live session's row is untouched"
+    );
+
     // Freeze the first node: n2 closes its session once it has been silent for 15 s.
     w.gw.signal("STOP");
     let frozen = Instant::now();

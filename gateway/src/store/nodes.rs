@@ -33,6 +33,20 @@ pub struct Heartbeat {
     pub row_removed: bool,
 }
 
+/// The `instance` of a node whose last process stopped cleanly (a real instance is a
+/// random session-id-like string, never empty).
+pub const STOPPED_INSTANCE: &str = "";
+
+/// A node's row, as [`Store::node_report`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    /// The process that last wrote the row; [`STOPPED_INSTANCE`] once it stopped cleanly.
+    pub instance: String,
+    pub beats: i64,
+    /// Unix microseconds, on the clock of the process that wrote it.
+    pub seen_at: i64,
+}
+
 /// What `remove_node` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeRemoval {
@@ -102,6 +116,36 @@ impl Store {
         };
         tx.commit().await?;
         Ok(beat)
+    }
+
+    /// `node`'s row as its last writer left it: who wrote it, its heartbeat counter and
+    /// when it last reported (on its own clock). `None` when no process ever ran as it.
+    pub async fn node_report(&self, node: &str) -> Result<Option<NodeReport>, StoreError> {
+        let r = sqlx::query("SELECT instance, beats, seen_at FROM nodes WHERE name = $1")
+            .bind(node)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match r {
+            Some(r) => Some(NodeReport {
+                instance: r.try_get(0)?,
+                beats: r.try_get(1)?,
+                seen_at: r.try_get(2)?,
+            }),
+            None => None,
+        })
+    }
+
+    /// The process `instance` stopped cleanly as `node`: the next process under that
+    /// name need not wait to see whether it still runs. A row another process wrote
+    /// since is left alone.
+    pub async fn node_stopped(&self, node: &str, instance: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET instance = $1 WHERE name = $2 AND instance = $3")
+            .bind(STOPPED_INSTANCE)
+            .bind(node)
+            .bind(instance)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The heartbeat counter of every node but `me` that has open sessions.
@@ -241,6 +285,31 @@ mod tests {
         SessionStart {
             node,
             ..crate::store::test_session("carol", id)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_clean_stop_is_told_apart_from_a_process_that_may_still_run() {
+        for (backend, s) in crate::store::test_backends().await {
+            assert_eq!(s.node_report("n1").await.unwrap(), None, "{backend}");
+            s.node_alive("n1", "i1", 7, false).await.unwrap();
+            s.node_alive("n1", "i1", 9, true).await.unwrap();
+            let seen = s.node_report("n1").await.unwrap().unwrap();
+            assert_eq!(
+                (seen.instance.as_str(), seen.beats, seen.seen_at),
+                ("i1", 2, 9),
+                "{backend}"
+            );
+            // Another process's clean stop does not mark this one stopped.
+            s.node_stopped("n1", "i0").await.unwrap();
+            assert_eq!(s.node_report("n1").await.unwrap().unwrap().instance, "i1");
+            s.node_stopped("n1", "i1").await.unwrap();
+            let seen = s.node_report("n1").await.unwrap().unwrap();
+            assert_eq!(seen.instance, super::STOPPED_INSTANCE, "{backend}");
+            // The next process takes the name over as usual, and is not told it shares it.
+            let beat = s.node_alive("n1", "i2", 11, false).await.unwrap();
+            assert!(!beat.name_shared && beat.presumed_stopped_at.is_none(), "{backend}");
+            assert_eq!(s.node_report("n1").await.unwrap().unwrap().beats, 3, "{backend}");
         }
     }
 
