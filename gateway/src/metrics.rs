@@ -73,6 +73,11 @@ fn render(gw: &Gateway, wg: Option<&WireGuard>) -> String {
                 "Cookie replies sent under handshake load",
                 c.cookie_replies,
             ),
+            (
+                "throttled_handshakes",
+                "Handshake messages dropped over their source address's rate",
+                c.throttled_handshakes,
+            ),
         ] {
             let _ = writeln!(
                 o,

@@ -434,6 +434,7 @@ async fn watch_workstations(
                 invalid_packets = c.invalid_packets,
                 unknown_peers = c.unknown_peers,
                 cookie_replies = c.cookie_replies,
+                throttled_handshakes = c.throttled_handshakes,
                 "wireguard counters"
             );
         }

@@ -564,6 +564,45 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
         "reconnecting after a restart took {took:?}"
     );
 
+    // 9. A workstation that leaves connections half closed (the gateway dropped them,
+    //    its own side never closes and answers keep-alives) cannot make the gateway
+    //    hold their buffers without bound: closing connections count against its 64,
+    //    and are reset after 20 s.
+    let script = r#"
+import socket, time
+def conn():
+    return socket.create_connection(("10.77.0.1", 22), timeout=5)
+def banner():
+    s = conn()
+    try:
+        d = s.recv(64)
+    except OSError:
+        d = b""
+    s.close()
+    return d[:7].decode(errors="replace") or "-"
+held = []
+for _ in range(64):
+    s = conn()
+    # A version line, then a packet length no SSH server takes: the gateway drops it.
+    s.sendall(b"SSH-2.0-junk\r\n" + b"\xff" * 64)
+    held.append(s)
+time.sleep(3)
+print("capped", banner(), flush=True)
+time.sleep(22)
+print("after", banner(), flush=True)
+"#;
+    let out = run(net.ws2.command("python3").args(["-c", script]));
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    assert!(
+        said.contains("capped -"),
+        "a 65th connection is reset, not served: {said}"
+    );
+    assert!(
+        said.contains("after SSH-2.0"),
+        "served again once the linger ran out: {said}"
+    );
+
     net.ws2.wg_quick_down(&bob_conf);
     net.ws1.wg_quick_down(&alice_conf);
     drop(herse);

@@ -37,8 +37,14 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 const BACKLOG: usize = 8;
 /// Connections that completed no handshake within this time are dropped.
 const SYN_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(10);
-/// Open connections one workstation may hold (each costs its socket buffers).
+/// Connections one workstation may hold, open or closing (each costs its socket buffers).
 const MAX_CONNS_PER_PEER: usize = 64;
+/// Connections of all workstations together, open or closing.
+const MAX_CONNS: usize = 1024;
+/// How long a connection whose stream is gone may take to close before it is reset: a
+/// peer that never closes its side (and answers keep-alives) would otherwise hold it,
+/// and its buffers, for good.
+const LINGER: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(20);
 /// Connections between SYN and established, across all ports and per workstation.
 const MAX_HALF_OPEN: usize = 64;
 const MAX_HALF_OPEN_PER_PEER: usize = 8;
@@ -99,6 +105,8 @@ pub struct Counters {
     pub unknown_peers: AtomicU64,
     /// Cookie replies sent because handshakes arrived faster than the rate limit.
     pub cookie_replies: AtomicU64,
+    /// Handshake messages dropped because their source address sent too many.
+    pub throttled_handshakes: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -107,6 +115,7 @@ pub struct CounterSnapshot {
     pub invalid_packets: u64,
     pub unknown_peers: u64,
     pub cookie_replies: u64,
+    pub throttled_handshakes: u64,
 }
 
 impl Counters {
@@ -116,6 +125,7 @@ impl Counters {
             invalid_packets: self.invalid_packets.load(Ordering::Relaxed),
             unknown_peers: self.unknown_peers.load(Ordering::Relaxed),
             cookie_replies: self.cookie_replies.load(Ordering::Relaxed),
+            throttled_handshakes: self.throttled_handshakes.load(Ordering::Relaxed),
         }
     }
 }
@@ -208,6 +218,17 @@ impl Outbox {
     }
 }
 
+/// Whether `s` is a connection with the tunnel address `addr`.
+fn from(s: &tcp::Socket, addr: Ipv4Addr) -> bool {
+    matches!(s.remote_endpoint(), Some(e) if e.addr == IpAddress::Ipv4(addr))
+}
+
+/// A connection on its way out.
+pub(crate) struct Closing {
+    handle: SocketHandle,
+    since: smoltcp::time::Instant,
+}
+
 pub(crate) struct Stack {
     iface: Interface,
     device: Device,
@@ -216,8 +237,9 @@ pub(crate) struct Stack {
     half_open: Vec<(u16, SocketHandle)>,
     /// Connections handed out, with the tunnel address they came from.
     pub(crate) conns: HashMap<SocketHandle, Ipv4Addr>,
-    /// Connections whose stream was dropped, closing in the background.
-    pub(crate) closing: Vec<SocketHandle>,
+    /// Connections whose stream was dropped (or that were refused), closing in the
+    /// background until [`LINGER`] after `since`.
+    pub(crate) closing: Vec<Closing>,
     peers: HashMap<WgPublicKey, Peer>,
     /// Peers removed from the set: their connections were reset, and they stay only
     /// until the next poll has sent those resets through their tunnel.
@@ -234,6 +256,11 @@ pub(crate) struct Stack {
     secret: WgSecret,
     public: PublicKey,
     rate_limiter: Arc<RateLimiter>,
+    /// Each tunnel's own limiter: checks MAC1 again and never reports load, so a
+    /// handshake is counted once (by `rate_limiter`) and a tunnel never answers with a
+    /// cookie (which would also move its endpoint to an unauthenticated address).
+    unlimited: Arc<RateLimiter>,
+    throttle: super::throttle::Throttle,
     scratch: Vec<u8>,
     epoch: Instant,
 }
@@ -309,6 +336,8 @@ impl WireGuard {
             secret,
             public: x_public,
             rate_limiter: Arc::new(RateLimiter::new(&x_public, HANDSHAKE_RATE_LIMIT)),
+            unlimited: Arc::new(RateLimiter::new(&x_public, u64::MAX)),
+            throttle: super::throttle::Throttle::new(),
             scratch: vec![0u8; 65536 + 256],
             epoch,
         };
@@ -365,6 +394,23 @@ impl WireGuard {
 }
 
 impl Stack {
+    /// Let `handle`'s socket close in the background (reset after [`LINGER`]).
+    pub(crate) fn close_later(&mut self, handle: SocketHandle) {
+        let since = self.now();
+        self.closing.push(Closing { handle, since });
+    }
+
+    /// Connections from `addr` that hold a socket: handed out, or closing.
+    fn sockets_of(&self, addr: Ipv4Addr) -> usize {
+        let open = self.conns.values().filter(|a| **a == addr).count();
+        let closing = self
+            .closing
+            .iter()
+            .filter(|c| from(self.sockets.get::<tcp::Socket>(c.handle), addr))
+            .count();
+        open + closing
+    }
+
     fn now(&self) -> smoltcp::time::Instant {
         smoltcp::time::Instant::from_micros(i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX))
     }
@@ -423,7 +469,7 @@ impl Stack {
                 None,
                 None,
                 index,
-                Some(self.rate_limiter.clone()),
+                Some(self.unlimited.clone()),
             );
             self.by_index.insert(index, k);
             self.by_ip.insert(spec.address, k);
@@ -468,15 +514,15 @@ impl Stack {
     }
 
     fn reset_connections_from(&mut self, addr: Ipv4Addr) {
-        let from_addr = |s: &tcp::Socket| matches!(s.remote_endpoint(), Some(e) if e.addr == IpAddress::Ipv4(addr));
         for (&h, a) in &self.conns {
             if *a == addr {
                 self.sockets.get_mut::<tcp::Socket>(h).abort();
             }
         }
-        for &(_, h) in &self.half_open {
+        let pending = self.half_open.iter().map(|&(_, h)| h);
+        for h in pending.chain(self.closing.iter().map(|c| c.handle)) {
             let s = self.sockets.get_mut::<tcp::Socket>(h);
-            if from_addr(s) {
+            if from(s, addr) {
                 s.abort();
             }
         }
@@ -514,7 +560,15 @@ impl Stack {
         let mut cookie = [0u8; 64];
         // MAC1 (and under load MAC2) first: no Diffie-Hellman for a packet that does not
         // even know the gateway's public key.
-        let key = match self.rate_limiter.verify_packet(Some(from.ip()), data, &mut cookie) {
+        let verified = self.rate_limiter.verify_packet(Some(from.ip()), data, &mut cookie);
+        // Past MAC1 (and MAC2 under load), before any Diffie-Hellman: a source's rate.
+        if matches!(verified, Ok(Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)))
+            && !self.throttle.allow(from.ip(), std::time::Instant::now())
+        {
+            counters.throttled_handshakes.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let key = match verified {
             Ok(Packet::HandshakeInit(p)) => match parse_handshake_anon(self.secret.x25519(), &self.public, &p) {
                 Ok(half) => {
                     let k = WgPublicKey::from_bytes(half.peer_static_public);
@@ -551,11 +605,21 @@ impl Stack {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
+        // A cookie reply proves nothing about who sent it (anyone who knows the peer's
+        // public key and saw our message can make one): it never moves the endpoint.
+        // Everything else that decapsulates was authenticated with the peer's key.
+        let authenticated = !matches!(data.first(), Some(3));
         match peer.tunn.decapsulate(Some(from.ip()), data, &mut self.scratch) {
-            TunnResult::Done => peer.endpoint = Some(from),
+            TunnResult::Done => {
+                if authenticated {
+                    peer.endpoint = Some(from);
+                }
+            }
             TunnResult::Err(_) => counters.invalid(),
             TunnResult::WriteToNetwork(p) => {
-                peer.endpoint = Some(from);
+                if authenticated && p.first() != Some(&3) {
+                    peer.endpoint = Some(from);
+                }
                 if p.first() == Some(&2) {
                     counters.handshakes.fetch_add(1, Ordering::Relaxed);
                 }
@@ -656,7 +720,7 @@ impl Stack {
                         },
                         None => {
                             s.abort();
-                            self.closing.push(h);
+                            self.close_later(h);
                             continue;
                         }
                     };
@@ -665,23 +729,25 @@ impl Stack {
                         .get(remote.ip())
                         .filter(|k| !self.retiring.contains(*k))
                         .and_then(|k| self.peers.get(k));
-                    let Some(peer) = peer else {
+                    let Some(workstation) = peer.map(|p| p.spec.workstation.clone()) else {
                         s.abort();
-                        self.closing.push(h);
+                        self.close_later(h);
                         continue;
                     };
-                    if self.conns.values().filter(|a| *a == remote.ip()).count() >= MAX_CONNS_PER_PEER {
-                        tracing::warn!(workstation = %peer.spec.workstation, "too many tunnel connections; reset");
-                        s.abort();
-                        self.closing.push(h);
+                    // Closing connections count: their buffers are held until they close.
+                    let full = self.conns.len() + self.closing.len() >= MAX_CONNS;
+                    if full || self.sockets_of(*remote.ip()) >= MAX_CONNS_PER_PEER {
+                        tracing::warn!(%workstation, all = full, "too many tunnel connections; reset");
+                        self.sockets.get_mut::<tcp::Socket>(h).abort();
+                        self.close_later(h);
                         continue;
                     }
-                    s.set_timeout(None);
+                    self.sockets.get_mut::<tcp::Socket>(h).set_timeout(None);
                     let accepted = Accepted {
                         stream: TunnelStream::new(shared.clone(), h),
                         remote: SocketAddr::V4(remote),
                         local_port: port,
-                        workstation: peer.spec.workstation.clone(),
+                        workstation,
                     };
                     self.conns.insert(h, *remote.ip());
                     if let Err(e) = accept.try_send(accepted) {
@@ -692,29 +758,37 @@ impl Stack {
                         a.stream.forget();
                         self.conns.remove(&h);
                         self.sockets.get_mut::<tcp::Socket>(h).abort();
-                        self.closing.push(h);
+                        self.close_later(h);
                         tracing::warn!(remote = %remote, "tunnel accept queue full; connection reset");
                     }
                 }
                 _ => {
                     self.half_open.swap_remove(i);
                     s.abort();
-                    self.closing.push(h);
+                    self.close_later(h);
                 }
             }
         }
     }
 
-    /// Free sockets whose stream is gone once they are closed.
+    /// Free sockets whose stream is gone once they are closed; reset those that took
+    /// longer than [`LINGER`] (freed on the next pass, after the reset went out).
     fn reap(&mut self) {
+        let now = self.now();
         let sockets = &mut self.sockets;
-        self.closing.retain(|&h| {
-            let s = sockets.get::<tcp::Socket>(h);
-            if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) {
-                sockets.remove(h);
-                false
-            } else {
-                true
+        self.closing.retain(|c| {
+            let s = sockets.get_mut::<tcp::Socket>(c.handle);
+            match s.state() {
+                tcp::State::Closed | tcp::State::TimeWait => {
+                    sockets.remove(c.handle);
+                    false
+                }
+                _ => {
+                    if now >= c.since + LINGER {
+                        s.abort();
+                    }
+                    true
+                }
             }
         });
     }

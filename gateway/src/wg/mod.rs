@@ -5,6 +5,7 @@
 //! - [`stream`]: tunnel TCP connections as tokio streams.
 //! - [`quick`]: the wg-quick configuration handed to an enrolled workstation.
 //! - [`pool`]: tunnel address allocation.
+//! - [`throttle`]: handshake messages per source address.
 //! - [`uapi`]: the read-only UAPI socket `wg show` reads.
 
 pub mod engine;
@@ -12,6 +13,7 @@ pub mod key;
 pub mod pool;
 pub mod quick;
 pub mod stream;
+mod throttle;
 pub mod uapi;
 
 pub use engine::{Accepted, CounterSnapshot, PeerSpec, PeerStatus, WgConfig, WireGuard};

@@ -105,9 +105,10 @@ impl Drop for TunnelStream {
         st.conns.remove(&h);
         let s = st.sockets.get_mut::<tcp::Socket>(h);
         s.close();
-        // A peer that vanished must not pin the socket forever.
+        // A peer that vanished must not pin the socket forever (nor one that answers
+        // keep-alives and never closes: the stack resets it after its linger time).
         s.set_timeout(Some(smoltcp::time::Duration::from_secs(30)));
-        st.closing.push(h);
+        st.close_later(h);
         drop(st);
         self.shared.wake.notify_one();
     }
