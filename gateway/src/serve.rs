@@ -366,6 +366,10 @@ fn peer_specs(peers: &[ActivePeer]) -> Vec<PeerSpec> {
         .collect()
 }
 
+/// How long one step of the workstation watcher may wait for the store: a hung query
+/// must not hold up the next revocation.
+const STEP_LIMIT: Duration = Duration::from_secs(2);
+
 /// Keeps the WireGuard peers equal to the enrolled, live workstations of active users,
 /// four times a second: a revoked workstation or a suspended owner loses its peer and
 /// every session from it at once. Traffic counters are saved for `workstations list`, and
@@ -377,13 +381,38 @@ async fn watch_workstations(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_stats = tokio::time::Instant::now();
+    // The last pass that read the workstations: revocations are known up to then.
+    let mut read_at = tokio::time::Instant::now();
+    let mut cut_off = false;
     loop {
         tick.tick().await;
-        let active = match gw.store.active_peers().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read workstations; keeping the current peers");
-                continue;
+        let active = match tokio::time::timeout(STEP_LIMIT, gw.store.active_peers()).await {
+            Ok(Ok(a)) => {
+                read_at = tokio::time::Instant::now();
+                if std::mem::take(&mut cut_off) {
+                    eprintln!("herse: the workstation list is readable again; peers restored");
+                }
+                a
+            }
+            failed => {
+                let e = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {STEP_LIMIT:?}"),
+                };
+                if read_at.elapsed() < gw.config.node_timeout {
+                    tracing::error!(error = %e, "cannot read workstations; keeping the current peers for now");
+                    continue;
+                }
+                // A revocation may have been missed for node_timeout: fail closed, as the
+                // session watcher does. Peers come back when the list can be read.
+                if !cut_off {
+                    cut_off = true;
+                    eprintln!(
+                        "herse: the workstation list could not be read for {:?} ({e}): every tunnel peer removed",
+                        gw.config.node_timeout
+                    );
+                }
+                Vec::new()
             }
         };
         let live: std::collections::HashSet<&str> = active.iter().map(|p| p.name.as_str()).collect();
@@ -393,7 +422,13 @@ async fn watch_workstations(
         for s in gw.live_sessions() {
             if let Some(ws) = s.origin().workstation() {
                 if !live.contains(ws.as_str()) {
-                    let reason = removal_reason(&gw, ws, false).await;
+                    let reason = if cut_off {
+                        "the gateway cannot read the workstation list (revocations unknown)".to_owned()
+                    } else {
+                        tokio::time::timeout(STEP_LIMIT, removal_reason(&gw, ws, false))
+                            .await
+                            .unwrap_or_else(|_| format!("workstation {ws} removed"))
+                    };
                     s.end(reason);
                     ending.push(s.id().clone());
                 }
@@ -405,27 +440,45 @@ async fn watch_workstations(
         while ending.iter().any(|id| gw.live_session(id.as_str()).is_some()) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for ws in wg.set_peers(peer_specs(&active)) {
-            let reason = match WorkstationName::parse(&ws) {
-                Ok(w) => removal_reason(&gw, &w, live.contains(ws.as_str())).await,
-                Err(_) => "workstation removed".to_owned(),
-            };
-            gw.audit(AuditEvent::new("workstation.peer_removed", Severity::Info, reason).workstation(&ws))
-                .await;
+        let removed = wg.set_peers(peer_specs(&active));
+        if !removed.is_empty() {
+            // Told in a task of its own: its reads and the audit chain's lock must not
+            // hold up the next pass, which may have a revocation to carry out.
+            let (gw, live) = (gw.clone(), live.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+            tokio::spawn(async move {
+                for ws in removed {
+                    let reason = match WorkstationName::parse(&ws) {
+                        Ok(w) => removal_reason(&gw, &w, live.contains(&ws)).await,
+                        Err(_) => "workstation removed".to_owned(),
+                    };
+                    gw.audit(AuditEvent::new("workstation.peer_removed", Severity::Info, reason).workstation(&ws))
+                        .await;
+                }
+            });
         }
         // Every pass, so a crash right after a workstation's first handshake still lets
         // the next start greet it; only changes are written (a rekey every 2 minutes).
-        book.lock().await.save(&gw, &wg).await;
+        if tokio::time::timeout(STEP_LIMIT, async { book.lock().await.save(&gw, &wg).await })
+            .await
+            .is_err()
+        {
+            tracing::warn!("saving WireGuard endpoints took over {STEP_LIMIT:?}; later");
+        }
         if last_stats.elapsed() >= Duration::from_secs(5) {
             last_stats = tokio::time::Instant::now();
-            for p in wg.status() {
-                if let Err(e) = gw
-                    .store
-                    .record_workstation_traffic(&p.workstation, p.last_handshake, p.rx_bytes, p.tx_bytes)
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot save workstation traffic");
+            let save = async {
+                for p in wg.status() {
+                    if let Err(e) = gw
+                        .store
+                        .record_workstation_traffic(&p.workstation, p.last_handshake, p.rx_bytes, p.tx_bytes)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot save workstation traffic");
+                    }
                 }
+            };
+            if tokio::time::timeout(STEP_LIMIT, save).await.is_err() {
+                tracing::warn!("saving workstation traffic took over {STEP_LIMIT:?}; later");
             }
             let c = wg.counters();
             // Every 5 s: debug level (the metrics listener serves them for real use).

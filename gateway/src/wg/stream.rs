@@ -48,6 +48,11 @@ impl AsyncRead for TunnelStream {
         let h = self.handle()?;
         let mut st = self.shared.lock();
         let s = st.sockets.get_mut::<tcp::Socket>(h);
+        // Reset (a revoked peer, a limit, or the peer's RST): bytes still buffered from
+        // before are dropped, as a kernel socket drops them, never handed to the reader.
+        if s.state() == tcp::State::Closed {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
         if s.can_recv() {
             let n = s
                 .recv_slice(buf.initialize_unfilled())
@@ -59,7 +64,7 @@ impl AsyncRead for TunnelStream {
             return Poll::Ready(Ok(()));
         }
         if !s.may_recv() {
-            return Poll::Ready(Ok(())); // end of stream (FIN, reset or revoked peer)
+            return Poll::Ready(Ok(())); // end of stream (the peer's FIN)
         }
         s.register_recv_waker(cx.waker());
         Poll::Pending
