@@ -46,6 +46,16 @@ fn world(name: &str) -> World {
     let d = dir.0.clone();
     std::fs::write(d.join("policy.toml"), "").unwrap();
     let config = Gateway::init(&d);
+    // The askpass waits for a fresh TOTP step (up to 30 s) once both steps it may use
+    // are spent: the gateway must wait longer than that for the answer, or the test
+    // fails whenever it starts early in a 30 s window.
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("auth_timeout = \"20s\""));
+    std::fs::write(
+        &config,
+        text.replace("auth_timeout = \"20s\"", "auth_timeout = \"45s\""),
+    )
+    .unwrap();
     let user_ca = d.join("data/user_ca.pub");
     let opts = || SshdOptions {
         user_ca_pub: &user_ca,
