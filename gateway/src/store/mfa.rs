@@ -27,7 +27,7 @@ impl Store {
             .bind(now_micros())
             .execute(&self.pool)
             .await?;
-        Ok(())
+        self.forget_mfa_proofs(user).await
     }
 
     /// `(sealed secret, last accepted step)`.
@@ -50,7 +50,7 @@ impl Store {
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("TOTP for {user}")));
         }
-        Ok(())
+        self.forget_mfa_proofs(user).await
     }
 
     /// Accept TOTP time step `step` once: true only for the first caller with a step
@@ -106,6 +106,18 @@ impl Store {
         Ok(())
     }
 
+    /// Forget every second-factor proof `user` made: a login after this asks for a
+    /// factor again, whatever the role remembers. Called whenever a factor is replaced,
+    /// removed or reset, and when the user is suspended, so a proof never outlives what
+    /// it proved.
+    pub(crate) async fn forget_mfa_proofs(&self, user: &UserName) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM mfa_proofs WHERE user_name = $1")
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// When `user` last proved a second factor from `workstation` (Unix µs).
     pub async fn last_mfa_proof(&self, user: &UserName, workstation: &str) -> Result<Option<i64>, StoreError> {
         let r = sqlx::query("SELECT proved_at FROM mfa_proofs WHERE user_name = $1 AND workstation = $2")
@@ -140,7 +152,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        self.forget_mfa_proofs(user).await
     }
 
     /// Use a recovery code once: true for the first use of a code the user holds.
@@ -198,6 +210,29 @@ mod tests {
             s.record_mfa_proof(&alice, "ws").await.unwrap();
             s.record_mfa_proof(&alice, "ws").await.unwrap();
             assert!(s.last_mfa_proof(&alice, "ws").await.unwrap().is_some());
+            // A proof never outlives a change of what it proved, nor a suspension.
+            for change in 0..5 {
+                s.record_mfa_proof(&alice, "ws").await.unwrap();
+                s.record_mfa_proof(&alice, "ws2").await.unwrap();
+                match change {
+                    0 => s.put_totp(&alice, "new", true).await.unwrap(),
+                    1 => s.remove_totp(&alice).await.unwrap(),
+                    2 => s.set_recovery_codes(&alice, &["h".into()]).await.unwrap(),
+                    3 => {
+                        s.add_security_key(&alice, "cred", "yubi", "{}").await.unwrap();
+                        assert!(s.remove_security_key(&alice, "yubi").await.unwrap());
+                    }
+                    _ => s.suspend_user(&alice, "test", None).await.unwrap(),
+                }
+                assert!(
+                    s.last_mfa_proof(&alice, "ws").await.unwrap().is_none(),
+                    "{backend}: change {change}"
+                );
+                assert!(
+                    s.last_mfa_proof(&alice, "ws2").await.unwrap().is_none(),
+                    "{backend}: change {change}"
+                );
+            }
             s.remove_user(&alice).await.unwrap();
         }
     }

@@ -127,6 +127,21 @@ impl Store {
         reason: Option<&str>,
         until: Option<i64>,
     ) -> Result<(), StoreError> {
+        self.write_status(name, status, reason, until).await?;
+        // Resumed, a user proves a factor again before any login.
+        if status != UserStatus::Active {
+            self.forget_mfa_proofs(name).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_status(
+        &self,
+        name: &UserName,
+        status: UserStatus,
+        reason: Option<&str>,
+        until: Option<i64>,
+    ) -> Result<(), StoreError> {
         let r = sqlx::query("UPDATE users SET status = $1, status_reason = $2, suspended_until = $3 WHERE name = $4")
             .bind(status.as_str())
             .bind(reason)

@@ -91,7 +91,11 @@ impl Store {
             .bind(name)
             .execute(&self.pool)
             .await?;
-        Ok(r.rows_affected() > 0)
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.forget_mfa_proofs(user).await?;
+        Ok(true)
     }
 
     pub async fn put_webauthn_state(
