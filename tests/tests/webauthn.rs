@@ -219,6 +219,19 @@ fn security_keys_approve_ssh_logins_in_a_real_browser() {
     assert!(audit()
         .iter()
         .any(|e| e["kind"] == "mfa.enroll" && e["user"] == "alice"));
+    // With a key enrolled, a portal session (password + TOTP) alone neither adds nor
+    // removes one: a touch of a key comes first.
+    for bare in ["bare-enrol spare", "bare-remove yubikey-5"] {
+        let r = alice.cmd(bare);
+        assert!(
+            r.starts_with("err 403") && r.contains("touch one of your keys"),
+            "{bare}: {r}"
+        );
+    }
+    // With the touch, the gateway starts the registration; this virtual authenticator
+    // then declines to hold a second credential for the same account (exclusion list).
+    let r = alice.cmd("enrol spare");
+    assert!(r.contains("already registered with the relying party"), "{r}");
 
     // An SSH login waits; the URL it shows is approved with the key, and the login
     // goes on.

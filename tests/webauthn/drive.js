@@ -1,5 +1,6 @@
 // A browser for one user, driven line by line on stdin (tests/tests/webauthn.rs):
 //   login USER PASSWORD CODE | enrol NAME | approve URL | grant ID | remove NAME | quit
+//   | bare-enrol NAME | bare-remove NAME (the requests alone, without a key's touch)
 // Each answer is one line: "ok ..." or "err ...". Debian's chromium, with a Chrome
 // DevTools Protocol virtual authenticator (CTAP2, USB, user verification).
 "use strict";
@@ -63,10 +64,26 @@ const [base, resolverRule] = process.argv.slice(2);
         const s = await statusText();
         say(s.startsWith(`grant ${args[0]}: `) ? `ok ${s}` : `err ${s}`);
       } else if (cmd === "remove") {
+        // The page asks for a touch of a key first, then sends the form.
         await page.goto(`${base}/keys`);
         const li = page.locator("li", { hasText: args[0] });
-        await Promise.all([page.waitForLoadState(), li.locator("button").click()]);
+        await li.locator("button").click();
+        await page.waitForURL(/\/keys\/remove$/, { timeout: 15000 });
         say(`ok ${await page.textContent("body")}`);
+      } else if (cmd === "bare-enrol" || cmd === "bare-remove") {
+        await page.goto(`${base}/keys`);
+        const r = await page.evaluate(async ([cmd, name]) => {
+          const csrf = document.getElementById("herse").dataset.csrf;
+          const r = cmd === "bare-enrol"
+            ? await fetch("/keys/register/start", {
+                method: "POST",
+                headers: { "content-type": "application/json", "x-csrf-token": csrf },
+                body: JSON.stringify({ name }),
+              })
+            : await fetch("/keys/remove", { method: "POST", body: new URLSearchParams({ csrf, name }) });
+          return `${r.status} ${await r.text()}`;
+        }, [cmd, args[0]]);
+        say(r.startsWith("200") ? `ok ${r}` : `err ${r}`);
       } else if (cmd === "quit") {
         break;
       } else {

@@ -17,9 +17,14 @@ async function post(url, body) {
   if (!r.ok) throw new Error(t);
   return JSON.parse(t || "{}");
 }
+// Adding or removing a key, once the user has one, starts with a touch of one of them.
+async function keyProof() {
+  return (await assertKey("/keys/verify")).proof;
+}
 async function addKey() {
   const name = document.getElementById("keyname").value;
-  const s = await post("/keys/register/start", { name });
+  const proof = herse.dataset.haskeys === "1" ? await keyProof() : null;
+  const s = await post("/keys/register/start", { name, proof });
   const o = s.options.publicKey;
   o.challenge = b64u.dec(o.challenge);
   o.user.id = b64u.dec(o.user.id);
@@ -67,5 +72,12 @@ document.querySelectorAll("button[data-grant]").forEach((b) =>
   b.addEventListener("click", () => approveGrant(b.dataset.grant).catch((e) => status("error: " + e.message))));
 const add = document.getElementById("add");
 if (add) add.addEventListener("click", () => addKey().catch((e) => status("error: " + e.message)));
+document.querySelectorAll("form.rmkey").forEach((f) =>
+  f.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    keyProof()
+      .then((proof) => { f.querySelector("input[name=proof]").value = proof; f.submit(); })
+      .catch((e) => status("error: " + e.message));
+  }));
 const ok = document.getElementById("approve");
 if (ok) ok.addEventListener("click", () => approve().catch((e) => status("error: " + e.message)));

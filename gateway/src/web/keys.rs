@@ -146,9 +146,9 @@ pub(super) async fn keys_page(
     let mut list = String::new();
     for r in &rows {
         list.push_str(&format!(
-            "<li>{name} (added {added}) <form method=\"post\" action=\"/keys/remove\" style=\"display:inline\">\
+            "<li>{name} (added {added}) <form class=\"rmkey\" method=\"post\" action=\"/keys/remove\" style=\"display:inline\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"name\" value=\"{name}\">\
-             <button>Remove</button></form></li>",
+             <input type=\"hidden\" name=\"proof\" value=\"\"><button>Remove</button></form></li>",
             name = esc(&r.name),
             added = when(r.created_at),
             csrf = esc(&s.csrf)
@@ -157,11 +157,12 @@ pub(super) async fn keys_page(
     page(
         "Security keys",
         &format!(
-            "<div id=\"herse\" data-csrf=\"{csrf}\"></div><ul>{list}</ul>\
+            "<div id=\"herse\" data-csrf=\"{csrf}\" data-haskeys=\"{has}\"></div><ul>{list}</ul>\
              <p><label>Name <input id=\"keyname\" value=\"key\"></label> <button id=\"add\">Add a security key</button></p>\
              <p id=\"status\" role=\"status\"></p><p><a href=\"/\">Back</a></p>\
              <script src=\"/static/herse.js\"></script>",
-            csrf = esc(&s.csrf)
+            csrf = esc(&s.csrf),
+            has = u8::from(!rows.is_empty()),
         ),
     )
     .into_response()
@@ -170,6 +171,70 @@ pub(super) async fn keys_page(
 #[derive(serde::Deserialize)]
 pub(super) struct RegisterStart {
     name: String,
+    /// From `/keys/verify`: required once the user has a key.
+    #[serde(default)]
+    proof: Option<String>,
+}
+
+/// The assertion that proves, before a key is added or removed, that the user holds
+/// one of their keys now: a portal login takes a TOTP or recovery code, and must not be
+/// enough to add an attacker's authenticator or to drop the user back to TOTP.
+const VERIFY: &str = "keys-verify";
+
+/// The single-use proof that assertion leaves, for one change from this workstation.
+fn verified_purpose(s: &WebSession) -> String {
+    format!("keys-verified:{}", s.workstation)
+}
+
+/// Whether `proof` is this user's unused proof, from this workstation (used up here).
+async fn key_proven(app: &App, s: &WebSession, user: &UserName, proof: Option<&str>) -> bool {
+    match proof {
+        Some(p) => take_state::<String>(app, p, user, &verified_purpose(s)).await.is_some(),
+        None => false,
+    }
+}
+
+fn touch_first() -> Response {
+    err(
+        StatusCode::FORBIDDEN,
+        "you have a security key: touch one of your keys first to add or remove one",
+    )
+}
+
+pub(super) async fn verify_start(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    headers: HeaderMap,
+) -> Response {
+    let (_, user) = match json_session(&app, &headers, &origin).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match start_assertion(&app, &user, VERIFY).await {
+        Ok(r) => r,
+        Err(Assertion::NoKey) => err(StatusCode::BAD_REQUEST, "you have no security key yet"),
+        Err(Assertion::Response(r)) => r,
+    }
+}
+
+pub(super) async fn verify_finish(
+    State(app): State<App>,
+    Extension(origin): Extension<Origin>,
+    headers: HeaderMap,
+    Json(body): Json<ApproveFinish>,
+) -> Response {
+    let (s, user) = match json_session(&app, &headers, &origin).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let name = match finish_assertion(&app, &user, VERIFY, &body).await {
+        Ok(name) => name,
+        Err(reason) => return err(StatusCode::FORBIDDEN, reason),
+    };
+    match save_state(&app, &user, &verified_purpose(&s), &name).await {
+        Ok(proof) => Json(serde_json::json!({ "proof": proof })).into_response(),
+        Err(r) => r,
+    }
 }
 
 pub(super) async fn register_start(
@@ -178,7 +243,7 @@ pub(super) async fn register_start(
     headers: HeaderMap,
     Json(body): Json<RegisterStart>,
 ) -> Response {
-    let (_, user) = match json_session(&app, &headers, &origin).await {
+    let (s, user) = match json_session(&app, &headers, &origin).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -194,6 +259,11 @@ pub(super) async fn register_start(
         Ok(k) => k,
         Err(r) => return r,
     };
+    // Rows that do not parse count too: a key the user has, whatever its state.
+    let has_keys = !existing.is_empty() || !app.gw.store.security_keys(&user).await.unwrap_or_default().is_empty();
+    if has_keys && !key_proven(&app, &s, &user, body.proof.as_deref()).await {
+        return touch_first();
+    }
     let exclude = existing.iter().map(|(_, k)| k.cred_id().clone()).collect();
     let (options, state) = match wa.start_securitykey_registration(
         user_handle(&user),
@@ -265,14 +335,26 @@ pub(super) async fn register_finish(
     if !valid_key_name(&name) {
         return err(StatusCode::BAD_REQUEST, "a key name is 1 to 64 printable characters");
     }
+    // An added key is a new way in: beside the first one, it is worth a look.
+    let first = app
+        .gw
+        .store
+        .security_keys(&user)
+        .await
+        .map(|k| k.is_empty())
+        .unwrap_or(false);
     if let Err(e) = app.gw.store.add_security_key(&user, &cred_id, &name, &json).await {
         return err(StatusCode::CONFLICT, e.to_string());
     }
     app.gw
         .audit(
-            AuditEvent::new("mfa.enroll", Severity::Info, format!("security key {name:?}"))
-                .user(&user)
-                .origin(&origin),
+            AuditEvent::new(
+                "mfa.enroll",
+                if first { Severity::Info } else { Severity::Warning },
+                format!("security key {name:?}"),
+            )
+            .user(&user)
+            .origin(&origin),
         )
         .await;
     Json(serde_json::json!({ "added": name })).into_response()
@@ -282,6 +364,9 @@ pub(super) async fn register_finish(
 pub(super) struct RemoveForm {
     csrf: String,
     name: String,
+    /// From `/keys/verify` (herse.js fills it in before the form is sent).
+    #[serde(default)]
+    proof: Option<String>,
 }
 
 pub(super) async fn remove(
@@ -296,9 +381,17 @@ pub(super) async fn remove(
     if !super::pages::constant_time_eq(f.csrf.as_bytes(), s.csrf.as_bytes()) {
         return err(StatusCode::FORBIDDEN, "herse: missing or wrong CSRF token");
     }
+    if password_expired(&app, &s.user).await {
+        return err(StatusCode::FORBIDDEN, "your password has expired: change it first");
+    }
     let Ok(user) = UserName::parse(&s.user) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
+    // Only someone holding one of the keys removes one: otherwise a TOTP code would be
+    // enough to take a user's SSH logins back from their keys to TOTP.
+    if !key_proven(&app, &s, &user, f.proof.as_deref()).await {
+        return touch_first();
+    }
     match app.gw.store.remove_security_key(&user, &f.name).await {
         Ok(true) => {
             app.gw

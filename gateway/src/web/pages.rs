@@ -47,6 +47,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/keys/register/start", post(super::keys::register_start))
         .route("/keys/register/finish", post(super::keys::register_finish))
         .route("/keys/remove", post(super::keys::remove))
+        .route("/keys/verify/start", post(super::keys::verify_start))
+        .route("/keys/verify/finish", post(super::keys::verify_finish))
         .route("/approve/{token}", get(super::keys::approve_page))
         .route("/approve/{token}/start", post(super::keys::approve_start))
         .route("/approve/{token}/finish", post(super::keys::approve_finish))
