@@ -306,6 +306,16 @@ fn grant_lifecycle_with_real_sessions() {
         "hersectl login",
     );
     ok(w.gw.ctl().args(["users", "resume", "alice"]));
+    // A suspension forgets the remembered second factor: the first login after the
+    // resume proves it again (under the pay grant, still active), and the logins below
+    // are remembered from there.
+    let out = w.ssh("pay1", "true").stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Herse second factor"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // 6. The auditor reads the audit log remotely (and verifies it), but adds no user.
     refused(&run(w.as_("dave").args(["users", "add", "mallory"])), 4, "admin");
