@@ -194,6 +194,17 @@ async fn key_proven(app: &App, s: &WebSession, user: &UserName, proof: Option<&s
     }
 }
 
+/// The ceremony purpose of a registration.
+const REGISTER: &str = "register";
+
+/// A registration in progress, and whether it started with a touch of one of the
+/// user's keys.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Registration {
+    state: SecurityKeyRegistration,
+    proven: bool,
+}
+
 fn touch_first() -> Response {
     err(
         StatusCode::FORBIDDEN,
@@ -259,9 +270,14 @@ pub(super) async fn register_start(
         Ok(k) => k,
         Err(r) => return r,
     };
-    // Rows that do not parse count too: a key the user has, whatever its state.
-    let has_keys = !existing.is_empty() || !app.gw.store.security_keys(&user).await.unwrap_or_default().is_empty();
-    if has_keys && !key_proven(&app, &s, &user, body.proof.as_deref()).await {
+    // Rows that do not parse count too: a key the user has, whatever its state; and a
+    // store that cannot tell refuses (fail closed).
+    let has_keys = match app.gw.store.security_keys(&user).await {
+        Ok(rows) => !rows.is_empty() || !existing.is_empty(),
+        Err(_) => return err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    };
+    let proven = has_keys && key_proven(&app, &s, &user, body.proof.as_deref()).await;
+    if has_keys && !proven {
         return touch_first();
     }
     let exclude = existing.iter().map(|(_, k)| k.cred_id().clone()).collect();
@@ -276,7 +292,9 @@ pub(super) async fn register_start(
         Ok(x) => x,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("cannot start: {e}")),
     };
-    let id = match save_state(&app, &user, "register", &state).await {
+    // The finish must know whether a key was touched here: a user may gain a first key
+    // between this start and that finish (another tab, another ceremony).
+    let id = match save_state(&app, &user, REGISTER, &Registration { state, proven }).await {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -317,7 +335,7 @@ pub(super) async fn register_finish(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let Some(state) = take_state::<SecurityKeyRegistration>(&app, &body.id, &user, "register").await else {
+    let Some(Registration { state, proven }) = take_state::<Registration>(&app, &body.id, &user, REGISTER).await else {
         return err(
             StatusCode::BAD_REQUEST,
             "no such registration in progress (expired or used)",
@@ -335,14 +353,15 @@ pub(super) async fn register_finish(
     if !valid_key_name(&name) {
         return err(StatusCode::BAD_REQUEST, "a key name is 1 to 64 printable characters");
     }
-    // An added key is a new way in: beside the first one, it is worth a look.
-    let first = app
-        .gw
-        .store
-        .security_keys(&user)
-        .await
-        .map(|k| k.is_empty())
-        .unwrap_or(false);
+    // An added key is a new way in: beside the first one, it is worth a look; and
+    // beside one, it needs the touch of one (see `register_start`).
+    let first = match app.gw.store.security_keys(&user).await {
+        Ok(k) => k.is_empty(),
+        Err(_) => return err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    };
+    if !first && !proven {
+        return touch_first();
+    }
     if let Err(e) = app.gw.store.add_security_key(&user, &cred_id, &name, &json).await {
         return err(StatusCode::CONFLICT, e.to_string());
     }
