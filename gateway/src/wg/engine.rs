@@ -261,6 +261,9 @@ pub(crate) struct Stack {
     /// cookie (which would also move its endpoint to an unauthenticated address).
     unlimited: Arc<RateLimiter>,
     throttle: super::throttle::Throttle,
+    /// Handshake messages past MAC1 since the limiter's last reset (about a second):
+    /// over [`HANDSHAKE_RATE_LIMIT`], the interface is under load.
+    handshakes_now: u64,
     scratch: Vec<u8>,
     epoch: Instant,
 }
@@ -338,6 +341,7 @@ impl WireGuard {
             rate_limiter: Arc::new(RateLimiter::new(&x_public, HANDSHAKE_RATE_LIMIT)),
             unlimited: Arc::new(RateLimiter::new(&x_public, u64::MAX)),
             throttle: super::throttle::Throttle::new(),
+            handshakes_now: 0,
             scratch: vec![0u8; 65536 + 256],
             epoch,
         };
@@ -561,12 +565,16 @@ impl Stack {
         // MAC1 (and under load MAC2) first: no Diffie-Hellman for a packet that does not
         // even know the gateway's public key.
         let verified = self.rate_limiter.verify_packet(Some(from.ip()), data, &mut cookie);
-        // Past MAC1 (and MAC2 under load), before any Diffie-Hellman: a source's rate.
-        if matches!(verified, Ok(Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)))
-            && !self.throttle.allow(from.ip(), std::time::Instant::now())
-        {
-            counters.throttled_handshakes.fetch_add(1, Ordering::Relaxed);
-            return;
+        // Past MAC1 (and MAC2 under load), before any Diffie-Hellman: under load, a
+        // source's rate. Only under load, as the kernel's WireGuard: the workstations of
+        // one office behind one NAT address all answer the greeting after a restart.
+        if matches!(verified, Ok(Packet::HandshakeInit(_) | Packet::HandshakeResponse(_))) {
+            self.handshakes_now += 1;
+            if self.handshakes_now > HANDSHAKE_RATE_LIMIT && !self.throttle.allow(from.ip(), std::time::Instant::now())
+            {
+                counters.throttled_handshakes.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
         let key = match verified {
             Ok(Packet::HandshakeInit(p)) => match parse_handshake_anon(self.secret.x25519(), &self.public, &p) {
@@ -858,6 +866,7 @@ async fn run(shared: Arc<Shared>, udp: Arc<UdpSocket>, accept: mpsc::Sender<Acce
             if last_reset.elapsed() >= Duration::from_secs(1) {
                 last_reset = Instant::now();
                 st.rate_limiter.reset_count();
+                st.handshakes_now = 0;
             }
         }
         for (to, pkt) in out.items.drain(..) {

@@ -1,11 +1,11 @@
-//! Handshake messages per source address: a token bucket per IP, as the kernel's
-//! WireGuard keeps (20 a second, bursts of 5).
+//! Handshake messages per source address under load: a token bucket per IP, as the
+//! kernel's WireGuard keeps (20 a second, bursts of 5).
 //!
 //! The interface-wide limiter only decides when to demand cookies; a sender that holds
 //! a valid cookie (anyone can fetch one from an address it really owns, and it stays
 //! good for two minutes) could otherwise make the gateway do a Diffie-Hellman for every
-//! datagram it sends, on the task that serves every tunnel. Messages over a source's
-//! rate are dropped before any public-key work.
+//! datagram it sends, on the task that serves every tunnel. While the interface is
+//! under load, messages over a source's rate are dropped before any public-key work.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
