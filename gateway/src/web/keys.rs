@@ -117,20 +117,27 @@ pub(super) fn webauthn(app: &App) -> Result<&Webauthn, Response> {
 }
 
 pub(super) async fn stored_keys(app: &App, user: &UserName) -> Result<Vec<(String, SecurityKey)>, Response> {
-    let rows = app
-        .gw
+    Ok(parsed_keys(key_rows(app, user).await?))
+}
+
+/// The user's key rows as stored, parsed or not.
+async fn key_rows(app: &App, user: &UserName) -> Result<Vec<crate::store::SecurityKeyRow>, Response> {
+    app.gw
         .store
         .security_keys(user)
         .await
-        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"))?;
-    Ok(rows
-        .into_iter()
+        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"))
+}
+
+/// The rows' keys, by name; a row that does not parse is left out.
+fn parsed_keys(rows: Vec<crate::store::SecurityKeyRow>) -> Vec<(String, SecurityKey)> {
+    rows.into_iter()
         .filter_map(|r| {
             serde_json::from_str::<SecurityKey>(&r.key_json)
                 .ok()
                 .map(|k| (r.name, k))
         })
-        .collect())
+        .collect()
 }
 
 pub(super) async fn keys_page(
@@ -266,16 +273,14 @@ pub(super) async fn register_start(
     if !valid_key_name(name) {
         return err(StatusCode::BAD_REQUEST, "a key name is 1 to 64 printable characters");
     }
-    let existing = match stored_keys(&app, &user).await {
-        Ok(k) => k,
+    // One read; a store that cannot tell refuses (fail closed).
+    let rows = match key_rows(&app, &user).await {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    // Rows that do not parse count too: a key the user has, whatever its state; and a
-    // store that cannot tell refuses (fail closed).
-    let has_keys = match app.gw.store.security_keys(&user).await {
-        Ok(rows) => !rows.is_empty() || !existing.is_empty(),
-        Err(_) => return err(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
-    };
+    // Rows that do not parse count too: a key the user has, whatever its state.
+    let has_keys = !rows.is_empty();
+    let existing = parsed_keys(rows);
     let proven = has_keys && key_proven(&app, &s, &user, body.proof.as_deref()).await;
     if has_keys && !proven {
         return touch_first();
