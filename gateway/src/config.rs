@@ -188,7 +188,7 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     pub master_key_file: PathBuf,
     pub policy_path: PathBuf,
-    pub database_url: String,
+    pub database_url: crate::database_url::DatabaseUrl,
     /// Plain TCP listeners, loopback only (local admin, quickstart, tests).
     pub ssh_listen: Vec<SocketAddr>,
     pub wireguard: Option<WireguardConfig>,
@@ -596,7 +596,7 @@ impl GatewayConfig {
             data_dir,
             master_key_file,
             policy_path: resolve(raw.policy.get_ref()),
-            database_url,
+            database_url: crate::database_url::DatabaseUrl::new(database_url),
             ssh_listen,
             wireguard,
             metrics_listen,
@@ -656,7 +656,7 @@ mod tests {
     #[test]
     fn paths_are_absolute_and_the_master_key_stays_out_of_the_data_dir() {
         let c = load("data_dir = \"d\"\nmaster_key_file = \"../k/master.key\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
-        assert!(c.data_dir.is_absolute() && c.database_url.starts_with("sqlite:///"));
+        assert!(c.data_dir.is_absolute() && c.database_url.expose().starts_with("sqlite:///"));
         assert!(!c.master_key_file.to_string_lossy().contains(".."));
         let e = load("data_dir = \"d\"\nmaster_key_file = \"x/../d/master.key\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n").unwrap_err();
         assert!(e.to_string().contains("must not live inside data_dir"), "{e}");

@@ -43,7 +43,7 @@ pub async fn init(config: &GatewayConfig) -> anyhow::Result<InitReport> {
         .recursive(true)
         .mode(0o700)
         .create(&config.recordings_dir)?;
-    let store = Store::connect(&config.database_url, true).await?;
+    let store = Store::connect(config.database_url.expose(), true).await?;
     store.migrate().await?;
     if store.has_gateway_keys().await? {
         anyhow::bail!(

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn_threads;
 pub mod control;
+pub mod database_url;
 pub mod diag;
 pub mod front;
 pub mod gateway;

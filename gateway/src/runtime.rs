@@ -14,12 +14,14 @@ use crate::secrets::{MasterKey, MasterKeySource};
 use crate::store::Store;
 
 pub async fn open_store(config: &GatewayConfig) -> anyhow::Result<Store> {
-    let store = Store::connect(&config.database_url, false).await.with_context(|| {
-        format!(
-            "cannot open the database {} (did you run `herse init`?)",
-            config.database_url
-        )
-    })?;
+    let store = Store::connect(config.database_url.expose(), false)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {} (did you run `herse init`?)",
+                config.database_url
+            )
+        })?;
     store.migrate().await?;
     Ok(match &config.audit_syslog {
         Some(t) => store.with_syslog(std::sync::Arc::new(
