@@ -511,7 +511,7 @@ async fn wait_ended(cli: &Cli, id: &str) -> Result<(), Failure> {
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         crate::Command::Login { server, ca, user } => crate::remote::login(server, ca, user.as_deref()).await,
-        crate::Command::Logout => crate::remote::logout(),
+        crate::Command::Logout { local } => crate::remote::logout(*local).await,
         crate::Command::Whoami => {
             let v = execute(&cli, &herse::control::Call::Whoami).await?;
             output::object(cli.json, &v);

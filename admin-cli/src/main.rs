@@ -65,8 +65,13 @@ pub enum Command {
         #[arg(long)]
         user: Option<String>,
     },
-    /// Forget the saved login.
-    Logout,
+    /// End the saved login: the gateway revokes its token, then the file is removed.
+    Logout {
+        /// Only forget the token here, without asking the gateway to revoke it (it
+        /// then works until it expires, at most an hour).
+        #[arg(long)]
+        local: bool,
+    },
     /// Who the gateway takes you for, and your people roles.
     Whoami,
     /// Time-limited access grants: request, approve, deny, revoke.

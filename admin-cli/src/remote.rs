@@ -82,13 +82,63 @@ fn save(s: &Saved) -> Result<PathBuf, Failure> {
     Ok(path)
 }
 
-pub fn logout() -> Result<(), Failure> {
-    if let Some(path) = session_path() {
-        match std::fs::remove_file(&path) {
-            Ok(()) => println!("logged out ({} removed)", path.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("not logged in"),
-            Err(e) => return Err(e.into()),
+/// `hersectl logout`: revoke the token on the gateway, then remove the saved file. If the
+/// gateway cannot be told, the file stays (so that a second try can revoke it) unless
+/// `local` says to forget it here only.
+pub async fn logout(local: bool) -> Result<(), Failure> {
+    let Some(path) = session_path() else {
+        println!("not logged in");
+        return Ok(());
+    };
+    let s = match saved() {
+        Ok(Some(s)) => Some(s),
+        Ok(None) => {
+            println!("not logged in");
+            return Ok(());
         }
+        // Not a session file we can read: nothing to revoke, only to remove.
+        Err(_) => None,
+    };
+    let mut revoked = "";
+    if let Some(s) = s
+        .as_ref()
+        .filter(|s| !local && s.expires_at > herse::store::now_micros())
+    {
+        let (status, v) = post(
+            &s.server,
+            &s.ca_pem,
+            "/api/logout",
+            Some(&s.token),
+            &serde_json::json!({}),
+        )
+        .await
+        .map_err(|f| Failure {
+            code: f.code,
+            message: format!(
+                "{}\nthe token was not revoked and is still saved in {}; run hersectl logout again, or \
+                     hersectl logout --local to forget it here only (it then works until {})",
+                f.message,
+                path.display(),
+                crate::output::time(s.expires_at)
+            ),
+        })?;
+        match status {
+            200 => revoked = "token revoked, ",
+            // Expired or revoked already (by a suspension, say): nothing left to revoke.
+            401 => revoked = "token no longer valid, ",
+            _ => {
+                let f = refusal(&v);
+                return Err(Failure {
+                    code: f.code,
+                    message: format!("the gateway did not revoke the token: {}", f.message),
+                });
+            }
+        }
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => println!("logged out ({revoked}{} removed)", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("not logged in"),
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }

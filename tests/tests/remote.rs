@@ -373,6 +373,31 @@ fn every_command_remotely_under_the_callers_permissions() {
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
 
     watch_a_live_session_remotely(&w);
+    logout_revokes_the_token(&w);
+}
+
+/// `hersectl logout` revokes the token on the gateway: a copy of it kept elsewhere no
+/// longer works. Logging out with a revoked token still removes the file.
+fn logout_revokes_the_token(w: &World) {
+    let file = w.session_file("eve");
+    let kept = std::fs::read(&file).unwrap();
+    let out = ok(w.as_("eve").arg("logout"));
+    assert!(out.contains("token revoked"), "{out}");
+    assert!(!file.exists());
+    assert!(ok(w.as_("eve").arg("logout")).contains("not logged in"));
+    std::fs::write(&file, &kept).unwrap();
+    let who = run(w.as_("eve").arg("whoami"));
+    assert_eq!(who.status.code(), Some(4), "{}", text(&who.stderr));
+    assert!(
+        text(&who.stderr).contains("expired or foreign token"),
+        "{}",
+        text(&who.stderr)
+    );
+    let out = ok(w.as_("eve").arg("logout"));
+    assert!(out.contains("token no longer valid"), "{out}");
+    assert!(!file.exists());
+    // audrey's token is hers alone: eve's logout did not touch it.
+    ok(w.as_("audrey").arg("whoami"));
 }
 
 /// The auditor watches a live session through the gateway (the copy grows by polling);

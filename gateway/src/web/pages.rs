@@ -38,6 +38,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/login", post(api_login))
         .route("/api/login/approval", post(api_login_approval))
         .route("/api/whoami", get(api_whoami))
+        .route("/api/logout", post(api_logout))
         .route("/api/v1/call", post(api_call))
         .route("/api/v1/recordings/{id}/file", get(super::api::recording_file))
         .route("/totp", get(totp_page))
@@ -877,11 +878,7 @@ pub(super) async fn api_session(
     headers: &HeaderMap,
     origin: &Origin,
 ) -> Result<(WebSession, UserName), Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let token = bearer(headers);
     let refused = || {
         (
             StatusCode::UNAUTHORIZED,
@@ -966,6 +963,42 @@ async fn api_whoami(State(app): State<App>, Extension(origin): Extension<Origin>
     };
     axum::Json(serde_json::json!({ "user": s.user, "workstation": s.workstation, "expires_at": s.expires_at }))
         .into_response()
+}
+
+/// `hersectl logout`: the bearer token stops working at once. Any holder of a token
+/// may end it, whatever its user's state (a suspended user or an expired password can
+/// still give a token up); it must still be an API token of this workstation.
+async fn api_logout(State(app): State<App>, Extension(origin): Extension<Origin>, headers: HeaderMap) -> Response {
+    let json = |status: StatusCode, v: serde_json::Value| (status, axum::Json(v)).into_response();
+    let unavailable = || {
+        json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({ "error": "the gateway's store failed: the token still works", "kind": "internal" }),
+        )
+    };
+    let hash = token_hash(bearer(&headers));
+    match app.gw.store.web_session(&hash).await {
+        Ok(Some(s)) if s.csrf == API_MARK && s.workstation == place(&origin) => {
+            match app.gw.store.delete_web_session(&hash).await {
+                Ok(()) => json(StatusCode::OK, serde_json::json!({ "ok": { "revoked": true } })),
+                Err(_) => unavailable(),
+            }
+        }
+        Ok(_) => json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": "no such token here: it has expired or was revoked", "kind": "refused" }),
+        ),
+        Err(_) => unavailable(),
+    }
+}
+
+/// The bearer token of an API request ("" when there is none).
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
 }
 
 /// Whether `user`'s password is older than the policy's renewal period: such a user can
