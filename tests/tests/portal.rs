@@ -356,6 +356,33 @@ fn an_expired_password_must_be_changed_first() {
         assert_eq!(status(&r), 403, "{path}: {r}");
     }
     let csrf = between(&home, "name=\"csrf\" value=\"", "\"");
+    // Posts other than the password change are refused too, not only the pages.
+    for (path, fields) in [
+        ("/totp/start", vec![("csrf", csrf.as_str())]),
+        (
+            "/totp/confirm",
+            vec![("csrf", csrf.as_str()), ("id", "x"), ("code", "123456")],
+        ),
+        ("/grants/g-none/deny", vec![("csrf", csrf.as_str()), ("reason", "no")]),
+    ] {
+        let r = p.post(path, Some(&p.base), &fields);
+        assert_eq!(status(&r), 403, "{path}: {r}");
+        assert!(r.contains("Change your password first"), "{path}: {r}");
+    }
+    // The same password again is not a renewal.
+    let r = p.post(
+        "/password",
+        Some(&p.base),
+        &[
+            ("csrf", &csrf),
+            ("current", "Soon-Expired-Passphrase-5"),
+            ("new", "Soon-Expired-Passphrase-5"),
+        ],
+    );
+    assert_eq!(status(&r), 400, "{r}");
+    assert!(r.contains("the new password is the current one"), "{r}");
+    let r = p.curl(&[&format!("{}/keys", p.base)]);
+    assert_eq!(status(&r), 403, "still expired: {r}");
     let r = p.post(
         "/password",
         Some(&p.base),

@@ -488,6 +488,17 @@ async fn change_password(
         )
             .into_response();
     }
+    // A renewal must renew: the current password again would keep an expired one alive.
+    if f.new.as_bytes() == f.current.as_bytes() {
+        return (
+            StatusCode::BAD_REQUEST,
+            page(
+                "Password not changed",
+                "<p>Refused: the new password is the current one.</p>",
+            ),
+        )
+            .into_response();
+    }
     if let Err(reason) = app.gw.config.password_policy.check(user.as_str(), &f.new) {
         return (
             StatusCode::BAD_REQUEST,
@@ -548,7 +559,9 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The user's session and name for a form post with a CSRF token.
+/// The user's session and name for a form post with a CSRF token. A user whose password
+/// has expired can post nothing but the password change (and the logout), which read
+/// their session themselves.
 pub(super) async fn form_session(
     app: &App,
     headers: &HeaderMap,
@@ -564,6 +577,9 @@ pub(super) async fn form_session(
     };
     if !constant_time_eq(csrf.as_bytes(), s.csrf.as_bytes()) {
         return Err((StatusCode::FORBIDDEN, "herse: missing or wrong CSRF token\n").into_response());
+    }
+    if password_expired(app, &s.user).await {
+        return Err(renew_first());
     }
     let user = UserName::parse(&s.user).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
     Ok((s, user))
@@ -619,9 +635,6 @@ async fn totp_start(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if password_expired(&app, &s.user).await {
-        return renew_first();
-    }
     let Ok(e) = mfa::Enrolment::new(&user) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
