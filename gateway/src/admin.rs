@@ -95,8 +95,14 @@ pub(crate) async fn users_password(
 /// New recovery codes, stored hashed; the answer carries them once.
 pub(crate) async fn users_recovery_codes(ctx: &Ctx<'_>, caller: &Caller, name: &str) -> Result<Value, ControlError> {
     let u = user(name)?;
+    let key = ctx.user_secrets.ok_or_else(|| {
+        err(
+            ErrorKind::Internal,
+            "recovery codes need the gateway's master key, which this side does not hold",
+        )
+    })?;
     let codes = crate::mfa::new_recovery_codes();
-    let hashes: Vec<String> = codes.iter().map(|c| crate::mfa::recovery_hash(&u, c)).collect();
+    let hashes: Vec<String> = codes.iter().map(|c| crate::mfa::recovery_hash(key, &u, c)).collect();
     ctx.store.set_recovery_codes(&u, &hashes).await?;
     ctx.store.end_other_web_sessions(&u, "").await?;
     audit(

@@ -313,6 +313,10 @@ pub struct Ctx<'a> {
     /// age identity files for reading encrypted recordings in searches: the local
     /// operator's `--identity` files; none on the gateway, which cannot read them.
     pub identity_files: &'a [std::path::PathBuf],
+    /// The gateway's user-secrets key, for the calls that store a secret (recovery codes
+    /// are kept as keyed hashes): the gateway's own; in local mode loaded from the master
+    /// key only for those calls.
+    pub user_secrets: Option<&'a crate::secrets::MasterKey>,
 }
 
 /// The most rows one listing returns; longer ones are read page by page.
@@ -832,6 +836,7 @@ mod tests {
             policy: Ok(&policy),
             config: &config,
             identity_files: &[],
+            user_secrets: None,
         };
         let person = |name: &str, role: &str| {
             let n = UserName::parse(name).unwrap();
@@ -904,6 +909,7 @@ mod tests {
             policy: Ok(&policy2),
             config: &config,
             identity_files: &[],
+            user_secrets: None,
         };
         let boss = crate::ident::RoleName::parse("boss").unwrap();
         for u in ["m1", "m2"] {

@@ -142,12 +142,26 @@ pub fn new_recovery_codes() -> Vec<Zeroizing<String>> {
         .collect()
 }
 
-/// What is stored of a recovery code.
-pub fn recovery_hash(user: &UserName, code: &str) -> String {
+/// What is stored of a recovery code: a keyed hash, under a key derived from the
+/// user-secrets key, of `user:code`. A copy of the database alone gives nothing to
+/// search offline (a plain hash of a 59-bit code would fall to a few GPU-months).
+pub fn recovery_hash(key: &MasterKey, user: &UserName, code: &str) -> String {
+    let k = key.derive("herse 2026-11 recovery code hash v1");
+    let h = blake3::keyed_hash(&k, recovery_input(user, code).as_bytes());
+    format!("{KEYED_PREFIX}{}", h.to_hex())
+}
+
+const KEYED_PREFIX: &str = "k1:";
+
+/// What recovery codes made before keyed hashes were stored as (SHA-256, no key): they
+/// still work, each once, until used or replaced; new codes are never stored so.
+fn legacy_recovery_hash(user: &UserName, code: &str) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(
-        format!("{user}:{}", code.trim().to_lowercase()).as_bytes(),
-    ))
+    hex::encode(sha2::Sha256::digest(recovery_input(user, code).as_bytes()))
+}
+
+fn recovery_input(user: &UserName, code: &str) -> Zeroizing<String> {
+    Zeroizing::new(format!("{user}:{}", code.trim().to_lowercase()))
 }
 
 fn looks_like_recovery_code(s: &str) -> bool {
@@ -185,7 +199,9 @@ pub async fn check_second_factor(
         return Ok(Verdict::Locked(until.unwrap_or_else(now_micros)));
     }
     let reason = if recovery {
-        if store.use_recovery_code(user, &recovery_hash(user, code)).await? {
+        if store.use_recovery_code(user, &recovery_hash(key, user, code)).await?
+            || store.use_recovery_code(user, &legacy_recovery_hash(user, code)).await?
+        {
             store.reset_mfa_failures(user).await?;
             let left = store.recovery_codes_left(user).await?;
             return Ok(Verdict::AcceptedRecovery { left });
@@ -301,7 +317,11 @@ mod tests {
         s.reset_mfa_failures(&alice).await.unwrap();
         let codes = new_recovery_codes();
         assert_eq!(codes.len(), RECOVERY_CODES);
-        let hashes: Vec<String> = codes.iter().map(|c| recovery_hash(&alice, c)).collect();
+        let hashes: Vec<String> = codes.iter().map(|c| recovery_hash(&key, &alice, c)).collect();
+        // Stored keyed: neither the code nor its plain hash is in the database.
+        assert!(hashes.iter().all(|h| h.starts_with(KEYED_PREFIX) && h.len() == 67));
+        assert_ne!(recovery_hash(&MasterKey::generate(), &alice, &codes[0]), hashes[0]);
+        assert!(!hashes.contains(&legacy_recovery_hash(&alice, &codes[0])));
         s.set_recovery_codes(&alice, &hashes).await.unwrap();
         assert_eq!(
             check_second_factor(&s, &key, &alice, &codes[0].to_uppercase())
@@ -323,6 +343,20 @@ mod tests {
             ),
             "another user's code"
         );
+        // A code stored before keyed hashes (plain SHA-256) still works, once.
+        s.reset_mfa_failures(&alice).await.unwrap();
+        let old = new_recovery_codes();
+        s.set_recovery_codes(&alice, &[legacy_recovery_hash(&alice, &old[0])])
+            .await
+            .unwrap();
+        assert_eq!(
+            check_second_factor(&s, &key, &alice, &old[0]).await.unwrap(),
+            Verdict::AcceptedRecovery { left: 0 }
+        );
+        assert!(matches!(
+            check_second_factor(&s, &key, &alice, &old[0]).await.unwrap(),
+            Verdict::Failed { .. }
+        ));
         assert!(proof_covers(Some(now_micros()), Some(Duration::from_secs(60))));
         assert!(!proof_covers(
             Some(now_micros() - 120_000_000),

@@ -144,6 +144,12 @@ impl MasterKey {
         XChaCha20Poly1305::new((&self.0[..]).into())
     }
 
+    /// A key for one purpose, derived from this one (BLAKE3's key derivation); `context`
+    /// names the purpose, globally unique and fixed in the code.
+    pub fn derive(&self, context: &'static str) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(context, &self.0[..]))
+    }
+
     /// Encrypt `plaintext`, bound to `label` (a different label cannot open it).
     pub fn seal(&self, label: &str, plaintext: &[u8]) -> String {
         let mut nonce = [0u8; 24];

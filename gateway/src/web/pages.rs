@@ -957,6 +957,7 @@ async fn api_call(
         policy: Ok(&policy),
         config: &app.gw.config,
         identity_files: &[],
+        user_secrets: Some(&app.gw.keys.user_secrets),
     };
     match crate::control::execute(&ctx, &caller, &call).await {
         Ok(v) => axum::Json(serde_json::json!({ "ok": v })).into_response(),
