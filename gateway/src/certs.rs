@@ -83,7 +83,8 @@ pub struct UserCertRights {
     pub port_forwarding: bool,
 }
 
-/// A certificate for `login`, valid for `valid_for`, whose key id names user and session.
+/// A certificate for `login`, valid for `valid_for`, whose key id names user and session;
+/// with `source`, usable only from that address (OpenSSH's `source-address`).
 pub fn user_certificate(
     ca: &PrivateKey,
     subject: &PublicKey,
@@ -91,9 +92,14 @@ pub fn user_certificate(
     key_id: &str,
     valid_for: Duration,
     rights: UserCertRights,
+    source: Option<std::net::IpAddr>,
 ) -> Result<Certificate, CertError> {
     let mut b = builder(subject, CertType::User, key_id, login, valid_for)?;
     b.serial(rand::rng().random())?;
+    if let Some(ip) = source {
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        b.critical_option("source-address", format!("{ip}/{bits}"))?;
+    }
     if rights.pty {
         b.extension("permit-pty", "")?;
     }
@@ -199,9 +205,15 @@ mod tests {
                 pty: true,
                 port_forwarding: false,
             },
+            Some("192.0.2.7".parse().unwrap()),
         )
         .unwrap();
         assert_eq!(c.cert_type(), CertType::User);
+        assert_eq!(
+            c.critical_options().get("source-address").map(String::as_str),
+            Some("192.0.2.7/32")
+        );
+        assert_eq!(c.critical_options().len(), 1);
         assert_eq!(c.valid_principals(), ["root".to_string()]);
         assert_eq!(c.key_id(), "alice/s1");
         assert!(c.extensions().contains_key("permit-pty"));
@@ -241,6 +253,7 @@ mod tests {
                 pty: false,
                 port_forwarding: false,
             },
+            None,
         )
         .unwrap();
         assert_eq!(

@@ -173,6 +173,20 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
             source,
         })?;
     let _ = tcp.set_nodelay(true);
+    // The certificate is good only from where this connection comes from, as the target
+    // sees it; a target behind a NAT opts out in the policy.
+    let source = match target.pin_source_address {
+        true => Some(
+            tcp.local_addr()
+                .map_err(|source| UpstreamError::Connect {
+                    addr: addr.clone(),
+                    source,
+                })?
+                .ip()
+                .to_canonical(),
+        ),
+        false => None,
+    };
     // Bulk downloads arrive on this leg: read it buffered, like the front.
     let tcp = crate::front::read_buffered(tcp);
     let connecting = client::connect_stream(Arc::new(client_config(target)), tcp, handler);
@@ -205,6 +219,7 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
             pty: auth.allows(Operation::Shell) || auth.allows(Operation::Exec),
             port_forwarding: auth.allows(Operation::PortForward),
         },
+        source,
     )?;
     // Bounded like the handshake: this runs inside the client's authentication, which
     // the front's auth timeout cannot interrupt, so a target that stops answering here

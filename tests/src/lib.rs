@@ -173,7 +173,7 @@ impl Sshd {
         let mut cfg = format!(
             "Port {port}\nListenAddress {listen}\nHostKey {}\nTrustedUserCAKeys {}\nAuthorizedKeysFile none\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
-             AllowTcpForwarding yes\nLogLevel VERBOSE\nPrintMotd no\n\
+             AllowTcpForwarding yes\nLogLevel VERBOSE\nPrintMotd no\nExposeAuthInfo yes\n\
              AcceptEnv LANG LC_* TZ HERSE_TEST_*\n",
             key.display(),
             opts.user_ca_pub.display()

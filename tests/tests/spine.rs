@@ -322,8 +322,25 @@ fn exec_exit_codes_stderr_and_env_in_both_forms() {
     assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), DEPLOY);
     // A host-CA target, by the certificate it presents.
-    let out = run(ssh(&w.alice).args(["-l", DEPLOY, "db1", "hostname >/dev/null && echo db-ok"]));
-    assert_eq!(text(&out.stdout).trim(), "db-ok", "stderr: {}", text(&out.stderr));
+    let out = run(ssh(&w.alice).args([
+        "-l",
+        DEPLOY,
+        "db1",
+        "hostname >/dev/null && echo db-ok && cat \"$SSH_USER_AUTH\"",
+    ]));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().next(), Some("db-ok"), "stderr: {}", text(&out.stderr));
+    // The certificate it logged in with (sshd's ExposeAuthInfo) is usable only from the
+    // gateway's address on that connection.
+    let used = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("publickey "))
+        .unwrap_or_else(|| panic!("no certificate in SSH_USER_AUTH: {stdout}"));
+    let cert_file = w.dir.0.join("upstream-cert.pub");
+    std::fs::write(&cert_file, format!("{used}\n")).unwrap();
+    let shown = ok(Command::new("ssh-keygen").arg("-Lf").arg(&cert_file));
+    assert!(shown.contains("source-address 127.0.0.1/32"), "{shown}");
+    assert!(shown.contains("herse:user=alice:session="), "{shown}");
 
     // The upstream login used a short-lived certificate naming user and session.
     let log = std::fs::read_to_string(w.web.dir.join("sshd.log")).unwrap();

@@ -69,6 +69,14 @@ struct RawTarget {
     #[serde(default)]
     host_cas: Vec<Spanned<String>>,
     host_principal: Option<String>,
+    /// Upstream certificates carry `source-address` (the gateway's own address on the
+    /// connection), unless a NAT between gateway and target hides it: then `false`.
+    #[serde(default = "yes")]
+    pin_source_address: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -250,6 +258,7 @@ fn target(
         host,
         port,
         host_key,
+        pin_source_address: raw.pin_source_address,
     })
 }
 
@@ -544,6 +553,14 @@ idle_timeout = "30m"
         let p = parse(Path::new("policy.toml"), &ok_policy()).unwrap();
         let t = p.target(&TargetName::parse("web1").unwrap()).unwrap();
         assert_eq!(t.port, 2201);
+        assert!(t.pin_source_address, "pinned unless the policy says otherwise");
+        let natted = ok_policy().replace("port = 2201", "port = 2201\npin_source_address = false");
+        let p2 = parse(Path::new("policy.toml"), &natted).unwrap();
+        assert!(
+            !p2.target(&TargetName::parse("web1").unwrap())
+                .unwrap()
+                .pin_source_address
+        );
         let r = &p.roles[&RoleName::parse("dev").unwrap()];
         assert_eq!(r.max_session, Duration::from_secs(8 * 3600));
         assert_eq!(r.forwards[0].port, 8080);

@@ -41,6 +41,9 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub host_key: HostKeyCheck,
+    /// Upstream certificates for this target are valid only from the address the gateway
+    /// connected from (the `source-address` critical option).
+    pub pin_source_address: bool,
 }
 
 #[derive(Debug, Clone)]
