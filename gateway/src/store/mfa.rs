@@ -220,6 +220,12 @@ mod tests {
                     2 => s.set_recovery_codes(&alice, &["h".into()]).await.unwrap(),
                     3 => {
                         s.add_security_key(&alice, "cred", "yubi", "{}").await.unwrap();
+                        // A use saves only over the key as it read it.
+                        assert!(s.update_security_key("cred", "{}", "{\"n\":1}").await.unwrap());
+                        assert!(!s.update_security_key("cred", "{}", "{\"n\":2}").await.unwrap());
+                        let rows = s.security_keys(&alice).await.unwrap();
+                        assert_eq!(rows[0].key_json, "{\"n\":1}", "{backend}");
+                        assert!(rows[0].last_used_at.is_some());
                         assert!(s.remove_security_key(&alice, "yubi").await.unwrap());
                     }
                     _ => s.suspend_user(&alice, "test", None).await.unwrap(),

@@ -74,14 +74,24 @@ impl Store {
             .collect()
     }
 
-    pub async fn update_security_key(&self, credential_id: &str, key_json: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE security_keys SET key_json = $1, last_used_at = $2 WHERE credential_id = $3")
-            .bind(key_json)
-            .bind(now_micros())
-            .bind(credential_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Save a key after a use (its new signature counter), only if it is still stored as
+    /// `was`: false when another use saved it in between, or the key is gone.
+    pub async fn update_security_key(
+        &self,
+        credential_id: &str,
+        was: &str,
+        key_json: &str,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE security_keys SET key_json = $1, last_used_at = $2 WHERE credential_id = $3 AND key_json = $4",
+        )
+        .bind(key_json)
+        .bind(now_micros())
+        .bind(credential_id)
+        .bind(was)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Remove one of the user's keys by name; false if there was none.

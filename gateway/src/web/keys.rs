@@ -600,13 +600,22 @@ pub(super) async fn finish_assertion(
     let Some(row) = rows.into_iter().find(|r| r.credential_id == cred_id) else {
         return Err("this security key is not enrolled".into());
     };
-    if let Ok(mut key) = serde_json::from_str::<SecurityKey>(&row.key_json) {
-        key.update_credential(&result);
-        if let Ok(json) = serde_json::to_string(&key) {
-            let _ = app.gw.store.update_security_key(&cred_id, &json).await;
-        }
+    // webauthn-rs checked the signature counter against the key as stored when the
+    // ceremony began; another use may have saved a higher one since. So the counter must
+    // also pass the key as stored now, and the save is conditional on nobody saving in
+    // between: of a cloned key racing the real one, one use is refused.
+    let mut key = serde_json::from_str::<SecurityKey>(&row.key_json)
+        .map_err(|_| "this security key's stored record is unreadable".to_owned())?;
+    let advanced = key.update_credential(&result).unwrap_or(false);
+    if result.counter() > 0 && !advanced {
+        return Err("the security key's signature counter did not advance: it may have been cloned".into());
     }
-    Ok(row.name)
+    let json = serde_json::to_string(&key).map_err(|_| "cannot save the security key".to_owned())?;
+    match app.gw.store.update_security_key(&cred_id, &row.key_json, &json).await {
+        Ok(true) => Ok(row.name),
+        Ok(false) => Err("this security key was used twice at once: try again".into()),
+        Err(_) => Err("the gateway cannot save the security key's use now".into()),
+    }
 }
 
 pub(super) async fn approve_finish(
