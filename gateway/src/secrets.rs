@@ -3,7 +3,7 @@
 //! only by the gateway, in a systemd credential, or on an inherited file descriptor.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -22,6 +22,10 @@ pub enum SecretError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("master key {0} is readable by group or others; run: chmod 600 {0}")]
     Permissions(PathBuf),
+    #[error("master key {path} belongs to uid {owner}, neither root nor this process's uid {me}: its owner could read or replace it (run as the gateway's user)")]
+    Owner { path: PathBuf, owner: u32, me: u32 },
+    #[error("the directory {0} of the master key is writable by group or others, who could replace the key; run: chmod go-w {0}")]
+    DirectoryPermissions(PathBuf),
     #[error("master key {0} is malformed (expected one line \"{PREFIX}<base64 of 32 bytes>\")")]
     Malformed(PathBuf),
     #[error("master key {0} already exists; refusing to overwrite it")]
@@ -99,6 +103,24 @@ impl MasterKey {
             if meta.permissions().mode() & 0o077 != 0 {
                 return Err(SecretError::Permissions(p.clone()));
             }
+            // As OpenSSH's StrictModes: the owner and the directory are trusted too.
+            let me = rustix::process::geteuid().as_raw();
+            if meta.uid() != 0 && meta.uid() != me {
+                return Err(SecretError::Owner {
+                    path: p.clone(),
+                    owner: meta.uid(),
+                    me,
+                });
+            }
+            let dir = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            let dmeta = std::fs::metadata(&dir).map_err(read_err)?;
+            let sticky = dmeta.permissions().mode() & 0o1000 != 0;
+            if dmeta.permissions().mode() & 0o022 != 0 && !sticky {
+                return Err(SecretError::DirectoryPermissions(dir));
+            }
         }
         let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(read_err)?);
         let b64 = text
@@ -123,8 +145,13 @@ impl MasterKey {
             path: path.to_owned(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(write_err)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // A directory made here is private; an existing one is left as it is.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(write_err)?;
         }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -224,6 +251,24 @@ mod tests {
             MasterKey::load(&MasterKeySource::File(p.clone())),
             Err(SecretError::Permissions(_))
         ));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // The directory it made is private; one others may write to is refused.
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            MasterKey::load(&MasterKeySource::File(p.clone())),
+            Err(SecretError::DirectoryPermissions(_))
+        ));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        MasterKey::load(&MasterKeySource::File(p.clone())).unwrap();
+        // A file of another (non-root) user is refused: its owner could replace it.
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+            assert!(matches!(
+                MasterKey::load(&MasterKeySource::File(p.clone())),
+                Err(SecretError::Owner { owner: 65534, .. })
+            ));
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
