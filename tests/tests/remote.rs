@@ -394,10 +394,26 @@ fn logout_revokes_the_token(w: &World) {
         text(&who.stderr)
     );
     let out = ok(w.as_("eve").arg("logout"));
-    assert!(out.contains("token no longer valid"), "{out}");
+    assert!(out.contains("the gateway holds no such token"), "{out}");
     assert!(!file.exists());
+    let audit = json_lines(&ok(w.gw.ctl().args([
+        "audit",
+        "list",
+        "--kind",
+        "api.logout",
+        "--json",
+    ])));
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["user"], "eve");
     // audrey's token is hers alone: eve's logout did not touch it.
     ok(w.as_("audrey").arg("whoami"));
+    // A suspension ends the user's tokens: resumed, they log in again.
+    ok(w.gw
+        .ctl()
+        .args(["users", "suspend", "audrey", "--reason", "laptop lost"]));
+    ok(w.gw.ctl().args(["users", "resume", "audrey"]));
+    let who = run(w.as_("audrey").arg("whoami"));
+    assert_eq!(who.status.code(), Some(4), "{}", text(&who.stderr));
 }
 
 /// The auditor watches a live session through the gateway (the copy grows by polling);

@@ -126,6 +126,30 @@ impl Store {
         Ok(())
     }
 
+    /// Revoke an API token of `workstation` (whatever its user's state): its user, or
+    /// `None` when there was no such live token.
+    pub async fn revoke_api_token(
+        &self,
+        token_hash: &str,
+        workstation: &str,
+        mark: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let r = sqlx::query(
+            "DELETE FROM web_sessions WHERE token_hash = $1 AND workstation = $2 AND csrf = $3 AND expires_at > $4 \
+             RETURNING user_name",
+        )
+        .bind(token_hash)
+        .bind(workstation)
+        .bind(mark)
+        .bind(now_micros())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match r {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
     pub async fn delete_web_session(&self, token_hash: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM web_sessions WHERE token_hash = $1 OR expires_at < $2")
             .bind(token_hash)

@@ -128,9 +128,11 @@ impl Store {
         until: Option<i64>,
     ) -> Result<(), StoreError> {
         self.write_status(name, status, reason, until).await?;
-        // Resumed, a user proves a factor again before any login.
+        // Resumed, a user proves a factor again before any login, and logs in to the
+        // portal and the API again: nothing taken before the suspension comes back.
         if status != UserStatus::Active {
             self.forget_mfa_proofs(name).await?;
+            self.end_other_web_sessions(name, "").await?;
         }
         Ok(())
     }

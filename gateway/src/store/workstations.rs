@@ -464,6 +464,15 @@ mod tests {
             assert!(!s.revoke_workstation(&ws, "root", "again").await.unwrap());
             assert!(s.web_session("t-ws").await.unwrap().is_none(), "{backend}");
             assert!(s.web_session("t-ws2").await.unwrap().is_some(), "{backend}");
+            // A token is revoked only from its own workstation, and only once.
+            assert_eq!(s.revoke_api_token("t-ws2", ws.as_str(), "-").await.unwrap(), None);
+            assert_eq!(
+                s.revoke_api_token("t-ws2", ws2.as_str(), "-").await.unwrap().as_deref(),
+                Some("alice"),
+                "{backend}"
+            );
+            assert_eq!(s.revoke_api_token("t-ws2", ws2.as_str(), "-").await.unwrap(), None);
+            assert!(s.web_session("t-ws2").await.unwrap().is_none(), "{backend}");
             assert_eq!(s.active_peers().await.unwrap().len(), 1);
             let k4 = WgSecret::generate().public();
             let w3 = s.add_workstation(&ws3, &alice, &k4, &net, "root").await.unwrap();

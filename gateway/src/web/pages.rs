@@ -984,25 +984,33 @@ async fn api_whoami(State(app): State<App>, Extension(origin): Extension<Origin>
 /// still give a token up); it must still be an API token of this workstation.
 async fn api_logout(State(app): State<App>, Extension(origin): Extension<Origin>, headers: HeaderMap) -> Response {
     let json = |status: StatusCode, v: serde_json::Value| (status, axum::Json(v)).into_response();
-    let unavailable = || {
-        json(
+    match app
+        .gw
+        .store
+        .revoke_api_token(&token_hash(bearer(&headers)), &place(&origin), API_MARK)
+        .await
+    {
+        Ok(Some(user)) => {
+            app.gw
+                .audit(
+                    AuditEvent::new("api.logout", Severity::Info, "API token revoked by its holder")
+                        .user(user)
+                        .origin(&origin),
+                )
+                .await;
+            json(StatusCode::OK, serde_json::json!({ "ok": { "revoked": true } }))
+        }
+        Ok(None) => json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({
+                "error": "no such token from this workstation: it has expired or was revoked",
+                "kind": "refused",
+            }),
+        ),
+        Err(_) => json(
             StatusCode::INTERNAL_SERVER_ERROR,
             serde_json::json!({ "error": "the gateway's store failed: the token still works", "kind": "internal" }),
-        )
-    };
-    let hash = token_hash(bearer(&headers));
-    match app.gw.store.web_session(&hash).await {
-        Ok(Some(s)) if s.csrf == API_MARK && s.workstation == place(&origin) => {
-            match app.gw.store.delete_web_session(&hash).await {
-                Ok(()) => json(StatusCode::OK, serde_json::json!({ "ok": { "revoked": true } })),
-                Err(_) => unavailable(),
-            }
-        }
-        Ok(_) => json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({ "error": "no such token here: it has expired or was revoked", "kind": "refused" }),
         ),
-        Err(_) => unavailable(),
     }
 }
 
