@@ -604,18 +604,31 @@ pub(super) async fn finish_assertion(
     // ceremony began; another use may have saved a higher one since. So the counter must
     // also pass the key as stored now, and the save is conditional on nobody saving in
     // between: of a cloned key racing the real one, one use is refused.
-    let mut key = serde_json::from_str::<SecurityKey>(&row.key_json)
-        .map_err(|_| "this security key's stored record is unreadable".to_owned())?;
-    let advanced = key.update_credential(&result).unwrap_or(false);
-    if result.counter() > 0 && !advanced {
+    let unreadable = || "this security key's stored record is unreadable".to_owned();
+    let mut key = serde_json::from_str::<SecurityKey>(&row.key_json).map_err(|_| unreadable())?;
+    let stored = stored_counter(&row.key_json).ok_or_else(unreadable)?;
+    // As WebAuthn's rule, against the stored count: once either side counts, the count
+    // must grow (a clone answering 0 after the real key counted is refused too).
+    let used = u64::from(result.counter());
+    if (used > 0 || stored > 0) && used <= stored {
         return Err("the security key's signature counter did not advance: it may have been cloned".into());
     }
+    key.update_credential(&result);
     let json = serde_json::to_string(&key).map_err(|_| "cannot save the security key".to_owned())?;
     match app.gw.store.update_security_key(&cred_id, &row.key_json, &json).await {
         Ok(true) => Ok(row.name),
         Ok(false) => Err("this security key was used twice at once: try again".into()),
         Err(_) => Err("the gateway cannot save the security key's use now".into()),
     }
+}
+
+/// The signature counter of a stored key (`SecurityKey` keeps it private; its JSON is
+/// `{"cred": {"counter": N, ...}}`).
+fn stored_counter(key_json: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(key_json)
+        .ok()?
+        .pointer("/cred/counter")?
+        .as_u64()
 }
 
 pub(super) async fn approve_finish(
@@ -661,4 +674,17 @@ pub(super) async fn script() -> Response {
         include_str!("herse.js"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stored_counter;
+
+    #[test]
+    fn the_stored_counter_is_read_or_nothing() {
+        assert_eq!(stored_counter(r#"{"cred":{"cred_id":"x","counter":7}}"#), Some(7));
+        assert_eq!(stored_counter(r#"{"cred":{"cred_id":"x"}}"#), None);
+        assert_eq!(stored_counter(r#"{"cred":{"counter":-1}}"#), None);
+        assert_eq!(stored_counter("not json"), None);
+    }
 }
