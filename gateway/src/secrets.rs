@@ -22,7 +22,7 @@ pub enum SecretError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("master key {0} is readable by group or others; run: chmod 600 {0}")]
     Permissions(PathBuf),
-    #[error("master key {path} belongs to uid {owner}, neither root nor this process's uid {me}: its owner could read or replace it (run as the gateway's user)")]
+    #[error("{path} (the master key or a directory on its path) belongs to uid {owner}, not root, this process's uid {me} or the key's owner: that user could replace the key")]
     Owner { path: PathBuf, owner: u32, me: u32 },
     #[error("the directory {0} of the master key is writable by group or others, who could replace the key; run: chmod go-w {0}")]
     DirectoryPermissions(PathBuf),
@@ -62,6 +62,53 @@ impl MasterKeySource {
     }
 }
 
+/// As OpenSSH's `StrictModes`, on the file as opened: no access for group or others;
+/// owned by root, this process's user, or the owner of its directory (the gateway's user
+/// when root runs `hersectl`); its directory writable by nobody else, no directory above
+/// writable by others (unless sticky), and none belonging to anyone else.
+fn check_file(p: &Path, file: &std::fs::File) -> Result<(), SecretError> {
+    let read_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SecretError::Read { path, source }
+    };
+    let meta = file.metadata().map_err(read_err(p))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(SecretError::Permissions(p.to_owned()));
+    }
+    let real = std::fs::canonicalize(p).map_err(read_err(p))?;
+    let me = rustix::process::geteuid().as_raw();
+    let dir_owner = match real.parent() {
+        Some(d) => std::fs::metadata(d).map_err(read_err(d))?.uid(),
+        None => 0,
+    };
+    let owner = meta.uid();
+    if owner != 0 && owner != me && owner != dir_owner {
+        return Err(SecretError::Owner {
+            path: p.to_owned(),
+            owner,
+            me,
+        });
+    }
+    for (i, dir) in real.ancestors().skip(1).enumerate() {
+        let d = std::fs::metadata(dir).map_err(read_err(dir))?;
+        let mode = d.permissions().mode();
+        // The key's own directory admits no group write; above it, as Debian's OpenSSH
+        // allows for user-private groups (umask 002), only others' write is refused.
+        let refused = if i == 0 { 0o022 } else { 0o002 };
+        if mode & refused != 0 && mode & 0o1000 == 0 {
+            return Err(SecretError::DirectoryPermissions(dir.to_owned()));
+        }
+        if d.uid() != 0 && d.uid() != me && d.uid() != owner {
+            return Err(SecretError::Owner {
+                path: dir.to_owned(),
+                owner: d.uid(),
+                me,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// 32 secret bytes; zeroized on drop, never printed.
 pub struct MasterKey(Zeroizing<[u8; 32]>);
 
@@ -98,31 +145,12 @@ impl MasterKey {
             path: path.clone(),
             source,
         };
+        let mut file = std::fs::File::open(&path).map_err(read_err)?;
         if let MasterKeySource::File(p) = source {
-            let meta = std::fs::metadata(p).map_err(read_err)?;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(SecretError::Permissions(p.clone()));
-            }
-            // As OpenSSH's StrictModes: the owner and the directory are trusted too.
-            let me = rustix::process::geteuid().as_raw();
-            if meta.uid() != 0 && meta.uid() != me {
-                return Err(SecretError::Owner {
-                    path: p.clone(),
-                    owner: meta.uid(),
-                    me,
-                });
-            }
-            let dir = match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-                _ => PathBuf::from("."),
-            };
-            let dmeta = std::fs::metadata(&dir).map_err(read_err)?;
-            let sticky = dmeta.permissions().mode() & 0o1000 != 0;
-            if dmeta.permissions().mode() & 0o022 != 0 && !sticky {
-                return Err(SecretError::DirectoryPermissions(dir));
-            }
+            check_file(p, &file)?;
         }
-        let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(read_err)?);
+        let mut text = Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(read_err)?;
         let b64 = text
             .trim()
             .strip_prefix(PREFIX)
@@ -268,6 +296,36 @@ mod tests {
                 MasterKey::load(&MasterKeySource::File(p.clone())),
                 Err(SecretError::Owner { owner: 65534, .. })
             ));
+            // The gateway's user owning its directory and key, read by root (hersectl).
+            std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+            MasterKey::load(&MasterKeySource::File(p.clone())).unwrap();
+            // A link to the key is judged by the key's real directory.
+            let link = std::env::temp_dir().join(format!("herse-mk-link-{}", std::process::id()));
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&p, &link).unwrap();
+            MasterKey::load(&MasterKeySource::File(link.clone())).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+            assert!(matches!(
+                MasterKey::load(&MasterKeySource::File(link.clone())),
+                Err(SecretError::DirectoryPermissions(_))
+            ));
+            // Above the key's directory, group write (a umask-002 clone) is allowed,
+            // others' write is not.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::chown(&dir, Some(0), None).unwrap();
+            let inner = dir.join("secrets");
+            std::fs::create_dir(&inner).unwrap();
+            std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700)).unwrap();
+            let q = inner.join("master.key");
+            MasterKey::generate().write_new(&q).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+            MasterKey::load(&MasterKeySource::File(q.clone())).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            assert!(matches!(
+                MasterKey::load(&MasterKeySource::File(q.clone())),
+                Err(SecretError::DirectoryPermissions(_))
+            ));
+            std::fs::remove_file(&link).unwrap();
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
