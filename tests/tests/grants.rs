@@ -306,6 +306,15 @@ fn grant_lifecycle_with_real_sessions() {
         "hersectl login",
     );
     ok(w.gw.ctl().args(["users", "resume", "alice"]));
+    // The suspension ended her tokens: resumed, she logs in again (with a recovery
+    // code, keeping the TOTP steps for ssh).
+    refused(
+        &run(w.as_("alice").args(["grants", "list", "--mine"])),
+        4,
+        "hersectl login",
+    );
+    let codes = ok(w.gw.ctl().args(["users", "recovery-codes", "alice"]));
+    w.people.login("alice", codes.lines().next().unwrap().trim());
     // A suspension forgets the remembered second factor: the first login after the
     // resume proves it again (under the pay grant, still active), and the logins below
     // are remembered from there.
