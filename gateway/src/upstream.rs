@@ -175,17 +175,14 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
     let _ = tcp.set_nodelay(true);
     // The certificate is good only from where this connection comes from, as the target
     // sees it; a target behind a NAT opts out in the policy.
-    let source = match target.pin_source_address {
-        true => Some(
-            tcp.local_addr()
-                .map_err(|source| UpstreamError::Connect {
-                    addr: addr.clone(),
-                    source,
-                })?
-                .ip()
-                .to_canonical(),
-        ),
-        false => None,
+    let source = if target.pin_source_address {
+        let local = tcp.local_addr().map_err(|source| UpstreamError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+        Some(local.ip().to_canonical())
+    } else {
+        None
     };
     // Bulk downloads arrive on this leg: read it buffered, like the front.
     let tcp = crate::front::read_buffered(tcp);
