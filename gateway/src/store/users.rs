@@ -127,33 +127,30 @@ impl Store {
         reason: Option<&str>,
         until: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.write_status(name, status, reason, until).await?;
-        // Resumed, a user proves a factor again before any login, and logs in to the
-        // portal and the API again: nothing taken before the suspension comes back.
-        if status != UserStatus::Active {
-            self.forget_mfa_proofs(name).await?;
-            self.end_other_web_sessions(name, "").await?;
-        }
-        Ok(())
-    }
-
-    async fn write_status(
-        &self,
-        name: &UserName,
-        status: UserStatus,
-        reason: Option<&str>,
-        until: Option<i64>,
-    ) -> Result<(), StoreError> {
+        // One transaction: a suspension is written together with the end of everything
+        // it takes away, or not at all. Resumed, a user proves a factor again before any
+        // login, and logs in to the portal and the API again: nothing taken before the
+        // suspension comes back.
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query("UPDATE users SET status = $1, status_reason = $2, suspended_until = $3 WHERE name = $4")
             .bind(status.as_str())
             .bind(reason)
             .bind(until)
             .bind(name.as_str())
-            .execute(&self.pool)
+            .execute(tx.conn()?)
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("user {name}")));
         }
+        if status != UserStatus::Active {
+            for statement in [
+                "DELETE FROM mfa_proofs WHERE user_name = $1",
+                "DELETE FROM web_sessions WHERE user_name = $1",
+            ] {
+                sqlx::query(statement).bind(name.as_str()).execute(tx.conn()?).await?;
+            }
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -371,6 +368,49 @@ mod tests {
             users_keys_roles(&s).await;
             sessions_and_audit(&s).await;
             eprintln!("store tests passed on {backend}");
+        }
+    }
+
+    /// A suspension is written with the end of the user's proofs and portal sessions, or
+    /// not at all: a suspension that half happened would bring old sessions back on
+    /// resume.
+    #[tokio::test]
+    async fn a_suspension_that_cannot_end_sessions_is_not_written_on_every_backend() {
+        for (backend, s) in crate::store::test_backends().await {
+            let alice = UserName::parse("alice").unwrap();
+            s.add_user(&alice).await.unwrap();
+            s.record_mfa_proof(&alice, "ws").await.unwrap();
+            let far = now_micros() + 3_600_000_000;
+            s.create_web_session("tok", &alice, "ws", "csrf", far).await.unwrap();
+            let refuse: &[&str] = if backend == "sqlite" {
+                &["CREATE TRIGGER refuse BEFORE DELETE ON web_sessions BEGIN SELECT RAISE(ABORT, 'refused'); END"]
+            } else {
+                &[
+                    "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql",
+                    "CREATE TRIGGER refuse BEFORE DELETE ON web_sessions FOR EACH STATEMENT EXECUTE FUNCTION refuse()",
+                ]
+            };
+            for statement in refuse {
+                sqlx::query(sqlx::AssertSqlSafe(*statement))
+                    .execute(&s.pool)
+                    .await
+                    .unwrap();
+            }
+            assert!(s.suspend_user(&alice, "test", None).await.is_err(), "{backend}");
+            let u = s.user(&alice).await.unwrap().unwrap();
+            assert_eq!(u.status, UserStatus::Active, "{backend}: nothing written");
+            assert!(s.last_mfa_proof(&alice, "ws").await.unwrap().is_some(), "{backend}");
+            let drop = if backend == "sqlite" {
+                "DROP TRIGGER refuse"
+            } else {
+                "DROP TRIGGER refuse ON web_sessions"
+            };
+            sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&s.pool).await.unwrap();
+            s.suspend_user(&alice, "test", None).await.unwrap();
+            assert!(s.web_session("tok").await.unwrap().is_none(), "{backend}");
+            assert!(s.last_mfa_proof(&alice, "ws").await.unwrap().is_none(), "{backend}");
+            let u = s.user(&alice).await.unwrap().unwrap();
+            assert_eq!(u.status, UserStatus::Suspended, "{backend}");
         }
     }
 
