@@ -230,19 +230,23 @@ pub async fn approve(
             "comment must be one line of at most {MAX_TEXT} bytes"
         )));
     }
-    match store.add_approval(&id, &me.name, external, comment).await {
-        Ok(()) => {}
-        Err(StoreError::Exists(_)) => {
-            return Err(GrantError::Conflict(format!("you already approved {id}")));
-        }
+    // The vote and the start are two writes. When a failure came between them, the
+    // grant waits with all the votes it needs: the same approver approving again
+    // finishes it, and a vote already in changes nothing else.
+    let again = match store.add_approval(&id, &me.name, external, comment).await {
+        Ok(()) => false,
+        Err(StoreError::Exists(_)) => true,
         Err(StoreError::NotFound(_)) => {
             return Err(GrantError::Conflict(format!("grant {id} is no longer pending")));
         }
         Err(e) => return Err(e.into()),
-    }
+    };
     let g = load(store, &id).await?;
     let votes = current_votes(store, policy, &g, &tier, &requester).await?;
     let state = access::approval_state(&rules, &requester, &votes);
+    if again && state != ApprovalState::Approved {
+        return Err(GrantError::Conflict(format!("you already approved {id}")));
+    }
     let detail = match &state {
         ApprovalState::Approved => match store
             .activate_grant(
@@ -529,5 +533,70 @@ async fn audit(store: &Store, e: AuditEvent) {
     tracing::info!(kind = e.kind, user = ?e.user, detail = %e.detail, "audit");
     if let Err(err) = store.audit(&e).await {
         tracing::error!(error = %err, kind = e.kind, "cannot write audit event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Person;
+    use crate::ident::RoleName;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEh4KR6w7B2dEyE62oDLhFFbFtVWeUwyH8zqz4pWX5VA";
+
+    fn policy() -> Policy {
+        let text = format!(
+            "[tiers.db.grants]\napprovals = 2\nmax_duration = \"1h\"\n\
+             [tiers.db.targets.db1]\naddress = \"127.0.0.1\"\nport = 22\nhost_keys = [\"{KEY}\"]\n\
+             [roles.dba]\ntiers = [\"db\"]\nlogins = [\"postgres\"]\noperations = [\"shell\"]\n\
+             max_session = \"1h\"\nidle_timeout = \"10m\"\nrequires_grant = true\n\
+             [roles.mgr]\nkind = \"manager\"\ntiers = [\"db\"]\n"
+        );
+        crate::policy::parse_text(&text).unwrap()
+    }
+
+    fn caller(policy: &Policy, name: &str, role: &str) -> Caller {
+        let role = RoleName::parse(role).unwrap();
+        Caller::Person(Person::new(policy, UserName::parse(name).unwrap(), &[role]))
+    }
+
+    /// A failure between the last vote and the grant's start leaves the grant pending
+    /// with every vote it needs: its last approver approving again starts it, and a
+    /// repeated vote that completes nothing is still refused.
+    #[tokio::test]
+    async fn approving_again_finishes_a_grant_a_failure_left_pending() {
+        let (_, store) = crate::store::test_backends().await.remove(0);
+        let policy = policy();
+        for (n, role) in [("eve", "dba"), ("mia", "mgr"), ("max", "mgr")] {
+            let n = UserName::parse(n).unwrap();
+            store.add_user(&n).await.unwrap();
+            store.bind_role(&n, &RoleName::parse(role).unwrap()).await.unwrap();
+        }
+        let eve = caller(&policy, "eve", "dba");
+        let req = GrantRequest {
+            tier: "db".into(),
+            target: None,
+            login: None,
+            duration_secs: 600,
+            reason: "incident 42".into(),
+        };
+        let g = request(&store, &policy, &eve, &req).await.unwrap();
+        let id = g.id.clone();
+        let gid = GrantId::parse(&id).unwrap();
+        let (mia, max) = (caller(&policy, "mia", "mgr"), caller(&policy, "max", "mgr"));
+        approve(&store, &policy, &mia, &id, "ok").await.unwrap();
+        let again = approve(&store, &policy, &mia, &id, "ok").await.unwrap_err();
+        assert!(again.to_string().contains("already approved"), "{again}");
+        // max's vote lands, then the start is lost (as if the store failed in between).
+        store
+            .add_approval(&gid, &UserName::parse("max").unwrap(), false, "ok")
+            .await
+            .unwrap();
+        assert_eq!(load(&store, &gid).await.unwrap().status, GrantStatus::Pending);
+        let done = approve(&store, &policy, &max, &id, "ok").await.unwrap();
+        assert_eq!(done.status, GrantStatus::Active);
+        assert!(done.expires_at.is_some());
+        let late = approve(&store, &policy, &mia, &id, "ok").await.unwrap_err();
+        assert!(late.to_string().contains("not pending"), "{late}");
     }
 }
