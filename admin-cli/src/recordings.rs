@@ -700,6 +700,53 @@ impl Logged {
     }
 }
 
+/// Verify one unpurged session's recording against `key` and its row; a recording that
+/// verifies leaves its header hash and its link to the previous recording for the chain
+/// check.
+async fn verify_one(
+    source: &Source,
+    row: &SessionRow,
+    key: &VerifyingKey,
+    logged: &Logged,
+    headers: &mut HashMap<String, String>,
+    links: &mut Vec<(String, session_recordings::PreviousRecording)>,
+) -> VerifyLine {
+    let failed = |status: String| VerifyLine {
+        session: row.id.clone(),
+        file: row.recording.clone(),
+        ok: false,
+        status,
+    };
+    let path = match source.file(row).await {
+        Ok(p) => p,
+        Err(e) => return failed(format!("FAILED: {}", e.message)),
+    };
+    match RecordingReader::open_verified(&path, key).and_then(|r| r.verify()) {
+        Ok(v) => match not_its_session(&v.header, row) {
+            Some(what) => failed(format!(
+                "FAILED: this is not the session's recording (its {what} differs from the session's)"
+            )),
+            None => {
+                headers.insert(row.id.clone(), hex::encode(v.header_hash));
+                if let Some(p) = &v.header.previous {
+                    links.push((row.id.clone(), p.clone()));
+                }
+                let complete = matches!(v.completeness, Completeness::Complete { .. });
+                // A live session is legitimately unsealed; an ended one must be sealed
+                // (ended by its row, or by the audit log whatever the row now says).
+                let live = row.ended_at.is_none() && !logged.ended.contains(&row.id);
+                VerifyLine {
+                    session: row.id.clone(),
+                    file: row.recording.clone(),
+                    ok: complete || live,
+                    status: completeness(&v.completeness),
+                }
+            }
+        },
+        Err(e) => failed(format!("FAILED: {e}")),
+    }
+}
+
 async fn verify(
     cli: &Cli,
     source: &Source,
@@ -720,11 +767,15 @@ async fn verify(
     }
     // The log first, then the rows: every session the log shows ended or purged had its
     // row closed or marked (and its recording sealed) before that event was written.
-    let logged = if all {
+    let mut logged = if all {
         Logged::read(cli).await?
     } else {
         Logged::default()
     };
+    // A purge running meanwhile marks a row (with its event) after the log above was
+    // read, and removes its file after the row was read: such a row is read again, and
+    // the log once more, before it counts as a failure.
+    let mut log_reread = false;
     let rows = match (id, all) {
         (Some(id), _) => vec![source.row(id).await?],
         (None, true) => source.all_rows().await?,
@@ -741,71 +792,43 @@ async fn verify(
     let total = rows.len();
     let mut purged = std::collections::HashSet::new();
     for (i, row) in rows.iter().enumerate() {
-        if row.purged_at.is_some() {
-            purged.insert(row.id.clone());
-            let logged_purge = !all || logged.purged.contains(&row.id);
-            lines.push(VerifyLine {
-                session: row.id.clone(),
-                file: row.recording.clone(),
-                ok: logged_purge,
-                status: if logged_purge {
-                    "purged by retention".into()
-                } else {
-                    "FAILED: marked purged, but the audit log has no recording.purge event for it".into()
-                },
-            });
-            continue;
-        }
         if all && !json && total > 20 {
             eprint!("\rverifying {}/{total}", i + 1);
         }
-        let path = match source.file(row).await {
-            Ok(p) => p,
-            Err(e) => {
-                lines.push(VerifyLine {
-                    session: row.id.clone(),
-                    file: row.recording.clone(),
-                    ok: false,
-                    status: format!("FAILED: {}", e.message),
-                });
-                continue;
-            }
+        let mut line = match row.purged_at {
+            Some(_) => None,
+            None => Some(verify_one(source, row, &key, &logged, &mut headers, &mut links).await),
         };
-        let line = match RecordingReader::open_verified(&path, &key).and_then(|r| r.verify()) {
-            Ok(v) => match not_its_session(&v.header, row) {
-                Some(what) => VerifyLine {
-                    session: row.id.clone(),
-                    file: row.recording.clone(),
-                    ok: false,
-                    status: format!(
-                        "FAILED: this is not the session's recording (its {what} differs from the session's)"
-                    ),
-                },
-                None => {
-                    headers.insert(row.id.clone(), hex::encode(v.header_hash));
-                    if let Some(p) = &v.header.previous {
-                        links.push((row.id.clone(), p.clone()));
-                    }
-                    let complete = matches!(v.completeness, Completeness::Complete { .. });
-                    // A live session is legitimately unsealed; an ended one must be sealed
-                    // (ended by its row, or by the audit log whatever the row now says).
-                    let live = row.ended_at.is_none() && !logged.ended.contains(&row.id);
-                    VerifyLine {
-                        session: row.id.clone(),
-                        file: row.recording.clone(),
-                        ok: complete || live,
-                        status: completeness(&v.completeness),
-                    }
-                }
+        // A purge running meanwhile marks the row after it was read and then removes the
+        // file: a failure on a row that is marked purged now is that purge.
+        if line.as_ref().is_some_and(|l| !l.ok)
+            && matches!(source.row(&row.id).await, Ok(again) if again.purged_at.is_some())
+        {
+            line = None;
+        }
+        if let Some(line) = line {
+            lines.push(line);
+            continue;
+        }
+        purged.insert(row.id.clone());
+        // Its event may be newer than the log read above (or, for one ID, no log was
+        // read): read the log once more. A row marked purged without its signed event is
+        // a recording removed by someone else.
+        if !logged.purged.contains(&row.id) && !log_reread {
+            logged = Logged::read(cli).await?;
+            log_reread = true;
+        }
+        let logged_purge = logged.purged.contains(&row.id);
+        lines.push(VerifyLine {
+            session: row.id.clone(),
+            file: row.recording.clone(),
+            ok: logged_purge,
+            status: if logged_purge {
+                "purged by retention".into()
+            } else {
+                "FAILED: marked purged, but the audit log has no recording.purge event for it".into()
             },
-            Err(e) => VerifyLine {
-                session: row.id.clone(),
-                file: row.recording.clone(),
-                ok: false,
-                status: format!("FAILED: {e}"),
-            },
-        };
-        lines.push(line);
+        });
     }
     if all && !json && total > 20 {
         eprintln!();

@@ -1349,6 +1349,14 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     let (code, out) = verify_all();
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("no recording.purge event"), "{out}");
+    // Asked about that one session alone, verify holds the mark to the log too.
+    let v = run(w.gw.ctl().args(["recordings", "verify", &ids[0]]));
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v.stdout));
+    assert!(
+        text(&v.stdout).contains("no recording.purge event"),
+        "{}",
+        text(&v.stdout)
+    );
     sql(&format!("UPDATE sessions SET purged_at = NULL WHERE id = '{}'", ids[0]));
     // Reopened and cut at its first checkpoint: an unsealed recording of a session the
     // log saw end.
@@ -1784,6 +1792,14 @@ fn retention_purges_old_recordings_except_those_on_hold() {
         .args(["audit", "list", "--kind", "recording.purge", "--json"]));
     let events = json_lines(&audit);
     assert_eq!(events.len(), 2);
+    // One purged session alone verifies too: its purge event is in the log.
+    let one = run(w.gw.ctl().args(["recordings", "verify", &ids[0]]));
+    assert!(one.status.success(), "{}", text(&one.stdout));
+    assert!(
+        text(&one.stdout).contains("purged by retention"),
+        "{}",
+        text(&one.stdout)
+    );
     // Releasing the hold makes it purgeable.
     ok(w.gw.ctl().args(["recordings", "hold", "--release", &ids[1]]));
     assert!(ok(w.gw.ctl().args(["recordings", "purge"])).contains("purged 1 recording(s)"));

@@ -152,10 +152,38 @@ impl Store {
     /// write lock first, so no read-to-write upgrade can fail; PostgreSQL locks the row).
     pub async fn append_audit(&self, e: &AuditEvent) -> Result<AuditRow, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let r = Self::append_in(&mut tx, e).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    /// Apply `change` and append `e` in one transaction: both happen, or neither.
+    /// `change` returns whether it changed anything; when it did not, nothing is
+    /// written and this returns false. The head row is locked first, as every append
+    /// locks it, so this orders with other appends without deadlock.
+    pub(crate) async fn audited_change(
+        &self,
+        e: &AuditEvent,
+        change: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = Self::append_in(&mut tx, e).await?;
+        if change.execute(tx.conn()?).await?.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        if let Some(s) = &self.syslog {
+            s.send(&row);
+        }
+        Ok(true)
+    }
+
+    /// Append `e` within `tx`: bumps the head row first (the lock every append takes).
+    async fn append_in(tx: &mut super::home::HomeTx, e: &AuditEvent) -> Result<AuditRow, StoreError> {
         sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1")
             .execute(tx.conn()?)
             .await?;
-        let (seq, prev_hex) = head_in(&mut tx).await?;
+        let (seq, prev_hex) = head_in(tx).await?;
         let prev =
             chain::parse_hash(&prev_hex).ok_or_else(|| StoreError::Invalid(format!("audit head hash {prev_hex:?}")))?;
         let mut r = AuditRow {
@@ -196,7 +224,6 @@ impl Store {
             .bind(r.at)
             .execute(tx.conn()?)
             .await?;
-        tx.commit().await?;
         r.hash = Some(hash);
         Ok(r)
     }

@@ -120,13 +120,15 @@ impl Store {
             .collect()
     }
 
-    pub async fn mark_purged(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET purged_at = $1 WHERE id = $2 AND legal_hold = 0")
-            .bind(now_micros())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Mark a recording purged and write its purge event `e`, in one transaction; false
+    /// (nothing written) when it is under legal hold or already purged by now. Only then
+    /// may its file go: a hold placed after [`Store::purgeable`] listed it wins.
+    pub async fn mark_purged(&self, id: &str, e: &super::AuditEvent) -> Result<bool, StoreError> {
+        let change =
+            sqlx::query("UPDATE sessions SET purged_at = $1 WHERE id = $2 AND legal_hold = 0 AND purged_at IS NULL")
+                .bind(now_micros())
+                .bind(id);
+        self.audited_change(e, change).await
     }
 
     /// The newest recording of `node`: `(session_id, header_hash)`.
