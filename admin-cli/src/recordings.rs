@@ -140,15 +140,6 @@ fn unlock<R: std::io::Read>(reader: &mut RecordingReader<R>) -> Result<(), sessi
     reader.unlock(&ids)
 }
 
-/// Open a recording for reading its events (unlocking it when encrypted).
-fn open_reader(
-    path: &Path,
-) -> Result<RecordingReader<std::io::BufReader<std::fs::File>>, session_recordings::ReadError> {
-    let mut r = RecordingReader::open(path)?;
-    unlock(&mut r)?;
-    Ok(r)
-}
-
 fn failed(e: impl std::fmt::Display) -> Failure {
     Failure {
         code: 1,
@@ -520,11 +511,20 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
     let row = source.row(id).await?;
     let key = source.audit_key(public_key).await?;
     let path = source.file(&row).await?;
-    let verified = RecordingReader::open_verified(&path, &key).and_then(|r| r.verify());
-    let (header, events, _) = open_reader(&path).and_then(|r| r.events()).map_err(|e| Failure {
-        code: 1,
-        message: e.to_string(),
-    })?;
+    // One read, with the key: nothing of a recording that fails verification is
+    // summarised as if it were the session's (as `play` and `export` refuse it).
+    let (verified, events) = RecordingReader::open_verified(&path, &key)
+        .and_then(|mut r| {
+            unlock(&mut r)?;
+            r.events_and_verdict()
+        })
+        .map_err(|e| {
+            failed(format!(
+                "recording {} does not verify, so it is not shown: {e} (see `hersectl recordings verify`)",
+                path.display()
+            ))
+        })?;
+    let header = &verified.header;
     let mut execs = Vec::new();
     let mut sftp = Vec::new();
     let mut denied = Vec::new();
@@ -593,10 +593,7 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
             _ => {}
         }
     }
-    let status = match &verified {
-        Ok(v) => completeness(&v.completeness),
-        Err(e) => format!("FAILED: {e}"),
-    };
+    let status = completeness(&verified.completeness);
     let summary = serde_json::json!({
         "session": header.session_id, "user": header.user, "client": header.client_addr, "workstation": header.workstation,
         "target": header.target, "target_address": header.target_addr, "tier": header.tier, "login": header.login,

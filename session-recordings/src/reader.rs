@@ -391,6 +391,16 @@ impl<R: Read> RecordingReader<R> {
         Ok((self.header, events, truncated))
     }
 
+    /// Every remaining event, and whether the recording is whole, from one read: what
+    /// `show` needs, so that the events it summarises are the ones that were verified.
+    pub fn events_and_verdict(mut self) -> Result<(Verified, Vec<Event>), ReadError> {
+        let mut events = Vec::new();
+        while let Some(e) = self.next_event()? {
+            events.push(e);
+        }
+        Ok((self.verdict()?, events))
+    }
+
     /// Read to the end and say whether the recording is whole. An encrypted recording is
     /// verified without its key (the chain and signatures cover the ciphertext); its
     /// events are only counted when it was unlocked.
@@ -406,6 +416,11 @@ impl<R: Read> RecordingReader<R> {
                 other => return Err(self.corrupt(f.seq, f.offset, format!("unexpected frame kind {other}"))),
             }
         }
+        self.verdict()
+    }
+
+    /// Whole or truncated, once every frame was read.
+    fn verdict(self) -> Result<Verified, ReadError> {
         let completeness = match (self.sealed_at, self.last_checkpoint_t) {
             (Some(t), _) => Completeness::Complete { sealed_at_micros: t },
             (None, Some(t)) => Completeness::Truncated {

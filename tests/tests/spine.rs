@@ -1305,8 +1305,9 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     let v = run(w.gw.ctl().args(["recordings", "verify", middle]));
     assert_eq!(v.status.code(), Some(1));
     assert!(text(&v.stdout).contains("frame"), "{}", text(&v.stdout));
-    // Nor is any of it exported or played.
+    // Nor is any of it exported, played or summarised.
     for args in [
+        &["recordings", "show", middle.as_str()][..],
         &["recordings", "export", middle.as_str(), "--format", "text"][..],
         &["recordings", "play", middle.as_str(), "--speed", "100"][..],
     ] {
