@@ -42,7 +42,8 @@ pub async fn refuse_a_running_namesake(gw: &Gateway) -> anyhow::Result<Duration>
     }
     let wait = HEARTBEAT + Duration::from_secs(1);
     eprintln!(
-        "herse: node {} did not stop cleanly (last report {:.0}s ago): waiting {}s to see whether          another process still runs as it",
+        "herse: node {} did not stop cleanly (last report {:.0}s ago): waiting {}s to see whether \
+         another process still runs as it",
         gw.node,
         (silent_for.max(0) as f64) / 1e6,
         wait.as_secs()
