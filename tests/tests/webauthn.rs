@@ -8,6 +8,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herse_e2e::people::set_password;
+
+/// Failed logins that lock an account (the gateway's `web::LOGIN_FAILURES`).
+const LOGIN_FAILURES: usize = 5;
 use herse_e2e::*;
 
 const DEPLOY: &str = "hdeploy";
@@ -380,18 +383,30 @@ fn security_keys_approve_ssh_logins_in_a_real_browser() {
     let out = login(&totp_now(&totp[1])).wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("leave the code empty"));
-    let mut c = login("");
-    let mut err = BufReader::new(c.stderr.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "no approval URL from hersectl login"
-        );
-        if let Some(u) = line.split_whitespace().find(|w| w.contains("/approve/")) {
-            break u.to_owned();
+    // The URL, and the rest of the login's stderr (kept open: hersectl still writes).
+    let approval_url = |c: &mut Child| {
+        let mut err = BufReader::new(c.stderr.take().unwrap());
+        loop {
+            let mut line = String::new();
+            assert!(
+                err.read_line(&mut line).unwrap() > 0,
+                "no approval URL from hersectl login: {line}"
+            );
+            if let Some(u) = line.split_whitespace().find(|w| w.contains("/approve/")) {
+                break (u.to_owned(), err);
+            }
         }
     };
+    // Logins left unapproved (more than the lockout's count) are not failures: the
+    // right password was given each time, and the account stays open.
+    for _ in 0..=LOGIN_FAILURES {
+        let mut c = login("");
+        approval_url(&mut c);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mut c = login("");
+    let (url, _err) = approval_url(&mut c);
     assert_eq!(bob.cmd(&format!("approve {url}")), "ok approved");
     assert!(c.wait().unwrap().success(), "hersectl login after the approval");
     let me: serde_json::Value = serde_json::from_str(&ok(bob_ctl().args(["whoami", "--json"]))).unwrap();

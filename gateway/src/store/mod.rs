@@ -212,6 +212,23 @@ impl Store {
         .unwrap_or(0))
     }
 
+    /// Take back one count of [`Store::bump_failures`]: the attempt it counted turned
+    /// out not to be a failure.
+    pub(crate) async fn unbump_failures(
+        &self,
+        which: Lockout,
+        user: &crate::ident::UserName,
+    ) -> Result<(), StoreError> {
+        let (failures, _) = which.columns();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE users SET {failures} = {failures} - 1 WHERE name = $1 AND {failures} > 0"
+        )))
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// With `n` failures counted, lock the user if `n` reached `max` (for `lock_micros`,
     /// doubled per failure beyond, at most a day).
     pub(crate) async fn lock_after(

@@ -302,8 +302,12 @@ async fn authenticate(
         return fail(StatusCode::UNAUTHORIZED, "Login failed.");
     }
     // With a key to come, the login has not succeeded yet: failures are cleared (and the
-    // success audited) only when the approval is taken.
-    if !by_key {
+    // success audited) only when the approval is taken. But the right password is no
+    // failure: this attempt's count is taken back, so logins left unapproved (a closed
+    // terminal, a key left at home) never lock the account; wrong guesses still do.
+    if by_key {
+        let _ = gw.store.unbump_failures(which, &user).await;
+    } else {
         let _ = gw.store.reset_login_failures(&user).await;
     }
     // No second-factor proof is recorded for SSH here: a portal login must not let SSH
