@@ -525,6 +525,14 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
             ))
         })?;
     let header = &verified.header;
+    // Signed, but another session's (copied over this one's file): not this session.
+    if let Some(what) = not_its_session(header, &row) {
+        return Err(failed(format!(
+            "recording {} is not the session's recording (its {what} differs from the session's), \
+             so it is not shown (see `hersectl recordings verify`)",
+            path.display()
+        )));
+    }
     let mut execs = Vec::new();
     let mut sftp = Vec::new();
     let mut denied = Vec::new();
@@ -764,7 +772,7 @@ async fn verify(
     }
     // The log first, then the rows: every session the log shows ended or purged had its
     // row closed or marked (and its recording sealed) before that event was written.
-    let mut logged = if all {
+    let logged = if all {
         Logged::read(cli).await?
     } else {
         Logged::default()
@@ -772,7 +780,7 @@ async fn verify(
     // A purge running meanwhile marks a row (with its event) after the log above was
     // read, and removes its file after the row was read: such a row is read again, and
     // the log once more, before it counts as a failure.
-    let mut log_reread = false;
+    let mut unexplained = Vec::new();
     let rows = match (id, all) {
         (Some(id), _) => vec![source.row(id).await?],
         (None, true) => source.all_rows().await?,
@@ -808,24 +816,29 @@ async fn verify(
             continue;
         }
         purged.insert(row.id.clone());
-        // Its event may be newer than the log read above (or, for one ID, no log was
-        // read): read the log once more. A row marked purged without its signed event is
-        // a recording removed by someone else.
-        if !logged.purged.contains(&row.id) && !log_reread {
-            logged = Logged::read(cli).await?;
-            log_reread = true;
+        if !logged.purged.contains(&row.id) {
+            // Decided after the loop, from a log read once more then: every purge marks
+            // its row and writes its event in one commit, before the row is read again.
+            unexplained.push(lines.len());
         }
-        let logged_purge = logged.purged.contains(&row.id);
         lines.push(VerifyLine {
             session: row.id.clone(),
             file: row.recording.clone(),
-            ok: logged_purge,
-            status: if logged_purge {
-                "purged by retention".into()
-            } else {
-                "FAILED: marked purged, but the audit log has no recording.purge event for it".into()
-            },
+            ok: true,
+            status: "purged by retention".into(),
         });
+    }
+    // A row marked purged without its signed event is a recording removed by someone
+    // else. Its event may be newer than the log read above (or, for one ID, no log was
+    // read): one more read settles every such row.
+    if !unexplained.is_empty() {
+        let reread = Logged::read(cli).await?;
+        for i in unexplained {
+            if !reread.purged.contains(&lines[i].session) {
+                lines[i].ok = false;
+                lines[i].status = "FAILED: marked purged, but the audit log has no recording.purge event for it".into();
+            }
+        }
     }
     if all && !json && total > 20 {
         eprintln!();

@@ -681,7 +681,13 @@ async fn recordings_hold(
 ) -> Result<serde_json::Value, ControlError> {
     let sid = session_id(id)?;
     if !ctx.store.set_legal_hold(&sid, !release).await? {
-        return Err(err(ErrorKind::NotFound, format!("no recording for session {sid}")));
+        return Err(match ctx.store.session(&sid).await? {
+            Some(row) if row.purged_at.is_some() => err(
+                ErrorKind::Conflict,
+                format!("the recording of session {sid} was already purged by retention"),
+            ),
+            _ => err(ErrorKind::NotFound, format!("no recording for session {sid}")),
+        });
     }
     let (kind, word) = if release {
         ("recording.release", "released from")

@@ -90,6 +90,9 @@ mod tests {
                 .map(|r| r.id.clone())
                 .collect();
             assert_eq!(purged, vec![free.to_string()], "{backend}");
+            // A hold on a purged recording would hold nothing: refused.
+            assert!(!s.set_legal_hold(&free, true).await.unwrap(), "{backend}");
+            assert!(s.set_legal_hold(&held, false).await.unwrap(), "{backend}");
         }
     }
 }

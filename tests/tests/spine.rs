@@ -1331,6 +1331,13 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
         "{}",
         text(&v.stdout)
     );
+    let shown = run(w.gw.ctl().args(["recordings", "show", middle]));
+    assert_eq!(shown.status.code(), Some(1), "{}", text(&shown.stdout));
+    assert!(
+        text(&shown.stderr).contains("not the session's recording"),
+        "{}",
+        text(&shown.stderr)
+    );
     std::fs::write(&path, &bytes).unwrap();
 
     // Session rows are held to the signed audit log: a row marked purged with no purge
@@ -1793,6 +1800,10 @@ fn retention_purges_old_recordings_except_those_on_hold() {
         .args(["audit", "list", "--kind", "recording.purge", "--json"]));
     let events = json_lines(&audit);
     assert_eq!(events.len(), 2);
+    // A hold on a recording already purged would hold nothing: refused.
+    let late = run(w.gw.ctl().args(["recordings", "hold", &ids[0]]));
+    assert!(!late.status.success());
+    assert!(text(&late.stderr).contains("already purged"), "{}", text(&late.stderr));
     // One purged session alone verifies too: its purge event is in the log.
     let one = run(w.gw.ctl().args(["recordings", "verify", &ids[0]]));
     assert!(one.status.success(), "{}", text(&one.stdout));

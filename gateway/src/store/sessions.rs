@@ -93,9 +93,10 @@ fn row(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
 }
 
 impl Store {
-    /// Put a recording under legal hold (or release it); false if no such session.
+    /// Put a recording under legal hold (or release it); false if no such session, or
+    /// its recording was purged (a hold on nothing would be reported as kept).
     pub async fn set_legal_hold(&self, id: &SessionId, hold: bool) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE sessions SET legal_hold = $1 WHERE id = $2")
+        let r = sqlx::query("UPDATE sessions SET legal_hold = $1 WHERE id = $2 AND purged_at IS NULL")
             .bind(i64::from(hold))
             .bind(id.as_str())
             .execute(&self.pool)
