@@ -96,12 +96,19 @@ impl Store {
             .bind(workstation)
             .execute(tx.conn()?)
             .await?;
-        sqlx::query("INSERT INTO mfa_proofs (user_name, workstation, proved_at) VALUES ($1, $2, $3)")
+        // Only for an active user: a login that proved its factor while a suspension
+        // committed must not leave a proof that counts again on resume.
+        let insert =
+            self.while_active("INSERT INTO mfa_proofs (user_name, workstation, proved_at) SELECT name, $2, $3");
+        let r = sqlx::query(sqlx::AssertSqlSafe(insert))
             .bind(user.as_str())
             .bind(workstation)
             .bind(now_micros())
             .execute(tx.conn()?)
             .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Refused(format!("user {user} is not active")));
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -58,6 +58,23 @@ pub struct Store {
     pool: home::HomePool,
     /// Where this process forwards the audit events it appends (`[audit] syslog`).
     syslog: Option<std::sync::Arc<crate::audit_log::syslog::Syslog>>,
+    /// What a `SELECT` that must see a row's committed state, and keep it until the
+    /// transaction ends, appends: `FOR SHARE` on PostgreSQL (which waits for a writer
+    /// of the row and re-checks the row after it); nothing on SQLite, whose writers run
+    /// one at a time.
+    share_lock: &'static str,
+}
+
+impl Store {
+    /// An insert for `user` that happens only while the user is active, checked in the
+    /// same statement (see [`Store::share_lock`]): a suspension committed first stops
+    /// it, and one committed after it deletes what it wrote.
+    fn while_active(&self, insert_select: &str) -> String {
+        format!(
+            "{insert_select} FROM users WHERE name = $1 AND status = 'active'{}",
+            self.share_lock
+        )
+    }
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -97,6 +114,7 @@ impl Store {
         Ok(Store {
             pool: home::HomePool::here(pool),
             syslog: None,
+            share_lock: if sqlite { "" } else { " FOR SHARE" },
         })
     }
 
@@ -326,6 +344,7 @@ pub(crate) async fn memory_store() -> Store {
     let s = Store {
         pool: home::HomePool::here(pool),
         syslog: None,
+        share_lock: "",
     };
     s.migrate().await.unwrap();
     s

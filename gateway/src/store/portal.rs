@@ -79,18 +79,24 @@ impl Store {
             .bind(now_micros())
             .execute(&self.pool)
             .await?;
-        sqlx::query(
+        // Only for an active user: a login that passed while a suspension committed must
+        // not leave a session or token that comes back on resume.
+        let insert = self.while_active(
             "INSERT INTO web_sessions (token_hash, user_name, workstation, csrf, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(token_hash)
-        .bind(user.as_str())
-        .bind(workstation)
-        .bind(csrf)
-        .bind(now_micros())
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
+             SELECT $2, name, $3, $4, $5, $6",
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(insert))
+            .bind(user.as_str())
+            .bind(token_hash)
+            .bind(workstation)
+            .bind(csrf)
+            .bind(now_micros())
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Refused(format!("user {user} is not active")));
+        }
         Ok(())
     }
 

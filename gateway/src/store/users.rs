@@ -411,6 +411,17 @@ mod tests {
             assert!(s.last_mfa_proof(&alice, "ws").await.unwrap().is_none(), "{backend}");
             let u = s.user(&alice).await.unwrap().unwrap();
             assert_eq!(u.status, UserStatus::Suspended, "{backend}");
+            // A login finishing after the suspension leaves nothing for the resume.
+            assert!(s.record_mfa_proof(&alice, "ws").await.is_err(), "{backend}");
+            assert!(
+                s.create_web_session("tok2", &alice, "ws", "csrf", far).await.is_err(),
+                "{backend}"
+            );
+            s.set_user_status(&alice, UserStatus::Active, None).await.unwrap();
+            assert!(s.last_mfa_proof(&alice, "ws").await.unwrap().is_none(), "{backend}");
+            assert!(s.web_session("tok2").await.unwrap().is_none(), "{backend}");
+            s.record_mfa_proof(&alice, "ws").await.unwrap();
+            assert!(s.last_mfa_proof(&alice, "ws").await.unwrap().is_some(), "{backend}");
         }
     }
 
