@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
-use super::keys::{err, finish_assertion, json_session, start_assertion, stored_keys, ApproveFinish, Assertion};
+use super::keys::{err, finish_assertion, start_assertion, stored_keys, ApproveFinish, Assertion, JsonSession};
 use super::pages::{esc, form_session, page, page_session, when, App};
 use crate::access::{Caller, Person};
 use crate::grants::{self, Listing};
@@ -123,14 +123,9 @@ pub(super) async fn grants_page(
 /// `POST /grants/{id}/approve/start`: a WebAuthn challenge for this grant's approval.
 pub(super) async fn approve_start(
     State(app): State<App>,
-    Extension(origin): Extension<Origin>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    JsonSession { session: _, user }: JsonSession,
 ) -> Response {
-    let (_, user) = match json_session(&app, &headers, &origin).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let caller = match caller(&app, &user).await {
         Ok(c) => c,
         Err(r) => return r,
@@ -179,13 +174,9 @@ pub(super) async fn approve_finish(
     State(app): State<App>,
     Extension(origin): Extension<Origin>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    JsonSession { session: _, user }: JsonSession,
     Json(body): Json<ApproveFinish>,
 ) -> Response {
-    let (_, user) = match json_session(&app, &headers, &origin).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let refuse = |reason: String| refuse(&app, &id, &user, &origin, reason);
     let key_name = match finish_assertion(&app, &user, &purpose(&id), &body).await {
         Ok(name) => name,

@@ -90,11 +90,27 @@ pub(super) fn err(status: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 /// The session, and its CSRF token in the `x-csrf-token` header (fetch requests).
-pub(super) async fn json_session(
-    app: &App,
-    headers: &HeaderMap,
-    origin: &Origin,
-) -> Result<(WebSession, UserName), Response> {
+/// A portal session on a JSON call, as an extractor: the cookie's session, the CSRF
+/// header, a password not expired. It runs before the body is read, so an
+/// unauthenticated request never has its body parsed.
+pub(super) struct JsonSession {
+    pub session: WebSession,
+    pub user: UserName,
+}
+
+impl axum::extract::FromRequestParts<App> for JsonSession {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &App) -> Result<Self, Response> {
+        let Some(origin) = parts.extensions.get::<Origin>() else {
+            return Err(err(StatusCode::INTERNAL_SERVER_ERROR, "no client origin"));
+        };
+        let (session, user) = json_session(app, &parts.headers, origin).await?;
+        Ok(JsonSession { session, user })
+    }
+}
+
+async fn json_session(app: &App, headers: &HeaderMap, origin: &Origin) -> Result<(WebSession, UserName), Response> {
     let Some((s, _)) = session(app, headers, origin).await else {
         return Err(err(StatusCode::UNAUTHORIZED, "log in first"));
     };
@@ -219,15 +235,7 @@ fn touch_first() -> Response {
     )
 }
 
-pub(super) async fn verify_start(
-    State(app): State<App>,
-    Extension(origin): Extension<Origin>,
-    headers: HeaderMap,
-) -> Response {
-    let (_, user) = match json_session(&app, &headers, &origin).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub(super) async fn verify_start(State(app): State<App>, JsonSession { session: _, user }: JsonSession) -> Response {
     match start_assertion(&app, &user, VERIFY).await {
         Ok(r) => r,
         Err(Assertion::NoKey) => err(StatusCode::BAD_REQUEST, "you have no security key yet"),
@@ -237,14 +245,9 @@ pub(super) async fn verify_start(
 
 pub(super) async fn verify_finish(
     State(app): State<App>,
-    Extension(origin): Extension<Origin>,
-    headers: HeaderMap,
+    JsonSession { session: s, user }: JsonSession,
     Json(body): Json<ApproveFinish>,
 ) -> Response {
-    let (s, user) = match json_session(&app, &headers, &origin).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let name = match finish_assertion(&app, &user, VERIFY, &body).await {
         Ok(name) => name,
         Err(reason) => return err(StatusCode::FORBIDDEN, reason),
@@ -257,14 +260,9 @@ pub(super) async fn verify_finish(
 
 pub(super) async fn register_start(
     State(app): State<App>,
-    Extension(origin): Extension<Origin>,
-    headers: HeaderMap,
+    JsonSession { session: s, user }: JsonSession,
     Json(body): Json<RegisterStart>,
 ) -> Response {
-    let (s, user) = match json_session(&app, &headers, &origin).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let wa = match webauthn(&app) {
         Ok(w) => w,
         Err(r) => return r,
@@ -329,13 +327,9 @@ pub(super) struct RegisterFinish {
 pub(super) async fn register_finish(
     State(app): State<App>,
     Extension(origin): Extension<Origin>,
-    headers: HeaderMap,
+    JsonSession { session: _, user }: JsonSession,
     Json(body): Json<RegisterFinish>,
 ) -> Response {
-    let (_, user) = match json_session(&app, &headers, &origin).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let wa = match webauthn(&app) {
         Ok(w) => w,
         Err(r) => return r,
@@ -529,12 +523,8 @@ pub(super) async fn approve_start(
     State(app): State<App>,
     Extension(origin): Extension<Origin>,
     Path(token): Path<String>,
-    headers: HeaderMap,
+    JsonSession { session: s, user }: JsonSession,
 ) -> Response {
-    let (s, user) = match json_session(&app, &headers, &origin).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     if let Err(reason) = approval_for(&app, &token, &s).await {
         return refuse_approval(&app, &origin, &s, &reason).await;
     }
@@ -635,13 +625,9 @@ pub(super) async fn approve_finish(
     State(app): State<App>,
     Extension(origin): Extension<Origin>,
     Path(token): Path<String>,
-    headers: HeaderMap,
+    JsonSession { session: s, user }: JsonSession,
     Json(body): Json<ApproveFinish>,
 ) -> Response {
-    let (s, user) = match json_session(&app, &headers, &origin).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     if let Err(reason) = approval_for(&app, &token, &s).await {
         return refuse_approval(&app, &origin, &s, &reason).await;
     }
