@@ -533,12 +533,73 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
             path.display()
         )));
     }
+    // In a recording cut short, what follows its last checkpoint was read but nothing
+    // signed vouches for it: summarised apart, never mixed into the session's account.
+    let split = usize::try_from(verified.authenticated_events)
+        .unwrap_or(usize::MAX)
+        .min(events.len());
+    let (vouched, tail) = events.split_at(split);
+    let Summary {
+        execs,
+        sftp,
+        denied,
+        recorded_end,
+        bytes,
+    } = summarise(vouched);
+    let unauthenticated = (!tail.is_empty()).then(|| {
+        let t = summarise(tail);
+        serde_json::json!({
+            "events": tail.len(), "execs": t.execs, "sftp": t.sftp, "denied": t.denied,
+            "recorded_end_reason": t.recorded_end, "bytes": t.bytes,
+        })
+    });
+    let status = completeness(&verified.completeness);
+    let summary = serde_json::json!({
+        "session": header.session_id, "user": header.user, "client": header.client_addr, "workstation": header.workstation,
+        "target": header.target, "target_address": header.target_addr, "tier": header.tier, "login": header.login,
+        "role": header.role, "grant": header.grant, "decision": header.decision,
+        "started": output::time(header.started_at_micros as i64), "ended": row.ended_at.map(output::time), "end_reason": row.end_reason,
+        "recorded_end_reason": recorded_end,
+        "verification": status, "events": vouched.len(), "bytes": bytes, "execs": execs, "sftp": sftp, "denied": denied,
+        "unauthenticated_tail": unauthenticated,
+        "file": row.recording,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    } else if let serde_json::Value::Object(map) = summary {
+        for (k, v) in map {
+            match v {
+                serde_json::Value::Array(items) if !items.is_empty() => {
+                    println!("{k}:");
+                    for i in items {
+                        println!("  {}", i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()));
+                    }
+                }
+                serde_json::Value::String(s) => println!("{k}: {s}"),
+                serde_json::Value::Null => println!("{k}: -"),
+                other => println!("{k}: {other}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `show` lists of a run of events.
+struct Summary {
+    execs: Vec<String>,
+    sftp: Vec<String>,
+    denied: Vec<String>,
+    recorded_end: Option<String>,
+    bytes: HashMap<&'static str, u64>,
+}
+
+fn summarise(events: &[Event]) -> Summary {
     let mut execs = Vec::new();
     let mut sftp = Vec::new();
     let mut denied = Vec::new();
     let mut recorded_end = None;
-    let mut bytes = HashMap::<&str, u64>::new();
-    for e in &events {
+    let mut bytes = HashMap::<&'static str, u64>::new();
+    for e in events {
         match e {
             // The reason sealed into the recording, which the session row may not hold
             // (a row closed by another node, or after the database came back).
@@ -601,34 +662,13 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
             _ => {}
         }
     }
-    let status = completeness(&verified.completeness);
-    let summary = serde_json::json!({
-        "session": header.session_id, "user": header.user, "client": header.client_addr, "workstation": header.workstation,
-        "target": header.target, "target_address": header.target_addr, "tier": header.tier, "login": header.login,
-        "role": header.role, "grant": header.grant, "decision": header.decision,
-        "started": output::time(header.started_at_micros as i64), "ended": row.ended_at.map(output::time), "end_reason": row.end_reason,
-        "recorded_end_reason": recorded_end,
-        "verification": status, "events": events.len(), "bytes": bytes, "execs": execs, "sftp": sftp, "denied": denied,
-        "file": row.recording,
-    });
-    if json {
-        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
-    } else if let serde_json::Value::Object(map) = summary {
-        for (k, v) in map {
-            match v {
-                serde_json::Value::Array(items) if !items.is_empty() => {
-                    println!("{k}:");
-                    for i in items {
-                        println!("  {}", i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()));
-                    }
-                }
-                serde_json::Value::String(s) => println!("{k}: {s}"),
-                serde_json::Value::Null => println!("{k}: -"),
-                other => println!("{k}: {other}"),
-            }
-        }
+    Summary {
+        execs,
+        sftp,
+        denied,
+        recorded_end,
+        bytes,
     }
-    Ok(())
 }
 
 fn completeness(c: &Completeness) -> String {

@@ -52,6 +52,10 @@ pub struct Verified {
     pub completeness: Completeness,
     pub frames: u64,
     pub events: u64,
+    /// How many of `events` a checkpoint or the seal covers: all of them in a complete
+    /// recording; in a truncated one, those before its last checkpoint (the rest were
+    /// read, but nothing signed vouches for them).
+    pub authenticated_events: u64,
 }
 
 /// Reads a recording frame by frame, checking the hash chain as it goes and, when given
@@ -73,6 +77,7 @@ pub struct RecordingReader<R> {
     bytes_since_checkpoint: u64,
     frames: u64,
     events: u64,
+    events_at_checkpoint: u64,
     data_key: Option<crate::crypt::DataKey>,
 }
 
@@ -158,6 +163,7 @@ impl<R: Read> RecordingReader<R> {
             bytes_since_checkpoint: 0,
             frames: 0,
             events: 0,
+            events_at_checkpoint: 0,
             data_key: None,
         };
         let f = r.next_frame()?.ok_or(ReadError::NoHeader)?;
@@ -310,6 +316,8 @@ impl<R: Read> RecordingReader<R> {
         }
         self.last_checkpoint_t = Some(t);
         self.bytes_since_checkpoint = 0;
+        // Every event decoded so far came from a frame this checkpoint's chain covers.
+        self.events_at_checkpoint = self.events;
         if kind == FRAME_SEAL {
             self.sealed_at = Some(t);
         }
@@ -441,6 +449,7 @@ impl<R: Read> RecordingReader<R> {
             completeness,
             frames: self.frames + 1,
             events: self.events,
+            authenticated_events: self.events_at_checkpoint,
         })
     }
 }

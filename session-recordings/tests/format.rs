@@ -284,6 +284,13 @@ fn cuts_are_truncated(golden: &[u8]) {
     let fr = frames(golden);
     // Without the seal: truncated at the first checkpoint (the only one before it).
     let no_seal = &golden[..fr[fr.len() - 1].start];
+    // Read, but vouched for by nothing: none of the events after that checkpoint count
+    // as authenticated, while the whole recording's all do.
+    let cut = verify(no_seal).unwrap();
+    assert!(cut.events > 0);
+    assert_eq!(cut.authenticated_events, 0);
+    let whole = verify(golden).unwrap();
+    assert_eq!(whole.authenticated_events, whole.events);
     match verify(no_seal).unwrap().completeness {
         Completeness::Truncated {
             authenticated_until_micros,
