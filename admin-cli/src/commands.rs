@@ -220,15 +220,22 @@ pub(crate) async fn execute(cli: &Cli, call: &herse::control::Call) -> Result<se
     // the policy report why it does not load; the rest run.
     let policy = herse::policy::load(&config.policy_path).map_err(|d| d.to_string());
     let store = open(cli).await?;
-    // Only the calls that store a secret read the master key (and need the right to).
+    // Only the calls that store a secret, or purge, read the master key (and need the
+    // right to).
+    let master =
+        || herse::secrets::MasterKey::load(&herse::secrets::MasterKeySource::resolve(None, &config.master_key_file));
     let user_secrets = match call {
         herse::control::Call::UsersRecoveryCodes { .. } => {
-            let master = herse::secrets::MasterKey::load(&herse::secrets::MasterKeySource::resolve(
-                None,
-                &config.master_key_file,
-            ))?;
-            Some(herse::keys::user_secrets_key(&store, &master).await?)
+            Some(herse::keys::user_secrets_key(&store, &master()?).await?)
         }
+        _ => None,
+    };
+    // A purge verifies recordings and the log with the key sealed under the master key,
+    // not with the database's copy of its public half.
+    let retention = match call {
+        herse::control::Call::RecordingsPurge => Some(herse::retention::Retention::new(
+            herse::keys::audit_verifying_key(&store, &master()?).await?,
+        )),
         _ => None,
     };
     let ctx = herse::control::Ctx {
@@ -237,6 +244,7 @@ pub(crate) async fn execute(cli: &Cli, call: &herse::control::Call) -> Result<se
         config: &config,
         identity_files: &cli.identity,
         user_secrets: user_secrets.as_ref(),
+        retention: retention.as_ref(),
     };
     let r = herse::control::execute(&ctx, &herse::access::Caller::Local(operator()), call).await;
     store.close().await;

@@ -317,6 +317,9 @@ pub struct Ctx<'a> {
     /// are kept as keyed hashes): the gateway's own; in local mode loaded from the master
     /// key only for those calls.
     pub user_secrets: Option<&'a crate::secrets::MasterKey>,
+    /// For `recordings purge`: the gateway's own; in local mode built from the master
+    /// key only for that call.
+    pub retention: Option<&'a crate::retention::Retention>,
 }
 
 /// The most rows one listing returns; longer ones are read page by page.
@@ -656,7 +659,13 @@ async fn more(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serde_json:
         }
         Call::RecordingsHold { id, release } => recordings_hold(ctx, caller, id, *release).await,
         Call::RecordingsPurge => {
-            let ids = crate::retention::purge(ctx.store, ctx.policy()?, &ctx.config.node).await?;
+            let retention = ctx.retention.ok_or_else(|| {
+                err(
+                    ErrorKind::Internal,
+                    "a purge needs the audit key, which this caller did not load",
+                )
+            })?;
+            let ids = crate::retention::purge(ctx.store, ctx.policy()?, &ctx.config.node, retention).await?;
             let message = format!(
                 "purged {} recording(s){}{}",
                 ids.len(),
@@ -843,6 +852,7 @@ mod tests {
             config: &config,
             identity_files: &[],
             user_secrets: None,
+            retention: None,
         };
         let person = |name: &str, role: &str| {
             let n = UserName::parse(name).unwrap();
@@ -916,6 +926,7 @@ mod tests {
             config: &config,
             identity_files: &[],
             user_secrets: None,
+            retention: None,
         };
         let boss = crate::ident::RoleName::parse("boss").unwrap();
         for u in ["m1", "m2"] {

@@ -37,6 +37,8 @@ pub struct Gateway {
     /// Which recordings each reader fetched lately, so that a download is audited once
     /// per read, not per chunk.
     pub(crate) recording_reads: RecentReads,
+    /// What retention purges check rows against (the verified audit log's holds).
+    pub retention: crate::retention::Retention,
 }
 
 impl Gateway {
@@ -59,7 +61,6 @@ impl Gateway {
             config,
             policy: ArcSwap::from_pointee(policy),
             store,
-            keys,
             live: Mutex::new(HashMap::new()),
             stop_accepting: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -67,6 +68,8 @@ impl Gateway {
             webauthn,
             portal_tls,
             recording_reads: RecentReads::default(),
+            retention: crate::retention::Retention::new(keys.audit.verifying_key()),
+            keys,
         })
     }
 

@@ -80,6 +80,15 @@ async fn save_wireguard(store: &Store, master: &MasterKey, k: &WgSecret) -> Resu
 
 /// The key that seals users' second-factor secrets; created on first use by a gateway
 /// initialised before second factors existed.
+/// The audit key's public half, from its sealed private half: what a local command that
+/// must not trust the database's copy of the public key (retention) verifies with.
+pub async fn audit_verifying_key(store: &Store, master: &MasterKey) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
+    let (_, sealed) = store.gateway_key(AUDIT).await?;
+    let seed = master.open(&label(AUDIT), &sealed)?;
+    let seed: [u8; 32] = seed[..].try_into().map_err(|_| KeyError::Invalid(AUDIT))?;
+    Ok(SigningKey::from_bytes(&seed).verifying_key())
+}
+
 pub async fn user_secrets_key(store: &Store, master: &MasterKey) -> Result<MasterKey, KeyError> {
     match store.gateway_key(USER_SECRETS).await {
         Ok((_, sealed)) => {

@@ -1,58 +1,305 @@
 //! Recording retention: purge recordings older than their tier's retention, except those
 //! under legal hold. Each purge is an audit event; the session row stays, marked purged,
 //! so the chain of recordings shows a removal by policy rather than a loss.
+//!
+//! A purge destroys evidence with the gateway's own signature on the event, so it does
+//! not take the database's word for it: whoever can write the database could otherwise
+//! set a held recording's row free, or its end far back, and have the gateway remove it
+//! for them. Before a file goes, [`purge`] also needs
+//! - the recording itself, verified with the audit key, to be of the row's session and
+//!   tier and to have ended before the tier's retention (its seal's time, or its last
+//!   checkpoint's when it was cut short);
+//! - the signed audit log to verify, and to hold no `recording.hold` for it that a
+//!   `recording.release` did not end. The log is verified from where the last purge left
+//!   it ([`Retention`] keeps that point and the holds seen up to it), so each event is
+//!   hashed once per process, not once an hour.
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::policy::Policy;
-use crate::store::{now_micros, AuditEvent, Severity, Store, StoreError};
+use ed25519_dalek::VerifyingKey;
+use session_recordings::{Completeness, RecordingReader};
 
-/// Purge what is due on `node`; returns the purged session ids.
-pub async fn purge(store: &Store, policy: &Policy, node: &str) -> Result<Vec<String>, StoreError> {
-    let mut purged = Vec::new();
-    for tier in policy.tiers.values() {
-        let Some(keep) = tier.retention else { continue };
-        let before = now_micros().saturating_sub(i64::try_from(keep.as_micros()).unwrap_or(i64::MAX));
-        for row in store.purgeable(node, tier.name.as_str(), before).await? {
-            // The row and its event first, in one transaction that checks the hold again;
-            // the file after. A verify that reads the row before this finds the file; one
-            // that reads it after finds the mark and its event.
-            let event = AuditEvent::new(
-                "recording.purge",
-                Severity::Info,
-                format!("tier {} retention {}s", tier.name, keep.as_secs()),
-            )
-            .user(&row.user)
-            .session(&row.id);
-            if !store.mark_purged(&row.id, &event).await? {
-                continue;
-            }
-            let path = std::path::Path::new(&row.recording);
-            let _ = std::fs::remove_file(session_recordings::format::index_path(path));
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    // Marked purged but still on disk: kept past its retention. Loud, so
-                    // that someone removes it; nothing reads it as a live recording.
-                    tracing::error!(session = %row.id, error = %e, "cannot remove a purged recording");
-                    store
-                        .audit(
-                            &AuditEvent::new(
-                                "recording.purge_incomplete",
-                                Severity::Alert,
-                                format!("{} could not be removed: {e}; remove it by hand", row.recording),
-                            )
-                            .user(&row.user)
-                            .session(&row.id),
-                        )
-                        .await?;
-                }
-            }
-            purged.push(row.id);
+use crate::audit_log::{self, Anchor};
+use crate::policy::Policy;
+use crate::store::{now_micros, AuditEvent, AuditRow, SessionRow, Severity, Store, StoreError};
+
+/// What purges check rows against, kept between runs.
+pub struct Retention {
+    /// The audit key's public half, from the gateway's own sealed key (never the
+    /// database's copy of it).
+    key: VerifyingKey,
+    state: tokio::sync::Mutex<Ledger>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// The log is verified up to here.
+    anchor: Anchor,
+    /// Sessions whose last hold event up to `anchor` is a hold.
+    held: HashSet<String>,
+    /// Sessions a purge refused, alerted once per process.
+    refused: HashSet<String>,
+    /// Recordings marked purged whose file could not be removed: tried again each run.
+    leftovers: Vec<(String, String, PathBuf)>,
+}
+
+impl Retention {
+    pub fn new(key: VerifyingKey) -> Retention {
+        Retention {
+            key,
+            state: tokio::sync::Mutex::new(Ledger::default()),
         }
     }
+}
+
+/// A hold event the walk met: `(seq, placed, session)`.
+type HoldEvent = (i64, bool, String);
+
+impl Ledger {
+    /// Verify the log past the anchor and take in its holds up to its last signed
+    /// checkpoint. Returns the sessions under hold now (those, with the holds and
+    /// releases of the unsigned tail applied: that tail is walked again next time), or
+    /// what is wrong with the log.
+    async fn refresh(
+        &mut self,
+        store: &Store,
+        key: &VerifyingKey,
+    ) -> Result<Result<HashSet<String>, String>, StoreError> {
+        let seen: Arc<std::sync::Mutex<Vec<HoldEvent>>> = Arc::default();
+        let sink = seen.clone();
+        let walked = audit_log::verify_from(store, key, self.anchor.clone(), move |r: &AuditRow| {
+            let placed = match r.kind.as_str() {
+                "recording.hold" => true,
+                "recording.release" => false,
+                _ => return,
+            };
+            if let (Some(seq), Some(session)) = (r.seq, &r.session) {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((seq, placed, session.clone()));
+            }
+        })
+        .await?;
+        if let Some(p) = walked.report.problems.first() {
+            return Ok(Err(format!(
+                "the audit log does not verify ({p}; {} problem(s) in all, see `hersectl audit verify`)",
+                walked.report.problems.len()
+            )));
+        }
+        let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+        let (signed, tail): (Vec<_>, Vec<_>) = seen.into_iter().partition(|(seq, ..)| *seq <= walked.signed.seq);
+        apply(&mut self.held, signed);
+        self.anchor = walked.signed;
+        let mut now = self.held.clone();
+        apply(&mut now, tail);
+        Ok(Ok(now))
+    }
+}
+
+fn apply(held: &mut HashSet<String>, events: Vec<HoldEvent>) {
+    for (_, placed, session) in events {
+        if placed {
+            held.insert(session);
+        } else {
+            held.remove(&session);
+        }
+    }
+}
+
+/// Purge what is due on `node`; returns the purged session ids.
+pub async fn purge(
+    store: &Store,
+    policy: &Policy,
+    node: &str,
+    retention: &Retention,
+) -> Result<Vec<String>, StoreError> {
+    let mut ledger = retention.state.lock().await;
+    let mut purged = Vec::new();
+    retry_leftovers(&mut ledger, &mut purged);
+    let now = now_micros();
+    let mut due = Vec::new();
+    for tier in policy.tiers.values() {
+        let Some(keep) = tier.retention else { continue };
+        let before = now.saturating_sub(micros(keep));
+        due.extend(store.purgeable(node, tier.name.as_str(), before).await?);
+    }
+    if due.is_empty() {
+        return Ok(purged);
+    }
+    let held = match ledger.refresh(store, &retention.key).await? {
+        Ok(tail) => tail,
+        Err(why) => {
+            tracing::error!(%why, "no recording purged");
+            store
+                .audit(&AuditEvent::new(
+                    "recording.purge_refused",
+                    Severity::Alert,
+                    format!("{why}; no recording is purged until it does"),
+                ))
+                .await?;
+            return Ok(purged);
+        }
+    };
+    for row in due {
+        let vouched = if held.contains(&row.id) {
+            Err("the signed audit log has it under legal hold, the database row not".to_owned())
+        } else {
+            let (path, key, policy_row) = (PathBuf::from(&row.recording), retention.key, row.clone());
+            let tiers = policy
+                .tiers
+                .values()
+                .map(|t| (t.name.as_str().to_owned(), t.retention))
+                .collect::<Vec<_>>();
+            tokio::task::spawn_blocking(move || recording_is_due(&path, &key, &policy_row, &tiers, now))
+                .await
+                .unwrap_or_else(|e| Err(format!("the check stopped: {e}")))
+        };
+        if let Err(why) = vouched {
+            refuse(store, &mut ledger, &row, &why).await?;
+            continue;
+        }
+        // The row and its event first, in one transaction that checks the hold again;
+        // the file after. A verify that reads the row before this finds the file; one
+        // that reads it after finds the mark and its event.
+        let event = AuditEvent::new(
+            "recording.purge",
+            Severity::Info,
+            format!(
+                "tier {} retention {}s",
+                row.tier,
+                retention_of(policy, &row.tier).as_secs()
+            ),
+        )
+        .user(&row.user)
+        .session(&row.id);
+        if !store.mark_purged(&row.id, &event).await? {
+            continue;
+        }
+        let path = PathBuf::from(&row.recording);
+        let _ = std::fs::remove_file(session_recordings::format::index_path(&path));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                // Marked purged but still on disk: kept past its retention. Loud, so
+                // that someone removes it; nothing reads it as a live recording. Tried
+                // again at each run of this process.
+                tracing::error!(session = %row.id, error = %e, "cannot remove a purged recording");
+                store
+                    .audit(
+                        &AuditEvent::new(
+                            "recording.purge_incomplete",
+                            Severity::Alert,
+                            format!(
+                                "{} could not be removed: {e}; tried again at each purge, or remove it by hand",
+                                row.recording
+                            ),
+                        )
+                        .user(&row.user)
+                        .session(&row.id),
+                    )
+                    .await?;
+                ledger.leftovers.push((row.id.clone(), row.user.clone(), path));
+            }
+        }
+        purged.push(row.id);
+    }
     Ok(purged)
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn retention_of(policy: &Policy, tier: &str) -> Duration {
+    policy
+        .tiers
+        .values()
+        .find(|t| t.name.as_str() == tier)
+        .and_then(|t| t.retention)
+        .unwrap_or_default()
+}
+
+/// Remove the files of earlier purges that could not be removed then.
+fn retry_leftovers(ledger: &mut Ledger, purged: &mut Vec<String>) {
+    ledger
+        .leftovers
+        .retain(|(id, _, path)| match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::info!(session = %id, "removed a purged recording left over");
+                purged.push(id.clone());
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(_) => true,
+        });
+}
+
+/// Whether the recording itself says it is due: verified with the audit key, of the
+/// row's session and tier, ended (sealed, or last checkpointed) before its tier's
+/// retention. A missing or unverifiable recording is never purged: its row then hides
+/// nothing behind a purge event, and `recordings verify` reports it.
+fn recording_is_due(
+    path: &Path,
+    key: &VerifyingKey,
+    row: &SessionRow,
+    tiers: &[(String, Option<Duration>)],
+    now: i64,
+) -> Result<(), String> {
+    let v = RecordingReader::open_verified(path, key)
+        .and_then(|r| r.verify())
+        .map_err(|e| format!("its recording does not verify: {e}"))?;
+    let h = &v.header;
+    if h.session_id != row.id {
+        return Err(format!("its recording is session {}'s", h.session_id));
+    }
+    if h.tier != row.tier {
+        return Err(format!(
+            "its recording is of tier {}, the database row says {}",
+            h.tier, row.tier
+        ));
+    }
+    let Some(keep) = tiers.iter().find(|(t, _)| *t == h.tier).and_then(|(_, k)| *k) else {
+        return Err(format!("tier {} keeps its recordings", h.tier));
+    };
+    let ended = match v.completeness {
+        Completeness::Complete { sealed_at_micros } => sealed_at_micros,
+        Completeness::Truncated {
+            authenticated_until_micros,
+            ..
+        } => authenticated_until_micros,
+    };
+    let ended = i64::try_from(h.started_at_micros.saturating_add(ended)).unwrap_or(i64::MAX);
+    if ended.saturating_add(micros(keep)) > now {
+        return Err(format!(
+            "its recording ended at {}, within the tier's retention; the database row says {}",
+            crate::timefmt::rfc3339(ended),
+            row.ended_at.map(crate::timefmt::rfc3339).unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// Keep a recording the database called due, and say why, once per process.
+async fn refuse(store: &Store, ledger: &mut Ledger, row: &SessionRow, why: &str) -> Result<(), StoreError> {
+    if !ledger.refused.insert(row.id.clone()) {
+        return Ok(());
+    }
+    tracing::error!(session = %row.id, %why, "recording kept: its row says it is due");
+    store
+        .audit(
+            &AuditEvent::new(
+                "recording.purge_refused",
+                Severity::Alert,
+                format!("kept, although its database row says it is due: {why}"),
+            )
+            .user(&row.user)
+            .session(&row.id),
+        )
+        .await
 }
 
 /// How often the gateway runs [`purge`].
@@ -60,8 +307,78 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 #[cfg(test)]
 mod tests {
+    use super::Ledger;
     use crate::ident::{SessionId, UserName};
     use crate::store::{test_backends, test_session, AuditEvent, Severity};
+
+    /// The holds a purge believes are the signed log's, walked once: a hold stands until
+    /// its release, whatever the rows say; a walk only goes past the last checkpoint it
+    /// verified; an edited event stops every purge.
+    #[tokio::test]
+    async fn holds_come_from_the_verified_log_and_an_edited_log_stops_purges() {
+        for (backend, s) in test_backends().await {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+            let public = key.verifying_key();
+            let hold = |kind: &'static str, id: &str| {
+                let e = AuditEvent::new(kind, Severity::Info, "test").session(id);
+                let s = s.clone();
+                async move { s.audit(&e).await.unwrap() }
+            };
+            let sign = || async { crate::audit_log::sign_head(&s, &key, "n1").await.unwrap() };
+            let set = |ids: &[&str]| {
+                ids.iter()
+                    .map(|i| i.to_string())
+                    .collect::<std::collections::HashSet<_>>()
+            };
+            let mut ledger = Ledger::default();
+            hold("recording.hold", "a").await;
+            sign().await;
+            assert_eq!(
+                ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                set(&["a"]),
+                "{backend}"
+            );
+            let signed_at = ledger.anchor.seq;
+            assert!(signed_at > 0, "{backend}");
+            // After the last checkpoint: in force for this run, walked again next time.
+            hold("recording.release", "a").await;
+            hold("recording.hold", "b").await;
+            assert_eq!(
+                ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                set(&["b"]),
+                "{backend}"
+            );
+            assert_eq!(
+                (ledger.anchor.seq, ledger.held.clone()),
+                (signed_at, set(&["a"])),
+                "{backend}"
+            );
+            sign().await;
+            assert_eq!(
+                ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                set(&["b"]),
+                "{backend}"
+            );
+            assert_eq!(ledger.held, set(&["b"]), "{backend}");
+            // An event edited after the anchor, or anywhere for a first walk: no holds
+            // to go by, so no purge.
+            hold("recording.hold", "c").await;
+            sqlx::query("UPDATE audit_events SET session_id = 'd' WHERE session_id = 'c'")
+                .execute(s.pool())
+                .await
+                .unwrap();
+            let why = ledger.refresh(&s, &public).await.unwrap().unwrap_err();
+            assert!(why.contains("does not verify"), "{backend}: {why}");
+            let why = Ledger::default().refresh(&s, &public).await.unwrap().unwrap_err();
+            assert!(why.contains("edited"), "{backend}: {why}");
+            // Checkpoints signed by another key vouch for nothing.
+            let other = ed25519_dalek::SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+            assert!(
+                Ledger::default().refresh(&s, &other).await.unwrap().is_err(),
+                "{backend}"
+            );
+        }
+    }
 
     /// A purge marks the row and writes its event together, and only where no hold
     /// stands and no purge came first: a hold placed after the listing wins, and a

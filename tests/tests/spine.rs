@@ -1799,9 +1799,50 @@ fn retention_purges_old_recordings_except_those_on_hold() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(1200));
+    // Someone who can write only the database frees the held recording and marks a live
+    // session ended long ago: neither row is believed. The signed log holds the first,
+    // the live recording's own checkpoints say the second has not ended.
+    let db = w.gw.data().join("herse.db");
+    let sql = |q: &str| {
+        ok(Command::new("python3").arg("-c").arg(format!(
+            "import sqlite3; c = sqlite3.connect({:?}); c.execute({q:?}); c.commit()",
+            db.display().to_string()
+        )))
+    };
+    let mut live = ssh(&w.alice)
+        .args(["-l", DEPLOY, "web1", "echo started; sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut started = [0u8; 8];
+    live.stdout.as_mut().unwrap().read_exact(&mut started).unwrap();
+    let live_id = recording_ids(&w).into_iter().find(|id| !ids.contains(id)).unwrap();
+    sql(&format!("UPDATE sessions SET legal_hold = 0 WHERE id = '{}'", ids[1]));
+    sql(&format!("UPDATE sessions SET ended_at = 1 WHERE id = '{live_id}'"));
     let out = ok(w.gw.ctl().args(["recordings", "purge"]));
     assert!(out.contains("purged 2 recording(s)"), "{out}");
+    let refused = json_lines(&ok(w.gw.ctl().args([
+        "audit",
+        "list",
+        "--kind",
+        "recording.purge_refused",
+        "--json",
+    ])));
+    let why = |id: &str| {
+        refused
+            .iter()
+            .find(|e| e["session"] == id)
+            .map(|e| e["detail"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("no purge_refused for {id}: {refused:?}"))
+    };
+    assert!(why(&ids[1]).contains("legal hold"), "{refused:?}");
+    assert!(why(&live_id).contains("within the tier's retention"), "{refused:?}");
+    let _ = live.kill();
+    let _ = live.wait();
+    sql(&format!("UPDATE sessions SET legal_hold = 1 WHERE id = '{}'", ids[1]));
     let dir = w.gw.data().join("recordings");
+    assert!(dir.join(format!("{live_id}.herserec")).exists(), "live recording kept");
     assert!(!dir.join(format!("{}.herserec", ids[0])).exists());
     assert!(dir.join(format!("{}.herserec", ids[1])).exists(), "held recording kept");
     assert!(!dir.join(format!("{}.herserec", ids[2])).exists());
@@ -1829,7 +1870,9 @@ fn retention_purges_old_recordings_except_those_on_hold() {
     );
     // Releasing the hold makes it purgeable.
     ok(w.gw.ctl().args(["recordings", "hold", "--release", &ids[1]]));
-    assert!(ok(w.gw.ctl().args(["recordings", "purge"])).contains("purged 1 recording(s)"));
+    let out = ok(w.gw.ctl().args(["recordings", "purge"]));
+    assert!(out.contains(&ids[1]), "{out}");
+    assert!(!dir.join(format!("{}.herserec", ids[1])).exists());
 }
 
 #[test]

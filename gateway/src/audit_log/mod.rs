@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::VerifyingKey;
 
 pub use checkpoint::{checkpoint_at_shutdown, checkpoint_loop, sign_head};
-pub use verify::{verify, Problem, VerifyReport};
+pub use verify::{verify, verify_from, Anchor, Continued, Problem, VerifyReport};
 
 use crate::store::{AuditFilter, AuditRow, Store, StoreError};
 

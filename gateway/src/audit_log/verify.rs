@@ -140,21 +140,77 @@ static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 /// turns, and each runs on a blocking thread, never on the runtime's workers that carry
 /// the tunnel, the listeners and the cluster heartbeat.
 pub async fn verify(store: &Store, key: &VerifyingKey) -> Result<VerifyReport, StoreError> {
+    Ok(verify_from(store, key, Anchor::genesis(), |_| {}).await?.report)
+}
+
+/// A point of the chain: an event's `seq` and its stored hash (seq 0: before the first
+/// event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: i64,
+    pub hash: String,
+}
+
+impl Anchor {
+    pub fn genesis() -> Anchor {
+        Anchor {
+            seq: 0,
+            hash: hex::encode(GENESIS),
+        }
+    }
+}
+
+impl Default for Anchor {
+    fn default() -> Anchor {
+        Anchor::genesis()
+    }
+}
+
+/// A verification of the chain after an anchor.
+#[derive(Debug)]
+pub struct Continued {
+    pub report: VerifyReport,
+    /// The last event a validly signed checkpoint vouches for (the anchor given when no
+    /// new checkpoint does): where the next verification may start, when the report is
+    /// whole.
+    pub signed: Anchor,
+}
+
+/// Verify the chain after `from`, taking `from` as verified already (a walk this process
+/// made earlier), and hand every event walked to `visit`, in `seq` order: so a reader of
+/// the log that must trust it (retention, for holds) pays for each event once, not for
+/// the whole log every time. Only the checkpoints after `from` are read; the report's
+/// counts are of the events after it. `verify` is this from the genesis.
+pub async fn verify_from(
+    store: &Store,
+    key: &VerifyingKey,
+    from: Anchor,
+    visit: impl FnMut(&AuditRow) + Send + 'static,
+) -> Result<Continued, StoreError> {
     let _turn = VERIFYING
         .acquire()
         .await
         .map_err(|_| StoreError::Refused("audit log verification is shutting down".into()))?;
     let (store, key) = (store.clone(), *key);
     let rt = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || rt.block_on(verify_here(&store, &key)))
+    tokio::task::spawn_blocking(move || rt.block_on(verify_here(&store, &key, from, visit)))
         .await
         .map_err(|e| StoreError::Refused(format!("audit log verification stopped: {e}")))?
 }
 
-async fn verify_here(store: &Store, key: &VerifyingKey) -> Result<VerifyReport, StoreError> {
+async fn verify_here(
+    store: &Store,
+    key: &VerifyingKey,
+    from: Anchor,
+    mut visit: impl FnMut(&AuditRow),
+) -> Result<Continued, StoreError> {
     // Checkpoints, then the head, then the events up to that head: each read sees at
     // least what the one before it saw, so a concurrent append is never a "deleted tail".
-    let checkpoints = store.audit_checkpoints().await?;
+    let checkpoints = if from.seq == 0 {
+        store.audit_checkpoints().await?
+    } else {
+        store.audit_checkpoints_after(from.seq).await?
+    };
     let (head_seq, head_hash) = store.audit_head().await?;
     let mut problems = Vec::new();
 
@@ -171,11 +227,17 @@ async fn verify_here(store: &Store, key: &VerifyingKey) -> Result<VerifyReport, 
         }
     }
 
-    let mut walk = Walk::default();
+    let mut walk = Walk {
+        last_seq: from.seq,
+        last_hash: (from.seq > 0).then(|| from.hash.clone()),
+        signed: from,
+        ..Walk::default()
+    };
     loop {
         let page = store.audit_chain_page(walk.last_seq, head_seq, PAGE).await?;
         for r in &page {
             walk.step(r, &valid, &mut problems);
+            visit(r);
         }
         if (page.len() as i64) < PAGE {
             break;
@@ -216,7 +278,7 @@ async fn verify_here(store: &Store, key: &VerifyingKey) -> Result<VerifyReport, 
             what: format!("head hash {head_hash} is not the last event's"),
         });
     }
-    Ok(VerifyReport {
+    let report = VerifyReport {
         events: walk.events,
         last_seq: walk.last_seq,
         head_seq,
@@ -225,6 +287,10 @@ async fn verify_here(store: &Store, key: &VerifyingKey) -> Result<VerifyReport, 
         last_checkpoint_seq,
         unsigned_tail: (walk.last_seq - last_checkpoint_seq).max(0),
         problems,
+    };
+    Ok(Continued {
+        report,
+        signed: walk.signed,
     })
 }
 
@@ -254,6 +320,8 @@ struct Walk {
     /// event after it).
     last_hash: Option<String>,
     seen_checkpoints: std::collections::HashSet<i64>,
+    /// The last event a valid checkpoint signs, whose stored hash it names.
+    signed: Anchor,
 }
 
 impl Walk {
@@ -304,7 +372,12 @@ impl Walk {
         }
         for c in checkpoints.get(&seq).into_iter().flatten() {
             self.seen_checkpoints.insert(seq);
-            if c.hash != stored {
+            if c.hash == stored {
+                self.signed = Anchor {
+                    seq,
+                    hash: stored.to_owned(),
+                };
+            } else {
                 problems.push(Problem::CheckpointMismatch {
                     seq,
                     node: c.node.clone(),

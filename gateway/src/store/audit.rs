@@ -368,20 +368,27 @@ impl Store {
 
     /// Every checkpoint, by `seq`.
     pub async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
-        self.checkpoints_where(None).await
+        self.checkpoints_where(None, i64::MIN).await
+    }
+
+    /// The checkpoints signing a `seq` after `seq`, by `seq`: what a verification that
+    /// starts from a point already verified needs.
+    pub async fn audit_checkpoints_after(&self, seq: i64) -> Result<Vec<AuditCheckpoint>, StoreError> {
+        self.checkpoints_where(None, seq).await
     }
 
     /// The checkpoints signing exactly `seq`.
     pub async fn audit_checkpoints_at(&self, seq: i64) -> Result<Vec<AuditCheckpoint>, StoreError> {
-        self.checkpoints_where(Some(seq)).await
+        self.checkpoints_where(Some(seq), i64::MIN).await
     }
 
-    async fn checkpoints_where(&self, seq: Option<i64>) -> Result<Vec<AuditCheckpoint>, StoreError> {
+    async fn checkpoints_where(&self, seq: Option<i64>, after: i64) -> Result<Vec<AuditCheckpoint>, StoreError> {
         sqlx::query(
             "SELECT seq, hash, signed_at, node, signature FROM audit_checkpoints WHERE ($1 IS NULL OR seq = $1) \
-             ORDER BY seq, node",
+             AND seq > $2 ORDER BY seq, node",
         )
         .bind(seq)
+        .bind(after)
         .fetch_all(&self.pool)
         .await?
         .iter()

@@ -962,6 +962,7 @@ async fn api_call(
         config: &app.gw.config,
         identity_files: &[],
         user_secrets: Some(&app.gw.keys.user_secrets),
+        retention: Some(&app.gw.retention),
     };
     match crate::control::execute(&ctx, &caller, &call).await {
         Ok(v) => axum::Json(serde_json::json!({ "ok": v })).into_response(),
