@@ -403,6 +403,9 @@ impl FrontHandler {
             )
             .await
         {
+            if let crate::store::StoreError::Refused(why) = e {
+                return self.refuse(ssh_user, format!("herse: access denied: {why}"));
+            }
             tracing::error!(error = %e, "cannot create an approval");
             return self.refuse(
                 ssh_user,

@@ -28,6 +28,9 @@ pub struct Approval {
     pub consumed_at: Option<i64>,
 }
 
+/// Logins of one user that may wait for approval with a security key at once.
+pub const MAX_PENDING_APPROVALS: i64 = 8;
+
 impl Store {
     pub async fn add_security_key(
         &self,
@@ -176,9 +179,15 @@ impl Store {
             .bind(now_micros() - 86_400_000_000)
             .execute(&self.pool)
             .await?;
-        sqlx::query(
+        // Only while fewer than MAX_PENDING_APPROVALS of the user's wait: someone who
+        // has the password cannot flood the user's portal with prompts to approve (or the
+        // table with rows).
+        let now = now_micros();
+        let r = sqlx::query(
             "INSERT INTO ssh_approvals (token_hash, user_name, workstation, target, login, short_code, created_at, \
-             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             expires_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+             WHERE (SELECT COUNT(*) FROM ssh_approvals WHERE user_name = $2 AND expires_at > $7 \
+             AND approved_at IS NULL AND consumed_at IS NULL) < $9",
         )
         .bind(token_hash)
         .bind(user.as_str())
@@ -186,10 +195,16 @@ impl Store {
         .bind(target)
         .bind(login)
         .bind(short_code)
-        .bind(now_micros())
+        .bind(now)
         .bind(expires_at)
+        .bind(MAX_PENDING_APPROVALS)
         .execute(&self.pool)
         .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Refused(format!(
+                "{MAX_PENDING_APPROVALS} logins already wait for approval: approve them or let them expire"
+            )));
+        }
         Ok(())
     }
 
@@ -239,5 +254,42 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MAX_PENDING_APPROVALS;
+    use crate::ident::UserName;
+    use crate::store::{now_micros, test_backends, StoreError};
+
+    /// Whoever has a user's password can ask for approvals, but only so many wait at
+    /// once: one approved, or expired, makes room; other users are not affected.
+    #[tokio::test]
+    async fn approvals_waiting_for_one_user_are_bounded() {
+        for (backend, s) in test_backends().await {
+            let (alice, bob) = (UserName::parse("alice").unwrap(), UserName::parse("bob").unwrap());
+            s.add_user(&alice).await.unwrap();
+            s.add_user(&bob).await.unwrap();
+            let later = now_micros() + 60_000_000;
+            let ask = |token: String, user: &UserName, expires: i64| {
+                let (s, user) = (s.clone(), user.clone());
+                async move {
+                    s.create_approval(&token, &user, "ws", "db1", "pg", "12-34", expires)
+                        .await
+                }
+            };
+            // Expired ones do not count.
+            ask("old".into(), &alice, now_micros() - 1).await.unwrap();
+            for i in 0..MAX_PENDING_APPROVALS {
+                ask(format!("t{i}"), &alice, later).await.unwrap();
+            }
+            let refused = ask("one-more".into(), &alice, later).await;
+            assert!(matches!(refused, Err(StoreError::Refused(_))), "{backend}: {refused:?}");
+            assert!(s.approval("one-more").await.unwrap().is_none(), "{backend}");
+            ask("bob".into(), &bob, later).await.unwrap();
+            assert!(s.approve("t0").await.unwrap(), "{backend}");
+            ask("one-more".into(), &alice, later).await.unwrap();
+        }
     }
 }

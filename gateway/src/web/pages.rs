@@ -793,7 +793,7 @@ async fn begin_api_approval(app: &App, origin: &Origin, user: &UserName) -> Resp
     let token = random_token();
     let code = super::short_code();
     let expires = now_micros() + web.approval_ttl.as_micros() as i64;
-    if app
+    match app
         .gw
         .store
         .create_approval(
@@ -806,9 +806,16 @@ async fn begin_api_approval(app: &App, origin: &Origin, user: &UserName) -> Resp
             expires,
         )
         .await
-        .is_err()
     {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        Ok(()) => {}
+        Err(crate::store::StoreError::Refused(why)) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(serde_json::json!({ "error": why })),
+            )
+                .into_response()
+        }
+        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
     (
         StatusCode::ACCEPTED,
