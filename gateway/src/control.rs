@@ -665,7 +665,14 @@ async fn more(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serde_json:
                     "a purge needs the audit key, which this caller did not load",
                 )
             })?;
-            let ids = crate::retention::purge(ctx.store, ctx.policy()?, &ctx.config.node, retention).await?;
+            let ids = crate::retention::purge(
+                ctx.store,
+                ctx.policy()?,
+                &ctx.config.node,
+                &ctx.config.recordings_dir,
+                retention,
+            )
+            .await?;
             let message = format!(
                 "purged {} recording(s){}{}",
                 ids.len(),
@@ -689,7 +696,13 @@ async fn recordings_hold(
     release: bool,
 ) -> Result<serde_json::Value, ControlError> {
     let sid = session_id(id)?;
-    if !ctx.store.set_legal_hold(&sid, !release).await? {
+    let (kind, word) = if release {
+        ("recording.release", "released from")
+    } else {
+        ("recording.hold", "placed under")
+    };
+    let event = AuditEvent::new(kind, Severity::Info, format!("by {}", caller.label())).session(&sid);
+    if !ctx.store.set_legal_hold(&sid, !release, &event).await? {
         return Err(match ctx.store.session(&sid).await? {
             Some(row) if row.purged_at.is_some() => err(
                 ErrorKind::Conflict,
@@ -698,16 +711,6 @@ async fn recordings_hold(
             _ => err(ErrorKind::NotFound, format!("no recording for session {sid}")),
         });
     }
-    let (kind, word) = if release {
-        ("recording.release", "released from")
-    } else {
-        ("recording.hold", "placed under")
-    };
-    audit(
-        ctx.store,
-        AuditEvent::new(kind, Severity::Info, format!("by {}", caller.label())).session(&sid),
-    )
-    .await?;
     json(serde_json::json!({ "session": sid.as_str(), "message": format!("recording {sid} {word} legal hold") }))
 }
 

@@ -38,10 +38,14 @@ pub struct Retention {
 struct Ledger {
     /// The log is verified up to here.
     anchor: Anchor,
-    /// Sessions whose last hold event up to `anchor` is a hold.
+    /// The last event the previous walk met (after `anchor` when the log has an unsigned
+    /// tail): still on the chain next time, or the tail was rewritten.
+    walked: Anchor,
+    /// Sessions held: by the signed events up to `anchor` in order, and by every hold
+    /// met after it (a hold is believed at once; a release only once signed).
     held: HashSet<String>,
-    /// Sessions a purge refused, alerted once per process.
-    refused: HashSet<String>,
+    /// Sessions a purge refused, with why: each alerted once per process.
+    refused: HashSet<(String, String)>,
     /// Recordings marked purged whose file could not be removed: tried again each run.
     leftovers: Vec<(String, String, PathBuf)>,
 }
@@ -68,6 +72,21 @@ impl Ledger {
         store: &Store,
         key: &VerifyingKey,
     ) -> Result<Result<HashSet<String>, String>, StoreError> {
+        // What was walked stays as it was: an event at or before the anchor, or in the
+        // tail walked last time, is never read again otherwise.
+        for point in [&self.anchor, &self.walked] {
+            if point.seq == 0 {
+                continue;
+            }
+            let row = store.audit_chain_page(point.seq - 1, point.seq, 1).await?;
+            if row.first().and_then(|r| r.hash.as_deref()) != Some(point.hash.as_str()) {
+                return Ok(Err(format!(
+                    "the audit log does not verify (event seq {} changed or went since it was verified; \
+                     see `hersectl audit verify`)",
+                    point.seq
+                )));
+            }
+        }
         let seen: Arc<std::sync::Mutex<Vec<HoldEvent>>> = Arc::default();
         let sink = seen.clone();
         let walked = audit_log::verify_from(store, key, self.anchor.clone(), move |r: &AuditRow| {
@@ -92,7 +111,10 @@ impl Ledger {
         let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
         let (signed, tail): (Vec<_>, Vec<_>) = seen.into_iter().partition(|(seq, ..)| *seq <= walked.signed.seq);
         apply(&mut self.held, signed);
+        self.held
+            .extend(tail.iter().filter(|(_, placed, _)| *placed).map(|(_, _, s)| s.clone()));
         self.anchor = walked.signed;
+        self.walked = walked.last;
         let mut now = self.held.clone();
         apply(&mut now, tail);
         Ok(Ok(now))
@@ -114,6 +136,7 @@ pub async fn purge(
     store: &Store,
     policy: &Policy,
     node: &str,
+    recordings_dir: &Path,
     retention: &Retention,
 ) -> Result<Vec<String>, StoreError> {
     let mut ledger = retention.state.lock().await;
@@ -126,9 +149,8 @@ pub async fn purge(
         let before = now.saturating_sub(micros(keep));
         due.extend(store.purgeable(node, tier.name.as_str(), before).await?);
     }
-    if due.is_empty() {
-        return Ok(purged);
-    }
+    // Walked at every run, due rows or not, so that each walk is short and a broken log
+    // is reported within the hour.
     let held = match ledger.refresh(store, &retention.key).await? {
         Ok(tail) => tail,
         Err(why) => {
@@ -144,10 +166,18 @@ pub async fn purge(
         }
     };
     for row in due {
+        // The file this node wrote for the session, whatever path the row names.
+        let path = recordings_dir.join(format!("{}.herserec", row.id));
         let vouched = if held.contains(&row.id) {
             Err("the signed audit log has it under legal hold, the database row not".to_owned())
+        } else if Path::new(&row.recording) != path {
+            Err(format!(
+                "the database row names {}, not {}",
+                row.recording,
+                path.display()
+            ))
         } else {
-            let (path, key, policy_row) = (PathBuf::from(&row.recording), retention.key, row.clone());
+            let (path, key, policy_row) = (path.clone(), retention.key, row.clone());
             let tiers = policy
                 .tiers
                 .values()
@@ -178,7 +208,6 @@ pub async fn purge(
         if !store.mark_purged(&row.id, &event).await? {
             continue;
         }
-        let path = PathBuf::from(&row.recording);
         let _ = std::fs::remove_file(session_recordings::format::index_path(&path));
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -249,6 +278,17 @@ fn recording_is_due(
     tiers: &[(String, Option<Duration>)],
     now: i64,
 ) -> Result<(), String> {
+    // Neither a device, a pipe nor a link; nor a live session's, whose writer holds it.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => {}
+        Ok(_) => return Err(format!("{} is not a regular file", path.display())),
+        Err(e) => return Err(format!("its recording cannot be read: {e}")),
+    }
+    match session_recordings::is_being_written(path) {
+        Ok(false) => {}
+        Ok(true) => return Err("its recording is still being written (a live session)".into()),
+        Err(e) => return Err(format!("its recording cannot be read: {e}")),
+    }
     let v = RecordingReader::open_verified(path, key)
         .and_then(|r| r.verify())
         .map_err(|e| format!("its recording does not verify: {e}"))?;
@@ -285,7 +325,7 @@ fn recording_is_due(
 
 /// Keep a recording the database called due, and say why, once per process.
 async fn refuse(store: &Store, ledger: &mut Ledger, row: &SessionRow, why: &str) -> Result<(), StoreError> {
-    if !ledger.refused.insert(row.id.clone()) {
+    if !ledger.refused.insert((row.id.clone(), why.to_owned())) {
         return Ok(());
     }
     tracing::error!(session = %row.id, %why, "recording kept: its row says it is due");
@@ -348,9 +388,10 @@ mod tests {
                 set(&["b"]),
                 "{backend}"
             );
+            // A hold is believed at once, a release only once signed.
             assert_eq!(
                 (ledger.anchor.seq, ledger.held.clone()),
-                (signed_at, set(&["a"])),
+                (signed_at, set(&["a", "b"])),
                 "{backend}"
             );
             sign().await;
@@ -360,6 +401,25 @@ mod tests {
                 "{backend}"
             );
             assert_eq!(ledger.held, set(&["b"]), "{backend}");
+            // The tail walked last time, rewritten (here: its last event gone, the head
+            // moved back onto the event before it), stops purges although what remains
+            // is a whole chain.
+            let mut rewritten = Ledger::default();
+            hold("recording.hold", "t").await;
+            assert!(rewritten.refresh(&s, &public).await.unwrap().is_ok(), "{backend}");
+            for q in [
+                "DELETE FROM audit_events WHERE session_id = 't'",
+                "UPDATE audit_head SET seq = seq - 1, \
+                 hash = (SELECT hash FROM audit_events WHERE seq = audit_head.seq - 1)",
+            ] {
+                sqlx::query(q).execute(s.pool()).await.unwrap();
+            }
+            assert!(
+                crate::audit_log::verify(&s, &public).await.unwrap().is_whole(),
+                "{backend}"
+            );
+            let why = rewritten.refresh(&s, &public).await.unwrap().unwrap_err();
+            assert!(why.contains("changed or went"), "{backend}: {why}");
             // An event edited after the anchor, or anywhere for a first walk: no holds
             // to go by, so no purge.
             hold("recording.hold", "c").await;
@@ -391,7 +451,10 @@ mod tests {
             for id in [&held, &free] {
                 s.session_started(&test_session("pat", id)).await.unwrap();
             }
-            assert!(s.set_legal_hold(&held, true).await.unwrap());
+            let hold = |id: &SessionId| AuditEvent::new("recording.hold", Severity::Info, "test").session(id.as_str());
+            let holds = || async { s.audit_events(Some("recording.hold"), 10).await.unwrap().len() };
+            assert!(s.set_legal_hold(&held, true, &hold(&held)).await.unwrap());
+            assert_eq!(holds().await, 1, "{backend}: the hold is written with its event");
             let event =
                 |id: &SessionId| AuditEvent::new("recording.purge", Severity::Info, "test").session(id.as_str());
             let purges = || async { s.audit_events(Some("recording.purge"), 10).await.unwrap().len() };
@@ -408,8 +471,9 @@ mod tests {
                 .collect();
             assert_eq!(purged, vec![free.to_string()], "{backend}");
             // A hold on a purged recording would hold nothing: refused.
-            assert!(!s.set_legal_hold(&free, true).await.unwrap(), "{backend}");
-            assert!(s.set_legal_hold(&held, false).await.unwrap(), "{backend}");
+            assert!(!s.set_legal_hold(&free, true, &hold(&free)).await.unwrap(), "{backend}");
+            assert_eq!(holds().await, 1, "{backend}: no event for a hold not placed");
+            assert!(s.set_legal_hold(&held, false, &hold(&held)).await.unwrap(), "{backend}");
         }
     }
 }

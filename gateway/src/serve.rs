@@ -613,7 +613,7 @@ async fn purge_loop(gw: Arc<Gateway>) {
     loop {
         tick.tick().await;
         let policy = gw.policy.load_full();
-        match crate::retention::purge(&gw.store, &policy, &gw.node, &gw.retention).await {
+        match crate::retention::purge(&gw.store, &policy, &gw.node, &gw.config.recordings_dir, &gw.retention).await {
             Ok(ids) if !ids.is_empty() => tracing::info!(count = ids.len(), "purged recordings past retention"),
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "recording purge failed"),

@@ -25,7 +25,9 @@ mod writer;
 
 pub use event::{ChannelKind, DataDirection, Event, Header, Meta, PreviousRecording};
 pub use reader::{Completeness, ReadError, RecordingReader, Verified};
-pub use writer::{Clock, FileRecorder, NullRecorder, RecordError, Recorder, CHECKPOINT_EVERY, STALL_LIMIT};
+pub use writer::{
+    is_being_written, Clock, FileRecorder, NullRecorder, RecordError, Recorder, CHECKPOINT_EVERY, STALL_LIMIT,
+};
 
 pub use follow::TailFile;
 pub use format::{MAGIC, MAX_RECORD_PAYLOAD, VERSION};

@@ -63,6 +63,17 @@ pub trait Recorder: Send + Sync {
 /// Source of the time stamps: microseconds since the session started.
 pub type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
 
+/// Whether a writer still has the recording at `path` open (it holds the file's lock
+/// from creation to close): a live session's, which nothing may remove.
+pub fn is_being_written(path: &Path) -> std::io::Result<bool> {
+    let file = File::open(path)?;
+    match file.try_lock_shared() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// How often a checkpoint is signed while events keep coming.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
@@ -281,6 +292,10 @@ impl FileRecorder {
             .create_new(true)
             .open(path)
             .map_err(create_err)?;
+        // Held while this writer lives (the sink keeps the file open): whoever would remove
+        // a recording (retention) can tell one still being written, whatever a database
+        // row says. A crash releases it.
+        file.try_lock().map_err(|e| create_err(std::io::Error::from(e)))?;
         let mut out = Vec::with_capacity(4096);
         out.extend_from_slice(format::MAGIC);
         out.extend_from_slice(&format::VERSION.to_be_bytes());
@@ -501,6 +516,9 @@ impl Worker {
                     let r = self.finish(&end, t);
                     if r.is_ok() {
                         *locked(&self.status) = Status::Finished;
+                        // Closed (and its lock released) before the caller hears of it.
+                        self.st.sink = None;
+                        self.st.index_file = None;
                     } else {
                         self.stop(None);
                     }

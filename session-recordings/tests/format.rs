@@ -406,6 +406,8 @@ fn the_version_picks_the_hash_and_is_checked() {
 fn flush_writes_events_and_checkpoints_while_running() {
     let path = tmp("live");
     let rec = FileRecorder::create(&path, &header(), key()).unwrap();
+    // Locked by its writer from creation to the seal: retention can tell it is live.
+    assert!(session_recordings::is_being_written(&path).unwrap());
     rec.data(1, DataDirection::Output, b"hello").unwrap();
     rec.flush().unwrap();
     // Readable (and authenticated up to the first checkpoint) while still open.
@@ -429,6 +431,7 @@ fn flush_writes_events_and_checkpoints_while_running() {
         c => panic!("{c:?}"),
     }
     rec.finish("done").unwrap();
+    assert!(!session_recordings::is_being_written(&path).unwrap());
     assert!(matches!(
         rec.data(1, DataDirection::Output, b"late"),
         Err(RecordError::Finished)

@@ -174,6 +174,8 @@ pub struct Continued {
     /// new checkpoint does): where the next verification may start, when the report is
     /// whole.
     pub signed: Anchor,
+    /// The last event walked.
+    pub last: Anchor,
 }
 
 /// Verify the chain after `from`, taking `from` as verified already (a walk this process
@@ -288,9 +290,17 @@ async fn verify_here(
         unsigned_tail: (walk.last_seq - last_checkpoint_seq).max(0),
         problems,
     };
+    let last = match walk.last_hash {
+        Some(hash) => Anchor {
+            seq: walk.last_seq,
+            hash,
+        },
+        None => Anchor::genesis(),
+    };
     Ok(Continued {
         report,
         signed: walk.signed,
+        last,
     })
 }
 

@@ -95,13 +95,14 @@ fn row(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
 impl Store {
     /// Put a recording under legal hold (or release it); false if no such session, or
     /// its recording was purged (a hold on nothing would be reported as kept).
-    pub async fn set_legal_hold(&self, id: &SessionId, hold: bool) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE sessions SET legal_hold = $1 WHERE id = $2 AND purged_at IS NULL")
+    /// Place or lift a legal hold and write its event `e`, in one transaction (retention
+    /// goes by the event: a row and a log that disagree keep the recording, with an
+    /// alert). False, nothing written, when there is no such recording or it is purged.
+    pub async fn set_legal_hold(&self, id: &SessionId, hold: bool, e: &super::AuditEvent) -> Result<bool, StoreError> {
+        let change = sqlx::query("UPDATE sessions SET legal_hold = $1 WHERE id = $2 AND purged_at IS NULL")
             .bind(i64::from(hold))
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
+            .bind(id.as_str());
+        self.audited_change(e, change).await
     }
 
     /// Ended, unheld, unpurged sessions of `node` and `tier` that ended before `before`.

@@ -28,7 +28,8 @@ pub struct Approval {
     pub consumed_at: Option<i64>,
 }
 
-/// Logins of one user that may wait for approval with a security key at once.
+/// Logins of one user, from one workstation, that may wait for approval with a security
+/// key at once.
 pub const MAX_PENDING_APPROVALS: i64 = 8;
 
 impl Store {
@@ -179,14 +180,14 @@ impl Store {
             .bind(now_micros() - 86_400_000_000)
             .execute(&self.pool)
             .await?;
-        // Only while fewer than MAX_PENDING_APPROVALS of the user's wait: someone who
-        // has the password cannot flood the user's portal with prompts to approve (or the
-        // table with rows).
+        // Only while fewer than MAX_PENDING_APPROVALS of the user's wait from this
+        // workstation: rows stay bounded, and someone with the password elsewhere cannot
+        // fill the slots the user's own workstation needs.
         let now = now_micros();
         let r = sqlx::query(
             "INSERT INTO ssh_approvals (token_hash, user_name, workstation, target, login, short_code, created_at, \
              expires_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
-             WHERE (SELECT COUNT(*) FROM ssh_approvals WHERE user_name = $2 AND expires_at > $7 \
+             WHERE (SELECT COUNT(*) FROM ssh_approvals WHERE user_name = $2 AND workstation = $3 AND expires_at > $7 \
              AND approved_at IS NULL AND consumed_at IS NULL) < $9",
         )
         .bind(token_hash)
@@ -264,7 +265,8 @@ mod tests {
     use crate::store::{now_micros, test_backends, StoreError};
 
     /// Whoever has a user's password can ask for approvals, but only so many wait at
-    /// once: one approved, or expired, makes room; other users are not affected.
+    /// once from one workstation: one approved, or expired, makes room; other users and
+    /// the user's other workstations are not affected.
     #[tokio::test]
     async fn approvals_waiting_for_one_user_are_bounded() {
         for (backend, s) in test_backends().await {
@@ -288,6 +290,9 @@ mod tests {
             assert!(matches!(refused, Err(StoreError::Refused(_))), "{backend}: {refused:?}");
             assert!(s.approval("one-more").await.unwrap().is_none(), "{backend}");
             ask("bob".into(), &bob, later).await.unwrap();
+            s.create_approval("other-ws", &alice, "ws2", "db1", "pg", "12-34", later)
+                .await
+                .unwrap();
             assert!(s.approve("t0").await.unwrap(), "{backend}");
             ask("one-more".into(), &alice, later).await.unwrap();
         }
