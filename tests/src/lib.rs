@@ -523,3 +523,12 @@ pub fn json_lines(out: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
         .collect()
 }
+
+/// Run one statement on a gateway's SQLite database, as someone who can write only the
+/// database would.
+pub fn sqlite(db: &Path, sql: &str) {
+    ok(Command::new("python3").arg("-c").arg(format!(
+        "import sqlite3; c = sqlite3.connect({:?}); c.execute({sql:?}); c.commit()",
+        db.display().to_string()
+    )));
+}

@@ -21,13 +21,6 @@ fn syslog_until(sock: &UdpSocket, needles: &[&str]) -> Vec<String> {
     got
 }
 
-fn sqlite(db: &std::path::Path, sql: &str) {
-    ok(Command::new("python3").arg("-c").arg(format!(
-        "import sqlite3; c = sqlite3.connect({:?}); c.execute({sql:?}); c.commit()",
-        db.display().to_string()
-    )));
-}
-
 #[test]
 fn the_audit_log_is_chained_forwarded_and_verified() {
     let dir = TempDir::new("audit");

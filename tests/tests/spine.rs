@@ -1343,12 +1343,7 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     // Session rows are held to the signed audit log: a row marked purged with no purge
     // in the log, a row reopened as if live, a row deleted.
     let db = w.gw.data().join("herse.db");
-    let sql = |q: &str| {
-        ok(Command::new("python3").arg("-c").arg(format!(
-            "import sqlite3; c = sqlite3.connect({:?}); c.execute({q:?}); c.commit()",
-            db.display().to_string()
-        )))
-    };
+    let sql = |q: &str| sqlite(&db, q);
     let verify_all = || {
         let v = run(w.gw.ctl().args(["recordings", "verify", "--all"]));
         (v.status.code(), text(&v.stdout))
@@ -1804,12 +1799,7 @@ fn retention_purges_old_recordings_except_those_on_hold() {
     // signed log holds the first, the live recording's writer holds its file, and the
     // file is not the one this node wrote for the session.
     let db = w.gw.data().join("herse.db");
-    let sql = |q: &str| {
-        ok(Command::new("python3").arg("-c").arg(format!(
-            "import sqlite3; c = sqlite3.connect({:?}); c.execute({q:?}); c.commit()",
-            db.display().to_string()
-        )))
-    };
+    let sql = |q: &str| sqlite(&db, q);
     let mut live = ssh(&w.alice)
         .args(["-l", DEPLOY, "web1", "echo started; sleep 60"])
         .stdout(Stdio::piped())
