@@ -46,6 +46,10 @@ struct Ledger {
     held: HashSet<String>,
     /// Sessions a purge refused, with why: each alerted once per process.
     refused: HashSet<(String, String)>,
+    /// When the last walk from the first event was: the next one after
+    /// [`FULL_WALK_EVERY`] starts there again, so that an event edited at or before the
+    /// anchor (which an incremental walk never reads) is caught within a day.
+    full_walk_at: Option<std::time::Instant>,
     /// Recordings marked purged whose file could not be removed: tried again each run.
     leftovers: Vec<(String, String, PathBuf)>,
 }
@@ -87,6 +91,12 @@ impl Ledger {
                 )));
             }
         }
+        if self.full_walk_at.is_none_or(|t| t.elapsed() >= FULL_WALK_EVERY) {
+            self.anchor = Anchor::genesis();
+            self.walked = Anchor::genesis();
+            self.held.clear();
+        }
+        let from_genesis = self.anchor.seq == 0;
         let seen: Arc<std::sync::Mutex<Vec<HoldEvent>>> = Arc::default();
         let sink = seen.clone();
         let walked = audit_log::verify_from(store, key, self.anchor.clone(), move |r: &AuditRow| {
@@ -115,6 +125,9 @@ impl Ledger {
             .extend(tail.iter().filter(|(_, placed, _)| *placed).map(|(_, _, s)| s.clone()));
         self.anchor = walked.signed;
         self.walked = walked.last;
+        if from_genesis {
+            self.full_walk_at = Some(std::time::Instant::now());
+        }
         let mut now = self.held.clone();
         apply(&mut now, tail);
         Ok(Ok(now))
@@ -342,6 +355,9 @@ async fn refuse(store: &Store, ledger: &mut Ledger, row: &SessionRow, why: &str)
         .await
 }
 
+/// How often a purge verifies the whole audit log again rather than from its anchor.
+pub const FULL_WALK_EVERY: Duration = Duration::from_secs(86_400);
+
 /// How often the gateway runs [`purge`].
 pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -401,6 +417,30 @@ mod tests {
                 "{backend}"
             );
             assert_eq!(ledger.held, set(&["b"]), "{backend}");
+            // An edit before the anchor escapes the incremental walk, not the daily full
+            // one. (Put back after.)
+            let edit = |detail: &'static str| {
+                let s = s.clone();
+                async move {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE audit_events SET detail = '{detail}' WHERE session_id = 'a' AND kind = 'recording.hold'"
+                    )))
+                    .execute(s.pool())
+                    .await
+                    .unwrap();
+                }
+            };
+            edit("edited").await;
+            assert!(ledger.refresh(&s, &public).await.unwrap().is_ok(), "{backend}");
+            ledger.full_walk_at = None;
+            let why = ledger.refresh(&s, &public).await.unwrap().unwrap_err();
+            assert!(why.contains("edited"), "{backend}: {why}");
+            edit("test").await;
+            assert_eq!(
+                ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                set(&["b"]),
+                "{backend}"
+            );
             // The tail walked last time, rewritten (here: its last event gone, the head
             // moved back onto the event before it), stops purges although what remains
             // is a whole chain.
