@@ -83,10 +83,14 @@ async fn save_wireguard(store: &Store, master: &MasterKey, k: &WgSecret) -> Resu
 /// The audit key's public half, from its sealed private half: what a local command that
 /// must not trust the database's copy of the public key (retention) verifies with.
 pub async fn audit_verifying_key(store: &Store, master: &MasterKey) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
+    Ok(open_audit_key(store, master).await?.verifying_key())
+}
+
+async fn open_audit_key(store: &Store, master: &MasterKey) -> Result<SigningKey, KeyError> {
     let (_, sealed) = store.gateway_key(AUDIT).await?;
-    let seed = master.open(&label(AUDIT), &sealed)?;
-    let seed: [u8; 32] = seed[..].try_into().map_err(|_| KeyError::Invalid(AUDIT))?;
-    Ok(SigningKey::from_bytes(&seed).verifying_key())
+    let raw = master.open(&label(AUDIT), &sealed)?;
+    let seed: Zeroizing<[u8; 32]> = Zeroizing::new(raw[..].try_into().map_err(|_| KeyError::Invalid(AUDIT))?);
+    Ok(SigningKey::from_bytes(&seed))
 }
 
 pub async fn user_secrets_key(store: &Store, master: &MasterKey) -> Result<MasterKey, KeyError> {
@@ -164,9 +168,7 @@ impl GatewayKeys {
             let pem = master.open(&label(name), &sealed)?;
             PrivateKey::from_openssh(&pem[..]).map_err(|_| KeyError::Invalid(name))
         }
-        let (_, sealed) = store.gateway_key(AUDIT).await?;
-        let seed = master.open(&label(AUDIT), &sealed)?;
-        let seed: [u8; 32] = seed[..].try_into().map_err(|_| KeyError::Invalid(AUDIT))?;
+        let audit = open_audit_key(store, master).await?;
         // A gateway initialised before the WireGuard front door gets its key on first start.
         let wireguard = match store.gateway_key(WIREGUARD).await {
             Ok((_, sealed)) => {
@@ -186,7 +188,7 @@ impl GatewayKeys {
             host: ssh(store, master, HOST).await?,
             user_ca: ssh(store, master, USER_CA).await?,
             host_ca: ssh(store, master, HOST_CA).await?,
-            audit: SigningKey::from_bytes(&seed),
+            audit,
             wireguard,
             user_secrets: user_secrets_key(store, master).await?,
         })
