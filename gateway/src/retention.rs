@@ -12,7 +12,7 @@
 //! - the signed audit log to verify, and to hold no `recording.hold` for it that a
 //!   `recording.release` did not end. The log is verified from where the last purge left
 //!   it ([`Retention`] keeps that point and the holds seen up to it), so each event is
-//!   hashed once per process, not once an hour.
+//!   hashed once a day (a full walk, [`FULL_WALK_EVERY`]), not once an hour.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use ed25519_dalek::VerifyingKey;
 use session_recordings::{Completeness, RecordingReader};
 
 use crate::audit_log::{self, Anchor};
+use crate::ident::SessionId;
 use crate::policy::Policy;
 use crate::store::{now_micros, AuditEvent, AuditRow, SessionRow, Severity, Store, StoreError};
 
@@ -51,7 +52,7 @@ struct Ledger {
     /// anchor (which an incremental walk never reads) is caught within a day.
     full_walk_at: Option<std::time::Instant>,
     /// Recordings marked purged whose file could not be removed: tried again each run.
-    leftovers: Vec<(String, String, PathBuf)>,
+    leftovers: Vec<(String, PathBuf)>,
 }
 
 impl Retention {
@@ -156,11 +157,18 @@ pub async fn purge(
     let mut purged = Vec::new();
     retry_leftovers(&mut ledger, &mut purged);
     let now = now_micros();
+    // Each row with its tier's retention.
     let mut due = Vec::new();
     for tier in policy.tiers.values() {
         let Some(keep) = tier.retention else { continue };
         let before = now.saturating_sub(micros(keep));
-        due.extend(store.purgeable(node, tier.name.as_str(), before).await?);
+        due.extend(
+            store
+                .purgeable(node, tier.name.as_str(), before)
+                .await?
+                .into_iter()
+                .map(|row| (row, keep)),
+        );
     }
     // Walked at every run, due rows or not, so that each walk is short and a broken log
     // is reported within the hour.
@@ -178,9 +186,14 @@ pub async fn purge(
             return Ok(purged);
         }
     };
-    for row in due {
-        // The file this node wrote for the session, whatever path the row names.
-        let path = recordings_dir.join(format!("{}.herserec", row.id));
+    for (row, keep) in due {
+        // The file this node wrote for the session, whatever path the row names (and
+        // only for an id that is one: no path is built from anything else).
+        let Ok(id) = SessionId::parse(&row.id) else {
+            refuse(store, &mut ledger, &row, "the database row's id is not a session id").await?;
+            continue;
+        };
+        let path = recordings_dir.join(format!("{id}.herserec"));
         let vouched = if held.contains(&row.id) {
             Err("the signed audit log has it under legal hold, the database row not".to_owned())
         } else if Path::new(&row.recording) != path {
@@ -190,13 +203,8 @@ pub async fn purge(
                 path.display()
             ))
         } else {
-            let (path, key, policy_row) = (path.clone(), retention.key, row.clone());
-            let tiers = policy
-                .tiers
-                .values()
-                .map(|t| (t.name.as_str().to_owned(), t.retention))
-                .collect::<Vec<_>>();
-            tokio::task::spawn_blocking(move || recording_is_due(&path, &key, &policy_row, &tiers, now))
+            let (path, key, row) = (path.clone(), retention.key, row.clone());
+            tokio::task::spawn_blocking(move || recording_is_due(&path, &key, &row, keep, now))
                 .await
                 .unwrap_or_else(|e| Err(format!("the check stopped: {e}")))
         };
@@ -210,11 +218,7 @@ pub async fn purge(
         let event = AuditEvent::new(
             "recording.purge",
             Severity::Info,
-            format!(
-                "tier {} retention {}s",
-                row.tier,
-                retention_of(policy, &row.tier).as_secs()
-            ),
+            format!("tier {} retention {}s", row.tier, keep.as_secs()),
         )
         .user(&row.user)
         .session(&row.id);
@@ -244,7 +248,7 @@ pub async fn purge(
                         .session(&row.id),
                     )
                     .await?;
-                ledger.leftovers.push((row.id.clone(), row.user.clone(), path));
+                ledger.leftovers.push((row.id.clone(), path));
             }
         }
         purged.push(row.id);
@@ -256,41 +260,24 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-fn retention_of(policy: &Policy, tier: &str) -> Duration {
-    policy
-        .tiers
-        .values()
-        .find(|t| t.name.as_str() == tier)
-        .and_then(|t| t.retention)
-        .unwrap_or_default()
-}
-
 /// Remove the files of earlier purges that could not be removed then.
 fn retry_leftovers(ledger: &mut Ledger, purged: &mut Vec<String>) {
-    ledger
-        .leftovers
-        .retain(|(id, _, path)| match std::fs::remove_file(path) {
-            Ok(()) => {
-                tracing::info!(session = %id, "removed a purged recording left over");
-                purged.push(id.clone());
-                false
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(_) => true,
-        });
+    ledger.leftovers.retain(|(id, path)| match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!(session = %id, "removed a purged recording left over");
+            purged.push(id.clone());
+            false
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => true,
+    });
 }
 
 /// Whether the recording itself says it is due: verified with the audit key, of the
-/// row's session and tier, ended (sealed, or last checkpointed) before its tier's
-/// retention. A missing or unverifiable recording is never purged: its row then hides
+/// row's session and tier (whose retention is `keep`), ended (sealed, or last
+/// checkpointed) before that retention. A missing or unverifiable recording is never purged: its row then hides
 /// nothing behind a purge event, and `recordings verify` reports it.
-fn recording_is_due(
-    path: &Path,
-    key: &VerifyingKey,
-    row: &SessionRow,
-    tiers: &[(String, Option<Duration>)],
-    now: i64,
-) -> Result<(), String> {
+fn recording_is_due(path: &Path, key: &VerifyingKey, row: &SessionRow, keep: Duration, now: i64) -> Result<(), String> {
     // Neither a device, a pipe nor a link; nor a live session's, whose writer holds it.
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_file() => {}
@@ -315,9 +302,6 @@ fn recording_is_due(
             h.tier, row.tier
         ));
     }
-    let Some(keep) = tiers.iter().find(|(t, _)| *t == h.tier).and_then(|(_, k)| *k) else {
-        return Err(format!("tier {} keeps its recordings", h.tier));
-    };
     let ended = match v.completeness {
         Completeness::Complete { sealed_at_micros } => sealed_at_micros,
         Completeness::Truncated {
