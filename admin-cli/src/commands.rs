@@ -238,6 +238,13 @@ pub(crate) async fn execute(cli: &Cli, call: &herse::control::Call) -> Result<se
         )),
         _ => None,
     };
+    // Only the audit key signs the release of a legal hold.
+    let audit_key = match call {
+        herse::control::Call::RecordingsHold { release: true, .. } => {
+            Some(herse::keys::audit_signing_key(&store, &master()?).await?)
+        }
+        _ => None,
+    };
     let ctx = herse::control::Ctx {
         store: &store,
         policy: policy.as_ref().map_err(String::as_str),
@@ -245,6 +252,7 @@ pub(crate) async fn execute(cli: &Cli, call: &herse::control::Call) -> Result<se
         identity_files: &cli.identity,
         user_secrets: user_secrets.as_ref(),
         retention: retention.as_ref(),
+        audit_key: audit_key.as_ref(),
     };
     let r = herse::control::execute(&ctx, &herse::access::Caller::Local(operator()), call).await;
     store.close().await;

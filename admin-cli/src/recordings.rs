@@ -92,7 +92,8 @@ pub enum RecordingsCmd {
         #[arg(long, help = PUBLIC_KEY_HELP)]
         public_key: Option<String>,
     },
-    /// Put a recording under legal hold (never purged), or release it with --release.
+    /// Put a recording under legal hold (never purged), or release it with --release
+    /// (signed with the audit key: in local mode this reads the master key).
     Hold {
         id: String,
         #[arg(long)]

@@ -320,6 +320,9 @@ pub struct Ctx<'a> {
     /// For `recordings purge`: the gateway's own; in local mode built from the master
     /// key only for that call.
     pub retention: Option<&'a crate::retention::Retention>,
+    /// The audit key, which signs the release of a legal hold: the gateway's own; in
+    /// local mode opened from the master key only for that call.
+    pub audit_key: Option<&'a ed25519_dalek::SigningKey>,
 }
 
 /// The most rows one listing returns; longer ones are read page by page.
@@ -701,7 +704,21 @@ async fn recordings_hold(
     } else {
         ("recording.hold", "placed under")
     };
-    let event = AuditEvent::new(kind, Severity::Info, format!("by {}", caller.label())).session(&sid);
+    // A release is signed for the hold it ends: retention believes no other (a database
+    // writer could append one).
+    let detail = if release {
+        let key = ctx.audit_key.ok_or_else(|| {
+            err(
+                ErrorKind::Internal,
+                "releasing a legal hold needs the audit key, which this process has not opened",
+            )
+        })?;
+        let hold = ctx.store.standing_hold_seq(&sid).await?;
+        crate::retention::release_detail(key, sid.as_str(), hold, &caller.label())
+    } else {
+        format!("by {}", caller.label())
+    };
+    let event = AuditEvent::new(kind, Severity::Info, detail).session(&sid);
     if !ctx.store.set_legal_hold(&sid, !release, &event).await? {
         return Err(match ctx.store.session(&sid).await? {
             Some(row) if row.purged_at.is_some() => err(
@@ -856,6 +873,7 @@ mod tests {
             identity_files: &[],
             user_secrets: None,
             retention: None,
+            audit_key: None,
         };
         let person = |name: &str, role: &str| {
             let n = UserName::parse(name).unwrap();
@@ -930,6 +948,7 @@ mod tests {
             identity_files: &[],
             user_secrets: None,
             retention: None,
+            audit_key: None,
         };
         let boss = crate::ident::RoleName::parse("boss").unwrap();
         for u in ["m1", "m2"] {

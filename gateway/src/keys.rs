@@ -78,12 +78,15 @@ async fn save_wireguard(store: &Store, master: &MasterKey, k: &WgSecret) -> Resu
     Ok(())
 }
 
-/// The key that seals users' second-factor secrets; created on first use by a gateway
-/// initialised before second factors existed.
 /// The audit key's public half, from its sealed private half: what a local command that
 /// must not trust the database's copy of the public key (retention) verifies with.
 pub async fn audit_verifying_key(store: &Store, master: &MasterKey) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
     Ok(open_audit_key(store, master).await?.verifying_key())
+}
+
+/// The audit key itself, for a local command that signs (the release of a legal hold).
+pub async fn audit_signing_key(store: &Store, master: &MasterKey) -> Result<SigningKey, KeyError> {
+    open_audit_key(store, master).await
 }
 
 async fn open_audit_key(store: &Store, master: &MasterKey) -> Result<SigningKey, KeyError> {
@@ -93,6 +96,8 @@ async fn open_audit_key(store: &Store, master: &MasterKey) -> Result<SigningKey,
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// The key that seals users' second-factor secrets; created on first use by a gateway
+/// initialised before second factors existed.
 pub async fn user_secrets_key(store: &Store, master: &MasterKey) -> Result<MasterKey, KeyError> {
     match store.gateway_key(USER_SECRETS).await {
         Ok((_, sealed)) => {

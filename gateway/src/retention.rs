@@ -13,13 +13,28 @@
 //!   `recording.release` did not end. The log is verified from where the last purge left
 //!   it ([`Retention`] keeps that point and the holds seen up to it), so each event is
 //!   hashed once a day (a full walk, [`FULL_WALK_EVERY`]), not once an hour.
+//!
+//! # Releases are signed
+//!
+//! A checkpoint signs whatever chain the database holds, so it proves that no event
+//! changed after it, not who wrote one: a database writer can append a well-chained
+//! event. A hold believed from such an event only keeps a recording longer; a release
+//! would destroy one. So a `recording.release` ends a hold only when its `detail` ends
+//! with `; ends the hold of event <seq>; signed <sig>`, where `<seq>` is the `seq` of the
+//! `recording.hold` event standing for that session (decimal) and `<sig>` is, in 128 hex
+//! digits, the audit key's Ed25519 signature of
+//!
+//! `"herse-recording-release-v1" || str(session_id) || i64(seq)`
+//!
+//! (`str` and `i64` as in the audit chain's encoding). A release without it, signed by
+//! another key, or naming an earlier hold (a copy of an old release) ends nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use session_recordings::{Completeness, RecordingReader};
 
 use crate::audit_log::{self, Anchor};
@@ -42,9 +57,10 @@ struct Ledger {
     /// The last event the previous walk met (after `anchor` when the log has an unsigned
     /// tail): still on the chain next time, or the tail was rewritten.
     walked: Anchor,
-    /// Sessions held: by the signed events up to `anchor` in order, and by every hold
-    /// met after it (a hold is believed at once; a release only once signed).
-    held: HashSet<String>,
+    /// Sessions held, each with the `seq` of the hold standing: by the signed events up
+    /// to `anchor` in order, and by every hold met after it (a hold is believed at once;
+    /// a release only once a checkpoint signs it).
+    held: HashMap<String, i64>,
     /// Sessions a purge refused, with why: each alerted once per process.
     refused: HashSet<(String, String)>,
     /// When the last walk from the first event was: the next one after
@@ -64,8 +80,60 @@ impl Retention {
     }
 }
 
-/// A hold event the walk met: `(seq, placed, session)`.
-type HoldEvent = (i64, bool, String);
+/// A hold or release the walk met.
+struct HoldEvent {
+    seq: i64,
+    session: String,
+    mark: Mark,
+}
+
+enum Mark {
+    Hold,
+    /// A release, with the hold it ends when its signature verifies (else none).
+    Release {
+        ends: Option<i64>,
+    },
+}
+
+const RELEASE_DOMAIN: &str = "herse-recording-release-v1";
+
+fn release_message(session: &str, hold_seq: i64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64 + session.len());
+    for s in [RELEASE_DOMAIN, session] {
+        m.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+        m.extend_from_slice(s.as_bytes());
+    }
+    m.extend_from_slice(&hold_seq.to_be_bytes());
+    m
+}
+
+/// The `detail` of a `recording.release` event by `by` that ends the hold event
+/// `hold_seq` of `session` (0 when it has none), signed with the audit key (see the
+/// module documentation).
+pub fn release_detail(key: &SigningKey, session: &str, hold_seq: i64, by: &str) -> String {
+    let sig = key.sign(&release_message(session, hold_seq));
+    format!(
+        "by {by}; ends the hold of event {hold_seq}; signed {}",
+        hex::encode(sig.to_bytes())
+    )
+}
+
+/// The hold a release's `detail` ends, if the audit key signed it.
+fn release_ends(key: &VerifyingKey, session: &str, detail: &str) -> Option<i64> {
+    let (rest, sig) = detail.rsplit_once("; signed ")?;
+    let (_, seq) = rest.rsplit_once("; ends the hold of event ")?;
+    if sig.len() != 128 || seq.is_empty() || seq.len() > 19 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seq: i64 = seq.parse().ok()?;
+    let sig: [u8; 64] = hex::decode(sig).ok()?.try_into().ok()?;
+    key.verify_strict(
+        &release_message(session, seq),
+        &ed25519_dalek::Signature::from_bytes(&sig),
+    )
+    .ok()?;
+    Some(seq)
+}
 
 impl Ledger {
     /// Verify the log past the anchor and take in its holds up to its last signed
@@ -100,17 +168,23 @@ impl Ledger {
         let from_genesis = self.anchor.seq == 0;
         let seen: Arc<std::sync::Mutex<Vec<HoldEvent>>> = Arc::default();
         let sink = seen.clone();
+        let public = *key;
         let walked = audit_log::verify_from(store, key, self.anchor.clone(), move |r: &AuditRow| {
-            let placed = match r.kind.as_str() {
-                "recording.hold" => true,
-                "recording.release" => false,
+            let (Some(seq), Some(session)) = (r.seq, &r.session) else {
+                return;
+            };
+            let mark = match r.kind.as_str() {
+                "recording.hold" => Mark::Hold,
+                "recording.release" => Mark::Release {
+                    ends: release_ends(&public, session, &r.detail),
+                },
                 _ => return,
             };
-            if let (Some(seq), Some(session)) = (r.seq, &r.session) {
-                sink.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((seq, placed, session.clone()));
-            }
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(HoldEvent {
+                seq,
+                session: session.clone(),
+                mark,
+            });
         })
         .await?;
         if let Some(p) = walked.report.problems.first() {
@@ -120,27 +194,36 @@ impl Ledger {
             )));
         }
         let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
-        let (signed, tail): (Vec<_>, Vec<_>) = seen.into_iter().partition(|(seq, ..)| *seq <= walked.signed.seq);
-        apply(&mut self.held, signed);
-        self.held
-            .extend(tail.iter().filter(|(_, placed, _)| *placed).map(|(_, _, s)| s.clone()));
+        let (signed, tail): (Vec<_>, Vec<_>) = seen.into_iter().partition(|e| e.seq <= walked.signed.seq);
+        apply(&mut self.held, &signed);
+        for e in &tail {
+            if let Mark::Hold = e.mark {
+                self.held.insert(e.session.clone(), e.seq);
+            }
+        }
         self.anchor = walked.signed;
         self.walked = walked.last;
         if from_genesis {
             self.full_walk_at = Some(std::time::Instant::now());
         }
         let mut now = self.held.clone();
-        apply(&mut now, tail);
-        Ok(Ok(now))
+        apply(&mut now, &tail);
+        Ok(Ok(now.into_keys().collect()))
     }
 }
 
-fn apply(held: &mut HashSet<String>, events: Vec<HoldEvent>) {
-    for (_, placed, session) in events {
-        if placed {
-            held.insert(session);
-        } else {
-            held.remove(&session);
+/// Take in holds and releases in log order: a release ends the hold standing only when
+/// it is signed for that very hold.
+fn apply(held: &mut HashMap<String, i64>, events: &[HoldEvent]) {
+    for e in events {
+        match e.mark {
+            Mark::Hold => {
+                held.insert(e.session.clone(), e.seq);
+            }
+            Mark::Release { ends: Some(hold) } if held.get(&e.session) == Some(&hold) => {
+                held.remove(&e.session);
+            }
+            Mark::Release { .. } => {}
         }
     }
 }
@@ -195,7 +278,11 @@ pub async fn purge(
         };
         let path = recordings_dir.join(format!("{id}.herserec"));
         let vouched = if held.contains(&row.id) {
-            Err("the signed audit log has it under legal hold, the database row not".to_owned())
+            Err(
+                "the signed audit log has it under legal hold, the database row not (only a release \
+                 signed by the audit key ends a hold)"
+                    .to_owned(),
+            )
         } else if Path::new(&row.recording) != path {
             Err(format!(
                 "the database row names {}, not {}",
@@ -359,10 +446,14 @@ mod tests {
         for (backend, s) in test_backends().await {
             let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
             let public = key.verifying_key();
-            let hold = |kind: &'static str, id: &str| {
-                let e = AuditEvent::new(kind, Severity::Info, "test").session(id);
+            let event = |kind: &'static str, id: &str, detail: String| {
+                let e = AuditEvent::new(kind, Severity::Info, detail).session(id);
                 let s = s.clone();
-                async move { s.audit(&e).await.unwrap() }
+                async move { s.append_audit(&e).await.unwrap().seq.unwrap() }
+            };
+            let hold = |id: &str| event("recording.hold", id, "test".into());
+            let release = |id: &str, ends: i64, key: &ed25519_dalek::SigningKey| {
+                event("recording.release", id, super::release_detail(key, id, ends, "test"))
             };
             let sign = || async { crate::audit_log::sign_head(&s, &key, "n1").await.unwrap() };
             let set = |ids: &[&str]| {
@@ -371,7 +462,7 @@ mod tests {
                     .collect::<std::collections::HashSet<_>>()
             };
             let mut ledger = Ledger::default();
-            hold("recording.hold", "a").await;
+            let a = hold("a").await;
             sign().await;
             assert_eq!(
                 ledger.refresh(&s, &public).await.unwrap().unwrap(),
@@ -381,16 +472,17 @@ mod tests {
             let signed_at = ledger.anchor.seq;
             assert!(signed_at > 0, "{backend}");
             // After the last checkpoint: in force for this run, walked again next time.
-            hold("recording.release", "a").await;
-            hold("recording.hold", "b").await;
+            release("a", a, &key).await;
+            let b = hold("b").await;
             assert_eq!(
                 ledger.refresh(&s, &public).await.unwrap().unwrap(),
                 set(&["b"]),
                 "{backend}"
             );
             // A hold is believed at once, a release only once signed.
+            let held = |l: &Ledger| l.held.keys().cloned().collect::<std::collections::HashSet<_>>();
             assert_eq!(
-                (ledger.anchor.seq, ledger.held.clone()),
+                (ledger.anchor.seq, held(&ledger)),
                 (signed_at, set(&["a", "b"])),
                 "{backend}"
             );
@@ -400,7 +492,41 @@ mod tests {
                 set(&["b"]),
                 "{backend}"
             );
-            assert_eq!(ledger.held, set(&["b"]), "{backend}");
+            assert_eq!(held(&ledger), set(&["b"]), "{backend}");
+            // A release ends a hold only when the audit key signed it for that very hold:
+            // not one a database writer appended, one signed by another key, one naming
+            // another hold, nor a copy of an old release after the recording was held
+            // again.
+            let other = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+            event("recording.release", "b", "by mallory".into()).await;
+            event(
+                "recording.release",
+                "b",
+                format!("by mallory; ends the hold of event {b}; signed {}", "00".repeat(64)),
+            )
+            .await;
+            release("b", b, &other).await;
+            release("b", b - 1, &key).await;
+            let r1 = hold("r").await;
+            let old = release("r", r1, &key).await;
+            hold("r").await;
+            let copy = s.audit_chain_page(old - 1, old, 1).await.unwrap().remove(0).detail;
+            event("recording.release", "r", copy).await;
+            for _ in 0..2 {
+                assert_eq!(
+                    ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                    set(&["b", "r"]),
+                    "{backend}"
+                );
+                sign().await;
+            }
+            release("b", b, &key).await;
+            assert_eq!(
+                ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                set(&["r"]),
+                "{backend}"
+            );
+            sign().await;
             // An edit before the anchor escapes the incremental walk, not the daily full
             // one. (Put back after.)
             let edit = |detail: &'static str| {
@@ -422,14 +548,14 @@ mod tests {
             edit("test").await;
             assert_eq!(
                 ledger.refresh(&s, &public).await.unwrap().unwrap(),
-                set(&["b"]),
+                set(&["r"]),
                 "{backend}"
             );
             // The tail walked last time, rewritten (here: its last event gone, the head
             // moved back onto the event before it), stops purges although what remains
             // is a whole chain.
             let mut rewritten = Ledger::default();
-            hold("recording.hold", "t").await;
+            hold("t").await;
             assert!(rewritten.refresh(&s, &public).await.unwrap().is_ok(), "{backend}");
             for q in [
                 "DELETE FROM audit_events WHERE session_id = 't'",
@@ -446,7 +572,7 @@ mod tests {
             assert!(why.contains("changed or went"), "{backend}: {why}");
             // An event edited after the anchor, or anywhere for a first walk: no holds
             // to go by, so no purge.
-            hold("recording.hold", "c").await;
+            hold("c").await;
             sqlx::query("UPDATE audit_events SET session_id = 'd' WHERE session_id = 'c'")
                 .execute(s.pool())
                 .await

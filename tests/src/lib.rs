@@ -532,3 +532,35 @@ pub fn sqlite(db: &Path, sql: &str) {
         db.display().to_string()
     )));
 }
+
+/// Append an audit event to a gateway's SQLite database with a correct hash chain, as
+/// someone who can write only the database (and has read the chain's public spec) would.
+/// The gateway's next checkpoint signs it along with the rest.
+pub fn sqlite_forge_audit_event(db: &Path, kind: &str, session: &str, detail: &str) {
+    const SCRIPT: &str = r#"
+import hashlib, sqlite3, sys, time, uuid
+db, kind, session, detail = sys.argv[1:5]
+def s(x):
+    b = x.encode()
+    return len(b).to_bytes(4, "big") + b
+c = sqlite3.connect(db, isolation_level=None)
+c.execute("BEGIN IMMEDIATE")
+seq, prev = c.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+seq += 1
+eid, at = uuid.uuid4().hex, int(time.time() * 1e6)
+e = (s("herse-audit-event-v1") + seq.to_bytes(8, "big", signed=True) + s(eid)
+     + at.to_bytes(8, "big", signed=True) + s(kind) + s("info")
+     + b"\x00" + b"\x01" + s(session) + b"\x00" + b"\x00" + s(detail) + bytes.fromhex(prev))
+h = hashlib.sha256(e).hexdigest()
+c.execute("INSERT INTO audit_events (seq, id, at, kind, severity, user_name, session_id, client_addr, "
+          "workstation, detail, prev_hash, hash) VALUES (?, ?, ?, ?, 'info', NULL, ?, NULL, NULL, ?, ?, ?)",
+          (seq, eid, at, kind, session, detail, prev, h))
+c.execute("UPDATE audit_head SET seq = ?, hash = ?, updated_at = ? WHERE id = 1", (seq, h, at))
+c.execute("COMMIT")
+"#;
+    ok(Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(db)
+        .args([kind, session, detail]));
+}

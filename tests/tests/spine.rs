@@ -1810,6 +1810,9 @@ fn retention_purges_old_recordings_except_those_on_hold() {
     live.stdout.as_mut().unwrap().read_exact(&mut started).unwrap();
     let live_id = recording_ids(&w).into_iter().find(|id| !ids.contains(id)).unwrap();
     sql(&format!("UPDATE sessions SET legal_hold = 0 WHERE id = '{}'", ids[1]));
+    // With a release in the log, well chained (and signed at the next checkpoint), but
+    // not signed by the audit key for the hold it claims to end.
+    sqlite_forge_audit_event(&db, "recording.release", &ids[1], "by root");
     sql(&format!("UPDATE sessions SET ended_at = 1 WHERE id = '{live_id}'"));
     let dir = w.gw.data().join("recordings");
     let elsewhere = w.d().join("elsewhere.herserec");

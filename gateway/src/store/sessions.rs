@@ -93,8 +93,6 @@ fn row(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
 }
 
 impl Store {
-    /// Put a recording under legal hold (or release it); false if no such session, or
-    /// its recording was purged (a hold on nothing would be reported as kept).
     /// Place or lift a legal hold and write its event `e`, in one transaction (retention
     /// goes by the event: a row and a log that disagree keep the recording, with an
     /// alert). False, nothing written, when there is no such recording or it is purged.
@@ -103,6 +101,17 @@ impl Store {
             .bind(i64::from(hold))
             .bind(id.as_str());
         self.audited_change(e, change).await
+    }
+
+    /// The `seq` of the newest `recording.hold` event of `id` (0 when none): the hold a
+    /// release ends. Read outside the release's transaction: a hold placed in between
+    /// stands (the release names the earlier one), which keeps a recording, never loses one.
+    pub async fn standing_hold_seq(&self, id: &SessionId) -> Result<i64, StoreError> {
+        let r = sqlx::query("SELECT MAX(seq) FROM audit_events WHERE kind = 'recording.hold' AND session_id = $1")
+            .bind(id.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
     }
 
     /// Ended, unheld, unpurged sessions of `node` and `tier` that ended before `before`.
