@@ -77,7 +77,11 @@ pub(crate) async fn users_password(
     let hash = crate::web::password::hash_async(password)
         .await
         .map_err(|e| err(ErrorKind::Internal, e))?;
-    ctx.store.set_password(&u, &hash).await?;
+    // Not checked against the user's retired passwords: that would tell an admin which
+    // guesses were once the user's. Recorded among them, though.
+    ctx.store
+        .set_password(&u, &hash, ctx.config.password_policy.history)
+        .await?;
     ctx.store.end_other_web_sessions(&u, "").await?;
     audit(
         ctx.store,

@@ -82,6 +82,7 @@ struct RawPasswords {
     min_length: Option<Spanned<usize>>,
     min_classes: Option<Spanned<usize>>,
     max_age: Option<Spanned<String>>,
+    history: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -433,6 +434,18 @@ impl GatewayConfig {
                 },
             }
         }
+        if let Some(h) = &raw.passwords.history {
+            if *h.get_ref() > crate::web::password::MAX_HISTORY {
+                errors.push(src.at(
+                    Some(h.span()),
+                    format!(
+                        "passwords.history is at most {} (each is an argon2id check at every change)",
+                        crate::web::password::MAX_HISTORY
+                    ),
+                ));
+            }
+            password_policy.history = *h.get_ref();
+        }
         if raw.ssh.listen.is_empty() && raw.wireguard.is_none() {
             errors.push(src.at(
                 None,
@@ -773,6 +786,21 @@ mod tests {
             let e = load(&format!("{base}[cluster]\n{line}\n")).unwrap_err().to_string();
             assert!(e.contains("herse.toml:6") && e.contains(what), "{line}: {e}");
         }
+    }
+
+    #[test]
+    fn password_history_defaults_to_five_and_is_bounded() {
+        let base = "data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n[passwords]\n";
+        assert_eq!(load(base).unwrap().password_policy.history, 5);
+        assert_eq!(
+            load(&format!("{base}history = 0\n")).unwrap().password_policy.history,
+            0
+        );
+        let e = load(&format!("{base}history = 25\n")).unwrap_err().to_string();
+        assert!(
+            e.contains("passwords.history is at most 24") && e.contains(":6:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -178,6 +178,14 @@ fn portal_login_cookies_csrf_policy_and_lockout() {
     );
     assert_eq!(status(&r), 200, "{r}");
     assert!(r.contains("Your password was changed"));
+    // Changing back would renew the old secret: refused while it is in the history.
+    let r = p.post(
+        "/password",
+        Some(&p.base),
+        &[("csrf", &csrf), ("current", new_pw), ("new", alice_pw)],
+    );
+    assert_eq!(status(&r), 400, "{r}");
+    assert!(r.contains("one of your last 5 passwords"), "{r}");
 
     // A new authenticator app, set up on the portal (after a lost phone, say): the page
     // gives the otpauth URI, the first code confirms it, and only the new one counts.

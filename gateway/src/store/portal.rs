@@ -15,17 +15,53 @@ pub struct WebSession {
 }
 
 impl Store {
-    pub async fn set_password(&self, user: &UserName, hash: &str) -> Result<(), StoreError> {
+    /// Set the user's password to `hash`. The one it replaces joins the user's history,
+    /// of which the newest `keep` are kept (see [`Store::retired_passwords`]).
+    pub async fn set_password(&self, user: &UserName, hash: &str, keep: usize) -> Result<(), StoreError> {
+        let now = now_micros();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO password_history (user_name, password_hash, retired_at) \
+             SELECT name, password_hash, $1 FROM users WHERE name = $2 AND password_hash IS NOT NULL",
+        )
+        .bind(now)
+        .bind(user.as_str())
+        .execute(tx.conn()?)
+        .await?;
         let r = sqlx::query("UPDATE users SET password_hash = $1, password_set_at = $2 WHERE name = $3")
             .bind(hash)
-            .bind(now_micros())
+            .bind(now)
             .bind(user.as_str())
-            .execute(&self.pool)
+            .execute(tx.conn()?)
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("user {user}")));
         }
+        let prune = match keep.checked_sub(1) {
+            None => sqlx::query("DELETE FROM password_history WHERE user_name = $1").bind(user.as_str()),
+            // Older than the keep-th newest (none when there are fewer).
+            Some(offset) => sqlx::query(
+                "DELETE FROM password_history WHERE user_name = $1 AND retired_at < (SELECT retired_at \
+                 FROM password_history WHERE user_name = $1 ORDER BY retired_at DESC LIMIT 1 OFFSET $2)",
+            )
+            .bind(user.as_str())
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX)),
+        };
+        prune.execute(tx.conn()?).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// The hashes of the user's newest `limit` retired passwords, newest first.
+    pub async fn retired_passwords(&self, user: &UserName, limit: usize) -> Result<Vec<String>, StoreError> {
+        sqlx::query("SELECT password_hash FROM password_history WHERE user_name = $1 ORDER BY retired_at DESC LIMIT $2")
+            .bind(user.as_str())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
     }
 
     /// `(hash, set at)` of the user's password, if one is set.
@@ -163,5 +199,44 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ident::UserName;
+
+    /// Each change retires the password it replaces; only the newest `keep` are kept, a
+    /// user never set a password has none, and removing the user removes them.
+    #[tokio::test]
+    async fn retired_passwords_keep_the_newest_on_every_backend() {
+        for (backend, s) in crate::store::test_backends().await {
+            let u = UserName::parse("hist").unwrap();
+            s.add_user(&u).await.unwrap();
+            s.set_password(&u, "h1", 2).await.unwrap();
+            assert!(s.retired_passwords(&u, 10).await.unwrap().is_empty(), "{backend}");
+            for h in ["h2", "h3", "h4"] {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                s.set_password(&u, h, 2).await.unwrap();
+            }
+            assert_eq!(s.retired_passwords(&u, 10).await.unwrap(), ["h3", "h2"], "{backend}");
+            assert_eq!(s.retired_passwords(&u, 1).await.unwrap(), ["h3"], "{backend}");
+            assert_eq!(s.password(&u).await.unwrap().unwrap().0, "h4", "{backend}");
+            s.set_password(&u, "h5", 0).await.unwrap();
+            assert!(s.retired_passwords(&u, 10).await.unwrap().is_empty(), "{backend}");
+            let ghost = UserName::parse("ghost").unwrap();
+            assert!(s.set_password(&ghost, "h", 2).await.is_err(), "{backend}");
+            s.set_password(&u, "h6", 2).await.unwrap();
+            s.remove_user(&u).await.unwrap();
+            let left: i64 = sqlx::Row::try_get(
+                &sqlx::query("SELECT COUNT(*) FROM password_history WHERE user_name = 'hist'")
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap(),
+                0,
+            )
+            .unwrap();
+            assert_eq!(left, 0, "{backend}");
+        }
     }
 }

@@ -210,6 +210,7 @@ impl Store {
             "DELETE FROM totp WHERE user_name = $1",
             "DELETE FROM mfa_proofs WHERE user_name = $1",
             "DELETE FROM web_sessions WHERE user_name = $1",
+            "DELETE FROM password_history WHERE user_name = $1",
             "DELETE FROM recovery_codes WHERE user_name = $1",
             "DELETE FROM security_keys WHERE user_name = $1",
             "DELETE FROM webauthn_states WHERE user_name = $1",

@@ -510,11 +510,29 @@ async fn change_password(
         )
             .into_response();
     }
+    // Nor a password retired lately: A -> B -> A would renew an old secret.
+    let keep = app.gw.config.password_policy.history;
+    let retired = match app.gw.store.retired_passwords(&user, keep).await {
+        Ok(r) => r,
+        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    };
+    for old in &retired {
+        if password::verify_async(&f.new, old).await {
+            return (
+                StatusCode::BAD_REQUEST,
+                page(
+                    "Password not changed",
+                    &format!("<p>Refused: the new password is one of your last {keep} passwords.</p>"),
+                ),
+            )
+                .into_response();
+        }
+    }
     let hash = match password::hash_async(&f.new).await {
         Ok(h) => h,
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
-    if app.gw.store.set_password(&user, &hash).await.is_err() {
+    if app.gw.store.set_password(&user, &hash, keep).await.is_err() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     // Every other session and API token of the user ends with the old password.

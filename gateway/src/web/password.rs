@@ -118,7 +118,13 @@ pub struct PasswordPolicy {
     pub min_classes: usize,
     /// A password older than this must be changed at the next login.
     pub max_age: Option<Duration>,
+    /// How many retired passwords a change on the portal may not bring back.
+    pub history: usize,
 }
+
+/// The most retired passwords `passwords.history` may keep: each is an argon2id check
+/// at every change.
+pub const MAX_HISTORY: usize = 24;
 
 impl Default for PasswordPolicy {
     fn default() -> Self {
@@ -126,6 +132,7 @@ impl Default for PasswordPolicy {
             min_length: 12,
             min_classes: 3,
             max_age: Some(Duration::from_secs(365 * 24 * 3600)),
+            history: 5,
         }
     }
 }
