@@ -590,6 +590,83 @@ mod tests {
         }
     }
 
+    /// The recording itself must say it is due: the audit key's, of the row's session
+    /// and tier, ended before the retention, a regular file no writer holds. Each
+    /// difference keeps it, with the reason.
+    #[test]
+    fn a_recording_is_due_only_by_its_own_verified_word() {
+        use session_recordings::{DataDirection, FileRecorder, Header, Recorder};
+        use std::time::Duration;
+        let dir = std::env::temp_dir().join(format!("herse-due-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s1.herserec");
+        let header = Header {
+            session_id: "s1".into(),
+            user: "alice".into(),
+            client_addr: "10.77.0.2:40000".into(),
+            workstation: None,
+            target: "db1".into(),
+            target_addr: "127.0.0.1:22".into(),
+            tier: "db".into(),
+            login: "deploy".into(),
+            role: "dba".into(),
+            grant: None,
+            decision: "test".into(),
+            started_at_micros: 1_000_000,
+            previous: None,
+            signing_key: String::new(),
+            encryption: None,
+        };
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let public = key.verifying_key();
+        let row = |id: &str, tier: &str| crate::store::SessionRow {
+            id: id.into(),
+            node: "n".into(),
+            user: "alice".into(),
+            target: "db1".into(),
+            tier: tier.into(),
+            login: "deploy".into(),
+            client_addr: "10.77.0.2:40000".into(),
+            workstation: None,
+            recording: path.display().to_string(),
+            started_at: 1_000_000,
+            ended_at: Some(1),
+            end_reason: None,
+            kill_requested_by: None,
+            legal_hold: false,
+            purged_at: None,
+            grant: None,
+        };
+        let keep = Duration::from_secs(60);
+        let late = 10_000_000_000;
+        let due = |p: &std::path::Path, k: &ed25519_dalek::VerifyingKey, id: &str, tier: &str, now: i64| {
+            super::recording_is_due(p, k, &row(id, tier), keep, now)
+        };
+        let r = FileRecorder::create(&path, &header, key).unwrap();
+        r.data(0, DataDirection::Output, b"hello\r\n").unwrap();
+        let live = due(&path, &public, "s1", "db", late).unwrap_err();
+        assert!(live.contains("still being written"), "{live}");
+        r.finish("done").unwrap();
+        assert_eq!(due(&path, &public, "s1", "db", late), Ok(()));
+        let why = due(&path, &public, "s2", "db", late).unwrap_err();
+        assert!(why.contains("session s1's"), "{why}");
+        let why = due(&path, &public, "s1", "web", late).unwrap_err();
+        assert!(why.contains("tier db"), "{why}");
+        let other = ed25519_dalek::SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+        let why = due(&path, &other, "s1", "db", late).unwrap_err();
+        assert!(why.contains("does not verify"), "{why}");
+        let why = due(&path, &public, "s1", "db", 1_000_000).unwrap_err();
+        assert!(why.contains("within the tier's retention"), "{why}");
+        let link = dir.join("link.herserec");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let why = due(&link, &public, "s1", "db", late).unwrap_err();
+        assert!(why.contains("not a regular file"), "{why}");
+        let why = due(&dir.join("gone.herserec"), &public, "s1", "db", late).unwrap_err();
+        assert!(why.contains("cannot be read"), "{why}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A purge marks the row and writes its event together, and only where no hold
     /// stands and no purge came first: a hold placed after the listing wins, and a
     /// second purge writes no second event.
