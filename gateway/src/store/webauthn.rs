@@ -184,6 +184,15 @@ impl Store {
         // workstation: rows stay bounded, and someone with the password elsewhere cannot
         // fill the slots the user's own workstation needs.
         let now = now_micros();
+        // The count and the insert in one transaction that first writes the user's row:
+        // PostgreSQL then orders concurrent logins of that user (each takes the row lock
+        // and sees the others' inserts), SQLite takes its write lock up front. Without it,
+        // logins arriving at once could each count seven and all insert.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE users SET login_failures = login_failures WHERE name = $1")
+            .bind(user.as_str())
+            .execute(tx.conn()?)
+            .await?;
         let r = sqlx::query(
             "INSERT INTO ssh_approvals (token_hash, user_name, workstation, target, login, short_code, created_at, \
              expires_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
@@ -199,8 +208,9 @@ impl Store {
         .bind(now)
         .bind(expires_at)
         .bind(MAX_PENDING_APPROVALS)
-        .execute(&self.pool)
+        .execute(tx.conn()?)
         .await?;
+        tx.commit().await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::Refused(format!(
                 "{MAX_PENDING_APPROVALS} logins already wait for approval: approve them or let them expire"
@@ -295,6 +305,16 @@ mod tests {
                 .unwrap();
             assert!(s.approve("t0").await.unwrap(), "{backend}");
             ask("one-more".into(), &alice, later).await.unwrap();
+            // Logins arriving at once are bounded too (on PostgreSQL each would otherwise
+            // count the others' uncommitted rows as absent).
+            let carol = UserName::parse("carol").unwrap();
+            s.add_user(&carol).await.unwrap();
+            let mut burst = tokio::task::JoinSet::new();
+            for i in 0..3 * MAX_PENDING_APPROVALS {
+                burst.spawn(ask(format!("c{i}"), &carol, later));
+            }
+            let admitted = burst.join_all().await.into_iter().filter(Result::is_ok).count();
+            assert_eq!(admitted, MAX_PENDING_APPROVALS as usize, "{backend}");
         }
     }
 }
