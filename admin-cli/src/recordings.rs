@@ -93,7 +93,8 @@ pub enum RecordingsCmd {
         public_key: Option<String>,
     },
     /// Put a recording under legal hold (never purged), or release it with --release
-    /// (signed with the audit key: in local mode this reads the master key).
+    /// (local mode only: the release is signed with the audit key, opened with the
+    /// master key).
     Hold {
         id: String,
         #[arg(long)]

@@ -704,17 +704,34 @@ async fn recordings_hold(
     } else {
         ("recording.hold", "placed under")
     };
-    // A release is signed for the hold it ends: retention believes no other (a database
-    // writer could append one).
+    // A release lets retention destroy evidence, so only the gateway host's operator,
+    // with the master key, signs one for the hold it ends; retention believes no other.
+    // Not through the API: whoever can write the database can make an API caller (a
+    // token, a workstation, a role binding are rows), not open the master key.
     let detail = if release {
+        if !matches!(caller, Caller::Local(_)) {
+            return Err(err(
+                ErrorKind::Refused,
+                "a legal hold is released only on the gateway host, in local mode \
+                 (`hersectl --local recordings hold --release ID`, which reads the master key)",
+            ));
+        }
         let key = ctx.audit_key.ok_or_else(|| {
             err(
                 ErrorKind::Internal,
                 "releasing a legal hold needs the audit key, which this process has not opened",
             )
         })?;
-        let hold = ctx.store.standing_hold_seq(&sid).await?;
-        crate::retention::release_detail(key, sid.as_str(), hold, &caller.label())
+        let hold = match ctx.store.standing_hold(&sid).await? {
+            None => None,
+            Some((seq, hash)) => Some(crate::retention::HoldRef::parse(seq, &hash).ok_or_else(|| {
+                err(
+                    ErrorKind::Internal,
+                    format!("hold event {seq} has no valid hash: the audit log is damaged (`hersectl audit verify`)"),
+                )
+            })?),
+        };
+        crate::retention::release_detail(key, sid.as_str(), hold.as_ref(), &caller.label())
     } else {
         format!("by {}", caller.label())
     };

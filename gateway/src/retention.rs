@@ -20,14 +20,17 @@
 //! changed after it, not who wrote one: a database writer can append a well-chained
 //! event. A hold believed from such an event only keeps a recording longer; a release
 //! would destroy one. So a `recording.release` ends a hold only when its `detail` ends
-//! with `; ends the hold of event <seq>; signed <sig>`, where `<seq>` is the `seq` of the
-//! `recording.hold` event standing for that session (decimal) and `<sig>` is, in 128 hex
+//! with `; ends hold event <seq> <hash>; signed <sig>`, where `<seq>` (decimal) and
+//! `<hash>` (64 hex digits) are the `seq` and `hash` of the `recording.hold` event
+//! standing for that session (0 and 64 zeros when none), and `<sig>` is, in 128 hex
 //! digits, the audit key's Ed25519 signature of
 //!
-//! `"herse-recording-release-v1" || str(session_id) || i64(seq)`
+//! `"herse-recording-release-v1" || str(session_id) || i64(seq) || hash (32 raw bytes)`
 //!
 //! (`str` and `i64` as in the audit chain's encoding). A release without it, signed by
-//! another key, or naming an earlier hold (a copy of an old release) ends nothing.
+//! another key, or naming another hold (a copy of an old release; one signed for a hold
+//! that did not exist yet, whose hash nobody could know) ends nothing. Only `hersectl`
+//! in local mode signs one: it reads the master key, which the database does not give.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -57,10 +60,10 @@ struct Ledger {
     /// The last event the previous walk met (after `anchor` when the log has an unsigned
     /// tail): still on the chain next time, or the tail was rewritten.
     walked: Anchor,
-    /// Sessions held, each with the `seq` of the hold standing: by the signed events up
-    /// to `anchor` in order, and by every hold met after it (a hold is believed at once;
-    /// a release only once a checkpoint signs it).
-    held: HashMap<String, i64>,
+    /// Sessions held, each with the hold standing: by the signed events up to `anchor`
+    /// in order, and by every hold met after it (a hold is believed at once; a release
+    /// only once a checkpoint signs it).
+    held: HashMap<String, HoldRef>,
     /// Sessions a purge refused, with why: each alerted once per process.
     refused: HashSet<(String, String)>,
     /// When the last walk from the first event was: the next one after
@@ -80,6 +83,13 @@ impl Retention {
     }
 }
 
+/// A `recording.hold` event: its `seq` and `hash` on the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRef {
+    pub seq: i64,
+    pub hash: [u8; 32],
+}
+
 /// A hold or release the walk met.
 struct HoldEvent {
     seq: i64,
@@ -88,51 +98,67 @@ struct HoldEvent {
 }
 
 enum Mark {
-    Hold,
+    Hold(HoldRef),
     /// A release, with the hold it ends when its signature verifies (else none).
     Release {
-        ends: Option<i64>,
+        ends: Option<HoldRef>,
     },
 }
 
 const RELEASE_DOMAIN: &str = "herse-recording-release-v1";
 
-fn release_message(session: &str, hold_seq: i64) -> Vec<u8> {
-    let mut m = Vec::with_capacity(64 + session.len());
+fn release_message(session: &str, hold: &HoldRef) -> Vec<u8> {
+    let mut m = Vec::with_capacity(96 + session.len());
     for s in [RELEASE_DOMAIN, session] {
         m.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
         m.extend_from_slice(s.as_bytes());
     }
-    m.extend_from_slice(&hold_seq.to_be_bytes());
+    m.extend_from_slice(&hold.seq.to_be_bytes());
+    m.extend_from_slice(&hold.hash);
     m
 }
 
-/// The `detail` of a `recording.release` event by `by` that ends the hold event
-/// `hold_seq` of `session` (0 when it has none), signed with the audit key (see the
+impl HoldRef {
+    /// A stored `(seq, hash hex)`; `None` when the hash is not 64 hex digits.
+    pub fn parse(seq: i64, hash: &str) -> Option<HoldRef> {
+        Some(HoldRef {
+            seq,
+            hash: crate::audit_log::chain::parse_hash(hash)?,
+        })
+    }
+}
+
+/// The `detail` of a `recording.release` event by `by` that ends the hold event `hold`
+/// of `session` (none: a release that ends nothing), signed with the audit key (see the
 /// module documentation).
-pub fn release_detail(key: &SigningKey, session: &str, hold_seq: i64, by: &str) -> String {
-    let sig = key.sign(&release_message(session, hold_seq));
+pub fn release_detail(key: &SigningKey, session: &str, hold: Option<&HoldRef>, by: &str) -> String {
+    let none = HoldRef { seq: 0, hash: [0; 32] };
+    let hold = hold.unwrap_or(&none);
+    let sig = key.sign(&release_message(session, hold));
     format!(
-        "by {by}; ends the hold of event {hold_seq}; signed {}",
+        "by {by}; ends hold event {} {}; signed {}",
+        hold.seq,
+        hex::encode(hold.hash),
         hex::encode(sig.to_bytes())
     )
 }
 
 /// The hold a release's `detail` ends, if the audit key signed it.
-fn release_ends(key: &VerifyingKey, session: &str, detail: &str) -> Option<i64> {
+fn release_ends(key: &VerifyingKey, session: &str, detail: &str) -> Option<HoldRef> {
     let (rest, sig) = detail.rsplit_once("; signed ")?;
-    let (_, seq) = rest.rsplit_once("; ends the hold of event ")?;
+    let (_, named) = rest.rsplit_once("; ends hold event ")?;
+    let (seq, hash) = named.split_once(' ')?;
     if sig.len() != 128 || seq.is_empty() || seq.len() > 19 || !seq.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let seq: i64 = seq.parse().ok()?;
+    let hold = HoldRef::parse(seq.parse().ok()?, hash)?;
     let sig: [u8; 64] = hex::decode(sig).ok()?.try_into().ok()?;
     key.verify_strict(
-        &release_message(session, seq),
+        &release_message(session, &hold),
         &ed25519_dalek::Signature::from_bytes(&sig),
     )
     .ok()?;
-    Some(seq)
+    Some(hold)
 }
 
 impl Ledger {
@@ -174,7 +200,11 @@ impl Ledger {
                 return;
             };
             let mark = match r.kind.as_str() {
-                "recording.hold" => Mark::Hold,
+                // (A hash that does not parse fails the walk anyway.)
+                "recording.hold" => match r.hash.as_deref().and_then(|h| HoldRef::parse(seq, h)) {
+                    Some(hold) => Mark::Hold(hold),
+                    None => return,
+                },
                 "recording.release" => Mark::Release {
                     ends: release_ends(&public, session, &r.detail),
                 },
@@ -197,8 +227,8 @@ impl Ledger {
         let (signed, tail): (Vec<_>, Vec<_>) = seen.into_iter().partition(|e| e.seq <= walked.signed.seq);
         apply(&mut self.held, &signed);
         for e in &tail {
-            if let Mark::Hold = e.mark {
-                self.held.insert(e.session.clone(), e.seq);
+            if let Mark::Hold(hold) = &e.mark {
+                self.held.insert(e.session.clone(), hold.clone());
             }
         }
         self.anchor = walked.signed;
@@ -214,13 +244,13 @@ impl Ledger {
 
 /// Take in holds and releases in log order: a release ends the hold standing only when
 /// it is signed for that very hold.
-fn apply(held: &mut HashMap<String, i64>, events: &[HoldEvent]) {
+fn apply(held: &mut HashMap<String, HoldRef>, events: &[HoldEvent]) {
     for e in events {
-        match e.mark {
-            Mark::Hold => {
-                held.insert(e.session.clone(), e.seq);
+        match &e.mark {
+            Mark::Hold(hold) => {
+                held.insert(e.session.clone(), hold.clone());
             }
-            Mark::Release { ends: Some(hold) } if held.get(&e.session) == Some(&hold) => {
+            Mark::Release { ends: Some(hold) } if held.get(&e.session) == Some(hold) => {
                 held.remove(&e.session);
             }
             Mark::Release { .. } => {}
@@ -449,11 +479,21 @@ mod tests {
             let event = |kind: &'static str, id: &str, detail: String| {
                 let e = AuditEvent::new(kind, Severity::Info, detail).session(id);
                 let s = s.clone();
-                async move { s.append_audit(&e).await.unwrap().seq.unwrap() }
+                async move { s.append_audit(&e).await.unwrap() }
             };
-            let hold = |id: &str| event("recording.hold", id, "test".into());
-            let release = |id: &str, ends: i64, key: &ed25519_dalek::SigningKey| {
-                event("recording.release", id, super::release_detail(key, id, ends, "test"))
+            let hold = |id: &str| {
+                let e = event("recording.hold", id, "test".into());
+                async move {
+                    let r = e.await;
+                    super::HoldRef::parse(r.seq.unwrap(), r.hash.as_deref().unwrap()).unwrap()
+                }
+            };
+            let release = |id: &str, ends: &super::HoldRef, key: &ed25519_dalek::SigningKey| {
+                event(
+                    "recording.release",
+                    id,
+                    super::release_detail(key, id, Some(ends), "test"),
+                )
             };
             let sign = || async { crate::audit_log::sign_head(&s, &key, "n1").await.unwrap() };
             let set = |ids: &[&str]| {
@@ -472,7 +512,7 @@ mod tests {
             let signed_at = ledger.anchor.seq;
             assert!(signed_at > 0, "{backend}");
             // After the last checkpoint: in force for this run, walked again next time.
-            release("a", a, &key).await;
+            release("a", &a, &key).await;
             let b = hold("b").await;
             assert_eq!(
                 ledger.refresh(&s, &public).await.unwrap().unwrap(),
@@ -502,16 +542,31 @@ mod tests {
             event(
                 "recording.release",
                 "b",
-                format!("by mallory; ends the hold of event {b}; signed {}", "00".repeat(64)),
+                format!(
+                    "by mallory; ends hold event {} {}; signed {}",
+                    b.seq,
+                    hex::encode(b.hash),
+                    "00".repeat(64)
+                ),
             )
             .await;
-            release("b", b, &other).await;
-            release("b", b - 1, &key).await;
+            release("b", &b, &other).await;
+            for guess in [
+                super::HoldRef {
+                    seq: b.seq - 1,
+                    ..b.clone()
+                },
+                super::HoldRef {
+                    hash: [1; 32],
+                    ..b.clone()
+                },
+            ] {
+                release("b", &guess, &key).await;
+            }
             let r1 = hold("r").await;
-            let old = release("r", r1, &key).await;
+            let old = release("r", &r1, &key).await;
             hold("r").await;
-            let copy = s.audit_chain_page(old - 1, old, 1).await.unwrap().remove(0).detail;
-            event("recording.release", "r", copy).await;
+            event("recording.release", "r", old.detail).await;
             for _ in 0..2 {
                 assert_eq!(
                     ledger.refresh(&s, &public).await.unwrap().unwrap(),
@@ -520,7 +575,7 @@ mod tests {
                 );
                 sign().await;
             }
-            release("b", b, &key).await;
+            release("b", &b, &key).await;
             assert_eq!(
                 ledger.refresh(&s, &public).await.unwrap().unwrap(),
                 set(&["r"]),

@@ -103,15 +103,23 @@ impl Store {
         self.audited_change(e, change).await
     }
 
-    /// The `seq` of the newest `recording.hold` event of `id` (0 when none): the hold a
-    /// release ends. Read outside the release's transaction: a hold placed in between
-    /// stands (the release names the earlier one), which keeps a recording, never loses one.
-    pub async fn standing_hold_seq(&self, id: &SessionId) -> Result<i64, StoreError> {
-        let r = sqlx::query("SELECT MAX(seq) FROM audit_events WHERE kind = 'recording.hold' AND session_id = $1")
-            .bind(id.as_str())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(r.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
+    /// The newest `recording.hold` event of `id` on the chain (at or before its head),
+    /// as `(seq, hash)`: the hold a release ends. Read outside the release's transaction:
+    /// a hold placed in between stands (the release names the earlier one), which keeps a
+    /// recording, never loses one.
+    pub async fn standing_hold(&self, id: &SessionId) -> Result<Option<(i64, String)>, StoreError> {
+        let r = sqlx::query(
+            "SELECT seq, hash FROM audit_events WHERE kind = 'recording.hold' AND session_id = $1 \
+             AND seq <= (SELECT seq FROM audit_head WHERE id = 1) ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = r else { return Ok(None) };
+        Ok(Some((
+            r.try_get(0)?,
+            r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+        )))
     }
 
     /// Ended, unheld, unpurged sessions of `node` and `tier` that ended before `before`.

@@ -988,7 +988,8 @@ async fn api_call(
         identity_files: &[],
         user_secrets: Some(&app.gw.keys.user_secrets),
         retention: Some(&app.gw.retention),
-        audit_key: Some(&app.gw.keys.audit),
+        // Never signs a release through the API (see `recordings_hold`).
+        audit_key: None,
     };
     match crate::control::execute(&ctx, &caller, &call).await {
         Ok(v) => axum::Json(serde_json::json!({ "ok": v })).into_response(),
