@@ -16,27 +16,50 @@ pub struct WebSession {
 
 impl Store {
     /// Set the user's password to `hash`. The one it replaces joins the user's history,
-    /// of which the newest `keep` are kept (see [`Store::retired_passwords`]).
-    pub async fn set_password(&self, user: &UserName, hash: &str, keep: usize) -> Result<(), StoreError> {
+    /// of which the newest `keep` are kept (see [`Store::retired_passwords`]). With
+    /// `replaces`, only if the stored hash is still that one (the one the caller checked
+    /// the current password against): otherwise `Refused`, and nothing changes, so a
+    /// change checked against an old password cannot undo a reset made meanwhile.
+    pub async fn set_password(
+        &self,
+        user: &UserName,
+        hash: &str,
+        replaces: Option<&str>,
+        keep: usize,
+    ) -> Result<(), StoreError> {
         let now = now_micros();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO password_history (user_name, password_hash, retired_at) \
-             SELECT name, password_hash, $1 FROM users WHERE name = $2 AND password_hash IS NOT NULL",
-        )
-        .bind(now)
-        .bind(user.as_str())
-        .execute(tx.conn()?)
-        .await?;
-        let r = sqlx::query("UPDATE users SET password_hash = $1, password_set_at = $2 WHERE name = $3")
-            .bind(hash)
-            .bind(now)
+        // The row first (PostgreSQL's row lock, SQLite's write lock): the hash read next is
+        // the one replaced, whatever else changes the password at the same time.
+        let r = sqlx::query("UPDATE users SET login_failures = login_failures WHERE name = $1")
             .bind(user.as_str())
             .execute(tx.conn()?)
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("user {user}")));
         }
+        let old: Option<String> = sqlx::query("SELECT password_hash FROM users WHERE name = $1")
+            .bind(user.as_str())
+            .fetch_one(tx.conn()?)
+            .await?
+            .try_get(0)?;
+        if replaces.is_some_and(|r| old.as_deref() != Some(r)) {
+            return Err(StoreError::Refused(format!("the password of {user} changed meanwhile")));
+        }
+        if let Some(old) = &old {
+            sqlx::query("INSERT INTO password_history (user_name, password_hash, retired_at) VALUES ($1, $2, $3)")
+                .bind(user.as_str())
+                .bind(old)
+                .bind(now)
+                .execute(tx.conn()?)
+                .await?;
+        }
+        sqlx::query("UPDATE users SET password_hash = $1, password_set_at = $2 WHERE name = $3")
+            .bind(hash)
+            .bind(now)
+            .bind(user.as_str())
+            .execute(tx.conn()?)
+            .await?;
         let prune = match keep.checked_sub(1) {
             None => sqlx::query("DELETE FROM password_history WHERE user_name = $1").bind(user.as_str()),
             // Older than the keep-th newest (none when there are fewer).
@@ -205,6 +228,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use crate::ident::UserName;
+    use crate::store::StoreError;
 
     /// Each change retires the password it replaces; only the newest `keep` are kept, a
     /// user never set a password has none, and removing the user removes them.
@@ -213,20 +237,26 @@ mod tests {
         for (backend, s) in crate::store::test_backends().await {
             let u = UserName::parse("hist").unwrap();
             s.add_user(&u).await.unwrap();
-            s.set_password(&u, "h1", 2).await.unwrap();
+            s.set_password(&u, "h1", None, 2).await.unwrap();
             assert!(s.retired_passwords(&u, 10).await.unwrap().is_empty(), "{backend}");
             for h in ["h2", "h3", "h4"] {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                s.set_password(&u, h, 2).await.unwrap();
+                s.set_password(&u, h, None, 2).await.unwrap();
             }
             assert_eq!(s.retired_passwords(&u, 10).await.unwrap(), ["h3", "h2"], "{backend}");
             assert_eq!(s.retired_passwords(&u, 1).await.unwrap(), ["h3"], "{backend}");
             assert_eq!(s.password(&u).await.unwrap().unwrap().0, "h4", "{backend}");
-            s.set_password(&u, "h5", 0).await.unwrap();
+            s.set_password(&u, "h5", None, 0).await.unwrap();
             assert!(s.retired_passwords(&u, 10).await.unwrap().is_empty(), "{backend}");
             let ghost = UserName::parse("ghost").unwrap();
-            assert!(s.set_password(&ghost, "h", 2).await.is_err(), "{backend}");
-            s.set_password(&u, "h6", 2).await.unwrap();
+            assert!(s.set_password(&ghost, "h", None, 2).await.is_err(), "{backend}");
+            // A change checked against a password replaced since changes nothing.
+            let stale = s.set_password(&u, "h6", Some("h4"), 2).await;
+            assert!(matches!(stale, Err(StoreError::Refused(_))), "{backend}: {stale:?}");
+            assert_eq!(s.password(&u).await.unwrap().unwrap().0, "h5", "{backend}");
+            assert!(s.retired_passwords(&u, 10).await.unwrap().is_empty(), "{backend}");
+            s.set_password(&u, "h6", Some("h5"), 2).await.unwrap();
+            assert_eq!(s.retired_passwords(&u, 10).await.unwrap(), ["h5"], "{backend}");
             s.remove_user(&u).await.unwrap();
             let left: i64 = sqlx::Row::try_get(
                 &sqlx::query("SELECT COUNT(*) FROM password_history WHERE user_name = 'hist'")

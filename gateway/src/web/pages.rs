@@ -475,11 +475,12 @@ async fn change_password(
         )
             .into_response();
     }
-    let current_ok = match app.gw.store.password(&user).await {
-        Ok(Some((h, _))) => password::verify_async(&f.current, &h).await,
-        _ => false,
+    // The hash checked against is the one the change may replace (see `set_password`).
+    let current = match app.gw.store.password(&user).await {
+        Ok(Some((h, _))) if password::verify_async(&f.current, &h).await => Some(h),
+        _ => None,
     };
-    if !current_ok {
+    let Some(current) = current else {
         // Guessing the current password from a session counts like a failed login.
         let _ = app
             .gw
@@ -491,7 +492,7 @@ async fn change_password(
             page("Password not changed", "<p>The current password is wrong.</p>"),
         )
             .into_response();
-    }
+    };
     // A renewal must renew: the current password again would keep an expired one alive.
     if f.new.as_bytes() == f.current.as_bytes() {
         return (
@@ -518,6 +519,13 @@ async fn change_password(
     };
     for old in &retired {
         if password::verify_async(&f.new, old).await {
+            // Each try costs argon2id checks shared with every login: repeated, they
+            // count like failed logins and end in the lockout.
+            let _ = app
+                .gw
+                .store
+                .record_login_failure(&user, LOGIN_FAILURES, LOGIN_LOCK.as_micros() as i64)
+                .await;
             return (
                 StatusCode::BAD_REQUEST,
                 page(
@@ -532,8 +540,19 @@ async fn change_password(
         Ok(h) => h,
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
-    if app.gw.store.set_password(&user, &hash, keep).await.is_err() {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    match app.gw.store.set_password(&user, &hash, Some(&current), keep).await {
+        Ok(()) => {}
+        Err(crate::store::StoreError::Refused(_)) => {
+            return (
+                StatusCode::CONFLICT,
+                page(
+                    "Password not changed",
+                    "<p>Your password was changed or reset meanwhile: log in again.</p>",
+                ),
+            )
+                .into_response()
+        }
+        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
     // Every other session and API token of the user ends with the old password.
     if let Some(token) = cookie_token(&headers) {
