@@ -597,28 +597,12 @@ mod tests {
 
     #[test]
     fn hits_stop_early_once_the_caller_is_gone() {
-        use session_recordings::{FileRecorder, Header, Recorder};
+        use session_recordings::{FileRecorder, Recorder};
         let dir = std::env::temp_dir().join(format!("herse-scan-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.herserec");
-        let header = Header {
-            session_id: "s".into(),
-            user: "alice".into(),
-            client_addr: "10.77.0.2:40000".into(),
-            workstation: None,
-            target: "db1".into(),
-            target_addr: "127.0.0.1:22".into(),
-            tier: "db".into(),
-            login: "deploy".into(),
-            role: "dba".into(),
-            grant: None,
-            decision: "test".into(),
-            started_at_micros: 0,
-            previous: None,
-            signing_key: String::new(),
-            encryption: None,
-        };
+        let header = crate::store::test_header("s", "db", 0);
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
         let r = FileRecorder::create(&path, &header, key).unwrap();
         for i in 0..2000 {

@@ -650,29 +650,13 @@ mod tests {
     /// difference keeps it, with the reason.
     #[test]
     fn a_recording_is_due_only_by_its_own_verified_word() {
-        use session_recordings::{DataDirection, FileRecorder, Header, Recorder};
+        use session_recordings::{DataDirection, FileRecorder, Recorder};
         use std::time::Duration;
         let dir = std::env::temp_dir().join(format!("herse-due-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s1.herserec");
-        let header = Header {
-            session_id: "s1".into(),
-            user: "alice".into(),
-            client_addr: "10.77.0.2:40000".into(),
-            workstation: None,
-            target: "db1".into(),
-            target_addr: "127.0.0.1:22".into(),
-            tier: "db".into(),
-            login: "deploy".into(),
-            role: "dba".into(),
-            grant: None,
-            decision: "test".into(),
-            started_at_micros: 1_000_000,
-            previous: None,
-            signing_key: String::new(),
-            encryption: None,
-        };
+        let header = crate::store::test_header("s1", "db", 1_000_000);
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
         let public = key.verifying_key();
         let row = |id: &str, tier: &str| crate::store::SessionRow {

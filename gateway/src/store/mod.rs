@@ -314,6 +314,28 @@ impl Store {
     }
 }
 
+/// A recording header for tests: session `id` of alice on db1, tier `tier`.
+#[cfg(test)]
+pub(crate) fn test_header(id: &str, tier: &str, started_at_micros: u64) -> session_recordings::Header {
+    session_recordings::Header {
+        session_id: id.into(),
+        user: "alice".into(),
+        client_addr: "10.77.0.2:40000".into(),
+        workstation: None,
+        target: "db1".into(),
+        target_addr: "127.0.0.1:22".into(),
+        tier: tier.into(),
+        login: "deploy".into(),
+        role: "dba".into(),
+        grant: None,
+        decision: "test".into(),
+        started_at_micros,
+        previous: None,
+        signing_key: String::new(),
+        encryption: None,
+    }
+}
+
 /// A session of `user` on node n1, open until it is ended (store tests).
 #[cfg(test)]
 pub(crate) fn test_session<'a>(user: &'a str, id: &'a crate::ident::SessionId) -> SessionStart<'a> {

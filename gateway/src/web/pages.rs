@@ -446,6 +446,15 @@ struct PasswordForm {
     new: String,
 }
 
+/// Count a failure toward the user's portal lockout (best effort: the refusal stands).
+async fn count_login_failure(app: &App, user: &UserName) {
+    let _ = app
+        .gw
+        .store
+        .record_login_failure(user, LOGIN_FAILURES, LOGIN_LOCK.as_micros() as i64)
+        .await;
+}
+
 async fn change_password(
     State(app): State<App>,
     Extension(origin): Extension<Origin>,
@@ -482,11 +491,7 @@ async fn change_password(
     };
     let Some(current) = current else {
         // Guessing the current password from a session counts like a failed login.
-        let _ = app
-            .gw
-            .store
-            .record_login_failure(&user, LOGIN_FAILURES, LOGIN_LOCK.as_micros() as i64)
-            .await;
+        count_login_failure(&app, &user).await;
         return (
             StatusCode::FORBIDDEN,
             page("Password not changed", "<p>The current password is wrong.</p>"),
@@ -521,11 +526,7 @@ async fn change_password(
         if password::verify_async(&f.new, old).await {
             // Each try costs argon2id checks shared with every login: repeated, they
             // count like failed logins and end in the lockout.
-            let _ = app
-                .gw
-                .store
-                .record_login_failure(&user, LOGIN_FAILURES, LOGIN_LOCK.as_micros() as i64)
-                .await;
+            count_login_failure(&app, &user).await;
             return (
                 StatusCode::BAD_REQUEST,
                 page(
