@@ -320,8 +320,9 @@ pub struct Ctx<'a> {
     /// For `recordings purge`: the gateway's own; in local mode built from the master
     /// key only for that call.
     pub retention: Option<&'a crate::retention::Retention>,
-    /// The audit key, which signs the release of a legal hold: the gateway's own; in
-    /// local mode opened from the master key only for that call.
+    /// The audit key, which signs the release of a legal hold: opened from the master
+    /// key in local mode, for that call only. The gateway never passes it: releases do
+    /// not go through the API (see `recordings_hold`).
     pub audit_key: Option<&'a ed25519_dalek::SigningKey>,
 }
 
