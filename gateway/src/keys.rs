@@ -81,15 +81,12 @@ async fn save_wireguard(store: &Store, master: &MasterKey, k: &WgSecret) -> Resu
 /// The audit key's public half, from its sealed private half: what a local command that
 /// must not trust the database's copy of the public key (retention) verifies with.
 pub async fn audit_verifying_key(store: &Store, master: &MasterKey) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
-    Ok(open_audit_key(store, master).await?.verifying_key())
+    Ok(audit_signing_key(store, master).await?.verifying_key())
 }
 
-/// The audit key itself, for a local command that signs (the release of a legal hold).
+/// The audit key itself, opened from its sealed copy: the gateway's, and a local
+/// command's that signs (the release of a legal hold).
 pub async fn audit_signing_key(store: &Store, master: &MasterKey) -> Result<SigningKey, KeyError> {
-    open_audit_key(store, master).await
-}
-
-async fn open_audit_key(store: &Store, master: &MasterKey) -> Result<SigningKey, KeyError> {
     let (_, sealed) = store.gateway_key(AUDIT).await?;
     let raw = master.open(&label(AUDIT), &sealed)?;
     let seed: Zeroizing<[u8; 32]> = Zeroizing::new(raw[..].try_into().map_err(|_| KeyError::Invalid(AUDIT))?);
@@ -173,7 +170,7 @@ impl GatewayKeys {
             let pem = master.open(&label(name), &sealed)?;
             PrivateKey::from_openssh(&pem[..]).map_err(|_| KeyError::Invalid(name))
         }
-        let audit = open_audit_key(store, master).await?;
+        let audit = audit_signing_key(store, master).await?;
         // A gateway initialised before the WireGuard front door gets its key on first start.
         let wireguard = match store.gateway_key(WIREGUARD).await {
             Ok((_, sealed)) => {
