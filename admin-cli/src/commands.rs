@@ -235,6 +235,7 @@ pub(crate) async fn execute(cli: &Cli, call: &herse::control::Call) -> Result<se
     let retention = match call {
         herse::control::Call::RecordingsPurge => Some(herse::retention::Retention::new(
             herse::keys::audit_verifying_key(&store, &master()?).await?,
+            herse::audit_log::Witness::in_dir(&config.data_dir),
         )),
         _ => None,
     };

@@ -563,7 +563,10 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
                 Some(k) => audit_log::public_key_from_hex(k)?,
                 None => audit_log::stored_public_key(store).await?,
             };
-            json(audit_log::verify(store, &key).await?)
+            // Against this node's witness too: the one thing a database writer cannot
+            // rewrite.
+            let witness = audit_log::Witness::in_dir(&ctx.config.data_dir).read();
+            json(audit_log::verify(store, &key, witness).await?)
         }
         _ => {
             // The rest are administration and recordings: one action each, checked here

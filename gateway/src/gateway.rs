@@ -39,6 +39,8 @@ pub struct Gateway {
     pub(crate) recording_reads: RecentReads,
     /// What retention purges check rows against (the verified audit log's holds).
     pub retention: crate::retention::Retention,
+    /// Signs the audit log's head, from this node's witness of the chain.
+    pub checkpoints: crate::audit_log::Checkpointer,
 }
 
 impl Gateway {
@@ -55,6 +57,7 @@ impl Gateway {
             .and_then(|w| w.webauthn.as_ref())
             .and_then(|(rp, origin)| crate::web::webauthn(rp, origin));
         let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let witness = crate::audit_log::Witness::in_dir(&config.data_dir);
         Arc::new(Gateway {
             connections,
             node: config.node.clone(),
@@ -68,7 +71,8 @@ impl Gateway {
             webauthn,
             portal_tls,
             recording_reads: RecentReads::default(),
-            retention: crate::retention::Retention::new(keys.audit.verifying_key()),
+            retention: crate::retention::Retention::new(keys.audit.verifying_key(), witness.clone()),
+            checkpoints: crate::audit_log::Checkpointer::new(witness),
             keys,
         })
     }

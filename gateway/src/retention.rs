@@ -50,6 +50,8 @@ pub struct Retention {
     /// The audit key's public half, from the gateway's own sealed key (never the
     /// database's copy of it).
     key: VerifyingKey,
+    /// This node's witness of the chain: a log rewritten behind it purges nothing.
+    witness: audit_log::Witness,
     state: tokio::sync::Mutex<Ledger>,
 }
 
@@ -75,9 +77,10 @@ struct Ledger {
 }
 
 impl Retention {
-    pub fn new(key: VerifyingKey) -> Retention {
+    pub fn new(key: VerifyingKey, witness: audit_log::Witness) -> Retention {
         Retention {
             key,
+            witness,
             state: tokio::sync::Mutex::new(Ledger::default()),
         }
     }
@@ -170,6 +173,7 @@ impl Ledger {
         &mut self,
         store: &Store,
         key: &VerifyingKey,
+        witness: &audit_log::Witness,
     ) -> Result<Result<HashSet<String>, String>, StoreError> {
         // What was walked stays as it was: an event at or before the anchor, or in the
         // tail walked last time, is never read again otherwise.
@@ -195,7 +199,7 @@ impl Ledger {
         let seen: Arc<std::sync::Mutex<Vec<HoldEvent>>> = Arc::default();
         let sink = seen.clone();
         let public = *key;
-        let walked = audit_log::verify_from(store, key, self.anchor.clone(), move |r: &AuditRow| {
+        let walked = audit_log::verify_from(store, key, self.anchor.clone(), witness.read(), move |r: &AuditRow| {
             let (Some(seq), Some(session)) = (r.seq, &r.session) else {
                 return;
             };
@@ -285,7 +289,7 @@ pub async fn purge(
     }
     // Walked at every run, due rows or not, so that each walk is short and a broken log
     // is reported within the hour.
-    let held = match ledger.refresh(store, &retention.key).await? {
+    let held = match ledger.refresh(store, &retention.key, &retention.witness).await? {
         Ok(tail) => tail,
         Err(why) => {
             tracing::error!(%why, "no recording purged");
@@ -495,7 +499,8 @@ mod tests {
                     super::release_detail(key, id, Some(ends), "test"),
                 )
             };
-            let sign = || async { crate::audit_log::sign_head(&s, &key, "n1").await.unwrap() };
+            let w = crate::audit_log::Witness::in_dir(&crate::store::test_dir("ledger"));
+            let sign = || async { crate::audit_log::sign_head(&s, &key, "n1", &w).await.unwrap() };
             let set = |ids: &[&str]| {
                 ids.iter()
                     .map(|i| i.to_string())
@@ -505,7 +510,7 @@ mod tests {
             let a = hold("a").await;
             sign().await;
             assert_eq!(
-                ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                ledger.refresh(&s, &public, &w).await.unwrap().unwrap(),
                 set(&["a"]),
                 "{backend}"
             );
@@ -515,7 +520,7 @@ mod tests {
             release("a", &a, &key).await;
             let b = hold("b").await;
             assert_eq!(
-                ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                ledger.refresh(&s, &public, &w).await.unwrap().unwrap(),
                 set(&["b"]),
                 "{backend}"
             );
@@ -528,7 +533,7 @@ mod tests {
             );
             sign().await;
             assert_eq!(
-                ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                ledger.refresh(&s, &public, &w).await.unwrap().unwrap(),
                 set(&["b"]),
                 "{backend}"
             );
@@ -569,7 +574,7 @@ mod tests {
             event("recording.release", "r", old.detail).await;
             for _ in 0..2 {
                 assert_eq!(
-                    ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                    ledger.refresh(&s, &public, &w).await.unwrap().unwrap(),
                     set(&["b", "r"]),
                     "{backend}"
                 );
@@ -577,7 +582,7 @@ mod tests {
             }
             release("b", &b, &key).await;
             assert_eq!(
-                ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                ledger.refresh(&s, &public, &w).await.unwrap().unwrap(),
                 set(&["r"]),
                 "{backend}"
             );
@@ -596,13 +601,13 @@ mod tests {
                 }
             };
             edit("edited").await;
-            assert!(ledger.refresh(&s, &public).await.unwrap().is_ok(), "{backend}");
+            assert!(ledger.refresh(&s, &public, &w).await.unwrap().is_ok(), "{backend}");
             ledger.full_walk_at = None;
-            let why = ledger.refresh(&s, &public).await.unwrap().unwrap_err();
+            let why = ledger.refresh(&s, &public, &w).await.unwrap().unwrap_err();
             assert!(why.contains("edited"), "{backend}: {why}");
             edit("test").await;
             assert_eq!(
-                ledger.refresh(&s, &public).await.unwrap().unwrap(),
+                ledger.refresh(&s, &public, &w).await.unwrap().unwrap(),
                 set(&["r"]),
                 "{backend}"
             );
@@ -611,7 +616,7 @@ mod tests {
             // is a whole chain.
             let mut rewritten = Ledger::default();
             hold("t").await;
-            assert!(rewritten.refresh(&s, &public).await.unwrap().is_ok(), "{backend}");
+            assert!(rewritten.refresh(&s, &public, &w).await.unwrap().is_ok(), "{backend}");
             for q in [
                 "DELETE FROM audit_events WHERE session_id = 't'",
                 "UPDATE audit_head SET seq = seq - 1, \
@@ -620,10 +625,13 @@ mod tests {
                 sqlx::query(q).execute(s.pool()).await.unwrap();
             }
             assert!(
-                crate::audit_log::verify(&s, &public).await.unwrap().is_whole(),
+                crate::audit_log::verify(&s, &public, crate::audit_log::Witnessed::Nothing)
+                    .await
+                    .unwrap()
+                    .is_whole(),
                 "{backend}"
             );
-            let why = rewritten.refresh(&s, &public).await.unwrap().unwrap_err();
+            let why = rewritten.refresh(&s, &public, &w).await.unwrap().unwrap_err();
             assert!(why.contains("changed or went"), "{backend}: {why}");
             // An event edited after the anchor, or anywhere for a first walk: no holds
             // to go by, so no purge.
@@ -632,14 +640,14 @@ mod tests {
                 .execute(s.pool())
                 .await
                 .unwrap();
-            let why = ledger.refresh(&s, &public).await.unwrap().unwrap_err();
+            let why = ledger.refresh(&s, &public, &w).await.unwrap().unwrap_err();
             assert!(why.contains("does not verify"), "{backend}: {why}");
-            let why = Ledger::default().refresh(&s, &public).await.unwrap().unwrap_err();
+            let why = Ledger::default().refresh(&s, &public, &w).await.unwrap().unwrap_err();
             assert!(why.contains("edited"), "{backend}: {why}");
             // Checkpoints signed by another key vouch for nothing.
             let other = ed25519_dalek::SigningKey::from_bytes(&[8u8; 32]).verifying_key();
             assert!(
-                Ledger::default().refresh(&s, &other).await.unwrap().is_err(),
+                Ledger::default().refresh(&s, &other, &w).await.unwrap().is_err(),
                 "{backend}"
             );
         }

@@ -533,34 +533,70 @@ pub fn sqlite(db: &Path, sql: &str) {
     )));
 }
 
+/// The audit chain's event hash (the spec in `gateway/src/audit_log/chain.rs`), in
+/// Python, for the scripts below that act as a database writer who read it.
+const PY_EVENT_HASH: &str = r#"
+import hashlib, sqlite3, sys, time, uuid
+def s(x):
+    b = x.encode()
+    return len(b).to_bytes(4, "big") + b
+def o(x):
+    return b"\x00" if x is None else b"\x01" + s(x)
+def event_hash(seq, eid, at, kind, severity, user, session, addr, ws, detail, prev):
+    e = (s("herse-audit-event-v1") + seq.to_bytes(8, "big", signed=True) + s(eid)
+         + at.to_bytes(8, "big", signed=True) + s(kind) + s(severity)
+         + o(user) + o(session) + o(addr) + o(ws) + s(detail) + bytes.fromhex(prev))
+    return hashlib.sha256(e).hexdigest()
+"#;
+
+fn python_on_chain(script: &str, db: &Path, args: &[&str]) {
+    ok(Command::new("python3")
+        .arg("-c")
+        .arg(format!("{PY_EVENT_HASH}{script}"))
+        .arg(db)
+        .args(args));
+}
+
 /// Append an audit event to a gateway's SQLite database with a correct hash chain, as
 /// someone who can write only the database (and has read the chain's public spec) would.
 /// The gateway's next checkpoint signs it along with the rest.
 pub fn sqlite_forge_audit_event(db: &Path, kind: &str, session: &str, detail: &str) {
     const SCRIPT: &str = r#"
-import hashlib, sqlite3, sys, time, uuid
 db, kind, session, detail = sys.argv[1:5]
-def s(x):
-    b = x.encode()
-    return len(b).to_bytes(4, "big") + b
 c = sqlite3.connect(db, isolation_level=None)
 c.execute("BEGIN IMMEDIATE")
 seq, prev = c.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
 seq += 1
 eid, at = uuid.uuid4().hex, int(time.time() * 1e6)
-e = (s("herse-audit-event-v1") + seq.to_bytes(8, "big", signed=True) + s(eid)
-     + at.to_bytes(8, "big", signed=True) + s(kind) + s("info")
-     + b"\x00" + b"\x01" + s(session) + b"\x00" + b"\x00" + s(detail) + bytes.fromhex(prev))
-h = hashlib.sha256(e).hexdigest()
+h = event_hash(seq, eid, at, kind, "info", None, session, None, None, detail, prev)
 c.execute("INSERT INTO audit_events (seq, id, at, kind, severity, user_name, session_id, client_addr, "
           "workstation, detail, prev_hash, hash) VALUES (?, ?, ?, ?, 'info', NULL, ?, NULL, NULL, ?, ?, ?)",
           (seq, eid, at, kind, session, detail, prev, h))
 c.execute("UPDATE audit_head SET seq = ?, hash = ?, updated_at = ? WHERE id = 1", (seq, h, at))
 c.execute("COMMIT")
 "#;
-    ok(Command::new("python3")
-        .arg("-c")
-        .arg(SCRIPT)
-        .arg(db)
-        .args([kind, session, detail]));
+    python_on_chain(SCRIPT, db, &[kind, session, detail]);
+}
+
+/// Rewrite audit event `seq`'s detail in a gateway's SQLite database and leave a whole
+/// chain behind, as a database writer would: the checkpoints from `seq` on deleted, every
+/// hash recomputed, the head moved. Only the gateway's witness can tell.
+pub fn sqlite_rewrite_audit_event(db: &Path, seq: i64, detail: &str) {
+    const SCRIPT: &str = r#"
+db, target, detail = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+c = sqlite3.connect(db, isolation_level=None)
+c.execute("BEGIN IMMEDIATE")
+c.execute("DELETE FROM audit_checkpoints WHERE seq >= ?", (target,))
+c.execute("UPDATE audit_events SET detail = ? WHERE seq = ?", (detail, target))
+prev = "00" * 32
+rows = c.execute("SELECT seq, id, at, kind, severity, user_name, session_id, client_addr, workstation, "
+                 "detail FROM audit_events WHERE seq IS NOT NULL ORDER BY seq").fetchall()
+for r in rows:
+    h = event_hash(*r, prev)
+    c.execute("UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, h, r[0]))
+    prev = h
+c.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (rows[-1][0], prev))
+c.execute("COMMIT")
+"#;
+    python_on_chain(SCRIPT, db, &[&seq.to_string(), detail]);
 }

@@ -125,18 +125,74 @@ fn the_audit_log_is_chained_forwarded_and_verified() {
     assert_eq!(follow.wait().unwrap().code(), Some(0));
     let events = json_lines(&ok(gw.ctl().args(["audit", "list", "--json"])));
 
-    // Behind the gateway's back: edit one event, then delete another.
+    // At shutdown the gateway signs its last event (gateway.stop): no unsigned tail, and
+    // its witness of the chain names that checkpoint.
+    let mut gw = gw;
+    gw.signal("TERM");
+    let mut proc = gw.proc.take().unwrap();
+    assert!(proc.child.wait().unwrap().success());
+    let r: serde_json::Value = serde_json::from_str(&ok(gw.ctl().args(["audit", "verify", "--json"]))).unwrap();
+    assert_eq!(r["unsigned_tail"], 0, "{r}");
+    let signed = r["last_checkpoint_seq"].as_i64().unwrap();
+    let witness = gw.data().join("audit_witness");
+    let line = std::fs::read_to_string(&witness).unwrap();
+    assert!(line.starts_with(&format!("herse-audit-witness-v1 {signed} ")), "{line}");
+
+    // A database writer rewrites an event and every hash after it, deletes the
+    // checkpoints that signed them and moves the head: the chain is whole again, and
+    // only the witness, outside the database, tells.
     let db = gw.data().join("herse.db");
+    sqlite_rewrite_audit_event(&db, added, "nothing happened");
+    std::fs::rename(&witness, witness.with_extension("aside")).unwrap();
+    assert!(ok(gw.ctl().args(["audit", "verify"])).contains("audit log is whole"));
+    std::fs::rename(witness.with_extension("aside"), &witness).unwrap();
+    let v = run(gw.ctl().args(["audit", "verify"]));
+    let err = String::from_utf8_lossy(&v.stderr);
+    assert_eq!(v.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("event seq {signed} was rewritten")), "{err}");
+    // The gateway, started again, refuses to sign the rewritten chain, and says so.
+    let gw = Gateway::start(&d, &config);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let alert = loop {
+        let alerts = json_lines(&ok(gw.ctl().args([
+            "audit",
+            "list",
+            "--json",
+            "--kind",
+            "audit.checkpoint_refused",
+        ])));
+        if let Some(a) = alerts.first() {
+            break a.clone();
+        }
+        assert!(Instant::now() < deadline, "no audit.checkpoint_refused alert");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(alert["severity"], "alert", "{alert}");
+    assert!(
+        alert["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("event seq {signed} was rewritten")),
+        "{alert}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&run(gw.ctl().args(["audit", "verify", "--json"])).stdout).unwrap();
+    assert!(
+        r["last_checkpoint_seq"].as_i64() < Some(added),
+        "no checkpoint after the rewrite: {r}"
+    );
+
+    // Behind the gateway's back again: edit one event, then delete another.
     sqlite(
         &db,
         &format!("UPDATE audit_events SET detail = 'by nobody' WHERE seq = {added}"),
     );
     let v = run(gw.ctl().args(["audit", "verify"]));
-    let err = String::from_utf8_lossy(&v.stderr);
-    assert_eq!(v.status.code(), Some(1), "{err}");
+    let report = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(1), "{report}");
     assert!(
-        err.contains(&format!("event seq {added} (id ")) && err.contains("edited"),
-        "{err}"
+        report.contains(&format!("event seq {added} (id ")) && report.contains("edited"),
+        "{report}"
     );
 
     // A middle one (not the last: that would be a deleted tail).
@@ -152,13 +208,12 @@ fn the_audit_log_is_chained_forwarded_and_verified() {
     let v = run(gw.ctl().args(["audit", "verify", "--public-key"]).arg(&key));
     assert_eq!(v.status.code(), Some(1));
 
-    // At shutdown the gateway signs its last event (gateway.stop): no unsigned tail.
+    // It still drains and stops cleanly, without signing.
     let mut gw = gw;
     gw.signal("TERM");
     let mut proc = gw.proc.take().unwrap();
     assert!(proc.child.wait().unwrap().success());
-    let v = run(gw.ctl().args(["audit", "verify", "--json"]));
-    let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
-    assert_eq!(r["unsigned_tail"], 0, "{r}");
-    assert!(r["last_checkpoint_seq"].as_i64() > Some(gone), "{r}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&run(gw.ctl().args(["audit", "verify", "--json"])).stdout).unwrap();
+    assert!(r["last_checkpoint_seq"].as_i64() < Some(added), "{r}");
 }

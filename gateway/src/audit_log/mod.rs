@@ -1,7 +1,8 @@
 //! The tamper-evident audit log, above the store's rows: the hash chain's encoding
-//! (`chain`), signed checkpoints of its head (`checkpoint`), verification with only the
-//! public key (`verify`), syslog forwarding (`syslog`), and the queries `hersectl` and
-//! the control API share (listing with filters, following).
+//! (`chain`), signed checkpoints of its head (`checkpoint`), this node's own record of
+//! the last one it verified (`witness`), verification with only the public key
+//! (`verify`), syslog forwarding (`syslog`), and the queries `hersectl` and the control
+//! API share (listing with filters, following).
 //!
 //! Appends happen in `Store::audit`, which every caller already uses: the chain is
 //! extended inside the same transaction as the insert.
@@ -10,14 +11,16 @@ pub mod chain;
 pub mod checkpoint;
 pub mod syslog;
 pub mod verify;
+pub mod witness;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::VerifyingKey;
 
-pub use checkpoint::{checkpoint_at_shutdown, checkpoint_loop, sign_head};
+pub use checkpoint::{checkpoint_at_shutdown, checkpoint_loop, sign_head, CheckpointError, Checkpointer};
 pub use verify::{verify, verify_from, Anchor, Continued, Problem, VerifyReport};
+pub use witness::{Witness, Witnessed};
 
 use crate::store::{AuditFilter, AuditRow, Store, StoreError};
 

@@ -24,7 +24,13 @@ async fn exec(store: &Store, sql: &str) {
 }
 
 async fn report(store: &Store) -> VerifyReport {
-    verify(store, &key().verifying_key()).await.unwrap()
+    verify(store, &key().verifying_key(), Witnessed::Nothing).await.unwrap()
+}
+
+/// A witness of its own for each call: these tests are about the chain and the
+/// checkpoints in the database, not about what one node saw before.
+fn witness() -> Witness {
+    Witness::in_dir(&crate::store::test_dir("witness"))
 }
 
 #[tokio::test]
@@ -33,10 +39,10 @@ async fn a_whole_log_verifies_and_shows_its_unsigned_tail() {
         let r = report(&s).await;
         assert!(r.is_whole() && r.events == 0, "{name}: {r}");
         append(&s, 5).await;
-        let c = sign_head(&s, &key(), "n1").await.unwrap().unwrap();
+        let c = sign_head(&s, &key(), "n1", &witness()).await.unwrap().unwrap();
         assert_eq!(c.seq, 5, "{name}");
         assert!(
-            sign_head(&s, &key(), "n1").await.unwrap().is_none(),
+            sign_head(&s, &key(), "n1", &witness()).await.unwrap().is_none(),
             "{name}: head did not move"
         );
         append(&s, 2).await;
@@ -60,7 +66,7 @@ async fn a_whole_log_verifies_and_shows_its_unsigned_tail() {
 async fn an_edited_field_is_named_by_seq() {
     for (name, s) in test_backends().await {
         append(&s, 6).await;
-        sign_head(&s, &key(), "n1").await.unwrap();
+        sign_head(&s, &key(), "n1", &witness()).await.unwrap();
         exec(&s, "UPDATE audit_events SET user_name = 'mallory' WHERE seq = 3").await;
         let r = report(&s).await;
         assert!(
@@ -71,21 +77,16 @@ async fn an_edited_field_is_named_by_seq() {
     }
 }
 
-#[tokio::test]
-async fn a_rewritten_chain_is_caught_by_the_checkpoint() {
-    let s = crate::store::memory_store().await;
-    append(&s, 4).await;
-    sign_head(&s, &key(), "n1").await.unwrap();
-    // Rewrite event 2 and recompute every hash after it, head included: only the
-    // signature can tell.
-    exec(&s, "UPDATE audit_events SET detail = 'nothing happened' WHERE seq = 2").await;
-    let rows = s.audit_chain_page(0, 10, 10).await.unwrap();
+/// What a database writer can do: recompute every event's links and hash from the
+/// first, and point the head at the last, so that the chain is whole again.
+async fn rechain(s: &Store) {
+    let rows = s.audit_chain_page(0, i64::MAX, 10_000).await.unwrap();
     let mut prev = chain::GENESIS;
     for r in &rows {
         let seq = r.seq.unwrap();
         let h = chain::event_hash(&chain::EventFields::of(r, seq), &prev);
         exec(
-            &s,
+            s,
             &format!(
                 "UPDATE audit_events SET prev_hash = '{}', hash = '{}' WHERE seq = {seq}",
                 hex::encode(prev),
@@ -95,7 +96,158 @@ async fn a_rewritten_chain_is_caught_by_the_checkpoint() {
         .await;
         prev = h;
     }
-    exec(&s, &format!("UPDATE audit_head SET hash = '{}'", hex::encode(prev))).await;
+    let last = rows.last().and_then(|r| r.seq).unwrap_or(0);
+    exec(
+        s,
+        &format!("UPDATE audit_head SET seq = {last}, hash = '{}'", hex::encode(prev)),
+    )
+    .await;
+}
+
+async fn checkpoint_seqs(s: &Store) -> Vec<i64> {
+    s.audit_checkpoints().await.unwrap().iter().map(|c| c.seq).collect()
+}
+
+#[tokio::test]
+async fn a_chain_rewritten_with_its_checkpoints_is_caught_by_the_witness() {
+    for (name, s) in test_backends().await {
+        let w = witness();
+        append(&s, 6).await;
+        assert_eq!(sign_head(&s, &key(), "n1", &w).await.unwrap().map(|c| c.seq), Some(6));
+        append(&s, 2).await;
+        assert_eq!(sign_head(&s, &key(), "n1", &w).await.unwrap().map(|c| c.seq), Some(8));
+        assert!(matches!(w.read(), Witnessed::Checkpoint(c) if c.seq == 8), "{name}");
+        // The writer drops the checkpoints from event 4 on, rewrites event 4 (say, a
+        // hold that should not have been) and recomputes the chain after it.
+        exec(&s, "DELETE FROM audit_checkpoints WHERE seq >= 4").await;
+        exec(&s, "UPDATE audit_events SET detail = 'nothing happened' WHERE seq = 4").await;
+        rechain(&s).await;
+        assert!(
+            report(&s).await.is_whole(),
+            "{name}: without the witness, nothing shows"
+        );
+        let r = verify(&s, &key().verifying_key(), w.read()).await.unwrap();
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| matches!(p, Problem::Rewritten { seq: 8, .. }))
+                && r.problems.contains(&Problem::CheckpointGone {
+                    seq: 8,
+                    signed_at: match w.read() {
+                        Witnessed::Checkpoint(c) => c.signed_at,
+                        other => panic!("{other:?}"),
+                    }
+                }),
+            "{name}: {r}"
+        );
+        assert!(r.to_string().contains("event seq 8 was rewritten"), "{name}: {r}");
+        // The gateway does not sign the rewritten head, now or after more events.
+        append(&s, 1).await;
+        let e = sign_head(&s, &key(), "n1", &w).await.unwrap_err();
+        assert!(
+            matches!(&e, CheckpointError::Refused(ps) if matches!(&ps[..], [Problem::Rewritten { seq: 8, what }, ..] if what.contains("when this node verified the chain up to it"))),
+            "{name}: {e}"
+        );
+        assert_eq!(checkpoint_seqs(&s).await, Vec::<i64>::new(), "{name}");
+        assert!(matches!(w.read(), Witnessed::Checkpoint(c) if c.seq == 8), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_tail_deleted_with_its_checkpoints_is_named_by_the_witness() {
+    for (name, s) in test_backends().await {
+        let w = witness();
+        append(&s, 6).await;
+        sign_head(&s, &key(), "n1", &w).await.unwrap();
+        exec(&s, "DELETE FROM audit_events WHERE seq >= 5").await;
+        exec(&s, "DELETE FROM audit_checkpoints").await;
+        rechain(&s).await;
+        assert!(report(&s).await.is_whole(), "{name}");
+        let r = verify(&s, &key().verifying_key(), w.read()).await.unwrap();
+        assert!(
+            r.problems.iter().any(|p| matches!(p,
+                Problem::DeletedTail { last_event: 4, expected: 6, evidence } if evidence == "this node's witness of the chain")),
+            "{name}: {r}"
+        );
+        assert!(
+            matches!(sign_head(&s, &key(), "n1", &w).await, Err(CheckpointError::Refused(_))),
+            "{name}"
+        );
+        assert_eq!(checkpoint_seqs(&s).await, Vec::<i64>::new(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_witness_not_signed_by_the_audit_key_or_unreadable_stops_the_signing() {
+    let s = crate::store::memory_store().await;
+    let w = witness();
+    append(&s, 3).await;
+    sign_head(&s, &key(), "n1", &w).await.unwrap();
+    append(&s, 1).await;
+    let good = std::fs::read_to_string(w.path()).unwrap();
+    let rows = s.audit_chain_page(0, 4, 4).await.unwrap();
+    // Moved forward by hand to event 4's hash: the signature is for event 3's.
+    let moved = good
+        .replace(" 3 ", " 4 ")
+        .replace(rows[2].hash.as_deref().unwrap(), rows[3].hash.as_deref().unwrap());
+    for (bad, says) in [
+        (moved, "not signed by the audit key"),
+        ("junk\n".to_owned(), "not a witness line"),
+    ] {
+        std::fs::write(w.path(), &bad).unwrap();
+        let e = sign_head(&s, &key(), "n1", &w).await.unwrap_err();
+        assert!(
+            matches!(&e, CheckpointError::Refused(ps) if matches!(&ps[..], [Problem::Witness { what }] if what.contains(says))),
+            "{bad:?}: {e}"
+        );
+        assert!(e.to_string().contains("witness of the chain is unusable"), "{e}");
+    }
+    assert_eq!(checkpoint_seqs(&s).await, [3]);
+    // An operator who removes it has the next signing walk the chain from its start.
+    std::fs::remove_file(w.path()).unwrap();
+    assert_eq!(sign_head(&s, &key(), "n1", &w).await.unwrap().map(|c| c.seq), Some(4));
+    assert!(matches!(w.read(), Witnessed::Checkpoint(c) if c.seq == 4));
+}
+
+#[tokio::test]
+async fn the_witness_moves_to_a_head_another_node_signed() {
+    let s = crate::store::memory_store().await;
+    let (w1, w2) = (witness(), witness());
+    append(&s, 3).await;
+    assert!(sign_head(&s, &key(), "n1", &w1).await.unwrap().is_some());
+    assert!(sign_head(&s, &key(), "n2", &w2).await.unwrap().is_none(), "signed once");
+    assert!(matches!(w2.read(), Witnessed::Checkpoint(c) if c.seq == 3));
+    assert_eq!(checkpoint_seqs(&s).await, [3]);
+}
+
+#[tokio::test]
+async fn a_lasting_refusal_is_alerted_once() {
+    let s = crate::store::memory_store().await;
+    let signer = Checkpointer::new(witness());
+    append(&s, 3).await;
+    signer.sign(&s, &key(), "n1").await;
+    append(&s, 1).await;
+    exec(&s, "UPDATE audit_events SET detail = 'by nobody' WHERE seq = 4").await;
+    for _ in 0..3 {
+        append(&s, 1).await;
+        signer.sign(&s, &key(), "n1").await;
+    }
+    let alerts = s.audit_events(Some("audit.checkpoint_refused"), 10).await.unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].severity, "alert");
+    assert!(alerts[0].detail.contains("event seq 4 (id "), "{}", alerts[0].detail);
+    assert_eq!(checkpoint_seqs(&s).await, [3]);
+}
+
+#[tokio::test]
+async fn a_rewritten_chain_is_caught_by_the_checkpoint() {
+    let s = crate::store::memory_store().await;
+    append(&s, 4).await;
+    sign_head(&s, &key(), "n1", &witness()).await.unwrap();
+    // Rewrite event 2 and recompute every hash after it, head included: only the
+    // signature can tell.
+    exec(&s, "UPDATE audit_events SET detail = 'nothing happened' WHERE seq = 2").await;
+    rechain(&s).await;
     let r = report(&s).await;
     assert!(
         matches!(&r.problems[..], [Problem::CheckpointMismatch { seq: 4, .. }]),
@@ -118,7 +270,7 @@ async fn a_deleted_middle_event_is_a_named_gap() {
 async fn a_deleted_tail_is_seen_through_the_head_or_a_checkpoint() {
     for (name, s) in test_backends().await {
         append(&s, 6).await;
-        sign_head(&s, &key(), "n1").await.unwrap();
+        sign_head(&s, &key(), "n1", &witness()).await.unwrap();
         exec(&s, "DELETE FROM audit_events WHERE seq >= 5").await;
         let r = report(&s).await;
         assert!(
@@ -150,10 +302,14 @@ async fn a_deleted_tail_is_seen_through_the_head_or_a_checkpoint() {
 async fn a_bad_checkpoint_signature_is_detected() {
     let s = crate::store::memory_store().await;
     append(&s, 3).await;
-    sign_head(&s, &key(), "n1").await.unwrap();
-    let r = verify(&s, &SigningKey::from_bytes(&[8; 32]).verifying_key())
-        .await
-        .unwrap();
+    sign_head(&s, &key(), "n1", &witness()).await.unwrap();
+    let r = verify(
+        &s,
+        &SigningKey::from_bytes(&[8; 32]).verifying_key(),
+        Witnessed::Nothing,
+    )
+    .await
+    .unwrap();
     assert!(matches!(&r.problems[..], [Problem::BadSignature { seq: 3, .. }]), "{r}");
     exec(&s, "UPDATE audit_checkpoints SET signed_at = signed_at + 1").await;
     let r = report(&s).await;
@@ -179,9 +335,9 @@ async fn a_forged_checkpoint_does_not_stop_the_signing() {
         )
         .await;
     }
-    let c = sign_head(&s, &key(), "n1").await.unwrap();
+    let c = sign_head(&s, &key(), "n1", &witness()).await.unwrap();
     assert_eq!(c.map(|c| c.seq), Some(3), "the gateway still signs its head");
-    assert!(sign_head(&s, &key(), "n1").await.unwrap().is_none(), "once");
+    assert!(sign_head(&s, &key(), "n1", &witness()).await.unwrap().is_none(), "once");
 }
 
 #[tokio::test]
@@ -301,8 +457,9 @@ async fn concurrent_appends_keep_one_chain() {
         let signer = {
             let s = s.clone();
             tokio::spawn(async move {
+                let w = witness();
                 for _ in 0..5 {
-                    sign_head(&s, &key(), "n1").await.unwrap();
+                    sign_head(&s, &key(), "n1", &w).await.unwrap();
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             })

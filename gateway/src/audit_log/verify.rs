@@ -7,6 +7,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Serialize;
 
 use super::chain::{self, EventFields, GENESIS};
+use super::witness::Witnessed;
 use crate::store::{AuditCheckpoint, AuditRow, Store, StoreError};
 
 /// Events read per query while walking the chain.
@@ -36,6 +37,26 @@ pub enum Problem {
     },
     /// The head row's hash is not the last event's.
     HeadMismatch { seq: i64, what: String },
+    /// An event verified before (this node's witness, or the point a walk continues
+    /// from) no longer has the hash it had: the chain was rewritten from there on.
+    Rewritten { seq: i64, what: String },
+    /// This node's witness of the chain (`data_dir/audit_witness`) cannot be used.
+    Witness { what: String },
+    /// The checkpoint this node's witness names is no longer in the database.
+    CheckpointGone { seq: i64, signed_at: i64 },
+}
+
+impl Problem {
+    /// Whether a node must not sign a head over this: the chain is not whole, or the
+    /// node cannot tell that it extends what it verified before. A row beside the chain
+    /// (unchained, a checkpoint with a bad signature or deleted) does not stop the
+    /// signing, so that planting one cannot leave new events unsigned.
+    pub fn blocks_signing(&self) -> bool {
+        !matches!(
+            self,
+            Problem::BadSignature { .. } | Problem::Unchained { .. } | Problem::CheckpointGone { .. }
+        )
+    }
 }
 
 impl std::fmt::Display for Problem {
@@ -66,6 +87,13 @@ impl std::fmt::Display for Problem {
                 "events after seq {last_event} were deleted: {evidence} names seq {expected}"
             ),
             Problem::HeadMismatch { seq, what } => write!(f, "the head (seq {seq}) does not match: {what}"),
+            Problem::Rewritten { seq, what } => write!(f, "event seq {seq} was rewritten: {what}"),
+            Problem::Witness { what } => write!(f, "this node's witness of the chain is unusable: {what}"),
+            Problem::CheckpointGone { seq, signed_at } => write!(
+                f,
+                "the checkpoint at seq {seq} signed at {}, which this node witnessed, is gone from the database",
+                crate::timefmt::rfc3339(*signed_at)
+            ),
         }
     }
 }
@@ -133,14 +161,17 @@ impl std::fmt::Display for VerifyReport {
 static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// Verify the whole log against `key` (the audit public key; take it from somewhere
-/// other than the database being verified when the database itself is in doubt).
+/// other than the database being verified when the database itself is in doubt), and
+/// that it still holds the event this node's `witness` names, as it was.
 ///
 /// A long log is seconds of CPU (every event hashed, every checkpoint's signature
 /// checked: 8,640 checkpoints a day at the default interval). So verifications take
 /// turns, and each runs on a blocking thread, never on the runtime's workers that carry
 /// the tunnel, the listeners and the cluster heartbeat.
-pub async fn verify(store: &Store, key: &VerifyingKey) -> Result<VerifyReport, StoreError> {
-    Ok(verify_from(store, key, Anchor::genesis(), |_| {}).await?.report)
+pub async fn verify(store: &Store, key: &VerifyingKey, witness: Witnessed) -> Result<VerifyReport, StoreError> {
+    Ok(verify_from(store, key, Anchor::genesis(), witness, |_| {})
+        .await?
+        .report)
 }
 
 /// A point of the chain: an event's `seq` and its stored hash (seq 0: before the first
@@ -178,15 +209,18 @@ pub struct Continued {
     pub last: Anchor,
 }
 
-/// Verify the chain after `from`, taking `from` as verified already (a walk this process
-/// made earlier), and hand every event walked to `visit`, in `seq` order: so a reader of
-/// the log that must trust it (retention, for holds) pays for each event once, not for
-/// the whole log every time. Only the checkpoints after `from` are read; the report's
-/// counts are of the events after it. `verify` is this from the genesis.
+/// Verify the chain after `from`, taking the events up to `from` as verified already (a
+/// walk made earlier: `from` itself must still have its hash), check it against this
+/// node's `witness`, and hand every event walked to `visit`, in `seq` order: so a reader
+/// of the log that must trust it (retention, for holds; the checkpoint signer) pays for
+/// each event once, not for the whole log every time. Only the checkpoints after `from`
+/// are read; the report's counts are of the events after it. `verify` is this from the
+/// genesis.
 pub async fn verify_from(
     store: &Store,
     key: &VerifyingKey,
     from: Anchor,
+    witness: Witnessed,
     visit: impl FnMut(&AuditRow) + Send + 'static,
 ) -> Result<Continued, StoreError> {
     let _turn = VERIFYING
@@ -195,7 +229,7 @@ pub async fn verify_from(
         .map_err(|_| StoreError::Refused("audit log verification is shutting down".into()))?;
     let (store, key) = (store.clone(), *key);
     let rt = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || rt.block_on(verify_here(&store, &key, from, visit)))
+    tokio::task::spawn_blocking(move || rt.block_on(verify_here(&store, &key, from, witness, visit)))
         .await
         .map_err(|e| StoreError::Refused(format!("audit log verification stopped: {e}")))?
 }
@@ -204,6 +238,7 @@ async fn verify_here(
     store: &Store,
     key: &VerifyingKey,
     from: Anchor,
+    witness: Witnessed,
     mut visit: impl FnMut(&AuditRow),
 ) -> Result<Continued, StoreError> {
     // Checkpoints, then the head, then the events up to that head: each read sees at
@@ -215,6 +250,51 @@ async fn verify_here(
     };
     let (head_seq, head_hash) = store.audit_head().await?;
     let mut problems = Vec::new();
+    let witness = match witness {
+        Witnessed::Nothing => None,
+        Witnessed::Unusable(what) => {
+            problems.push(Problem::Witness { what });
+            None
+        }
+        Witnessed::Checkpoint(c) if !signature_ok(key, &c) => {
+            problems.push(Problem::Witness {
+                what: format!("its checkpoint at seq {} is not signed by the audit key", c.seq),
+            });
+            None
+        }
+        Witnessed::Checkpoint(c) => Some(c),
+    };
+    if let Some(c) = &witness {
+        // A witness past the last event is a deleted tail, reported below.
+        if c.seq <= head_seq {
+            let what = format!(
+                "this node verified the chain up to it at {}",
+                crate::timefmt::rfc3339(c.signed_at)
+            );
+            if let Some(p) = still_there(store, c.seq, &c.hash, &what).await? {
+                problems.push(p);
+            }
+        }
+        let kept = store.audit_checkpoints_at(c.seq).await?;
+        if !kept
+            .iter()
+            .any(|k| k.hash == c.hash && k.signed_at == c.signed_at && k.signature == c.signature)
+        {
+            problems.push(Problem::CheckpointGone {
+                seq: c.seq,
+                signed_at: c.signed_at,
+            });
+        }
+    }
+    // The point the walk starts from (unless it is the witness, checked just above).
+    let from_is_witness = witness
+        .as_ref()
+        .is_some_and(|c| c.seq == from.seq && c.hash == from.hash);
+    if from.seq > 0 && !from_is_witness {
+        if let Some(p) = still_there(store, from.seq, &from.hash, "verified before").await? {
+            problems.push(p);
+        }
+    }
 
     let mut valid: BTreeMap<i64, Vec<&AuditCheckpoint>> = BTreeMap::new();
     for c in &checkpoints {
@@ -263,11 +343,14 @@ async fn verify_here(
             }
         }
     }
-    let (expected, evidence) = if last_checkpoint_seq > head_seq {
-        (last_checkpoint_seq, "a signed checkpoint")
-    } else {
-        (head_seq, "the head row")
-    };
+    let mut expected = (head_seq, "the head row");
+    if last_checkpoint_seq > expected.0 {
+        expected = (last_checkpoint_seq, "a signed checkpoint");
+    }
+    if let Some(c) = witness.as_ref().filter(|c| c.seq > expected.0) {
+        expected = (c.seq, "this node's witness of the chain");
+    }
+    let (expected, evidence) = expected;
     if expected > walk.last_seq {
         problems.push(Problem::DeletedTail {
             last_event: walk.last_seq,
@@ -301,6 +384,23 @@ async fn verify_here(
         report,
         signed: walk.signed,
         last,
+    })
+}
+
+/// Whether event `seq` still has `hash`; the problem when not. (`seq` is at most the
+/// head: one past it is a deleted tail.)
+async fn still_there(store: &Store, seq: i64, hash: &str, when: &str) -> Result<Option<Problem>, StoreError> {
+    let row = store.audit_chain_page(seq - 1, seq, 1).await?;
+    Ok(match row.first().and_then(|r| r.hash.as_deref()) {
+        Some(h) if h == hash => None,
+        Some(h) => Some(Problem::Rewritten {
+            seq,
+            what: format!("its hash was {hash} when {when}, it is now {h}"),
+        }),
+        None => Some(Problem::Rewritten {
+            seq,
+            what: format!("it had hash {hash} when {when}, and it is gone"),
+        }),
     })
 }
 

@@ -336,6 +336,19 @@ pub(crate) fn test_header(id: &str, tier: &str, started_at_micros: u64) -> sessi
     }
 }
 
+/// A fresh, empty directory for one test (`tag` names it in `/tmp`).
+#[cfg(test)]
+pub(crate) fn test_dir(tag: &str) -> std::path::PathBuf {
+    use rand::RngExt;
+    let dir = std::env::temp_dir().join(format!(
+        "herse-{tag}-{}-{}",
+        std::process::id(),
+        hex::encode(rand::rng().random::<[u8; 6]>())
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A session of `user` on node n1, open until it is ended (store tests).
 #[cfg(test)]
 pub(crate) fn test_session<'a>(user: &'a str, id: &'a crate::ident::SessionId) -> SessionStart<'a> {

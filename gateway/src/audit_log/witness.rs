@@ -1,0 +1,178 @@
+//! This node's witness of the chain: the last checkpoint up to which it walked and
+//! verified the log itself, kept in `data_dir/audit_witness`, outside the database.
+//!
+//! Checkpoints in the database only prove what the database still holds. A writer of
+//! the database alone could delete the checkpoints from some event on, rewrite the chain
+//! from there (an event changed or gone, every later hash recomputed) and move the
+//! head: every checkpoint left would still match, and the gateway would sign the
+//! rewritten head. The witness is what the database cannot rewrite: a node signs a new
+//! head only after walking the chain from its witness to that head, and the walk fails
+//! when the witnessed event no longer has the witnessed hash. `hersectl audit verify`
+//! and the retention ledger check the chain against it too.
+//!
+//! The file holds one line, `herse-audit-witness-v1 <seq> <hash> <signed_at> <signature>`:
+//! a checkpoint as stored, signature included, so that a file written without the audit
+//! key does not verify. It is replaced atomically (written aside, synced, renamed).
+//! It does not defend against someone who can also write `data_dir` (who could put an
+//! older genuine witness back); the data directory holds the sealed keys and is trusted
+//! as the gateway itself is.
+//!
+//! After restoring the database from a backup, every node's witness is ahead of the
+//! chain and the nodes stop signing (an `audit.checkpoint_refused` alert). When the
+//! restore is the explanation, remove `audit_witness` on each node: its next checkpoint
+//! then walks and verifies the whole chain from the first event.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::store::AuditCheckpoint;
+
+/// The file's name in the data directory.
+pub const FILE: &str = "audit_witness";
+
+const MAGIC: &str = "herse-audit-witness-v1";
+
+/// The longest file read: one line of bounded fields.
+const MAX_LEN: u64 = 512;
+
+/// Where this node keeps its witness.
+#[derive(Debug, Clone)]
+pub struct Witness {
+    path: PathBuf,
+}
+
+/// What the witness file says.
+#[derive(Debug, Clone)]
+pub enum Witnessed {
+    /// No file: this node never signed (or an operator removed it after a restore).
+    Nothing,
+    /// The last checkpoint this node verified the chain up to. Its signature is not
+    /// checked here: the verifier does, with the key it verifies the log with.
+    Checkpoint(AuditCheckpoint),
+    /// The file exists but cannot be read or parsed: a verifier must report it.
+    Unusable(String),
+}
+
+impl Witness {
+    pub fn in_dir(data_dir: &Path) -> Witness {
+        Witness {
+            path: data_dir.join(FILE),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn read(&self) -> Witnessed {
+        use std::io::Read;
+        let file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Witnessed::Nothing,
+            Err(e) => return Witnessed::Unusable(format!("cannot read {}: {e}", self.path.display())),
+        };
+        let mut text = String::new();
+        if let Err(e) = file.take(MAX_LEN + 1).read_to_string(&mut text) {
+            return Witnessed::Unusable(format!("cannot read {}: {e}", self.path.display()));
+        }
+        match parse(&text) {
+            Some(c) => Witnessed::Checkpoint(c),
+            None => Witnessed::Unusable(format!("{} is not a witness line", self.path.display())),
+        }
+    }
+
+    /// Replace the witness with `c` (a checkpoint whose chain this node walked).
+    pub fn record(&self, c: &AuditCheckpoint) -> std::io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let aside = dir.join(format!(".{FILE}.new"));
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&aside)?;
+            f.write_all(line(c).as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&aside, &self.path)?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+fn line(c: &AuditCheckpoint) -> String {
+    format!("{MAGIC} {} {} {} {}\n", c.seq, c.hash, c.signed_at, c.signature)
+}
+
+fn parse(text: &str) -> Option<AuditCheckpoint> {
+    let body = text.strip_suffix('\n')?;
+    let mut f = body.split(' ');
+    let (magic, seq, hash, signed_at, signature) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+    let hex_of =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if f.next().is_some() || magic != MAGIC || !hex_of(hash, 64) || !hex_of(signature, 128) {
+        return None;
+    }
+    let number = |s: &str| {
+        (!s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<i64>().ok())
+            .flatten()
+    };
+    let seq = number(seq).filter(|s| *s > 0)?;
+    Some(AuditCheckpoint {
+        seq,
+        hash: hash.to_owned(),
+        signed_at: number(signed_at)?,
+        node: String::new(),
+        signature: signature.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint() -> AuditCheckpoint {
+        AuditCheckpoint {
+            seq: 42,
+            hash: "ab".repeat(32),
+            signed_at: 1_700_000_000_000_000,
+            node: "n1".into(),
+            signature: "cd".repeat(64),
+        }
+    }
+
+    #[test]
+    fn a_witness_reads_back_and_bad_files_are_unusable() {
+        let dir = crate::store::test_dir("witness");
+        let w = Witness::in_dir(&dir);
+        assert!(matches!(w.read(), Witnessed::Nothing));
+        w.record(&checkpoint()).unwrap();
+        let Witnessed::Checkpoint(c) = w.read() else {
+            panic!("{:?}", w.read())
+        };
+        assert_eq!(
+            (c.seq, c.hash, c.signed_at, c.signature),
+            (42, "ab".repeat(32), 1_700_000_000_000_000, "cd".repeat(64))
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(w.path()).unwrap().permissions().mode() & 0o777, 0o600);
+        let good = line(&checkpoint());
+        for bad in [
+            String::new(),
+            good.trim_end().to_owned(),
+            good.replace(MAGIC, "herse-audit-witness-v2"),
+            good.replace(" 42 ", " 0 "),
+            good.replace(" 42 ", " -42 "),
+            good.replace(" 42 ", " 99999999999999999999 "),
+            good.replace(&"ab".repeat(32), &"AB".repeat(32)),
+            good.replace(&"cd".repeat(64), &"cd".repeat(63)),
+            good.replace('\n', " extra\n"),
+            "x".repeat(MAX_LEN as usize * 2),
+        ] {
+            std::fs::write(w.path(), &bad).unwrap();
+            assert!(matches!(w.read(), Witnessed::Unusable(_)), "{bad:?}");
+        }
+    }
+}
