@@ -80,7 +80,12 @@ pub(crate) async fn users_password(
     // Not checked against the user's retired passwords: that would tell an admin which
     // guesses were once the user's. Recorded among them, though.
     ctx.store
-        .set_password(&u, &hash, None, ctx.config.password_policy.history)
+        .set_password(
+            &u,
+            &hash,
+            crate::store::PasswordChange::Reset,
+            ctx.config.password_policy.history,
+        )
         .await?;
     ctx.store.end_other_web_sessions(&u, "").await?;
     audit(

@@ -83,6 +83,7 @@ struct RawPasswords {
     min_classes: Option<Spanned<usize>>,
     max_age: Option<Spanned<String>>,
     history: Option<Spanned<usize>>,
+    min_age: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -446,6 +447,19 @@ impl GatewayConfig {
             }
             password_policy.history = *h.get_ref();
         }
+        if let Some(m) = &raw.passwords.min_age {
+            match humantime::parse_duration(m.get_ref()) {
+                Ok(d) if password_policy.max_age.is_some_and(|max| d >= max) => errors.push(src.at(
+                    Some(m.span()),
+                    "passwords.min_age must be shorter than passwords.max_age (or nobody could renew in time)",
+                )),
+                Ok(d) => password_policy.min_age = d,
+                Err(_) => errors.push(src.at(
+                    Some(m.span()),
+                    "passwords.min_age: a duration (\"1d\", \"0s\" for none)",
+                )),
+            }
+        }
         if raw.ssh.listen.is_empty() && raw.wireguard.is_none() {
             errors.push(src.at(
                 None,
@@ -801,6 +815,26 @@ mod tests {
             e.contains("passwords.history is at most 24") && e.contains(":6:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn password_min_age_defaults_to_a_day_and_stays_below_the_max_age() {
+        let base = "data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n[passwords]\n";
+        let min_age = |extra: &str| load(&format!("{base}{extra}")).map(|c| c.password_policy.min_age);
+        assert_eq!(min_age("").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(min_age("min_age = \"0s\"\n").unwrap(), Duration::ZERO);
+        assert_eq!(
+            min_age("max_age = \"never\"\nmin_age = \"400d\"\n").unwrap(),
+            Duration::from_secs(400 * 86_400)
+        );
+        for (extra, what) in [
+            ("min_age = \"400d\"\n", "shorter than passwords.max_age"),
+            ("max_age = \"2d\"\nmin_age = \"2d\"\n", "shorter than passwords.max_age"),
+            ("min_age = \"soon\"\n", "passwords.min_age: a duration"),
+        ] {
+            let e = min_age(extra).unwrap_err().to_string();
+            assert!(e.contains(what) && e.contains("herse.toml:"), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -178,14 +178,43 @@ fn portal_login_cookies_csrf_policy_and_lockout() {
     );
     assert_eq!(status(&r), 200, "{r}");
     assert!(r.contains("Your password was changed"));
-    // Changing back would renew the old secret: refused while it is in the history.
+    // Not again within `passwords.min_age` (a day) of one's own change, or five changes
+    // in a row would flush the history.
     let r = p.post(
         "/password",
         Some(&p.base),
-        &[("csrf", &csrf), ("current", new_pw), ("new", alice_pw)],
+        &[
+            ("csrf", &csrf),
+            ("current", new_pw),
+            ("new", "Third-Passphrase-Entirely-9"),
+        ],
     );
     assert_eq!(status(&r), 400, "{r}");
+    assert!(r.contains("you changed your password less than 1day ago"), "{r}");
+    // A day later (here: the change moved back a day), changing back would still renew
+    // the old secret: refused while it is in the history.
+    sqlite(
+        &gw.data().join("herse.db"),
+        "UPDATE users SET password_self_set_at = password_self_set_at - 86400000000 WHERE name = 'alice'",
+    );
+    let change_back = || {
+        p.post(
+            "/password",
+            Some(&p.base),
+            &[("csrf", &csrf), ("current", new_pw), ("new", alice_pw)],
+        )
+    };
+    let r = change_back();
+    assert_eq!(status(&r), 400, "{r}");
     assert!(r.contains("one of your last 5 passwords"), "{r}");
+    // Each such try costs argon2id checks: they count like failed logins and lock.
+    for _ in 0..4 {
+        assert_eq!(status(&change_back()), 400);
+    }
+    let r = change_back();
+    assert_eq!(status(&r), 403, "{r}");
+    assert!(r.contains("Account locked until"), "{r}");
+    ok(gw.ctl().args(["users", "unlock", "alice"]));
 
     // A new authenticator app, set up on the portal (after a lost phone, say): the page
     // gives the otpauth URI, the first code confirms it, and only the new one counts.

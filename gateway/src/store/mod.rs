@@ -22,7 +22,7 @@ use sqlx::ConnectOptions;
 pub use audit::{AuditCheckpoint, AuditEvent, AuditFilter, AuditRow, Severity};
 pub use grants::{ApprovalRow, GrantFilter, GrantRow, GrantStatus, NewGrant};
 pub use nodes::{Heartbeat, NodeRemoval, NodeReport, NodeRow, STOPPED_INSTANCE};
-pub use portal::WebSession;
+pub use portal::{PasswordChange, WebSession};
 pub use sessions::{SessionCursor, SessionRow, SessionStart};
 pub use users::{fingerprint, KeyRow, UserRow, UserStatus};
 pub use webauthn::{Approval, SecurityKeyRow};

@@ -14,17 +14,28 @@ pub struct WebSession {
     pub expires_at: i64,
 }
 
+/// Who sets a password, and on what grounds.
+#[derive(Debug, Clone, Copy)]
+pub enum PasswordChange<'a> {
+    /// The user, on the portal, having proved the current password, whose stored hash
+    /// is `replaces`: refused if it is no longer the stored one.
+    Own { replaces: &'a str },
+    /// An administrator's reset: whatever is stored is replaced.
+    Reset,
+}
+
 impl Store {
     /// Set the user's password to `hash`. The one it replaces joins the user's history,
-    /// of which the newest `keep` are kept (see [`Store::retired_passwords`]). With
-    /// `replaces`, only if the stored hash is still that one (the one the caller checked
-    /// the current password against): otherwise `Refused`, and nothing changes, so a
-    /// change checked against an old password cannot undo a reset made meanwhile.
+    /// of which the newest `keep` are kept (see [`Store::retired_passwords`]). An own
+    /// change happens only if the stored hash is still the one the caller checked the
+    /// current password against: otherwise `Refused`, and nothing changes, so a change
+    /// checked against an old password cannot undo a reset made meanwhile. Its time is
+    /// kept (see [`Store::own_password_change`]); a reset clears it.
     pub async fn set_password(
         &self,
         user: &UserName,
         hash: &str,
-        replaces: Option<&str>,
+        change: PasswordChange<'_>,
         keep: usize,
     ) -> Result<(), StoreError> {
         let now = now_micros();
@@ -43,29 +54,40 @@ impl Store {
             .fetch_one(tx.conn()?)
             .await?
             .try_get(0)?;
-        if replaces.is_some_and(|r| old.as_deref() != Some(r)) {
-            return Err(StoreError::Refused(format!("the password of {user} changed meanwhile")));
-        }
+        let own = match change {
+            PasswordChange::Own { replaces } if old.as_deref() != Some(replaces) => {
+                return Err(StoreError::Refused(format!("the password of {user} changed meanwhile")));
+            }
+            PasswordChange::Own { .. } => Some(now),
+            PasswordChange::Reset => None,
+        };
         if let Some(old) = &old {
-            sqlx::query("INSERT INTO password_history (user_name, password_hash, retired_at) VALUES ($1, $2, $3)")
-                .bind(user.as_str())
-                .bind(old)
-                .bind(now)
-                .execute(tx.conn()?)
-                .await?;
-        }
-        sqlx::query("UPDATE users SET password_hash = $1, password_set_at = $2 WHERE name = $3")
-            .bind(hash)
-            .bind(now)
+            // The row lock above orders this with every other change of the user's.
+            sqlx::query(
+                "INSERT INTO password_history (user_name, password_hash, retired_at, n) VALUES ($1, $2, $3, \
+                 (SELECT COALESCE(MAX(n), 0) + 1 FROM password_history WHERE user_name = $1))",
+            )
             .bind(user.as_str())
+            .bind(old)
+            .bind(now)
             .execute(tx.conn()?)
             .await?;
+        }
+        sqlx::query(
+            "UPDATE users SET password_hash = $1, password_set_at = $2, password_self_set_at = $3 WHERE name = $4",
+        )
+        .bind(hash)
+        .bind(now)
+        .bind(own)
+        .bind(user.as_str())
+        .execute(tx.conn()?)
+        .await?;
         let prune = match keep.checked_sub(1) {
             None => sqlx::query("DELETE FROM password_history WHERE user_name = $1").bind(user.as_str()),
             // Older than the keep-th newest (none when there are fewer).
             Some(offset) => sqlx::query(
-                "DELETE FROM password_history WHERE user_name = $1 AND retired_at < (SELECT retired_at \
-                 FROM password_history WHERE user_name = $1 ORDER BY retired_at DESC LIMIT 1 OFFSET $2)",
+                "DELETE FROM password_history WHERE user_name = $1 AND n < (SELECT n \
+                 FROM password_history WHERE user_name = $1 ORDER BY n DESC LIMIT 1 OFFSET $2)",
             )
             .bind(user.as_str())
             .bind(i64::try_from(offset).unwrap_or(i64::MAX)),
@@ -77,7 +99,7 @@ impl Store {
 
     /// The hashes of the user's newest `limit` retired passwords, newest first.
     pub async fn retired_passwords(&self, user: &UserName, limit: usize) -> Result<Vec<String>, StoreError> {
-        sqlx::query("SELECT password_hash FROM password_history WHERE user_name = $1 ORDER BY retired_at DESC LIMIT $2")
+        sqlx::query("SELECT password_hash FROM password_history WHERE user_name = $1 ORDER BY n DESC LIMIT $2")
             .bind(user.as_str())
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
@@ -85,6 +107,19 @@ impl Store {
             .iter()
             .map(|r| r.try_get(0).map_err(StoreError::from))
             .collect()
+    }
+
+    /// When the user last changed their own password (not since reset by an
+    /// administrator), if they did.
+    pub async fn own_password_change(&self, user: &UserName) -> Result<Option<i64>, StoreError> {
+        let r = sqlx::query("SELECT password_self_set_at FROM users WHERE name = $1")
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match r {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        })
     }
 
     /// `(hash, set at)` of the user's password, if one is set.
@@ -227,6 +262,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::PasswordChange::{Own, Reset};
     use crate::ident::UserName;
     use crate::store::StoreError;
 
@@ -237,26 +273,41 @@ mod tests {
         for (backend, s) in crate::store::test_backends().await {
             let u = UserName::parse("hist").unwrap();
             s.add_user(&u).await.unwrap();
-            s.set_password(&u, "h1", None, 2).await.unwrap();
+            s.set_password(&u, "h1", Reset, 2).await.unwrap();
             assert!(s.retired_passwords(&u, 10).await.unwrap().is_empty(), "{backend}");
+            // In the order made, whatever the clocks say (all within one microsecond,
+            // or one node's clock behind another's).
             for h in ["h2", "h3", "h4"] {
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                s.set_password(&u, h, None, 2).await.unwrap();
+                s.set_password(&u, h, Reset, 2).await.unwrap();
+                sqlx::query("UPDATE password_history SET retired_at = 5 WHERE user_name = 'hist'")
+                    .execute(s.pool())
+                    .await
+                    .unwrap();
             }
             assert_eq!(s.retired_passwords(&u, 10).await.unwrap(), ["h3", "h2"], "{backend}");
             assert_eq!(s.retired_passwords(&u, 1).await.unwrap(), ["h3"], "{backend}");
             assert_eq!(s.password(&u).await.unwrap().unwrap().0, "h4", "{backend}");
-            s.set_password(&u, "h5", None, 0).await.unwrap();
+            s.set_password(&u, "h5", Reset, 0).await.unwrap();
             assert!(s.retired_passwords(&u, 10).await.unwrap().is_empty(), "{backend}");
             let ghost = UserName::parse("ghost").unwrap();
-            assert!(s.set_password(&ghost, "h", None, 2).await.is_err(), "{backend}");
+            assert!(s.set_password(&ghost, "h", Reset, 2).await.is_err(), "{backend}");
             // A change checked against a password replaced since changes nothing.
-            let stale = s.set_password(&u, "h6", Some("h4"), 2).await;
+            let stale = s.set_password(&u, "h6", Own { replaces: "h4" }, 2).await;
             assert!(matches!(stale, Err(StoreError::Refused(_))), "{backend}: {stale:?}");
             assert_eq!(s.password(&u).await.unwrap().unwrap().0, "h5", "{backend}");
             assert!(s.retired_passwords(&u, 10).await.unwrap().is_empty(), "{backend}");
-            s.set_password(&u, "h6", Some("h5"), 2).await.unwrap();
+            assert_eq!(s.own_password_change(&u).await.unwrap(), None, "{backend}");
+            s.set_password(&u, "h6", Own { replaces: "h5" }, 2).await.unwrap();
             assert_eq!(s.retired_passwords(&u, 10).await.unwrap(), ["h5"], "{backend}");
+            // An own change is timed (for `passwords.min_age`); a reset clears it.
+            let at = s.own_password_change(&u).await.unwrap();
+            assert!(
+                at.is_some_and(|t| (crate::store::now_micros() - t).abs() < 60_000_000),
+                "{backend}: {at:?}"
+            );
+            s.set_password(&u, "h7", Reset, 2).await.unwrap();
+            assert_eq!(s.own_password_change(&u).await.unwrap(), None, "{backend}");
+            assert_eq!(s.retired_passwords(&u, 10).await.unwrap(), ["h6", "h5"], "{backend}");
             s.remove_user(&u).await.unwrap();
             let left: i64 = sqlx::Row::try_get(
                 &sqlx::query("SELECT COUNT(*) FROM password_history WHERE user_name = 'hist'")

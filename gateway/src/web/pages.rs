@@ -498,6 +498,29 @@ async fn change_password(
         )
             .into_response();
     };
+    // Not again so soon after one's own last change: `history` changes in a row would
+    // otherwise flush the history and bring back the first password.
+    let min_age = app.gw.config.password_policy.min_age;
+    if !min_age.is_zero() {
+        match app.gw.store.own_password_change(&user).await {
+            Ok(Some(at)) if now_micros().saturating_sub(at) < min_age.as_micros() as i64 => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    page(
+                        "Password not changed",
+                        &format!(
+                            "<p>Refused: you changed your password less than {} ago; ask an administrator \
+                             if it must change now.</p>",
+                            esc(&humantime::format_duration(min_age).to_string())
+                        ),
+                    ),
+                )
+                    .into_response()
+            }
+            Ok(_) => {}
+            Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        }
+    }
     // A renewal must renew: the current password again would keep an expired one alive.
     if f.new.as_bytes() == f.current.as_bytes() {
         return (
@@ -541,7 +564,17 @@ async fn change_password(
         Ok(h) => h,
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
-    match app.gw.store.set_password(&user, &hash, Some(&current), keep).await {
+    match app
+        .gw
+        .store
+        .set_password(
+            &user,
+            &hash,
+            crate::store::PasswordChange::Own { replaces: &current },
+            keep,
+        )
+        .await
+    {
         Ok(()) => {}
         Err(crate::store::StoreError::Refused(_)) => {
             return (

@@ -120,6 +120,10 @@ pub struct PasswordPolicy {
     pub max_age: Option<Duration>,
     /// How many retired passwords a change on the portal may not bring back.
     pub history: usize,
+    /// How long after changing their own password a user may not change it again on
+    /// the portal (zero: no wait), so that `history` changes in a row cannot flush the
+    /// history. An administrator's reset is not a change of one's own.
+    pub min_age: Duration,
 }
 
 /// The most retired passwords `passwords.history` may keep: each is an argon2id check
@@ -133,6 +137,7 @@ impl Default for PasswordPolicy {
             min_classes: 3,
             max_age: Some(Duration::from_secs(365 * 24 * 3600)),
             history: 5,
+            min_age: Duration::from_secs(24 * 3600),
         }
     }
 }
