@@ -500,7 +500,11 @@ mod tests {
                 )
             };
             let w = crate::audit_log::Witness::in_dir(&crate::store::test_dir("ledger"));
-            let sign = || async { crate::audit_log::sign_head(&s, &key, "n1", &w).await.unwrap() };
+            let sign = || async {
+                crate::audit_log::sign_head(&s, &key, "n1", &w, &mut None)
+                    .await
+                    .unwrap()
+            };
             let set = |ids: &[&str]| {
                 ids.iter()
                     .map(|i| i.to_string())

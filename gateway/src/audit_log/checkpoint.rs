@@ -7,7 +7,7 @@ use std::time::Duration;
 use ed25519_dalek::{Signer, SigningKey};
 
 use super::chain;
-use super::verify::{signature_ok, verify_from, Anchor, Problem};
+use super::verify::{signature_ok, still_there, walk_now, Anchor, Problem};
 use super::witness::{Witness, Witnessed};
 use crate::gateway::Gateway;
 use crate::store::{now_micros, AuditCheckpoint, AuditEvent, Severity, Store, StoreError};
@@ -24,6 +24,9 @@ pub enum CheckpointError {
     Refused(Vec<Problem>),
     #[error("cannot record the audit witness {path}: {error}")]
     Witness { path: String, error: std::io::Error },
+    /// A row this node cannot overwrite holds its place at that seq.
+    #[error("the checkpoint at seq {seq} cannot be stored: a row for this node is in its place")]
+    Unstored { seq: i64 },
 }
 
 fn describe(problems: &[Problem]) -> String {
@@ -36,19 +39,23 @@ fn describe(problems: &[Problem]) -> String {
 
 /// Sign the head of the chain, after verifying every event from this node's witness
 /// (or, without one, from the first event) up to it, and make that checkpoint the new
-/// witness. Refused when the walk finds the chain broken or rewritten: the node must
-/// not vouch for a chain it cannot tell extends what it signed before. When a valid
-/// checkpoint (from any node) already signs exactly that head, nothing new is signed;
-/// the witness moves to it. Returns the new checkpoint.
+/// witness. Refused when the walk finds a problem that [`Problem::blocks_signing`]: the
+/// node must not vouch for a chain it cannot tell extends what it signed before. `seen`
+/// is the head the previous walk met (kept by the caller, signed or not): it must still
+/// be there, so that events written while signing was refused cannot be rewritten once
+/// the refusal's cause is undone; it moves to this walk's head unless it went. When a
+/// valid checkpoint (from any node) already signs exactly that head, nothing new is
+/// signed; the witness moves to it. Returns the new checkpoint.
 pub async fn sign_head(
     store: &Store,
     key: &SigningKey,
     node: &str,
     witness: &Witness,
+    seen: &mut Option<Anchor>,
 ) -> Result<Option<AuditCheckpoint>, CheckpointError> {
     let public = key.verifying_key();
-    let seen = witness.read();
-    let (from, witnessed) = match &seen {
+    let witnessed_now = witness.read();
+    let (from, witnessed) = match &witnessed_now {
         Witnessed::Checkpoint(c) => (
             Anchor {
                 seq: c.seq,
@@ -58,13 +65,17 @@ pub async fn sign_head(
         ),
         _ => (Anchor::genesis(), 0),
     };
-    let walked = verify_from(store, &public, from, seen, |_| {}).await?;
-    let blocking: Vec<Problem> = walked
-        .report
-        .problems
-        .into_iter()
-        .filter(Problem::blocks_signing)
-        .collect();
+    let walked = walk_now(store, &public, from, witnessed_now, |_| {}).await?;
+    let mut problems = walked.report.problems;
+    let before = match seen.as_ref() {
+        Some(p) => still_there(store, p.seq, &p.hash, "this node walked the chain last").await?,
+        None => None,
+    };
+    match before {
+        Some(p) => problems.push(p),
+        None => *seen = Some(walked.last.clone()),
+    }
+    let blocking: Vec<Problem> = problems.into_iter().filter(Problem::blocks_signing).collect();
     if !blocking.is_empty() {
         return Err(CheckpointError::Refused(blocking));
     }
@@ -96,9 +107,21 @@ pub async fn sign_head(
                 ),
             };
             if !store.put_audit_checkpoint(&c).await? {
-                // This node's name already has a row at that seq (planted: it would
-                // have been found above otherwise); the next head gets signed.
-                return Ok(None);
+                // This node's name already has a row at that seq that does not verify
+                // (one that did would have been found above, or reported as a
+                // mismatch): planted, to keep the head unsigned. Overwrite it.
+                let planted = store
+                    .audit_checkpoints_at(c.seq)
+                    .await?
+                    .into_iter()
+                    .find(|k| k.node == c.node && !signature_ok(&public, k));
+                let replaced = match planted {
+                    Some(k) => store.replace_audit_checkpoint(&c, &k.signature).await?,
+                    None => false,
+                };
+                if !replaced {
+                    return Err(CheckpointError::Unstored { seq: c.seq });
+                }
             }
             (c, true)
         }
@@ -112,38 +135,61 @@ pub async fn sign_head(
     Ok(new.then_some(checkpoint))
 }
 
-/// A gateway's checkpoint signer: its witness, one signing at a time, and the alert
-/// last raised (so that a lasting refusal is one alert, not one every 10 s).
+/// A lasting refusal is alerted again this often.
+pub const REALERT_EVERY: Duration = Duration::from_secs(3600);
+
+/// Store errors in a row (one per tick) before they are alerted: a database restarting
+/// is not news, rows that no longer decode are.
+const STORE_ERRORS_ALERTED: u32 = 6;
+
+/// A gateway's checkpoint signer: its witness, one signing at a time, the head its last
+/// walk met, and the alert last raised (so that a lasting refusal is one alert an hour,
+/// not one every 10 s).
 pub struct Checkpointer {
     witness: Witness,
-    turn: tokio::sync::Mutex<Option<String>>,
+    state: tokio::sync::Mutex<SignerState>,
+}
+
+#[derive(Default)]
+struct SignerState {
+    seen: Option<Anchor>,
+    alerted: Option<(String, std::time::Instant)>,
+    store_errors: u32,
 }
 
 impl Checkpointer {
     pub fn new(witness: Witness) -> Checkpointer {
         Checkpointer {
             witness,
-            turn: tokio::sync::Mutex::new(None),
+            state: tokio::sync::Mutex::default(),
         }
     }
 
     /// Sign the head now; a refusal is logged, and alerted in the audit log when it
-    /// is news.
+    /// is news (or an hour old).
     pub async fn sign(&self, store: &Store, key: &SigningKey, node: &str) {
-        let mut alerted = self.turn.lock().await;
-        let e = match sign_head(store, key, node, &self.witness).await {
+        let mut state = self.state.lock().await;
+        let e = match sign_head(store, key, node, &self.witness, &mut state.seen).await {
             Ok(_) => {
-                *alerted = None;
+                state.alerted = None;
+                state.store_errors = 0;
                 return;
             }
             Err(e) => e,
         };
         tracing::error!(error = %e, "cannot sign an audit checkpoint");
         if matches!(e, CheckpointError::Store(_)) {
-            return;
+            state.store_errors = state.store_errors.saturating_add(1);
+            if state.store_errors < STORE_ERRORS_ALERTED {
+                return;
+            }
         }
         let why = e.to_string();
-        if alerted.as_deref() == Some(why.as_str()) {
+        if state
+            .alerted
+            .as_ref()
+            .is_some_and(|(w, at)| *w == why && at.elapsed() < REALERT_EVERY)
+        {
             return;
         }
         let event = AuditEvent::new(
@@ -152,7 +198,7 @@ impl Checkpointer {
             format!("{why}; this node signs no checkpoint until it does (see `hersectl audit verify`)"),
         );
         match store.audit(&event).await {
-            Ok(()) => *alerted = Some(why),
+            Ok(()) => state.alerted = Some((why, std::time::Instant::now())),
             Err(e) => tracing::error!(error = %e, "cannot write the audit.checkpoint_refused alert"),
         }
     }

@@ -39,10 +39,16 @@ async fn a_whole_log_verifies_and_shows_its_unsigned_tail() {
         let r = report(&s).await;
         assert!(r.is_whole() && r.events == 0, "{name}: {r}");
         append(&s, 5).await;
-        let c = sign_head(&s, &key(), "n1", &witness()).await.unwrap().unwrap();
+        let c = sign_head(&s, &key(), "n1", &witness(), &mut None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(c.seq, 5, "{name}");
         assert!(
-            sign_head(&s, &key(), "n1", &witness()).await.unwrap().is_none(),
+            sign_head(&s, &key(), "n1", &witness(), &mut None)
+                .await
+                .unwrap()
+                .is_none(),
             "{name}: head did not move"
         );
         append(&s, 2).await;
@@ -66,7 +72,7 @@ async fn a_whole_log_verifies_and_shows_its_unsigned_tail() {
 async fn an_edited_field_is_named_by_seq() {
     for (name, s) in test_backends().await {
         append(&s, 6).await;
-        sign_head(&s, &key(), "n1", &witness()).await.unwrap();
+        sign_head(&s, &key(), "n1", &witness(), &mut None).await.unwrap();
         exec(&s, "UPDATE audit_events SET user_name = 'mallory' WHERE seq = 3").await;
         let r = report(&s).await;
         assert!(
@@ -113,9 +119,15 @@ async fn a_chain_rewritten_with_its_checkpoints_is_caught_by_the_witness() {
     for (name, s) in test_backends().await {
         let w = witness();
         append(&s, 6).await;
-        assert_eq!(sign_head(&s, &key(), "n1", &w).await.unwrap().map(|c| c.seq), Some(6));
+        assert_eq!(
+            sign_head(&s, &key(), "n1", &w, &mut None).await.unwrap().map(|c| c.seq),
+            Some(6)
+        );
         append(&s, 2).await;
-        assert_eq!(sign_head(&s, &key(), "n1", &w).await.unwrap().map(|c| c.seq), Some(8));
+        assert_eq!(
+            sign_head(&s, &key(), "n1", &w, &mut None).await.unwrap().map(|c| c.seq),
+            Some(8)
+        );
         assert!(matches!(w.read(), Witnessed::Checkpoint(c) if c.seq == 8), "{name}");
         // The writer drops the checkpoints from event 4 on, rewrites event 4 (say, a
         // hold that should not have been) and recomputes the chain after it.
@@ -143,7 +155,7 @@ async fn a_chain_rewritten_with_its_checkpoints_is_caught_by_the_witness() {
         assert!(r.to_string().contains("event seq 8 was rewritten"), "{name}: {r}");
         // The gateway does not sign the rewritten head, now or after more events.
         append(&s, 1).await;
-        let e = sign_head(&s, &key(), "n1", &w).await.unwrap_err();
+        let e = sign_head(&s, &key(), "n1", &w, &mut None).await.unwrap_err();
         assert!(
             matches!(&e, CheckpointError::Refused(ps) if matches!(&ps[..], [Problem::Rewritten { seq: 8, what }, ..] if what.contains("when this node verified the chain up to it"))),
             "{name}: {e}"
@@ -158,7 +170,7 @@ async fn a_tail_deleted_with_its_checkpoints_is_named_by_the_witness() {
     for (name, s) in test_backends().await {
         let w = witness();
         append(&s, 6).await;
-        sign_head(&s, &key(), "n1", &w).await.unwrap();
+        sign_head(&s, &key(), "n1", &w, &mut None).await.unwrap();
         exec(&s, "DELETE FROM audit_events WHERE seq >= 5").await;
         exec(&s, "DELETE FROM audit_checkpoints").await;
         rechain(&s).await;
@@ -170,7 +182,10 @@ async fn a_tail_deleted_with_its_checkpoints_is_named_by_the_witness() {
             "{name}: {r}"
         );
         assert!(
-            matches!(sign_head(&s, &key(), "n1", &w).await, Err(CheckpointError::Refused(_))),
+            matches!(
+                sign_head(&s, &key(), "n1", &w, &mut None).await,
+                Err(CheckpointError::Refused(_))
+            ),
             "{name}"
         );
         assert_eq!(checkpoint_seqs(&s).await, Vec::<i64>::new(), "{name}");
@@ -182,7 +197,7 @@ async fn a_witness_not_signed_by_the_audit_key_or_unreadable_stops_the_signing()
     let s = crate::store::memory_store().await;
     let w = witness();
     append(&s, 3).await;
-    sign_head(&s, &key(), "n1", &w).await.unwrap();
+    sign_head(&s, &key(), "n1", &w, &mut None).await.unwrap();
     append(&s, 1).await;
     let good = std::fs::read_to_string(w.path()).unwrap();
     let rows = s.audit_chain_page(0, 4, 4).await.unwrap();
@@ -195,7 +210,7 @@ async fn a_witness_not_signed_by_the_audit_key_or_unreadable_stops_the_signing()
         ("junk\n".to_owned(), "not a witness line"),
     ] {
         std::fs::write(w.path(), &bad).unwrap();
-        let e = sign_head(&s, &key(), "n1", &w).await.unwrap_err();
+        let e = sign_head(&s, &key(), "n1", &w, &mut None).await.unwrap_err();
         assert!(
             matches!(&e, CheckpointError::Refused(ps) if matches!(&ps[..], [Problem::Witness { what }] if what.contains(says))),
             "{bad:?}: {e}"
@@ -205,7 +220,10 @@ async fn a_witness_not_signed_by_the_audit_key_or_unreadable_stops_the_signing()
     assert_eq!(checkpoint_seqs(&s).await, [3]);
     // An operator who removes it has the next signing walk the chain from its start.
     std::fs::remove_file(w.path()).unwrap();
-    assert_eq!(sign_head(&s, &key(), "n1", &w).await.unwrap().map(|c| c.seq), Some(4));
+    assert_eq!(
+        sign_head(&s, &key(), "n1", &w, &mut None).await.unwrap().map(|c| c.seq),
+        Some(4)
+    );
     assert!(matches!(w.read(), Witnessed::Checkpoint(c) if c.seq == 4));
 }
 
@@ -214,20 +232,31 @@ async fn the_witness_moves_to_a_head_another_node_signed() {
     let s = crate::store::memory_store().await;
     let (w1, w2) = (witness(), witness());
     append(&s, 3).await;
-    assert!(sign_head(&s, &key(), "n1", &w1).await.unwrap().is_some());
-    assert!(sign_head(&s, &key(), "n2", &w2).await.unwrap().is_none(), "signed once");
+    assert!(sign_head(&s, &key(), "n1", &w1, &mut None).await.unwrap().is_some());
+    assert!(
+        sign_head(&s, &key(), "n2", &w2, &mut None).await.unwrap().is_none(),
+        "signed once"
+    );
     assert!(matches!(w2.read(), Witnessed::Checkpoint(c) if c.seq == 3));
     assert_eq!(checkpoint_seqs(&s).await, [3]);
 }
 
 #[tokio::test]
-async fn a_lasting_refusal_is_alerted_once() {
+async fn a_lasting_refusal_is_alerted_once_and_a_bad_row_does_not_stop_the_signing() {
     let s = crate::store::memory_store().await;
     let signer = Checkpointer::new(witness());
     append(&s, 3).await;
     signer.sign(&s, &key(), "n1").await;
+    // An edited event stays in every verification; later events are still signed.
     append(&s, 1).await;
     exec(&s, "UPDATE audit_events SET detail = 'by nobody' WHERE seq = 4").await;
+    append(&s, 1).await;
+    signer.sign(&s, &key(), "n1").await;
+    assert_eq!(checkpoint_seqs(&s).await, [3, 5]);
+    // A rewrite of signed events behind the witness: refused, alerted once.
+    exec(&s, "DELETE FROM audit_checkpoints").await;
+    exec(&s, "UPDATE audit_events SET detail = 'nothing happened' WHERE seq = 2").await;
+    rechain(&s).await;
     for _ in 0..3 {
         append(&s, 1).await;
         signer.sign(&s, &key(), "n1").await;
@@ -235,15 +264,61 @@ async fn a_lasting_refusal_is_alerted_once() {
     let alerts = s.audit_events(Some("audit.checkpoint_refused"), 10).await.unwrap();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].severity, "alert");
-    assert!(alerts[0].detail.contains("event seq 4 (id "), "{}", alerts[0].detail);
+    assert!(
+        alerts[0].detail.contains("event seq 5 was rewritten"),
+        "{}",
+        alerts[0].detail
+    );
+    assert_eq!(checkpoint_seqs(&s).await, Vec::<i64>::new());
+}
+
+#[tokio::test]
+async fn what_a_refused_walk_saw_cannot_be_rewritten_once_the_refusal_ends() {
+    let s = crate::store::memory_store().await;
+    let (w, mut seen) = (witness(), None);
+    append(&s, 3).await;
+    assert!(sign_head(&s, &key(), "n1", &w, &mut seen).await.unwrap().is_some());
+    let good = std::fs::read_to_string(w.path()).unwrap();
+    std::fs::write(w.path(), "junk\n").unwrap();
+    append(&s, 2).await;
+    assert!(sign_head(&s, &key(), "n1", &w, &mut seen).await.is_err());
+    assert_eq!(seen.as_ref().map(|a| a.seq), Some(5));
+    // Meanwhile the events nobody signed are rewritten, and the refusal's cause undone.
+    exec(&s, "UPDATE audit_events SET detail = 'nothing happened' WHERE seq = 5").await;
+    rechain(&s).await;
+    std::fs::write(w.path(), good).unwrap();
+    let e = sign_head(&s, &key(), "n1", &w, &mut seen).await.unwrap_err();
+    assert!(
+        matches!(&e, CheckpointError::Refused(ps) if matches!(&ps[..], [Problem::Rewritten { seq: 5, what }] if what.contains("walked the chain last"))),
+        "{e}"
+    );
     assert_eq!(checkpoint_seqs(&s).await, [3]);
+}
+
+#[tokio::test]
+async fn a_row_planted_in_this_nodes_place_is_overwritten() {
+    let s = crate::store::memory_store().await;
+    append(&s, 3).await;
+    let (seq, hash) = s.audit_head().await.unwrap();
+    exec(
+        &s,
+        &format!(
+            "INSERT INTO audit_checkpoints (seq, hash, signed_at, node, signature) VALUES ({seq}, '{hash}', 1, 'n1', '{}')",
+            "00".repeat(64)
+        ),
+    )
+    .await;
+    let c = sign_head(&s, &key(), "n1", &witness(), &mut None).await.unwrap();
+    assert_eq!(c.map(|c| c.seq), Some(3));
+    let r = report(&s).await;
+    assert!(r.is_whole() && r.unsigned_tail == 0, "{r}");
 }
 
 #[tokio::test]
 async fn a_rewritten_chain_is_caught_by_the_checkpoint() {
     let s = crate::store::memory_store().await;
     append(&s, 4).await;
-    sign_head(&s, &key(), "n1", &witness()).await.unwrap();
+    sign_head(&s, &key(), "n1", &witness(), &mut None).await.unwrap();
     // Rewrite event 2 and recompute every hash after it, head included: only the
     // signature can tell.
     exec(&s, "UPDATE audit_events SET detail = 'nothing happened' WHERE seq = 2").await;
@@ -270,7 +345,7 @@ async fn a_deleted_middle_event_is_a_named_gap() {
 async fn a_deleted_tail_is_seen_through_the_head_or_a_checkpoint() {
     for (name, s) in test_backends().await {
         append(&s, 6).await;
-        sign_head(&s, &key(), "n1", &witness()).await.unwrap();
+        sign_head(&s, &key(), "n1", &witness(), &mut None).await.unwrap();
         exec(&s, "DELETE FROM audit_events WHERE seq >= 5").await;
         let r = report(&s).await;
         assert!(
@@ -302,7 +377,7 @@ async fn a_deleted_tail_is_seen_through_the_head_or_a_checkpoint() {
 async fn a_bad_checkpoint_signature_is_detected() {
     let s = crate::store::memory_store().await;
     append(&s, 3).await;
-    sign_head(&s, &key(), "n1", &witness()).await.unwrap();
+    sign_head(&s, &key(), "n1", &witness(), &mut None).await.unwrap();
     let r = verify(
         &s,
         &SigningKey::from_bytes(&[8; 32]).verifying_key(),
@@ -335,9 +410,15 @@ async fn a_forged_checkpoint_does_not_stop_the_signing() {
         )
         .await;
     }
-    let c = sign_head(&s, &key(), "n1", &witness()).await.unwrap();
+    let c = sign_head(&s, &key(), "n1", &witness(), &mut None).await.unwrap();
     assert_eq!(c.map(|c| c.seq), Some(3), "the gateway still signs its head");
-    assert!(sign_head(&s, &key(), "n1", &witness()).await.unwrap().is_none(), "once");
+    assert!(
+        sign_head(&s, &key(), "n1", &witness(), &mut None)
+            .await
+            .unwrap()
+            .is_none(),
+        "once"
+    );
 }
 
 #[tokio::test]
@@ -459,7 +540,7 @@ async fn concurrent_appends_keep_one_chain() {
             tokio::spawn(async move {
                 let w = witness();
                 for _ in 0..5 {
-                    sign_head(&s, &key(), "n1", &w).await.unwrap();
+                    sign_head(&s, &key(), "n1", &w, &mut None).await.unwrap();
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             })

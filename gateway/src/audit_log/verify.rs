@@ -47,14 +47,20 @@ pub enum Problem {
 }
 
 impl Problem {
-    /// Whether a node must not sign a head over this: the chain is not whole, or the
-    /// node cannot tell that it extends what it verified before. A row beside the chain
-    /// (unchained, a checkpoint with a bad signature or deleted) does not stop the
-    /// signing, so that planting one cannot leave new events unsigned.
+    /// Whether a node must not sign a head over this: events already signed or
+    /// witnessed changed or went, or the node cannot tell that the chain extends what it
+    /// verified before. A signature then would vouch for the rewrite, and once the
+    /// evidence beside it is deleted, nothing would show it. The other problems stay in
+    /// every verification whatever is signed after them (an edited row no longer hashes
+    /// right, a gap stays a gap), so the signing goes on: one bad row must not leave every
+    /// later event unsigned.
     pub fn blocks_signing(&self) -> bool {
-        !matches!(
+        matches!(
             self,
-            Problem::BadSignature { .. } | Problem::Unchained { .. } | Problem::CheckpointGone { .. }
+            Problem::Rewritten { .. }
+                | Problem::CheckpointMismatch { .. }
+                | Problem::DeletedTail { .. }
+                | Problem::Witness { .. }
         )
     }
 }
@@ -227,6 +233,18 @@ pub async fn verify_from(
         .acquire()
         .await
         .map_err(|_| StoreError::Refused("audit log verification is shutting down".into()))?;
+    walk_now(store, key, from, witness, visit).await
+}
+
+/// [`verify_from`] without waiting for its turn: for the checkpoint signer, whose walks
+/// (from its witness, 10 s of events) must not queue behind a full verification.
+pub(crate) async fn walk_now(
+    store: &Store,
+    key: &VerifyingKey,
+    from: Anchor,
+    witness: Witnessed,
+    visit: impl FnMut(&AuditRow) + Send + 'static,
+) -> Result<Continued, StoreError> {
     let (store, key) = (store.clone(), *key);
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || rt.block_on(verify_here(&store, &key, from, witness, visit)))
@@ -290,7 +308,18 @@ async fn verify_here(
     let from_is_witness = witness
         .as_ref()
         .is_some_and(|c| c.seq == from.seq && c.hash == from.hash);
-    if from.seq > 0 && !from_is_witness {
+    if from.seq > head_seq {
+        // Nothing to walk, and the walk would take the point for the last event.
+        problems.push(Problem::DeletedTail {
+            last_event: head_seq,
+            expected: from.seq,
+            evidence: if from_is_witness {
+                "this node's witness of the chain".into()
+            } else {
+                "the point verified before".into()
+            },
+        });
+    } else if from.seq > 0 && !from_is_witness {
         if let Some(p) = still_there(store, from.seq, &from.hash, "verified before").await? {
             problems.push(p);
         }
@@ -309,6 +338,7 @@ async fn verify_here(
         }
     }
 
+    let from_seq = from.seq;
     let mut walk = Walk {
         last_seq: from.seq,
         last_hash: (from.seq > 0).then(|| from.hash.clone()),
@@ -357,7 +387,7 @@ async fn verify_here(
             expected,
             evidence: evidence.into(),
         });
-    } else if head_seq > 0 && walk.last_hash.as_deref() != Some(head_hash.as_str()) {
+    } else if head_seq > 0 && from_seq <= head_seq && walk.last_hash.as_deref() != Some(head_hash.as_str()) {
         problems.push(Problem::HeadMismatch {
             seq: head_seq,
             what: format!("head hash {head_hash} is not the last event's"),
@@ -389,7 +419,12 @@ async fn verify_here(
 
 /// Whether event `seq` still has `hash`; the problem when not. (`seq` is at most the
 /// head: one past it is a deleted tail.)
-async fn still_there(store: &Store, seq: i64, hash: &str, when: &str) -> Result<Option<Problem>, StoreError> {
+pub(crate) async fn still_there(
+    store: &Store,
+    seq: i64,
+    hash: &str,
+    when: &str,
+) -> Result<Option<Problem>, StoreError> {
     let row = store.audit_chain_page(seq - 1, seq, 1).await?;
     Ok(match row.first().and_then(|r| r.hash.as_deref()) {
         Some(h) if h == hash => None,

@@ -17,10 +17,14 @@
 //! older genuine witness back); the data directory holds the sealed keys and is trusted
 //! as the gateway itself is.
 //!
+//! Each node guards with its own witness: a node stopped while others signed trusts, on
+//! its return, the chain it finds after its witness.
+//!
 //! After restoring the database from a backup, every node's witness is ahead of the
 //! chain and the nodes stop signing (an `audit.checkpoint_refused` alert). When the
-//! restore is the explanation, remove `audit_witness` on each node: its next checkpoint
-//! then walks and verifies the whole chain from the first event.
+//! restore is the explanation, move `audit_witness` aside on each node (kept, it names
+//! what the node verified): its next checkpoint then walks and verifies the whole chain
+//! from the first event. After a rewrite, that would have the rewrite signed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

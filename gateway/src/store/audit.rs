@@ -366,6 +366,24 @@ impl Store {
         }
     }
 
+    /// Overwrite the row of `c`'s node at `c.seq` whose signature is `stale` (a row
+    /// planted there that does not verify); `false` if that row is no longer so.
+    pub async fn replace_audit_checkpoint(&self, c: &AuditCheckpoint, stale: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE audit_checkpoints SET hash = $1, signed_at = $2, signature = $3 \
+             WHERE seq = $4 AND node = $5 AND signature = $6",
+        )
+        .bind(&c.hash)
+        .bind(c.signed_at)
+        .bind(&c.signature)
+        .bind(c.seq)
+        .bind(&c.node)
+        .bind(stale)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Every checkpoint, by `seq`.
     pub async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
         self.checkpoints_where(None, i64::MIN).await
