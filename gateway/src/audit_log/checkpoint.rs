@@ -68,12 +68,13 @@ pub async fn sign_head(
     let walked = walk_now(store, &public, from, witnessed_now, |_| {}).await?;
     let mut problems = walked.report.problems;
     let before = match seen.as_ref() {
-        Some(p) => still_there(store, p.seq, &p.hash, "this node walked the chain last").await?,
-        None => None,
+        Some(p) if p.seq > 0 => still_there(store, p.seq, &p.hash, "this node walked the chain last").await?,
+        _ => None,
     };
     match before {
         Some(p) => problems.push(p),
-        None => *seen = Some(walked.last.clone()),
+        None if walked.last.seq > 0 => *seen = Some(walked.last.clone()),
+        None => {}
     }
     let blocking: Vec<Problem> = problems.into_iter().filter(Problem::blocks_signing).collect();
     if !blocking.is_empty() {

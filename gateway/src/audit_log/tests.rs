@@ -296,6 +296,17 @@ async fn what_a_refused_walk_saw_cannot_be_rewritten_once_the_refusal_ends() {
 }
 
 #[tokio::test]
+async fn an_empty_log_is_not_a_rewritten_one() {
+    let s = crate::store::memory_store().await;
+    let (w, mut seen) = (witness(), None);
+    for _ in 0..2 {
+        assert!(sign_head(&s, &key(), "n1", &w, &mut seen).await.unwrap().is_none());
+    }
+    append(&s, 1).await;
+    assert!(sign_head(&s, &key(), "n1", &w, &mut seen).await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn a_row_planted_in_this_nodes_place_is_overwritten() {
     let s = crate::store::memory_store().await;
     append(&s, 3).await;
