@@ -43,7 +43,7 @@ use session_recordings::{Completeness, RecordingReader};
 use crate::audit_log::{self, Anchor};
 use crate::ident::SessionId;
 use crate::policy::Policy;
-use crate::store::{now_micros, AuditEvent, AuditRow, SessionRow, Severity, Store, StoreError};
+use crate::store::{micros, now_micros, AuditEvent, AuditRow, SessionRow, Severity, Store, StoreError};
 
 /// What purges check rows against, kept between runs.
 pub struct Retention {
@@ -375,10 +375,6 @@ pub async fn purge(
         purged.push(row.id);
     }
     Ok(purged)
-}
-
-fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Remove the files of earlier purges that could not be removed then.

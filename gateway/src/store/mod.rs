@@ -46,11 +46,14 @@ pub enum StoreError {
 }
 
 /// Unix time in microseconds.
+/// A duration in microseconds, as the store keeps times; saturating, so that a long
+/// configured duration never wraps into a negative one.
+pub fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 pub fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(micros).unwrap_or(0)
 }
 
 #[derive(Clone, Debug)]
@@ -419,4 +422,13 @@ pub(crate) async fn test_backends() -> Vec<(&'static str, Store)> {
         ),
     }
     out
+}
+
+#[cfg(test)]
+#[test]
+fn a_duration_too_long_for_microseconds_saturates() {
+    use std::time::Duration;
+    assert_eq!(micros(Duration::from_secs(86_400)), 86_400_000_000);
+    // humantime takes "300000000years": it must stay longer than any age, not wrap.
+    assert_eq!(micros(Duration::from_secs(u64::MAX)), i64::MAX);
 }

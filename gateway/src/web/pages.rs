@@ -314,7 +314,7 @@ async fn authenticate(
     // skip a security key (or the remembered window) with a TOTP or recovery code.
     let expired = stored.and_then(|(_, set_at)| {
         let age = now_micros().saturating_sub(set_at);
-        policy.max_age.filter(|m| age > m.as_micros() as i64)
+        policy.max_age.filter(|m| age > crate::store::micros(*m))
     });
     gw.audit(
         AuditEvent::new(
@@ -410,7 +410,7 @@ async fn home(State(app): State<App>, Extension(origin): Extension<Origin>, head
             Some((_, set_at)) => {
                 let age = now_micros().saturating_sub(set_at);
                 match app.gw.config.password_policy.max_age {
-                    Some(m) if age > m.as_micros() as i64 => {
+                    Some(m) if age > crate::store::micros(m) => {
                         "<p><strong>Your password has expired: change it now.</strong></p>"
                     }
                     _ => "",
@@ -503,7 +503,7 @@ async fn change_password(
     let min_age = app.gw.config.password_policy.min_age;
     if !min_age.is_zero() {
         match app.gw.store.own_password_change(&user).await {
-            Ok(Some(at)) if now_micros().saturating_sub(at) < min_age.as_micros() as i64 => {
+            Ok(Some(at)) if now_micros().saturating_sub(at) < crate::store::micros(min_age) => {
                 return (
                     StatusCode::BAD_REQUEST,
                     page(
@@ -1117,7 +1117,7 @@ pub(super) async fn password_expired(app: &App, user: &str) -> bool {
         return false;
     };
     match app.gw.store.password(&u).await {
-        Ok(Some((_, set_at))) => now_micros().saturating_sub(set_at) > max.as_micros() as i64,
+        Ok(Some((_, set_at))) => now_micros().saturating_sub(set_at) > crate::store::micros(max),
         Ok(None) => false,
         Err(_) => true,
     }
