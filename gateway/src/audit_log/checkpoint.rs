@@ -1,5 +1,6 @@
-//! Signing the head of the chain: every 10 s while it moves, and once more at shutdown;
-//! each time only after walking the chain from this node's witness to that head.
+//! Signing the head of the chain: every 10 s while it moves (backing off to every 5 min
+//! while it fails), and once more at shutdown; each time only after walking the chain
+//! from this node's witness to that head.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,13 +140,39 @@ pub async fn sign_head(
 /// A lasting refusal is alerted again this often.
 pub const REALERT_EVERY: Duration = Duration::from_secs(3600);
 
-/// Store errors in a row (one per tick) before they are alerted: a database restarting
-/// is not news, rows that no longer decode are.
+/// Store errors in a row before they are alerted (with the back-off, about five minutes
+/// of them): a database restarting is not news, rows that no longer decode are.
 const STORE_ERRORS_ALERTED: u32 = 6;
 
+/// The longest wait between two tries of the periodic signer while it keeps failing.
+pub const RETRY_AT_MOST: Duration = Duration::from_secs(300);
+
+/// The wait before the periodic signer tries again after a failure, the one before it
+/// having been `before`: [`CHECKPOINT_EVERY`], then doubling up to [`RETRY_AT_MOST`].
+/// A refusal lasts until an operator acts, and each try walks the chain from the
+/// witness (from the first event when the witness is unusable): on a long log that is
+/// seconds of CPU and database reads, which must not repeat every 10 s for days.
+pub fn retry_after(before: Option<Duration>) -> Duration {
+    match before {
+        None => CHECKPOINT_EVERY,
+        Some(d) => d.saturating_mul(2).min(RETRY_AT_MOST),
+    }
+}
+
+/// What one call of the signer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signing {
+    /// The head is signed (or nothing needed it).
+    Done,
+    /// Refused, or the store or the witness failed: logged, and alerted when news.
+    Failed,
+    /// Not tried: the periodic signer is backing off after failures.
+    Deferred,
+}
+
 /// A gateway's checkpoint signer: its witness, one signing at a time, the head its last
-/// walk met, and the alert last raised (so that a lasting refusal is one alert an hour,
-/// not one every 10 s).
+/// walk met, the alert last raised (so that a lasting refusal is one alert an hour,
+/// not one every 10 s), and when it tries again after failures.
 pub struct Checkpointer {
     witness: Witness,
     state: tokio::sync::Mutex<SignerState>,
@@ -156,6 +183,8 @@ struct SignerState {
     seen: Option<Anchor>,
     alerted: Option<(String, std::time::Instant)>,
     store_errors: u32,
+    /// After a failure: when the periodic signer tries again, and the wait that led there.
+    backoff: Option<(tokio::time::Instant, Duration)>,
 }
 
 impl Checkpointer {
@@ -166,23 +195,44 @@ impl Checkpointer {
         }
     }
 
+    /// Where this signer's witness is kept.
+    pub fn witness_path(&self) -> &std::path::Path {
+        self.witness.path()
+    }
+
+    /// The periodic signing: [`Checkpointer::sign`], unless failures before it asked
+    /// to wait longer ([`retry_after`]).
+    pub async fn tick(&self, store: &Store, key: &SigningKey, node: &str) -> Signing {
+        let due = {
+            let state = self.state.lock().await;
+            state.backoff.is_none_or(|(at, _)| tokio::time::Instant::now() >= at)
+        };
+        if !due {
+            return Signing::Deferred;
+        }
+        self.sign(store, key, node).await
+    }
+
     /// Sign the head now; a refusal is logged, and alerted in the audit log when it
     /// is news (or an hour old).
-    pub async fn sign(&self, store: &Store, key: &SigningKey, node: &str) {
+    pub async fn sign(&self, store: &Store, key: &SigningKey, node: &str) -> Signing {
         let mut state = self.state.lock().await;
         let e = match sign_head(store, key, node, &self.witness, &mut state.seen).await {
             Ok(_) => {
                 state.alerted = None;
                 state.store_errors = 0;
-                return;
+                state.backoff = None;
+                return Signing::Done;
             }
             Err(e) => e,
         };
-        tracing::error!(error = %e, "cannot sign an audit checkpoint");
+        let wait = retry_after(state.backoff.map(|(_, d)| d));
+        state.backoff = Some((tokio::time::Instant::now() + wait, wait));
+        tracing::error!(error = %e, retry_in_s = wait.as_secs(), "cannot sign an audit checkpoint");
         if matches!(e, CheckpointError::Store(_)) {
             state.store_errors = state.store_errors.saturating_add(1);
             if state.store_errors < STORE_ERRORS_ALERTED {
-                return;
+                return Signing::Failed;
             }
         }
         let why = e.to_string();
@@ -191,7 +241,7 @@ impl Checkpointer {
             .as_ref()
             .is_some_and(|(w, at)| *w == why && at.elapsed() < REALERT_EVERY)
         {
-            return;
+            return Signing::Failed;
         }
         let event = AuditEvent::new(
             "audit.checkpoint_refused",
@@ -202,6 +252,7 @@ impl Checkpointer {
             Ok(()) => state.alerted = Some((why, std::time::Instant::now())),
             Err(e) => tracing::error!(error = %e, "cannot write the audit.checkpoint_refused alert"),
         }
+        Signing::Failed
     }
 }
 
@@ -215,11 +266,11 @@ pub async fn checkpoint_loop(gw: Arc<Gateway>) {
             _ = gw.stop_accepting.cancelled() => return,
             _ = tick.tick() => {}
         }
-        gw.checkpoints.sign(&gw.store, &gw.keys.audit, &gw.node).await;
+        gw.checkpoints.tick(&gw.store, &gw.keys.audit, &gw.node).await;
     }
 }
 
 /// The last checkpoint of this run (after `gateway.stop`).
 pub async fn checkpoint_at_shutdown(gw: &Gateway) {
-    gw.checkpoints.sign(&gw.store, &gw.keys.audit, &gw.node).await;
+    let _ = gw.checkpoints.sign(&gw.store, &gw.keys.audit, &gw.node).await;
 }

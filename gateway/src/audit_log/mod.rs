@@ -18,7 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::VerifyingKey;
 
-pub use checkpoint::{checkpoint_at_shutdown, checkpoint_loop, sign_head, CheckpointError, Checkpointer};
+pub use checkpoint::{
+    checkpoint_at_shutdown, checkpoint_loop, retry_after, sign_head, CheckpointError, Checkpointer, Signing,
+    RETRY_AT_MOST,
+};
 pub use verify::{verify, verify_from, Anchor, Continued, Problem, VerifyReport};
 pub use witness::{Witness, Witnessed};
 

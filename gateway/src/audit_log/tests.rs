@@ -259,8 +259,10 @@ async fn a_lasting_refusal_is_alerted_once_and_a_bad_row_does_not_stop_the_signi
     rechain(&s).await;
     for _ in 0..3 {
         append(&s, 1).await;
-        signer.sign(&s, &key(), "n1").await;
+        assert_eq!(signer.sign(&s, &key(), "n1").await, Signing::Failed);
     }
+    // The periodic signer backs off rather than walking the chain again at every tick.
+    assert_eq!(signer.tick(&s, &key(), "n1").await, Signing::Deferred);
     let alerts = s.audit_events(Some("audit.checkpoint_refused"), 10).await.unwrap();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].severity, "alert");
@@ -270,6 +272,40 @@ async fn a_lasting_refusal_is_alerted_once_and_a_bad_row_does_not_stop_the_signi
         alerts[0].detail
     );
     assert_eq!(checkpoint_seqs(&s).await, Vec::<i64>::new());
+}
+
+#[test]
+fn a_failing_signer_waits_longer_each_time_up_to_five_minutes() {
+    let mut waits = vec![];
+    let mut d = None;
+    for _ in 0..8 {
+        let w = retry_after(d);
+        waits.push(w.as_secs());
+        d = Some(w);
+    }
+    assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300, 300]);
+    assert_eq!(RETRY_AT_MOST.as_secs(), 300);
+}
+
+#[tokio::test]
+async fn a_signer_that_succeeds_again_signs_at_every_tick() {
+    let s = crate::store::memory_store().await;
+    let signer = Checkpointer::new(witness());
+    append(&s, 2).await;
+    assert_eq!(signer.tick(&s, &key(), "n1").await, Signing::Done);
+    let good = std::fs::read_to_string(signer.witness_path()).unwrap();
+    std::fs::write(signer.witness_path(), "junk\n").unwrap();
+    append(&s, 1).await;
+    assert_eq!(signer.tick(&s, &key(), "n1").await, Signing::Failed);
+    assert_eq!(signer.tick(&s, &key(), "n1").await, Signing::Deferred);
+    // The cause undone (the operator put the witness back): an explicit signing (as at
+    // shutdown) goes through the back-off and ends it.
+    std::fs::write(signer.witness_path(), good).unwrap();
+    assert_eq!(signer.sign(&s, &key(), "n1").await, Signing::Done);
+    append(&s, 1).await;
+    assert_eq!(signer.tick(&s, &key(), "n1").await, Signing::Done);
+    // (Seq 4 is the refusal's alert.)
+    assert_eq!(checkpoint_seqs(&s).await, [2, 4, 5]);
 }
 
 #[tokio::test]
