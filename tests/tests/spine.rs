@@ -1771,7 +1771,7 @@ fn sessions_watch_follows_a_live_session_read_only() {
 
 #[test]
 fn retention_purges_old_recordings_except_those_on_hold() {
-    let w = World::new("retain");
+    let mut w = World::new("retain");
     for i in 0..3 {
         ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", &format!("echo {i}")]));
     }
@@ -1885,6 +1885,49 @@ fn retention_purges_old_recordings_except_those_on_hold() {
     let out = ok(w.gw.ctl().args(["recordings", "purge"]));
     assert!(out.contains(&ids[1]), "{out}");
     assert!(!dir.join(format!("{}.herserec", ids[1])).exists());
+
+    // The gateway applies the same retention itself, at its start and then hourly,
+    // under the policy it loaded (the file now says 1 s), with no hersectl involved.
+    ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo last"]));
+    let start = Instant::now();
+    while !ok(w.gw.ctl().args(["sessions", "list", "--json"])).trim().eq("[]") {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = recording_ids(&w)
+        .into_iter()
+        .find(|id| !ids.contains(id) && *id != live_id)
+        .unwrap();
+    let last_file = dir.join(format!("{last}.herserec"));
+    assert!(last_file.exists());
+    std::thread::sleep(Duration::from_millis(1200));
+    w.gw.signal("TERM");
+    let _ = w.gw.proc.take().unwrap().child.wait();
+    let (d, config) = (w.gw.dir.clone(), w.gw.config.clone());
+    w.gw = Gateway::start(&d, &config);
+    let start = Instant::now();
+    while last_file.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the gateway never purged {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = json_lines(&ok(w.gw.ctl().args([
+        "audit",
+        "list",
+        "--kind",
+        "recording.purge",
+        "--json",
+    ])));
+    assert_eq!(
+        events.iter().filter(|e| e["session"] == last.as_str()).count(),
+        1,
+        "{events:?}"
+    );
+    // Still held to the same checks: the verified log and the recording itself.
+    let v = run(w.gw.ctl().args(["recordings", "verify", "--all"]));
+    assert!(v.status.success(), "{}", text(&v.stdout));
 }
 
 #[test]
