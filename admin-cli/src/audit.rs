@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::SystemTime;
 
 use herse::audit_log::{self, AuditLogError, VerifyReport};
-use herse::control::Call;
+use herse::control::{Call, WitnessCopy};
 use herse::store::{AuditFilter, AuditRow};
 
 use crate::commands::{execute, store_err, usage, Failure};
@@ -144,8 +144,16 @@ pub async fn follow(cli: &Cli, f: &FilterArgs) -> Result<(), Failure> {
     }
 }
 
-pub async fn verify(cli: &Cli, public_key: Option<&str>) -> Result<(), Failure> {
+pub async fn verify(cli: &Cli, public_key: Option<&str>, witness_files: &[std::path::PathBuf]) -> Result<(), Failure> {
     let json = cli.json;
+    // Witness copies are read here too, bounded: the gateway reads no file for a caller.
+    let mut witnesses = Vec::with_capacity(witness_files.len());
+    for path in witness_files {
+        witnesses.push(WitnessCopy {
+            name: path.display().to_string(),
+            line: read_witness_copy(path)?,
+        });
+    }
     // A key file is read here, so a remote caller checks with their own copy.
     let public_key = match public_key {
         Some(k) => Some(hex::encode(
@@ -153,7 +161,7 @@ pub async fn verify(cli: &Cli, public_key: Option<&str>) -> Result<(), Failure> 
         )),
         None => None,
     };
-    let report: VerifyReport = parse(execute(cli, &Call::AuditVerify { public_key }).await?)?;
+    let report: VerifyReport = parse(execute(cli, &Call::AuditVerify { public_key, witnesses }).await?)?;
     if json {
         output::object(true, &report);
     } else {
@@ -172,6 +180,19 @@ pub async fn verify(cli: &Cli, public_key: Option<&str>) -> Result<(), Failure> 
             ),
         }),
     }
+}
+
+/// A witness file's text, or a usage error naming it. A file longer than a witness line
+/// is read only that far and sent as it is: the verification reports it unusable.
+fn read_witness_copy(path: &std::path::Path) -> Result<String, Failure> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| usage(format!("--witness {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    file.take(audit_log::MAX_WITNESS_LINE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    String::from_utf8(bytes).map_err(|_| usage(format!("--witness {}: not a witness line (not text)", path.display())))
 }
 
 fn json_line(r: &AuditRow) -> String {

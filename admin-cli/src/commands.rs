@@ -177,6 +177,11 @@ pub enum AuditCmd {
         /// DATA_DIR/audit_key.pub); default: the one stored in the database.
         #[arg(long)]
         public_key: Option<String>,
+        /// A copy of a node's witness file (DATA_DIR/audit_witness), checked besides the
+        /// gateway's own: the event it names must still be on the chain with its hash.
+        /// Repeat for each node; use it after a restore or from another host.
+        #[arg(long, value_name = "FILE")]
+        witness: Vec<std::path::PathBuf>,
     },
 }
 
@@ -573,6 +578,6 @@ async fn audit(cli: &Cli, c: &AuditCmd) -> Result<(), Failure> {
     match c {
         AuditCmd::List { filter, limit } => crate::audit::list(cli, filter, *limit).await,
         AuditCmd::Follow { filter } => crate::audit::follow(cli, filter).await,
-        AuditCmd::Verify { public_key } => crate::audit::verify(cli, public_key.as_deref()).await,
+        AuditCmd::Verify { public_key, witness } => crate::audit::verify(cli, public_key.as_deref(), witness).await,
     }
 }

@@ -87,9 +87,12 @@ pub enum Call {
     },
     /// The chain head's `seq`.
     AuditHead,
-    /// Verify the chain and checkpoints, with this public key (hex) or the stored one.
+    /// Verify the chain and checkpoints, with this public key (hex) or the stored one,
+    /// against this node's witness and the copies of witnesses given.
     AuditVerify {
         public_key: Option<String>,
+        #[serde(default)]
+        witnesses: Vec<WitnessCopy>,
     },
     UsersRemove {
         name: String,
@@ -172,6 +175,17 @@ pub enum Call {
 }
 
 /// A secret in a call (a password): redacted `Debug`, zeroized on drop.
+/// A copy of a witness file handed to a verification: the name the caller knows it by,
+/// and its text (read on the caller's side; the gateway reads no file for a caller).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WitnessCopy {
+    pub name: String,
+    pub line: String,
+}
+
+/// The most witness copies one verification takes (a cluster's nodes, with room).
+pub const MAX_WITNESS_COPIES: usize = 64;
+
 #[derive(Clone, Default)]
 pub struct Secret(zeroize::Zeroizing<String>);
 
@@ -555,7 +569,7 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
             access::check(caller, &Action::ReadAudit)?;
             json(store.audit_head().await?.0)
         }
-        Call::AuditVerify { public_key } => {
+        Call::AuditVerify { public_key, witnesses } => {
             access::check(caller, &Action::ReadAudit)?;
             // Hex only: a path here would have the gateway read its own files for the
             // caller (hersectl reads a key file on the caller's side).
@@ -566,7 +580,17 @@ pub async fn execute(ctx: &Ctx<'_>, caller: &Caller, call: &Call) -> Result<serd
             // Against this node's witness too: the one thing a database writer cannot
             // rewrite.
             let witness = audit_log::Witness::in_dir(&ctx.config.data_dir).read();
-            json(audit_log::verify(store, &key, witness).await?)
+            if witnesses.len() > MAX_WITNESS_COPIES {
+                return Err(err(
+                    ErrorKind::Invalid,
+                    format!("at most {MAX_WITNESS_COPIES} witnesses per verification"),
+                ));
+            }
+            let copies = witnesses
+                .iter()
+                .map(|w| audit_log::copy_from_text(&w.name, &w.line))
+                .collect();
+            json(audit_log::verify_with_copies(store, &key, witness, copies).await?)
         }
         _ => {
             // The rest are administration and recordings: one action each, checked here
@@ -1020,6 +1044,7 @@ mod tests {
         // nobody changes their own roles; a suspension ends within ten years.
         let by_path = Call::AuditVerify {
             public_key: Some("/etc/passwd".into()),
+            witnesses: vec![],
         };
         let e = execute(&ctx, &dave, &by_path).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Invalid);

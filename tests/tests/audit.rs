@@ -143,9 +143,25 @@ fn the_audit_log_is_chained_forwarded_and_verified() {
     // only the witness, outside the database, tells.
     let db = gw.data().join("herse.db");
     sqlite_rewrite_audit_event(&db, added, "nothing happened");
-    std::fs::rename(&witness, witness.with_extension("aside")).unwrap();
+    let aside = witness.with_extension("aside");
+    std::fs::rename(&witness, &aside).unwrap();
     assert!(ok(gw.ctl().args(["audit", "verify"])).contains("audit log is whole"));
-    std::fs::rename(witness.with_extension("aside"), &witness).unwrap();
+    // A witness kept aside (after a restore, or a copy from another node) still tells,
+    // given to the verification.
+    let v = run(gw.ctl().args(["audit", "verify", "--witness"]).arg(&aside));
+    let err = String::from_utf8_lossy(&v.stderr);
+    assert_eq!(v.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("event seq {signed} was rewritten"))
+            && err.contains(&format!("the node whose witness is in {}", aside.display())),
+        "{err}"
+    );
+    let v = run(gw
+        .ctl()
+        .args(["audit", "verify", "--witness"])
+        .arg(d.join("no-such-witness")));
+    assert_eq!(v.status.code(), Some(2), "a missing witness copy is a usage error");
+    std::fs::rename(&aside, &witness).unwrap();
     let v = run(gw.ctl().args(["audit", "verify"]));
     let err = String::from_utf8_lossy(&v.stderr);
     assert_eq!(v.status.code(), Some(1), "{err}");

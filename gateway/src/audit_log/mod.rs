@@ -22,8 +22,8 @@ pub use checkpoint::{
     checkpoint_at_shutdown, checkpoint_loop, retry_after, sign_head, CheckpointError, Checkpointer, Signing,
     RETRY_AT_MOST,
 };
-pub use verify::{verify, verify_from, Anchor, Continued, Problem, VerifyReport};
-pub use witness::{Witness, Witnessed};
+pub use verify::{verify, verify_from, verify_with_copies, Anchor, Continued, Problem, VerifyReport};
+pub use witness::{copy_from_text, Witness, WitnessOf, Witnessed, MAX_LINE as MAX_WITNESS_LINE};
 
 use crate::store::{AuditFilter, AuditRow, Store, StoreError};
 

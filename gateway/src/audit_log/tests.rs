@@ -148,7 +148,8 @@ async fn a_chain_rewritten_with_its_checkpoints_is_caught_by_the_witness() {
                     signed_at: match w.read() {
                         Witnessed::Checkpoint(c) => c.signed_at,
                         other => panic!("{other:?}"),
-                    }
+                    },
+                    witness: "this node's witness of the chain".into(),
                 }),
             "{name}: {r}"
         );
@@ -212,7 +213,7 @@ async fn a_witness_not_signed_by_the_audit_key_or_unreadable_stops_the_signing()
         std::fs::write(w.path(), &bad).unwrap();
         let e = sign_head(&s, &key(), "n1", &w, &mut None).await.unwrap_err();
         assert!(
-            matches!(&e, CheckpointError::Refused(ps) if matches!(&ps[..], [Problem::Witness { what }] if what.contains(says))),
+            matches!(&e, CheckpointError::Refused(ps) if matches!(&ps[..], [Problem::Witness { what, .. }] if what.contains(says))),
             "{bad:?}: {e}"
         );
         assert!(e.to_string().contains("witness of the chain is unusable"), "{e}");
@@ -225,6 +226,61 @@ async fn a_witness_not_signed_by_the_audit_key_or_unreadable_stops_the_signing()
         Some(4)
     );
     assert!(matches!(w.read(), Witnessed::Checkpoint(c) if c.seq == 4));
+}
+
+/// An auditor checks the chain against copies of other nodes' witnesses (or this
+/// node's, kept aside after a restore): a rewrite behind any of them is named with the
+/// file it was caught by; a copy that is not a witness line is reported, never ignored.
+#[tokio::test]
+async fn copies_of_other_witnesses_catch_a_rewrite_behind_them() {
+    let s = crate::store::memory_store().await;
+    let (w1, w2) = (witness(), witness());
+    append(&s, 3).await;
+    sign_head(&s, &key(), "n1", &w1, &mut None).await.unwrap();
+    append(&s, 2).await;
+    sign_head(&s, &key(), "n2", &w2, &mut None).await.unwrap();
+    let copy = |name: &str, w: &Witness| copy_from_text(name, &std::fs::read_to_string(w.path()).unwrap());
+    let check = |copies: Vec<(String, Witnessed)>| {
+        let s = s.clone();
+        async move {
+            verify_with_copies(&s, &key().verifying_key(), Witnessed::Nothing, copies)
+                .await
+                .unwrap()
+        }
+    };
+    let r = check(vec![copy("n1.witness", &w1), copy("n2.witness", &w2)]).await;
+    assert!(r.is_whole(), "{r}");
+    // Rewritten after n1's witness and with its checkpoints gone: only n2's copy sees it.
+    exec(&s, "DELETE FROM audit_checkpoints").await;
+    exec(&s, "UPDATE audit_events SET detail = 'nothing happened' WHERE seq = 4").await;
+    rechain(&s).await;
+    let r = check(vec![copy("n1.witness", &w1)]).await;
+    assert!(
+        !r.problems.is_empty()
+            && r.problems.iter().all(|p| matches!(p, Problem::CheckpointGone { seq: 3, witness, .. } if witness == "the witness in n1.witness")),
+        "{r}"
+    );
+    let r = check(vec![copy("n2.witness", &w2)]).await;
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| matches!(p, Problem::Rewritten { seq: 5, what }
+            if what.contains("when the node whose witness is in n2.witness verified the chain up to it"))),
+        "{r}"
+    );
+    // Bad copies: junk, too long, a name with control characters.
+    let r = check(vec![
+        copy_from_text("junk\u{1b}[2J", "junk\n"),
+        copy_from_text("long", &"x".repeat(600)),
+    ])
+    .await;
+    let text = r.to_string();
+    assert!(
+        text.contains("the witness in junk[2J is unusable: junk[2J is not a witness line"),
+        "{text}"
+    );
+    assert!(text.contains("long is longer than a witness line"), "{text}");
+    assert!(!text.contains('\u{1b}'), "{text}");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Serialize;
 
 use super::chain::{self, EventFields, GENESIS};
-use super::witness::Witnessed;
+use super::witness::{WitnessOf, Witnessed};
 use crate::store::{AuditCheckpoint, AuditRow, Store, StoreError};
 
 /// Events read per query while walking the chain.
@@ -40,10 +40,26 @@ pub enum Problem {
     /// An event verified before (this node's witness, or the point a walk continues
     /// from) no longer has the hash it had: the chain was rewritten from there on.
     Rewritten { seq: i64, what: String },
-    /// This node's witness of the chain (`data_dir/audit_witness`) cannot be used.
-    Witness { what: String },
-    /// The checkpoint this node's witness names is no longer in the database.
-    CheckpointGone { seq: i64, signed_at: i64 },
+    /// A witness of the chain (this node's `data_dir/audit_witness`, or a copy given to
+    /// the verification) cannot be used.
+    Witness {
+        what: String,
+        /// Which witness.
+        #[serde(default = "own_witness")]
+        witness: String,
+    },
+    /// The checkpoint a witness names is no longer in the database.
+    CheckpointGone {
+        seq: i64,
+        signed_at: i64,
+        /// Which witness.
+        #[serde(default = "own_witness")]
+        witness: String,
+    },
+}
+
+fn own_witness() -> String {
+    WitnessOf::ThisNode.name()
 }
 
 impl Problem {
@@ -94,10 +110,14 @@ impl std::fmt::Display for Problem {
             ),
             Problem::HeadMismatch { seq, what } => write!(f, "the head (seq {seq}) does not match: {what}"),
             Problem::Rewritten { seq, what } => write!(f, "event seq {seq} was rewritten: {what}"),
-            Problem::Witness { what } => write!(f, "this node's witness of the chain is unusable: {what}"),
-            Problem::CheckpointGone { seq, signed_at } => write!(
+            Problem::Witness { what, witness } => write!(f, "{witness} is unusable: {what}"),
+            Problem::CheckpointGone {
+                seq,
+                signed_at,
+                witness,
+            } => write!(
                 f,
-                "the checkpoint at seq {seq} signed at {}, which this node witnessed, is gone from the database",
+                "the checkpoint at seq {seq} signed at {}, which {witness} names, is gone from the database",
                 crate::timefmt::rfc3339(*signed_at)
             ),
         }
@@ -175,7 +195,25 @@ static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 /// turns, and each runs on a blocking thread, never on the runtime's workers that carry
 /// the tunnel, the listeners and the cluster heartbeat.
 pub async fn verify(store: &Store, key: &VerifyingKey, witness: Witnessed) -> Result<VerifyReport, StoreError> {
-    Ok(verify_from(store, key, Anchor::genesis(), witness, |_| {})
+    verify_with_copies(store, key, witness, Vec::new()).await
+}
+
+/// [`verify`], and against copies of other witnesses too (other nodes' files, or this
+/// node's kept aside after a restore), each with the name the caller gave it: every one
+/// must still find the event it names, with its hash, and its checkpoint.
+pub async fn verify_with_copies(
+    store: &Store,
+    key: &VerifyingKey,
+    witness: Witnessed,
+    copies: Vec<(String, Witnessed)>,
+) -> Result<VerifyReport, StoreError> {
+    let mut witnesses = vec![(WitnessOf::ThisNode, witness)];
+    witnesses.extend(copies.into_iter().map(|(name, w)| (WitnessOf::Copy(name), w)));
+    let _turn = VERIFYING
+        .acquire()
+        .await
+        .map_err(|_| StoreError::Refused("audit log verification is shutting down".into()))?;
+    Ok(walk_witnessed(store, key, Anchor::genesis(), witnesses, |_| {})
         .await?
         .report)
 }
@@ -245,9 +283,19 @@ pub(crate) async fn walk_now(
     witness: Witnessed,
     visit: impl FnMut(&AuditRow) + Send + 'static,
 ) -> Result<Continued, StoreError> {
+    walk_witnessed(store, key, from, vec![(WitnessOf::ThisNode, witness)], visit).await
+}
+
+async fn walk_witnessed(
+    store: &Store,
+    key: &VerifyingKey,
+    from: Anchor,
+    witnesses: Vec<(WitnessOf, Witnessed)>,
+    visit: impl FnMut(&AuditRow) + Send + 'static,
+) -> Result<Continued, StoreError> {
     let (store, key) = (store.clone(), *key);
     let rt = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || rt.block_on(verify_here(&store, &key, from, witness, visit)))
+    tokio::task::spawn_blocking(move || rt.block_on(verify_here(&store, &key, from, witnesses, visit)))
         .await
         .map_err(|e| StoreError::Refused(format!("audit log verification stopped: {e}")))?
 }
@@ -256,7 +304,7 @@ async fn verify_here(
     store: &Store,
     key: &VerifyingKey,
     from: Anchor,
-    witness: Witnessed,
+    witnesses: Vec<(WitnessOf, Witnessed)>,
     mut visit: impl FnMut(&AuditRow),
 ) -> Result<Continued, StoreError> {
     // Checkpoints, then the head, then the events up to that head: each read sees at
@@ -268,25 +316,33 @@ async fn verify_here(
     };
     let (head_seq, head_hash) = store.audit_head().await?;
     let mut problems = Vec::new();
-    let witness = match witness {
-        Witnessed::Nothing => None,
-        Witnessed::Unusable(what) => {
-            problems.push(Problem::Witness { what });
-            None
-        }
-        Witnessed::Checkpoint(c) if !signature_ok(key, &c) => {
-            problems.push(Problem::Witness {
-                what: format!("its checkpoint at seq {} is not signed by the audit key", c.seq),
-            });
-            None
-        }
-        Witnessed::Checkpoint(c) => Some(c),
-    };
-    if let Some(c) = &witness {
+    // The witnesses whose checkpoint the audit key signed, each checked against the
+    // chain: the event it names must still have its hash, and its checkpoint be kept.
+    let mut witnessed: Vec<(WitnessOf, AuditCheckpoint)> = Vec::new();
+    for (of, said) in witnesses {
+        let c = match said {
+            Witnessed::Nothing => continue,
+            Witnessed::Unusable(what) => {
+                problems.push(Problem::Witness {
+                    what,
+                    witness: of.name(),
+                });
+                continue;
+            }
+            Witnessed::Checkpoint(c) if !signature_ok(key, &c) => {
+                problems.push(Problem::Witness {
+                    what: format!("its checkpoint at seq {} is not signed by the audit key", c.seq),
+                    witness: of.name(),
+                });
+                continue;
+            }
+            Witnessed::Checkpoint(c) => c,
+        };
         // A witness past the last event is a deleted tail, reported below.
         if c.seq <= head_seq {
             let what = format!(
-                "this node verified the chain up to it at {}",
+                "{} verified the chain up to it at {}",
+                of.verifier(),
                 crate::timefmt::rfc3339(c.signed_at)
             );
             if let Some(p) = still_there(store, c.seq, &c.hash, &what).await? {
@@ -301,20 +357,23 @@ async fn verify_here(
             problems.push(Problem::CheckpointGone {
                 seq: c.seq,
                 signed_at: c.signed_at,
+                witness: of.name(),
             });
         }
+        witnessed.push((of, c));
     }
-    // The point the walk starts from (unless it is the witness, checked just above).
-    let from_is_witness = witness
-        .as_ref()
-        .is_some_and(|c| c.seq == from.seq && c.hash == from.hash);
+    // The point the walk starts from (unless it is this node's witness, checked just
+    // above).
+    let from_is_witness = witnessed
+        .iter()
+        .any(|(of, c)| matches!(of, WitnessOf::ThisNode) && c.seq == from.seq && c.hash == from.hash);
     if from.seq > head_seq {
         // Nothing to walk, and the walk would take the point for the last event.
         problems.push(Problem::DeletedTail {
             last_event: head_seq,
             expected: from.seq,
             evidence: if from_is_witness {
-                "this node's witness of the chain".into()
+                WitnessOf::ThisNode.name()
             } else {
                 "the point verified before".into()
             },
@@ -373,19 +432,21 @@ async fn verify_here(
             }
         }
     }
-    let mut expected = (head_seq, "the head row");
+    let mut expected = (head_seq, "the head row".to_owned());
     if last_checkpoint_seq > expected.0 {
-        expected = (last_checkpoint_seq, "a signed checkpoint");
+        expected = (last_checkpoint_seq, "a signed checkpoint".to_owned());
     }
-    if let Some(c) = witness.as_ref().filter(|c| c.seq > expected.0) {
-        expected = (c.seq, "this node's witness of the chain");
+    for (of, c) in &witnessed {
+        if c.seq > expected.0 {
+            expected = (c.seq, of.name());
+        }
     }
     let (expected, evidence) = expected;
     if expected > walk.last_seq {
         problems.push(Problem::DeletedTail {
             last_event: walk.last_seq,
             expected,
-            evidence: evidence.into(),
+            evidence,
         });
     } else if head_seq > 0 && from_seq <= head_seq && walk.last_hash.as_deref() != Some(head_hash.as_str()) {
         problems.push(Problem::HeadMismatch {

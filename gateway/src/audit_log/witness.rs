@@ -18,7 +18,9 @@
 //! as the gateway itself is.
 //!
 //! Each node guards with its own witness: a node stopped while others signed trusts, on
-//! its return, the chain it finds after its witness.
+//! its return, the chain it finds after its witness. An auditor can check the chain
+//! against copies of every node's witness (`hersectl audit verify --witness FILE`, the
+//! copies sent as text: the gateway reads no file for a caller).
 //!
 //! After restoring the database from a backup, every node's witness is ahead of the
 //! chain and the nodes stop signing (an `audit.checkpoint_refused` alert). When the
@@ -56,6 +58,58 @@ pub enum Witnessed {
     /// The file exists but cannot be read or parsed: a verifier must report it.
     Unusable(String),
 }
+
+/// Whose witness a verification checks the chain against.
+#[derive(Debug, Clone)]
+pub enum WitnessOf {
+    /// This node's own, in its data directory.
+    ThisNode,
+    /// A copy handed to the verification (`hersectl audit verify --witness FILE`),
+    /// named as the caller named it.
+    Copy(String),
+}
+
+impl WitnessOf {
+    /// The witness, as problems name it.
+    pub fn name(&self) -> String {
+        match self {
+            WitnessOf::ThisNode => "this node's witness of the chain".into(),
+            WitnessOf::Copy(f) => format!("the witness in {f}"),
+        }
+    }
+
+    /// Who verified the chain up to the point it names.
+    pub fn verifier(&self) -> String {
+        match self {
+            WitnessOf::ThisNode => "this node".into(),
+            WitnessOf::Copy(f) => format!("the node whose witness is in {f}"),
+        }
+    }
+}
+
+/// The longest name a copy keeps (it is the caller's, echoed back to the caller).
+const MAX_NAME: usize = 200;
+
+/// A copy of a witness file, as text: what it says, and the name to report it under
+/// (control characters dropped, cut to a bounded length).
+pub fn copy_from_text(name: &str, text: &str) -> (String, Witnessed) {
+    let mut clean: String = name.chars().filter(|c| !c.is_control()).take(MAX_NAME).collect();
+    if clean.is_empty() {
+        clean = "(unnamed)".into();
+    }
+    let said = if text.len() as u64 > MAX_LEN {
+        Witnessed::Unusable(format!("{clean} is longer than a witness line"))
+    } else {
+        match parse(text) {
+            Some(c) => Witnessed::Checkpoint(c),
+            None => Witnessed::Unusable(format!("{clean} is not a witness line")),
+        }
+    };
+    (clean, said)
+}
+
+/// The longest text read as a witness line.
+pub const MAX_LINE: u64 = MAX_LEN;
 
 impl Witness {
     pub fn in_dir(data_dir: &Path) -> Witness {
