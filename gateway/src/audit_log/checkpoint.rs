@@ -188,10 +188,21 @@ struct SignerState {
 }
 
 impl Checkpointer {
+    /// The signer of this node, with the last event its walks reached before (kept in
+    /// the data directory beside the witness).
     pub fn new(witness: Witness) -> Checkpointer {
+        let seen = witness.read_seen().unwrap_or_else(|e| {
+            // Not fatal: the witness still guards every signed event; only the events
+            // walked while signing was refused lose their guard. Said loudly.
+            tracing::error!(error = %e, "the last audit event walked is unknown; events walked while signing was refused are not guarded");
+            None
+        });
         Checkpointer {
             witness,
-            state: tokio::sync::Mutex::default(),
+            state: tokio::sync::Mutex::new(SignerState {
+                seen,
+                ..SignerState::default()
+            }),
         }
     }
 
@@ -217,7 +228,16 @@ impl Checkpointer {
     /// is news (or an hour old).
     pub async fn sign(&self, store: &Store, key: &SigningKey, node: &str) -> Signing {
         let mut state = self.state.lock().await;
-        let e = match sign_head(store, key, node, &self.witness, &mut state.seen).await {
+        let before = state.seen.clone();
+        let signed = sign_head(store, key, node, &self.witness, &mut state.seen).await;
+        if state.seen != before {
+            if let Some(seen) = &state.seen {
+                if let Err(e) = self.witness.record_seen(seen) {
+                    tracing::error!(error = %e, "cannot keep the last audit event walked");
+                }
+            }
+        }
+        let e = match signed {
             Ok(_) => {
                 state.alerted = None;
                 state.store_errors = 0;

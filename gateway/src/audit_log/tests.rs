@@ -387,6 +387,62 @@ async fn what_a_refused_walk_saw_cannot_be_rewritten_once_the_refusal_ends() {
     assert_eq!(checkpoint_seqs(&s).await, [3]);
 }
 
+/// The same across a restart: the signer keeps the last event it walked beside its
+/// witness, so a new process still refuses a rewrite of what the old one walked.
+#[tokio::test]
+async fn what_a_refused_walk_saw_is_kept_across_a_restart() {
+    let s = crate::store::memory_store().await;
+    let w = witness();
+    let signer = Checkpointer::new(w.clone());
+    append(&s, 3).await;
+    assert_eq!(signer.sign(&s, &key(), "n1").await, Signing::Done);
+    let good = std::fs::read_to_string(w.path()).unwrap();
+    std::fs::write(w.path(), "junk\n").unwrap();
+    append(&s, 2).await;
+    assert_eq!(signer.sign(&s, &key(), "n1").await, Signing::Failed);
+    // (Seq 6 is the refusal's alert, written after the walk.)
+    assert_eq!(w.read_seen().unwrap().map(|a| a.seq), Some(5));
+    drop(signer);
+    exec(&s, "UPDATE audit_events SET detail = 'nothing happened' WHERE seq = 5").await;
+    rechain(&s).await;
+    std::fs::write(w.path(), good).unwrap();
+    let restarted = Checkpointer::new(w.clone());
+    assert_eq!(restarted.sign(&s, &key(), "n1").await, Signing::Failed);
+    let alerts = s.audit_events(Some("audit.checkpoint_refused"), 10).await.unwrap();
+    assert!(
+        alerts[0].detail.contains("event seq 5 was rewritten") && alerts[0].detail.contains("walked the chain last"),
+        "{alerts:?}"
+    );
+    assert_eq!(checkpoint_seqs(&s).await, [3]);
+}
+
+#[test]
+fn the_last_event_walked_reads_back_and_a_bad_file_is_an_error() {
+    let w = witness();
+    assert_eq!(w.read_seen(), Ok(None));
+    let a = Anchor {
+        seq: 12,
+        hash: "ab".repeat(32),
+    };
+    w.record_seen(&a).unwrap();
+    assert_eq!(w.read_seen(), Ok(Some(a)));
+    let seen = w.path().with_file_name(witness::SEEN_FILE);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&seen).unwrap().permissions().mode() & 0o777, 0o600);
+    for bad in [
+        "",
+        "herse-audit-seen-v1 12\n",
+        "herse-audit-seen-v1 x abab\n",
+        "herse-audit-seen-v2 12 abababababababababababababababababababababababababababababababab\n",
+        "herse-audit-seen-v1 12 abababababababababababababababababababababababababababababababab",
+    ] {
+        std::fs::write(&seen, bad).unwrap();
+        assert!(w.read_seen().is_err(), "{bad:?}");
+    }
+    // A signer whose file is bad still starts (loudly), guarding with its witness.
+    let _ = Checkpointer::new(w);
+}
+
 #[tokio::test]
 async fn an_empty_log_is_not_a_rewritten_one() {
     let s = crate::store::memory_store().await;

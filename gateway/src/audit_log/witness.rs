@@ -24,7 +24,8 @@
 //!
 //! After restoring the database from a backup, every node's witness is ahead of the
 //! chain and the nodes stop signing (an `audit.checkpoint_refused` alert). When the
-//! restore is the explanation, move `audit_witness` aside on each node (kept, it names
+//! restore is the explanation, stop each node and move `audit_witness` and `audit_seen`
+//! (the last event its signer walked, [`Witness::read_seen`]) aside (kept, they name
 //! what the node verified): its next checkpoint then walks and verifies the whole chain
 //! from the first event. After a rewrite, that would have the rewrite signed.
 
@@ -35,6 +36,12 @@ use crate::store::AuditCheckpoint;
 
 /// The file's name in the data directory.
 pub const FILE: &str = "audit_witness";
+
+/// Beside it: the last event this node's signer walked to, signed or not (see
+/// [`Witness::read_seen`]).
+pub const SEEN_FILE: &str = "audit_seen";
+
+const SEEN_MAGIC: &str = "herse-audit-seen-v1";
 
 const MAGIC: &str = "herse-audit-witness-v1";
 
@@ -141,8 +148,65 @@ impl Witness {
 
     /// Replace the witness with `c` (a checkpoint whose chain this node walked).
     pub fn record(&self, c: &AuditCheckpoint) -> std::io::Result<()> {
+        self.replace(FILE, &line(c))
+    }
+
+    fn seen_path(&self) -> PathBuf {
+        self.path.with_file_name(SEEN_FILE)
+    }
+
+    /// The last event this node's signer walked to (its seq and hash), kept across
+    /// restarts: while signing is refused, the events walked are on no checkpoint and in
+    /// no witness, and this is what shows that they were rewritten before the refusal's
+    /// cause was undone. `Ok(None)` when there is no file.
+    pub fn read_seen(&self) -> Result<Option<super::Anchor>, String> {
+        use std::io::Read;
+        let path = self.seen_path();
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let mut text = String::new();
+        file.take(MAX_LEN + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bad = || {
+            format!(
+                "{} is not a line of the form `{SEEN_MAGIC} <seq> <hash>`",
+                path.display()
+            )
+        };
+        let body = text.strip_suffix('\n').ok_or_else(bad)?;
+        let mut f = body.split(' ');
+        match (f.next(), f.next(), f.next(), f.next()) {
+            (Some(SEEN_MAGIC), Some(seq), Some(hash), None)
+                if is_hex(hash, 64)
+                    && !seq.is_empty()
+                    && seq.len() <= 19
+                    && seq.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                let seq = seq.parse::<i64>().map_err(|_| bad())?;
+                Ok((seq > 0).then(|| super::Anchor {
+                    seq,
+                    hash: hash.to_owned(),
+                }))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// Keep `a` as the last event walked.
+    pub fn record_seen(&self, a: &super::Anchor) -> std::io::Result<()> {
+        self.replace(SEEN_FILE, &format!("{SEEN_MAGIC} {} {}\n", a.seq, a.hash))
+    }
+
+    /// Replace `name` in the witness's directory with `text`: written aside, synced,
+    /// renamed, the directory synced; mode 0600.
+    fn replace(&self, name: &str, text: &str) -> std::io::Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let aside = dir.join(format!(".{FILE}.new"));
+        let target = dir.join(name);
+        let aside = dir.join(format!(".{name}.new"));
         {
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = std::fs::OpenOptions::new()
@@ -151,10 +215,10 @@ impl Witness {
                 .truncate(true)
                 .mode(0o600)
                 .open(&aside)?;
-            f.write_all(line(c).as_bytes())?;
+            f.write_all(text.as_bytes())?;
             f.sync_all()?;
         }
-        std::fs::rename(&aside, &self.path)?;
+        std::fs::rename(&aside, &target)?;
         std::fs::File::open(dir)?.sync_all()
     }
 }
@@ -163,13 +227,16 @@ fn line(c: &AuditCheckpoint) -> String {
     format!("{MAGIC} {} {} {} {}\n", c.seq, c.hash, c.signed_at, c.signature)
 }
 
+/// `len` lowercase hex digits.
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn parse(text: &str) -> Option<AuditCheckpoint> {
     let body = text.strip_suffix('\n')?;
     let mut f = body.split(' ');
     let (magic, seq, hash, signed_at, signature) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-    let hex_of =
-        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if f.next().is_some() || magic != MAGIC || !hex_of(hash, 64) || !hex_of(signature, 128) {
+    if f.next().is_some() || magic != MAGIC || !is_hex(hash, 64) || !is_hex(signature, 128) {
         return None;
     }
     let number = |s: &str| {
