@@ -615,8 +615,14 @@ impl Stack {
         };
         // A cookie reply proves nothing about who sent it (anyone who knows the peer's
         // public key and saw our message can make one): it never moves the endpoint.
-        // Everything else that decapsulates was authenticated with the peer's key.
+        // Everything else that decapsulates was authenticated with the peer's key, but a
+        // handshake initiation is not proof of a live peer either: one captured on the
+        // wire is accepted once more by a restarted gateway (the last timestamp seen is
+        // kept in memory only, as in every WireGuard), and would move the endpoint to
+        // whoever replays it. Its response goes back where it came from; the endpoint
+        // moves with the initiator's first transport packet, which needs the session keys.
         let authenticated = !matches!(data.first(), Some(3));
+        let initiation = matches!(data.first(), Some(1));
         match peer.tunn.decapsulate(Some(from.ip()), data, &mut self.scratch) {
             TunnResult::Done => {
                 if authenticated {
@@ -625,7 +631,7 @@ impl Stack {
             }
             TunnResult::Err(_) => counters.invalid(),
             TunnResult::WriteToNetwork(p) => {
-                if authenticated && p.first() != Some(&3) {
+                if authenticated && !initiation && p.first() != Some(&3) {
                     peer.endpoint = Some(from);
                 }
                 if p.first() == Some(&2) {
@@ -875,5 +881,94 @@ async fn run(shared: Arc<Shared>, udp: Arc<UdpSocket>, accept: mpsc::Sender<Acce
             }
             out.free.push(pkt);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn engine(secret: &WgSecret, workstation: &WgPublicKey) -> WireGuard {
+        let config = WgConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            address: Ipv4Addr::new(10, 99, 0, 1),
+            prefix: 24,
+            ports: vec![22],
+        };
+        let peers = vec![PeerSpec {
+            public_key: *workstation,
+            address: Ipv4Addr::new(10, 99, 0, 2),
+            workstation: "ws1".into(),
+        }];
+        WireGuard::start(&config, secret.clone(), peers, HashMap::new())
+            .await
+            .unwrap()
+            .0
+    }
+
+    async fn answer(sock: &UdpSocket) -> Vec<u8> {
+        let mut buf = vec![0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+            .await
+            .expect("the gateway answers")
+            .unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn endpoint(wg: &WireGuard) -> Option<SocketAddr> {
+        wg.status()[0].endpoint
+    }
+
+    /// A handshake initiation captured on the wire and replayed to a restarted gateway
+    /// (which no longer knows the last timestamp it accepted) is answered, but does not
+    /// move the workstation's endpoint to the replayer: only the initiator's first
+    /// transport packet, which needs the session's keys, does.
+    #[tokio::test]
+    async fn a_handshake_replayed_after_a_restart_does_not_move_the_endpoint() {
+        let gw_secret = WgSecret::generate();
+        let ws_secret = WgSecret::generate();
+        let ws_public = ws_secret.public();
+        let mut ws = Tunn::new(
+            ws_secret.x25519().clone(),
+            gw_secret.public().to_x25519(),
+            None,
+            None,
+            7,
+            None,
+        );
+        let mut buf = vec![0u8; 2048];
+        let init = match ws.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            _ => panic!("no initiation"),
+        };
+
+        let wg = engine(&gw_secret, &ws_public).await;
+        let real = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        real.connect(wg.local_addr()).await.unwrap();
+        real.send(&init).await.unwrap();
+        let response = answer(&real).await;
+        assert_eq!(response.first(), Some(&2));
+        assert_eq!(endpoint(&wg), None, "an initiation alone moves nothing");
+        // The workstation confirms with its first transport packet (a keepalive).
+        let keepalive = match ws.decapsulate(None, &response, &mut buf) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            _ => panic!("no keepalive"),
+        };
+        real.send(&keepalive).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while endpoint(&wg) != Some(real.local_addr().unwrap()) {
+            assert!(Instant::now() < deadline, "the keepalive moved no endpoint");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // Restarted: the same initiation, replayed from elsewhere, is taken once more.
+        drop(wg);
+        let wg = engine(&gw_secret, &ws_public).await;
+        let replayer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        replayer.connect(wg.local_addr()).await.unwrap();
+        replayer.send(&init).await.unwrap();
+        assert_eq!(answer(&replayer).await.first(), Some(&2));
+        assert_eq!(endpoint(&wg), None, "the replayer did not become the endpoint");
     }
 }
