@@ -81,6 +81,9 @@ fn builder(
 pub struct UserCertRights {
     pub pty: bool,
     pub port_forwarding: bool,
+    /// Only SFTP: the certificate forces `internal-sftp` (see
+    /// `Authorized::runs_commands`).
+    pub sftp_only: bool,
 }
 
 /// A certificate for `login`, valid for `valid_for`, whose key id names user and session;
@@ -99,6 +102,9 @@ pub fn user_certificate(
     if let Some(ip) = source {
         let bits = if ip.is_ipv4() { 32 } else { 128 };
         b.critical_option("source-address", format!("{ip}/{bits}"))?;
+    }
+    if rights.sftp_only {
+        b.critical_option("force-command", "internal-sftp")?;
     }
     if rights.pty {
         b.extension("permit-pty", "")?;
@@ -204,6 +210,7 @@ mod tests {
             UserCertRights {
                 pty: true,
                 port_forwarding: false,
+                sftp_only: false,
             },
             Some("192.0.2.7".parse().unwrap()),
         )
@@ -220,6 +227,26 @@ mod tests {
         assert!(!c.extensions().contains_key("permit-port-forwarding"));
         assert!(c.valid_before() - c.valid_after() <= 600 + BACKDATE);
         c.validate([&ca.public_key().fingerprint(HashAlg::Sha256)]).unwrap();
+        // A session that may run no command gets sshd's in-process SFTP server only.
+        let sftp = user_certificate(
+            &ca,
+            subject.public_key(),
+            "root",
+            "alice/s2",
+            Duration::from_secs(600),
+            UserCertRights {
+                pty: false,
+                port_forwarding: false,
+                sftp_only: true,
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            sftp.critical_options().get("force-command").map(String::as_str),
+            Some("internal-sftp")
+        );
+        assert!(!sftp.extensions().contains_key("permit-pty"));
     }
 
     #[test]
@@ -252,6 +279,7 @@ mod tests {
             UserCertRights {
                 pty: false,
                 port_forwarding: false,
+                sftp_only: false,
             },
             None,
         )

@@ -410,6 +410,8 @@ async fn sftp_inbound(chan: &Chan<'_>, framer: &mut Framer, data: &[u8]) -> Resu
                 if let Some(a) = chan.sftp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
                     a.request(&req).map_err(|e| RelayError::Channel(e.to_string()))?;
                 }
+                // The recording keeps the client's bytes; the target is asked for v3.
+                let packet = sftp::init_as_version_3(&packet).unwrap_or(packet);
                 chan.up.data_bytes(packet).await?;
             }
             Err(reason) => {

@@ -215,6 +215,7 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
         UserCertRights {
             pty: auth.allows(Operation::Shell) || auth.allows(Operation::Exec),
             port_forwarding: auth.allows(Operation::PortForward),
+            sftp_only: !auth.runs_commands(),
         },
         source,
     )?;

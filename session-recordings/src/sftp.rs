@@ -327,6 +327,21 @@ impl Request {
     }
 }
 
+/// A client's INIT (a whole packet) asking for a version after 3, rewritten to ask for
+/// version 3; `None` for any other packet. Requests are judged in version 3's layout,
+/// and a target that speaks a later version would read those a client pipelines
+/// before its VERSION answer in that version's layout (a v6 OPEN carries its access
+/// rights where v3 has the open flags): asked for 3, a server answers with 3 at most.
+pub fn init_as_version_3(packet: &[u8]) -> Option<Bytes> {
+    let version = packet.get(5..9)?;
+    if packet.get(4) != Some(&1) || u32::from_be_bytes([version[0], version[1], version[2], version[3]]) <= 3 {
+        return None;
+    }
+    let mut v = packet.to_vec();
+    v[5..9].copy_from_slice(&3u32.to_be_bytes());
+    Some(Bytes::from(v))
+}
+
 /// Parse a whole client packet (with its length prefix).
 pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
     let mut r = Reader {
@@ -492,6 +507,28 @@ impl fmt::Display for Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_init_for_a_later_version_asks_for_version_3() {
+        let init = |v: u32, ext: &[u8]| {
+            let mut p = Vec::new();
+            p.extend_from_slice(&(5 + ext.len() as u32).to_be_bytes());
+            p.push(1);
+            p.extend_from_slice(&v.to_be_bytes());
+            p.extend_from_slice(ext);
+            p
+        };
+        let v6 = init_as_version_3(&init(6, b"ext")).unwrap();
+        assert_eq!(&v6[..], &init(3, b"ext")[..]);
+        assert!(matches!(parse_request(&v6), Ok(Request::Init { version: 3 })));
+        assert_eq!(init_as_version_3(&init(3, b"")), None);
+        assert_eq!(init_as_version_3(&init(2, b"")), None);
+        assert_eq!(init_as_version_3(&[0, 0, 0, 1, 1]), None, "truncated");
+        // Not an INIT: untouched, whatever its bytes.
+        let mut open = init(6, b"");
+        open[4] = 3;
+        assert_eq!(init_as_version_3(&open), None);
+    }
 
     fn packet(body: &[u8]) -> Vec<u8> {
         let mut p = (body.len() as u32).to_be_bytes().to_vec();

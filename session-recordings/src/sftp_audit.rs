@@ -111,6 +111,9 @@ impl OpenFile {
 pub struct SftpAudit {
     pending: HashMap<u32, Pending>,
     files: HashMap<Vec<u8>, OpenFile>,
+    /// Handles with a CLOSE awaiting its answer: they name no file any more (the target
+    /// may give the same handle to the next OPEN), so nothing may be sent through them.
+    closing: std::collections::HashSet<Vec<u8>>,
     /// Bytes of paths and handles held by `pending` and `files`.
     held: usize,
 }
@@ -145,20 +148,36 @@ impl SftpAudit {
                 pflags: *pflags,
             },
             Request::Opendir { .. } => Pending::Opendir,
-            Request::Close { handle, .. } => Pending::Close { handle: handle.clone() },
-            Request::Read { handle, offset, .. } => Pending::Read {
-                handle: handle.clone(),
-                offset: *offset,
-            },
+            Request::Close { handle, .. } => {
+                if !self.closing.insert(handle.clone()) {
+                    return Err(SftpError::Malformed("SFTP handle closed twice"));
+                }
+                Pending::Close { handle: handle.clone() }
+            }
+            Request::Read { handle, offset, .. } => {
+                if self.closing.contains(handle) {
+                    return Err(SftpError::Malformed("read from an SFTP handle being closed"));
+                }
+                Pending::Read {
+                    handle: handle.clone(),
+                    offset: *offset,
+                }
+            }
+            // Counted now, to the file the handle names. A handle no OPEN answered with
+            // (guessed ahead of the answer), or one being closed (whose number the target
+            // may give the next OPEN, pipelined behind it), would have the bytes counted
+            // to the wrong file or to none, and the recording's file summaries lie. No
+            // client sends either.
             Request::Write {
                 handle, offset, data, ..
-            } => {
-                if let Some(f) = self.files.get_mut(handle) {
+            } => match self.files.get_mut(handle) {
+                Some(f) if !self.closing.contains(handle) => {
                     f.written += data.len() as u64;
                     f.write_hash.feed(*offset, data);
+                    Pending::Other
                 }
-                Pending::Other
-            }
+                _ => return Err(SftpError::Malformed("write to an SFTP handle that is not open")),
+            },
             Request::Remove { path, .. } => change("remove", path, None),
             Request::Mkdir { path, .. } => change("mkdir", path, None),
             Request::Rmdir { path, .. } => change("rmdir", path, None),
@@ -272,6 +291,7 @@ impl SftpAudit {
                 }
             }
             (Pending::Close { handle }, _) => {
+                self.closing.remove(&handle);
                 if let Some(f) = self.files.remove(&handle) {
                     self.release(handle.len() + f.path.len());
                     out.push(f.summary());
@@ -530,6 +550,82 @@ mod tests {
         }
         assert_eq!(a.held, 0);
         assert!(a.pending.is_empty() && a.files.is_empty());
+    }
+
+    /// A handle being closed may be given to the next OPEN: a write sent through it
+    /// (pipelined behind both) would be counted to the file closed, and the new file's
+    /// summary would say nothing was written. Refused, as a write to a handle no OPEN
+    /// answered with.
+    #[test]
+    fn writes_through_a_handle_not_open_are_refused() {
+        let mut a = SftpAudit::default();
+        let h = b"\0\0\0\0".to_vec();
+        a.request(&Request::Open {
+            id: 1,
+            path: "/tmp/a".into(),
+            pflags: FXF_WRITE | FXF_CREAT,
+        })
+        .unwrap();
+        a.response(&Response::Handle {
+            id: 1,
+            handle: h.clone(),
+        })
+        .unwrap();
+        a.request(&Request::Close {
+            id: 2,
+            handle: h.clone(),
+        })
+        .unwrap();
+        a.request(&Request::Open {
+            id: 3,
+            path: "/home/u/.bashrc".into(),
+            pflags: FXF_WRITE | FXF_CREAT | FXF_TRUNC,
+        })
+        .unwrap();
+        let write = |id| Request::Write {
+            id,
+            handle: h.clone(),
+            offset: 0,
+            data: b"evil".to_vec(),
+        };
+        assert!(matches!(a.request(&write(4)), Err(SftpError::Malformed(m)) if m.contains("not open")));
+        assert!(a
+            .request(&Request::Read {
+                id: 5,
+                handle: h.clone(),
+                offset: 0,
+                len: 4
+            })
+            .is_err());
+        assert!(
+            a.request(&Request::Close {
+                id: 6,
+                handle: h.clone()
+            })
+            .is_err(),
+            "closed twice"
+        );
+        // A handle guessed before any OPEN answered with it.
+        assert!(SftpAudit::default().request(&write(7)).is_err());
+        // Once the CLOSE and the new OPEN are answered, the handle names the new file.
+        a.response(&status(2)).unwrap();
+        a.response(&Response::Handle {
+            id: 3,
+            handle: h.clone(),
+        })
+        .unwrap();
+        a.request(&write(8)).unwrap();
+        a.response(&status(8)).unwrap();
+        a.request(&Request::Close {
+            id: 9,
+            handle: h.clone(),
+        })
+        .unwrap();
+        let ev = a.response(&status(9)).unwrap();
+        assert!(
+            matches!(&ev[..], [Meta::SftpFile { path, bytes_written: 4, .. }] if path == "/home/u/.bashrc"),
+            "{ev:?}"
+        );
     }
 
     #[test]

@@ -257,7 +257,7 @@ fn client_config(d: &Path, user: &str, key: &Path, gw_port: u16) -> PathBuf {
         &p,
         format!(
             "Host gw\n  HostName 127.0.0.1\n  Port {gw_port}\n  User {user}\n\
-             Host web1 web-bad db1 db-wrongname\n  ProxyJump gw\n\
+             Host web1 drop1 web-bad db1 db-wrongname\n  ProxyJump gw\n\
              Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n\
              PasswordAuthentication no\n  KbdInteractiveAuthentication yes\n  BatchMode no\n  KexAlgorithms curve25519-sha256\n\
              ConnectTimeout 15\n  SendEnv HERSE_TEST_*\n",
@@ -2230,8 +2230,32 @@ fn a_write_only_sftp_role_cannot_read() {
         let stderr = stderr_until_closed(&mut sftp.ch).await;
         assert!(stderr.contains("extended data on a file-transfer channel"), "{stderr}");
     });
+    // A role that may run no command gets an upstream certificate forcing sshd's
+    // in-process SFTP server (never the login's shell and its startup files): stock
+    // scp, which speaks SFTP, works through it...
+    let local = w.d().join("drop.txt");
+    std::fs::write(&local, "dropped by scp\n").unwrap();
+    let by_scp = format!("{home}/herse-wo-scp-{}.txt", std::process::id());
+    ok(client("scp")
+        .arg("-F")
+        .arg(&w.bob)
+        .arg(&local)
+        .arg(format!("{OPS}@drop1:{by_scp}")));
+    assert_eq!(std::fs::read_to_string(&by_scp).unwrap(), "dropped by scp\n");
+    // ...while legacy scp, which runs through that shell, is refused by the gateway.
+    let legacy = format!("{home}/herse-wo-legacy-{}.txt", std::process::id());
+    let up = run(client("scp")
+        .arg("-O")
+        .arg("-F")
+        .arg(&w.bob)
+        .arg(&local)
+        .arg(format!("{OPS}@drop1:{legacy}")));
+    assert!(!up.status.success());
+    assert!(text(&up.stderr).contains("legacy scp"), "{}", text(&up.stderr));
+    assert!(!Path::new(&legacy).exists());
     let _ = std::fs::remove_file(&secret);
     let _ = std::fs::remove_file(&dropped);
+    let _ = std::fs::remove_file(&by_scp);
 }
 
 /// `ssh.ciphers` is what clients are offered, on the outer connection and the ProxyJump

@@ -260,7 +260,16 @@ impl Authorized {
         let need = |op: Operation| self.need(op);
         match request {
             Request::Shell => need(Operation::Shell),
-            // Legacy scp is a file transfer: the SFTP rights allow it (exec does too).
+            // Legacy scp is a file transfer: the SFTP rights allow it (exec does too),
+            // where the session may run commands at all (it runs through the login's
+            // shell on the target; see `runs_commands`).
+            Request::Exec(cmd) if !self.runs_commands() && session_recordings::scp::parse_command(cmd).is_some() => {
+                Err(
+                    "legacy scp (scp -O) runs through the login's shell on the target, which needs shell or exec; \
+                 use scp's default (SFTP) mode"
+                        .into(),
+                )
+            }
             Request::Exec(cmd) => match session_recordings::scp::parse_command(cmd) {
                 Some((session_recordings::scp::ScpDirection::Upload, _)) => {
                     need(Operation::SftpWrite).or_else(|_| need(Operation::Exec))
@@ -340,6 +349,15 @@ impl Authorized {
     }
     pub fn allows(&self, op: Operation) -> bool {
         self.operations.contains(&op)
+    }
+
+    /// Whether this session may run a command on the target (a shell or exec). When it
+    /// may not, its upstream certificate forces `internal-sftp`: sshd serves SFTP in its
+    /// own process, never through the login's shell, whose startup files (bash reads
+    /// `~/.bashrc` even for the commands sshd runs) the role's SFTP writes would
+    /// otherwise turn into commands that nobody records.
+    pub fn runs_commands(&self) -> bool {
+        self.allows(Operation::Shell) || self.allows(Operation::Exec)
     }
     /// A one-line account of the decision, for recordings and the audit log.
     pub fn describe(&self) -> String {
@@ -567,10 +585,22 @@ idle_timeout = "10m"
         );
         assert!(both.check_sftp(ReadWrite).is_ok());
 
-        assert!(get.check(&Request::Exec("scp -f /srv/x")).is_ok());
-        assert!(get.check(&Request::Exec("scp -t /srv/x")).is_err());
-        assert!(put.check(&Request::Exec("scp -t /srv/x")).is_ok());
-        assert!(put.check(&Request::Exec("scp -f /srv/x")).is_err());
+        // Legacy scp runs a shell on the target: only with the right to run commands.
+        let get_shell = alice_with(&p, &["web-get", "web-ops"], "web1", "deploy");
+        let put_shell = alice_with(&p, &["web-put", "web-ops"], "web1", "deploy");
+        for a in [&get, &put, &both] {
+            assert!(!a.runs_commands());
+            for scp in ["scp -f /srv/x", "scp -t /srv/x"] {
+                let e = a.check(&Request::Exec(scp)).unwrap_err();
+                assert!(e.contains("legacy scp"), "{e}");
+            }
+        }
+        assert!(get_shell.runs_commands());
+        assert!(get_shell.check(&Request::Exec("scp -f /srv/x")).is_ok());
+        assert!(get_shell.check(&Request::Exec("scp -t /srv/x")).is_err());
+        assert!(put_shell.check(&Request::Exec("scp -t /srv/x")).is_ok());
+        assert!(put_shell.check(&Request::Exec("scp -f /srv/x")).is_err());
+        let (get, put) = (get_shell, put_shell);
         // Commands a shell reads differently from the gateway are plain execs, which
         // neither role may run.
         for sly in [
