@@ -186,6 +186,14 @@ impl std::fmt::Display for VerifyReport {
 /// One verification at a time per process.
 static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
+/// Wait for this process's verification turn.
+async fn turn() -> Result<tokio::sync::SemaphorePermit<'static>, StoreError> {
+    VERIFYING
+        .acquire()
+        .await
+        .map_err(|_| StoreError::Refused("audit log verification is shutting down".into()))
+}
+
 /// Verify the whole log against `key` (the audit public key; take it from somewhere
 /// other than the database being verified when the database itself is in doubt), and
 /// that it still holds the event this node's `witness` names, as it was.
@@ -209,10 +217,7 @@ pub async fn verify_with_copies(
 ) -> Result<VerifyReport, StoreError> {
     let mut witnesses = vec![(WitnessOf::ThisNode, witness)];
     witnesses.extend(copies.into_iter().map(|(name, w)| (WitnessOf::Copy(name), w)));
-    let _turn = VERIFYING
-        .acquire()
-        .await
-        .map_err(|_| StoreError::Refused("audit log verification is shutting down".into()))?;
+    let _turn = turn().await?;
     Ok(walk_witnessed(store, key, Anchor::genesis(), witnesses, |_| {})
         .await?
         .report)
@@ -267,10 +272,7 @@ pub async fn verify_from(
     witness: Witnessed,
     visit: impl FnMut(&AuditRow) + Send + 'static,
 ) -> Result<Continued, StoreError> {
-    let _turn = VERIFYING
-        .acquire()
-        .await
-        .map_err(|_| StoreError::Refused("audit log verification is shutting down".into()))?;
+    let _turn = turn().await?;
     walk_now(store, key, from, witness, visit).await
 }
 

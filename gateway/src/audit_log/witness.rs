@@ -107,12 +107,32 @@ pub fn copy_from_text(name: &str, text: &str) -> (String, Witnessed) {
     let said = if text.len() as u64 > MAX_LEN {
         Witnessed::Unusable(format!("{clean} is longer than a witness line"))
     } else {
-        match parse(text) {
-            Some(c) => Witnessed::Checkpoint(c),
-            None => Witnessed::Unusable(format!("{clean} is not a witness line")),
-        }
+        said(text, &clean)
     };
     (clean, said)
+}
+
+/// What a witness line, read from `name`, says.
+fn said(text: &str, name: &str) -> Witnessed {
+    match parse(text) {
+        Some(c) => Witnessed::Checkpoint(c),
+        None => Witnessed::Unusable(format!("{name} is not a witness line")),
+    }
+}
+
+/// A file of this directory's kind, at most [`MAX_LEN`] + 1 bytes of it (more cannot
+/// parse); `None` when there is none.
+fn read_bounded(path: &Path) -> Result<Option<String>, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(cannot(e)),
+    };
+    let mut text = String::new();
+    file.take(MAX_LEN + 1).read_to_string(&mut text).map_err(cannot)?;
+    Ok(Some(text))
 }
 
 /// The longest text read as a witness line.
@@ -130,19 +150,10 @@ impl Witness {
     }
 
     pub fn read(&self) -> Witnessed {
-        use std::io::Read;
-        let file = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Witnessed::Nothing,
-            Err(e) => return Witnessed::Unusable(format!("cannot read {}: {e}", self.path.display())),
-        };
-        let mut text = String::new();
-        if let Err(e) = file.take(MAX_LEN + 1).read_to_string(&mut text) {
-            return Witnessed::Unusable(format!("cannot read {}: {e}", self.path.display()));
-        }
-        match parse(&text) {
-            Some(c) => Witnessed::Checkpoint(c),
-            None => Witnessed::Unusable(format!("{} is not a witness line", self.path.display())),
+        match read_bounded(&self.path) {
+            Ok(None) => Witnessed::Nothing,
+            Ok(Some(text)) => said(&text, &self.path.display().to_string()),
+            Err(e) => Witnessed::Unusable(e),
         }
     }
 
@@ -160,17 +171,10 @@ impl Witness {
     /// no witness, and this is what shows that they were rewritten before the refusal's
     /// cause was undone. `Ok(None)` when there is no file.
     pub fn read_seen(&self) -> Result<Option<super::Anchor>, String> {
-        use std::io::Read;
         let path = self.seen_path();
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        let Some(text) = read_bounded(&path)? else {
+            return Ok(None);
         };
-        let mut text = String::new();
-        file.take(MAX_LEN + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let bad = || {
             format!(
                 "{} is not a line of the form `{SEEN_MAGIC} <seq> <hash>`",
@@ -179,14 +183,8 @@ impl Witness {
         };
         let body = text.strip_suffix('\n').ok_or_else(bad)?;
         let mut f = body.split(' ');
-        match (f.next(), f.next(), f.next(), f.next()) {
-            (Some(SEEN_MAGIC), Some(seq), Some(hash), None)
-                if is_hex(hash, 64)
-                    && !seq.is_empty()
-                    && seq.len() <= 19
-                    && seq.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                let seq = seq.parse::<i64>().map_err(|_| bad())?;
+        match (f.next(), f.next().and_then(decimal), f.next(), f.next()) {
+            (Some(SEEN_MAGIC), Some(seq), Some(hash), None) if is_hex(hash, 64) => {
                 Ok((seq > 0).then(|| super::Anchor {
                     seq,
                     hash: hash.to_owned(),
@@ -227,6 +225,13 @@ fn line(c: &AuditCheckpoint) -> String {
     format!("{MAGIC} {} {} {} {}\n", c.seq, c.hash, c.signed_at, c.signature)
 }
 
+/// A non-negative decimal `i64`, digits only.
+fn decimal(s: &str) -> Option<i64> {
+    (!s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse::<i64>().ok())
+        .flatten()
+}
+
 /// `len` lowercase hex digits.
 fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -239,16 +244,11 @@ fn parse(text: &str) -> Option<AuditCheckpoint> {
     if f.next().is_some() || magic != MAGIC || !is_hex(hash, 64) || !is_hex(signature, 128) {
         return None;
     }
-    let number = |s: &str| {
-        (!s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse::<i64>().ok())
-            .flatten()
-    };
-    let seq = number(seq).filter(|s| *s > 0)?;
+    let seq = decimal(seq).filter(|s| *s > 0)?;
     Some(AuditCheckpoint {
         seq,
         hash: hash.to_owned(),
-        signed_at: number(signed_at)?,
+        signed_at: decimal(signed_at)?,
         node: String::new(),
         signature: signature.to_owned(),
     })
