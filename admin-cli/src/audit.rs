@@ -185,14 +185,11 @@ pub async fn verify(cli: &Cli, public_key: Option<&str>, witness_files: &[std::p
 /// A witness file's text, or a usage error naming it. A file longer than a witness line
 /// is read only that far and sent as it is: the verification reports it unusable.
 fn read_witness_copy(path: &std::path::Path) -> Result<String, Failure> {
-    use std::io::Read;
-    let cannot = |e: std::io::Error| usage(format!("--witness {}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let mut bytes = Vec::new();
-    file.take(audit_log::MAX_WITNESS_LINE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(cannot)?;
-    String::from_utf8(bytes).map_err(|_| usage(format!("--witness {}: not a witness line (not text)", path.display())))
+    match audit_log::read_witness_file(path) {
+        Ok(Some(text)) => Ok(text),
+        Ok(None) => Err(usage(format!("--witness {}: no such file", path.display()))),
+        Err(e) => Err(usage(format!("--witness: {e}"))),
+    }
 }
 
 fn json_line(r: &AuditRow) -> String {

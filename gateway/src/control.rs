@@ -174,7 +174,6 @@ pub enum Call {
     RecordingsPurge,
 }
 
-/// A secret in a call (a password): redacted `Debug`, zeroized on drop.
 /// A copy of a witness file handed to a verification: the name the caller knows it by,
 /// and its text (read on the caller's side; the gateway reads no file for a caller).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -186,6 +185,7 @@ pub struct WitnessCopy {
 /// The most witness copies one verification takes (a cluster's nodes, with room).
 pub const MAX_WITNESS_COPIES: usize = 64;
 
+/// A secret in a call (a password): redacted `Debug`, zeroized on drop.
 #[derive(Clone, Default)]
 pub struct Secret(zeroize::Zeroizing<String>);
 

@@ -23,7 +23,7 @@ pub use checkpoint::{
     RETRY_AT_MOST,
 };
 pub use verify::{verify, verify_from, verify_with_copies, Anchor, Continued, Problem, VerifyReport};
-pub use witness::{copy_from_text, Witness, WitnessOf, Witnessed, MAX_LINE as MAX_WITNESS_LINE};
+pub use witness::{copy_from_text, read_bounded as read_witness_file, Witness, WitnessOf, Witnessed};
 
 use crate::store::{AuditFilter, AuditRow, Store, StoreError};
 

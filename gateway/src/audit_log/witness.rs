@@ -120,9 +120,10 @@ fn said(text: &str, name: &str) -> Witnessed {
     }
 }
 
-/// A file of this directory's kind, at most [`MAX_LEN`] + 1 bytes of it (more cannot
-/// parse); `None` when there is none.
-fn read_bounded(path: &Path) -> Result<Option<String>, String> {
+/// A witness (or `audit_seen`) file as text, at most [`MAX_LEN`] + 1 bytes of it (more
+/// cannot parse); `None` when there is none. `hersectl audit verify --witness` reads
+/// copies with it too.
+pub fn read_bounded(path: &Path) -> Result<Option<String>, String> {
     use std::io::Read;
     let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
     let file = match std::fs::File::open(path) {
@@ -134,9 +135,6 @@ fn read_bounded(path: &Path) -> Result<Option<String>, String> {
     file.take(MAX_LEN + 1).read_to_string(&mut text).map_err(cannot)?;
     Ok(Some(text))
 }
-
-/// The longest text read as a witness line.
-pub const MAX_LINE: u64 = MAX_LEN;
 
 impl Witness {
     pub fn in_dir(data_dir: &Path) -> Witness {
