@@ -6,7 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use anyhow::Result;
@@ -42,8 +43,36 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A loopback TCP port nothing listens on, for a server a test starts next.
+///
+/// It is taken below the kernel's ephemeral range. A port from `bind(0)` is free only until
+/// the kernel hands it to the next outgoing connection, and tests running at the same time
+/// make many (to targets, to the portal); one of them taking the port before the server
+/// binds it fails that server's start, as it once did in CI. Ports below the range are
+/// never handed out that way, and a counter keeps this process's tests apart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static FIRST: OnceLock<u32> = OnceLock::new();
+    const LOW: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low < LOW + 1_000 {
+        return TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    }
+    let span = ephemeral_low - LOW;
+    // Successive test binaries start at different places, away from ports the one before
+    // may have left in TIME_WAIT.
+    let first = *FIRST.get_or_init(|| std::process::id().wrapping_mul(7_919) % span);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (first + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {ephemeral_low}");
 }
 
 pub fn run(cmd: &mut Command) -> Output {
@@ -312,10 +341,21 @@ impl Gateway {
             match self.stderr_lines.recv_timeout(left) {
                 Ok(l) if l.contains(needle) => return l,
                 Ok(_) => {}
-                Err(_) => panic!(
-                    "gateway never printed {needle:?}; see {}",
-                    self.dir.join("herse.log").display()
-                ),
+                Err(why) => {
+                    // CI keeps only the test's output, not its directory: show the log's end.
+                    let log = self.dir.join("herse.log");
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                    let state = match why {
+                        mpsc::RecvTimeoutError::Timeout => "still running",
+                        mpsc::RecvTimeoutError::Disconnected => "exited",
+                    };
+                    panic!(
+                        "gateway never printed {needle:?} ({state}); the end of {}:\n{tail}",
+                        log.display()
+                    )
+                }
             }
         }
     }
