@@ -544,6 +544,7 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
     let Summary {
         execs,
         sftp,
+        files,
         denied,
         recorded_end,
         bytes,
@@ -551,7 +552,7 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
     let unauthenticated = (!tail.is_empty()).then(|| {
         let t = summarise(tail);
         serde_json::json!({
-            "events": tail.len(), "execs": t.execs, "sftp": t.sftp, "denied": t.denied,
+            "events": tail.len(), "execs": t.execs, "sftp": t.sftp, "files": t.files, "denied": t.denied,
             "recorded_end_reason": t.recorded_end, "bytes": t.bytes,
         })
     });
@@ -562,7 +563,7 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
         "role": header.role, "grant": header.grant, "decision": header.decision,
         "started": output::time(header.started_at_micros as i64), "ended": row.ended_at.map(output::time), "end_reason": row.end_reason,
         "recorded_end_reason": recorded_end,
-        "verification": status, "events": vouched.len(), "bytes": bytes, "execs": execs, "sftp": sftp, "denied": denied,
+        "verification": status, "events": vouched.len(), "bytes": bytes, "execs": execs, "sftp": sftp, "files": files, "denied": denied,
         "unauthenticated_tail": unauthenticated,
         "file": row.recording,
     });
@@ -590,6 +591,8 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
 struct Summary {
     execs: Vec<String>,
     sftp: Vec<String>,
+    /// Files moved by legacy scp.
+    files: Vec<String>,
     denied: Vec<String>,
     recorded_end: Option<String>,
     bytes: HashMap<&'static str, u64>,
@@ -598,6 +601,7 @@ struct Summary {
 fn summarise(events: &[Event]) -> Summary {
     let mut execs = Vec::new();
     let mut sftp = Vec::new();
+    let mut files = Vec::new();
     let mut denied = Vec::new();
     let mut recorded_end = None;
     let mut bytes = HashMap::<&'static str, u64>::new();
@@ -641,13 +645,38 @@ fn summarise(events: &[Event]) -> Summary {
                         op,
                         path,
                         target,
+                        detail,
                         outcome,
                         ..
                     },
                 ..
-            } if op != "open" => sftp.push(format!(
-                "{op} {path}{} -> {outcome}",
-                target.as_ref().map(|t| format!(" {t}")).unwrap_or_default()
+            } if op != "open" || detail.is_some() => sftp.push(format!(
+                "{op} {path}{}{} -> {outcome}",
+                target.as_ref().map(|t| format!(" {t}")).unwrap_or_default(),
+                detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+            )),
+            Event::Meta {
+                meta:
+                    Meta::FileTransfer {
+                        protocol,
+                        upload,
+                        path,
+                        sent_as,
+                        bytes,
+                        sha256,
+                    },
+                ..
+            } => files.push(format!(
+                "{protocol} {} {path}{}: {bytes} B{}",
+                if *upload { "upload" } else { "download" },
+                sent_as.as_ref().map(|n| format!(" (sent as {n})")).unwrap_or_default(),
+                sha256.as_ref().map(|h| format!(" (sha256 {h})")).unwrap_or_default()
+            )),
+            Event::Meta {
+                meta: Meta::Untracked { protocol, reason },
+                ..
+            } => files.push(format!(
+                "{protocol}: files after this point are not listed (their bytes are recorded): {reason}"
             )),
             Event::Meta {
                 meta: Meta::Denied { request, reason },
@@ -667,6 +696,7 @@ fn summarise(events: &[Event]) -> Summary {
     Summary {
         execs,
         sftp,
+        files,
         denied,
         recorded_end,
         bytes,
@@ -1029,12 +1059,27 @@ fn transcript(events: &[Event]) -> String {
                         op,
                         path,
                         target,
+                        detail,
                         outcome,
                         ..
                     } => Some(format!(
-                        "[sftp {op} {path}{} -> {outcome}]",
-                        target.as_ref().map(|t| format!(" {t}")).unwrap_or_default()
+                        "[sftp {op} {path}{}{} -> {outcome}]",
+                        target.as_ref().map(|t| format!(" {t}")).unwrap_or_default(),
+                        detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
                     )),
+                    Meta::FileTransfer {
+                        protocol,
+                        upload,
+                        path,
+                        sent_as,
+                        bytes,
+                        ..
+                    } => Some(format!(
+                        "[{protocol} {} {path}{}: {bytes} B]",
+                        if *upload { "upload" } else { "download" },
+                        sent_as.as_ref().map(|n| format!(" (sent as {n})")).unwrap_or_default()
+                    )),
+                    Meta::Untracked { protocol, reason } => Some(format!("[{protocol} no longer followed: {reason}]")),
                     Meta::SftpFile {
                         path,
                         bytes_read,

@@ -438,6 +438,15 @@ fn searchable(e: &Event) -> Option<(u64, String, Option<Stream>)> {
             format!("{path} {}", target.clone().unwrap_or_default()),
             None,
         )),
+        Event::Meta {
+            t_micros,
+            meta: Meta::FileTransfer { path, sent_as, .. },
+            ..
+        } => Some((
+            *t_micros,
+            format!("{path} {}", sent_as.clone().unwrap_or_default()),
+            None,
+        )),
         _ => None,
     }
 }
@@ -498,6 +507,50 @@ pub fn strip_ansi(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Commands, SFTP paths and the files legacy scp moved are found by name, as well as
+    /// the terminal's text.
+    #[test]
+    fn searches_see_commands_and_every_kind_of_file_name() {
+        let meta = |meta| Event::Meta {
+            t_micros: 7,
+            channel: 0,
+            meta,
+        };
+        let found = |e: Event| searchable(&e).map(|(_, text, _)| text);
+        assert_eq!(
+            found(meta(Meta::Exec {
+                command: "uptime".into()
+            }))
+            .as_deref(),
+            Some("uptime")
+        );
+        assert_eq!(
+            found(meta(Meta::SftpOp {
+                op: "rename".into(),
+                path: "/srv/a".into(),
+                target: Some("/srv/b".into()),
+                flags: None,
+                detail: None,
+                outcome: "ok".into(),
+            }))
+            .as_deref(),
+            Some("/srv/a /srv/b")
+        );
+        assert_eq!(
+            found(meta(Meta::FileTransfer {
+                protocol: "scp".into(),
+                upload: false,
+                path: "/srv/drop".into(),
+                sent_as: Some("shadow".into()),
+                bytes: 1,
+                sha256: None,
+            }))
+            .as_deref(),
+            Some("/srv/drop shadow")
+        );
+        assert_eq!(found(meta(Meta::Shell)), None);
+    }
 
     /// Listing and scanning read the table a page at a time, and still see every row.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -563,9 +563,9 @@ async fn client_to_target(
         }
         ChannelMsg::Exec { command, .. } => {
             let text = String::from_utf8_lossy(&command).into_owned();
-            if let Some((direction, path)) = scp::parse_command(&text) {
+            if let Some(command) = scp::parse_command(&text) {
                 *chan.scp.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((direction, ScpTracker::new(direction, path)));
+                    Some((command.direction, ScpTracker::new(command)));
             }
             rec.meta(id, &Meta::Exec { command: text })?;
             up.exec(chan.want_reply(Due::Start("exec".into())), command).await?;

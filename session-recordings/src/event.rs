@@ -133,6 +133,11 @@ pub enum Meta {
         path: String,
         target: Option<String>,
         flags: Option<u32>,
+        /// What the operation sets or moves beyond its paths: the attributes of a
+        /// setstat, a mkdir or a creating open (`mode 4755, owner 0:0`), or the range of
+        /// a copy-data. Absent in recordings made before it existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
         outcome: String,
     },
     /// A file handle closed: what was transferred through it.
@@ -150,9 +155,21 @@ pub enum Meta {
     FileTransfer {
         protocol: String,
         upload: bool,
+        /// Where the file is on the target.
         path: String,
+        /// For an upload into a path that may or may not be an existing directory: the
+        /// name the sender gave the file. The file is at `path`, or at `path/sent_as`
+        /// if `path` was a directory. Absent when `path` is certain.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sent_as: Option<String>,
         bytes: u64,
         sha256: Option<String>,
+    },
+    /// A file stream (legacy scp) stopped making sense to the gateway: the files after
+    /// this point have no `FileTransfer` summary. Their bytes are still recorded.
+    Untracked {
+        protocol: String,
+        reason: String,
     },
     /// A request refused by policy; nothing of it reached the target.
     Denied {

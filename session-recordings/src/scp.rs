@@ -14,6 +14,16 @@ pub enum ScpDirection {
     Download,
 }
 
+/// A legacy scp command the gateway follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScpCommand {
+    pub direction: ScpDirection,
+    /// The path on the target, as the command names it.
+    pub path: String,
+    /// `-d`: the client sends several files, so the path must be a directory.
+    pub into_directory: bool,
+}
+
 /// The server side of a legacy scp transfer, exactly as OpenSSH's scp client asks for it:
 /// `scp [-v] [-r] [-p] [-d] -t|-f [--] PATH`, words split by single spaces, `--` only
 /// (and always) before a path that starts with `-`. Anything else is not scp and is
@@ -24,7 +34,7 @@ pub enum ScpDirection {
 /// only of characters no shell treats specially (letters and digits, `. _ / + - , : @`):
 /// no quoting, globbing, expansion, or whitespace other than the space the shells split
 /// on. Paths with other characters fall back to exec, or to scp's SFTP mode.
-pub fn parse_command(command: &str) -> Option<(ScpDirection, String)> {
+pub fn parse_command(command: &str) -> Option<ScpCommand> {
     let mut words = command.split(' ');
     if words.next()? != "scp" {
         return None;
@@ -47,11 +57,19 @@ pub fn parse_command(command: &str) -> Option<(ScpDirection, String)> {
     if words.next().is_some() || path.is_empty() || !path.chars().all(plain) {
         return None;
     }
-    Some((direction, path.to_owned()))
+    Some(ScpCommand {
+        direction,
+        path: path.to_owned(),
+        into_directory: flags.contains(&"-d"),
+    })
 }
 
 enum State {
+    /// A control line, read up to its newline.
     Line(Vec<u8>),
+    /// A message being skipped: a warning (`\x01`), after which the transfer goes on, or
+    /// a fatal error, after which the receiver exits.
+    Message { len: usize, fatal: bool },
     Data {
         name: String,
         left: u64,
@@ -60,74 +78,126 @@ enum State {
     },
     /// The status byte that follows a file's data.
     Trailer,
+    /// The receiving scp has stopped reading (a fatal error, the end of the top
+    /// directory). A receiver that is not OpenSSH's might read on, so bytes after this
+    /// are not followed and the recording says so.
+    Ended,
+    /// No longer followed (see [`Meta::Untracked`]).
+    Done,
 }
 
-/// Follows the data-carrying direction of an scp stream.
+/// Follows the data-carrying direction of an scp stream, reading it as OpenSSH's
+/// receiving side (`sink`) does, so that a file is recorded exactly when that side
+/// would write it.
 pub struct ScpTracker {
     direction: ScpDirection,
     target: String,
+    /// Whether the files land inside `target` (see [`ScpTracker::path`]).
+    into_target: bool,
     dirs: Vec<String>,
     state: State,
-    broken: bool,
 }
 
-const MAX_LINE: usize = 8192;
-/// Directories deep a stream is followed (each level is a line of up to [`MAX_LINE`]).
+/// The longest line OpenSSH's scp reads whole (its buffer is 2048 bytes, with the
+/// newline and a NUL); it reads a longer one as two.
+const MAX_LINE: usize = 2046;
+/// Directories deep a stream is followed.
 const MAX_DEPTH: usize = 256;
+/// The largest size scp accepts (an `off_t`).
+const MAX_SIZE: u64 = i64::MAX as u64;
 
 impl ScpTracker {
-    pub fn new(direction: ScpDirection, target: String) -> Self {
+    pub fn new(command: ScpCommand) -> Self {
+        let ScpCommand {
+            direction,
+            path,
+            into_directory,
+        } = command;
+        let into_target = direction == ScpDirection::Upload
+            && (into_directory || path.ends_with('/') || path == "." || path.ends_with("/."));
+        let target = match path.trim_end_matches('/') {
+            "" if path.starts_with('/') => "/".to_owned(),
+            t => t.to_owned(),
+        };
         ScpTracker {
             direction,
             target,
+            into_target,
             dirs: Vec::new(),
             state: State::Line(Vec::new()),
-            broken: false,
         }
     }
 
-    fn path(&self, name: &str) -> String {
-        let mut p = self.target.clone();
-        for d in &self.dirs {
-            p.push('/');
-            p.push_str(d);
+    /// Where the file `name` of the current directory lands on the target, and, when
+    /// that depends on what the target has, the name the sender gave it.
+    ///
+    /// A download's first record is the target path itself (the sender names it by its
+    /// last component). An upload's lands inside the target when that must be a
+    /// directory (`-d`, a trailing `/`, `.`); otherwise it becomes the target, unless
+    /// the target is an existing directory, which only the target knows: then the path
+    /// is the target's and `sent_as` says what the sender called it.
+    fn path(&self, name: &str) -> (String, Option<String>) {
+        let mut below: Vec<&str> = self.dirs.iter().map(String::as_str).collect();
+        below.push(name);
+        let sent_as = below.join("/");
+        let mut path = self.target.clone();
+        for part in &below[usize::from(!self.into_target)..] {
+            if !path.ends_with('/') {
+                path.push('/');
+            }
+            path.push_str(part);
         }
-        if self.direction == ScpDirection::Upload || !self.dirs.is_empty() {
-            p.push('/');
-            p.push_str(name);
-        }
-        p
+        let ambiguous = self.direction == ScpDirection::Upload && !self.into_target;
+        (path, ambiguous.then_some(sent_as))
     }
 
     /// Feed bytes of the data-carrying direction; returns finished transfers. A stream
-    /// that stops making sense is no longer followed (the raw bytes stay recorded).
+    /// that stops making sense is no longer followed, and says so once with
+    /// [`Meta::Untracked`] (the raw bytes stay recorded).
     pub fn feed(&mut self, mut data: &[u8]) -> Vec<Meta> {
         let mut out = Vec::new();
-        while !data.is_empty() && !self.broken {
+        while let Some(&first) = data.first() {
             match &mut self.state {
+                State::Done => break,
+                // What starts a line: a message, or the control record itself.
+                State::Line(line) if line.is_empty() && matches!(first, 1 | 2) => {
+                    self.state = State::Message {
+                        len: 0,
+                        fatal: first == 2,
+                    };
+                    data = &data[1..];
+                }
+                State::Ended => self.lose(&mut out, "bytes after the receiving scp stopped reading".into()),
                 State::Line(line) => {
                     let (chunk, rest, done) = match data.iter().position(|b| *b == b'\n') {
                         Some(i) => (&data[..i], &data[i + 1..], true),
                         None => (data, &[][..], false),
                     };
-                    // A status byte (0) before a control line is an acknowledgement.
-                    let chunk: Vec<u8> = if line.is_empty() {
-                        chunk.iter().copied().skip_while(|b| *b == 0).collect()
-                    } else {
-                        chunk.to_vec()
-                    };
-                    line.extend_from_slice(&chunk);
+                    line.extend_from_slice(chunk);
                     data = rest;
                     if line.len() > MAX_LINE {
-                        self.broken = true;
-                        break;
-                    }
-                    if done {
+                        self.lose(&mut out, format!("a control line longer than {MAX_LINE} bytes"));
+                    } else if done {
                         let text = String::from_utf8_lossy(line).into_owned();
                         self.state = State::Line(Vec::new());
-                        self.control(&text);
+                        if let Err(reason) = self.control(&text) {
+                            self.lose(&mut out, reason);
+                        }
                     }
                 }
+                State::Message { len, fatal } => match data.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        data = &data[i + 1..];
+                        self.state = if *fatal { State::Ended } else { State::Line(Vec::new()) };
+                    }
+                    None => {
+                        *len += data.len();
+                        data = &[];
+                        if *len > MAX_LINE {
+                            self.lose(&mut out, format!("a message longer than {MAX_LINE} bytes"));
+                        }
+                    }
+                },
                 State::Data { left, hasher, .. } => {
                     let n = (*left).min(data.len() as u64) as usize;
                     hasher.update(&data[..n]);
@@ -137,57 +207,94 @@ impl ScpTracker {
                         if let State::Data { name, size, hasher, .. } =
                             std::mem::replace(&mut self.state, State::Trailer)
                         {
+                            let (path, sent_as) = self.path(&name);
                             out.push(Meta::FileTransfer {
                                 protocol: "scp".into(),
                                 upload: self.direction == ScpDirection::Upload,
-                                path: self.path(&name),
+                                path,
+                                sent_as,
                                 bytes: size,
                                 sha256: Some(hex::encode(hasher.finalize())),
                             });
                         }
                     }
                 }
+                // 0: the file is whole; 1: the sender could not read all of it (the
+                // receiver keeps what came and goes on); anything else starts a message
+                // after which the receiver exits.
                 State::Trailer => {
+                    self.state = match first {
+                        0 => State::Line(Vec::new()),
+                        _ => State::Message {
+                            len: 0,
+                            fatal: first != 1,
+                        },
+                    };
                     data = &data[1..];
-                    self.state = State::Line(Vec::new());
                 }
             }
         }
         out
     }
 
-    fn control(&mut self, line: &str) {
-        let mut parts = line.splitn(3, ' ');
-        let head = parts.next().unwrap_or("");
-        match head.chars().next() {
-            Some('C') => {
-                let size = parts.next().and_then(|s| s.parse::<u64>().ok());
-                let name = parts.next().map(str::to_owned);
-                match (size, name) {
-                    // A zero-length file finishes when its trailer byte arrives.
-                    (Some(size), Some(name)) if !name.contains('/') => {
-                        self.state = State::Data {
-                            name,
-                            left: size,
-                            size,
-                            hasher: Sha256::new(),
-                        };
+    /// Stop following the stream, and say why.
+    fn lose(&mut self, out: &mut Vec<Meta>, reason: String) {
+        self.state = State::Done;
+        out.push(Meta::Untracked {
+            protocol: "scp".into(),
+            reason,
+        });
+    }
+
+    /// A control record, checked as OpenSSH's receiving scp checks it: a record it would
+    /// refuse ends the stream there, as it ends the receiver.
+    fn control(&mut self, line: &str) -> Result<(), String> {
+        let refused = |why: &str| {
+            let shown: String = line.chars().take(80).collect();
+            Err(format!("{why}: {shown:?}"))
+        };
+        let Some(kind) = line.chars().next() else {
+            return refused("an empty control line");
+        };
+        match kind {
+            // The end of a directory; at the top, the end of the receiver.
+            'E' => {
+                if self.dirs.pop().is_none() {
+                    self.state = State::Ended;
+                }
+            }
+            'T' => {}
+            'C' | 'D' => {
+                let rest = &line[1..];
+                let mode_ok = rest.len() > 4 && rest.as_bytes()[..4].iter().all(|b| (b'0'..=b'7').contains(b));
+                let Some((size, name)) = rest.get(4..).and_then(|r| r.strip_prefix(' ')?.split_once(' ')) else {
+                    return refused("a record scp does not read");
+                };
+                let size = match size.parse::<u64>() {
+                    Ok(n) if mode_ok && size.bytes().all(|b| b.is_ascii_digit()) && n <= MAX_SIZE => n,
+                    _ => return refused("a record scp does not read"),
+                };
+                if name.is_empty() || name.contains('/') || name == ".." {
+                    return refused("a file name scp refuses");
+                }
+                if kind == 'D' {
+                    if self.dirs.len() >= MAX_DEPTH {
+                        return refused(&format!("directories nested deeper than {MAX_DEPTH}"));
                     }
-                    _ => self.broken = true,
+                    self.dirs.push(name.to_owned());
+                } else {
+                    // A zero-length file finishes when its trailer byte arrives.
+                    self.state = State::Data {
+                        name: name.to_owned(),
+                        left: size,
+                        size,
+                        hasher: Sha256::new(),
+                    };
                 }
             }
-            Some('D') => match parts.nth(1) {
-                Some(name) if !name.contains('/') && name != ".." && self.dirs.len() < MAX_DEPTH => {
-                    self.dirs.push(name.to_owned())
-                }
-                _ => self.broken = true,
-            },
-            Some('E') => {
-                self.dirs.pop();
-            }
-            Some('T') => {}
-            _ => self.broken = true,
+            _ => return refused("not a control record"),
         }
+        Ok(())
     }
 }
 
@@ -195,29 +302,42 @@ impl ScpTracker {
 mod tests {
     use super::*;
 
+    fn cmd(direction: ScpDirection, path: &str, into_directory: bool) -> Option<ScpCommand> {
+        Some(ScpCommand {
+            direction,
+            path: path.into(),
+            into_directory,
+        })
+    }
+
+    /// Uploads into a directory the command makes certain (`/` at the end).
+    fn tracker(direction: ScpDirection, path: &str) -> ScpTracker {
+        ScpTracker::new(cmd(direction, path, false).unwrap())
+    }
+
     #[test]
     fn commands_are_parsed_strictly() {
         assert_eq!(
             parse_command("scp -t /tmp/x"),
-            Some((ScpDirection::Upload, "/tmp/x".into()))
+            cmd(ScpDirection::Upload, "/tmp/x", false)
         );
         assert_eq!(
             parse_command("scp -r -p -f dir"),
-            Some((ScpDirection::Download, "dir".into()))
+            cmd(ScpDirection::Download, "dir", false)
         );
-        assert_eq!(parse_command("scp -t ."), Some((ScpDirection::Upload, ".".into())));
+        assert_eq!(parse_command("scp -t ."), cmd(ScpDirection::Upload, ".", false));
         // What OpenSSH's scp sends, every flag on; `--` before a path that starts with -.
         assert_eq!(
             parse_command("scp -v -r -p -d -t /srv/app/releases"),
-            Some((ScpDirection::Upload, "/srv/app/releases".into()))
+            cmd(ScpDirection::Upload, "/srv/app/releases", true)
         );
         assert_eq!(
             parse_command("scp -f -- -odd-name"),
-            Some((ScpDirection::Download, "-odd-name".into()))
+            cmd(ScpDirection::Download, "-odd-name", false)
         );
         assert_eq!(
             parse_command("scp -f données/été.txt"),
-            Some((ScpDirection::Download, "données/été.txt".into()))
+            cmd(ScpDirection::Download, "données/été.txt", false)
         );
         for bad in [
             // Words the target's shell splits differently: vertical tab, form feed and
@@ -259,43 +379,177 @@ mod tests {
         }
     }
 
+    fn untracked(ev: &[Meta]) -> Vec<&str> {
+        ev.iter()
+            .filter_map(|m| match m {
+                Meta::Untracked { reason, .. } => Some(reason.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn files(ev: &[Meta]) -> Vec<(&str, u64)> {
+        ev.iter()
+            .filter_map(|m| match m {
+                Meta::FileTransfer { path, bytes, .. } => Some((path.as_str(), *bytes)),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn upload_stream_yields_path_size_hash() {
-        let mut t = ScpTracker::new(ScpDirection::Upload, "/home/u".into());
-        let mut stream = b"C0644 11 hello.txt\nhello world\0D0755 0 sub\nC0600 3 a\nabc\0E\n".to_vec();
-        stream.insert(0, 0);
+        let mut t = tracker(ScpDirection::Upload, "/home/u/");
+        let stream = b"C0644 11 hello.txt\nhello world\0D0755 0 sub\nT1 0 2 0\nC0600 3 a\nabc\0C0600 0 empty\n\0E\n";
         let mut ev = Vec::new();
         for piece in stream.chunks(4) {
             ev.extend(t.feed(piece));
         }
-        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(ev.len(), 3, "{ev:?}");
         assert!(
             matches!(&ev[0], Meta::FileTransfer { path, bytes: 11, sha256: Some(h), upload: true, .. }
             if path == "/home/u/hello.txt" && *h == hex::encode(Sha256::digest(b"hello world")))
         );
-        assert!(matches!(&ev[1], Meta::FileTransfer { path, bytes: 3, .. } if path == "/home/u/sub/a"));
+        assert_eq!(files(&ev)[1..], [("/home/u/sub/a", 3), ("/home/u/sub/empty", 0)]);
+    }
+
+    /// Where each file lands, as the receiving scp decides it.
+    #[test]
+    fn paths_are_where_the_receiver_puts_the_files() {
+        let landed = |command: &str, stream: &[u8]| -> Vec<(String, Option<String>)> {
+            let mut t = ScpTracker::new(parse_command(command).unwrap());
+            t.feed(stream)
+                .into_iter()
+                .filter_map(|m| match m {
+                    Meta::FileTransfer { path, sent_as, .. } => Some((path, sent_as)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let one = b"C0644 1 local.txt\nx\0";
+        let tree = b"D0755 0 tree\nC0644 1 f\nx\0D0755 0 sub\nC0644 1 g\nx\0E\nE\n";
+        let at = |p: &str| (p.to_owned(), None);
+        // Into a path that must be a directory.
+        for into in ["scp -d -t /srv/in", "scp -t /srv/in/", "scp -t /srv/in//"] {
+            assert_eq!(landed(into, one), [at("/srv/in/local.txt")], "{into}");
+        }
+        assert_eq!(landed("scp -t .", one), [at("./local.txt")]);
+        assert_eq!(landed("scp -t /", one), [at("/local.txt")]);
+        assert_eq!(
+            landed("scp -r -d -t /srv/in", tree),
+            [at("/srv/in/tree/f"), at("/srv/in/tree/sub/g")]
+        );
+        // Into a path that is a directory only if the target has one there: the path,
+        // and the sender's names.
+        assert_eq!(
+            landed("scp -t /srv/new.txt", one),
+            [("/srv/new.txt".into(), Some("local.txt".into()))]
+        );
+        assert_eq!(
+            landed("scp -r -t /srv/copy", tree),
+            [
+                ("/srv/copy/f".into(), Some("tree/f".into())),
+                ("/srv/copy/sub/g".into(), Some("tree/sub/g".into()))
+            ]
+        );
+        // A download's first record is the path asked for.
+        assert_eq!(landed("scp -f /etc/hosts", b"C0644 1 hosts\nx\0"), [at("/etc/hosts")]);
+        assert_eq!(
+            landed("scp -r -f /srv/tree/", tree),
+            [at("/srv/tree/f"), at("/srv/tree/sub/g")]
+        );
+    }
+
+    /// A file the sender cannot read is a warning (`\x01`), in place of a record or of
+    /// the byte after a file's data; the files after it are still recorded. A fatal
+    /// error (`\x02`), or any other byte after a file's data, ends the receiver.
+    #[test]
+    fn warnings_do_not_stop_the_files_after_them_and_fatal_errors_end_the_stream() {
+        let mut t = tracker(ScpDirection::Download, "dir");
+        let stream = b"D0755 0 dir\n\x01scp: dir/secret: Permission denied\nC0644 2 b\nhi\x01scp: dir/b: read error\nC0644 1 c\nx\0E\nE\n";
+        let ev = t.feed(stream);
+        assert_eq!(files(&ev), [("dir/b", 2), ("dir/c", 1)], "{ev:?}");
+        assert!(untracked(&ev).is_empty());
+        assert!(matches!(t.state, State::Ended), "E at the top ends the receiver");
+        // Ended by a fatal error, or by a byte after a file's data that is neither 0 nor
+        // 1: quiet to the end of its message; what follows is not a file to OpenSSH's
+        // receiver, and is said to be unfollowed in case the receiver is another.
+        for (end, before) in [
+            (&b"\x02scp: protocol error\n"[..], 0),
+            (b"C0644 1 x\nx\x05oops\n", 1),
+            (b"D0755 0 d\nE\nE\n", 0),
+        ] {
+            let mut t = tracker(ScpDirection::Upload, "/u/");
+            let ev = t.feed(end);
+            assert!(untracked(&ev).is_empty() && files(&ev).len() == before, "{ev:?}");
+            let ev = t.feed(b"C0644 1 y\ny\0");
+            assert!(files(&ev).is_empty(), "{ev:?}");
+            assert_eq!(untracked(&ev), ["bytes after the receiving scp stopped reading"]);
+        }
+    }
+
+    /// Records OpenSSH's scp refuses are not files: the stream is no longer followed,
+    /// and the recording says so.
+    #[test]
+    fn records_scp_refuses_end_the_following_and_say_why() {
+        for bad in [
+            &b"C0644 +5 a\n"[..],
+            b"C0644 -1 a\n",
+            b"C0644 9223372036854775808 a\n",
+            b"C064 5 a\n",
+            b"C0648 5 a\n",
+            b"C06440 5 a\n",
+            b"C0644 5\n",
+            b"C0644 5 \n",
+            b"C0644 5 ../x\n",
+            b"D0755 0 ..\n",
+            b"\0C0644 1 a\n",
+            b"\nC0644 1 a\n",
+            b"Cnot-a-number name\n",
+            b"X\n",
+        ] {
+            let mut t = tracker(ScpDirection::Upload, "/u/");
+            let mut with_file = bad.to_vec();
+            with_file.extend_from_slice(b"C0644 1 f\nx\0");
+            let ev = t.feed(&with_file);
+            assert!(files(&ev).is_empty(), "{:?}: {ev:?}", String::from_utf8_lossy(bad));
+            assert_eq!(untracked(&ev).len(), 1, "{:?}: {ev:?}", String::from_utf8_lossy(bad));
+        }
+        let mut t = tracker(ScpDirection::Upload, "/u/");
+        let ok = t.feed(b"C0644 9223372036854775807 big\n");
+        assert!(
+            ok.is_empty() && matches!(t.state, State::Data { .. }),
+            "the largest size"
+        );
     }
 
     #[test]
     fn directories_are_followed_only_so_deep() {
-        let mut t = ScpTracker::new(ScpDirection::Upload, "/u".into());
+        let mut t = tracker(ScpDirection::Upload, "/u/");
         let mut stream = b"D0755 0 d\n".repeat(MAX_DEPTH);
         stream.extend_from_slice(b"C0644 1 f\nx\0");
-        assert_eq!(t.feed(&stream).len(), 1, "at the limit");
-        let mut t = ScpTracker::new(ScpDirection::Upload, "/u".into());
+        assert_eq!(files(&t.feed(&stream)).len(), 1, "at the limit");
+        let mut t = tracker(ScpDirection::Upload, "/u/");
         let mut stream = b"D0755 0 d\n".repeat(MAX_DEPTH + 1);
         stream.extend_from_slice(b"C0644 1 f\nx\0");
-        assert!(
-            t.feed(&stream).is_empty(),
-            "past the limit the stream is no longer followed"
-        );
-        assert!(t.broken);
+        let ev = t.feed(&stream);
+        assert!(files(&ev).is_empty(), "past the limit the stream is no longer followed");
+        assert_eq!(untracked(&ev), ["directories nested deeper than 256: \"D0755 0 d\""]);
     }
 
     #[test]
-    fn garbage_stops_following_without_panicking() {
-        let mut t = ScpTracker::new(ScpDirection::Download, "x".into());
-        assert!(t.feed(b"Cnot-a-number name\n").is_empty());
-        assert!(t.feed(&[0xff; 10000]).is_empty());
+    fn overlong_lines_and_garbage_stop_following_without_panicking() {
+        let mut t = tracker(ScpDirection::Download, "x");
+        let mut long = b"C0644 1 ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', MAX_LINE));
+        let ev = t.feed(&long);
+        assert_eq!(untracked(&ev), ["a control line longer than 2046 bytes"]);
+        assert!(t.feed(b"\nC0644 1 f\nx\0").is_empty(), "said once, then silent");
+        let mut t = tracker(ScpDirection::Download, "x");
+        let mut msg = vec![1u8];
+        msg.extend(std::iter::repeat_n(b'm', MAX_LINE + 1));
+        assert_eq!(untracked(&t.feed(&msg)).len(), 1);
+        let mut t = tracker(ScpDirection::Download, "x");
+        assert_eq!(untracked(&t.feed(&[0xff; 10000])).len(), 1);
     }
 }

@@ -108,6 +108,120 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, SftpError> {
         Ok(String::from_utf8_lossy(self.bytes()?).into_owned())
     }
+    /// ATTRS as OpenSSH's `decode_attrib` reads them: flag bits it does not know are
+    /// ignored, a missing field is an error (sftp-server ends the session on it).
+    fn attrs(&mut self) -> Result<Attrs, SftpError> {
+        let flags = self.u32()?;
+        let mut a = Attrs::default();
+        if flags & ATTR_SIZE != 0 {
+            a.size = Some(self.u64()?);
+        }
+        if flags & ATTR_UIDGID != 0 {
+            a.owner = Some((self.u32()?, self.u32()?));
+        }
+        if flags & ATTR_PERMISSIONS != 0 {
+            a.permissions = Some(self.u32()?);
+        }
+        if flags & ATTR_ACMODTIME != 0 {
+            a.times = Some((self.u32()?, self.u32()?));
+        }
+        if flags & ATTR_EXTENDED != 0 {
+            // Each pair is at least 8 bytes, so the count is bounded by the packet.
+            let count = self.u32()?;
+            for _ in 0..count {
+                let name = self.string()?;
+                self.bytes()?;
+                a.extended.push(name);
+            }
+        }
+        Ok(a)
+    }
+}
+
+/// File attributes a request sets (draft-02's ATTRS): what SETSTAT, FSETSTAT, lsetstat,
+/// MKDIR and a creating OPEN ask the target to apply. Only what is present is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attrs {
+    pub size: Option<u64>,
+    pub owner: Option<(u32, u32)>,
+    /// Mode bits, file type included as the client sent them.
+    pub permissions: Option<u32>,
+    /// Access and modification times, Unix seconds.
+    pub times: Option<(u32, u32)>,
+    /// Names of the extended attributes, which OpenSSH's sftp-server ignores.
+    pub extended: Vec<String>,
+}
+
+const ATTR_SIZE: u32 = 0x1;
+const ATTR_UIDGID: u32 = 0x2;
+const ATTR_PERMISSIONS: u32 = 0x4;
+const ATTR_ACMODTIME: u32 = 0x8;
+const ATTR_EXTENDED: u32 = 0x8000_0000;
+
+impl Attrs {
+    pub fn is_empty(&self) -> bool {
+        *self == Attrs::default()
+    }
+}
+
+/// `mode 4755, owner 0:0, size 0, times 1700000000/1700000000`; the permission bits
+/// only (sftp-server applies `mode & 07777`).
+impl fmt::Display for Attrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(m) = self.permissions {
+            parts.push(format!("mode {:04o}", m & 0o7777));
+        }
+        if let Some((u, g)) = self.owner {
+            parts.push(format!("owner {u}:{g}"));
+        }
+        if let Some(n) = self.size {
+            parts.push(format!("size {n}"));
+        }
+        if let Some((a, m)) = self.times {
+            parts.push(format!("times {a}/{m}"));
+        }
+        // Up to a packet's worth of names: the first few say what was meant.
+        if !self.extended.is_empty() {
+            let shown: Vec<String> = self
+                .extended
+                .iter()
+                .take(8)
+                .map(|n| n.chars().take(64).collect())
+                .collect();
+            let more = match self.extended.len() - shown.len() {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            parts.push(format!("extended {shown:?}{more}"));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// What an extended request carries, for those whose layout is known. The others are
+/// judged as writes and recorded by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtArgs {
+    /// posix-rename and hardlink (two paths), statvfs and expand-path (one).
+    Paths(Vec<String>),
+    /// lsetstat@openssh.com: SETSTAT that does not follow a final symlink.
+    Setstat {
+        path: String,
+        attrs: Attrs,
+    },
+    /// fsync@openssh.com and fstatvfs@openssh.com.
+    Handle(Vec<u8>),
+    /// copy-data: the target copies `length` bytes (0: to the end) between two open
+    /// handles; the data never crosses the gateway.
+    CopyData {
+        from: Vec<u8>,
+        from_offset: u64,
+        length: u64,
+        to: Vec<u8>,
+        to_offset: u64,
+    },
+    Other,
 }
 
 /// A client request.
@@ -120,6 +234,7 @@ pub enum Request {
         id: u32,
         path: String,
         pflags: u32,
+        attrs: Attrs,
     },
     Close {
         id: u32,
@@ -148,10 +263,12 @@ pub enum Request {
     Setstat {
         id: u32,
         path: String,
+        attrs: Attrs,
     },
     Fsetstat {
         id: u32,
         handle: Vec<u8>,
+        attrs: Attrs,
     },
     Opendir {
         id: u32,
@@ -168,6 +285,7 @@ pub enum Request {
     Mkdir {
         id: u32,
         path: String,
+        attrs: Attrs,
     },
     Rmdir {
         id: u32,
@@ -198,7 +316,7 @@ pub enum Request {
     Extended {
         id: u32,
         name: String,
-        paths: Vec<String>,
+        args: ExtArgs,
     },
 }
 
@@ -358,6 +476,7 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
             id,
             path: r.string()?,
             pflags: r.u32()?,
+            attrs: r.attrs()?,
         },
         4 => Close {
             id,
@@ -380,10 +499,15 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
             id,
             handle: r.bytes()?.to_vec(),
         },
-        9 => Setstat { id, path: r.string()? },
+        9 => Setstat {
+            id,
+            path: r.string()?,
+            attrs: r.attrs()?,
+        },
         10 => Fsetstat {
             id,
             handle: r.bytes()?.to_vec(),
+            attrs: r.attrs()?,
         },
         11 => Opendir { id, path: r.string()? },
         12 => Readdir {
@@ -391,7 +515,11 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
             handle: r.bytes()?.to_vec(),
         },
         13 => Remove { id, path: r.string()? },
-        14 => Mkdir { id, path: r.string()? },
+        14 => Mkdir {
+            id,
+            path: r.string()?,
+            attrs: r.attrs()?,
+        },
         15 => Rmdir { id, path: r.string()? },
         16 => Realpath { id, path: r.string()? },
         17 => Stat { id, path: r.string()? },
@@ -409,24 +537,25 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
         }
         200 => {
             let name = r.string()?;
-            // Most OpenSSH extensions carry one or two paths next; keep what parses.
-            let mut paths = Vec::new();
-            if matches!(
-                name.as_str(),
-                "posix-rename@openssh.com"
-                    | "hardlink@openssh.com"
-                    | "statvfs@openssh.com"
-                    | "lsetstat@openssh.com"
-                    | "expand-path@openssh.com"
-            ) {
-                while paths.len() < 2 {
-                    match r.string() {
-                        Ok(p) => paths.push(p),
-                        Err(_) => break,
-                    }
-                }
-            }
-            Extended { id, name, paths }
+            // The layouts of OpenSSH's sftp-server; a missing field is an error there too.
+            let args = match name.as_str() {
+                "posix-rename@openssh.com" | "hardlink@openssh.com" => ExtArgs::Paths(vec![r.string()?, r.string()?]),
+                "statvfs@openssh.com" | "expand-path@openssh.com" => ExtArgs::Paths(vec![r.string()?]),
+                "lsetstat@openssh.com" => ExtArgs::Setstat {
+                    path: r.string()?,
+                    attrs: r.attrs()?,
+                },
+                "fsync@openssh.com" | "fstatvfs@openssh.com" => ExtArgs::Handle(r.bytes()?.to_vec()),
+                "copy-data" => ExtArgs::CopyData {
+                    from: r.bytes()?.to_vec(),
+                    from_offset: r.u64()?,
+                    length: r.u64()?,
+                    to: r.bytes()?.to_vec(),
+                    to_offset: r.u64()?,
+                },
+                _ => ExtArgs::Other,
+            };
+            Extended { id, name, args }
         }
         other => return Err(SftpError::UnknownType(other)),
     })
@@ -493,12 +622,24 @@ impl fmt::Display for Request {
         use Request::*;
         match self {
             Open { path, pflags, .. } => write!(f, "open {path:?} flags {pflags:#x}"),
-            Remove { path, .. } | Mkdir { path, .. } | Rmdir { path, .. } | Setstat { path, .. } => {
-                write!(f, "{} {path:?}", self.op())
+            Remove { path, .. } | Rmdir { path, .. } => write!(f, "{} {path:?}", self.op()),
+            Mkdir { path, attrs, .. } | Setstat { path, attrs, .. } if !attrs.is_empty() => {
+                write!(f, "{} {path:?} ({attrs})", self.op())
             }
+            Mkdir { path, .. } | Setstat { path, .. } => write!(f, "{} {path:?}", self.op()),
             Rename { from, to, .. } => write!(f, "rename {from:?} -> {to:?}"),
             Symlink { link, target, .. } => write!(f, "symlink {link:?} -> {target:?}"),
-            Extended { name, paths, .. } => write!(f, "extended {name} {paths:?}"),
+            Extended {
+                name,
+                args: ExtArgs::Paths(paths),
+                ..
+            } => write!(f, "extended {name} {paths:?}"),
+            Extended {
+                name,
+                args: ExtArgs::Setstat { path, attrs },
+                ..
+            } => write!(f, "extended {name} {path:?} ({attrs})"),
+            Extended { name, .. } => write!(f, "extended {name}"),
             other => f.write_str(other.op()),
         }
     }
@@ -564,7 +705,8 @@ mod tests {
             Request::Open {
                 id: 7,
                 path: "/etc/passwd".into(),
-                pflags: FXF_READ
+                pflags: FXF_READ,
+                attrs: Attrs::default(),
             }
         );
         assert!(!req.is_write());
@@ -603,6 +745,7 @@ mod tests {
             id: 1,
             path: "x".into(),
             pflags: flags,
+            attrs: Attrs::default(),
         };
         assert!(open(FXF_WRITE | FXF_CREAT | FXF_TRUNC).is_write());
         assert!(open(FXF_READ | FXF_APPEND).is_write());
@@ -631,14 +774,14 @@ mod tests {
         assert!(Request::Extended {
             id: 1,
             name: "posix-rename@openssh.com".into(),
-            paths: vec![]
+            args: ExtArgs::Other
         }
         .is_write());
         assert!(
             Request::Extended {
                 id: 1,
                 name: "something-new".into(),
-                paths: vec![]
+                args: ExtArgs::Other
             }
             .is_write(),
             "unknown = write"
@@ -646,9 +789,122 @@ mod tests {
         assert!(!Request::Extended {
             id: 1,
             name: "statvfs@openssh.com".into(),
-            paths: vec![]
+            args: ExtArgs::Other
         }
         .is_write());
+    }
+
+    fn request(ty: u8, id: u32, fields: &[&[u8]]) -> Vec<u8> {
+        let mut body = vec![ty];
+        body.extend_from_slice(&id.to_be_bytes());
+        for f in fields {
+            body.extend_from_slice(f);
+        }
+        packet(&body)
+    }
+
+    #[test]
+    fn attributes_are_read_as_sftp_server_reads_them() {
+        let mut all = Vec::new();
+        all.extend_from_slice(&(0x8000_000f_u32 | 0x40).to_be_bytes()); // every field, an unknown bit
+        all.extend_from_slice(&7u64.to_be_bytes());
+        all.extend_from_slice(&0u32.to_be_bytes());
+        all.extend_from_slice(&50u32.to_be_bytes());
+        all.extend_from_slice(&0o104755u32.to_be_bytes());
+        all.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+        all.extend_from_slice(&1_700_000_001u32.to_be_bytes());
+        all.extend_from_slice(&1u32.to_be_bytes());
+        all.extend(s("user.x"));
+        all.extend(s("v"));
+        let want = Attrs {
+            size: Some(7),
+            owner: Some((0, 50)),
+            permissions: Some(0o104755),
+            times: Some((1_700_000_000, 1_700_000_001)),
+            extended: vec!["user.x".into()],
+        };
+        let req = parse_request(&request(9, 1, &[&s("/srv/x"), &all])).unwrap();
+        assert_eq!(
+            req,
+            Request::Setstat {
+                id: 1,
+                path: "/srv/x".into(),
+                attrs: want.clone()
+            }
+        );
+        assert_eq!(
+            want.to_string(),
+            "mode 4755, owner 0:50, size 7, times 1700000000/1700000001, extended [\"user.x\"]"
+        );
+        assert_eq!(
+            req.to_string(),
+            format!("setstat \"/srv/x\" ({want})"),
+            "refusals name what was asked"
+        );
+        let mode = [&4u32.to_be_bytes()[..], &0o600u32.to_be_bytes()].concat();
+        assert!(matches!(
+            parse_request(&request(10, 2, &[&s("h"), &mode])).unwrap(),
+            Request::Fsetstat { handle, attrs, .. } if handle == b"h" && attrs.permissions == Some(0o600)
+        ));
+        // lsetstat's attributes are attributes, not a second path.
+        let mut ext = s("lsetstat@openssh.com");
+        ext.extend(s("/srv/link"));
+        ext.extend_from_slice(&mode);
+        assert_eq!(
+            parse_request(&request(200, 3, &[&ext])).unwrap(),
+            Request::Extended {
+                id: 3,
+                name: "lsetstat@openssh.com".into(),
+                args: ExtArgs::Setstat {
+                    path: "/srv/link".into(),
+                    attrs: Attrs {
+                        permissions: Some(0o600),
+                        ..Attrs::default()
+                    }
+                }
+            }
+        );
+        let mut copy = s("copy-data");
+        copy.extend(s("a"));
+        copy.extend_from_slice(&1u64.to_be_bytes());
+        copy.extend_from_slice(&0u64.to_be_bytes());
+        copy.extend(s("b"));
+        copy.extend_from_slice(&9u64.to_be_bytes());
+        assert_eq!(
+            parse_request(&request(200, 4, &[&copy])).unwrap(),
+            Request::Extended {
+                id: 4,
+                name: "copy-data".into(),
+                args: ExtArgs::CopyData {
+                    from: b"a".to_vec(),
+                    from_offset: 1,
+                    length: 0,
+                    to: b"b".to_vec(),
+                    to_offset: 9
+                }
+            }
+        );
+        let many = Attrs {
+            extended: (0..100).map(|i| format!("{i}{}", "n".repeat(100))).collect(),
+            ..Attrs::default()
+        };
+        assert!(
+            many.to_string().len() < 700 && many.to_string().ends_with(" and 92 more"),
+            "{many}"
+        );
+        // A field its flags promise but the packet lacks; an extension cut short.
+        for short in [
+            request(9, 5, &[&s("/x"), &4u32.to_be_bytes()]),
+            request(3, 5, &[&s("/x"), &FXF_READ.to_be_bytes()]),
+            request(14, 5, &[&s("/x"), &0x8000_0000u32.to_be_bytes(), &2u32.to_be_bytes()]),
+            request(200, 5, &[&copy[..copy.len() - 1]]),
+            request(200, 5, &[&[&s("posix-rename@openssh.com")[..], &s("/a")].concat()]),
+        ] {
+            assert!(
+                matches!(parse_request(&short), Err(SftpError::Malformed(_))),
+                "{short:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Follows an SFTP conversation and turns it into audit events: each file opened with
 //! its flags, bytes read and written, the SHA-256 of what was transferred, and every
-//! changing operation (remove, rename, mkdir, rmdir, setstat, symlink) with its outcome.
+//! changing operation (remove, rename, mkdir, rmdir, setstat and fsetstat with the
+//! attributes they set, symlink, hardlink, copy-data) with its outcome.
 //!
 //! Memory is bounded: at most [`MAX_OUTSTANDING`] requests awaiting an answer,
 //! [`MAX_HANDLES`] open handles, and [`MAX_HELD`] bytes of paths and handles kept for
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::event::Meta;
-use crate::sftp::{Request, Response, SftpError, FX_OK};
+use crate::sftp::{Attrs, ExtArgs, Request, Response, SftpError, FXF_CREAT, FX_OK};
 
 pub const MAX_OUTSTANDING: usize = 4096;
 pub const MAX_HANDLES: usize = 1024;
@@ -23,6 +24,7 @@ enum Pending {
     Open {
         path: String,
         pflags: u32,
+        detail: Option<String>,
     },
     Opendir,
     Close {
@@ -36,6 +38,7 @@ enum Pending {
         op: &'static str,
         path: String,
         target: Option<String>,
+        detail: Option<String>,
     },
     Other,
 }
@@ -44,9 +47,11 @@ impl Pending {
     /// Bytes this entry keeps alive, for [`MAX_HELD`].
     fn held(&self) -> usize {
         match self {
-            Pending::Open { path, .. } => path.len(),
+            Pending::Open { path, detail, .. } => path.len() + detail.as_ref().map_or(0, String::len),
             Pending::Close { handle } | Pending::Read { handle, .. } => handle.len(),
-            Pending::Change { path, target, .. } => path.len() + target.as_ref().map_or(0, String::len),
+            Pending::Change {
+                path, target, detail, ..
+            } => path.len() + target.as_ref().map_or(0, String::len) + detail.as_ref().map_or(0, String::len),
             Pending::Opendir | Pending::Other => 0,
         }
     }
@@ -143,9 +148,13 @@ impl SftpAudit {
             ));
         }
         let p = match req {
-            Request::Open { path, pflags, .. } => Pending::Open {
+            Request::Open {
+                path, pflags, attrs, ..
+            } => Pending::Open {
                 path: path.clone(),
                 pflags: *pflags,
+                // Attributes apply only to a file the OPEN creates.
+                detail: (pflags & FXF_CREAT != 0).then(|| described(attrs)).flatten(),
             },
             Request::Opendir { .. } => Pending::Opendir,
             Request::Close { handle, .. } => {
@@ -170,43 +179,83 @@ impl SftpAudit {
             // client sends either.
             Request::Write {
                 handle, offset, data, ..
-            } => match self.files.get_mut(handle) {
-                Some(f) if !self.closing.contains(handle) => {
-                    f.written += data.len() as u64;
-                    f.write_hash.feed(*offset, data);
-                    Pending::Other
-                }
-                _ => return Err(SftpError::Malformed("write to an SFTP handle that is not open")),
-            },
+            } => {
+                let f = self.open_file(handle, "write to an SFTP handle that is not open")?;
+                f.written += data.len() as u64;
+                f.write_hash.feed(*offset, data);
+                Pending::Other
+            }
             Request::Remove { path, .. } => change("remove", path, None),
-            Request::Mkdir { path, .. } => change("mkdir", path, None),
+            Request::Mkdir { path, attrs, .. } => setting("mkdir", path, attrs),
             Request::Rmdir { path, .. } => change("rmdir", path, None),
-            Request::Setstat { path, .. } => change("setstat", path, None),
+            Request::Setstat { path, attrs, .. } => setting("setstat", path, attrs),
+            // Named by the file its handle was opened on, under the rule WRITE follows.
+            Request::Fsetstat { handle, attrs, .. } => {
+                let file = self.open_file(handle, "attributes set through an SFTP handle that is not open")?;
+                setting("fsetstat", &file.path, attrs)
+            }
             Request::Rename { from, to, .. } => change("rename", from, Some(to)),
             Request::Symlink { link, target, .. } => change("symlink", link, Some(target)),
-            Request::Extended { name, paths, .. } if req.is_write() => {
-                let op = match name.as_str() {
-                    "posix-rename@openssh.com" => "rename",
-                    "hardlink@openssh.com" => "hardlink",
-                    "lsetstat@openssh.com" => "setstat",
-                    "fsync@openssh.com" => "fsync",
-                    _ => "extended",
-                };
-                let path = match op {
-                    "extended" => format!("{name} {}", paths.first().cloned().unwrap_or_default()),
-                    _ => paths.first().cloned().unwrap_or_default(),
-                };
-                Pending::Change {
-                    op,
-                    path,
-                    target: paths.get(1).cloned(),
+            Request::Extended { name, args, .. } if req.is_write() => match (name.as_str(), args) {
+                ("posix-rename@openssh.com", ExtArgs::Paths(p)) => {
+                    change("rename", p.first().map_or("", String::as_str), p.get(1))
                 }
-            }
+                ("hardlink@openssh.com", ExtArgs::Paths(p)) => {
+                    change("hardlink", p.first().map_or("", String::as_str), p.get(1))
+                }
+                (_, ExtArgs::Setstat { path, attrs }) => setting("lsetstat", path, attrs),
+                // fsync only flushes; a handle the gateway does not know is the target's
+                // to refuse.
+                (_, ExtArgs::Handle(handle)) => {
+                    let path = self.files.get(handle).map(|f| f.path.as_str()).unwrap_or("");
+                    change("fsync", path, None)
+                }
+                (
+                    _,
+                    ExtArgs::CopyData {
+                        from,
+                        from_offset,
+                        length,
+                        to,
+                        to_offset,
+                    },
+                ) => {
+                    let source = self
+                        .open_file(from, "copy from an SFTP handle that is not open")?
+                        .path
+                        .clone();
+                    let dest = self.open_file(to, "copy to an SFTP handle that is not open")?;
+                    // Bytes the gateway never sees land in the file: no hash can
+                    // vouch for what was written through this handle any more.
+                    dest.write_hash.contiguous = false;
+                    let range = match length {
+                        0 => format!("from offset {from_offset} to the end"),
+                        n => format!("{n} bytes from offset {from_offset}"),
+                    };
+                    Pending::Change {
+                        op: "copy-data",
+                        path: source,
+                        target: Some(dest.path.clone()),
+                        detail: Some(format!("{range}, to offset {to_offset}")),
+                    }
+                }
+                _ => change("extended", name, None),
+            },
             _ => Pending::Other,
         };
         self.hold(p.held())?;
         self.pending.insert(id, p);
         Ok(())
+    }
+
+    /// The file an OPEN answered `handle` with. A handle not (or no longer) open is
+    /// refused for the same reason as a WRITE through it: the operation would be recorded
+    /// against the wrong file, or none.
+    fn open_file(&mut self, handle: &[u8], refusal: &'static str) -> Result<&mut OpenFile, SftpError> {
+        match self.files.get_mut(handle) {
+            Some(f) if !self.closing.contains(handle) => Ok(f),
+            _ => Err(SftpError::Malformed(refusal)),
+        }
     }
 
     fn hold(&mut self, bytes: usize) -> Result<(), SftpError> {
@@ -248,7 +297,7 @@ impl SftpAudit {
             Some((code, msg)) => format!("error {code}: {msg}"),
         };
         match (p, resp) {
-            (Pending::Open { path, pflags }, Response::Handle { handle, .. }) => {
+            (Pending::Open { path, pflags, detail }, Response::Handle { handle, .. }) => {
                 if self.files.len() >= MAX_HANDLES {
                     return Err(SftpError::Malformed("too many open SFTP handles"));
                 }
@@ -258,6 +307,7 @@ impl SftpAudit {
                     path: path.clone(),
                     target: None,
                     flags: Some(pflags),
+                    detail,
                     outcome: "ok".into(),
                 });
                 let file = OpenFile {
@@ -275,12 +325,13 @@ impl SftpAudit {
                     out.push(earlier.summary());
                 }
             }
-            (Pending::Open { path, pflags }, _) => {
+            (Pending::Open { path, pflags, detail }, _) => {
                 out.push(Meta::SftpOp {
                     op: "open".into(),
                     path,
                     target: None,
                     flags: Some(pflags),
+                    detail,
                     outcome: outcome(status),
                 });
             }
@@ -297,12 +348,21 @@ impl SftpAudit {
                     out.push(f.summary());
                 }
             }
-            (Pending::Change { op, path, target }, _) => {
+            (
+                Pending::Change {
+                    op,
+                    path,
+                    target,
+                    detail,
+                },
+                _,
+            ) => {
                 out.push(Meta::SftpOp {
                     op: op.into(),
                     path,
                     target,
                     flags: None,
+                    detail,
                     outcome: outcome(status),
                 });
             }
@@ -323,7 +383,23 @@ fn change(op: &'static str, path: &str, target: Option<&String>) -> Pending {
         op,
         path: path.to_owned(),
         target: target.cloned(),
+        detail: None,
     }
+}
+
+/// A change that sets `attrs` on `path`.
+fn setting(op: &'static str, path: &str, attrs: &Attrs) -> Pending {
+    Pending::Change {
+        op,
+        path: path.to_owned(),
+        target: None,
+        detail: described(attrs),
+    }
+}
+
+/// Attributes in words; none set is no detail.
+fn described(attrs: &Attrs) -> Option<String> {
+    (!attrs.is_empty()).then(|| attrs.to_string())
 }
 
 #[cfg(test)]
@@ -339,6 +415,7 @@ mod tests {
             id: 1,
             path: "/tmp/f".into(),
             pflags: FXF_WRITE | FXF_CREAT | FXF_TRUNC,
+            attrs: Attrs::default(),
         })
         .unwrap();
         let ev = a
@@ -403,6 +480,7 @@ mod tests {
             id: 5,
             path: "/etc/motd".into(),
             pflags: FXF_READ,
+            attrs: Attrs::default(),
         })
         .unwrap();
         a.response(&Response::Handle {
@@ -526,6 +604,7 @@ mod tests {
                 id,
                 path: long.clone(),
                 pflags: crate::sftp::FXF_READ,
+                attrs: Attrs::default(),
             };
             if let Err(e) = a.request(&open) {
                 break e;
@@ -564,6 +643,7 @@ mod tests {
             id: 1,
             path: "/tmp/a".into(),
             pflags: FXF_WRITE | FXF_CREAT,
+            attrs: Attrs::default(),
         })
         .unwrap();
         a.response(&Response::Handle {
@@ -580,6 +660,7 @@ mod tests {
             id: 3,
             path: "/home/u/.bashrc".into(),
             pflags: FXF_WRITE | FXF_CREAT | FXF_TRUNC,
+            attrs: Attrs::default(),
         })
         .unwrap();
         let write = |id| Request::Write {
@@ -636,6 +717,7 @@ mod tests {
                 id,
                 path: path.into(),
                 pflags: crate::sftp::FXF_READ,
+                attrs: Attrs::default(),
             })
             .unwrap();
         }
@@ -664,5 +746,180 @@ mod tests {
         assert!(a.response(&Response::Version { version: 3 }).unwrap().is_empty());
         let err = a.response(&Response::Version { version: 6 }).unwrap_err();
         assert_eq!(err, SftpError::Version(6));
+    }
+
+    fn op_of(ev: &[Meta]) -> (String, String, Option<String>, Option<String>) {
+        match ev {
+            [Meta::SftpOp {
+                op,
+                path,
+                target,
+                detail,
+                ..
+            }] => (op.clone(), path.clone(), target.clone(), detail.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An open file, `/srv/{name}` on handle `name`, answered.
+    fn opened(a: &mut SftpAudit, id: u32, name: &str, pflags: u32) {
+        a.request(&Request::Open {
+            id,
+            path: format!("/srv/{name}"),
+            pflags,
+            attrs: Attrs::default(),
+        })
+        .unwrap();
+        a.response(&Response::Handle {
+            id,
+            handle: name.as_bytes().to_vec(),
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn attribute_changes_and_copies_name_their_files_and_what_they_set() {
+        let mut a = SftpAudit::default();
+        let mode = |m| Attrs {
+            permissions: Some(m),
+            ..Attrs::default()
+        };
+        // chmod: the path and the mode.
+        a.request(&Request::Setstat {
+            id: 1,
+            path: "/srv/tool".into(),
+            attrs: mode(0o104755),
+        })
+        .unwrap();
+        assert_eq!(
+            op_of(&a.response(&status(1)).unwrap()),
+            ("setstat".into(), "/srv/tool".into(), None, Some("mode 4755".into()))
+        );
+        // put -p sets mode and times through the handle: named by the handle's file.
+        opened(&mut a, 2, "up", FXF_WRITE | FXF_CREAT);
+        let both = Attrs {
+            permissions: Some(0o100600),
+            times: Some((1, 2)),
+            ..Attrs::default()
+        };
+        a.request(&Request::Fsetstat {
+            id: 3,
+            handle: b"up".to_vec(),
+            attrs: both,
+        })
+        .unwrap();
+        assert_eq!(
+            op_of(&a.response(&status(3)).unwrap()),
+            (
+                "fsetstat".into(),
+                "/srv/up".into(),
+                None,
+                Some("mode 0600, times 1/2".into())
+            )
+        );
+        // A creating OPEN and a MKDIR say the mode they ask for; a plain OPEN says none.
+        a.request(&Request::Open {
+            id: 4,
+            path: "/srv/new".into(),
+            pflags: FXF_WRITE | FXF_CREAT,
+            attrs: mode(0o6755),
+        })
+        .unwrap();
+        assert_eq!(op_of(&a.response(&status(4)).unwrap()).3.as_deref(), Some("mode 6755"));
+        a.request(&Request::Open {
+            id: 5,
+            path: "/srv/old".into(),
+            pflags: FXF_READ,
+            attrs: mode(0o777),
+        })
+        .unwrap();
+        assert_eq!(op_of(&a.response(&status(5)).unwrap()).3, None);
+        a.request(&Request::Mkdir {
+            id: 6,
+            path: "/srv/d".into(),
+            attrs: mode(0o700),
+        })
+        .unwrap();
+        assert_eq!(
+            op_of(&a.response(&status(6)).unwrap()),
+            ("mkdir".into(), "/srv/d".into(), None, Some("mode 0700".into()))
+        );
+        // lsetstat: its path, and its attributes as attributes.
+        a.request(&Request::Extended {
+            id: 7,
+            name: "lsetstat@openssh.com".into(),
+            args: ExtArgs::Setstat {
+                path: "/srv/link".into(),
+                attrs: Attrs {
+                    owner: Some((0, 0)),
+                    ..Attrs::default()
+                },
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            op_of(&a.response(&status(7)).unwrap()),
+            ("lsetstat".into(), "/srv/link".into(), None, Some("owner 0:0".into()))
+        );
+        // copy-data names both files and its range; what it puts in the destination
+        // never crossed the gateway, so the destination's written hash is withdrawn.
+        opened(&mut a, 8, "src", FXF_READ);
+        a.request(&Request::Write {
+            id: 9,
+            handle: b"up".to_vec(),
+            offset: 0,
+            data: b"abc".to_vec(),
+        })
+        .unwrap();
+        a.response(&status(9)).unwrap();
+        let copy = |id, from: &[u8], to: &[u8]| Request::Extended {
+            id,
+            name: "copy-data".into(),
+            args: ExtArgs::CopyData {
+                from: from.to_vec(),
+                from_offset: 0,
+                length: 0,
+                to: to.to_vec(),
+                to_offset: 3,
+            },
+        };
+        a.request(&copy(10, b"src", b"up")).unwrap();
+        assert_eq!(
+            op_of(&a.response(&status(10)).unwrap()),
+            (
+                "copy-data".into(),
+                "/srv/src".into(),
+                Some("/srv/up".into()),
+                Some("from offset 0 to the end, to offset 3".into())
+            )
+        );
+        a.request(&Request::Close {
+            id: 11,
+            handle: b"up".to_vec(),
+        })
+        .unwrap();
+        assert!(matches!(
+            &a.response(&status(11)).unwrap()[..],
+            [Meta::SftpFile { path, bytes_written: 3, sha256_written: None, .. }] if path == "/srv/up"
+        ));
+        // Through a handle closed, being closed or never opened: refused, like a WRITE.
+        let fsetstat = |id, h: &[u8]| Request::Fsetstat {
+            id,
+            handle: h.to_vec(),
+            attrs: mode(0o4755),
+        };
+        for req in [fsetstat(12, b"up"), copy(13, b"src", b"up"), copy(14, b"up", b"src")] {
+            assert!(
+                matches!(a.request(&req), Err(SftpError::Malformed(m)) if m.contains("not open")),
+                "{req:?}"
+            );
+        }
+        a.request(&Request::Close {
+            id: 15,
+            handle: b"src".to_vec(),
+        })
+        .unwrap();
+        assert!(a.request(&fsetstat(16, b"src")).is_err(), "being closed");
+        assert!(a.pending.keys().all(|id| *id == 15), "refusals left nothing pending");
     }
 }

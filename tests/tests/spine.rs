@@ -2,6 +2,7 @@
 //! targets, in both ProxyJump and single-hop forms, with the refusals policy demands.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -525,12 +526,14 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
         .arg(&down));
     assert_eq!(std::fs::read_to_string(&down).unwrap(), "hello herse\n");
 
-    // sftp: put, ls, rename, get, rm.
+    // sftp: put (keeping mode and times: FSETSTAT), chmod (SETSTAT), cp (the target's
+    // copy-data), ls, rename, get, rm.
     let batch = d.join("batch");
     std::fs::write(
         &batch,
         format!(
-            "cd {remote_dir}\nput {} put.txt\nls\nrename put.txt renamed.txt\nget renamed.txt {}\nrm renamed.txt\nls\n",
+            "cd {remote_dir}\nput -p {} put.txt\nchmod 640 put.txt\ncp put.txt copy.txt\nls\n\
+             rename put.txt renamed.txt\nget renamed.txt {}\nrm renamed.txt\nrm copy.txt\nls\n",
             small.display(),
             d.join("got.txt").display()
         ),
@@ -550,19 +553,82 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
         .flat_map(|(_, events)| events)
         .filter_map(|e| match e {
             Event::Meta {
-                meta: Meta::SftpOp { op, path, outcome, .. },
+                meta:
+                    Meta::SftpOp {
+                        op,
+                        path,
+                        target,
+                        detail,
+                        outcome,
+                        ..
+                    },
                 ..
-            } => Some((op, format!("{path} {outcome}"))),
+            } => Some((
+                op,
+                format!(
+                    "{path} {} {} {outcome}",
+                    target.unwrap_or_default(),
+                    detail.unwrap_or_default()
+                ),
+            )),
             _ => None,
         })
         .collect();
+    // What the attribute changes set, and both files of the copy.
+    let small_mode = std::fs::metadata(&small).unwrap().permissions().mode() & 0o7777;
+    let small_mtime = std::fs::metadata(&small).unwrap().mtime();
     assert!(
-        ops.iter().any(|(op, p)| op == "rename" && p.ends_with("put.txt ok")),
+        ops.iter().any(|(op, p)| op == "fsetstat"
+            && p.contains("/put.txt ")
+            && p.contains(&format!("mode {small_mode:04o}"))
+            && p.contains(&format!("/{small_mtime}"))
+            && p.ends_with(" ok")),
         "{ops:?}"
     );
     assert!(
         ops.iter()
-            .any(|(op, p)| op == "remove" && p.ends_with("renamed.txt ok")),
+            .any(|(op, p)| op == "setstat" && p.contains("/put.txt ") && p.contains("mode 0640") && p.ends_with(" ok")),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter().any(|(op, p)| op == "copy-data"
+            && p.contains("/put.txt ")
+            && p.contains("/copy.txt ")
+            && p.contains("to the end")
+            && p.ends_with(" ok")),
+        "{ops:?}"
+    );
+    // `recordings show` lists them with what they set.
+    let sftp_session = recordings(&w)
+        .into_iter()
+        .find(|(_, ev)| {
+            ev.iter()
+                .any(|e| matches!(e, Event::Meta { meta: Meta::SftpOp { op, .. }, .. } if op == "copy-data"))
+        })
+        .unwrap()
+        .0
+        .session_id;
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(w.gw.ctl().args(["recordings", "show", &sftp_session, "--json"]))).unwrap();
+    assert!(
+        shown["sftp"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().starts_with("setstat ")
+                && l.as_str().unwrap().ends_with("/put.txt (mode 0640) -> ok")),
+        "{shown}"
+    );
+    assert!(
+        ops.iter().any(|(op, p)| op == "rename"
+            && p.contains("/put.txt /")
+            && p.contains("/renamed.txt ")
+            && p.ends_with(" ok")),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter()
+            .any(|(op, p)| op == "remove" && p.contains("/renamed.txt ") && p.ends_with(" ok")),
         "{ops:?}"
     );
     assert!(
@@ -592,6 +658,120 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
         .arg(format!("{}/", back.display())));
     let diff = run(Command::new("diff").arg("-r").arg(&tree).arg(&back));
     assert!(diff.status.success(), "{}", text(&diff.stdout));
+
+    // Legacy scp of a tree with files the login cannot read: each is a warning in the
+    // stream, and every file after it is still recorded with its size and hash.
+    let unreadable = [3, 7, 11];
+    ok(ssh(&w.alice).args([
+        "-l",
+        DEPLOY,
+        "web1",
+        &format!("cd {remote_dir}/tree/sub && chmod 000 f3 f7 f11"),
+    ]));
+    let legacy = d.join("legacy-tree");
+    let out = run(client("scp")
+        .args(["-O", "-r", "-F"])
+        .arg(&w.alice)
+        .arg(format!("{DEPLOY}@web1:{remote_dir}/tree"))
+        .arg(&legacy));
+    assert!(!out.status.success(), "scp reports the unreadable files");
+    assert!(text(&out.stderr).contains("Permission denied"), "{}", text(&out.stderr));
+    let mut want: Vec<(String, u64, String)> = (0..20)
+        .filter(|i| !unreadable.contains(i))
+        .map(|i| {
+            let f = tree.join("sub").join(format!("f{i}"));
+            assert_eq!(
+                std::fs::read(&f).unwrap(),
+                std::fs::read(legacy.join("sub").join(format!("f{i}"))).unwrap()
+            );
+            (
+                format!("{remote_dir}/tree/sub/f{i}"),
+                std::fs::metadata(&f).unwrap().len(),
+                sha256_file(&f),
+            )
+        })
+        .collect();
+    want.sort();
+    let session = recordings(&w)
+        .into_iter()
+        .find(|(_, ev)| {
+            ev.iter().any(
+                |e| matches!(e, Event::Meta { meta: Meta::Exec { command }, .. } if command.starts_with("scp -r") && command.ends_with("/tree")),
+            )
+        })
+        .unwrap()
+        .1;
+    let mut got: Vec<(String, u64, String)> = session
+        .iter()
+        .filter_map(|e| match e {
+            Event::Meta {
+                meta:
+                    Meta::FileTransfer {
+                        path,
+                        bytes,
+                        sha256: Some(h),
+                        upload: false,
+                        ..
+                    },
+                ..
+            } => Some((path.clone(), *bytes, h.clone())),
+            _ => None,
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(
+        !session.iter().any(|e| matches!(
+            e,
+            Event::Meta {
+                meta: Meta::Untracked { .. },
+                ..
+            }
+        )),
+        "the warnings did not stop the following"
+    );
+    // A legacy upload to a new name: recorded at that name, with the sender's name
+    // beside it (the gateway cannot see whether the path is a directory), and listed
+    // by `recordings show`.
+    ok(client("scp")
+        .args(["-O", "-F"])
+        .arg(&w.alice)
+        .arg(&small)
+        .arg(format!("{DEPLOY}@web1:{remote_dir}/legacy-up.txt")));
+    let (header, events) = recordings(&w)
+        .into_iter()
+        .find(|(_, ev)| {
+            ev.iter().any(
+                |e| matches!(e, Event::Meta { meta: Meta::Exec { command }, .. } if command.ends_with("/legacy-up.txt")),
+            )
+        })
+        .unwrap();
+    let want_path = format!("{remote_dir}/legacy-up.txt");
+    assert!(
+        events.iter().any(|e| matches!(e,
+            Event::Meta { meta: Meta::FileTransfer { path, sent_as: Some(n), bytes: 12, upload: true, .. }, .. }
+            if *path == want_path && n == "small.txt")),
+        "{events:?}"
+    );
+    let shown: serde_json::Value = serde_json::from_str(&ok(w.gw.ctl().args([
+        "recordings",
+        "show",
+        &header.session_id,
+        "--json",
+    ])))
+    .unwrap();
+    let line = format!(
+        "scp upload {want_path} (sent as small.txt): 12 B (sha256 {})",
+        sha256_file(&small)
+    );
+    assert!(
+        shown["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str() == Some(&line)),
+        "{line}: {shown}"
+    );
     ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", &format!("rm -rf {remote_dir}")]));
 }
 

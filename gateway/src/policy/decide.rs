@@ -263,16 +263,16 @@ impl Authorized {
             // Legacy scp is a file transfer: the SFTP rights allow it (exec does too),
             // where the session may run commands at all (it runs through the login's
             // shell on the target; see `runs_commands`).
-            Request::Exec(cmd) => match session_recordings::scp::parse_command(cmd) {
+            Request::Exec(cmd) => match session_recordings::scp::parse_command(cmd).map(|c| c.direction) {
                 Some(_) if !self.runs_commands() => Err(
                     "legacy scp (scp -O) runs through the login's shell on the target, which needs shell or exec; \
                      use scp's default (SFTP) mode"
                         .into(),
                 ),
-                Some((session_recordings::scp::ScpDirection::Upload, _)) => {
+                Some(session_recordings::scp::ScpDirection::Upload) => {
                     need(Operation::SftpWrite).or_else(|_| need(Operation::Exec))
                 }
-                Some((session_recordings::scp::ScpDirection::Download, _)) => {
+                Some(session_recordings::scp::ScpDirection::Download) => {
                     need(Operation::SftpRead).or_else(|_| need(Operation::Exec))
                 }
                 None => need(Operation::Exec),

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use session_recordings::sftp::{parse_request, parse_response, Framer};
-use session_recordings::scp::{parse_command, ScpDirection, ScpTracker};
+use session_recordings::scp::{parse_command, ScpCommand, ScpDirection, ScpTracker};
 use session_recordings::sftp_audit::SftpAudit;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(p)) => {
                     if i % 2 == 0 {
                         if let Ok(r) = parse_request(&p) {
+                            let _ = r.to_string();
                             let _ = audit.request(&r);
                         }
                     } else if let Ok(r) = parse_response(&p) {
@@ -32,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = audit.finish();
     let _ = parse_command(&String::from_utf8_lossy(rest));
-    let mut scp = ScpTracker::new(if split % 2 == 0 { ScpDirection::Upload } else { ScpDirection::Download }, "/t".into());
+    let mut scp = ScpTracker::new(ScpCommand {
+        direction: if split % 2 == 0 { ScpDirection::Upload } else { ScpDirection::Download },
+        path: if split % 4 < 2 { "/t".into() } else { "/t/".into() },
+        into_directory: split % 8 < 4,
+    });
     for piece in rest.chunks(usize::from(split).max(1)) {
         let _ = scp.feed(piece);
     }
