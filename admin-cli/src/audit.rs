@@ -165,7 +165,7 @@ pub async fn verify(cli: &Cli, public_key: Option<&str>, witness_files: &[std::p
     if json {
         output::object(true, &report);
     } else {
-        println!("{report}");
+        println!("{}", output::clean_lines(&report.to_string()));
     }
     match report.problems.first() {
         None => Ok(()),
@@ -207,11 +207,11 @@ fn print_rows(rows: &[AuditRow], json: bool) -> Result<(), Failure> {
                 "{:>6}  {}  {}  {}  {}  {}  {}",
                 r.seq.unwrap_or(0),
                 output::time(r.at),
-                r.kind,
-                r.severity,
-                r.user.as_deref().unwrap_or("-"),
-                r.session.as_deref().unwrap_or("-"),
-                r.detail
+                output::clean(&r.kind),
+                output::clean(&r.severity),
+                output::clean(r.user.as_deref().unwrap_or("-")),
+                output::clean(r.session.as_deref().unwrap_or("-")),
+                output::clean(&r.detail)
             )?;
         }
     }

@@ -179,14 +179,15 @@ pub async fn run(cli: &Cli, c: &GrantsCmd) -> Result<(), Failure> {
             if cli.json {
                 output::object(true, &g);
             } else if matches!(c, GrantsCmd::Request { .. }) {
-                println!(
+                let line = format!(
                     "requested grant {} for {}; managers of tier {} decide",
                     g.id,
                     herse::grants::scope(&g),
                     g.tier
                 );
+                println!("{}", output::clean(&line));
             } else {
-                println!("{}", status_line(&g));
+                println!("{}", output::clean_lines(&status_line(&g)));
             }
         }
     }

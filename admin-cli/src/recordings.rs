@@ -575,10 +575,11 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
                 serde_json::Value::Array(items) if !items.is_empty() => {
                     println!("{k}:");
                     for i in items {
-                        println!("  {}", i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()));
+                        let line = i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string());
+                        println!("  {}", output::clean(&line));
                     }
                 }
-                serde_json::Value::String(s) => println!("{k}: {s}"),
+                serde_json::Value::String(s) => println!("{k}: {}", output::clean(&s)),
                 serde_json::Value::Null => println!("{k}: -"),
                 other => println!("{k}: {other}"),
             }

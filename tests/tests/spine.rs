@@ -403,6 +403,23 @@ fn exec_exit_codes_stderr_and_env_in_both_forms() {
         }
     }
     assert!(saw, "no recording of the exit-7 session");
+    // A command carrying terminal escapes (here one that would erase the line naming it)
+    // reaches an auditor's terminal written out, never acted on.
+    let sly = "echo quiet # \u{1b}[2K\r\u{1b}]0;title\u{7}";
+    ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", sly]));
+    let (header, _) = recordings(&w)
+        .into_iter()
+        .find(|(_, ev)| {
+            ev.iter()
+                .any(|e| matches!(e, Event::Meta { meta: Meta::Exec { command }, .. } if command == sly))
+        })
+        .unwrap();
+    let shown = ok(w.gw.ctl().args(["recordings", "show", &header.session_id]));
+    assert!(
+        shown.contains("echo quiet # \\u{1b}[2K\\u{d}\\u{1b}]0;title\\u{7}"),
+        "{shown}"
+    );
+    assert!(!shown.contains(['\u{1b}', '\r', '\u{7}']), "{shown:?}");
 }
 
 #[test]
