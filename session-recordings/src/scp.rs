@@ -22,6 +22,8 @@ pub struct ScpCommand {
     pub path: String,
     /// `-d`: the client sends several files, so the path must be a directory.
     pub into_directory: bool,
+    /// `-r`: directories may be sent.
+    pub recursive: bool,
 }
 
 /// The server side of a legacy scp transfer, exactly as OpenSSH's scp client asks for it:
@@ -61,6 +63,7 @@ pub fn parse_command(command: &str) -> Option<ScpCommand> {
         direction,
         path: path.to_owned(),
         into_directory: flags.contains(&"-d"),
+        recursive: flags.contains(&"-r"),
     })
 }
 
@@ -69,7 +72,7 @@ enum State {
     Line(Vec<u8>),
     /// A message being skipped: a warning (`\x01`), after which the transfer goes on, or
     /// a fatal error, after which the receiver exits.
-    Message { len: usize, fatal: bool },
+    Message { len: usize, limit: usize, fatal: bool },
     Data {
         name: String,
         left: u64,
@@ -94,6 +97,7 @@ pub struct ScpTracker {
     target: String,
     /// Whether the files land inside `target` (see [`ScpTracker::path`]).
     into_target: bool,
+    recursive: bool,
     dirs: Vec<String>,
     state: State,
 }
@@ -112,6 +116,7 @@ impl ScpTracker {
             direction,
             path,
             into_directory,
+            recursive,
         } = command;
         let into_target = direction == ScpDirection::Upload
             && (into_directory || path.ends_with('/') || path == "." || path.ends_with("/."));
@@ -123,6 +128,7 @@ impl ScpTracker {
             direction,
             target,
             into_target,
+            recursive,
             dirs: Vec::new(),
             state: State::Line(Vec::new()),
         }
@@ -160,9 +166,12 @@ impl ScpTracker {
             match &mut self.state {
                 State::Done => break,
                 // What starts a line: a message, or the control record itself.
+                // The receiver reads the whole line, the status byte included, into
+                // its record buffer.
                 State::Line(line) if line.is_empty() && matches!(first, 1 | 2) => {
                     self.state = State::Message {
                         len: 0,
+                        limit: MAX_LINE - 1,
                         fatal: first == 2,
                     };
                     data = &data[1..];
@@ -178,26 +187,33 @@ impl ScpTracker {
                     if line.len() > MAX_LINE {
                         self.lose(&mut out, format!("a control line longer than {MAX_LINE} bytes"));
                     } else if done {
-                        let text = String::from_utf8_lossy(line).into_owned();
+                        // The receiver parses the line as a C string: a NUL ends it.
+                        let end = line.iter().position(|b| *b == 0).unwrap_or(line.len());
+                        let text = String::from_utf8_lossy(&line[..end]).into_owned();
                         self.state = State::Line(Vec::new());
                         if let Err(reason) = self.control(&text) {
                             self.lose(&mut out, reason);
                         }
                     }
                 }
-                State::Message { len, fatal } => match data.iter().position(|b| *b == b'\n') {
-                    Some(i) => {
-                        data = &data[i + 1..];
+                // A message longer than the receiver's buffer ends where the buffer
+                // does, and the rest is read as a record: not followed, and said.
+                State::Message { len, limit, fatal } => {
+                    let (n, done) = match data.iter().position(|b| *b == b'\n') {
+                        Some(i) => (i, true),
+                        None => (data.len(), false),
+                    };
+                    *len += n;
+                    if *len > *limit {
+                        let limit = *limit;
+                        self.lose(&mut out, format!("a message longer than {limit} bytes"));
+                    } else if done {
+                        data = &data[n + 1..];
                         self.state = if *fatal { State::Ended } else { State::Line(Vec::new()) };
-                    }
-                    None => {
-                        *len += data.len();
+                    } else {
                         data = &[];
-                        if *len > MAX_LINE {
-                            self.lose(&mut out, format!("a message longer than {MAX_LINE} bytes"));
-                        }
                     }
-                },
+                }
                 State::Data { left, hasher, .. } => {
                     let n = (*left).min(data.len() as u64) as usize;
                     hasher.update(&data[..n]);
@@ -225,8 +241,10 @@ impl ScpTracker {
                 State::Trailer => {
                     self.state = match first {
                         0 => State::Line(Vec::new()),
+                        // The receiver's status buffer keeps any byte but 1 and 2.
                         _ => State::Message {
                             len: 0,
+                            limit: if matches!(first, 1 | 2) { MAX_LINE } else { MAX_LINE - 1 },
                             fatal: first != 1,
                         },
                     };
@@ -246,8 +264,8 @@ impl ScpTracker {
         });
     }
 
-    /// A control record, checked as OpenSSH's receiving scp checks it: a record it would
-    /// refuse ends the stream there, as it ends the receiver.
+    /// A control record (cut at its first NUL), checked as OpenSSH's receiving scp
+    /// checks it: a record it would refuse ends the stream there, as it ends the receiver.
     fn control(&mut self, line: &str) -> Result<(), String> {
         let refused = |why: &str| {
             let shown: String = line.chars().take(80).collect();
@@ -263,7 +281,9 @@ impl ScpTracker {
                     self.state = State::Ended;
                 }
             }
-            'T' => {}
+            'T' if times(&line[1..]) => {}
+            'T' => return refused("a time record scp does not read"),
+            'D' if !self.recursive => return refused("a directory without -r"),
             'C' | 'D' => {
                 let rest = &line[1..];
                 let mode_ok = rest.len() > 4 && rest.as_bytes()[..4].iter().all(|b| (b'0'..=b'7').contains(b));
@@ -298,6 +318,18 @@ impl ScpTracker {
     }
 }
 
+/// `T`'s fields as scp writes them: `MTIME 0 ATIME 0`, seconds then microseconds.
+fn times(fields: &str) -> bool {
+    let f: Vec<&str> = fields.split(' ').collect();
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    f.len() == 4
+        && number(f[0])
+        && number(f[2])
+        && [f[1], f[3]]
+            .iter()
+            .all(|u| number(u) && u.parse::<u32>().is_ok_and(|n| n <= 999_999))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,12 +339,16 @@ mod tests {
             direction,
             path: path.into(),
             into_directory,
+            recursive: false,
         })
     }
 
-    /// Uploads into a directory the command makes certain (`/` at the end).
+    /// `-r`; uploads into a directory the command makes certain (`/` at the end).
     fn tracker(direction: ScpDirection, path: &str) -> ScpTracker {
-        ScpTracker::new(cmd(direction, path, false).unwrap())
+        ScpTracker::new(ScpCommand {
+            recursive: true,
+            ..cmd(direction, path, false).unwrap()
+        })
     }
 
     #[test]
@@ -323,13 +359,19 @@ mod tests {
         );
         assert_eq!(
             parse_command("scp -r -p -f dir"),
-            cmd(ScpDirection::Download, "dir", false)
+            Some(ScpCommand {
+                recursive: true,
+                ..cmd(ScpDirection::Download, "dir", false).unwrap()
+            })
         );
         assert_eq!(parse_command("scp -t ."), cmd(ScpDirection::Upload, ".", false));
         // What OpenSSH's scp sends, every flag on; `--` before a path that starts with -.
         assert_eq!(
             parse_command("scp -v -r -p -d -t /srv/app/releases"),
-            cmd(ScpDirection::Upload, "/srv/app/releases", true)
+            Some(ScpCommand {
+                recursive: true,
+                ..cmd(ScpDirection::Upload, "/srv/app/releases", true).unwrap()
+            })
         );
         assert_eq!(
             parse_command("scp -f -- -odd-name"),
@@ -521,6 +563,50 @@ mod tests {
             ok.is_empty() && matches!(t.state, State::Data { .. }),
             "the largest size"
         );
+    }
+
+    /// What the receiver reads differently from a naive reading: a NUL ends a record, a
+    /// message ends where the receiver's buffer does, a time record has a strict form,
+    /// and a directory needs -r.
+    #[test]
+    fn records_are_read_as_the_receiver_reads_them() {
+        // The file written is `.bashrc`, whatever follows the NUL.
+        let mut t = tracker(ScpDirection::Upload, "/u/");
+        let ev = t.feed(b"C0644 1 .bashrc\0.bak\nx\0");
+        assert_eq!(files(&ev), [("/u/.bashrc", 1)]);
+        let mut t = tracker(ScpDirection::Upload, "/u/");
+        assert_eq!(untracked(&t.feed(b"C0644 1 ..\0x\nx\0")).len(), 1);
+        // A warning filling the receiver's buffer, then a record inside the "message":
+        // not followed, and said; one that fits is skipped whole.
+        for (status, fits) in [(&b"\x01"[..], MAX_LINE - 1), (b"", MAX_LINE)] {
+            let mut over = b"C0644 0 a\n\0".to_vec();
+            let after_data = status.is_empty();
+            if after_data {
+                over = b"C0644 1 a\nx\x01".to_vec();
+            } else {
+                over.extend_from_slice(status);
+            }
+            let mut ok = over.clone();
+            ok.extend(std::iter::repeat_n(b'A', fits));
+            ok.extend_from_slice(b"\nC0644 1 b\ny\0");
+            over.extend(std::iter::repeat_n(b'A', fits));
+            over.extend_from_slice(b"C0644 0 .bashrc\n");
+            let mut t = tracker(ScpDirection::Upload, "/u/");
+            let ev = t.feed(&ok);
+            assert_eq!(files(&ev).last(), Some(&("/u/b", 1)), "{fits}: {ev:?}");
+            let mut t = tracker(ScpDirection::Upload, "/u/");
+            for piece in over.chunks(700) {
+                t.feed(piece);
+            }
+            assert!(matches!(t.state, State::Done), "{fits}");
+        }
+        for bad in [&b"T1 0 2\n"[..], b"T1 0 2 1000000\n", b"T1 x 2 0\n", b"T 1 0 2 0\n"] {
+            let mut t = tracker(ScpDirection::Upload, "/u/");
+            assert_eq!(untracked(&t.feed(bad)).len(), 1, "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut t = ScpTracker::new(parse_command("scp -t /u/").unwrap());
+        let ev = t.feed(b"D0755 0 d\nC0644 1 f\nx\0");
+        assert_eq!(untracked(&ev), ["a directory without -r: \"D0755 0 d\""]);
     }
 
     #[test]

@@ -108,6 +108,18 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, SftpError> {
         Ok(String::from_utf8_lossy(self.bytes()?).into_owned())
     }
+    /// A path or a name, as sftp-server reads them (`sshbuf_get_cstring`): one NUL at
+    /// the end is dropped (`copy-data\0` is copy-data to it), one anywhere else is an
+    /// error (it would cut the name short).
+    fn cstring(&mut self) -> Result<String, SftpError> {
+        let b = self.bytes()?;
+        let b = match b.iter().position(|c| *c == 0) {
+            None => b,
+            Some(i) if i + 1 == b.len() => &b[..i],
+            Some(_) => return Err(SftpError::Malformed("a NUL inside a path or name")),
+        };
+        Ok(String::from_utf8_lossy(b).into_owned())
+    }
     /// ATTRS as OpenSSH's `decode_attrib` reads them: flag bits it does not know are
     /// ignored, a missing field is an error (sftp-server ends the session on it).
     fn attrs(&mut self) -> Result<Attrs, SftpError> {
@@ -129,7 +141,7 @@ impl<'a> Reader<'a> {
             // Each pair is at least 8 bytes, so the count is bounded by the packet.
             let count = self.u32()?;
             for _ in 0..count {
-                let name = self.string()?;
+                let name = self.cstring()?;
                 self.bytes()?;
                 a.extended.push(name);
             }
@@ -474,7 +486,7 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
     Ok(match ty {
         3 => Open {
             id,
-            path: r.string()?,
+            path: r.cstring()?,
             pflags: r.u32()?,
             attrs: r.attrs()?,
         },
@@ -494,14 +506,14 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
             offset: r.u64()?,
             data: r.bytes()?.to_vec(),
         },
-        7 => Lstat { id, path: r.string()? },
+        7 => Lstat { id, path: r.cstring()? },
         8 => Fstat {
             id,
             handle: r.bytes()?.to_vec(),
         },
         9 => Setstat {
             id,
-            path: r.string()?,
+            path: r.cstring()?,
             attrs: r.attrs()?,
         },
         10 => Fsetstat {
@@ -509,40 +521,40 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
             handle: r.bytes()?.to_vec(),
             attrs: r.attrs()?,
         },
-        11 => Opendir { id, path: r.string()? },
+        11 => Opendir { id, path: r.cstring()? },
         12 => Readdir {
             id,
             handle: r.bytes()?.to_vec(),
         },
-        13 => Remove { id, path: r.string()? },
+        13 => Remove { id, path: r.cstring()? },
         14 => Mkdir {
             id,
-            path: r.string()?,
+            path: r.cstring()?,
             attrs: r.attrs()?,
         },
-        15 => Rmdir { id, path: r.string()? },
-        16 => Realpath { id, path: r.string()? },
-        17 => Stat { id, path: r.string()? },
+        15 => Rmdir { id, path: r.cstring()? },
+        16 => Realpath { id, path: r.cstring()? },
+        17 => Stat { id, path: r.cstring()? },
         18 => Rename {
             id,
-            from: r.string()?,
-            to: r.string()?,
+            from: r.cstring()?,
+            to: r.cstring()?,
         },
-        19 => Readlink { id, path: r.string()? },
+        19 => Readlink { id, path: r.cstring()? },
         // OpenSSH sends SYMLINK's arguments as (target, link), the reverse of the draft.
         20 => {
-            let target = r.string()?;
-            let link = r.string()?;
+            let target = r.cstring()?;
+            let link = r.cstring()?;
             Symlink { id, link, target }
         }
         200 => {
-            let name = r.string()?;
+            let name = r.cstring()?;
             // The layouts of OpenSSH's sftp-server; a missing field is an error there too.
             let args = match name.as_str() {
-                "posix-rename@openssh.com" | "hardlink@openssh.com" => ExtArgs::Paths(vec![r.string()?, r.string()?]),
-                "statvfs@openssh.com" | "expand-path@openssh.com" => ExtArgs::Paths(vec![r.string()?]),
+                "posix-rename@openssh.com" | "hardlink@openssh.com" => ExtArgs::Paths(vec![r.cstring()?, r.cstring()?]),
+                "statvfs@openssh.com" | "expand-path@openssh.com" => ExtArgs::Paths(vec![r.cstring()?]),
                 "lsetstat@openssh.com" => ExtArgs::Setstat {
-                    path: r.string()?,
+                    path: r.cstring()?,
                     attrs: r.attrs()?,
                 },
                 "fsync@openssh.com" | "fstatvfs@openssh.com" => ExtArgs::Handle(r.bytes()?.to_vec()),
@@ -892,6 +904,22 @@ mod tests {
             many.to_string().len() < 700 && many.to_string().ends_with(" and 92 more"),
             "{many}"
         );
+        // Names end at a NUL for sftp-server: one at the end is not part of them, one
+        // inside is an error there and here.
+        let mut copy_nul = s("copy-data\0");
+        copy_nul.extend_from_slice(&copy[13..]);
+        assert!(matches!(
+            parse_request(&request(200, 4, &[&copy_nul])).unwrap(),
+            Request::Extended { name, args: ExtArgs::CopyData { .. }, .. } if name == "copy-data"
+        ));
+        assert_eq!(
+            parse_request(&request(13, 6, &[&s("/srv/x\0")])).unwrap(),
+            Request::Remove {
+                id: 6,
+                path: "/srv/x".into()
+            }
+        );
+        assert!(parse_request(&request(13, 6, &[&s("/srv/x\0.bak")])).is_err());
         // A field its flags promise but the packet lacks; an extension cut short.
         for short in [
             request(9, 5, &[&s("/x"), &4u32.to_be_bytes()]),

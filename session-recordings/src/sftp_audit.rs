@@ -39,6 +39,10 @@ enum Pending {
         path: String,
         target: Option<String>,
         detail: Option<String>,
+        /// sftp-server goes on after a step fails and answers with the last failure, so
+        /// an error does not mean nothing changed (a chmod done, then a chown refused;
+        /// bytes copied, then EOF).
+        partial: bool,
     },
     Other,
 }
@@ -154,7 +158,7 @@ impl SftpAudit {
                 path: path.clone(),
                 pflags: *pflags,
                 // Attributes apply only to a file the OPEN creates.
-                detail: (pflags & FXF_CREAT != 0).then(|| described(attrs)).flatten(),
+                detail: (pflags & FXF_CREAT != 0).then(|| requested_mode(attrs)).flatten(),
             },
             Request::Opendir { .. } => Pending::Opendir,
             Request::Close { handle, .. } => {
@@ -186,7 +190,13 @@ impl SftpAudit {
                 Pending::Other
             }
             Request::Remove { path, .. } => change("remove", path, None),
-            Request::Mkdir { path, attrs, .. } => setting("mkdir", path, attrs),
+            Request::Mkdir { path, attrs, .. } => Pending::Change {
+                op: "mkdir",
+                path: path.clone(),
+                target: None,
+                detail: requested_mode(attrs),
+                partial: false,
+            },
             Request::Rmdir { path, .. } => change("rmdir", path, None),
             Request::Setstat { path, attrs, .. } => setting("setstat", path, attrs),
             // Named by the file its handle was opened on, under the rule WRITE follows.
@@ -237,6 +247,7 @@ impl SftpAudit {
                         path: source,
                         target: Some(dest.path.clone()),
                         detail: Some(format!("{range}, to offset {to_offset}")),
+                        partial: true,
                     }
                 }
                 _ => change("extended", name, None),
@@ -354,16 +365,21 @@ impl SftpAudit {
                     path,
                     target,
                     detail,
+                    partial,
                 },
                 _,
             ) => {
+                let mut outcome = outcome(status);
+                if partial && outcome != "ok" {
+                    outcome.push_str(" (steps before the failure may be done)");
+                }
                 out.push(Meta::SftpOp {
                     op: op.into(),
                     path,
                     target,
                     flags: None,
                     detail,
-                    outcome: outcome(status),
+                    outcome,
                 });
             }
             _ => {}
@@ -384,22 +400,36 @@ fn change(op: &'static str, path: &str, target: Option<&String>) -> Pending {
         path: path.to_owned(),
         target: target.cloned(),
         detail: None,
+        partial: false,
     }
 }
 
-/// A change that sets `attrs` on `path`.
+/// A change that sets `attrs` on `path`, each attribute in turn.
 fn setting(op: &'static str, path: &str, attrs: &Attrs) -> Pending {
+    let steps = [
+        attrs.size.is_some(),
+        attrs.owner.is_some(),
+        attrs.permissions.is_some(),
+        attrs.times.is_some(),
+    ];
     Pending::Change {
         op,
         path: path.to_owned(),
         target: None,
-        detail: described(attrs),
+        detail: (!attrs.is_empty()).then(|| attrs.to_string()),
+        partial: steps.iter().filter(|s| **s).count() > 1,
     }
 }
 
-/// Attributes in words; none set is no detail.
-fn described(attrs: &Attrs) -> Option<String> {
-    (!attrs.is_empty()).then(|| attrs.to_string())
+/// A creating OPEN and MKDIR take only the mode from their attributes.
+fn requested_mode(attrs: &Attrs) -> Option<String> {
+    attrs.permissions.map(|m| {
+        Attrs {
+            permissions: Some(m),
+            ..Attrs::default()
+        }
+        .to_string()
+    })
 }
 
 #[cfg(test)]
@@ -834,10 +864,14 @@ mod tests {
         })
         .unwrap();
         assert_eq!(op_of(&a.response(&status(5)).unwrap()).3, None);
+        // ...and nothing else: sftp-server takes only the mode from them.
         a.request(&Request::Mkdir {
             id: 6,
             path: "/srv/d".into(),
-            attrs: mode(0o700),
+            attrs: Attrs {
+                owner: Some((0, 0)),
+                ..mode(0o700)
+            },
         })
         .unwrap();
         assert_eq!(
@@ -921,5 +955,49 @@ mod tests {
         .unwrap();
         assert!(a.request(&fsetstat(16, b"src")).is_err(), "being closed");
         assert!(a.pending.keys().all(|id| *id == 15), "refusals left nothing pending");
+        // sftp-server applies each attribute in turn and answers with the last failure:
+        // an error on several attributes may leave some of them set.
+        let refused = |id| Response::Status {
+            id,
+            code: 3,
+            message: "Permission denied".into(),
+        };
+        a.request(&Request::Setstat {
+            id: 17,
+            path: "/srv/tool".into(),
+            attrs: Attrs {
+                owner: Some((0, 0)),
+                ..mode(0o4755)
+            },
+        })
+        .unwrap();
+        let outcome = |ev: Vec<Meta>| match &ev[..] {
+            [Meta::SftpOp { outcome, .. }] => outcome.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            outcome(a.response(&refused(17)).unwrap()),
+            "error 3: Permission denied (steps before the failure may be done)"
+        );
+        a.request(&Request::Setstat {
+            id: 18,
+            path: "/srv/tool".into(),
+            attrs: mode(0o4755),
+        })
+        .unwrap();
+        assert_eq!(outcome(a.response(&refused(18)).unwrap()), "error 3: Permission denied");
+        opened(&mut a, 19, "from", FXF_READ);
+        opened(&mut a, 20, "to", FXF_WRITE);
+        a.request(&copy(21, b"from", b"to")).unwrap();
+        let eof = Response::Status {
+            id: 21,
+            code: 1,
+            message: "EOF".into(),
+        };
+        assert_eq!(
+            outcome(a.response(&eof).unwrap()),
+            "error 1: EOF (steps before the failure may be done)",
+            "bytes up to the end were copied"
+        );
     }
 }

@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         direction: if split % 2 == 0 { ScpDirection::Upload } else { ScpDirection::Download },
         path: if split % 4 < 2 { "/t".into() } else { "/t/".into() },
         into_directory: split % 8 < 4,
+        recursive: split % 16 < 8,
     });
     for piece in rest.chunks(usize::from(split).max(1)) {
         let _ = scp.feed(piece);
