@@ -57,7 +57,7 @@ pub fn object<T: Serialize>(json: bool, value: &T) {
             match val {
                 serde_json::Value::String(s) => println!("{k}: {}", clean(&s)),
                 serde_json::Value::Null => println!("{k}: -"),
-                other => println!("{k}: {other}"),
+                other => println!("{k}: {}", clean(&other.to_string())),
             }
         }
     }

@@ -581,7 +581,7 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
                 }
                 serde_json::Value::String(s) => println!("{k}: {}", output::clean(&s)),
                 serde_json::Value::Null => println!("{k}: -"),
-                other => println!("{k}: {other}"),
+                other => println!("{k}: {}", output::clean(&other.to_string())),
             }
         }
     }
@@ -1096,7 +1096,7 @@ fn transcript(events: &[Event]) -> String {
                     if !out.is_empty() && !out.ends_with('\n') {
                         out.push('\n');
                     }
-                    out.push_str(&format!("{t:>9.3} #{channel} {l}\n"));
+                    out.push_str(&format!("{t:>9.3} #{channel} {}\n", output::clean(&l)));
                 }
             }
             Event::Data {

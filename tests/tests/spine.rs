@@ -420,6 +420,12 @@ fn exec_exit_codes_stderr_and_env_in_both_forms() {
         "{shown}"
     );
     assert!(!shown.contains(['\u{1b}', '\r', '\u{7}']), "{shown:?}");
+    let transcript = ok(w
+        .gw
+        .ctl()
+        .args(["recordings", "export", &header.session_id, "--format", "text"]));
+    assert!(transcript.contains("$ echo quiet # \\u{1b}[2K"), "{transcript}");
+    assert!(!transcript.contains(['\u{1b}', '\r', '\u{7}']), "{transcript:?}");
 }
 
 #[test]
