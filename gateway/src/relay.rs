@@ -155,11 +155,14 @@ struct Chan<'a> {
 }
 
 impl Chan<'_> {
-    /// Follow a legacy scp stream flowing in `direction`; record the files it carries.
-    fn scp_feed(&self, direction: ScpDirection, data: &[u8]) -> Result<(), RelayError> {
+    /// Follow a legacy scp stream: bytes going `flow` (`Upload`: from the client) are
+    /// the sender's when the transfer goes that way, the receiver's answers otherwise.
+    /// Record the files it carries.
+    fn scp_feed(&self, flow: ScpDirection, data: &[u8]) -> Result<(), RelayError> {
         let events = match self.scp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            Some((d, t)) if *d == direction => t.feed(data),
-            _ => return Ok(()),
+            Some((d, t)) if *d == flow => t.feed(data),
+            Some((_, t)) => t.answer(data),
+            None => return Ok(()),
         };
         for m in &events {
             self.s.recorder().meta(self.id, m)?;

@@ -71,8 +71,14 @@ enum State {
     /// A control line, read up to its newline.
     Line(Vec<u8>),
     /// A message being skipped: a warning (`\x01`), after which the transfer goes on, or
-    /// a fatal error, after which the receiver exits.
-    Message { len: usize, limit: usize, fatal: bool },
+    /// a fatal error, after which the receiver exits. One in place of the status byte
+    /// after a file's data is `answered` by the receiver, like that byte.
+    Message {
+        len: usize,
+        limit: usize,
+        fatal: bool,
+        answered: bool,
+    },
     Data {
         name: String,
         left: u64,
@@ -89,9 +95,29 @@ enum State {
     Done,
 }
 
-/// Follows the data-carrying direction of an scp stream, reading it as OpenSSH's
-/// receiving side (`sink`) does, so that a file is recorded exactly when that side
-/// would write it.
+/// What the sender waits for the receiver to answer before it goes on.
+enum Awaited {
+    /// The receiver's start (it may refuse the target path).
+    Start,
+    /// A file: its data follows only if the receiver could open it.
+    File { name: String, size: u64 },
+    /// A directory: entered only if the receiver could make it.
+    Dir { name: String },
+    /// A time record, the end of a directory, a file's data: nothing depends on it.
+    Other,
+}
+
+/// Reading the receiver's answers: a status byte, and after 1 or 2 a message line.
+enum Answer {
+    Status,
+    Message { len: usize, fatal: bool },
+}
+
+/// Follows an scp stream as OpenSSH's receiving side (`sink`) reads it, so that a file
+/// is recorded exactly when that side would write it: the sender's records and data
+/// through [`ScpTracker::feed`], the receiver's answers through [`ScpTracker::answer`]
+/// (a record the receiver refuses, a file it cannot open, is followed by no data: the
+/// sender's next bytes are its next record).
 pub struct ScpTracker {
     direction: ScpDirection,
     target: String,
@@ -100,6 +126,11 @@ pub struct ScpTracker {
     recursive: bool,
     dirs: Vec<String>,
     state: State,
+    awaiting: Option<Awaited>,
+    /// What the sender sent before the answer it should have waited for; read once the
+    /// answer says what it is. An honest sender sends nothing ahead.
+    ahead: Vec<u8>,
+    answer: Answer,
 }
 
 /// The longest line OpenSSH's scp reads whole (its buffer is 2048 bytes, with the
@@ -109,6 +140,9 @@ const MAX_LINE: usize = 2046;
 const MAX_DEPTH: usize = 256;
 /// The largest size scp accepts (an `off_t`).
 const MAX_SIZE: u64 = i64::MAX as u64;
+/// Bytes a sender may send ahead of the receiver's answer before the stream is no
+/// longer followed.
+const MAX_AHEAD: usize = 64 * 1024;
 
 impl ScpTracker {
     pub fn new(command: ScpCommand) -> Self {
@@ -131,6 +165,9 @@ impl ScpTracker {
             recursive,
             dirs: Vec::new(),
             state: State::Line(Vec::new()),
+            awaiting: Some(Awaited::Start),
+            ahead: Vec::new(),
+            answer: Answer::Status,
         }
     }
 
@@ -157,12 +194,83 @@ impl ScpTracker {
         (path, ambiguous.then_some(sent_as))
     }
 
-    /// Feed bytes of the data-carrying direction; returns finished transfers. A stream
-    /// that stops making sense is no longer followed, and says so once with
-    /// [`Meta::Untracked`] (the raw bytes stay recorded).
-    pub fn feed(&mut self, mut data: &[u8]) -> Vec<Meta> {
+    /// Feed the sender's bytes; returns finished transfers. A stream that stops making
+    /// sense is no longer followed, and says so once with [`Meta::Untracked`] (the raw
+    /// bytes stay recorded).
+    pub fn feed(&mut self, data: &[u8]) -> Vec<Meta> {
         let mut out = Vec::new();
+        self.sent(data, &mut out);
+        out
+    }
+
+    /// Feed the receiver's bytes (its answers); returns what the sender's bytes held
+    /// back for them complete.
+    pub fn answer(&mut self, data: &[u8]) -> Vec<Meta> {
+        let mut out = Vec::new();
+        for &b in data {
+            if matches!(self.state, State::Done) {
+                break;
+            }
+            match &mut self.answer {
+                Answer::Status => match b {
+                    0 => self.answered(true, &mut out),
+                    1 | 2 => self.answer = Answer::Message { len: 0, fatal: b == 2 },
+                    _ => self.lose(&mut out, "the receiver answered with a byte scp never sends".into()),
+                },
+                Answer::Message { fatal, .. } if b == b'\n' => {
+                    let fatal = *fatal;
+                    self.answer = Answer::Status;
+                    if fatal {
+                        // The sender exits on it.
+                        self.state = State::Ended;
+                        self.awaiting = None;
+                    } else {
+                        self.answered(false, &mut out);
+                    }
+                }
+                Answer::Message { len, .. } => {
+                    *len += 1;
+                    if *len > MAX_LINE {
+                        self.lose(&mut out, format!("an answer longer than {MAX_LINE} bytes"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The receiver answered: `ok` (0), or with an error message.
+    fn answered(&mut self, ok: bool, out: &mut Vec<Meta>) {
+        match self.awaiting.take() {
+            None => return self.lose(out, "the receiver answered a record that was not sent".into()),
+            // A receiver that cannot start (its target is not a directory) exits.
+            Some(Awaited::Start) if !ok => self.state = State::Ended,
+            Some(Awaited::File { name, size }) if ok => {
+                // A zero-length file finishes when its trailer byte arrives.
+                self.state = State::Data {
+                    name,
+                    left: size,
+                    size,
+                    hasher: Sha256::new(),
+                }
+            }
+            Some(Awaited::Dir { name }) if ok => self.dirs.push(name),
+            Some(_) => {}
+        }
+        let ahead = std::mem::take(&mut self.ahead);
+        self.sent(&ahead, out);
+    }
+
+    fn sent(&mut self, mut data: &[u8], out: &mut Vec<Meta>) {
         while let Some(&first) = data.first() {
+            if self.awaiting.is_some() && !matches!(self.state, State::Done) {
+                if self.ahead.len() + data.len() > MAX_AHEAD {
+                    self.lose(out, "the sender ran ahead of the receiver's answers".into());
+                } else {
+                    self.ahead.extend_from_slice(data);
+                }
+                return;
+            }
             match &mut self.state {
                 State::Done => break,
                 // What starts a line: a message, or the control record itself.
@@ -173,10 +281,11 @@ impl ScpTracker {
                         len: 0,
                         limit: MAX_LINE - 1,
                         fatal: first == 2,
+                        answered: false,
                     };
                     data = &data[1..];
                 }
-                State::Ended => self.lose(&mut out, "bytes after the receiving scp stopped reading".into()),
+                State::Ended => self.lose(out, "bytes after the receiving scp stopped reading".into()),
                 State::Line(line) => {
                     let (chunk, rest, done) = match data.iter().position(|b| *b == b'\n') {
                         Some(i) => (&data[..i], &data[i + 1..], true),
@@ -185,20 +294,25 @@ impl ScpTracker {
                     line.extend_from_slice(chunk);
                     data = rest;
                     if line.len() > MAX_LINE {
-                        self.lose(&mut out, format!("a control line longer than {MAX_LINE} bytes"));
+                        self.lose(out, format!("a control line longer than {MAX_LINE} bytes"));
                     } else if done {
                         // The receiver parses the line as a C string: a NUL ends it.
                         let end = line.iter().position(|b| *b == 0).unwrap_or(line.len());
                         let text = String::from_utf8_lossy(&line[..end]).into_owned();
                         self.state = State::Line(Vec::new());
                         if let Err(reason) = self.control(&text) {
-                            self.lose(&mut out, reason);
+                            self.lose(out, reason);
                         }
                     }
                 }
                 // A message longer than the receiver's buffer ends where the buffer
                 // does, and the rest is read as a record: not followed, and said.
-                State::Message { len, limit, fatal } => {
+                State::Message {
+                    len,
+                    limit,
+                    fatal,
+                    answered,
+                } => {
                     let (n, done) = match data.iter().position(|b| *b == b'\n') {
                         Some(i) => (i, true),
                         None => (data.len(), false),
@@ -206,9 +320,12 @@ impl ScpTracker {
                     *len += n;
                     if *len > *limit {
                         let limit = *limit;
-                        self.lose(&mut out, format!("a message longer than {limit} bytes"));
+                        self.lose(out, format!("a message longer than {limit} bytes"));
                     } else if done {
                         data = &data[n + 1..];
+                        if *answered && !*fatal {
+                            self.awaiting = Some(Awaited::Other);
+                        }
                         self.state = if *fatal { State::Ended } else { State::Line(Vec::new()) };
                     } else {
                         data = &[];
@@ -240,24 +357,29 @@ impl ScpTracker {
                 // after which the receiver exits.
                 State::Trailer => {
                     self.state = match first {
-                        0 => State::Line(Vec::new()),
+                        0 => {
+                            self.awaiting = Some(Awaited::Other);
+                            State::Line(Vec::new())
+                        }
                         // The receiver's status buffer keeps any byte but 1 and 2.
                         _ => State::Message {
                             len: 0,
                             limit: if matches!(first, 1 | 2) { MAX_LINE } else { MAX_LINE - 1 },
                             fatal: first != 1,
+                            answered: true,
                         },
                     };
                     data = &data[1..];
                 }
             }
         }
-        out
     }
 
     /// Stop following the stream, and say why.
     fn lose(&mut self, out: &mut Vec<Meta>, reason: String) {
         self.state = State::Done;
+        self.awaiting = None;
+        self.ahead = Vec::new();
         out.push(Meta::Untracked {
             protocol: "scp".into(),
             reason,
@@ -280,8 +402,9 @@ impl ScpTracker {
                 if self.dirs.pop().is_none() {
                     self.state = State::Ended;
                 }
+                self.awaiting = Some(Awaited::Other);
             }
-            'T' if times(&line[1..]) => {}
+            'T' if times(&line[1..]) => self.awaiting = Some(Awaited::Other),
             'T' => return refused("a time record scp does not read"),
             'D' if !self.recursive => return refused("a directory without -r"),
             'C' | 'D' => {
@@ -294,23 +417,18 @@ impl ScpTracker {
                     Ok(n) if mode_ok && size.bytes().all(|b| b.is_ascii_digit()) && n <= MAX_SIZE => n,
                     _ => return refused("a record scp does not read"),
                 };
-                if name.is_empty() || name.contains('/') || name == ".." {
+                if name.is_empty() || name.contains('/') || name == ".." || name == "." {
                     return refused("a file name scp refuses");
                 }
-                if kind == 'D' {
+                let name = name.to_owned();
+                self.awaiting = Some(if kind == 'D' {
                     if self.dirs.len() >= MAX_DEPTH {
                         return refused(&format!("directories nested deeper than {MAX_DEPTH}"));
                     }
-                    self.dirs.push(name.to_owned());
+                    Awaited::Dir { name }
                 } else {
-                    // A zero-length file finishes when its trailer byte arrives.
-                    self.state = State::Data {
-                        name: name.to_owned(),
-                        left: size,
-                        size,
-                        hasher: Sha256::new(),
-                    };
-                }
+                    Awaited::File { name, size }
+                });
             }
             _ => return refused("not a control record"),
         }
@@ -341,6 +459,16 @@ mod tests {
             into_directory,
             recursive: false,
         })
+    }
+
+    /// The sender's bytes, answered as an OpenSSH receiver that accepts everything
+    /// answers them.
+    fn acked(t: &mut ScpTracker, stream: &[u8]) -> Vec<Meta> {
+        let mut ev = t.feed(stream);
+        while t.awaiting.is_some() && !matches!(t.state, State::Done) {
+            ev.extend(t.answer(b"\0"));
+        }
+        ev
     }
 
     /// `-r`; uploads into a directory the command makes certain (`/` at the end).
@@ -445,7 +573,7 @@ mod tests {
         let stream = b"C0644 11 hello.txt\nhello world\0D0755 0 sub\nT1 0 2 0\nC0600 3 a\nabc\0C0600 0 empty\n\0E\n";
         let mut ev = Vec::new();
         for piece in stream.chunks(4) {
-            ev.extend(t.feed(piece));
+            ev.extend(acked(&mut t, piece));
         }
         assert_eq!(ev.len(), 3, "{ev:?}");
         assert!(
@@ -460,7 +588,7 @@ mod tests {
     fn paths_are_where_the_receiver_puts_the_files() {
         let landed = |command: &str, stream: &[u8]| -> Vec<(String, Option<String>)> {
             let mut t = ScpTracker::new(parse_command(command).unwrap());
-            t.feed(stream)
+            acked(&mut t, stream)
                 .into_iter()
                 .filter_map(|m| match m {
                     Meta::FileTransfer { path, sent_as, .. } => Some((path, sent_as)),
@@ -509,7 +637,7 @@ mod tests {
     fn warnings_do_not_stop_the_files_after_them_and_fatal_errors_end_the_stream() {
         let mut t = tracker(ScpDirection::Download, "dir");
         let stream = b"D0755 0 dir\n\x01scp: dir/secret: Permission denied\nC0644 2 b\nhi\x01scp: dir/b: read error\nC0644 1 c\nx\0E\nE\n";
-        let ev = t.feed(stream);
+        let ev = acked(&mut t, stream);
         assert_eq!(files(&ev), [("dir/b", 2), ("dir/c", 1)], "{ev:?}");
         assert!(untracked(&ev).is_empty());
         assert!(matches!(t.state, State::Ended), "E at the top ends the receiver");
@@ -522,9 +650,9 @@ mod tests {
             (b"D0755 0 d\nE\nE\n", 0),
         ] {
             let mut t = tracker(ScpDirection::Upload, "/u/");
-            let ev = t.feed(end);
+            let ev = acked(&mut t, end);
             assert!(untracked(&ev).is_empty() && files(&ev).len() == before, "{ev:?}");
-            let ev = t.feed(b"C0644 1 y\ny\0");
+            let ev = acked(&mut t, b"C0644 1 y\ny\0");
             assert!(files(&ev).is_empty(), "{ev:?}");
             assert_eq!(untracked(&ev), ["bytes after the receiving scp stopped reading"]);
         }
@@ -544,6 +672,7 @@ mod tests {
             b"C0644 5\n",
             b"C0644 5 \n",
             b"C0644 5 ../x\n",
+            b"C0644 5 .\n",
             b"D0755 0 ..\n",
             b"\0C0644 1 a\n",
             b"\nC0644 1 a\n",
@@ -553,12 +682,12 @@ mod tests {
             let mut t = tracker(ScpDirection::Upload, "/u/");
             let mut with_file = bad.to_vec();
             with_file.extend_from_slice(b"C0644 1 f\nx\0");
-            let ev = t.feed(&with_file);
+            let ev = acked(&mut t, &with_file);
             assert!(files(&ev).is_empty(), "{:?}: {ev:?}", String::from_utf8_lossy(bad));
             assert_eq!(untracked(&ev).len(), 1, "{:?}: {ev:?}", String::from_utf8_lossy(bad));
         }
         let mut t = tracker(ScpDirection::Upload, "/u/");
-        let ok = t.feed(b"C0644 9223372036854775807 big\n");
+        let ok = acked(&mut t, b"C0644 9223372036854775807 big\n");
         assert!(
             ok.is_empty() && matches!(t.state, State::Data { .. }),
             "the largest size"
@@ -572,10 +701,10 @@ mod tests {
     fn records_are_read_as_the_receiver_reads_them() {
         // The file written is `.bashrc`, whatever follows the NUL.
         let mut t = tracker(ScpDirection::Upload, "/u/");
-        let ev = t.feed(b"C0644 1 .bashrc\0.bak\nx\0");
+        let ev = acked(&mut t, b"C0644 1 .bashrc\0.bak\nx\0");
         assert_eq!(files(&ev), [("/u/.bashrc", 1)]);
         let mut t = tracker(ScpDirection::Upload, "/u/");
-        assert_eq!(untracked(&t.feed(b"C0644 1 ..\0x\nx\0")).len(), 1);
+        assert_eq!(untracked(&acked(&mut t, b"C0644 1 ..\0x\nx\0")).len(), 1);
         // A warning filling the receiver's buffer, then a record inside the "message":
         // not followed, and said; one that fits is skipped whole.
         for (status, fits) in [(&b"\x01"[..], MAX_LINE - 1), (b"", MAX_LINE)] {
@@ -592,21 +721,76 @@ mod tests {
             over.extend(std::iter::repeat_n(b'A', fits));
             over.extend_from_slice(b"C0644 0 .bashrc\n");
             let mut t = tracker(ScpDirection::Upload, "/u/");
-            let ev = t.feed(&ok);
+            let ev = acked(&mut t, &ok);
             assert_eq!(files(&ev).last(), Some(&("/u/b", 1)), "{fits}: {ev:?}");
             let mut t = tracker(ScpDirection::Upload, "/u/");
             for piece in over.chunks(700) {
-                t.feed(piece);
+                acked(&mut t, piece);
             }
             assert!(matches!(t.state, State::Done), "{fits}");
         }
         for bad in [&b"T1 0 2\n"[..], b"T1 0 2 1000000\n", b"T1 x 2 0\n", b"T 1 0 2 0\n"] {
             let mut t = tracker(ScpDirection::Upload, "/u/");
-            assert_eq!(untracked(&t.feed(bad)).len(), 1, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                untracked(&acked(&mut t, bad)).len(),
+                1,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let mut t = ScpTracker::new(parse_command("scp -t /u/").unwrap());
-        let ev = t.feed(b"D0755 0 d\nC0644 1 f\nx\0");
+        let ev = acked(&mut t, b"D0755 0 d\nC0644 1 f\nx\0");
         assert_eq!(untracked(&ev), ["a directory without -r: \"D0755 0 d\""]);
+    }
+
+    /// A record the receiver refuses carries no data: the sender's next bytes are its
+    /// next record, whatever a reading of the sender's side alone would make of them.
+    #[test]
+    fn what_the_receiver_refuses_carries_no_data() {
+        // The receiver cannot open `d` (a directory there) and reads on: the bytes the
+        // sender sized as `d`'s data are a record of their own, and a file.
+        let key = b"C0600 4 authorized_keys\nssh!\0";
+        let mut stream = format!("C0644 {} d\n", key.len()).into_bytes();
+        stream.extend_from_slice(key);
+        let mut t = tracker(ScpDirection::Upload, "/home/u/");
+        let mut ev = t.answer(b"\0");
+        ev.extend(t.feed(&stream));
+        assert!(ev.is_empty(), "all of it waits for the answers: {ev:?}");
+        ev.extend(t.answer(b"\x01scp: /home/u/d: Is a directory\n"));
+        ev.extend(t.answer(b"\0\0"));
+        assert_eq!(files(&ev), [("/home/u/authorized_keys", 4)]);
+        assert!(untracked(&ev).is_empty() && t.awaiting.is_none(), "{ev:?}");
+        // A directory the receiver cannot make is not entered.
+        let mut t = tracker(ScpDirection::Upload, "/u/");
+        t.answer(b"\0");
+        t.feed(b"D0755 0 d\n");
+        t.answer(b"\x01scp: /u/d: Permission denied\n");
+        assert_eq!(files(&acked(&mut t, b"C0644 1 f\nx\0")), [("/u/f", 1)]);
+        // An answer to nothing; a sender far ahead of the answers; a receiver that
+        // could not start, and a fatal answer, after which the sender sends on.
+        let mut t = tracker(ScpDirection::Upload, "/u/");
+        t.answer(b"\0");
+        assert_eq!(
+            untracked(&t.answer(b"\0")),
+            ["the receiver answered a record that was not sent"]
+        );
+        let mut t = tracker(ScpDirection::Upload, "/u/");
+        t.answer(b"\0");
+        t.feed(b"C0644 100000 big\n");
+        assert_eq!(
+            untracked(&t.feed(&vec![0; MAX_AHEAD + 1])),
+            ["the sender ran ahead of the receiver's answers"]
+        );
+        for answers in [&b"\x01scp: /u: Not a directory\n"[..], b"\0\x02scp: gone\n"] {
+            let mut t = tracker(ScpDirection::Upload, "/u/");
+            t.answer(answers);
+            assert_eq!(
+                untracked(&t.feed(b"C0644 1 f\nx\0")),
+                ["bytes after the receiving scp stopped reading"]
+            );
+        }
+        let mut t = tracker(ScpDirection::Upload, "/u/");
+        assert_eq!(untracked(&t.answer(b"\x07")).len(), 1);
     }
 
     #[test]
@@ -614,11 +798,11 @@ mod tests {
         let mut t = tracker(ScpDirection::Upload, "/u/");
         let mut stream = b"D0755 0 d\n".repeat(MAX_DEPTH);
         stream.extend_from_slice(b"C0644 1 f\nx\0");
-        assert_eq!(files(&t.feed(&stream)).len(), 1, "at the limit");
+        assert_eq!(files(&acked(&mut t, &stream)).len(), 1, "at the limit");
         let mut t = tracker(ScpDirection::Upload, "/u/");
         let mut stream = b"D0755 0 d\n".repeat(MAX_DEPTH + 1);
         stream.extend_from_slice(b"C0644 1 f\nx\0");
-        let ev = t.feed(&stream);
+        let ev = acked(&mut t, &stream);
         assert!(files(&ev).is_empty(), "past the limit the stream is no longer followed");
         assert_eq!(untracked(&ev), ["directories nested deeper than 256: \"D0755 0 d\""]);
     }
@@ -628,14 +812,14 @@ mod tests {
         let mut t = tracker(ScpDirection::Download, "x");
         let mut long = b"C0644 1 ".to_vec();
         long.extend(std::iter::repeat_n(b'a', MAX_LINE));
-        let ev = t.feed(&long);
+        let ev = acked(&mut t, &long);
         assert_eq!(untracked(&ev), ["a control line longer than 2046 bytes"]);
-        assert!(t.feed(b"\nC0644 1 f\nx\0").is_empty(), "said once, then silent");
+        assert!(acked(&mut t, b"\nC0644 1 f\nx\0").is_empty(), "said once, then silent");
         let mut t = tracker(ScpDirection::Download, "x");
         let mut msg = vec![1u8];
         msg.extend(std::iter::repeat_n(b'm', MAX_LINE + 1));
-        assert_eq!(untracked(&t.feed(&msg)).len(), 1);
+        assert_eq!(untracked(&acked(&mut t, &msg)).len(), 1);
         let mut t = tracker(ScpDirection::Download, "x");
-        assert_eq!(untracked(&t.feed(&[0xff; 10000])).len(), 1);
+        assert_eq!(untracked(&acked(&mut t, &[0xff; 10000])).len(), 1);
     }
 }

@@ -795,6 +795,49 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
             .any(|l| l.as_str() == Some(&line)),
         "{line}: {shown}"
     );
+    // A crafted sender: the record for `tree` (a directory there, which the target's
+    // scp cannot open as a file, so it reads on) is sized to take the next record for
+    // its data. The target writes the file that record names, and so does the recording.
+    let planted = b"C0600 4 planted.txt\nssh!\0";
+    let mut stream = format!("C0644 {} tree\n", planted.len()).into_bytes();
+    stream.extend_from_slice(planted);
+    let mut crafted = ssh(&w.alice)
+        .args(["-l", DEPLOY, "web1", &format!("scp -t {remote_dir}/")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    crafted.stdin.take().unwrap().write_all(&stream).unwrap();
+    let answers = crafted.wait_with_output().unwrap();
+    let remote = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", &format!("cat {remote_dir}/planted.txt")]));
+    assert_eq!(
+        text(&remote.stdout),
+        "ssh!",
+        "{:?} {}",
+        text(&answers.stdout),
+        text(&answers.stderr)
+    );
+    let session = recordings(&w)
+        .into_iter()
+        .find(|(_, ev)| {
+            ev.iter().any(
+                |e| matches!(e, Event::Meta { meta: Meta::Exec { command }, .. } if *command == format!("scp -t {remote_dir}/")),
+            )
+        })
+        .unwrap()
+        .1;
+    let moved: Vec<String> = session
+        .iter()
+        .filter_map(|e| match e {
+            Event::Meta {
+                meta: Meta::FileTransfer { path, bytes, .. },
+                ..
+            } => Some(format!("{path} {bytes}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(moved, [format!("{remote_dir}/planted.txt 4")]);
     ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", &format!("rm -rf {remote_dir}")]));
 }
 

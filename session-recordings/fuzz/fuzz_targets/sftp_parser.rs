@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         into_directory: split % 8 < 4,
         recursive: split % 16 < 8,
     });
-    for piece in rest.chunks(usize::from(split).max(1)) {
-        let _ = scp.feed(piece);
+    for (i, piece) in rest.chunks(usize::from(split).max(1)).enumerate() {
+        let _ = if i % 3 == 2 { scp.answer(piece) } else { scp.feed(piece) };
     }
 });
