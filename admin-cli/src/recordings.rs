@@ -651,11 +651,7 @@ fn summarise(events: &[Event]) -> Summary {
                         ..
                     },
                 ..
-            } if op != "open" || detail.is_some() => sftp.push(format!(
-                "{op} {path}{}{} -> {outcome}",
-                target.as_ref().map(|t| format!(" {t}")).unwrap_or_default(),
-                detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
-            )),
+            } if op != "open" || detail.is_some() => sftp.push(sftp_op_words(op, path, target, detail, outcome)),
             Event::Meta {
                 meta:
                     Meta::FileTransfer {
@@ -668,9 +664,8 @@ fn summarise(events: &[Event]) -> Summary {
                     },
                 ..
             } => files.push(format!(
-                "{protocol} {} {path}{}: {bytes} B{}",
-                if *upload { "upload" } else { "download" },
-                sent_as.as_ref().map(|n| format!(" (sent as {n})")).unwrap_or_default(),
+                "{}{}",
+                transfer_words(protocol, *upload, path, sent_as, *bytes),
                 sha256.as_ref().map(|h| format!(" (sha256 {h})")).unwrap_or_default()
             )),
             Event::Meta {
@@ -702,6 +697,24 @@ fn summarise(events: &[Event]) -> Summary {
         recorded_end,
         bytes,
     }
+}
+
+/// `setstat /srv/x (mode 0640) -> ok`
+fn sftp_op_words(op: &str, path: &str, target: &Option<String>, detail: &Option<String>, outcome: &str) -> String {
+    format!(
+        "{op} {path}{}{} -> {outcome}",
+        target.as_ref().map(|t| format!(" {t}")).unwrap_or_default(),
+        detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+    )
+}
+
+/// `scp upload /srv/new (sent as f.txt): 12 B`
+fn transfer_words(protocol: &str, upload: bool, path: &str, sent_as: &Option<String>, bytes: u64) -> String {
+    format!(
+        "{protocol} {} {path}{}: {bytes} B",
+        if upload { "upload" } else { "download" },
+        sent_as.as_ref().map(|n| format!(" (sent as {n})")).unwrap_or_default()
+    )
 }
 
 fn completeness(c: &Completeness) -> String {
@@ -1063,11 +1076,7 @@ fn transcript(events: &[Event]) -> String {
                         detail,
                         outcome,
                         ..
-                    } => Some(format!(
-                        "[sftp {op} {path}{}{} -> {outcome}]",
-                        target.as_ref().map(|t| format!(" {t}")).unwrap_or_default(),
-                        detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
-                    )),
+                    } => Some(format!("[sftp {}]", sftp_op_words(op, path, target, detail, outcome))),
                     Meta::FileTransfer {
                         protocol,
                         upload,
@@ -1076,9 +1085,8 @@ fn transcript(events: &[Event]) -> String {
                         bytes,
                         ..
                     } => Some(format!(
-                        "[{protocol} {} {path}{}: {bytes} B]",
-                        if *upload { "upload" } else { "download" },
-                        sent_as.as_ref().map(|n| format!(" (sent as {n})")).unwrap_or_default()
+                        "[{}]",
+                        transfer_words(protocol, *upload, path, sent_as, *bytes)
                     )),
                     Meta::Untracked { protocol, reason } => Some(format!("[{protocol} no longer followed: {reason}]")),
                     Meta::SftpFile {
