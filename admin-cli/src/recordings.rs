@@ -653,19 +653,11 @@ fn summarise(events: &[Event]) -> Summary {
                 ..
             } if op != "open" || detail.is_some() => sftp.push(sftp_op_words(op, path, target, detail, outcome)),
             Event::Meta {
-                meta:
-                    Meta::FileTransfer {
-                        protocol,
-                        upload,
-                        path,
-                        sent_as,
-                        bytes,
-                        sha256,
-                    },
+                meta: meta @ Meta::FileTransfer { sha256, .. },
                 ..
             } => files.push(format!(
                 "{}{}",
-                transfer_words(protocol, *upload, path, sent_as, *bytes),
+                transfer_words(meta),
                 sha256.as_ref().map(|h| format!(" (sha256 {h})")).unwrap_or_default()
             )),
             Event::Meta {
@@ -708,13 +700,30 @@ fn sftp_op_words(op: &str, path: &str, target: &Option<String>, detail: &Option<
     )
 }
 
-/// `scp upload /srv/new (sent as f.txt): 12 B`
-fn transfer_words(protocol: &str, upload: bool, path: &str, sent_as: &Option<String>, bytes: u64) -> String {
-    format!(
-        "{protocol} {} {path}{}: {bytes} B",
-        if upload { "upload" } else { "download" },
-        sent_as.as_ref().map(|n| format!(" (sent as {n})")).unwrap_or_default()
-    )
+/// `scp upload /srv/new (sent as f.txt): 12 B, mode 0644`, or
+/// `scp upload directory /srv/d, mode 0755`. Empty for any other event.
+fn transfer_words(meta: &Meta) -> String {
+    let Meta::FileTransfer {
+        protocol,
+        upload,
+        path,
+        sent_as,
+        bytes,
+        mode,
+        directory,
+        ..
+    } = meta
+    else {
+        return String::new();
+    };
+    let way = if *upload { "upload" } else { "download" };
+    let sent_as = sent_as.as_ref().map(|n| format!(" (sent as {n})")).unwrap_or_default();
+    let mode = mode.as_ref().map(|m| format!(", mode {m}")).unwrap_or_default();
+    if *directory {
+        format!("{protocol} {way} directory {path}{sent_as}{mode}")
+    } else {
+        format!("{protocol} {way} {path}{sent_as}: {bytes} B{mode}")
+    }
 }
 
 fn completeness(c: &Completeness) -> String {
@@ -1077,17 +1086,7 @@ fn transcript(events: &[Event]) -> String {
                         outcome,
                         ..
                     } => Some(format!("[sftp {}]", sftp_op_words(op, path, target, detail, outcome))),
-                    Meta::FileTransfer {
-                        protocol,
-                        upload,
-                        path,
-                        sent_as,
-                        bytes,
-                        ..
-                    } => Some(format!(
-                        "[{}]",
-                        transfer_words(protocol, *upload, path, sent_as, *bytes)
-                    )),
+                    Meta::FileTransfer { .. } => Some(format!("[{}]", transfer_words(meta))),
                     Meta::Untracked { protocol, reason } => Some(format!("[{protocol} no longer followed: {reason}]")),
                     Meta::SftpFile {
                         path,

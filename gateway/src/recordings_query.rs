@@ -545,6 +545,8 @@ mod tests {
                 sent_as: Some("shadow".into()),
                 bytes: 1,
                 sha256: None,
+                mode: Some("0644".into()),
+                directory: false,
             }))
             .as_deref(),
             Some("/srv/drop shadow")

@@ -164,6 +164,16 @@ pub enum Meta {
         sent_as: Option<String>,
         bytes: u64,
         sha256: Option<String>,
+        /// The mode the sender gave, four octal digits as scp sends them (`0644`,
+        /// `4755`). OpenSSH's receiver creates a file or directory with it (less its
+        /// umask), and under `-p` sets it exactly, on existing ones too: a setuid bit
+        /// shows here. Absent in recordings made before it existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<String>,
+        /// A directory (scp `-r`'s `D` record) the receiver made or entered, rather than
+        /// a file: no bytes and no hash. Absent (false) in older recordings.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        directory: bool,
     },
     /// A file stream (legacy scp) stopped making sense to the gateway: the files after
     /// this point have no `FileTransfer` summary. Their bytes are still recorded.

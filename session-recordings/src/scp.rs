@@ -81,6 +81,7 @@ enum State {
     },
     Data {
         name: String,
+        mode: String,
         left: u64,
         size: u64,
         hasher: Sha256,
@@ -100,9 +101,9 @@ enum Awaited {
     /// The receiver's start (it may refuse the target path).
     Start,
     /// A file: its data follows only if the receiver could open it.
-    File { name: String, size: u64 },
+    File { name: String, size: u64, mode: String },
     /// A directory: entered only if the receiver could make it.
-    Dir { name: String },
+    Dir { name: String, mode: String },
     /// A time record, the end of a directory, a file's data: nothing depends on it.
     Other,
 }
@@ -245,16 +246,30 @@ impl ScpTracker {
             None => return self.lose(out, "the receiver answered a record that was not sent".into()),
             // A receiver that cannot start (its target is not a directory) exits.
             Some(Awaited::Start) if !ok => self.state = State::Ended,
-            Some(Awaited::File { name, size }) if ok => {
+            Some(Awaited::File { name, size, mode }) if ok => {
                 // A zero-length file finishes when its trailer byte arrives.
                 self.state = State::Data {
                     name,
+                    mode,
                     left: size,
                     size,
                     hasher: Sha256::new(),
                 }
             }
-            Some(Awaited::Dir { name }) if ok => self.dirs.push(name),
+            Some(Awaited::Dir { name, mode }) if ok => {
+                let (path, sent_as) = self.path(&name);
+                out.push(Meta::FileTransfer {
+                    protocol: "scp".into(),
+                    upload: self.direction == ScpDirection::Upload,
+                    path,
+                    sent_as,
+                    bytes: 0,
+                    sha256: None,
+                    mode: Some(mode),
+                    directory: true,
+                });
+                self.dirs.push(name)
+            }
             Some(_) => {}
         }
         let ahead = std::mem::take(&mut self.ahead);
@@ -337,8 +352,13 @@ impl ScpTracker {
                     *left -= n as u64;
                     data = &data[n..];
                     if *left == 0 {
-                        if let State::Data { name, size, hasher, .. } =
-                            std::mem::replace(&mut self.state, State::Trailer)
+                        if let State::Data {
+                            name,
+                            mode,
+                            size,
+                            hasher,
+                            ..
+                        } = std::mem::replace(&mut self.state, State::Trailer)
                         {
                             let (path, sent_as) = self.path(&name);
                             out.push(Meta::FileTransfer {
@@ -348,6 +368,8 @@ impl ScpTracker {
                                 sent_as,
                                 bytes: size,
                                 sha256: Some(hex::encode(hasher.finalize())),
+                                mode: Some(mode),
+                                directory: false,
                             });
                         }
                     }
@@ -421,13 +443,14 @@ impl ScpTracker {
                     return refused("a file name scp refuses");
                 }
                 let name = name.to_owned();
+                let mode = rest[..4].to_owned();
                 self.awaiting = Some(if kind == 'D' {
                     if self.dirs.len() >= MAX_DEPTH {
                         return refused(&format!("directories nested deeper than {MAX_DEPTH}"));
                     }
-                    Awaited::Dir { name }
+                    Awaited::Dir { name, mode }
                 } else {
-                    Awaited::File { name, size }
+                    Awaited::File { name, size, mode }
                 });
             }
             _ => return refused("not a control record"),
@@ -561,7 +584,27 @@ mod tests {
     fn files(ev: &[Meta]) -> Vec<(&str, u64)> {
         ev.iter()
             .filter_map(|m| match m {
-                Meta::FileTransfer { path, bytes, .. } => Some((path.as_str(), *bytes)),
+                Meta::FileTransfer {
+                    path,
+                    bytes,
+                    directory: false,
+                    ..
+                } => Some((path.as_str(), *bytes)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Directories made or entered, with their modes; and files with theirs.
+    fn modes(ev: &[Meta]) -> Vec<(&str, bool, &str)> {
+        ev.iter()
+            .filter_map(|m| match m {
+                Meta::FileTransfer {
+                    path,
+                    directory,
+                    mode: Some(mode),
+                    ..
+                } => Some((path.as_str(), *directory, mode.as_str())),
                 _ => None,
             })
             .collect()
@@ -575,12 +618,47 @@ mod tests {
         for piece in stream.chunks(4) {
             ev.extend(acked(&mut t, piece));
         }
-        assert_eq!(ev.len(), 3, "{ev:?}");
+        assert_eq!(ev.len(), 4, "three files and a directory: {ev:?}");
         assert!(
             matches!(&ev[0], Meta::FileTransfer { path, bytes: 11, sha256: Some(h), upload: true, .. }
             if path == "/home/u/hello.txt" && *h == hex::encode(Sha256::digest(b"hello world")))
         );
         assert_eq!(files(&ev)[1..], [("/home/u/sub/a", 3), ("/home/u/sub/empty", 0)]);
+    }
+
+    /// Every file and directory carries the mode the receiver creates it with, so that
+    /// a setuid file or a world-writable directory shows; a directory shows once the
+    /// receiver has made or entered it, and not when it refused it.
+    #[test]
+    fn modes_and_directories_are_recorded() {
+        let mut t = ScpTracker::new(parse_command("scp -r -p -d -t /srv").unwrap());
+        let stream = b"D0777 0 pub\nT1 0 2 0\nC4755 1 su\nx\0E\nD2750 0 locked\n";
+        let ev = acked(&mut t, stream);
+        assert_eq!(
+            modes(&ev),
+            [
+                ("/srv/pub", true, "0777"),
+                ("/srv/pub/su", false, "4755"),
+                ("/srv/locked", true, "2750")
+            ]
+        );
+        assert!(matches!(
+            &ev[0],
+            Meta::FileTransfer {
+                bytes: 0,
+                sha256: None,
+                upload: true,
+                ..
+            }
+        ));
+        // Refused (a file of that name is in the way): no directory, and the sender's
+        // next record is read at the same level.
+        let mut t = ScpTracker::new(parse_command("scp -r -d -t /srv").unwrap());
+        let mut ev = t.answer(b"\0");
+        ev.extend(t.feed(b"D0755 0 taken\n"));
+        ev.extend(t.answer(b"\x01scp: /srv/taken: Not a directory\n"));
+        ev.extend(acked(&mut t, b"C0644 1 f\nx\0"));
+        assert_eq!(modes(&ev), [("/srv/f", false, "0644")], "{ev:?}");
     }
 
     /// Where each file lands, as the receiving scp decides it.
@@ -591,7 +669,12 @@ mod tests {
             acked(&mut t, stream)
                 .into_iter()
                 .filter_map(|m| match m {
-                    Meta::FileTransfer { path, sent_as, .. } => Some((path, sent_as)),
+                    Meta::FileTransfer {
+                        path,
+                        sent_as,
+                        directory: false,
+                        ..
+                    } => Some((path, sent_as)),
                     _ => None,
                 })
                 .collect()

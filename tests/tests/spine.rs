@@ -662,6 +662,7 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
     // rsync over ssh, both ways.
     let tree = d.join("tree");
     std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::set_permissions(tree.join("sub"), std::fs::Permissions::from_mode(0o2750)).unwrap();
     for i in 0..20 {
         std::fs::write(
             tree.join("sub").join(format!("f{i}")),
@@ -743,6 +744,31 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
         .collect();
     got.sort();
     assert_eq!(got, want);
+    // The directories, with the modes the client makes them with.
+    let dirs: Vec<(String, String)> = session
+        .iter()
+        .filter_map(|e| match e {
+            Event::Meta {
+                meta:
+                    Meta::FileTransfer {
+                        path,
+                        mode: Some(mode),
+                        directory: true,
+                        ..
+                    },
+                ..
+            } => Some((path.clone(), mode.clone())),
+            _ => None,
+        })
+        .collect();
+    let mode_of = |p: &Path| format!("{:04o}", std::fs::metadata(p).unwrap().permissions().mode() & 0o7777);
+    assert_eq!(
+        dirs,
+        [
+            (format!("{remote_dir}/tree"), mode_of(&tree)),
+            (format!("{remote_dir}/tree/sub"), mode_of(&tree.join("sub")))
+        ]
+    );
     assert!(
         !session.iter().any(|e| matches!(
             e,
@@ -784,7 +810,7 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
     ])))
     .unwrap();
     let line = format!(
-        "scp upload {want_path} (sent as small.txt): 12 B (sha256 {})",
+        "scp upload {want_path} (sent as small.txt): 12 B, mode {small_mode:04o} (sha256 {})",
         sha256_file(&small)
     );
     assert!(
