@@ -20,6 +20,7 @@ pub mod grants;
 pub mod ident;
 pub mod init;
 pub mod keys;
+pub mod log_lines;
 pub mod metrics;
 pub mod mfa;
 pub mod origin;

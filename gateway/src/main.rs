@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// mimalloc instead of glibc's malloc: the relay allocates and frees packet-sized buffers
 /// continuously, and glibc trims its per-thread arenas back to the kernel after them, so
@@ -63,12 +64,16 @@ const DEFAULT_LOG: &str = "info,russh=warn,boringtun=off";
 /// Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HERSE_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // One event, one line: names and commands clients chose are escaped, not written
+    // raw (see `log_lines`).
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERSE_LOG").unwrap_or_else(|_| DEFAULT_LOG.into());
+    if herse::log_lines::subscriber(filter, std::io::stderr)
+        .try_init()
+        .is_err()
+    {
+        eprintln!("herse: cannot install the log subscriber");
+        return ExitCode::from(1);
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
