@@ -548,6 +548,7 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
         denied,
         recorded_end,
         bytes,
+        unrecognised,
     } = summarise(vouched);
     let unauthenticated = (!tail.is_empty()).then(|| {
         let t = summarise(tail);
@@ -567,6 +568,14 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
         "unauthenticated_tail": unauthenticated,
         "file": row.recording,
     });
+    let mut summary = summary;
+    if unrecognised > 0 {
+        summary["unrecognised_events"] = format!(
+            "{unrecognised} events of types this hersectl does not know (a newer gateway wrote them; \
+             they verify, but are not shown): upgrade hersectl to see them"
+        )
+        .into();
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
     } else if let serde_json::Value::Object(map) = summary {
@@ -597,6 +606,8 @@ struct Summary {
     denied: Vec<String>,
     recorded_end: Option<String>,
     bytes: HashMap<&'static str, u64>,
+    /// Events of types this hersectl does not know (see [`Meta::Unrecognised`]).
+    unrecognised: usize,
 }
 
 fn summarise(events: &[Event]) -> Summary {
@@ -606,8 +617,13 @@ fn summarise(events: &[Event]) -> Summary {
     let mut denied = Vec::new();
     let mut recorded_end = None;
     let mut bytes = HashMap::<&'static str, u64>::new();
+    let mut unrecognised = 0;
     for e in events {
         match e {
+            Event::Meta {
+                meta: Meta::Unrecognised,
+                ..
+            } => unrecognised += 1,
             // The reason sealed into the recording, which the session row may not hold
             // (a row closed by another node, or after the database came back).
             Event::Meta {
@@ -688,6 +704,7 @@ fn summarise(events: &[Event]) -> Summary {
         denied,
         recorded_end,
         bytes,
+        unrecognised,
     }
 }
 
@@ -1097,6 +1114,7 @@ fn transcript(events: &[Event]) -> String {
                         "[sftp file {path}: read {bytes_read} B, written {bytes_written} B]"
                     )),
                     Meta::End { reason } => Some(format!("[session ended: {reason}]")),
+                    Meta::Unrecognised => Some("[an event of a type this hersectl does not know]".to_owned()),
                     _ => None,
                 };
                 if let Some(l) = line {

@@ -190,6 +190,12 @@ pub enum Meta {
     End {
         reason: String,
     },
+    /// An event of a type this version does not know: a newer gateway wrote it. Its
+    /// bytes are covered by the hash chain and the signatures like any other's, so the
+    /// recording still verifies and reads; readers count such events rather than
+    /// refuse the recording. Never written.
+    #[serde(other)]
+    Unrecognised,
 }
 
 /// One event as read back from a recording.
@@ -230,5 +236,35 @@ impl DataDirection {
             DataDirection::Output => kind::OUTPUT,
             DataDirection::Stderr => kind::STDERR,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A newer gateway's event type reads as `Unrecognised` (the recording stays
+    /// readable); a known type that does not parse is still an error, and so is an
+    /// event without a type.
+    #[test]
+    fn events_of_unknown_types_are_read_as_unrecognised() {
+        let read = |json: &str| serde_json::from_str::<Meta>(json);
+        assert_eq!(
+            read(r#"{"event":"sftp_lock","path":"/x","n":1}"#).unwrap(),
+            Meta::Unrecognised
+        );
+        assert_eq!(
+            read(r#"{"event":"exit_status","code":3}"#).unwrap(),
+            Meta::ExitStatus { code: 3 }
+        );
+        assert!(read(r#"{"event":"exit_status","code":"3"}"#).is_err());
+        assert!(read(r#"{"event":"denied","request":"exec"}"#).is_err());
+        assert!(read(r#"{"code":3}"#).is_err());
+        assert!(read(r#"{"event":7}"#).is_err());
+        // Fields added to a known type are ignored by readers that predate them.
+        assert_eq!(
+            read(r#"{"event":"resize","cols":80,"rows":24,"pixels":[640,480]}"#).unwrap(),
+            Meta::Resize { cols: 80, rows: 24 }
+        );
     }
 }

@@ -36,7 +36,10 @@
 //!   gateway).
 //! - `2` EVENTS: a sequence of records `kind:u8 t_micros:u64 channel:u32 len:u32
 //!   data[len]`; record kinds 1 input, 2 output, 3 stderr, 16 JSON [`crate::Meta`].
-//!   `t_micros` counts from the session start (monotonic clock).
+//!   `t_micros` counts from the session start (monotonic clock). A META record is an
+//!   object whose `"event"` names its type; a reader skips fields it does not know and
+//!   counts, rather than refuses, events of types it does not know (later versions add
+//!   both). A record kind it does not know is corrupt.
 //! - `3` CHECKPOINT: `t_micros:u64 signature[64]`, an Ed25519 signature by the gateway's
 //!   audit key over [`checkpoint_message`]`(session_id, seq, prev, t_micros)`, where
 //!   `seq` is the checkpoint frame's own number and `prev` the hash of the frame before
