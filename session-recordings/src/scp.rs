@@ -195,6 +195,24 @@ impl ScpTracker {
         (path, ambiguous.then_some(sent_as))
     }
 
+    /// The record of `name` in the current directory: a file with its size and hash,
+    /// or (`file` none) a directory.
+    fn transfer(&self, name: &str, mode: String, file: Option<(u64, String)>) -> Meta {
+        let (path, sent_as) = self.path(name);
+        let directory = file.is_none();
+        let (bytes, sha256) = file.map_or((0, None), |(size, hash)| (size, Some(hash)));
+        Meta::FileTransfer {
+            protocol: "scp".into(),
+            upload: self.direction == ScpDirection::Upload,
+            path,
+            sent_as,
+            bytes,
+            sha256,
+            mode: Some(mode),
+            directory,
+        }
+    }
+
     /// Feed the sender's bytes; returns finished transfers. A stream that stops making
     /// sense is no longer followed, and says so once with [`Meta::Untracked`] (the raw
     /// bytes stay recorded).
@@ -257,17 +275,7 @@ impl ScpTracker {
                 }
             }
             Some(Awaited::Dir { name, mode }) if ok => {
-                let (path, sent_as) = self.path(&name);
-                out.push(Meta::FileTransfer {
-                    protocol: "scp".into(),
-                    upload: self.direction == ScpDirection::Upload,
-                    path,
-                    sent_as,
-                    bytes: 0,
-                    sha256: None,
-                    mode: Some(mode),
-                    directory: true,
-                });
+                out.push(self.transfer(&name, mode, None));
                 self.dirs.push(name)
             }
             Some(_) => {}
@@ -360,17 +368,8 @@ impl ScpTracker {
                             ..
                         } = std::mem::replace(&mut self.state, State::Trailer)
                         {
-                            let (path, sent_as) = self.path(&name);
-                            out.push(Meta::FileTransfer {
-                                protocol: "scp".into(),
-                                upload: self.direction == ScpDirection::Upload,
-                                path,
-                                sent_as,
-                                bytes: size,
-                                sha256: Some(hex::encode(hasher.finalize())),
-                                mode: Some(mode),
-                                directory: false,
-                            });
+                            let file = (size, hex::encode(hasher.finalize()));
+                            out.push(self.transfer(&name, mode, Some(file)));
                         }
                     }
                 }
