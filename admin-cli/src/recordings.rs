@@ -558,7 +558,7 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
         })
     });
     let status = completeness(&verified.completeness);
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "session": header.session_id, "user": header.user, "client": header.client_addr, "workstation": header.workstation,
         "target": header.target, "target_address": header.target_addr, "tier": header.tier, "login": header.login,
         "role": header.role, "grant": header.grant, "decision": header.decision,
@@ -568,7 +568,6 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
         "unauthenticated_tail": unauthenticated,
         "file": row.recording,
     });
-    let mut summary = summary;
     if unrecognised > 0 {
         summary["unrecognised_events"] = format!(
             "{unrecognised} events of types this hersectl does not know (a newer gateway wrote them; \
