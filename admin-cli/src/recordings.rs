@@ -1418,6 +1418,49 @@ mod tests {
         assert!(err.message.contains("twice"), "{}", err.message);
     }
 
+    /// `show`'s summary and the text export word scp files and directories with their
+    /// modes, and count or mark events of types this hersectl does not know.
+    #[test]
+    fn transfers_and_unknown_events_are_worded() {
+        let meta = |meta| Event::Meta {
+            t_micros: 1_000_000,
+            channel: 0,
+            meta,
+        };
+        let transfer = |path: &str, directory: bool| Meta::FileTransfer {
+            protocol: "scp".into(),
+            upload: true,
+            path: path.into(),
+            sent_as: None,
+            bytes: if directory { 0 } else { 5 },
+            sha256: (!directory).then(|| "ab".into()),
+            mode: Some(if directory { "0755" } else { "4755" }.into()),
+            directory,
+        };
+        let events = [
+            meta(transfer("/srv/d", true)),
+            meta(transfer("/srv/d/su", false)),
+            meta(Meta::Unrecognised),
+            meta(Meta::Unrecognised),
+        ];
+        let s = summarise(&events);
+        assert_eq!(
+            s.files,
+            [
+                "scp upload directory /srv/d, mode 0755",
+                "scp upload /srv/d/su: 5 B, mode 4755 (sha256 ab)"
+            ]
+        );
+        assert_eq!(s.unrecognised, 2);
+        let text = transcript(&events);
+        assert!(text.contains("[scp upload /srv/d/su: 5 B, mode 4755]"), "{text}");
+        assert_eq!(
+            text.matches("[an event of a type this hersectl does not know]").count(),
+            2,
+            "{text}"
+        );
+    }
+
     #[test]
     fn ansi_is_stripped_and_utf8_is_joined() {
         assert_eq!(strip_ansi("\u{1b}[1;32mok\u{1b}[0m\r\n\u{1b}]0;title\u{7}x"), "ok\nx");
