@@ -26,7 +26,9 @@ enum Pending {
         pflags: u32,
         detail: Option<String>,
     },
-    Opendir,
+    Opendir {
+        path: String,
+    },
     Close {
         handle: Vec<u8>,
     },
@@ -52,11 +54,12 @@ impl Pending {
     fn held(&self) -> usize {
         match self {
             Pending::Open { path, detail, .. } => path.len() + detail.as_ref().map_or(0, String::len),
+            Pending::Opendir { path } => path.len(),
             Pending::Close { handle } | Pending::Read { handle, .. } => handle.len(),
             Pending::Change {
                 path, target, detail, ..
             } => path.len() + target.as_ref().map_or(0, String::len) + detail.as_ref().map_or(0, String::len),
-            Pending::Opendir | Pending::Other => 0,
+            Pending::Other => 0,
         }
     }
 }
@@ -115,15 +118,35 @@ impl OpenFile {
     }
 }
 
+/// What an open handle names.
+enum Named<'a> {
+    File(&'a mut OpenFile),
+    /// A directory, by the path its OPENDIR named. OpenSSH's sftp-server answers
+    /// FAILURE to a write, FSETSTAT or copy-data through one, but a target may do
+    /// otherwise: such a request is forwarded and recorded against the directory.
+    Dir(&'a str),
+}
+
+impl Named<'_> {
+    fn path(&self) -> &str {
+        match self {
+            Named::File(f) => &f.path,
+            Named::Dir(p) => p,
+        }
+    }
+}
+
 /// Tracks one SFTP channel.
 #[derive(Default)]
 pub struct SftpAudit {
     pending: HashMap<u32, Pending>,
     files: HashMap<Vec<u8>, OpenFile>,
+    /// Directory handles an OPENDIR was answered with, and the path it named.
+    dirs: HashMap<Vec<u8>, String>,
     /// Handles with a CLOSE awaiting its answer: they name no file any more (the target
     /// may give the same handle to the next OPEN), so nothing may be sent through them.
     closing: std::collections::HashSet<Vec<u8>>,
-    /// Bytes of paths and handles held by `pending` and `files`.
+    /// Bytes of paths and handles held by `pending`, `files` and `dirs`.
     held: usize,
 }
 
@@ -132,6 +155,7 @@ impl std::fmt::Debug for SftpAudit {
         f.debug_struct("SftpAudit")
             .field("pending", &self.pending.len())
             .field("files", &self.files.len())
+            .field("dirs", &self.dirs.len())
             .field("held", &self.held)
             .finish()
     }
@@ -160,7 +184,7 @@ impl SftpAudit {
                 // Attributes apply only to a file the OPEN creates.
                 detail: (pflags & FXF_CREAT != 0).then(|| requested_mode(attrs)).flatten(),
             },
-            Request::Opendir { .. } => Pending::Opendir,
+            Request::Opendir { path, .. } => Pending::Opendir { path: path.clone() },
             Request::Close { handle, .. } => {
                 if !self.closing.insert(handle.clone()) {
                     return Err(SftpError::Malformed("SFTP handle closed twice"));
@@ -183,12 +207,20 @@ impl SftpAudit {
             // client sends either.
             Request::Write {
                 handle, offset, data, ..
-            } => {
-                let f = self.open_file(handle, "write to an SFTP handle that is not open")?;
-                f.written += data.len() as u64;
-                f.write_hash.feed(*offset, data);
-                Pending::Other
-            }
+            } => match self.named(handle, "write to an SFTP handle that is not open")? {
+                Named::File(f) => {
+                    f.written += data.len() as u64;
+                    f.write_hash.feed(*offset, data);
+                    Pending::Other
+                }
+                Named::Dir(path) => Pending::Change {
+                    op: "write",
+                    path: path.to_owned(),
+                    target: None,
+                    detail: Some(format!("{} bytes at offset {offset}", data.len())),
+                    partial: false,
+                },
+            },
             Request::Remove { path, .. } => change("remove", path, None),
             Request::Mkdir { path, attrs, .. } => Pending::Change {
                 op: "mkdir",
@@ -199,10 +231,11 @@ impl SftpAudit {
             },
             Request::Rmdir { path, .. } => change("rmdir", path, None),
             Request::Setstat { path, attrs, .. } => setting("setstat", path, attrs),
-            // Named by the file its handle was opened on, under the rule WRITE follows.
+            // Named by the file or directory its handle was opened on, under the rule
+            // WRITE follows.
             Request::Fsetstat { handle, attrs, .. } => {
-                let file = self.open_file(handle, "attributes set through an SFTP handle that is not open")?;
-                setting("fsetstat", &file.path, attrs)
+                let named = self.named(handle, "attributes set through an SFTP handle that is not open")?;
+                setting("fsetstat", named.path(), attrs)
             }
             Request::Rename { from, to, .. } => change("rename", from, Some(to)),
             Request::Symlink { link, target, .. } => change("symlink", link, Some(target)),
@@ -217,7 +250,10 @@ impl SftpAudit {
                 // fsync only flushes; a handle the gateway does not know is the target's
                 // to refuse.
                 (_, ExtArgs::Handle(handle)) => {
-                    let path = self.files.get(handle).map(|f| f.path.as_str()).unwrap_or("");
+                    let path = match self.files.get(handle) {
+                        Some(f) => f.path.as_str(),
+                        None => self.dirs.get(handle).map_or("", String::as_str),
+                    };
                     change("fsync", path, None)
                 }
                 (
@@ -231,13 +267,15 @@ impl SftpAudit {
                     },
                 ) => {
                     let source = self
-                        .open_file(from, "copy from an SFTP handle that is not open")?
-                        .path
-                        .clone();
-                    let dest = self.open_file(to, "copy to an SFTP handle that is not open")?;
+                        .named(from, "copy from an SFTP handle that is not open")?
+                        .path()
+                        .to_owned();
+                    let mut dest = self.named(to, "copy to an SFTP handle that is not open")?;
                     // Bytes the gateway never sees land in the file: no hash can
                     // vouch for what was written through this handle any more.
-                    dest.write_hash.contiguous = false;
+                    if let Named::File(f) = &mut dest {
+                        f.write_hash.contiguous = false;
+                    }
                     let range = match length {
                         0 => format!("from offset {from_offset} to the end"),
                         n => format!("{n} bytes from offset {from_offset}"),
@@ -245,7 +283,7 @@ impl SftpAudit {
                     Pending::Change {
                         op: "copy-data",
                         path: source,
-                        target: Some(dest.path.clone()),
+                        target: Some(dest.path().to_owned()),
                         detail: Some(format!("{range}, to offset {to_offset}")),
                         partial: true,
                     }
@@ -259,13 +297,31 @@ impl SftpAudit {
         Ok(())
     }
 
-    /// The file an OPEN answered `handle` with. A handle not (or no longer) open is
-    /// refused for the same reason as a WRITE through it: the operation would be recorded
-    /// against the wrong file, or none.
-    fn open_file(&mut self, handle: &[u8], refusal: &'static str) -> Result<&mut OpenFile, SftpError> {
-        match self.files.get_mut(handle) {
-            Some(f) if !self.closing.contains(handle) => Ok(f),
-            _ => Err(SftpError::Malformed(refusal)),
+    /// The file an OPEN, or the directory an OPENDIR, answered `handle` with. A handle
+    /// not (or no longer) open is refused for the same reason as a WRITE through it: the
+    /// operation would be recorded against the wrong file, or none.
+    fn named(&mut self, handle: &[u8], refusal: &'static str) -> Result<Named<'_>, SftpError> {
+        if self.closing.contains(handle) {
+            return Err(SftpError::Malformed(refusal));
+        }
+        if let Some(f) = self.files.get_mut(handle) {
+            return Ok(Named::File(f));
+        }
+        match self.dirs.get(handle) {
+            Some(p) => Ok(Named::Dir(p)),
+            None => Err(SftpError::Malformed(refusal)),
+        }
+    }
+
+    /// `handle` names something new: whatever it named before (a target handing out a
+    /// handle still open) is forgotten, a file's summary written now rather than lost.
+    fn forget(&mut self, handle: &[u8], out: &mut Vec<Meta>) {
+        if let Some(earlier) = self.files.remove(handle) {
+            self.release(handle.len() + earlier.path.len());
+            out.push(earlier.summary());
+        }
+        if let Some(path) = self.dirs.remove(handle) {
+            self.release(handle.len() + path.len());
         }
     }
 
@@ -309,7 +365,8 @@ impl SftpAudit {
         };
         match (p, resp) {
             (Pending::Open { path, pflags, detail }, Response::Handle { handle, .. }) => {
-                if self.files.len() >= MAX_HANDLES {
+                self.forget(handle, &mut out);
+                if self.files.len() + self.dirs.len() >= MAX_HANDLES {
                     return Err(SftpError::Malformed("too many open SFTP handles"));
                 }
                 self.hold(handle.len() + path.len())?;
@@ -329,12 +386,15 @@ impl SftpAudit {
                     read_hash: Hashing::new(),
                     write_hash: Hashing::new(),
                 };
-                // A target handing out a handle that is still open: the earlier file's
-                // summary is written now rather than lost.
-                if let Some(earlier) = self.files.insert(handle.clone(), file) {
-                    self.release(handle.len() + earlier.path.len());
-                    out.push(earlier.summary());
+                self.files.insert(handle.clone(), file);
+            }
+            (Pending::Opendir { path }, Response::Handle { handle, .. }) => {
+                self.forget(handle, &mut out);
+                if self.files.len() + self.dirs.len() >= MAX_HANDLES {
+                    return Err(SftpError::Malformed("too many open SFTP handles"));
                 }
+                self.hold(handle.len() + path.len())?;
+                self.dirs.insert(handle.clone(), path);
             }
             (Pending::Open { path, pflags, detail }, _) => {
                 out.push(Meta::SftpOp {
@@ -354,10 +414,7 @@ impl SftpAudit {
             }
             (Pending::Close { handle }, _) => {
                 self.closing.remove(&handle);
-                if let Some(f) = self.files.remove(&handle) {
-                    self.release(handle.len() + f.path.len());
-                    out.push(f.summary());
-                }
+                self.forget(&handle, &mut out);
             }
             (
                 Pending::Change {
@@ -390,6 +447,7 @@ impl SftpAudit {
     /// Files still open when the channel ends, as summaries.
     pub fn finish(&mut self) -> Vec<Meta> {
         self.held = self.pending.values().map(Pending::held).sum();
+        self.dirs.clear();
         self.files.drain().map(|(_, f)| f.summary()).collect()
     }
 }
@@ -999,5 +1057,168 @@ mod tests {
             "error 1: EOF (steps before the failure may be done)",
             "bytes up to the end were copied"
         );
+    }
+
+    /// A directory handle is one the target gave out: what goes through it is forwarded
+    /// and recorded against the directory (OpenSSH answers FAILURE to a write, FSETSTAT
+    /// or copy-data there), not taken as a reason to end the channel.
+    #[test]
+    fn requests_through_a_directory_handle_are_recorded_against_it() {
+        let mut a = SftpAudit::default();
+        let failure = |id| Response::Status {
+            id,
+            code: 4,
+            message: "Failure".into(),
+        };
+        a.request(&Request::Opendir {
+            id: 1,
+            path: "/srv/d".into(),
+        })
+        .unwrap();
+        assert!(a
+            .response(&Response::Handle {
+                id: 1,
+                handle: b"d".to_vec()
+            })
+            .unwrap()
+            .is_empty());
+        opened(&mut a, 2, "f", FXF_READ);
+
+        a.request(&Request::Fsetstat {
+            id: 3,
+            handle: b"d".to_vec(),
+            attrs: Attrs {
+                permissions: Some(0o1777),
+                ..Attrs::default()
+            },
+        })
+        .unwrap();
+        let ev = a.response(&failure(3)).unwrap();
+        assert_eq!(
+            op_of(&ev),
+            ("fsetstat".into(), "/srv/d".into(), None, Some("mode 1777".into()))
+        );
+        assert!(matches!(&ev[..], [Meta::SftpOp { outcome, .. }] if outcome == "error 4: Failure"));
+
+        a.request(&Request::Write {
+            id: 4,
+            handle: b"d".to_vec(),
+            offset: 7,
+            data: b"abc".to_vec(),
+        })
+        .unwrap();
+        assert_eq!(
+            op_of(&a.response(&failure(4)).unwrap()),
+            (
+                "write".into(),
+                "/srv/d".into(),
+                None,
+                Some("3 bytes at offset 7".into())
+            )
+        );
+
+        a.request(&Request::Extended {
+            id: 5,
+            name: "copy-data".into(),
+            args: ExtArgs::CopyData {
+                from: b"f".to_vec(),
+                from_offset: 0,
+                length: 10,
+                to: b"d".to_vec(),
+                to_offset: 0,
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            op_of(&a.response(&failure(5)).unwrap()),
+            (
+                "copy-data".into(),
+                "/srv/f".into(),
+                Some("/srv/d".into()),
+                Some("10 bytes from offset 0, to offset 0".into())
+            )
+        );
+
+        a.request(&Request::Extended {
+            id: 6,
+            name: "fsync@openssh.com".into(),
+            args: ExtArgs::Handle(b"d".to_vec()),
+        })
+        .unwrap();
+        assert_eq!(op_of(&a.response(&failure(6)).unwrap()).1, "/srv/d");
+
+        // Closed: the handle names nothing any more, and nothing is held for it.
+        a.request(&Request::Close {
+            id: 7,
+            handle: b"d".to_vec(),
+        })
+        .unwrap();
+        assert!(a.response(&status(7)).unwrap().is_empty());
+        let fsetstat = Request::Fsetstat {
+            id: 8,
+            handle: b"d".to_vec(),
+            attrs: Attrs::default(),
+        };
+        assert!(matches!(a.request(&fsetstat), Err(SftpError::Malformed(m)) if m.contains("not open")));
+        assert_eq!(a.held, "f".len() + "/srv/f".len());
+
+        // A target giving a directory's handle to an OPEN: the handle names the file.
+        a.request(&Request::Opendir {
+            id: 9,
+            path: "/srv/e".into(),
+        })
+        .unwrap();
+        a.response(&Response::Handle {
+            id: 9,
+            handle: b"e".to_vec(),
+        })
+        .unwrap();
+        opened(&mut a, 10, "e", FXF_WRITE);
+        a.request(&Request::Write {
+            id: 11,
+            handle: b"e".to_vec(),
+            offset: 0,
+            data: b"xy".to_vec(),
+        })
+        .unwrap();
+        assert!(
+            a.pending.get(&11).is_some_and(|p| matches!(p, Pending::Other)),
+            "counted to the file"
+        );
+        let ends = a.finish();
+        assert!(ends
+            .iter()
+            .any(|m| matches!(m, Meta::SftpFile { path, bytes_written: 2, .. } if path == "/srv/e")));
+        assert!(a.dirs.is_empty());
+    }
+
+    /// Directory handles count towards the bound on open handles.
+    #[test]
+    fn directory_handles_count_towards_the_bound() {
+        let mut a = SftpAudit::default();
+        for i in 0..MAX_HANDLES as u32 {
+            a.request(&Request::Opendir {
+                id: i,
+                path: "/".into(),
+            })
+            .unwrap();
+            a.response(&Response::Handle {
+                id: i,
+                handle: i.to_be_bytes().to_vec(),
+            })
+            .unwrap();
+        }
+        let id = MAX_HANDLES as u32;
+        a.request(&Request::Open {
+            id,
+            path: "/f".into(),
+            pflags: FXF_READ,
+            attrs: Attrs::default(),
+        })
+        .unwrap();
+        assert!(matches!(
+            a.response(&Response::Handle { id, handle: b"new".to_vec() }),
+            Err(SftpError::Malformed(m)) if m.contains("too many")
+        ));
     }
 }
