@@ -550,13 +550,7 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
         bytes,
         unrecognised,
     } = summarise(vouched);
-    let unauthenticated = (!tail.is_empty()).then(|| {
-        let t = summarise(tail);
-        serde_json::json!({
-            "events": tail.len(), "execs": t.execs, "sftp": t.sftp, "files": t.files, "denied": t.denied,
-            "recorded_end_reason": t.recorded_end, "bytes": t.bytes,
-        })
-    });
+    let unauthenticated = tail_summary(tail);
     let status = completeness(&verified.completeness);
     let mut summary = serde_json::json!({
         "session": header.session_id, "user": header.user, "client": header.client_addr, "workstation": header.workstation,
@@ -594,6 +588,22 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
         }
     }
     Ok(())
+}
+
+/// `show`'s account of the events after a cut-short recording's last checkpoint, if any.
+fn tail_summary(tail: &[Event]) -> Option<serde_json::Value> {
+    if tail.is_empty() {
+        return None;
+    }
+    let t = summarise(tail);
+    let mut v = serde_json::json!({
+        "events": tail.len(), "execs": t.execs, "sftp": t.sftp, "files": t.files, "denied": t.denied,
+        "recorded_end_reason": t.recorded_end, "bytes": t.bytes,
+    });
+    if t.unrecognised > 0 {
+        v["unrecognised_events"] = t.unrecognised.into();
+    }
+    Some(v)
 }
 
 /// What `show` lists of a run of events.
@@ -1452,6 +1462,12 @@ mod tests {
             ]
         );
         assert_eq!(s.unrecognised, 2);
+        // The same events after the last checkpoint: counted there too.
+        let tail = tail_summary(&events).unwrap();
+        assert_eq!(tail["unrecognised_events"], 2);
+        assert_eq!(tail["events"], 4);
+        assert!(tail_summary(&events[..2]).unwrap().get("unrecognised_events").is_none());
+        assert!(tail_summary(&[]).is_none());
         let text = transcript(&events);
         assert!(text.contains("[scp upload /srv/d/su: 5 B, mode 4755]"), "{text}");
         assert_eq!(
