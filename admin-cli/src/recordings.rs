@@ -727,7 +727,8 @@ fn sftp_op_words(op: &str, path: &str, target: &Option<String>, detail: &Option<
 }
 
 /// `scp upload /srv/new (sent as f.txt): 12 B, mode 0644`, or
-/// `scp upload directory /srv/d, mode 0755`. Empty for any other event.
+/// `scp upload directory /srv/d, mode 0755, mtime 2020-01-01T00:00:00Z, atime …` (under
+/// `scp -p`). Empty for any other event.
 fn transfer_words(meta: &Meta) -> String {
     let Meta::FileTransfer {
         protocol,
@@ -737,6 +738,8 @@ fn transfer_words(meta: &Meta) -> String {
         bytes,
         mode,
         directory,
+        mtime,
+        atime,
         ..
     } = meta
     else {
@@ -744,11 +747,25 @@ fn transfer_words(meta: &Meta) -> String {
     };
     let way = if *upload { "upload" } else { "download" };
     let sent_as = sent_as.as_ref().map(|n| format!(" (sent as {n})")).unwrap_or_default();
-    let mode = mode.as_ref().map(|m| format!(", mode {m}")).unwrap_or_default();
+    let mut mode = mode.as_ref().map(|m| format!(", mode {m}")).unwrap_or_default();
+    for (name, t) in [("mtime", mtime), ("atime", atime)] {
+        if let Some(t) = t {
+            mode.push_str(&format!(", {name} {}", unix_seconds(*t)));
+        }
+    }
     if *directory {
         format!("{protocol} {way} directory {path}{sent_as}{mode}")
     } else {
         format!("{protocol} {way} {path}{sent_as}: {bytes} B{mode}")
+    }
+}
+
+/// A time a sender chose, as RFC 3339 when it is one (1970 to 9999), else as the number
+/// it sent: never clamped into a time it did not send.
+fn unix_seconds(t: i64) -> String {
+    match t.checked_mul(1_000_000) {
+        Some(micros) if (0..=253_402_300_799).contains(&t) => output::time(micros),
+        _ => format!("{t} (Unix seconds)"),
     }
 }
 
@@ -1446,6 +1463,8 @@ mod tests {
             sha256: (!directory).then(|| "ab".into()),
             mode: Some(if directory { "0755" } else { "4755" }.into()),
             directory,
+            mtime: (!directory).then_some(86_400),
+            atime: None,
         };
         let events = [
             meta(transfer("/srv/d", true)),
@@ -1458,7 +1477,7 @@ mod tests {
             s.files,
             [
                 "scp upload directory /srv/d, mode 0755",
-                "scp upload /srv/d/su: 5 B, mode 4755 (sha256 ab)"
+                "scp upload /srv/d/su: 5 B, mode 4755, mtime 1970-01-02T00:00:00Z (sha256 ab)"
             ]
         );
         assert_eq!(s.unrecognised, 2);
@@ -1469,7 +1488,12 @@ mod tests {
         assert!(tail_summary(&events[..2]).unwrap().get("unrecognised_events").is_none());
         assert!(tail_summary(&[]).is_none());
         let text = transcript(&events);
-        assert!(text.contains("[scp upload /srv/d/su: 5 B, mode 4755]"), "{text}");
+        assert!(
+            text.contains("[scp upload /srv/d/su: 5 B, mode 4755, mtime 1970-01-02T00:00:00Z]"),
+            "{text}"
+        );
+        assert_eq!(unix_seconds(-1), "-1 (Unix seconds)");
+        assert_eq!(unix_seconds(i64::MAX), format!("{} (Unix seconds)", i64::MAX));
         assert_eq!(
             text.matches("[an event of a type this hersectl does not know]").count(),
             2,

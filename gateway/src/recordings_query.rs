@@ -547,6 +547,8 @@ mod tests {
                 sha256: None,
                 mode: Some("0644".into()),
                 directory: false,
+                mtime: None,
+                atime: None,
             }))
             .as_deref(),
             Some("/srv/drop shadow")

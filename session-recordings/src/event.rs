@@ -174,6 +174,14 @@ pub enum Meta {
         /// a file: no bytes and no hash. Absent (false) in older recordings.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         directory: bool,
+        /// The modification and access times (Unix seconds) the sender asked the
+        /// receiver to set (scp `-p`'s `T` record): any time the sender chooses, so an
+        /// auditor sees a file given a back-dated time. Absent without `-p`, and in
+        /// older recordings.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        atime: Option<i64>,
     },
     /// A file stream (legacy scp) stopped making sense to the gateway: the files after
     /// this point have no `FileTransfer` summary. Their bytes are still recorded.

@@ -126,6 +126,10 @@ pub struct ScpTracker {
     into_target: bool,
     recursive: bool,
     dirs: Vec<String>,
+    /// What the last `T` record asked the receiver to set on the next file or directory
+    /// it writes (scp `-p`): OpenSSH's `sink` keeps it until one is written, past
+    /// records it refuses, and forgets it at the end of the directory.
+    times: Option<Times>,
     state: State,
     awaiting: Option<Awaited>,
     /// What the sender sent before the answer it should have waited for; read once the
@@ -165,6 +169,7 @@ impl ScpTracker {
             into_target,
             recursive,
             dirs: Vec::new(),
+            times: None,
             state: State::Line(Vec::new()),
             awaiting: Some(Awaited::Start),
             ahead: Vec::new(),
@@ -196,11 +201,12 @@ impl ScpTracker {
     }
 
     /// The record of `name` in the current directory: a file with its size and hash,
-    /// or (`file` none) a directory.
-    fn transfer(&self, name: &str, mode: String, file: Option<(u64, String)>) -> Meta {
+    /// or (`file` none) a directory, with the times a `T` record set on it.
+    fn transfer(&mut self, name: &str, mode: String, file: Option<(u64, String)>) -> Meta {
         let (path, sent_as) = self.path(name);
         let directory = file.is_none();
         let (bytes, sha256) = file.map_or((0, None), |(size, hash)| (size, Some(hash)));
+        let times = self.times.take();
         Meta::FileTransfer {
             protocol: "scp".into(),
             upload: self.direction == ScpDirection::Upload,
@@ -210,6 +216,8 @@ impl ScpTracker {
             sha256,
             mode: Some(mode),
             directory,
+            mtime: times.map(|t| t.mtime),
+            atime: times.map(|t| t.atime),
         }
     }
 
@@ -423,10 +431,16 @@ impl ScpTracker {
                 if self.dirs.pop().is_none() {
                     self.state = State::Ended;
                 }
+                self.times = None;
                 self.awaiting = Some(Awaited::Other);
             }
-            'T' if times(&line[1..]) => self.awaiting = Some(Awaited::Other),
-            'T' => return refused("a time record scp does not read"),
+            'T' => match times(&line[1..]) {
+                Some(t) => {
+                    self.times = t;
+                    self.awaiting = Some(Awaited::Other);
+                }
+                None => return refused("a time record scp does not read"),
+            },
             'D' if !self.recursive => return refused("a directory without -r"),
             'C' | 'D' => {
                 let rest = &line[1..];
@@ -458,16 +472,31 @@ impl ScpTracker {
     }
 }
 
-/// `T`'s fields as scp writes them: `MTIME 0 ATIME 0`, seconds then microseconds.
-fn times(fields: &str) -> bool {
+/// Modification and access times (Unix seconds) a `T` record sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Times {
+    mtime: i64,
+    atime: i64,
+}
+
+/// `T`'s fields as scp writes them: `MTIME 0 ATIME 0`, seconds then microseconds. None
+/// if the receiver refuses the record; `Some(None)` if it reads it but sets no times
+/// (seconds beyond a `time_t`, which OpenSSH's `sink` skips).
+fn times(fields: &str) -> Option<Option<Times>> {
     let f: Vec<&str> = fields.split(' ').collect();
     let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    f.len() == 4
+    let read = f.len() == 4
         && number(f[0])
         && number(f[2])
         && [f[1], f[3]]
             .iter()
-            .all(|u| number(u) && u.parse::<u32>().is_ok_and(|n| n <= 999_999))
+            .all(|u| number(u) && u.parse::<u32>().is_ok_and(|n| n <= 999_999));
+    read.then(|| {
+        Some(Times {
+            mtime: f[0].parse().ok()?,
+            atime: f[2].parse().ok()?,
+        })
+    })
 }
 
 #[cfg(test)]
@@ -658,6 +687,54 @@ mod tests {
         ev.extend(t.answer(b"\x01scp: /srv/taken: Not a directory\n"));
         ev.extend(acked(&mut t, b"C0644 1 f\nx\0"));
         assert_eq!(modes(&ev), [("/srv/f", false, "0644")], "{ev:?}");
+    }
+
+    /// `scp -p`'s times, on the file or directory OpenSSH's receiver sets them on.
+    #[test]
+    fn times_are_recorded_where_the_receiver_sets_them() {
+        let times = |ev: &[Meta]| -> Vec<(String, Option<i64>, Option<i64>)> {
+            ev.iter()
+                .filter_map(|m| match m {
+                    Meta::FileTransfer { path, mtime, atime, .. } => Some((path.clone(), *mtime, *atime)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut t = ScpTracker::new(parse_command("scp -r -p -d -t /srv").unwrap());
+        // A directory's times are its own, not its files'; a T inside a directory that
+        // ends before any file is forgotten with it.
+        let ev = acked(
+            &mut t,
+            b"T1 0 2 0\nD0755 0 d\nC0644 1 f\nx\0T7 0 7 0\nE\nC0644 1 g\nx\0",
+        );
+        assert!(untracked(&ev).is_empty(), "{ev:?}");
+        assert_eq!(
+            times(&ev),
+            [
+                ("/srv/d".into(), Some(1), Some(2)),
+                ("/srv/d/f".into(), None, None),
+                ("/srv/g".into(), None, None)
+            ]
+        );
+        // A file the receiver refuses leaves the times for the next one it writes.
+        let mut t = ScpTracker::new(parse_command("scp -p -d -t /srv").unwrap());
+        let mut ev = t.answer(b"\0");
+        ev.extend(acked(&mut t, b"T946684800 0 5 0\n"));
+        ev.extend(t.feed(b"C0644 1 taken\n"));
+        ev.extend(t.answer(b"\x01scp: /srv/taken: Is a directory\n"));
+        ev.extend(acked(&mut t, b"C0644 1 next\nx\0C0644 1 after\nx\0"));
+        assert_eq!(
+            times(&ev),
+            [
+                ("/srv/next".into(), Some(946_684_800), Some(5)),
+                ("/srv/after".into(), None, None)
+            ]
+        );
+        // Seconds beyond a time_t: read, and no times set (an earlier T's included).
+        let mut t = ScpTracker::new(parse_command("scp -p -d -t /srv").unwrap());
+        let ev = acked(&mut t, b"T1 0 1 0\nT99999999999999999999 0 1 0\nC0644 1 z\nx\0");
+        assert!(untracked(&ev).is_empty(), "{ev:?}");
+        assert_eq!(times(&ev), [("/srv/z".into(), None, None)]);
     }
 
     /// Where each file lands, as the receiving scp decides it.

@@ -781,12 +781,21 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
     );
     // A legacy upload to a new name: recorded at that name, with the sender's name
     // beside it (the gateway cannot see whether the path is a directory), and listed
-    // by `recordings show`.
+    // by `recordings show`. Under -p with a back-dated time, which the target sets and
+    // the recording shows.
+    let back_dated: i64 = 981_173_106; // 2001-02-03T04:05:06Z
+    ok(Command::new("touch")
+        .arg("-m")
+        .arg("-d")
+        .arg(format!("@{back_dated}"))
+        .arg(&small));
     ok(client("scp")
-        .args(["-O", "-F"])
+        .args(["-O", "-p", "-F"])
         .arg(&w.alice)
         .arg(&small)
         .arg(format!("{DEPLOY}@web1:{remote_dir}/legacy-up.txt")));
+    let landed = std::fs::metadata(format!("{remote_dir}/legacy-up.txt")).unwrap();
+    assert_eq!(landed.mtime(), back_dated);
     let (header, events) = recordings(&w)
         .into_iter()
         .find(|(_, ev)| {
@@ -798,8 +807,8 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
     let want_path = format!("{remote_dir}/legacy-up.txt");
     assert!(
         events.iter().any(|e| matches!(e,
-            Event::Meta { meta: Meta::FileTransfer { path, sent_as: Some(n), bytes: 12, upload: true, .. }, .. }
-            if *path == want_path && n == "small.txt")),
+            Event::Meta { meta: Meta::FileTransfer { path, sent_as: Some(n), bytes: 12, upload: true, mtime: Some(t), atime: Some(_), .. }, .. }
+            if *path == want_path && n == "small.txt" && *t == back_dated)),
         "{events:?}"
     );
     let shown: serde_json::Value = serde_json::from_str(&ok(w.gw.ctl().args([
@@ -810,15 +819,16 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
     ])))
     .unwrap();
     let line = format!(
-        "scp upload {want_path} (sent as small.txt): 12 B, mode {small_mode:04o} (sha256 {})",
-        sha256_file(&small)
+        "scp upload {want_path} (sent as small.txt): 12 B, mode {small_mode:04o}, mtime 2001-02-03T04:05:06Z, atime "
     );
+    let hash = format!(" (sha256 {})", sha256_file(&small));
     assert!(
         shown["files"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|l| l.as_str() == Some(&line)),
+            .filter_map(|l| l.as_str())
+            .any(|l| l.starts_with(&line) && l.ends_with(&hash)),
         "{line}: {shown}"
     );
     // A crafted sender: the record for `tree` (a directory there, which the target's
