@@ -35,10 +35,108 @@ pub enum UpstreamError {
 pub struct UpstreamHandler {
     check: HostKeyCheck,
     refusal: Arc<Mutex<Option<HostKeyError>>>,
+    /// Channels the target tried to open towards the gateway (see [`refuse`]).
+    refused_channels: u64,
+}
+
+/// Refuse a channel the target opened towards the gateway. The gateway asks targets
+/// for no forwarding (no agent, X11, remote ports or sockets), so every such open is a
+/// target misbehaving: russh's defaults would accept it and keep its state for the
+/// connection's life, which a hostile target could repeat until the gateway's memory ran
+/// out. A refusal keeps nothing.
+/// Logged at the first refusal and then at each power of two, not once per open.
+async fn refuse(refused: &mut u64, reply: client::ChannelOpenHandle, kind: &str) -> Result<(), russh::Error> {
+    *refused += 1;
+    if refused.is_power_of_two() {
+        tracing::warn!(
+            kind,
+            refused = *refused,
+            "target opened a channel towards the gateway; refused"
+        );
+    }
+    reply
+        .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+        .await;
+    Ok(())
 }
 
 impl client::Handler for UpstreamHandler {
     type Error = russh::Error;
+
+    async fn server_channel_open_session(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(&mut self.refused_channels, reply, "session").await
+    }
+
+    async fn server_channel_open_direct_tcpip(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(&mut self.refused_channels, reply, "direct-tcpip").await
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _connected_address: &str,
+        _connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(&mut self.refused_channels, reply, "forwarded-tcpip").await
+    }
+
+    async fn server_channel_open_direct_streamlocal(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _socket_path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(&mut self.refused_channels, reply, "direct-streamlocal").await
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _socket_path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(&mut self.refused_channels, reply, "forwarded-streamlocal").await
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(&mut self.refused_channels, reply, "auth-agent").await
+    }
+
+    async fn server_channel_open_x11(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        refuse(&mut self.refused_channels, reply, "x11").await
+    }
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let presented = match key {
@@ -164,6 +262,7 @@ pub async fn connect(auth: &Authorized, login: UpstreamLogin<'_>) -> Result<Upst
     let handler = UpstreamHandler {
         check: target.host_key.clone(),
         refusal: refusal.clone(),
+        refused_channels: 0,
     };
     let tcp = tokio::time::timeout(login.connect_timeout, tokio::net::TcpStream::connect(&addr))
         .await
@@ -255,6 +354,7 @@ pub async fn probe(target: &Target, timeout: Duration) -> ProbeReport {
     let handler = UpstreamHandler {
         check: target.host_key.clone(),
         refusal: refusal.clone(),
+        refused_channels: 0,
     };
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(&address)

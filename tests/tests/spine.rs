@@ -3152,3 +3152,149 @@ fn session_row(mut ctl: Command, id: &str) -> serde_json::Value {
         .find(|r| r["id"] == id)
         .unwrap_or_else(|| panic!("no session {id}"))
 }
+
+/// A hostile target: accepts the gateway's login, and on `exec` tries to open every
+/// kind of channel back towards the gateway before it answers.
+struct HostileTarget {
+    opened: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Channels of each kind the hostile target opens per command.
+const HOSTILE_OPENS: usize = 25;
+
+impl russh::server::Handler for HostileTarget {
+    type Error = russh::Error;
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        _: &str,
+        _: &russh::keys::Certificate,
+    ) -> Result<russh::server::Auth, Self::Error> {
+        Ok(russh::server::Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _: russh::Channel<russh::server::Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: russh::ChannelId,
+        _: &[u8],
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        let handle = session.handle();
+        let (opened, refused) = (self.opened.clone(), self.refused.clone());
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            for _ in 0..HOSTILE_OPENS {
+                let tries = [
+                    handle.channel_open_session().await,
+                    handle.channel_open_x11("127.0.0.1", 6010).await,
+                    handle.channel_open_agent().await,
+                    handle
+                        .channel_open_forwarded_tcpip("127.0.0.1", 8080, "127.0.0.1", 4242)
+                        .await,
+                    handle
+                        .channel_open_direct_tcpip("127.0.0.1", 22, "127.0.0.1", 4242)
+                        .await,
+                ];
+                for t in tries {
+                    match t {
+                        Ok(_) => opened.fetch_add(1, SeqCst),
+                        Err(_) => refused.fetch_add(1, SeqCst),
+                    };
+                }
+            }
+            let _ = handle.data(channel, b"answered\n".to_vec()).await;
+            let _ = handle.exit_status_request(channel, 0).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+}
+
+/// The gateway asks targets for no forwarding, so a channel a target opens towards it
+/// is a target misbehaving: refused, every kind, rather than accepted and kept for the
+/// connection's life (a hostile target repeating it would exhaust the gateway's
+/// memory). The session itself goes on.
+#[test]
+fn channels_a_target_opens_towards_the_gateway_are_refused() {
+    let w = World::new("hostile");
+    let host = keygen(w.d(), "hostile_host");
+    let host_pub = std::fs::read_to_string(format!("{}.pub", host.display())).unwrap();
+    let host_key = russh::keys::load_secret_key(&host, None).unwrap();
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = std::sync::Arc::new(russh::server::Config {
+        keys: vec![host_key],
+        ..Default::default()
+    });
+    let (o, r) = (opened.clone(), refused.clone());
+    rt.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = HostileTarget {
+                opened: o.clone(),
+                refused: r.clone(),
+            };
+            if let Ok(session) = russh::server::run_stream(config.clone(), stream, handler).await {
+                tokio::spawn(session);
+            }
+        }
+    });
+
+    let policy_path = w.d().join("policy.toml");
+    let policy = std::fs::read_to_string(&policy_path).unwrap();
+    let hostile = format!(
+        "[tiers.web.targets.hostile1]\naddress = \"127.0.0.1\"\nport = {port}\nhost_keys = [\"{}\"]\n\n",
+        host_pub.trim()
+    );
+    std::fs::write(
+        &policy_path,
+        policy.replacen("[tiers.db.targets.db1]", &format!("{hostile}[tiers.db.targets.db1]"), 1),
+    )
+    .unwrap();
+    w.gw.signal("HUP");
+    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let (out, status) = rt.block_on(async {
+        let h = raw_login_as(w.gw.port, key, &w.alice_totp, &format!("alice+{DEPLOY}+hostile1")).await;
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, "true").await.unwrap();
+        let mut out = Vec::new();
+        let mut status = None;
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(m) = ch.wait().await {
+                match m {
+                    russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
+                    russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the command answers within 30 s");
+        (text(&out), status)
+    });
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(opened.load(SeqCst), 0, "no channel the target opened was accepted");
+    assert_eq!(refused.load(SeqCst), 5 * HOSTILE_OPENS);
+    assert_eq!((out.as_str(), status), ("answered\n", Some(0)));
+    w.gw.wait_line(
+        "target opened a channel towards the gateway; refused",
+        Duration::from_secs(5),
+    );
+}
