@@ -1119,7 +1119,10 @@ fn transcript(events: &[Event]) -> String {
                     Meta::Shell => Some("[shell]".into()),
                     Meta::Subsystem { name } => Some(format!("[subsystem {name}]")),
                     Meta::ExitStatus { code } => Some(format!("[exit {code}]")),
-                    Meta::ExitSignal { signal, .. } => Some(format!("[killed by {signal}]")),
+                    Meta::ExitSignal { signal, message, .. } => Some(match message {
+                        Some(m) => format!("[killed by {signal}: {m}]"),
+                        None => format!("[killed by {signal}]"),
+                    }),
                     Meta::Denied { request, reason } => Some(format!("[denied: {request}: {reason}]")),
                     Meta::SftpOp {
                         op,
@@ -1471,6 +1474,11 @@ mod tests {
             meta(transfer("/srv/d/su", false)),
             meta(Meta::Unrecognised),
             meta(Meta::Unrecognised),
+            meta(Meta::ExitSignal {
+                signal: "TERM".into(),
+                core_dumped: false,
+                message: Some("bye".into()),
+            }),
         ];
         let s = summarise(&events);
         assert_eq!(
@@ -1484,7 +1492,7 @@ mod tests {
         // The same events after the last checkpoint: counted there too.
         let tail = tail_summary(&events).unwrap();
         assert_eq!(tail["unrecognised_events"], 2);
-        assert_eq!(tail["events"], 4);
+        assert_eq!(tail["events"], 5);
         assert!(tail_summary(&events[..2]).unwrap().get("unrecognised_events").is_none());
         assert!(tail_summary(&[]).is_none());
         let text = transcript(&events);
@@ -1492,6 +1500,7 @@ mod tests {
             text.contains("[scp upload /srv/d/su: 5 B, mode 4755, mtime 1970-01-02T00:00:00Z]"),
             "{text}"
         );
+        assert!(text.contains("[killed by TERM: bye]"), "{text}");
         assert_eq!(unix_seconds(-1), "-1 (Unix seconds)");
         assert_eq!(unix_seconds(i64::MAX), format!("{} (Unix seconds)", i64::MAX));
         assert_eq!(

@@ -664,17 +664,20 @@ async fn target_to_client(
             signal_name,
             core_dumped,
             error_message,
-            lang_tag,
+            lang_tag: _,
         } => {
+            // Everything forwarded is recorded: the message is, and the language tag
+            // (which clients ignore) is not forwarded.
             rec.meta(
                 id,
                 &Meta::ExitSignal {
                     signal: format!("{signal_name:?}"),
                     core_dumped,
+                    message: (!error_message.is_empty()).then(|| error_message.clone()),
                 },
             )?;
             let _ = front_handle
-                .exit_signal_request(front.id(), signal_name, core_dumped, error_message, lang_tag)
+                .exit_signal_request(front.id(), signal_name, core_dumped, error_message, String::new())
                 .await;
         }
         ChannelMsg::Success => {

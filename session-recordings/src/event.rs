@@ -117,6 +117,10 @@ pub enum Meta {
     ExitSignal {
         signal: String,
         core_dumped: bool,
+        /// The target's words with the signal (OpenSSH's sshd sends none). Absent when
+        /// empty, and in older recordings.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
     },
     Eof {
         from_client: bool,

@@ -3215,7 +3215,15 @@ impl russh::server::Handler for HostileTarget {
                 }
             }
             let _ = handle.data(channel, b"answered\n".to_vec()).await;
-            let _ = handle.exit_status_request(channel, 0).await;
+            let _ = handle
+                .exit_signal_request(
+                    channel,
+                    russh::Sig::TERM,
+                    false,
+                    "words with the signal".into(),
+                    "xx".into(),
+                )
+                .await;
             let _ = handle.eof(channel).await;
             let _ = handle.close(channel).await;
         });
@@ -3280,7 +3288,12 @@ fn channels_a_target_opens_towards_the_gateway_are_refused() {
             while let Some(m) = ch.wait().await {
                 match m {
                     russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
-                    russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                    russh::ChannelMsg::ExitSignal {
+                        signal_name,
+                        error_message,
+                        lang_tag,
+                        ..
+                    } => status = Some((format!("{signal_name:?}"), error_message, lang_tag)),
                     _ => {}
                 }
             }
@@ -3292,9 +3305,29 @@ fn channels_a_target_opens_towards_the_gateway_are_refused() {
     use std::sync::atomic::Ordering::SeqCst;
     assert_eq!(opened.load(SeqCst), 0, "no channel the target opened was accepted");
     assert_eq!(refused.load(SeqCst), 5 * HOSTILE_OPENS);
-    assert_eq!((out.as_str(), status), ("answered\n", Some(0)));
+    // The exit signal's words reach the client and the recording; its language tag,
+    // which nothing records, does not cross.
+    assert_eq!(
+        (out.as_str(), status),
+        (
+            "answered\n",
+            Some(("TERM".into(), "words with the signal".into(), String::new()))
+        )
+    );
     w.gw.wait_line(
         "target opened a channel towards the gateway; refused",
         Duration::from_secs(5),
+    );
+    wait_sessions_ended(&w);
+    let recorded = recordings(&w)
+        .into_iter()
+        .find(|(h, _)| h.target == "hostile1")
+        .expect("the hostile target's session is recorded")
+        .1;
+    assert!(
+        recorded.iter().any(|e| matches!(e,
+            Event::Meta { meta: Meta::ExitSignal { signal, message: Some(m), .. }, .. }
+            if signal == "TERM" && m == "words with the signal")),
+        "{recorded:?}"
     );
 }
