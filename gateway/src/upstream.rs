@@ -44,6 +44,7 @@ pub struct UpstreamHandler {
 /// target misbehaving: russh's defaults would accept it and keep its state for the
 /// connection's life, which a hostile target could repeat until the gateway's memory ran
 /// out. A refusal keeps nothing.
+///
 /// Logged at the first refusal and then at each power of two, not once per open.
 async fn refuse(refused: &mut u64, reply: client::ChannelOpenHandle, kind: &str) -> Result<(), russh::Error> {
     *refused += 1;

@@ -3154,7 +3154,8 @@ fn session_row(mut ctl: Command, id: &str) -> serde_json::Value {
 }
 
 /// A hostile target: accepts the gateway's login, and on `exec` tries to open every
-/// kind of channel back towards the gateway before it answers.
+/// kind of channel back towards the gateway, then answers and ends the command with a
+/// signal and a message.
 struct HostileTarget {
     opened: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
