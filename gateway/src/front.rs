@@ -877,7 +877,11 @@ pub fn base_config(gw: &Gateway) -> server::Config {
         // (ProxyJump upload: 6.8 against 3.3 CPU-s/GiB with 2 MiB).
         window_size: 2 * 1024 * 1024,
         maximum_packet_size: 65535,
-        channel_buffer_size: 64,
+        // The patched russh (vendor/russh/HERSE-PATCH.md) queues at most a window of
+        // data per channel and grants more only as the relay takes it. The queue must
+        // hold a window's packets, or the session loop waits on it again: 2 MiB in
+        // packets of 2 KiB or more. Slots are allocated only as they fill.
+        channel_buffer_size: 1024,
         max_auth_attempts: 6,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),

@@ -917,6 +917,62 @@ fn slow_reader_does_not_grow_gateway_memory() {
     );
 }
 
+/// Both directions of one channel at full speed at once: the client writes while the
+/// target echoes everything back, so each side's window waits on the other's reader.
+#[test]
+fn full_duplex_echo_does_not_stall() {
+    let w = World::new("duplex");
+    let mut child = ssh(&w.alice)
+        .args(["-l", DEPLOY, "web1", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    const TOTAL: usize = 200 << 20;
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut block = vec![0u8; 1 << 16];
+        let mut sent = 0usize;
+        while sent < TOTAL {
+            for (i, b) in block.iter_mut().enumerate() {
+                *b = ((sent + i) % 251) as u8;
+            }
+            if stdin.write_all(&block).is_err() {
+                break;
+            }
+            sent += block.len();
+        }
+        sent
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        let mut intact = true;
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    intact &= buf[..n].iter().enumerate().all(|(i, b)| *b == ((got + i) % 251) as u8);
+                    got += n;
+                }
+            }
+        }
+        let _ = tx.send((got, intact));
+    });
+    // A stall shows as the reader not finishing; killing the client then frees the writer.
+    let outcome = rx.recv_timeout(Duration::from_secs(120));
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let sent = writer.join().unwrap();
+    let (got, intact) = outcome.expect("the echo stalled");
+    assert_eq!(sent, TOTAL, "the client could not write everything");
+    assert_eq!(got, TOTAL, "echoed {got} of {TOTAL} bytes (exit {status})");
+    assert!(intact, "the echoed stream differs from what was sent");
+}
+
 fn refused(out: &std::process::Output, needle: &str) {
     assert!(
         !out.status.success(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use byteorder::{BigEndian, ByteOrder};
 use bytes::Bytes;
-use log::{debug, trace};
+use log::{debug, trace, warn};
 use ssh_encoding::Encode;
 use tokio::sync::oneshot;
 
@@ -78,6 +78,9 @@ pub(crate) struct CommonSession<Config> {
     pub strict_kex: bool,
     pub alive_timeouts: usize,
     pub received_data: bool,
+    /// Woken when the application takes data from a channel whose window adjustment
+    /// the session loop held back (Herse patch, see HERSE-PATCH.md).
+    pub flow_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl<C> Debug for CommonSession<C> {
@@ -302,37 +305,78 @@ impl Encrypted {
         }
     }
 
-    pub fn adjust_window_size(
-        &mut self,
-        channel: ChannelId,
-        data: &[u8],
-        target: u32,
-    ) -> Result<bool, crate::Error> {
+    /// Debits a data packet from what the peer may still send on `channel`. Returns
+    /// false for data beyond that window, which the caller drops, as OpenSSH does
+    /// (https://tools.ietf.org/html/rfc4254#section-5.2; Herse patch: russh delivered
+    /// it, so a peer ignoring its window could fill the channel's queue).
+    pub fn record_received(&mut self, channel: ChannelId, data: &[u8]) -> bool {
         if let Some(channel) = self.channels.get_mut(&channel) {
-            trace!(
-                "adjust_window_size, channel = {}, size = {},",
-                channel.sender_channel, target
-            );
-            // Ignore extra data.
-            // https://tools.ietf.org/html/rfc4254#section-5.2
-            if data.len() as u32 <= channel.sender_window_size {
-                channel.sender_window_size -= data.len() as u32;
-            }
-            if channel.sender_window_size < target / 2 {
-                debug!(
-                    "sender_window_size {:?}, target {:?}",
-                    channel.sender_window_size, target
-                );
-                push_packet!(self.write, {
-                    self.write.push(msg::CHANNEL_WINDOW_ADJUST);
-                    channel.recipient_channel.encode(&mut self.write)?;
-                    (target - channel.sender_window_size).encode(&mut self.write)?;
-                });
-                channel.sender_window_size = target;
-                return Ok(true);
+            match u32::try_from(data.len()) {
+                Ok(n) if n <= channel.sender_window_size => channel.sender_window_size -= n,
+                _ => {
+                    warn!(
+                        "channel {}: {} bytes of data beyond the window ({}), dropped",
+                        channel.sender_channel,
+                        data.len(),
+                        channel.sender_window_size
+                    );
+                    return false;
+                }
             }
         }
-        Ok(false)
+        true
+    }
+
+    /// Grants the peer more window on `channel` once it runs below half of `target`,
+    /// for the room the application has made (Herse patch, see HERSE-PATCH.md): the
+    /// window and the data still queued for the application together stay within
+    /// `target`. When the application must take data first, `flow` is told, and its
+    /// next take wakes the session loop to call this again. Returns whether an
+    /// adjustment was sent.
+    pub(crate) fn replenish_window(
+        &mut self,
+        channel: ChannelId,
+        target: u32,
+        flow: Option<&crate::channels::ReceiveFlow>,
+    ) -> Result<bool, crate::Error> {
+        let Some(channel) = self.channels.get_mut(&channel) else {
+            return Ok(false);
+        };
+        if channel.sender_window_size >= target / 2 {
+            return Ok(false);
+        }
+        let queued = |flow: Option<&crate::channels::ReceiveFlow>| {
+            flow.map_or(0, |f| u32::try_from(f.queued()).unwrap_or(u32::MAX))
+        };
+        let room = |queued: u32| {
+            target
+                .saturating_sub(channel.sender_window_size)
+                .saturating_sub(queued)
+        };
+        let mut grant = room(queued(flow));
+        if grant < (target / 4).max(1) {
+            let Some(flow) = flow else {
+                return Ok(false);
+            };
+            // Ask for a wake-up first, then look again: a take between the two
+            // readings is seen by one or the other.
+            flow.starve();
+            grant = room(queued(Some(flow)));
+            if grant < (target / 4).max(1) {
+                return Ok(false);
+            }
+        }
+        debug!(
+            "window adjust {grant}, channel = {}, sender_window_size {:?}, target {:?}",
+            channel.sender_channel, channel.sender_window_size, target
+        );
+        push_packet!(self.write, {
+            self.write.push(msg::CHANNEL_WINDOW_ADJUST);
+            channel.recipient_channel.encode(&mut self.write)?;
+            grant.encode(&mut self.write)?;
+        });
+        channel.sender_window_size += grant;
+        Ok(true)
     }
 
     fn flush_channel(

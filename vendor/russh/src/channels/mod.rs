@@ -140,11 +140,66 @@ impl WindowSizeRef {
     }
 }
 
+/// Flow control between the session loop and the application for one channel's
+/// incoming data (Herse patch, see HERSE-PATCH.md).
+///
+/// The session loop counts the bytes of data it puts in the channel's queue; the
+/// application's read half counts them out as it takes them. The loop grants the peer
+/// window only for room the application has made, so the queue holds at most a window of
+/// data and the loop never has to wait on a full queue (which would stop it reading the
+/// window adjustments and replies of every other channel of the connection).
+#[derive(Debug, Default)]
+pub(crate) struct ReceiveFlow {
+    /// Data bytes in the queue, not yet taken by the application.
+    queued: std::sync::atomic::AtomicUsize,
+    /// Set by the session loop when it held a window adjustment back for `queued`.
+    starved: std::sync::atomic::AtomicBool,
+    /// The session loop's wake-up, set when the loop first delivers data.
+    wake: std::sync::OnceLock<Arc<Notify>>,
+}
+
+impl ReceiveFlow {
+    /// The session loop is about to queue `n` bytes of data.
+    pub(crate) fn delivering(&self, n: usize, wake: &Arc<Notify>) {
+        let _ = self.wake.get_or_init(|| Arc::clone(wake));
+        self.queued.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The `n` bytes counted by `delivering` never reached the queue.
+    pub(crate) fn undeliver(&self, n: usize) {
+        self.queued.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The session loop held an adjustment back: the next take wakes it.
+    pub(crate) fn starve(&self) {
+        self.starved.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The application took `msg` from the queue.
+    pub(crate) fn taken(&self, msg: &ChannelMsg) {
+        let n = match msg {
+            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
+            _ => return,
+        };
+        self.queued.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        if self.starved.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            if let Some(wake) = self.wake.get() {
+                wake.notify_one();
+            }
+        }
+    }
+}
+
 /// A handle to the reading part of a session channel.
 ///
 /// Allows you to read from a channel without borrowing the session
 pub struct ChannelReadHalf {
     pub(crate) receiver: Receiver<ChannelMsg>,
+    pub(crate) flow: Arc<ReceiveFlow>,
 }
 
 impl std::fmt::Debug for ChannelReadHalf {
@@ -156,7 +211,11 @@ impl std::fmt::Debug for ChannelReadHalf {
 impl ChannelReadHalf {
     /// Awaits an incoming [`ChannelMsg`], this method returns [`None`] if the channel has been closed.
     pub async fn wait(&mut self) -> Option<ChannelMsg> {
-        self.receiver.recv().await
+        let msg = self.receiver.recv().await;
+        if let Some(msg) = &msg {
+            self.flow.taken(msg);
+        }
+        msg
     }
 
     /// Make a reader for the [`Channel`] to receive [`ChannelMsg::Data`]
@@ -470,7 +529,11 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
     ) -> (Self, ChannelRef) {
         let (tx, rx) = tokio::sync::mpsc::channel(channel_buffer_size);
         let window_size = WindowSizeRef::new(window_size);
-        let read_half = ChannelReadHalf { receiver: rx };
+        let flow = Arc::new(ReceiveFlow::default());
+        let read_half = ChannelReadHalf {
+            receiver: rx,
+            flow: Arc::clone(&flow),
+        };
         let write_half = ChannelWriteHalf {
             id,
             sender,
@@ -486,6 +549,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
             ChannelRef {
                 sender: tx,
                 window_size,
+                flow,
             },
         )
     }

@@ -477,6 +477,56 @@ impl Session {
         Ok(())
     }
 
+    /// Queues a data message for the application, then replenishes the channel's
+    /// window for the room the application has left (Herse patch, HERSE-PATCH.md).
+    /// Returns false for data beyond the window, dropped.
+    async fn deliver_data<H: Handler>(
+        &mut self,
+        client: &mut H,
+        channel_num: ChannelId,
+        msg: ChannelMsg,
+        len: usize,
+    ) -> Result<bool, H::Error> {
+        if let Some(ref mut enc) = self.common.encrypted {
+            if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = &msg {
+                if !enc.record_received(channel_num, data) {
+                    return Ok(false);
+                }
+            }
+        }
+        let delivered = match self.channels.get(&channel_num) {
+            Some(chan) => chan.deliver_data(msg, len, &self.common.flow_wake).await,
+            None => false,
+        };
+        let flow = match delivered {
+            true => self.channels.get(&channel_num).map(|c| c.flow().as_ref()),
+            false => None,
+        };
+        let target = self.common.config.window_size;
+        #[allow(clippy::collapsible_if)]
+        if let Some(ref mut enc) = self.common.encrypted {
+            if enc.replenish_window(channel_num, target, flow)? {
+                let next_window = client.adjust_window(channel_num, self.target_window_size);
+                if next_window > 0 {
+                    self.target_window_size = next_window
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Replenishes the windows the session loop held back until the application made
+    /// room (Herse patch, HERSE-PATCH.md).
+    pub(crate) fn replenish_held_windows(&mut self) -> Result<(), crate::Error> {
+        let target = self.common.config.window_size;
+        if let Some(ref mut enc) = self.common.encrypted {
+            for (id, chan) in &self.channels {
+                enc.replenish_window(*id, target, Some(chan.flow()))?;
+            }
+        }
+        Ok(())
+    }
+
     async fn client_read_authenticated<H: Handler>(
         &mut self,
         client: &mut H,
@@ -595,20 +645,16 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                let target = self.common.config.window_size;
-                #[allow(clippy::collapsible_if)]
-                if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
-                        let next_window =
-                            client.adjust_window(channel_num, self.target_window_size);
-                        if next_window > 0 {
-                            self.target_window_size = next_window
-                        }
-                    }
-                }
-
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Data { data: data.clone() }).await;
+                if !self
+                    .deliver_data(
+                        client,
+                        channel_num,
+                        ChannelMsg::Data { data: data.clone() },
+                        data.len(),
+                    )
+                    .await?
+                {
+                    return Ok(());
                 }
 
                 client.data(channel_num, &data, self).await
@@ -622,25 +668,19 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                let target = self.common.config.window_size;
-                #[allow(clippy::collapsible_if)]
-                if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
-                        let next_window =
-                            client.adjust_window(channel_num, self.target_window_size);
-                        if next_window > 0 {
-                            self.target_window_size = next_window
-                        }
-                    }
-                }
-
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan
-                        .send(ChannelMsg::ExtendedData {
+                if !self
+                    .deliver_data(
+                        client,
+                        channel_num,
+                        ChannelMsg::ExtendedData {
                             ext: extended_code,
                             data: data.clone(),
-                        })
-                        .await;
+                        },
+                        data.len(),
+                    )
+                    .await?
+                {
+                    return Ok(());
                 }
 
                 client

@@ -742,6 +742,7 @@ impl<H: Handler> Handle<H> {
         &self,
         mut receiver: Receiver<ChannelMsg>,
         window_size_ref: WindowSizeRef,
+        flow: std::sync::Arc<crate::channels::ReceiveFlow>,
     ) -> Result<Channel<Msg>, crate::Error> {
         loop {
             match receiver.recv().await {
@@ -759,7 +760,7 @@ impl<H: Handler> Handle<H> {
                             max_packet_size,
                             window_size: window_size_ref,
                         },
-                        read_half: ChannelReadHalf { receiver },
+                        read_half: ChannelReadHalf { receiver, flow },
                     });
                 }
                 Some(ChannelMsg::OpenFailure(reason)) => {
@@ -769,7 +770,8 @@ impl<H: Handler> Handle<H> {
                     debug!("channel confirmation sender was dropped");
                     return Err(crate::Error::Disconnect);
                 }
-                msg => {
+                Some(msg) => {
+                    flow.taken(&msg);
                     debug!("msg = {msg:?}");
                 }
             }
@@ -845,12 +847,13 @@ impl<H: Handler> Handle<H> {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
         let window_size_ref = channel_ref.window_size().clone();
+        let flow = channel_ref.flow().clone();
 
         self.sender
             .send(Msg::ChannelOpenSession { channel_ref })
             .await
             .map_err(|_| crate::Error::SendError)?;
-        self.wait_channel_confirmation(receiver, window_size_ref)
+        self.wait_channel_confirmation(receiver, window_size_ref, flow)
             .await
     }
 
@@ -863,6 +866,7 @@ impl<H: Handler> Handle<H> {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
         let window_size_ref = channel_ref.window_size().clone();
+        let flow = channel_ref.flow().clone();
 
         self.sender
             .send(Msg::ChannelOpenX11 {
@@ -872,7 +876,7 @@ impl<H: Handler> Handle<H> {
             })
             .await
             .map_err(|_| crate::Error::SendError)?;
-        self.wait_channel_confirmation(receiver, window_size_ref)
+        self.wait_channel_confirmation(receiver, window_size_ref, flow)
             .await
     }
 
@@ -894,6 +898,7 @@ impl<H: Handler> Handle<H> {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
         let window_size_ref = channel_ref.window_size().clone();
+        let flow = channel_ref.flow().clone();
 
         self.sender
             .send(Msg::ChannelOpenDirectTcpIp {
@@ -905,7 +910,7 @@ impl<H: Handler> Handle<H> {
             })
             .await
             .map_err(|_| crate::Error::SendError)?;
-        self.wait_channel_confirmation(receiver, window_size_ref)
+        self.wait_channel_confirmation(receiver, window_size_ref, flow)
             .await
     }
 
@@ -916,6 +921,7 @@ impl<H: Handler> Handle<H> {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
         let window_size_ref = channel_ref.window_size().clone();
+        let flow = channel_ref.flow().clone();
 
         self.sender
             .send(Msg::ChannelOpenDirectStreamLocal {
@@ -924,7 +930,7 @@ impl<H: Handler> Handle<H> {
             })
             .await
             .map_err(|_| crate::Error::SendError)?;
-        self.wait_channel_confirmation(receiver, window_size_ref)
+        self.wait_channel_confirmation(receiver, window_size_ref, flow)
             .await
     }
 
@@ -1251,6 +1257,7 @@ where
             strict_kex: false,
             alive_timeouts: 0,
             received_data: false,
+            flow_wake: Default::default(),
             remote_sshid: sshid.into(),
         },
         session_receiver,
@@ -1409,6 +1416,7 @@ impl Session {
         let keepalive_timer =
             crate::future_or_pending(self.common.config.keepalive_interval, tokio::time::sleep);
         pin!(keepalive_timer);
+        let flow_wake = std::sync::Arc::clone(&self.common.flow_wake);
 
         let inactivity_timer =
             crate::future_or_pending(self.common.config.inactivity_timeout, tokio::time::sleep);
@@ -1492,6 +1500,9 @@ impl Session {
                 () = &mut inactivity_timer => {
                     debug!("timeout");
                     return Err(crate::Error::InactivityTimeout.into());
+                }
+                () = flow_wake.notified(), if !self.kex.active() => {
+                    self.replenish_held_windows()?;
                 }
                 msg = self.receiver.recv(), if can_receive_outbound => {
                     self.drain_priority_msgs()?;
@@ -2186,6 +2197,7 @@ mod tests {
                 strict_kex: false,
                 alive_timeouts: 0,
                 received_data: false,
+                flow_wake: Default::default(),
                 remote_sshid: b"SSH-2.0-test".to_vec(),
                 packet_writer: PacketWriter::clear(),
             },
@@ -2493,6 +2505,7 @@ mod tests {
                 strict_kex: false,
                 alive_timeouts: 0,
                 received_data: false,
+                flow_wake: Default::default(),
                 remote_sshid: b"SSH-2.0-test".to_vec(),
                 packet_writer: PacketWriter::clear(),
             },

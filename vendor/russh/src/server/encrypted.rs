@@ -851,6 +851,7 @@ mod tests {
                 strict_kex: false,
                 alive_timeouts: 0,
                 received_data: false,
+                flow_wake: Default::default(),
                 remote_sshid: Vec::new(),
             },
             priority_receiver,
@@ -1489,9 +1490,34 @@ impl Session {
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 
+                if let Some(ref mut enc) = self.common.encrypted {
+                    if !enc.record_received(channel_num, &data) {
+                        return Ok(());
+                    }
+                }
+                // Herse patch: queued first, then the window replenished for the room
+                // the application has left (HERSE-PATCH.md).
+                let delivered = match self.channels.get(&channel_num) {
+                    Some(chan) => {
+                        let msg = match ext {
+                            Some(ext) => ChannelMsg::ExtendedData {
+                                ext,
+                                data: data.clone(),
+                            },
+                            None => ChannelMsg::Data { data: data.clone() },
+                        };
+                        chan.deliver_data(msg, data.len(), &self.common.flow_wake)
+                            .await
+                    }
+                    None => false,
+                };
+                let flow = match delivered {
+                    true => self.channels.get(&channel_num).map(|c| c.flow().as_ref()),
+                    false => None,
+                };
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if enc.replenish_window(channel_num, target, flow)? {
                         let window = handler.adjust_window(channel_num, self.target_window_size);
                         if window > 0 {
                             self.target_window_size = window
@@ -1500,21 +1526,8 @@ impl Session {
                 }
                 self.flush()?;
                 if let Some(ext) = ext {
-                    if let Some(chan) = self.channels.get(&channel_num) {
-                        chan.send(ChannelMsg::ExtendedData {
-                            ext,
-                            data: data.clone(),
-                        })
-                        .await
-                        .unwrap_or(())
-                    }
                     handler.extended_data(channel_num, ext, &data, self).await
                 } else {
-                    if let Some(chan) = self.channels.get(&channel_num) {
-                        chan.send(ChannelMsg::Data { data: data.clone() })
-                            .await
-                            .unwrap_or(())
-                    }
                     handler.data(channel_num, &data, self).await
                 }
             }

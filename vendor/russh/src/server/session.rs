@@ -249,13 +249,14 @@ impl Handle {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
         let window_size_ref = channel_ref.window_size().clone();
+        let flow = channel_ref.flow().clone();
 
         self.sender
             .send(Msg::ChannelOpenAgent { channel_ref })
             .await
             .map_err(|_| Error::SendError)?;
 
-        self.wait_channel_confirmation(receiver, window_size_ref)
+        self.wait_channel_confirmation(receiver, window_size_ref, flow)
             .await
     }
 
@@ -268,13 +269,14 @@ impl Handle {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
         let window_size_ref = channel_ref.window_size().clone();
+        let flow = channel_ref.flow().clone();
 
         self.sender
             .send(Msg::ChannelOpenSession { channel_ref })
             .await
             .map_err(|_| Error::SendError)?;
 
-        self.wait_channel_confirmation(receiver, window_size_ref)
+        self.wait_channel_confirmation(receiver, window_size_ref, flow)
             .await
     }
 
@@ -293,6 +295,7 @@ impl Handle {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
         let window_size_ref = channel_ref.window_size().clone();
+        let flow = channel_ref.flow().clone();
 
         self.sender
             .send(Msg::ChannelOpenDirectTcpIp {
@@ -304,7 +307,7 @@ impl Handle {
             })
             .await
             .map_err(|_| Error::SendError)?;
-        self.wait_channel_confirmation(receiver, window_size_ref)
+        self.wait_channel_confirmation(receiver, window_size_ref, flow)
             .await
     }
 
@@ -316,6 +319,7 @@ impl Handle {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
         let window_size_ref = channel_ref.window_size().clone();
+        let flow = channel_ref.flow().clone();
 
         self.sender
             .send(Msg::ChannelOpenDirectStreamLocal {
@@ -324,7 +328,7 @@ impl Handle {
             })
             .await
             .map_err(|_| Error::SendError)?;
-        self.wait_channel_confirmation(receiver, window_size_ref)
+        self.wait_channel_confirmation(receiver, window_size_ref, flow)
             .await
     }
 
@@ -338,6 +342,7 @@ impl Handle {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
         let window_size_ref = channel_ref.window_size().clone();
+        let flow = channel_ref.flow().clone();
 
         self.sender
             .send(Msg::ChannelOpenForwardedTcpIp {
@@ -349,7 +354,7 @@ impl Handle {
             })
             .await
             .map_err(|_| Error::SendError)?;
-        self.wait_channel_confirmation(receiver, window_size_ref)
+        self.wait_channel_confirmation(receiver, window_size_ref, flow)
             .await
     }
 
@@ -360,6 +365,7 @@ impl Handle {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
         let window_size_ref = channel_ref.window_size().clone();
+        let flow = channel_ref.flow().clone();
 
         self.sender
             .send(Msg::ChannelOpenForwardedStreamLocal {
@@ -368,7 +374,7 @@ impl Handle {
             })
             .await
             .map_err(|_| Error::SendError)?;
-        self.wait_channel_confirmation(receiver, window_size_ref)
+        self.wait_channel_confirmation(receiver, window_size_ref, flow)
             .await
     }
 
@@ -380,6 +386,7 @@ impl Handle {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let channel_ref = ChannelRef::new(sender);
         let window_size_ref = channel_ref.window_size().clone();
+        let flow = channel_ref.flow().clone();
 
         self.sender
             .send(Msg::ChannelOpenX11 {
@@ -389,7 +396,7 @@ impl Handle {
             })
             .await
             .map_err(|_| Error::SendError)?;
-        self.wait_channel_confirmation(receiver, window_size_ref)
+        self.wait_channel_confirmation(receiver, window_size_ref, flow)
             .await
     }
 
@@ -397,6 +404,7 @@ impl Handle {
         &self,
         mut receiver: Receiver<ChannelMsg>,
         window_size_ref: WindowSizeRef,
+        flow: std::sync::Arc<crate::channels::ReceiveFlow>,
     ) -> Result<Channel<Msg>, Error> {
         loop {
             match receiver.recv().await {
@@ -414,7 +422,7 @@ impl Handle {
                             max_packet_size,
                             window_size: window_size_ref,
                         },
-                        read_half: ChannelReadHalf { receiver },
+                        read_half: ChannelReadHalf { receiver, flow },
                     });
                 }
                 Some(ChannelMsg::OpenFailure(reason)) => {
@@ -423,7 +431,8 @@ impl Handle {
                 None => {
                     return Err(Error::Disconnect);
                 }
-                msg => {
+                Some(msg) => {
+                    flow.taken(&msg);
                     debug!("msg = {msg:?}");
                 }
             }
@@ -629,6 +638,18 @@ impl Session {
         Ok(())
     }
 
+    /// Replenishes the windows the session loop held back until the application made
+    /// room (Herse patch, HERSE-PATCH.md).
+    pub(crate) fn replenish_held_windows(&mut self) -> Result<(), crate::Error> {
+        let target = self.target_window_size;
+        if let Some(ref mut enc) = self.common.encrypted {
+            for (id, chan) in &self.channels {
+                enc.replenish_window(*id, target, Some(chan.flow()))?;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) async fn run<H, R>(
         mut self,
         mut stream: SshRead<R>,
@@ -660,6 +681,7 @@ impl Session {
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
         let mut is_reading = None;
+        let flow_wake = Arc::clone(&self.common.flow_wake);
 
         #[allow(clippy::panic)] // false positive in macro
         while !self.common.disconnected {
@@ -779,6 +801,9 @@ impl Session {
                 () = &mut inactivity_timer => {
                     debug!("timeout");
                     return Err(crate::Error::InactivityTimeout.into());
+                }
+                () = flow_wake.notified(), if !self.kex.active() => {
+                    self.replenish_held_windows()?;
                 }
                 msg = self.priority_receiver.recv(), if !self.kex.active() => {
                     match msg {
@@ -1662,6 +1687,7 @@ mod tests {
                 strict_kex: false,
                 alive_timeouts: 0,
                 received_data: false,
+                flow_wake: Default::default(),
             },
             sender: handle,
             priority_receiver,
