@@ -879,9 +879,10 @@ pub fn base_config(gw: &Gateway) -> server::Config {
         maximum_packet_size: 65535,
         // The patched russh (vendor/russh/HERSE-PATCH.md) queues at most a window of
         // data per channel and grants more only as the relay takes it. The queue must
-        // hold a window's packets, or the session loop waits on it again: 2 MiB in
-        // packets of 2 KiB or more. Slots are allocated only as they fill.
-        channel_buffer_size: 1024,
+        // hold a window's packets, or the session loop waits on it again (and may
+        // deadlock): 2 MiB in packets of 32 bytes or more. tokio allocates slots only
+        // as they fill, so the bound costs nothing until it is used.
+        channel_buffer_size: 65536,
         max_auth_attempts: 6,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),

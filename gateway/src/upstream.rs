@@ -228,8 +228,9 @@ fn client_config(target: &Target) -> client::Config {
         nodelay: true,
         window_size: 8 * 1024 * 1024,
         maximum_packet_size: 65535,
-        // A window's packets (8 MiB in packets of 4 KiB or more): see `front::base_config`.
-        channel_buffer_size: 2048,
+        // A window's packets (8 MiB in packets of 128 bytes or more): see
+        // `front::base_config`.
+        channel_buffer_size: 65536,
         ..Default::default()
     };
     if matches!(target.host_key, HostKeyCheck::Ca { .. }) {

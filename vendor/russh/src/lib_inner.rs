@@ -119,6 +119,11 @@ pub enum Error {
     #[error("Inconsistent state of the protocol")]
     Inconsistent,
 
+    /// The peer sent more data on a channel than its window allowed, past a grace of
+    /// a tenth of the window (Herse patch, HERSE-PATCH.md).
+    #[error("Peer ignored the channel window")]
+    WindowExceeded,
+
     /// The client is not yet authenticated.
     #[error("Not yet authenticated")]
     NotAuthenticated,
@@ -502,6 +507,9 @@ pub(crate) struct ChannelParams {
     sender_channel: ChannelId,
     recipient_window_size: u32,
     sender_window_size: u32,
+    /// Data the peer sent beyond `sender_window_size` since it last kept within it
+    /// (Herse patch, HERSE-PATCH.md).
+    window_exceeded: u32,
     recipient_maximum_packet_size: u32,
     sender_maximum_packet_size: u32,
     /// Has the other side confirmed the channel?

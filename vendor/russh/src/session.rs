@@ -305,26 +305,42 @@ impl Encrypted {
         }
     }
 
-    /// Debits a data packet from what the peer may still send on `channel`. Returns
-    /// false for data beyond that window, which the caller drops, as OpenSSH does
-    /// (https://tools.ietf.org/html/rfc4254#section-5.2; Herse patch: russh delivered
-    /// it, so a peer ignoring its window could fill the channel's queue).
-    pub fn record_received(&mut self, channel: ChannelId, data: &[u8]) -> bool {
-        if let Some(channel) = self.channels.get_mut(&channel) {
-            match u32::try_from(data.len()) {
-                Ok(n) if n <= channel.sender_window_size => channel.sender_window_size -= n,
-                _ => {
-                    warn!(
-                        "channel {}: {} bytes of data beyond the window ({}), dropped",
-                        channel.sender_channel,
-                        data.len(),
-                        channel.sender_window_size
-                    );
-                    return false;
-                }
-            }
+    /// Debits a data packet from what the peer may still send on `channel`, as
+    /// OpenSSH does (Herse patch, HERSE-PATCH.md): data beyond the window is taken
+    /// within a grace of a tenth of `target`, and past it the peer is disconnected, so
+    /// a peer that ignores its window cannot fill the channel's queue.
+    /// https://tools.ietf.org/html/rfc4254#section-5.2
+    pub fn record_received(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        target: u32,
+    ) -> Result<(), crate::Error> {
+        let Some(channel) = self.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        if n <= channel.sender_window_size {
+            channel.sender_window_size -= n;
+            channel.window_exceeded = 0;
+            return Ok(());
         }
-        true
+        channel.window_exceeded = channel
+            .window_exceeded
+            .saturating_add(n - channel.sender_window_size);
+        channel.sender_window_size = 0;
+        if channel.window_exceeded > target / 10 {
+            warn!(
+                "channel {}: peer ignored the channel window ({} bytes beyond it)",
+                channel.sender_channel, channel.window_exceeded
+            );
+            return Err(crate::Error::WindowExceeded);
+        }
+        debug!(
+            "channel {}: {} bytes beyond the window",
+            channel.sender_channel, channel.window_exceeded
+        );
+        Ok(())
     }
 
     /// Grants the peer more window on `channel` once it runs below half of `target`,
@@ -819,6 +835,7 @@ impl Encrypted {
                     recipient_channel: 0,
                     sender_channel: ChannelId(self.last_channel_id.0),
                     sender_window_size: window_size,
+                    window_exceeded: 0,
                     recipient_window_size: 0,
                     sender_maximum_packet_size: maxpacket,
                     recipient_maximum_packet_size: 0,
@@ -949,6 +966,7 @@ mod tests {
             sender_channel,
             recipient_window_size: 1024,
             sender_window_size: 1024,
+            window_exceeded: 0,
             recipient_maximum_packet_size: 1024,
             sender_maximum_packet_size: 1024,
             confirmed: true,
@@ -1003,6 +1021,7 @@ mod tests {
             sender_channel,
             recipient_window_size: window_size,
             sender_window_size: 1024,
+            window_exceeded: 0,
             recipient_maximum_packet_size: 1024,
             sender_maximum_packet_size: 1024,
             confirmed: true,

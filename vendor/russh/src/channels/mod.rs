@@ -156,6 +156,8 @@ pub(crate) struct ReceiveFlow {
     starved: std::sync::atomic::AtomicBool,
     /// The session loop's wake-up, set when the loop first delivers data.
     wake: std::sync::OnceLock<Arc<Notify>>,
+    /// Set when the read half is dropped: nothing queued is waited for any more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl ReceiveFlow {
@@ -171,7 +173,24 @@ impl ReceiveFlow {
     }
 
     pub(crate) fn queued(&self) -> usize {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return 0;
+        }
         self.queued.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The read half is gone: what it left queued no longer holds the window back.
+    fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake_if_starved();
+    }
+
+    fn wake_if_starved(&self) {
+        if self.starved.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            if let Some(wake) = self.wake.get() {
+                wake.notify_one();
+            }
+        }
     }
 
     /// The session loop held an adjustment back: the next take wakes it.
@@ -186,11 +205,7 @@ impl ReceiveFlow {
             _ => return,
         };
         self.queued.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
-        if self.starved.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            if let Some(wake) = self.wake.get() {
-                wake.notify_one();
-            }
-        }
+        self.wake_if_starved();
     }
 }
 
@@ -205,6 +220,12 @@ pub struct ChannelReadHalf {
 impl std::fmt::Debug for ChannelReadHalf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChannelReadHalf").finish()
+    }
+}
+
+impl Drop for ChannelReadHalf {
+    fn drop(&mut self) {
+        self.flow.close();
     }
 }
 

@@ -479,7 +479,7 @@ impl Session {
 
     /// Queues a data message for the application, then replenishes the channel's
     /// window for the room the application has left (Herse patch, HERSE-PATCH.md).
-    /// Returns false for data beyond the window, dropped.
+    /// Returns false for empty data, which is not queued.
     async fn deliver_data<H: Handler>(
         &mut self,
         client: &mut H,
@@ -487,12 +487,15 @@ impl Session {
         msg: ChannelMsg,
         len: usize,
     ) -> Result<bool, H::Error> {
+        let target = self.common.config.window_size;
         if let Some(ref mut enc) = self.common.encrypted {
             if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = &msg {
-                if !enc.record_received(channel_num, data) {
-                    return Ok(false);
-                }
+                enc.record_received(channel_num, data, target)?;
             }
+        }
+        // Empty data carries nothing and costs no window: not queued.
+        if len == 0 {
+            return Ok(false);
         }
         let delivered = match self.channels.get(&channel_num) {
             Some(chan) => chan.deliver_data(msg, len, &self.common.flow_wake).await,
@@ -502,7 +505,6 @@ impl Session {
             true => self.channels.get(&channel_num).map(|c| c.flow().as_ref()),
             false => None,
         };
-        let target = self.common.config.window_size;
         #[allow(clippy::collapsible_if)]
         if let Some(ref mut enc) = self.common.encrypted {
             if enc.replenish_window(channel_num, target, flow)? {
@@ -888,6 +890,7 @@ impl Session {
                     sender_channel: id,
                     recipient_window_size: msg.recipient_window_size,
                     sender_window_size: self.common.config.window_size,
+                    window_exceeded: 0,
                     recipient_maximum_packet_size: msg.recipient_maximum_packet_size,
                     sender_maximum_packet_size: self.common.config.maximum_packet_size,
                     confirmed: true,

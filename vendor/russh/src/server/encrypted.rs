@@ -1491,9 +1491,11 @@ impl Session {
                 let target = self.target_window_size;
 
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if !enc.record_received(channel_num, &data) {
-                        return Ok(());
-                    }
+                    enc.record_received(channel_num, &data, target)?;
+                }
+                // Empty data carries nothing and costs no window: not queued.
+                if data.is_empty() {
+                    return Ok(());
                 }
                 // Herse patch: queued first, then the window replenished for the room
                 // the application has left (HERSE-PATCH.md).
@@ -2057,6 +2059,7 @@ impl Session {
 
             recipient_window_size: msg.recipient_window_size,
             sender_window_size: self.common.config.window_size,
+            window_exceeded: 0,
             recipient_maximum_packet_size: msg.recipient_maximum_packet_size,
             sender_maximum_packet_size: self.common.config.maximum_packet_size,
             confirmed: true,
