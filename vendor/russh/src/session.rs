@@ -369,16 +369,21 @@ impl Encrypted {
                 .saturating_sub(channel.sender_window_size)
                 .saturating_sub(queued)
         };
+        let min_grant = (target / 4).max(1);
         let mut grant = room(queued(flow));
-        if grant < (target / 4).max(1) {
+        if grant < min_grant {
             let Some(flow) = flow else {
                 return Ok(false);
             };
             // Ask for a wake-up first, then look again: a take between the two
-            // readings is seen by one or the other.
-            flow.starve();
+            // readings is seen by one or the other. The grant is due once no more
+            // than this is queued (above half the target, as the window is below half).
+            let due_at = target
+                .saturating_sub(channel.sender_window_size)
+                .saturating_sub(min_grant);
+            flow.starve(due_at as usize);
             grant = room(queued(Some(flow)));
-            if grant < (target / 4).max(1) {
+            if grant < min_grant {
                 return Ok(false);
             }
         }

@@ -152,8 +152,9 @@ impl WindowSizeRef {
 pub(crate) struct ReceiveFlow {
     /// Data bytes in the queue, not yet taken by the application.
     queued: std::sync::atomic::AtomicUsize,
-    /// Set by the session loop when it held a window adjustment back for `queued`.
-    starved: std::sync::atomic::AtomicBool,
+    /// Set by the session loop when it held a window adjustment back for `queued`:
+    /// one more than the queued level at which the adjustment is due (0: none held).
+    wake_below: std::sync::atomic::AtomicUsize,
     /// The session loop's wake-up, set when the loop first delivers data.
     wake: std::sync::OnceLock<Arc<Notify>>,
     /// Set when the read half is dropped: nothing queued is waited for any more.
@@ -182,20 +183,22 @@ impl ReceiveFlow {
     /// The read half is gone: what it left queued no longer holds the window back.
     fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.wake_if_starved();
+        self.wake();
     }
 
-    fn wake_if_starved(&self) {
-        if self.starved.swap(false, std::sync::atomic::Ordering::SeqCst) {
+    fn wake(&self) {
+        if self.wake_below.swap(0, std::sync::atomic::Ordering::SeqCst) != 0 {
             if let Some(wake) = self.wake.get() {
                 wake.notify_one();
             }
         }
     }
 
-    /// The session loop held an adjustment back: the next take wakes it.
-    pub(crate) fn starve(&self) {
-        self.starved.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// The session loop held an adjustment back until no more than `due_at` bytes are
+    /// queued: the take that gets there wakes it (one wake per adjustment, not per take).
+    pub(crate) fn starve(&self, due_at: usize) {
+        self.wake_below
+            .store(due_at.saturating_add(1), std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The application took `msg` from the queue.
@@ -204,8 +207,14 @@ impl ReceiveFlow {
             ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
             _ => return,
         };
-        self.queued.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
-        self.wake_if_starved();
+        let left = self
+            .queued
+            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst)
+            .wrapping_sub(n);
+        let wake_below = self.wake_below.load(std::sync::atomic::Ordering::SeqCst);
+        if wake_below != 0 && left < wake_below {
+            self.wake();
+        }
     }
 }
 
