@@ -132,6 +132,63 @@ impl ChannelFlushResult {
 }
 
 impl<C> CommonSession<C> {
+    /// Takes a data packet the peer sent on `channel` (Herse patch, HERSE-PATCH.md):
+    /// debits it from the peer's window, queues it for the application, then
+    /// replenishes the window for the room the application has left. Returns `None` for
+    /// empty data, which carries nothing, costs no window and is not queued; otherwise
+    /// whether a window adjustment was sent.
+    pub(crate) async fn receive_data(
+        &mut self,
+        channels: &HashMap<ChannelId, crate::channels::ChannelRef>,
+        channel: ChannelId,
+        ext: Option<u32>,
+        data: &Bytes,
+        target: u32,
+    ) -> Result<Option<bool>, crate::Error> {
+        if let Some(ref mut enc) = self.encrypted {
+            enc.record_received(channel, data, target)?;
+        }
+        if data.is_empty() {
+            return Ok(None);
+        }
+        let delivered = match channels.get(&channel) {
+            Some(chan) => {
+                let msg = match ext {
+                    Some(ext) => crate::ChannelMsg::ExtendedData {
+                        ext,
+                        data: data.clone(),
+                    },
+                    None => crate::ChannelMsg::Data { data: data.clone() },
+                };
+                chan.deliver_data(msg, data.len(), &self.flow_wake).await
+            }
+            None => false,
+        };
+        let flow = match delivered {
+            true => channels.get(&channel).map(|c| c.flow().as_ref()),
+            false => None,
+        };
+        match self.encrypted {
+            Some(ref mut enc) => Ok(Some(enc.replenish_window(channel, target, flow)?)),
+            None => Ok(Some(false)),
+        }
+    }
+
+    /// Replenishes the windows held back until the application made room (Herse
+    /// patch, HERSE-PATCH.md): the session loop's wake-up arm.
+    pub(crate) fn replenish_held_windows(
+        &mut self,
+        channels: &HashMap<ChannelId, crate::channels::ChannelRef>,
+        target: u32,
+    ) -> Result<(), crate::Error> {
+        if let Some(ref mut enc) = self.encrypted {
+            for (id, chan) in channels {
+                enc.replenish_window(*id, target, Some(chan.flow()))?;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn has_any_pending_data(&self) -> bool {
         self.encrypted
             .as_ref()

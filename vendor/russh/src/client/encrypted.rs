@@ -477,56 +477,28 @@ impl Session {
         Ok(())
     }
 
-    /// Queues a data message for the application, then replenishes the channel's
-    /// window for the room the application has left (Herse patch, HERSE-PATCH.md).
-    /// Returns false for empty data, which is not queued.
+    /// Takes a data packet (`CommonSession::receive_data`) and calls the handler's
+    /// `adjust_window` after an adjustment. Returns false for empty data, not queued
+    /// (Herse patch, HERSE-PATCH.md).
     async fn deliver_data<H: Handler>(
         &mut self,
         client: &mut H,
         channel_num: ChannelId,
-        msg: ChannelMsg,
-        len: usize,
+        ext: Option<u32>,
+        data: &Bytes,
     ) -> Result<bool, H::Error> {
         let target = self.common.config.window_size;
-        if let Some(ref mut enc) = self.common.encrypted {
-            if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = &msg {
-                enc.record_received(channel_num, data, target)?;
+        let received = self
+            .common
+            .receive_data(&self.channels, channel_num, ext, data, target)
+            .await?;
+        if received == Some(true) {
+            let next_window = client.adjust_window(channel_num, self.target_window_size);
+            if next_window > 0 {
+                self.target_window_size = next_window
             }
         }
-        // Empty data carries nothing and costs no window: not queued.
-        if len == 0 {
-            return Ok(false);
-        }
-        let delivered = match self.channels.get(&channel_num) {
-            Some(chan) => chan.deliver_data(msg, len, &self.common.flow_wake).await,
-            None => false,
-        };
-        let flow = match delivered {
-            true => self.channels.get(&channel_num).map(|c| c.flow().as_ref()),
-            false => None,
-        };
-        #[allow(clippy::collapsible_if)]
-        if let Some(ref mut enc) = self.common.encrypted {
-            if enc.replenish_window(channel_num, target, flow)? {
-                let next_window = client.adjust_window(channel_num, self.target_window_size);
-                if next_window > 0 {
-                    self.target_window_size = next_window
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    /// Replenishes the windows the session loop held back until the application made
-    /// room (Herse patch, HERSE-PATCH.md).
-    pub(crate) fn replenish_held_windows(&mut self) -> Result<(), crate::Error> {
-        let target = self.common.config.window_size;
-        if let Some(ref mut enc) = self.common.encrypted {
-            for (id, chan) in &self.channels {
-                enc.replenish_window(*id, target, Some(chan.flow()))?;
-            }
-        }
-        Ok(())
+        Ok(received.is_some())
     }
 
     async fn client_read_authenticated<H: Handler>(
@@ -647,15 +619,7 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if !self
-                    .deliver_data(
-                        client,
-                        channel_num,
-                        ChannelMsg::Data { data: data.clone() },
-                        data.len(),
-                    )
-                    .await?
-                {
+                if !self.deliver_data(client, channel_num, None, &data).await? {
                     return Ok(());
                 }
 
@@ -671,15 +635,7 @@ impl Session {
                     return Ok(());
                 }
                 if !self
-                    .deliver_data(
-                        client,
-                        channel_num,
-                        ChannelMsg::ExtendedData {
-                            ext: extended_code,
-                            data: data.clone(),
-                        },
-                        data.len(),
-                    )
+                    .deliver_data(client, channel_num, Some(extended_code), &data)
                     .await?
                 {
                     return Ok(());

@@ -1502,7 +1502,8 @@ impl Session {
                     return Err(crate::Error::InactivityTimeout.into());
                 }
                 () = flow_wake.notified(), if !self.kex.active() => {
-                    self.replenish_held_windows()?;
+                    self.common
+                        .replenish_held_windows(&self.channels, self.common.config.window_size)?;
                 }
                 msg = self.receiver.recv(), if can_receive_outbound => {
                     self.drain_priority_msgs()?;

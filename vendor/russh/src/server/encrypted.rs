@@ -1490,40 +1490,19 @@ impl Session {
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 
-                if let Some(ref mut enc) = self.common.encrypted {
-                    enc.record_received(channel_num, &data, target)?;
-                }
-                // Empty data carries nothing and costs no window: not queued.
-                if data.is_empty() {
-                    return Ok(());
-                }
                 // Herse patch: queued first, then the window replenished for the room
                 // the application has left (HERSE-PATCH.md).
-                let delivered = match self.channels.get(&channel_num) {
-                    Some(chan) => {
-                        let msg = match ext {
-                            Some(ext) => ChannelMsg::ExtendedData {
-                                ext,
-                                data: data.clone(),
-                            },
-                            None => ChannelMsg::Data { data: data.clone() },
-                        };
-                        chan.deliver_data(msg, data.len(), &self.common.flow_wake)
-                            .await
-                    }
-                    None => false,
+                let Some(adjusted) = self
+                    .common
+                    .receive_data(&self.channels, channel_num, ext, &data, target)
+                    .await?
+                else {
+                    return Ok(());
                 };
-                let flow = match delivered {
-                    true => self.channels.get(&channel_num).map(|c| c.flow().as_ref()),
-                    false => None,
-                };
-                #[allow(clippy::collapsible_if)]
-                if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.replenish_window(channel_num, target, flow)? {
-                        let window = handler.adjust_window(channel_num, self.target_window_size);
-                        if window > 0 {
-                            self.target_window_size = window
-                        }
+                if adjusted {
+                    let window = handler.adjust_window(channel_num, self.target_window_size);
+                    if window > 0 {
+                        self.target_window_size = window
                     }
                 }
                 self.flush()?;

@@ -638,17 +638,6 @@ impl Session {
         Ok(())
     }
 
-    /// Replenishes the windows the session loop held back until the application made
-    /// room (Herse patch, HERSE-PATCH.md).
-    pub(crate) fn replenish_held_windows(&mut self) -> Result<(), crate::Error> {
-        let target = self.target_window_size;
-        if let Some(ref mut enc) = self.common.encrypted {
-            for (id, chan) in &self.channels {
-                enc.replenish_window(*id, target, Some(chan.flow()))?;
-            }
-        }
-        Ok(())
-    }
 
     pub(crate) async fn run<H, R>(
         mut self,
@@ -803,7 +792,7 @@ impl Session {
                     return Err(crate::Error::InactivityTimeout.into());
                 }
                 () = flow_wake.notified(), if !self.kex.active() => {
-                    self.replenish_held_windows()?;
+                    self.common.replenish_held_windows(&self.channels, self.target_window_size)?;
                 }
                 msg = self.priority_receiver.recv(), if !self.kex.active() => {
                     match msg {
