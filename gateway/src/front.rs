@@ -935,6 +935,13 @@ impl server::Handler for FrontHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         match &self.state {
+            // An ending session (killed, suspended, expired) starts nothing more, even in
+            // the moment before its connection is cut.
+            AuthState::Target(s) if s.is_ended() => {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
             AuthState::Target(s) => {
                 let Some((slot, reply)) = self.channel_slot(reply).await else {
                     return Ok(());
@@ -1093,6 +1100,11 @@ impl server::Handler for FrontHandler {
                     let _slots = (slot, connection);
                     serve_ssh(config, channel.into_stream(), inner).await;
                 });
+            }
+            AuthState::Target(s) if s.is_ended() => {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
             }
             AuthState::Target(s) => {
                 let decision = s.authorized().check(&Request::Forward { host, port });

@@ -32,6 +32,9 @@ enum RelayError {
     /// Ends this channel only (for example a malformed SFTP packet); the session goes on.
     #[error("{0}")]
     Channel(String),
+    /// The session is ending: nothing more is forwarded to the target.
+    #[error("session ended")]
+    Ended,
 }
 
 /// How a request on a session channel is judged; the front handler uses the same
@@ -278,6 +281,16 @@ async fn run(
     // Set when the channel is ended by the gateway with a message to the client.
     let mut told_client = false;
     tokio::select! {
+        // An ending session forwards nothing more, even when a request from the client
+        // is ready in the same poll.
+        biased;
+        _ = s.cancelled() => {
+            if is_session {
+                // Best effort: the client may not be reading.
+                let _ = tokio::time::timeout(Duration::from_millis(500), chan.fail(&format!("session ended: {}", s.reason()))).await;
+                told_client = true;
+            }
+        }
         r = both => match r {
             Err(RelayError::Channel(reason)) => {
                 let _ = s.recorder().meta(id, &Meta::Denied { request: "channel".into(), reason: reason.clone() });
@@ -296,13 +309,6 @@ async fn run(
             }
             Ok(_) => {}
         },
-        _ = s.cancelled() => {
-            if is_session {
-                // Best effort: the client may not be reading.
-                let _ = tokio::time::timeout(Duration::from_millis(500), chan.fail(&format!("session ended: {}", s.reason()))).await;
-                told_client = true;
-            }
-        }
     }
     if told_client {
         // Let the client read the message and close the channel itself before the
@@ -466,6 +472,9 @@ async fn client_to_target(
     env_allowed: &(dyn Fn(&str) -> bool + Send + Sync),
 ) -> Result<bool, RelayError> {
     let (s, id, up) = (chan.s, chan.id, chan.up);
+    if s.is_ended() {
+        return Err(RelayError::Ended);
+    }
     let rec = s.recorder();
     if let Some(Err(reason)) = judge(s, &msg) {
         let request = request_name(&msg);

@@ -306,7 +306,11 @@ impl Gateway {
             .arg("-c")
             .arg(config)
             .arg("serve")
-            .env("HERSE_LOG", "info,russh=warn")
+            // `HERSE_TEST_LOG` sets the gateway's log filter for a debugging run.
+            .env(
+                "HERSE_LOG",
+                std::env::var("HERSE_TEST_LOG").unwrap_or_else(|_| "info,russh=warn".to_owned()),
+            )
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

@@ -270,6 +270,24 @@ fn client_config(d: &Path, user: &str, key: &Path, gw_port: u16) -> PathBuf {
     p
 }
 
+/// Wait until the askpass program can answer `user`'s next TOTP prompt at once. It gives
+/// each 30 s step once, and the gateway accepts the next step's code too; a third login
+/// within one step would make it sleep into the next, past the gateway's login timeout.
+fn await_fresh_totp_step(w: &World, user: &str) {
+    let state = w.d().join(format!("askpass.state.{user}"));
+    let last: u64 = std::fs::read_to_string(&state).unwrap().trim().parse().unwrap();
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        if now / 30 >= last {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn ssh(cfg: &Path) -> Command {
     let mut c = client("ssh");
     c.arg("-F").arg(cfg).stdin(Stdio::null());
@@ -1224,6 +1242,8 @@ fn suspension_cuts_live_sessions_and_blocks_logins() {
         "Permission denied",
     );
     ok(w.gw.ctl().args(["users", "resume", "alice"]));
+    // Suspension forgot alice's remembered proof: she is asked for a code again.
+    await_fresh_totp_step(&w, "alice");
     let out = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", "echo back"]));
     assert_eq!(text(&out.stdout).trim(), "back");
 }
@@ -2406,6 +2426,50 @@ async fn stderr_until_closed(ch: &mut russh::Channel<russh::client::Msg>) -> Str
     .await;
     assert!(ended.is_ok(), "the gateway did not end the channel");
     String::from_utf8_lossy(&stderr).into_owned()
+}
+
+#[test]
+fn an_ending_session_starts_nothing_more() {
+    // Between a kill and the cut of the client's connection the gateway gives the
+    // session's channels a moment to say why. A client that opens channels in that
+    // moment must not get one more command run on the target.
+    let w = World::new("endingsession");
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let markers: Vec<PathBuf> = (0..5)
+        .map(|n| PathBuf::from(format!("/tmp/herse-after-kill-{}-{n}", std::process::id())))
+        .collect();
+    for m in &markers {
+        let _ = std::fs::remove_file(m);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = raw_login(w.gw.port, key, &w.alice_totp).await;
+        // A channel whose output is never read holds the session's end open.
+        let holder = h.channel_open_session().await.unwrap();
+        holder.exec(true, "cat /dev/zero").await.unwrap();
+        let mut watch = h.channel_open_session().await.unwrap();
+        watch.exec(true, "sleep 60").await.unwrap();
+        let rows = json_rows(&ok(w.gw.ctl().args(["sessions", "list", "--json"])));
+        let id = rows[0]["id"].as_str().unwrap().to_owned();
+        let mut kill = w.gw.ctl().args(["sessions", "kill", &id]).spawn().unwrap();
+        let said = stderr_until_closed(&mut watch).await;
+        assert!(said.contains("session ended"), "{said}");
+        let mut opened = 0;
+        for (n, m) in markers.iter().enumerate() {
+            if let Ok(Ok(ch)) = tokio::time::timeout(Duration::from_secs(2), h.channel_open_session()).await {
+                opened += 1;
+                let _ = ch.exec(true, format!("touch {}", m.display())).await;
+            } else {
+                eprintln!("channel {n} refused");
+            }
+        }
+        assert!(kill.wait().unwrap().success());
+        drop(holder);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ran: Vec<_> = markers.iter().filter(|m| m.exists()).collect();
+        assert!(ran.is_empty(), "commands ran after the kill: {ran:?}");
+        assert_eq!(opened, 0, "channels opened in an ending session");
+    });
 }
 
 #[test]
