@@ -242,8 +242,14 @@ async fn run(
     let inbound = async {
         let mut framer = Framer::default();
         while let Some(msg) = front_rx.wait().await {
-            if !client_to_target(&chan, msg, &mut framer, env_allowed).await? {
-                break;
+            match client_to_target(&chan, msg, &mut framer, env_allowed).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                // The target closed the connection: what it sent before that (the tail of
+                // the output, an exit status) is still being passed on by `outbound`,
+                // which ends the channel once it has.
+                Err(RelayError::Ssh(_)) if s.upstream().is_closed() => std::future::pending::<()>().await,
+                Err(e) => return Err(e),
             }
         }
         let _ = up_tx.close().await;

@@ -84,6 +84,10 @@ pub struct TargetSession {
 /// requests (an sftp loop, say) cannot grow the audit log without bound.
 pub const AUDITED_DENIALS: u32 = 20;
 
+/// After the target closed the connection, how long the relays may go without passing
+/// anything on before the session ends with what they still hold.
+const TARGET_GONE_DRAIN: Duration = Duration::from_secs(5);
+
 /// Counts a relayed channel while it lives.
 pub struct ChannelGuard(Arc<TargetSession>);
 
@@ -631,6 +635,8 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
     });
     let idle = s.authorized.idle_timeout();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // When the supervisor first saw the target's connection closed (since the start).
+    let mut target_gone: Option<Duration> = None;
     loop {
         tokio::select! {
             _ = s.cancel.cancelled() => break,
@@ -660,12 +666,21 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
                 if let Err(e) = flushed {
                     s.end(format!("recording failed: {e}"));
                 }
-                let idle_for = s.started.elapsed().saturating_sub(Duration::from_millis(s.last_activity_ms.load(Ordering::Relaxed)));
-                if idle_for >= idle {
+                let now = s.started.elapsed();
+                let last_activity = Duration::from_millis(s.last_activity_ms.load(Ordering::Relaxed));
+                if now.saturating_sub(last_activity) >= idle {
                     s.end("idle timeout");
                 }
                 if s.upstream.is_closed() {
-                    s.end("target closed the connection");
+                    // What the target sent before it closed (the output's tail, an exit
+                    // status) may still be on its way to the client, as OpenSSH's jump
+                    // host would deliver it: the session ends once the relays are done,
+                    // or once they stop passing anything on.
+                    let gone = *target_gone.get_or_insert(now);
+                    let stalled = now.saturating_sub(gone.max(last_activity)) >= TARGET_GONE_DRAIN;
+                    if s.open_channels.load(Ordering::Acquire) == 0 || stalled {
+                        s.end("target closed the connection");
+                    }
                 }
             }
         }

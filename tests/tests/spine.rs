@@ -2473,6 +2473,77 @@ fn an_ending_session_starts_nothing_more() {
 }
 
 #[test]
+fn output_sent_before_the_target_closed_reaches_the_client() {
+    // The target sends 3 MB, more than the client's window, and its connection then dies.
+    // What the gateway already holds is the client's, as an OpenSSH jump host would
+    // deliver it: the session ends once it is passed on, not when the target is seen gone.
+    let w = World::new("targetgone");
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = raw_login(w.gw.port, key.clone(), &w.alice_totp).await;
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, "head -c 3000000 /dev/zero; sleep 1; kill -9 $PPID")
+            .await
+            .unwrap();
+        // Read nothing while the target closes and the gateway notices (it looks every
+        // second).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut got = 0;
+        let mut said = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(m) = ch.wait().await {
+                match m {
+                    russh::ChannelMsg::Data { data } => got += data.len(),
+                    russh::ChannelMsg::ExtendedData { data, .. } => said.extend_from_slice(&data),
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the channel never ended");
+        assert_eq!(got, 3_000_000, "stderr: {}", text(&said));
+        wait_sessions_ended(&w);
+
+        // A client that takes nothing more does not hold the session open: it ends once
+        // the relays have passed nothing on for a while (5 s).
+        let h = raw_login(w.gw.port, key, &w.alice_totp).await;
+        let stuck = h.channel_open_session().await.unwrap();
+        stuck
+            .exec(true, "head -c 3000000 /dev/zero; sleep 1; kill -9 $PPID")
+            .await
+            .unwrap();
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        loop {
+            let live = json_rows(&ok(w.gw.ctl().args(["sessions", "list", "--json"])));
+            if live.is_empty() {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "the stalled session was held");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(stuck);
+    });
+    let (_, events) = recordings(&w)
+        .into_iter()
+        .min_by_key(|(h, _)| h.started_at_micros)
+        .unwrap();
+    let output: usize = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Data {
+                direction: session_recordings::DataDirection::Output,
+                data,
+                ..
+            } => Some(data.len()),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(output, 3_000_000, "the recording holds what the client got");
+}
+
+#[test]
 fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
     let w = World::new("raw");
     let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
