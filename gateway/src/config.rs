@@ -45,6 +45,8 @@ struct RawSsh {
     ciphers: Option<Spanned<Vec<Spanned<String>>>>,
     auth_timeout: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
+    client_alive_interval: Option<Spanned<String>>,
+    client_alive_count_max: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +209,9 @@ pub struct GatewayConfig {
     pub ciphers: Vec<russh::cipher::Name>,
     pub auth_timeout: Duration,
     pub drain_timeout: Duration,
+    /// When a silent client counts as gone (OpenSSH's `ClientAliveInterval` and
+    /// `ClientAliveCountMax`): SSH keep-alives, and the tunnel's TCP connections.
+    pub client_alive: crate::wg::Liveness,
     pub recordings_dir: PathBuf,
     /// A recording store that takes longer than this to accept a write has failed: its
     /// sessions end and new ones are refused (`[recordings] stall_timeout`).
@@ -487,6 +492,19 @@ impl GatewayConfig {
         };
         let auth_timeout = duration(&raw.ssh.auth_timeout, "ssh.auth_timeout", Duration::from_secs(60));
         let drain_timeout = duration(&raw.ssh.drain_timeout, "ssh.drain_timeout", Duration::from_secs(30));
+        let client_alive_interval = duration(
+            &raw.ssh.client_alive_interval,
+            "ssh.client_alive_interval",
+            Duration::from_secs(30),
+        );
+        let client_alive_count_max = match &raw.ssh.client_alive_count_max {
+            Some(m) if *m.get_ref() == 0 => {
+                errors.push(src.at(Some(m.span()), "ssh.client_alive_count_max must be at least 1"));
+                1
+            }
+            Some(m) => *m.get_ref(),
+            None => 3,
+        };
         let max_connections = match &raw.ssh.max_connections {
             Some(m) if *m.get_ref() == 0 => {
                 errors.push(src.at(Some(m.span()), "ssh.max_connections must be at least 1"));
@@ -634,6 +652,10 @@ impl GatewayConfig {
             ciphers,
             auth_timeout,
             drain_timeout,
+            client_alive: crate::wg::Liveness {
+                interval: client_alive_interval,
+                count_max: client_alive_count_max,
+            },
             recordings_dir,
             recordings_stall,
             env_allow,
@@ -717,6 +739,44 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn client_alive_defaults_to_openssh_like_values_and_is_checked() {
+        let base = "data_dir = \"d\"\npolicy = \"p.toml\"\n[ssh]\nlisten = [\"127.0.0.1:0\"]\n";
+        let c = load(base).unwrap();
+        assert_eq!(
+            c.client_alive,
+            crate::wg::Liveness {
+                interval: Duration::from_secs(30),
+                count_max: 3
+            }
+        );
+        let c = load(&format!(
+            "{base}client_alive_interval = \"2s\"\nclient_alive_count_max = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.client_alive,
+            crate::wg::Liveness {
+                interval: Duration::from_secs(2),
+                count_max: 5
+            }
+        );
+        for (lines, what) in [
+            (
+                "client_alive_interval = \"0s\"\n",
+                "ssh.client_alive_interval must be more than zero",
+            ),
+            ("client_alive_interval = \"often\"\n", "ssh.client_alive_interval:"),
+            (
+                "client_alive_count_max = 0\n",
+                "ssh.client_alive_count_max must be at least 1",
+            ),
+        ] {
+            let e = load(&format!("{base}{lines}")).unwrap_err().to_string();
+            assert!(e.contains(what) && e.contains(":5:"), "{lines}: {e}");
+        }
     }
 
     #[test]

@@ -885,8 +885,8 @@ pub fn base_config(gw: &Gateway) -> server::Config {
         channel_buffer_size: 65536,
         max_auth_attempts: 6,
         inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(30)),
-        keepalive_max: 3,
+        keepalive_interval: Some(gw.config.client_alive.interval),
+        keepalive_max: usize::try_from(gw.config.client_alive.count_max).unwrap_or(usize::MAX),
         nodelay: true,
         preferred: crate::upstream::front_algorithms(&gw.config.ciphers),
         ..Default::default()

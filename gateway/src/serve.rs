@@ -90,12 +90,12 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
             let (wg, acceptor) = WireGuard::start(
                 &WgConfig {
                     listen: wc.listen,
-                    address: wc.net.gateway,
-                    prefix: wc.net.prefix,
+                    net: wc.net,
                     ports: std::iter::once(wc.ssh_port)
                         .chain(portal.as_ref().and(web_tunnel_port))
                         .chain(bench_forward().map(|f| f.0))
                         .collect(),
+                    liveness: gw.config.client_alive,
                 },
                 gw.keys.wireguard.clone(),
                 peers,

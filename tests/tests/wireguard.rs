@@ -114,6 +114,7 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
         format!(
             "data_dir = \"data\"\nmaster_key_file = \"secrets/master.key\"\npolicy = \"policy.toml\"\n\
          [ssh]\nauth_timeout = \"20s\"\ndrain_timeout = \"3s\"\n\
+         client_alive_interval = \"1s\"\nclient_alive_count_max = 2\n\
          [wireguard]\nlisten = \"0.0.0.0:51820\"\naddress = \"10.77.0.1/24\"\nendpoint = \"10.210.1.1:51820\"\n\
          interface = \"{uapi}\"\n[metrics]\nlisten = \"127.0.0.1:9187\"\n[web]\n",
             uapi = iface("g")
@@ -603,7 +604,45 @@ print("after", banner(), flush=True)
         "served again once the linger ran out: {said}"
     );
 
+    // 10. A workstation that vanishes while output flows to it (its tunnel gone, nothing
+    //     answers) does not hold its session: its tunnel connection is reset once nothing
+    //     came back for client_alive_interval × (count_max + 1), here 3 s, although data
+    //     still waits for it (the SSH layer's own keep-alives cannot go out then: the
+    //     connection's send buffer is full).
+    let mut flowing = ssh(&net.ws2, &bob)
+        .args(["-l", DEPLOY, "web1", "yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(flowing.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..1000 {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+    }
+    assert_eq!(line, "y\n");
+    let bobs = || {
+        serde_json::from_str::<Vec<serde_json::Value>>(&ok(ctl().args(["sessions", "list", "--json"])))
+            .unwrap()
+            .into_iter()
+            .filter(|r| r["user"] == "bob")
+            .count()
+    };
+    assert_eq!(bobs(), 1);
     net.ws2.wg_quick_down(&bob_conf);
+    let t0 = Instant::now();
+    while bobs() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "a vanished workstation's session is still live"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("a vanished workstation's session ended after {:?}", t0.elapsed());
+    let _ = flowing.kill();
+    let _ = flowing.wait();
+
     net.ws1.wg_quick_down(&alice_conf);
     drop(herse);
 }

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::key::{WgPublicKey, WgSecret};
+use super::pool::TunnelNet;
 use super::stream::TunnelStream;
 
 /// WireGuard's usual tunnel MTU (wg-quick's default on a 1500-byte link).
@@ -52,14 +53,37 @@ const RX_BUFFER: usize = 512 * 1024;
 const TX_BUFFER: usize = 512 * 1024;
 const TIMER_TICK: Duration = Duration::from_millis(100);
 
-/// What the interface is: its UDP endpoint, its own tunnel address and the TCP ports it
-/// serves on that address.
+/// What the interface is: its UDP endpoint, its own tunnel address and subnet, the TCP
+/// ports it serves on that address, and when a connection's peer counts as gone.
 #[derive(Debug, Clone)]
 pub struct WgConfig {
     pub listen: SocketAddr,
-    pub address: Ipv4Addr,
-    pub prefix: u8,
+    pub net: TunnelNet,
     pub ports: Vec<u16>,
+    pub liveness: Liveness,
+}
+
+/// When an established tunnel connection whose peer went silent is reset: a TCP
+/// keep-alive after `interval` of quiet, and the connection is dropped once nothing came
+/// back for `interval × (count_max + 1)`, whether or not data is waiting (as OpenSSH's
+/// `ClientAliveInterval` and `ClientAliveCountMax` do one layer up). Without it, data
+/// sent to a workstation that vanished is retransmitted for ever, and the SSH session
+/// writing it never notices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    pub interval: Duration,
+    pub count_max: u32,
+}
+
+impl Liveness {
+    fn keep_alive(&self) -> smoltcp::time::Duration {
+        smoltcp::time::Duration::from_millis(u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn dead_after(&self) -> smoltcp::time::Duration {
+        let total = self.interval.saturating_mul(self.count_max.saturating_add(1));
+        smoltcp::time::Duration::from_millis(u64::try_from(total.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 /// An enrolled, active workstation: the only kind of peer the interface knows.
@@ -235,6 +259,11 @@ pub(crate) struct Stack {
     pub(crate) sockets: SocketSet<'static>,
     listeners: Vec<(u16, SocketHandle)>,
     half_open: Vec<(u16, SocketHandle)>,
+    /// The tunnel subnet: a peer's address must be one of its pool addresses.
+    net: TunnelNet,
+    liveness: Liveness,
+    /// Peers left out for an address outside the pool, reported once each.
+    misaddressed: std::collections::HashSet<WgPublicKey>,
     /// Connections handed out, with the tunnel address they came from.
     pub(crate) conns: HashMap<SocketHandle, Ipv4Addr>,
     /// Connections whose stream was dropped (or that were refused), closing in the
@@ -319,7 +348,7 @@ impl WireGuard {
         ic.random_seed = rand::rng().random();
         let mut iface = Interface::new(ic, &mut device, smoltcp::time::Instant::from_micros(0));
         iface.update_ip_addrs(|a| {
-            let _ = a.push(IpCidr::new(IpAddress::Ipv4(config.address), config.prefix));
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(config.net.gateway), config.net.prefix));
         });
         let mut stack = Stack {
             iface,
@@ -327,6 +356,9 @@ impl WireGuard {
             sockets: SocketSet::new(Vec::new()),
             listeners: Vec::new(),
             half_open: Vec::new(),
+            net: config.net,
+            liveness: config.liveness,
+            misaddressed: Default::default(),
             conns: HashMap::new(),
             closing: Vec::new(),
             peers: HashMap::new(),
@@ -452,7 +484,21 @@ impl Stack {
                 removed.push(name);
             }
         }
+        self.misaddressed.retain(|k| wanted.contains_key(k));
         for (k, spec) in wanted {
+            // The store hands out pool addresses only; a row that says otherwise (edited,
+            // or written under another subnet) must not route anything.
+            if !self.net.is_pool_address(spec.address) {
+                if self.misaddressed.insert(k) {
+                    tracing::error!(
+                        workstation = %spec.workstation,
+                        address = %spec.address,
+                        net = %self.net,
+                        "workstation's tunnel address is outside the pool; its peer is left out"
+                    );
+                }
+                continue;
+            }
             if self.retiring.remove(&k) {
                 self.drop_peer(&k); // back again (e.g. owner resumed): start afresh
             } else if self.peers.contains_key(&k) {
@@ -756,7 +802,12 @@ impl Stack {
                         self.close_later(h);
                         continue;
                     }
-                    self.sockets.get_mut::<tcp::Socket>(h).set_timeout(None);
+                    // From now on a silent peer is dropped by the liveness rule (the
+                    // handshake's own timeout no longer applies).
+                    let live = self.liveness;
+                    let s = self.sockets.get_mut::<tcp::Socket>(h);
+                    s.set_keep_alive(Some(live.keep_alive()));
+                    s.set_timeout(Some(live.dead_after()));
                     let accepted = Accepted {
                         stream: TunnelStream::new(shared.clone(), h),
                         remote: SocketAddr::V4(remote),
@@ -889,17 +940,25 @@ mod tests {
     use super::*;
 
     async fn engine(secret: &WgSecret, workstation: &WgPublicKey) -> WireGuard {
-        let config = WgConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            address: Ipv4Addr::new(10, 99, 0, 1),
-            prefix: 24,
-            ports: vec![22],
-        };
         let peers = vec![PeerSpec {
             public_key: *workstation,
             address: Ipv4Addr::new(10, 99, 0, 2),
             workstation: "ws1".into(),
         }];
+        engine_with(secret, peers).await
+    }
+
+    /// An engine on 10.99.0.1/24 serving port 22 to `peers`.
+    async fn engine_with(secret: &WgSecret, peers: Vec<PeerSpec>) -> WireGuard {
+        let config = WgConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            net: TunnelNet::parse("10.99.0.1/24").unwrap(),
+            ports: vec![22],
+            liveness: Liveness {
+                interval: Duration::from_secs(30),
+                count_max: 3,
+            },
+        };
         WireGuard::start(&config, secret.clone(), peers, HashMap::new())
             .await
             .unwrap()
@@ -970,5 +1029,27 @@ mod tests {
         replayer.send(&init).await.unwrap();
         assert_eq!(answer(&replayer).await.first(), Some(&2));
         assert_eq!(endpoint(&wg), None, "the replayer did not become the endpoint");
+    }
+
+    #[tokio::test]
+    async fn a_peer_whose_address_is_outside_the_pool_is_left_out() {
+        let peer = |address: [u8; 4], name: &str| PeerSpec {
+            public_key: WgSecret::generate().public(),
+            address: Ipv4Addr::from(address),
+            workstation: name.into(),
+        };
+        let wg = engine_with(
+            &WgSecret::generate(),
+            vec![
+                peer([10, 99, 0, 2], "fits"),
+                peer([10, 98, 0, 2], "other-subnet"),
+                peer([10, 99, 0, 1], "the-gateway"),
+                peer([10, 99, 0, 255], "broadcast"),
+                peer([10, 99, 0, 0], "network"),
+            ],
+        )
+        .await;
+        let names: Vec<String> = wg.status().into_iter().map(|p| p.workstation).collect();
+        assert_eq!(names, ["fits"]);
     }
 }

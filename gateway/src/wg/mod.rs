@@ -16,6 +16,6 @@ pub mod stream;
 mod throttle;
 pub mod uapi;
 
-pub use engine::{Accepted, CounterSnapshot, PeerSpec, PeerStatus, WgConfig, WireGuard};
+pub use engine::{Accepted, CounterSnapshot, Liveness, PeerSpec, PeerStatus, WgConfig, WireGuard};
 pub use key::{BadKey, WgPublicKey, WgSecret};
 pub use stream::TunnelStream;
