@@ -747,12 +747,7 @@ impl Stack {
             let (port, h) = self.listeners[i];
             if self.sockets.get::<tcp::Socket>(h).state() != tcp::State::Listen {
                 let from = self.sockets.get::<tcp::Socket>(h).remote_endpoint().map(|e| e.addr);
-                let from_same = self
-                    .half_open
-                    .iter()
-                    .filter(|(_, o)| self.sockets.get::<tcp::Socket>(*o).remote_endpoint().map(|e| e.addr) == from)
-                    .count();
-                if self.half_open.len() >= MAX_HALF_OPEN || from_same >= MAX_HALF_OPEN_PER_PEER {
+                if !self.make_room_for_half_open(from) {
                     // A flood of unfinished handshakes: the flooding workstation loses its
                     // newest, the others keep connecting (and nothing grows).
                     self.sockets.get_mut::<tcp::Socket>(h).abort();
@@ -834,6 +829,36 @@ impl Stack {
                 }
             }
         }
+    }
+
+    /// Whether a new unfinished handshake from `from` may be kept. Each workstation holds
+    /// at most [`MAX_HALF_OPEN_PER_PEER`]; when all [`MAX_HALF_OPEN`] are taken, the
+    /// workstation holding the most gives one up to a workstation holding fewer, so that
+    /// several workstations together cannot lock the others out.
+    fn make_room_for_half_open(&mut self, from: Option<IpAddress>) -> bool {
+        let source =
+            |sockets: &SocketSet<'_>, h: SocketHandle| sockets.get::<tcp::Socket>(h).remote_endpoint().map(|e| e.addr);
+        let mut held: HashMap<Option<IpAddress>, (usize, usize)> = HashMap::new();
+        for (i, &(_, h)) in self.half_open.iter().enumerate() {
+            held.entry(source(&self.sockets, h)).or_insert((0, i)).0 += 1;
+        }
+        let mine = held.get(&from).map_or(0, |c| c.0);
+        if mine >= MAX_HALF_OPEN_PER_PEER {
+            return false;
+        }
+        if self.half_open.len() < MAX_HALF_OPEN {
+            return true;
+        }
+        let Some((count, victim)) = held.values().copied().max_by_key(|c| c.0) else {
+            return false;
+        };
+        if count <= mine + 1 {
+            return false;
+        }
+        let (_, h) = self.half_open.swap_remove(victim);
+        self.sockets.get_mut::<tcp::Socket>(h).abort();
+        self.close_later(h);
+        true
     }
 
     /// Free sockets whose stream is gone once they are closed; reset those that took
@@ -1051,5 +1076,173 @@ mod tests {
         .await;
         let names: Vec<String> = wg.status().into_iter().map(|p| p.workstation).collect();
         assert_eq!(names, ["fits"]);
+    }
+
+    /// A workstation's side of the tunnel, enough to send TCP segments and read replies.
+    struct Station {
+        tunn: Tunn,
+        udp: UdpSocket,
+        address: Ipv4Addr,
+    }
+
+    impl Station {
+        async fn connect(wg: &WireGuard, gw: &WgSecret, secret: &WgSecret, n: u8) -> Station {
+            let mut tunn = Tunn::new(
+                secret.x25519().clone(),
+                gw.public().to_x25519(),
+                None,
+                None,
+                u32::from(n),
+                None,
+            );
+            // Each station its own loopback source: the handshake throttle counts per source.
+            let udp = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 10 + n), 0)).await.unwrap();
+            udp.connect(wg.local_addr()).await.unwrap();
+            let mut buf = vec![0u8; 2048];
+            let TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(&mut buf, false) else {
+                panic!("no initiation");
+            };
+            udp.send(init).await.unwrap();
+            let response = answer(&udp).await;
+            let TunnResult::WriteToNetwork(keepalive) = tunn.decapsulate(None, &response, &mut buf) else {
+                panic!("no keepalive");
+            };
+            udp.send(keepalive).await.unwrap();
+            Station {
+                tunn,
+                udp,
+                address: Ipv4Addr::new(10, 99, 0, n),
+            }
+        }
+
+        async fn syn(&mut self, port: u16) {
+            use smoltcp::phy::ChecksumCapabilities;
+            use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, TcpRepr, TcpSeqNumber};
+            let tcp = TcpRepr {
+                src_port: port,
+                dst_port: 22,
+                control: smoltcp::wire::TcpControl::Syn,
+                seq_number: TcpSeqNumber(1000),
+                ack_number: None,
+                window_len: 64240,
+                window_scale: None,
+                max_seg_size: Some(1360),
+                sack_permitted: false,
+                sack_ranges: [None; 3],
+                timestamp: None,
+                payload: &[],
+            };
+            let gateway = Ipv4Addr::new(10, 99, 0, 1);
+            let ip = Ipv4Repr {
+                src_addr: self.address,
+                dst_addr: gateway,
+                next_header: IpProtocol::Tcp,
+                payload_len: tcp.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut packet = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+            let caps = ChecksumCapabilities::default();
+            let mut ipp = Ipv4Packet::new_unchecked(&mut packet[..]);
+            ip.emit(&mut ipp, &caps);
+            tcp.emit(
+                &mut TcpPacket::new_unchecked(ipp.payload_mut()),
+                &IpAddress::Ipv4(self.address),
+                &IpAddress::Ipv4(gateway),
+                &caps,
+            );
+            let mut buf = vec![0u8; 2048];
+            let TunnResult::WriteToNetwork(sealed) = self.tunn.encapsulate(&packet, &mut buf) else {
+                panic!("cannot encapsulate");
+            };
+            self.udp.send(sealed).await.unwrap();
+        }
+
+        /// Send a SYN from `port` and say whether the gateway keeps the unfinished
+        /// connection ("kept") or forgot it ("dropped"). Every SYN is answered by a
+        /// listening socket before the gateway looks at it.
+        async fn try_open(&mut self, wg: &WireGuard, port: u16) -> &'static str {
+            use smoltcp::wire::{Ipv4Packet, TcpPacket};
+            self.syn(port).await;
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let sealed = answer(&self.udp).await;
+                let TunnResult::WriteToTunnelV4(packet, _) = self.tunn.decapsulate(None, &sealed, &mut buf) else {
+                    continue;
+                };
+                let ip = Ipv4Packet::new_checked(&packet[..]).unwrap();
+                let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+                if tcp.dst_port() == port && tcp.syn() {
+                    break;
+                }
+            }
+            // The accept pass runs right after the poll that answered.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let st = wg.shared.lock();
+            let me = smoltcp::wire::IpEndpoint::new(IpAddress::Ipv4(self.address), port);
+            let kept = st
+                .half_open
+                .iter()
+                .any(|&(_, h)| st.sockets.get::<tcp::Socket>(h).remote_endpoint() == Some(me));
+            if kept {
+                "kept"
+            } else {
+                "dropped"
+            }
+        }
+    }
+
+    /// Workstations that each hold their own share of unfinished handshakes cannot, even
+    /// together, lock another out: when every place is taken, the biggest holder gives
+    /// one up. One workstation alone still gets no more than its share.
+    #[tokio::test]
+    async fn unfinished_handshakes_cannot_lock_out_another_workstation() {
+        let gw = WgSecret::generate();
+        let stations: Vec<WgSecret> = (0..10).map(|_| WgSecret::generate()).collect();
+        let peers = stations
+            .iter()
+            .enumerate()
+            .map(|(i, s)| PeerSpec {
+                public_key: s.public(),
+                address: Ipv4Addr::new(10, 99, 0, 2 + i as u8),
+                workstation: format!("ws{i}"),
+            })
+            .collect();
+        let wg = engine_with(&gw, peers).await;
+        let mut connected = Vec::new();
+        for (i, s) in stations.iter().enumerate() {
+            connected.push(Station::connect(&wg, &gw, s, 2 + i as u8).await);
+        }
+        let (late, flooders) = connected.split_last_mut().unwrap();
+        let (greedy, flooders) = flooders.split_last_mut().unwrap();
+        // Eight workstations take every place, eight each, and never finish.
+        for st in flooders.iter_mut() {
+            for port in 0..MAX_HALF_OPEN_PER_PEER as u16 {
+                assert_eq!(st.try_open(&wg, 40000 + port).await, "kept");
+            }
+        }
+        // One more from a workstation over its share is refused ...
+        let over = flooders[0].address;
+        assert_eq!(
+            flooders[0].try_open(&wg, 41000).await,
+            "dropped",
+            "{over} over its share"
+        );
+        // ... and two others still get places, each taken from a bigger holder.
+        assert_eq!(greedy.try_open(&wg, 42000).await, "kept", "a newcomer was locked out");
+        assert_eq!(
+            late.try_open(&wg, 43000).await,
+            "kept",
+            "a second newcomer was locked out"
+        );
+        // Places go only from a bigger holder to a smaller one: a newcomer that goes on
+        // is refused before it holds more than the others.
+        let mut held = 1;
+        for port in 1..=MAX_HALF_OPEN_PER_PEER as u16 {
+            match greedy.try_open(&wg, 42000 + port).await {
+                "kept" => held += 1,
+                _ => break,
+            }
+        }
+        assert!(held < MAX_HALF_OPEN_PER_PEER, "the newcomer took {held} places");
     }
 }
