@@ -16,7 +16,7 @@ pub fn terminal_channel(events: &[Event]) -> (u32, String, u32, u32) {
     let pty = events.iter().find_map(|e| match e {
         Event::Meta {
             channel,
-            meta: Meta::Pty { term, cols, rows },
+            meta: Meta::Pty { term, cols, rows, .. },
             ..
         } => Some((*channel, term.clone(), *cols, *rows)),
         _ => None,

@@ -640,7 +640,7 @@ fn summarise(events: &[Event]) -> Summary {
                 ..
             } => recorded_end = Some(reason.clone()),
             Event::Meta {
-                meta: Meta::Exec { command },
+                meta: Meta::Exec { command, .. },
                 ..
             } => execs.push(command.clone()),
             Event::Meta {
@@ -1115,7 +1115,10 @@ fn transcript(events: &[Event]) -> String {
             } => {
                 let t = *t_micros as f64 / 1e6;
                 let line = match meta {
-                    Meta::Exec { command } => Some(format!("$ {command}")),
+                    Meta::Exec { command, command_hex } => Some(match command_hex {
+                        None => format!("$ {command}"),
+                        Some(hex) => format!("$ {command} [not UTF-8; bytes: {hex}]"),
+                    }),
                     Meta::Shell => Some("[shell]".into()),
                     Meta::Subsystem { name } => Some(format!("[subsystem {name}]")),
                     Meta::ExitStatus { code } => Some(format!("[exit {code}]")),

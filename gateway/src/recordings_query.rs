@@ -426,7 +426,7 @@ fn searchable(e: &Event) -> Option<(u64, String, Option<Stream>)> {
         )),
         Event::Meta {
             t_micros,
-            meta: Meta::Exec { command },
+            meta: Meta::Exec { command, .. },
             ..
         } => Some((*t_micros, command.clone(), None)),
         Event::Meta {
@@ -518,13 +518,7 @@ mod tests {
             meta,
         };
         let found = |e: Event| searchable(&e).map(|(_, text, _)| text);
-        assert_eq!(
-            found(meta(Meta::Exec {
-                command: "uptime".into()
-            }))
-            .as_deref(),
-            Some("uptime")
-        );
+        assert_eq!(found(meta(Meta::exec(b"uptime"))).as_deref(), Some("uptime"));
         assert_eq!(
             found(meta(Meta::SftpOp {
                 op: "rename".into(),

@@ -562,6 +562,9 @@ async fn client_to_target(
                     term: term.clone(),
                     cols: col_width,
                     rows: row_height,
+                    pix_width,
+                    pix_height,
+                    modes: terminal_modes.iter().map(|&(op, v)| (op as u8, v)).collect(),
                 },
             )?;
             up.request_pty(
@@ -585,7 +588,7 @@ async fn client_to_target(
                 *chan.scp.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((command.direction, ScpTracker::new(command)));
             }
-            rec.meta(id, &Meta::Exec { command: text })?;
+            rec.meta(id, &Meta::exec(&command))?;
             up.exec(chan.want_reply(Due::Start("exec".into())), command).await?;
         }
         ChannelMsg::RequestSubsystem { name, .. } => {
@@ -621,6 +624,8 @@ async fn client_to_target(
                 &Meta::Resize {
                     cols: col_width,
                     rows: row_height,
+                    pix_width,
+                    pix_height,
                 },
             )?;
             up.window_change(col_width, row_height, pix_width, pix_height).await?;

@@ -81,6 +81,38 @@ pub enum DataDirection {
     Stderr,
 }
 
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl Meta {
+    /// The `Exec` event for a command line as the client sent it: its text, and its exact
+    /// bytes too when they are not UTF-8.
+    pub fn exec(command: &[u8]) -> Meta {
+        match std::str::from_utf8(command) {
+            Ok(text) => Meta::Exec {
+                command: text.to_owned(),
+                command_hex: None,
+            },
+            Err(_) => Meta::Exec {
+                command: String::from_utf8_lossy(command).into_owned(),
+                command_hex: Some(hex::encode(command)),
+            },
+        }
+    }
+
+    /// The exact bytes of an `Exec` event's command line.
+    pub fn exec_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Meta::Exec {
+                command_hex: Some(h), ..
+            } => hex::decode(h).ok(),
+            Meta::Exec { command, .. } => Some(command.as_bytes().to_vec()),
+            _ => None,
+        }
+    }
+}
+
 /// Everything that is not bulk data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "event")]
@@ -92,14 +124,33 @@ pub enum Meta {
         term: String,
         cols: u32,
         rows: u32,
+        /// The size in pixels, when the client gave one (absent when zero, and in older
+        /// recordings).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        pix_width: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        pix_height: u32,
+        /// The terminal modes asked for (RFC 4254 section 8: opcode, value), in the
+        /// client's order. Absent when none, and in older recordings.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        modes: Vec<(u8, u32)>,
     },
     Resize {
         cols: u32,
         rows: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        pix_width: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        pix_height: u32,
     },
     Shell,
     Exec {
+        /// The command line as text; bytes that are not UTF-8 show as U+FFFD.
         command: String,
+        /// The exact bytes the target was asked to run, hex-encoded, when they are not
+        /// UTF-8 (`command` cannot hold them). Absent otherwise, and in older recordings.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command_hex: Option<String>,
     },
     Subsystem {
         name: String,
@@ -276,7 +327,59 @@ mod tests {
         // Fields added to a known type are ignored by readers that predate them.
         assert_eq!(
             read(r#"{"event":"resize","cols":80,"rows":24,"pixels":[640,480]}"#).unwrap(),
-            Meta::Resize { cols: 80, rows: 24 }
+            Meta::Resize {
+                cols: 80,
+                rows: 24,
+                pix_width: 0,
+                pix_height: 0
+            }
+        );
+    }
+
+    #[test]
+    fn exec_keeps_the_exact_bytes_of_a_command_that_is_not_utf8() {
+        let plain = Meta::exec(b"ls /srv");
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"event":"exec","command":"ls /srv"}"#,
+            "a UTF-8 command is written as before"
+        );
+        let raw = b"cat /srv/caf\xe9 \xff";
+        let m = Meta::exec(raw);
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"command\":\"cat /srv/caf\u{fffd} \u{fffd}\""), "{json}");
+        assert!(
+            json.contains("\"command_hex\":\"636174202f7372762f636166e920ff\""),
+            "{json}"
+        );
+        let back: Meta = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.exec_bytes().unwrap(), raw);
+        assert_eq!(plain.exec_bytes().unwrap(), b"ls /srv");
+    }
+
+    #[test]
+    fn pixel_sizes_and_terminal_modes_are_kept_and_optional() {
+        let pty = Meta::Pty {
+            term: "xterm".into(),
+            cols: 80,
+            rows: 24,
+            pix_width: 640,
+            pix_height: 480,
+            modes: vec![(53, 0), (128, 38400)],
+        };
+        let json = serde_json::to_string(&pty).unwrap();
+        assert_eq!(serde_json::from_str::<Meta>(&json).unwrap(), pty);
+        // Older recordings have none of them.
+        assert_eq!(
+            serde_json::from_str::<Meta>(r#"{"event":"pty","term":"vt100","cols":80,"rows":24}"#).unwrap(),
+            Meta::Pty {
+                term: "vt100".into(),
+                cols: 80,
+                rows: 24,
+                pix_width: 0,
+                pix_height: 0,
+                modes: Vec::new()
+            }
         );
     }
 }

@@ -79,6 +79,9 @@ fn write_golden_as(path: &Path, shared: bool) {
             term: "xterm".into(),
             cols: 80,
             rows: 24,
+            pix_width: 0,
+            pix_height: 0,
+            modes: Vec::new(),
         },
     )
     .unwrap();
@@ -92,7 +95,16 @@ fn write_golden_as(path: &Path, shared: bool) {
     };
     data(DataDirection::Input, b"ls\r");
     data(DataDirection::Output, b"ls\r\nfile1  file2\r\n$ ");
-    rec.meta(0, &Meta::Resize { cols: 120, rows: 40 }).unwrap();
+    rec.meta(
+        0,
+        &Meta::Resize {
+            cols: 120,
+            rows: 40,
+            pix_width: 0,
+            pix_height: 0,
+        },
+    )
+    .unwrap();
     // Large output spans several EVENTS frames, in packets as a relay sees them.
     let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     for packet in big.chunks(32 * 1024) {

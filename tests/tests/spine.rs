@@ -389,7 +389,7 @@ fn exec_exit_codes_stderr_and_env_in_both_forms() {
                 )
             })
         {
-            assert!(events.iter().any(|e| matches!(e, session_recordings::Event::Meta { meta: session_recordings::Meta::Exec { command }, .. } if command.contains("exit 7"))));
+            assert!(events.iter().any(|e| matches!(e, session_recordings::Event::Meta { meta: session_recordings::Meta::Exec { command, .. }, .. } if command.contains("exit 7"))));
             let stdout: Vec<u8> = events
                 .iter()
                 .filter_map(|e| match e {
@@ -429,7 +429,7 @@ fn exec_exit_codes_stderr_and_env_in_both_forms() {
         .into_iter()
         .find(|(_, ev)| {
             ev.iter()
-                .any(|e| matches!(e, Event::Meta { meta: Meta::Exec { command }, .. } if command == sly))
+                .any(|e| matches!(e, Event::Meta { meta: Meta::Exec { command, .. }, .. } if command == sly))
         })
         .unwrap();
     let shown = ok(w.gw.ctl().args(["recordings", "show", &header.session_id]));
@@ -738,7 +738,7 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
         .into_iter()
         .find(|(_, ev)| {
             ev.iter().any(
-                |e| matches!(e, Event::Meta { meta: Meta::Exec { command }, .. } if command.starts_with("scp -r") && command.ends_with("/tree")),
+                |e| matches!(e, Event::Meta { meta: Meta::Exec { command, .. }, .. } if command.starts_with("scp -r") && command.ends_with("/tree")),
             )
         })
         .unwrap()
@@ -818,7 +818,7 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
         .into_iter()
         .find(|(_, ev)| {
             ev.iter().any(
-                |e| matches!(e, Event::Meta { meta: Meta::Exec { command }, .. } if command.ends_with("/legacy-up.txt")),
+                |e| matches!(e, Event::Meta { meta: Meta::Exec { command, .. }, .. } if command.ends_with("/legacy-up.txt")),
             )
         })
         .unwrap();
@@ -876,7 +876,7 @@ fn file_transfers_scp_sftp_rsync_and_256_mib() {
         .into_iter()
         .find(|(_, ev)| {
             ev.iter().any(
-                |e| matches!(e, Event::Meta { meta: Meta::Exec { command }, .. } if *command == format!("scp -t {remote_dir}/")),
+                |e| matches!(e, Event::Meta { meta: Meta::Exec { command, .. }, .. } if *command == format!("scp -t {remote_dir}/")),
             )
         })
         .unwrap()
@@ -2541,6 +2541,80 @@ fn output_sent_before_the_target_closed_reaches_the_client() {
         })
         .sum();
     assert_eq!(output, 3_000_000, "the recording holds what the client got");
+}
+
+#[test]
+fn terminal_requests_and_command_bytes_are_recorded_exactly() {
+    // What the target was asked for is what the recording holds: the terminal's pixel
+    // sizes and modes, and a command line that is not UTF-8, byte for byte.
+    let w = World::new("exactbytes");
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let command = b"printf 'caf\xe9-%s' ok; echo \xff >/dev/null".to_vec();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = raw_login(w.gw.port, key, &w.alice_totp).await;
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.request_pty(
+            false,
+            "xterm",
+            80,
+            24,
+            640,
+            480,
+            &[(russh::Pty::ECHO, 0), (russh::Pty::TTY_OP_ISPEED, 38400)],
+        )
+        .await
+        .unwrap();
+        ch.window_change(100, 30, 800, 600).await.unwrap();
+        ch.exec(true, command.clone()).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = ch.wait().await {
+            if let russh::ChannelMsg::Data { data } = m {
+                out.extend_from_slice(&data);
+            }
+        }
+        assert_eq!(out, b"caf\xe9-ok", "the target ran the exact bytes");
+    });
+    wait_sessions_ended(&w);
+    let (header, events) = recordings(&w).pop().unwrap();
+    let metas: Vec<&Meta> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Meta { meta, .. } => Some(meta),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        metas.contains(&&Meta::Pty {
+            term: "xterm".into(),
+            cols: 80,
+            rows: 24,
+            pix_width: 640,
+            pix_height: 480,
+            modes: vec![(53, 0), (128, 38400)],
+        }),
+        "{metas:?}"
+    );
+    assert!(
+        metas.contains(&&Meta::Resize {
+            cols: 100,
+            rows: 30,
+            pix_width: 800,
+            pix_height: 600
+        }),
+        "{metas:?}"
+    );
+    let exec = metas
+        .iter()
+        .find(|m| matches!(m, Meta::Exec { .. }))
+        .expect("the exec is recorded");
+    assert_eq!(exec.exec_bytes().unwrap(), command);
+    // The transcript shows the text, and the bytes it cannot show.
+    let shown = ok(w
+        .gw
+        .ctl()
+        .args(["recordings", "export", &header.session_id, "--format", "text"]));
+    assert!(shown.contains("[not UTF-8; bytes: 7072696e746620276361"), "{shown}");
 }
 
 #[test]
