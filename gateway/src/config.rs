@@ -492,15 +492,26 @@ impl GatewayConfig {
         };
         let auth_timeout = duration(&raw.ssh.auth_timeout, "ssh.auth_timeout", Duration::from_secs(60));
         let drain_timeout = duration(&raw.ssh.drain_timeout, "ssh.drain_timeout", Duration::from_secs(30));
-        let client_alive_interval = duration(
-            &raw.ssh.client_alive_interval,
-            "ssh.client_alive_interval",
-            Duration::from_secs(30),
-        );
+        let client_alive_interval = match &raw.ssh.client_alive_interval {
+            None => Duration::from_secs(30),
+            Some(t) => match humantime::parse_duration(t.get_ref()) {
+                Ok(d) if (Duration::from_secs(1)..=crate::wg::Liveness::MAX_INTERVAL).contains(&d) => d,
+                _ => {
+                    errors.push(src.at(Some(t.span()), "ssh.client_alive_interval: a duration from 1s to 1h"));
+                    Duration::from_secs(30)
+                }
+            },
+        };
         let client_alive_count_max = match &raw.ssh.client_alive_count_max {
-            Some(m) if *m.get_ref() == 0 => {
-                errors.push(src.at(Some(m.span()), "ssh.client_alive_count_max must be at least 1"));
-                1
+            Some(m) if !(1..=crate::wg::Liveness::MAX_COUNT).contains(m.get_ref()) => {
+                errors.push(src.at(
+                    Some(m.span()),
+                    format!(
+                        "ssh.client_alive_count_max: from 1 to {}",
+                        crate::wg::Liveness::MAX_COUNT
+                    ),
+                ));
+                3
             }
             Some(m) => *m.get_ref(),
             None => 3,
@@ -766,12 +777,24 @@ mod tests {
         for (lines, what) in [
             (
                 "client_alive_interval = \"0s\"\n",
-                "ssh.client_alive_interval must be more than zero",
+                "ssh.client_alive_interval: a duration from 1s to 1h",
+            ),
+            (
+                "client_alive_interval = \"500us\"\n",
+                "ssh.client_alive_interval: a duration from 1s to 1h",
+            ),
+            (
+                "client_alive_interval = \"2h\"\n",
+                "ssh.client_alive_interval: a duration from 1s to 1h",
             ),
             ("client_alive_interval = \"often\"\n", "ssh.client_alive_interval:"),
             (
                 "client_alive_count_max = 0\n",
-                "ssh.client_alive_count_max must be at least 1",
+                "ssh.client_alive_count_max: from 1 to 100",
+            ),
+            (
+                "client_alive_count_max = 4294967295\n",
+                "ssh.client_alive_count_max: from 1 to 100",
             ),
         ] {
             let e = load(&format!("{base}{lines}")).unwrap_err().to_string();

@@ -605,10 +605,10 @@ print("after", banner(), flush=True)
     );
 
     // 10. A workstation that vanishes while output flows to it (its tunnel gone, nothing
-    //     answers) does not hold its session: its tunnel connection is reset once nothing
-    //     came back for client_alive_interval × (count_max + 1), here 3 s, although data
-    //     still waits for it (the SSH layer's own keep-alives cannot go out then: the
-    //     connection's send buffer is full).
+    //     answers) does not hold its session: its connections are reset once the
+    //     gateway has heard nothing back for client_alive_interval × (count_max + 1),
+    //     here 3 s, although data still waits for it (the SSH layer's own keep-alives
+    //     cannot go out then: the connection's send buffer is full).
     let mut flowing = ssh(&net.ws2, &bob)
         .args(["-l", DEPLOY, "web1", "yes"])
         .stdout(Stdio::piped())

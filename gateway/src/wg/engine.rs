@@ -63,27 +63,55 @@ pub struct WgConfig {
     pub liveness: Liveness,
 }
 
-/// When an established tunnel connection whose peer went silent is reset: a TCP
-/// keep-alive after `interval` of quiet, and the connection is dropped once nothing came
-/// back for `interval × (count_max + 1)`, whether or not data is waiting (as OpenSSH's
-/// `ClientAliveInterval` and `ClientAliveCountMax` do one layer up). Without it, data
-/// sent to a workstation that vanished is retransmitted for ever, and the SSH session
-/// writing it never notices.
+/// When a workstation that went silent loses its connections: each connection sends a
+/// TCP keep-alive after `interval` of quiet, and once the gateway has sent the
+/// workstation packets and heard nothing back for `interval × (count_max + 1)`, every
+/// connection from it is reset (as OpenSSH's `ClientAliveInterval` and
+/// `ClientAliveCountMax` do one layer up). Without it, data sent to a workstation that
+/// vanished is retransmitted for ever, and the SSH session writing it never notices:
+/// once its send buffer is full, its own keep-alives cannot go out.
+///
+/// Silence is judged on the whole tunnel, not per TCP connection: a workstation whose
+/// user stopped reading (ssh suspended with Ctrl-Z) still acknowledges the zero-window
+/// probes, which smoltcp spaces up to 60 s apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Liveness {
     pub interval: Duration,
     pub count_max: u32,
 }
 
+/// Each connection's own timeout, a backstop for a workstation whose tunnel answers
+/// but whose TCP does not: above smoltcp's longest retransmission and zero-window probe
+/// interval (60 s), so a live but stalled reader is never cut by it.
+const TCP_TIMEOUT_FLOOR: Duration = Duration::from_secs(120);
+
 impl Liveness {
+    /// The longest interval and count the configuration accepts, which keeps every
+    /// product well inside smoltcp's microsecond clock.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+    pub const MAX_COUNT: u32 = 100;
+
     fn keep_alive(&self) -> smoltcp::time::Duration {
-        smoltcp::time::Duration::from_millis(u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX))
+        smoltcp_duration(self.interval)
     }
 
+    /// How long a workstation may leave the gateway unanswered.
     fn dead_after(&self) -> smoltcp::time::Duration {
-        let total = self.interval.saturating_mul(self.count_max.saturating_add(1));
-        smoltcp::time::Duration::from_millis(u64::try_from(total.as_millis()).unwrap_or(u64::MAX))
+        smoltcp_duration(self.interval.saturating_mul(self.count_max.saturating_add(1)))
     }
+
+    fn tcp_timeout(&self) -> smoltcp::time::Duration {
+        let total = self.interval.saturating_mul(self.count_max.saturating_add(1));
+        smoltcp_duration(total.max(TCP_TIMEOUT_FLOOR))
+    }
+}
+
+/// A duration for smoltcp, at least a millisecond and at most a year (its clock counts
+/// signed microseconds).
+fn smoltcp_duration(d: Duration) -> smoltcp::time::Duration {
+    const YEAR_MS: u128 = 365 * 24 * 3600 * 1000;
+    let ms = d.as_millis().clamp(1, YEAR_MS);
+    smoltcp::time::Duration::from_millis(u64::try_from(ms).unwrap_or(1))
 }
 
 /// An enrolled, active workstation: the only kind of peer the interface knows.
@@ -159,6 +187,10 @@ struct Peer {
     tunn: Tunn,
     endpoint: Option<SocketAddr>,
     index: u32,
+    /// Since when the gateway has sent this peer packets and heard nothing back. Every
+    /// WireGuard peer answers within seconds (a TCP ACK, or its passive keep-alive 10 s
+    /// after data it did not answer), however slowly its applications read.
+    unanswered_since: Option<smoltcp::time::Instant>,
 }
 
 /// Decrypted IP packets in, IP packets to encrypt out.
@@ -534,6 +566,7 @@ impl Stack {
                     tunn,
                     endpoint,
                     index,
+                    unanswered_since: None,
                 },
             );
         }
@@ -673,12 +706,14 @@ impl Stack {
             TunnResult::Done => {
                 if authenticated {
                     peer.endpoint = Some(from);
+                    peer.unanswered_since = None;
                 }
             }
             TunnResult::Err(_) => counters.invalid(),
             TunnResult::WriteToNetwork(p) => {
                 if authenticated && !initiation && p.first() != Some(&3) {
                     peer.endpoint = Some(from);
+                    peer.unanswered_since = None;
                 }
                 if p.first() == Some(&2) {
                     counters.handshakes.fetch_add(1, Ordering::Relaxed);
@@ -690,6 +725,7 @@ impl Stack {
             }
             TunnResult::WriteToTunnelV4(pkt, src) => {
                 peer.endpoint = Some(from);
+                peer.unanswered_since = None;
                 // Cryptokey routing: a peer may only speak from its own address.
                 if src == peer.spec.address {
                     let mut b = self.device.free.pop().unwrap_or_default();
@@ -722,6 +758,7 @@ impl Stack {
             };
             if let TunnResult::WriteToNetwork(p) = peer.tunn.encapsulate(pkt, &mut self.scratch) {
                 out.push(endpoint, p);
+                peer.unanswered_since.get_or_insert(now);
             }
         }
         self.device.free.extend(sent);
@@ -797,12 +834,12 @@ impl Stack {
                         self.close_later(h);
                         continue;
                     }
-                    // From now on a silent peer is dropped by the liveness rule (the
-                    // handshake's own timeout no longer applies).
+                    // From now on a silent workstation is cut by the liveness rule
+                    // (`timers`); the handshake's own timeout no longer applies.
                     let live = self.liveness;
                     let s = self.sockets.get_mut::<tcp::Socket>(h);
                     s.set_keep_alive(Some(live.keep_alive()));
-                    s.set_timeout(Some(live.dead_after()));
+                    s.set_timeout(Some(live.tcp_timeout()));
                     let accepted = Accepted {
                         stream: TunnelStream::new(shared.clone(), h),
                         remote: SocketAddr::V4(remote),
@@ -884,6 +921,9 @@ impl Stack {
     }
 
     fn timers(&mut self, out: &mut Outbox) {
+        let now = self.now();
+        let dead_after = self.liveness.dead_after();
+        let mut silent = Vec::new();
         for (k, peer) in self.peers.iter_mut() {
             if self.retiring.contains(k) {
                 continue;
@@ -892,6 +932,16 @@ impl Stack {
                 if let Some(e) = peer.endpoint {
                     out.push(e, p);
                 }
+            }
+            if peer.unanswered_since.is_some_and(|t| now >= t + dead_after) {
+                peer.unanswered_since = None;
+                silent.push((peer.spec.address, peer.spec.workstation.clone()));
+            }
+        }
+        for (address, workstation) in silent {
+            if self.sockets_of(address) > 0 || self.conns.values().any(|a| *a == address) {
+                tracing::info!(%workstation, %address, "workstation silent past ssh.client_alive; its connections are reset");
+                self.reset_connections_from(address);
             }
         }
     }
