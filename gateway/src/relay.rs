@@ -64,7 +64,18 @@ pub async fn session_channel(
     env_allowed: impl Fn(&str) -> bool + Send + Sync,
 ) {
     let id = u32::from(front.id());
-    let up = match s.upstream().channel_open_session().await {
+    // The session may have ended since the client's open was accepted: then nothing is
+    // opened on the target.
+    let opened = tokio::select! {
+        biased;
+        _ = s.cancelled() => None,
+        r = s.upstream().channel_open_session() => Some(r),
+    };
+    let Some(opened) = opened else {
+        let _ = front.close().await;
+        return;
+    };
+    let up = match opened {
         Ok(c) => c,
         Err(e) => {
             let _ = front
@@ -94,11 +105,16 @@ pub async fn forward_channel(
     orig: (String, u32),
 ) {
     let id = u32::from(front.id());
-    let up = match s
-        .upstream()
-        .channel_open_direct_tcpip(host.clone(), port, orig.0, orig.1)
-        .await
-    {
+    let opened = tokio::select! {
+        biased;
+        _ = s.cancelled() => None,
+        r = s.upstream().channel_open_direct_tcpip(host.clone(), port, orig.0, orig.1) => Some(r),
+    };
+    let Some(opened) = opened else {
+        let _ = front.close().await;
+        return;
+    };
+    let up = match opened {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(session = %s.id(), error = %e, "target refused port forward");
@@ -655,7 +671,7 @@ async fn target_to_client(
     let rec = s.recorder();
     match msg {
         ChannelMsg::Data { data } => {
-            s.touch();
+            s.touch_output();
             chan.bytes_out
                 .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             rec.data_shared(id, DataDirection::Output, data.clone())?;
@@ -668,7 +684,7 @@ async fn target_to_client(
             }
         }
         ChannelMsg::ExtendedData { data, ext } => {
-            s.touch();
+            s.touch_output();
             rec.data_shared(id, DataDirection::Stderr, data.clone())?;
             front.extended_data_bytes(ext, data).await?;
         }

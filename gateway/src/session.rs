@@ -66,6 +66,8 @@ pub struct TargetSession {
     started: Instant,
     /// Milliseconds since `started` of the last byte in either direction.
     last_activity_ms: AtomicU64,
+    /// The last time the relays took something the target sent (ms since `started`).
+    last_output_ms: AtomicU64,
     store: crate::store::Store,
     /// Relayed channels still running; the supervisor lets them tell the client why the
     /// session ends before it disconnects.
@@ -232,6 +234,7 @@ impl TargetSession {
             front: Mutex::new(None),
             started: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
+            last_output_ms: AtomicU64::new(0),
             store: gw.store.clone(),
             open_channels: AtomicUsize::new(0),
             channels_done: tokio::sync::Notify::new(),
@@ -364,6 +367,13 @@ impl TargetSession {
     pub fn touch(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Note traffic from the target (activity, and progress once the target is gone).
+    pub fn touch_output(&self) {
+        self.touch();
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_output_ms.store(ms, Ordering::Relaxed);
     }
 
     /// End the session for `reason`; the first reason given wins.
@@ -676,8 +686,11 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
                     // status) may still be on its way to the client, as OpenSSH's jump
                     // host would deliver it: the session ends once the relays are done,
                     // or once they stop passing anything on.
+                    // Progress is what the relays take from the target: a client that
+                    // keeps sending cannot hold a session whose target is gone.
                     let gone = *target_gone.get_or_insert(now);
-                    let stalled = now.saturating_sub(gone.max(last_activity)) >= TARGET_GONE_DRAIN;
+                    let last_output = Duration::from_millis(s.last_output_ms.load(Ordering::Relaxed));
+                    let stalled = now.saturating_sub(gone.max(last_output)) >= TARGET_GONE_DRAIN;
                     if s.open_channels.load(Ordering::Acquire) == 0 || stalled {
                         s.end("target closed the connection");
                     }

@@ -2487,8 +2487,10 @@ fn output_sent_before_the_target_closed_reaches_the_client() {
             .await
             .unwrap();
         // Read nothing while the target closes and the gateway notices (it looks every
-        // second).
+        // second). What the client sends then cannot reach the target, and does not
+        // cost it the output either.
         tokio::time::sleep(Duration::from_secs(3)).await;
+        ch.data(&b"typed after the target died\n"[..]).await.unwrap();
         let mut got = 0;
         let mut said = Vec::new();
         let ended = tokio::time::timeout(Duration::from_secs(20), async {
