@@ -640,9 +640,9 @@ fn summarise(events: &[Event]) -> Summary {
                 ..
             } => recorded_end = Some(reason.clone()),
             Event::Meta {
-                meta: Meta::Exec { command, .. },
+                meta: m @ Meta::Exec { .. },
                 ..
-            } => execs.push(command.clone()),
+            } => execs.push(exec_line(m)),
             Event::Meta {
                 meta:
                     Meta::SftpFile {
@@ -1103,6 +1103,19 @@ fn asciicast(header: &session_recordings::Header, events: &[Event]) -> String {
 }
 
 /// A readable transcript: commands, output without terminal escapes, exit codes.
+/// An exec's command line for people: its text, and its exact bytes when they are not
+/// UTF-8 (the text then shows U+FFFD in their place).
+fn exec_line(m: &Meta) -> String {
+    match m {
+        Meta::Exec {
+            command,
+            command_hex: Some(hex),
+        } => format!("{command} [not UTF-8; bytes: {hex}]"),
+        Meta::Exec { command, .. } => command.clone(),
+        _ => String::new(),
+    }
+}
+
 fn transcript(events: &[Event]) -> String {
     let mut out = String::new();
     let mut joiners: HashMap<u32, Utf8Joiner> = HashMap::new();
@@ -1115,10 +1128,7 @@ fn transcript(events: &[Event]) -> String {
             } => {
                 let t = *t_micros as f64 / 1e6;
                 let line = match meta {
-                    Meta::Exec { command, command_hex } => Some(match command_hex {
-                        None => format!("$ {command}"),
-                        Some(hex) => format!("$ {command} [not UTF-8; bytes: {hex}]"),
-                    }),
+                    m @ Meta::Exec { .. } => Some(format!("$ {}", exec_line(m))),
                     Meta::Shell => Some("[shell]".into()),
                     Meta::Subsystem { name } => Some(format!("[subsystem {name}]")),
                     Meta::ExitStatus { code } => Some(format!("[exit {code}]")),
