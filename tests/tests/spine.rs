@@ -2617,6 +2617,8 @@ fn terminal_requests_and_command_bytes_are_recorded_exactly() {
         .ctl()
         .args(["recordings", "export", &header.session_id, "--format", "text"]));
     assert!(shown.contains("[not UTF-8; bytes: 7072696e746620276361"), "{shown}");
+    let summary = ok(w.gw.ctl().args(["recordings", "show", &header.session_id]));
+    assert!(summary.contains("[not UTF-8; bytes: 7072696e746620276361"), "{summary}");
 }
 
 #[test]
