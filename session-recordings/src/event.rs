@@ -283,6 +283,14 @@ impl Event {
             Event::Data { t_micros, .. } | Event::Meta { t_micros, .. } => *t_micros,
         }
     }
+
+    /// The event's `Meta`, if it is one.
+    pub fn meta(&self) -> Option<&Meta> {
+        match self {
+            Event::Meta { meta, .. } => Some(meta),
+            Event::Data { .. } => None,
+        }
+    }
 }
 
 pub(crate) mod kind {

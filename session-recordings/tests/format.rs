@@ -154,13 +154,7 @@ fn reads_back_whole(version: u16, golden: &[u8]) {
     let (h, events, truncated) = RecordingReader::new(golden, None).unwrap().events().unwrap();
     assert_eq!(h, header(), "version {version}");
     assert!(!truncated);
-    let metas: Vec<&Meta> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Meta { meta, .. } => Some(meta),
-            _ => None,
-        })
-        .collect();
+    let metas: Vec<&Meta> = events.iter().filter_map(Event::meta).collect();
     assert_eq!(
         metas[0],
         &Meta::ChannelOpen {

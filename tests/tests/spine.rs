@@ -2579,13 +2579,7 @@ fn terminal_requests_and_command_bytes_are_recorded_exactly() {
     });
     wait_sessions_ended(&w);
     let (header, events) = recordings(&w).pop().unwrap();
-    let metas: Vec<&Meta> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Meta { meta, .. } => Some(meta),
-            _ => None,
-        })
-        .collect();
+    let metas: Vec<&Meta> = events.iter().filter_map(Event::meta).collect();
     assert!(
         metas.contains(&&Meta::Pty {
             term: "xterm".into(),
