@@ -936,13 +936,8 @@ impl server::Handler for FrontHandler {
     ) -> Result<(), Self::Error> {
         match &self.state {
             // An ending session (killed, suspended, expired) starts nothing more, even in
-            // the moment before its connection is cut.
-            AuthState::Target(s) if s.is_ended() => {
-                reply
-                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                    .await
-            }
-            AuthState::Target(s) => {
+            // the moment before its connection is cut: it is refused below.
+            AuthState::Target(s) if !s.is_ended() => {
                 let Some((slot, reply)) = self.channel_slot(reply).await else {
                     return Ok(());
                 };
@@ -1101,12 +1096,8 @@ impl server::Handler for FrontHandler {
                     serve_ssh(config, channel.into_stream(), inner).await;
                 });
             }
-            AuthState::Target(s) if s.is_ended() => {
-                reply
-                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                    .await
-            }
-            AuthState::Target(s) => {
+            // An ending session opens nothing more (refused below).
+            AuthState::Target(s) if !s.is_ended() => {
                 let decision = s.authorized().check(&Request::Forward { host, port });
                 match decision {
                     Ok(()) => {

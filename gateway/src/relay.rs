@@ -64,15 +64,7 @@ pub async fn session_channel(
     env_allowed: impl Fn(&str) -> bool + Send + Sync,
 ) {
     let id = u32::from(front.id());
-    // The session may have ended since the client's open was accepted: then nothing is
-    // opened on the target.
-    let opened = tokio::select! {
-        biased;
-        _ = s.cancelled() => None,
-        r = s.upstream().channel_open_session() => Some(r),
-    };
-    let Some(opened) = opened else {
-        let _ = front.close().await;
+    let Some(opened) = unless_ended(&s, &front, s.upstream().channel_open_session()).await else {
         return;
     };
     let up = match opened {
@@ -105,13 +97,10 @@ pub async fn forward_channel(
     orig: (String, u32),
 ) {
     let id = u32::from(front.id());
-    let opened = tokio::select! {
-        biased;
-        _ = s.cancelled() => None,
-        r = s.upstream().channel_open_direct_tcpip(host.clone(), port, orig.0, orig.1) => Some(r),
-    };
-    let Some(opened) = opened else {
-        let _ = front.close().await;
+    let open = s
+        .upstream()
+        .channel_open_direct_tcpip(host.clone(), port, orig.0, orig.1);
+    let Some(opened) = unless_ended(&s, &front, open).await else {
         return;
     };
     let up = match opened {
@@ -132,6 +121,24 @@ pub async fn forward_channel(
         &|_| false,
     )
     .await;
+}
+
+/// Open the target's side of a channel unless the session ends first (it may have ended
+/// since the client's open was accepted): then nothing is opened on the target, and the
+/// client's channel is closed.
+async fn unless_ended<T>(
+    s: &TargetSession,
+    front: &FrontChannel,
+    open: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = s.cancelled() => {
+            let _ = front.close().await;
+            None
+        }
+        r = open => Some(r),
+    }
 }
 
 /// Requests per channel whose reply from the target may be due at once.

@@ -369,10 +369,11 @@ impl TargetSession {
         self.last_activity_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Note traffic from the target (activity, and progress once the target is gone).
+    /// Note traffic from the target (activity, and progress once the target is gone):
+    /// one clock read per packet, as `touch`.
     pub fn touch_output(&self) {
-        self.touch();
         let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
         self.last_output_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -685,9 +686,9 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
                     // What the target sent before it closed (the output's tail, an exit
                     // status) may still be on its way to the client, as OpenSSH's jump
                     // host would deliver it: the session ends once the relays are done,
-                    // or once they stop passing anything on.
-                    // Progress is what the relays take from the target: a client that
-                    // keeps sending cannot hold a session whose target is gone.
+                    // or once they stop passing anything on. Progress is what the relays
+                    // take from the target: a client that keeps sending cannot hold a
+                    // session whose target is gone.
                     let gone = *target_gone.get_or_insert(now);
                     let last_output = Duration::from_millis(s.last_output_ms.load(Ordering::Relaxed));
                     let stalled = now.saturating_sub(gone.max(last_output)) >= TARGET_GONE_DRAIN;
