@@ -96,13 +96,16 @@ impl Liveness {
     }
 
     /// How long a workstation may leave the gateway unanswered.
+    fn silence(&self) -> Duration {
+        self.interval.saturating_mul(self.count_max.saturating_add(1))
+    }
+
     fn dead_after(&self) -> smoltcp::time::Duration {
-        smoltcp_duration(self.interval.saturating_mul(self.count_max.saturating_add(1)))
+        smoltcp_duration(self.silence())
     }
 
     fn tcp_timeout(&self) -> smoltcp::time::Duration {
-        let total = self.interval.saturating_mul(self.count_max.saturating_add(1));
-        smoltcp_duration(total.max(TCP_TIMEOUT_FLOOR))
+        smoltcp_duration(self.silence().max(TCP_TIMEOUT_FLOOR))
     }
 }
 
@@ -939,7 +942,7 @@ impl Stack {
             }
         }
         for (address, workstation) in silent {
-            if self.sockets_of(address) > 0 || self.conns.values().any(|a| *a == address) {
+            if self.sockets_of(address) > 0 {
                 tracing::info!(%workstation, %address, "workstation silent past ssh.client_alive; its connections are reset");
                 self.reset_connections_from(address);
             }
