@@ -15,7 +15,7 @@ use herse::control::Call;
 use herse::ident::SessionId;
 use herse::recordings_query::{strip_ansi, RecordingFilter, SearchQuery, SearchResult};
 use herse::store::{SessionCursor, SessionRow, Store};
-use session_recordings::{Completeness, DataDirection, Event, Meta, RecordingReader};
+use session_recordings::{shown, Completeness, DataDirection, Event, Meta, RecordingReader};
 
 use crate::commands::{execute, Failure};
 use crate::output;
@@ -647,6 +647,7 @@ fn summarise(events: &[Event]) -> Summary {
                 meta:
                     Meta::SftpFile {
                         path,
+                        path_hex,
                         bytes_read,
                         bytes_written,
                         sha256_read,
@@ -655,7 +656,8 @@ fn summarise(events: &[Event]) -> Summary {
                     },
                 ..
             } => sftp.push(format!(
-                "{path}: read {bytes_read} B{}, written {bytes_written} B{}",
+                "{}: read {bytes_read} B{}, written {bytes_written} B{}",
+                shown(path, path_hex.as_deref()),
                 sha256_read
                     .as_ref()
                     .map(|h| format!(" (sha256 {h})"))
@@ -666,17 +668,9 @@ fn summarise(events: &[Event]) -> Summary {
                     .unwrap_or_default()
             )),
             Event::Meta {
-                meta:
-                    Meta::SftpOp {
-                        op,
-                        path,
-                        target,
-                        detail,
-                        outcome,
-                        ..
-                    },
+                meta: meta @ Meta::SftpOp { op, detail, .. },
                 ..
-            } if op != "open" || detail.is_some() => sftp.push(sftp_op_words(op, path, target, detail, outcome)),
+            } if op != "open" || detail.is_some() => sftp.push(sftp_op_words(meta)),
             Event::Meta {
                 meta: meta @ Meta::FileTransfer { sha256, .. },
                 ..
@@ -717,11 +711,28 @@ fn summarise(events: &[Event]) -> Summary {
     }
 }
 
-/// `setstat /srv/x (mode 0640) -> ok`
-fn sftp_op_words(op: &str, path: &str, target: &Option<String>, detail: &Option<String>, outcome: &str) -> String {
+/// `setstat /srv/x (mode 0640) -> ok`. Empty for any other event.
+fn sftp_op_words(meta: &Meta) -> String {
+    let Meta::SftpOp {
+        op,
+        path,
+        path_hex,
+        target,
+        target_hex,
+        detail,
+        outcome,
+        ..
+    } = meta
+    else {
+        return String::new();
+    };
     format!(
-        "{op} {path}{}{} -> {outcome}",
-        target.as_ref().map(|t| format!(" {t}")).unwrap_or_default(),
+        "{op} {}{}{} -> {outcome}",
+        shown(path, path_hex.as_deref()),
+        target
+            .as_ref()
+            .map(|t| format!(" {}", shown(t, target_hex.as_deref())))
+            .unwrap_or_default(),
         detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
     )
 }
@@ -734,7 +745,9 @@ fn transfer_words(meta: &Meta) -> String {
         protocol,
         upload,
         path,
+        path_hex,
         sent_as,
+        sent_as_hex,
         bytes,
         mode,
         directory,
@@ -746,7 +759,11 @@ fn transfer_words(meta: &Meta) -> String {
         return String::new();
     };
     let way = if *upload { "upload" } else { "download" };
-    let sent_as = sent_as.as_ref().map(|n| format!(" (sent as {n})")).unwrap_or_default();
+    let path = shown(path, path_hex.as_deref());
+    let sent_as = sent_as
+        .as_ref()
+        .map(|n| format!(" (sent as {})", shown(n, sent_as_hex.as_deref())))
+        .unwrap_or_default();
     let mut mode = mode.as_ref().map(|m| format!(", mode {m}")).unwrap_or_default();
     for (name, t) in [("mtime", mtime), ("atime", atime)] {
         if let Some(t) = t {
@@ -1107,11 +1124,7 @@ fn asciicast(header: &session_recordings::Header, events: &[Event]) -> String {
 /// UTF-8 (the text then shows U+FFFD in their place).
 fn exec_line(m: &Meta) -> String {
     match m {
-        Meta::Exec {
-            command,
-            command_hex: Some(hex),
-        } => format!("{command} [not UTF-8; bytes: {hex}]"),
-        Meta::Exec { command, .. } => command.clone(),
+        Meta::Exec { command, command_hex } => shown(command, command_hex.as_deref()),
         _ => String::new(),
     }
 }
@@ -1137,23 +1150,18 @@ fn transcript(events: &[Event]) -> String {
                         None => format!("[killed by {signal}]"),
                     }),
                     Meta::Denied { request, reason } => Some(format!("[denied: {request}: {reason}]")),
-                    Meta::SftpOp {
-                        op,
-                        path,
-                        target,
-                        detail,
-                        outcome,
-                        ..
-                    } => Some(format!("[sftp {}]", sftp_op_words(op, path, target, detail, outcome))),
+                    Meta::SftpOp { .. } => Some(format!("[sftp {}]", sftp_op_words(meta))),
                     Meta::FileTransfer { .. } => Some(format!("[{}]", transfer_words(meta))),
                     Meta::Untracked { protocol, reason } => Some(format!("[{protocol} no longer followed: {reason}]")),
                     Meta::SftpFile {
                         path,
+                        path_hex,
                         bytes_read,
                         bytes_written,
                         ..
                     } => Some(format!(
-                        "[sftp file {path}: read {bytes_read} B, written {bytes_written} B]"
+                        "[sftp file {}: read {bytes_read} B, written {bytes_written} B]",
+                        shown(path, path_hex.as_deref())
                     )),
                     Meta::End { reason } => Some(format!("[session ended: {reason}]")),
                     Meta::Unrecognised => Some("[an event of a type this hersectl does not know]".to_owned()),
@@ -1474,7 +1482,9 @@ mod tests {
             protocol: "scp".into(),
             upload: true,
             path: path.into(),
+            path_hex: None,
             sent_as: None,
+            sent_as_hex: None,
             bytes: if directory { 0 } else { 5 },
             sha256: (!directory).then(|| "ab".into()),
             mode: Some(if directory { "0755" } else { "4755" }.into()),

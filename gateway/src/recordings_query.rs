@@ -411,6 +411,12 @@ pub fn hits(
 /// A data stream: (channel, is input).
 type Stream = (u32, bool);
 
+/// The names an event holds, as one text: each name's text and, for one that is not
+/// UTF-8, its bytes in hex, so that a search can find either.
+fn names(parts: &[Option<&String>]) -> String {
+    parts.iter().flatten().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+}
+
 /// The text an event offers to a search, with its time and, for data, its stream.
 fn searchable(e: &Event) -> Option<(u64, String, Option<Stream>)> {
     match e {
@@ -426,25 +432,39 @@ fn searchable(e: &Event) -> Option<(u64, String, Option<Stream>)> {
         )),
         Event::Meta {
             t_micros,
-            meta: Meta::Exec { command, .. },
+            meta: Meta::Exec { command, command_hex },
             ..
-        } => Some((*t_micros, command.clone(), None)),
+        } => Some((*t_micros, names(&[Some(command), command_hex.as_ref()]), None)),
         Event::Meta {
             t_micros,
-            meta: Meta::SftpOp { path, target, .. },
+            meta:
+                Meta::SftpOp {
+                    path,
+                    path_hex,
+                    target,
+                    target_hex,
+                    ..
+                },
             ..
         } => Some((
             *t_micros,
-            format!("{path} {}", target.clone().unwrap_or_default()),
+            names(&[Some(path), path_hex.as_ref(), target.as_ref(), target_hex.as_ref()]),
             None,
         )),
         Event::Meta {
             t_micros,
-            meta: Meta::FileTransfer { path, sent_as, .. },
+            meta:
+                Meta::FileTransfer {
+                    path,
+                    path_hex,
+                    sent_as,
+                    sent_as_hex,
+                    ..
+                },
             ..
         } => Some((
             *t_micros,
-            format!("{path} {}", sent_as.clone().unwrap_or_default()),
+            names(&[Some(path), path_hex.as_ref(), sent_as.as_ref(), sent_as_hex.as_ref()]),
             None,
         )),
         _ => None,
@@ -523,7 +543,9 @@ mod tests {
             found(meta(Meta::SftpOp {
                 op: "rename".into(),
                 path: "/srv/a".into(),
+                path_hex: None,
                 target: Some("/srv/b".into()),
+                target_hex: None,
                 flags: None,
                 detail: None,
                 outcome: "ok".into(),
@@ -536,7 +558,9 @@ mod tests {
                 protocol: "scp".into(),
                 upload: false,
                 path: "/srv/drop".into(),
+                path_hex: None,
                 sent_as: Some("shadow".into()),
+                sent_as_hex: None,
                 bytes: 1,
                 sha256: None,
                 mode: Some("0644".into()),

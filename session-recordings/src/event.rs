@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
 
+use crate::name::Name;
+
 /// Who, from where, to which target, under which decision. Written first in every recording.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,25 +91,16 @@ impl Meta {
     /// The `Exec` event for a command line as the client sent it: its text, and its exact
     /// bytes too when they are not UTF-8.
     pub fn exec(command: &[u8]) -> Meta {
-        match std::str::from_utf8(command) {
-            Ok(text) => Meta::Exec {
-                command: text.to_owned(),
-                command_hex: None,
-            },
-            Err(_) => Meta::Exec {
-                command: String::from_utf8_lossy(command).into_owned(),
-                command_hex: Some(hex::encode(command)),
-            },
-        }
+        let (command, command_hex) = Name::new(command).recorded();
+        Meta::Exec { command, command_hex }
     }
 
     /// The exact bytes of an `Exec` event's command line.
     pub fn exec_bytes(&self) -> Option<Vec<u8>> {
         match self {
-            Meta::Exec {
-                command_hex: Some(h), ..
-            } => hex::decode(h).ok(),
-            Meta::Exec { command, .. } => Some(command.as_bytes().to_vec()),
+            Meta::Exec { command, command_hex } => {
+                Some(Name::from_recorded(command, command_hex.as_deref()).as_bytes().to_vec())
+            }
             _ => None,
         }
     }
@@ -185,8 +178,15 @@ pub enum Meta {
     /// An SFTP operation and how the target answered it.
     SftpOp {
         op: String,
+        /// Paths as text; bytes that are not UTF-8 show as U+FFFD, and the `_hex` field
+        /// beside each then holds its exact bytes (see [`crate::Name`]). The `_hex`
+        /// fields are absent otherwise, and in older recordings.
         path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path_hex: Option<String>,
         target: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_hex: Option<String>,
         flags: Option<u32>,
         /// What the operation sets or moves beyond its paths: the attributes of a
         /// setstat, a mkdir or a creating open (`mode 4755, owner 0:0`), or the range of
@@ -198,6 +198,9 @@ pub enum Meta {
     /// A file handle closed: what was transferred through it.
     SftpFile {
         path: String,
+        /// `path`'s exact bytes when they are not UTF-8, as in `SftpOp`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path_hex: Option<String>,
         flags: u32,
         bytes_read: u64,
         bytes_written: u64,
@@ -212,11 +215,17 @@ pub enum Meta {
         upload: bool,
         /// Where the file is on the target.
         path: String,
+        /// `path`'s exact bytes when they are not UTF-8 (a name the sender gave may be
+        /// any bytes but `/` and NUL), as in `SftpOp`; likewise `sent_as_hex`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path_hex: Option<String>,
         /// For an upload into a path that may or may not be an existing directory: the
         /// name the sender gave the file. The file is at `path`, or at `path/sent_as`
         /// if `path` was a directory. Absent when `path` is certain.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sent_as: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sent_as_hex: Option<String>,
         bytes: u64,
         sha256: Option<String>,
         /// The mode the sender gave, four octal digits as scp sends them (`0644`,

@@ -16,6 +16,7 @@ pub mod crypt;
 mod event;
 mod follow;
 pub mod format;
+mod name;
 mod reader;
 pub mod scp;
 pub mod sftp;
@@ -31,3 +32,4 @@ pub use writer::{
 
 pub use follow::TailFile;
 pub use format::{MAGIC, MAX_RECORD_PAYLOAD, VERSION};
+pub use name::{shown, Name};

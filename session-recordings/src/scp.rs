@@ -4,6 +4,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::event::Meta;
+use crate::name::Name;
 
 /// Which way files flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +81,7 @@ enum State {
         answered: bool,
     },
     Data {
-        name: String,
+        name: Name,
         mode: String,
         left: u64,
         size: u64,
@@ -101,9 +102,9 @@ enum Awaited {
     /// The receiver's start (it may refuse the target path).
     Start,
     /// A file: its data follows only if the receiver could open it.
-    File { name: String, size: u64, mode: String },
+    File { name: Name, size: u64, mode: String },
     /// A directory: entered only if the receiver could make it.
-    Dir { name: String, mode: String },
+    Dir { name: Name, mode: String },
     /// A time record, the end of a directory, a file's data: nothing depends on it.
     Other,
 }
@@ -121,11 +122,13 @@ enum Answer {
 /// sender's next bytes are its next record).
 pub struct ScpTracker {
     direction: ScpDirection,
-    target: String,
+    target: Name,
     /// Whether the files land inside `target` (see [`ScpTracker::path`]).
     into_target: bool,
     recursive: bool,
-    dirs: Vec<String>,
+    /// The directories entered below the top, by the names the sender gave them (any
+    /// bytes but `/` and NUL).
+    dirs: Vec<Name>,
     /// What the last `T` record asked the receiver to set on the next file or directory
     /// it writes (scp `-p`): OpenSSH's `sink` keeps it until one is written, past
     /// records it refuses, and forgets it at the end of the directory.
@@ -159,10 +162,10 @@ impl ScpTracker {
         } = command;
         let into_target = direction == ScpDirection::Upload
             && (into_directory || path.ends_with('/') || path == "." || path.ends_with("/."));
-        let target = match path.trim_end_matches('/') {
-            "" if path.starts_with('/') => "/".to_owned(),
-            t => t.to_owned(),
-        };
+        let target = Name::from(match path.trim_end_matches('/') {
+            "" if path.starts_with('/') => "/",
+            t => t,
+        });
         ScpTracker {
             direction,
             target,
@@ -185,16 +188,13 @@ impl ScpTracker {
     /// directory (`-d`, a trailing `/`, `.`); otherwise it becomes the target, unless
     /// the target is an existing directory, which only the target knows: then the path
     /// is the target's and `sent_as` says what the sender called it.
-    fn path(&self, name: &str) -> (String, Option<String>) {
-        let mut below: Vec<&str> = self.dirs.iter().map(String::as_str).collect();
-        below.push(name);
-        let sent_as = below.join("/");
+    fn path(&self, name: &Name) -> (Name, Option<Name>) {
+        let mut below: Vec<&[u8]> = self.dirs.iter().map(Name::as_bytes).collect();
+        below.push(name.as_bytes());
+        let sent_as = Name::new(below.join(&b'/'));
         let mut path = self.target.clone();
         for part in &below[usize::from(!self.into_target)..] {
-            if !path.ends_with('/') {
-                path.push('/');
-            }
-            path.push_str(part);
+            path = path.join(part);
         }
         let ambiguous = self.direction == ScpDirection::Upload && !self.into_target;
         (path, ambiguous.then_some(sent_as))
@@ -202,8 +202,10 @@ impl ScpTracker {
 
     /// The record of `name` in the current directory: a file with its size and hash,
     /// or (`file` none) a directory, with the times a `T` record set on it.
-    fn transfer(&mut self, name: &str, mode: String, file: Option<(u64, String)>) -> Meta {
+    fn transfer(&mut self, name: &Name, mode: String, file: Option<(u64, String)>) -> Meta {
         let (path, sent_as) = self.path(name);
+        let (path, path_hex) = path.recorded();
+        let (sent_as, sent_as_hex) = sent_as.as_ref().map(Name::recorded).unzip();
         let directory = file.is_none();
         let (bytes, sha256) = file.map_or((0, None), |(size, hash)| (size, Some(hash)));
         let times = self.times.take();
@@ -211,7 +213,9 @@ impl ScpTracker {
             protocol: "scp".into(),
             upload: self.direction == ScpDirection::Upload,
             path,
+            path_hex,
             sent_as,
+            sent_as_hex: sent_as_hex.flatten(),
             bytes,
             sha256,
             mode: Some(mode),
@@ -329,9 +333,8 @@ impl ScpTracker {
                     } else if done {
                         // The receiver parses the line as a C string: a NUL ends it.
                         let end = line.iter().position(|b| *b == 0).unwrap_or(line.len());
-                        let text = String::from_utf8_lossy(&line[..end]).into_owned();
-                        self.state = State::Line(Vec::new());
-                        if let Err(reason) = self.control(&text) {
+                        let line = std::mem::take(line);
+                        if let Err(reason) = self.control(&line[..end]) {
                             self.lose(out, reason);
                         }
                     }
@@ -417,7 +420,9 @@ impl ScpTracker {
 
     /// A control record (cut at its first NUL), checked as OpenSSH's receiving scp
     /// checks it: a record it would refuse ends the stream there, as it ends the receiver.
-    fn control(&mut self, line: &str) -> Result<(), String> {
+    fn control(&mut self, raw: &[u8]) -> Result<(), String> {
+        let text = String::from_utf8_lossy(raw);
+        let line = text.as_ref();
         let refused = |why: &str| {
             let shown: String = line.chars().take(80).collect();
             Err(format!("{why}: {shown:?}"))
@@ -455,7 +460,9 @@ impl ScpTracker {
                 if name.is_empty() || name.contains('/') || name == ".." || name == "." {
                     return refused("a file name scp refuses");
                 }
-                let name = name.to_owned();
+                // The name is the rest of the line, after fields checked to be ASCII: its
+                // exact bytes start where its text does.
+                let name = Name::new(&raw[line.len() - name.len()..]);
                 let mode = rest[..4].to_owned();
                 self.awaiting = Some(if kind == 'D' {
                     if self.dirs.len() >= MAX_DEPTH {
@@ -980,5 +987,51 @@ mod tests {
         assert_eq!(untracked(&acked(&mut t, &msg)).len(), 1);
         let mut t = tracker(ScpDirection::Download, "x");
         assert_eq!(untracked(&acked(&mut t, &[0xff; 10000])).len(), 1);
+    }
+
+    /// A file or directory name the sender gives may be any bytes but `/` and NUL: one
+    /// that is not UTF-8 is recorded with its exact bytes, in the path and the name it
+    /// was sent as, down a directory that is not UTF-8 either.
+    #[test]
+    fn names_that_are_not_utf8_are_recorded_exactly() {
+        let mut t = ScpTracker::new(parse_command("scp -r -t /srv/in").unwrap());
+        let ev = acked(&mut t, b"D0755 0 d\xe9\nC0644 2 f\xff\nhi\0E\n");
+        let got: Vec<_> = ev
+            .iter()
+            .map(|m| match m {
+                Meta::FileTransfer {
+                    path,
+                    path_hex,
+                    sent_as,
+                    sent_as_hex,
+                    ..
+                } => (
+                    Name::from_recorded(path, path_hex.as_deref()),
+                    sent_as.as_ref().map(|s| Name::from_recorded(s, sent_as_hex.as_deref())),
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Name::new(b"/srv/in".to_vec()), Some(Name::new(b"d\xe9".to_vec()))),
+                (
+                    Name::new(b"/srv/in/f\xff".to_vec()),
+                    Some(Name::new(b"d\xe9/f\xff".to_vec()))
+                )
+            ]
+        );
+        assert!(matches!(&ev[1], Meta::FileTransfer { path, path_hex: Some(h), .. }
+            if path == "/srv/in/f\u{fffd}" && h == &hex::encode(b"/srv/in/f\xff")));
+        // The directory's own path is the target's (UTF-8): no bytes beside it.
+        assert!(matches!(
+            &ev[0],
+            Meta::FileTransfer {
+                path_hex: None,
+                sent_as_hex: Some(_),
+                ..
+            }
+        ));
     }
 }

@@ -8,6 +8,8 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::name::Name;
+
 /// Largest packet accepted in either direction. OpenSSH's sftp-server refuses messages
 /// above 256 KiB; a little room is left for headers.
 pub const MAX_PACKET: usize = 256 * 1024 + 1024;
@@ -111,14 +113,14 @@ impl<'a> Reader<'a> {
     /// A path or a name, as sftp-server reads them (`sshbuf_get_cstring`): one NUL at
     /// the end is dropped (`copy-data\0` is copy-data to it), one anywhere else is an
     /// error (it would cut the name short).
-    fn cstring(&mut self) -> Result<String, SftpError> {
+    fn cstring(&mut self) -> Result<Name, SftpError> {
         let b = self.bytes()?;
         let b = match b.iter().position(|c| *c == 0) {
             None => b,
             Some(i) if i + 1 == b.len() => &b[..i],
             Some(_) => return Err(SftpError::Malformed("a NUL inside a path or name")),
         };
-        Ok(String::from_utf8_lossy(b).into_owned())
+        Ok(Name::new(b))
     }
     /// ATTRS as OpenSSH's `decode_attrib` reads them: flag bits it does not know are
     /// ignored, a missing field is an error (sftp-server ends the session on it).
@@ -143,7 +145,7 @@ impl<'a> Reader<'a> {
             for _ in 0..count {
                 let name = self.cstring()?;
                 self.bytes()?;
-                a.extended.push(name);
+                a.extended.push(name.text().into_owned());
             }
         }
         Ok(a)
@@ -216,10 +218,10 @@ impl fmt::Display for Attrs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtArgs {
     /// posix-rename and hardlink (two paths), statvfs and expand-path (one).
-    Paths(Vec<String>),
+    Paths(Vec<Name>),
     /// lsetstat@openssh.com: SETSTAT that does not follow a final symlink.
     Setstat {
-        path: String,
+        path: Name,
         attrs: Attrs,
     },
     /// fsync@openssh.com and fstatvfs@openssh.com.
@@ -244,7 +246,7 @@ pub enum Request {
     },
     Open {
         id: u32,
-        path: String,
+        path: Name,
         pflags: u32,
         attrs: Attrs,
     },
@@ -266,7 +268,7 @@ pub enum Request {
     },
     Lstat {
         id: u32,
-        path: String,
+        path: Name,
     },
     Fstat {
         id: u32,
@@ -274,7 +276,7 @@ pub enum Request {
     },
     Setstat {
         id: u32,
-        path: String,
+        path: Name,
         attrs: Attrs,
     },
     Fsetstat {
@@ -284,7 +286,7 @@ pub enum Request {
     },
     Opendir {
         id: u32,
-        path: String,
+        path: Name,
     },
     Readdir {
         id: u32,
@@ -292,38 +294,38 @@ pub enum Request {
     },
     Remove {
         id: u32,
-        path: String,
+        path: Name,
     },
     Mkdir {
         id: u32,
-        path: String,
+        path: Name,
         attrs: Attrs,
     },
     Rmdir {
         id: u32,
-        path: String,
+        path: Name,
     },
     Realpath {
         id: u32,
-        path: String,
+        path: Name,
     },
     Stat {
         id: u32,
-        path: String,
+        path: Name,
     },
     Rename {
         id: u32,
-        from: String,
-        to: String,
+        from: Name,
+        to: Name,
     },
     Readlink {
         id: u32,
-        path: String,
+        path: Name,
     },
     Symlink {
         id: u32,
-        link: String,
-        target: String,
+        link: Name,
+        target: Name,
     },
     Extended {
         id: u32,
@@ -548,7 +550,9 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
             Symlink { id, link, target }
         }
         200 => {
-            let name = r.cstring()?;
+            // Only known names are judged by their layout; any other (one that is not
+            // UTF-8 included) is a write.
+            let name = r.cstring()?.text().into_owned();
             // The layouts of OpenSSH's sftp-server; a missing field is an error there too.
             let args = match name.as_str() {
                 "posix-rename@openssh.com" | "hardlink@openssh.com" => ExtArgs::Paths(vec![r.cstring()?, r.cstring()?]),

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::event::Meta;
+use crate::name::Name;
 use crate::sftp::{Attrs, ExtArgs, Request, Response, SftpError, FXF_CREAT, FX_OK};
 
 pub const MAX_OUTSTANDING: usize = 4096;
@@ -22,12 +23,12 @@ pub const MAX_HELD: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 enum Pending {
     Open {
-        path: String,
+        path: Name,
         pflags: u32,
         detail: Option<String>,
     },
     Opendir {
-        path: String,
+        path: Name,
     },
     Close {
         handle: Vec<u8>,
@@ -38,8 +39,8 @@ enum Pending {
     },
     Change {
         op: &'static str,
-        path: String,
-        target: Option<String>,
+        path: Name,
+        target: Option<Name>,
         detail: Option<String>,
         /// sftp-server goes on after a step fails and answers with the last failure, so
         /// an error does not mean nothing changed (a chmod done, then a chown refused;
@@ -58,7 +59,7 @@ impl Pending {
             Pending::Close { handle } | Pending::Read { handle, .. } => handle.len(),
             Pending::Change {
                 path, target, detail, ..
-            } => path.len() + target.as_ref().map_or(0, String::len) + detail.as_ref().map_or(0, String::len),
+            } => path.len() + target.as_ref().map_or(0, Name::len) + detail.as_ref().map_or(0, String::len),
             Pending::Other => 0,
         }
     }
@@ -96,7 +97,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 struct OpenFile {
-    path: String,
+    path: Name,
     pflags: u32,
     read: u64,
     written: u64,
@@ -107,8 +108,10 @@ struct OpenFile {
 impl OpenFile {
     /// What was transferred through this handle.
     fn summary(self) -> Meta {
+        let (path, path_hex) = self.path.recorded();
         Meta::SftpFile {
-            path: self.path,
+            path,
+            path_hex,
             flags: self.pflags,
             bytes_read: self.read,
             bytes_written: self.written,
@@ -124,11 +127,11 @@ enum Named<'a> {
     /// A directory, by the path its OPENDIR named. OpenSSH's sftp-server answers
     /// FAILURE to a write, FSETSTAT or copy-data through one, but a target may do
     /// otherwise: such a request is forwarded and recorded against the directory.
-    Dir(&'a str),
+    Dir(&'a Name),
 }
 
 impl Named<'_> {
-    fn path(&self) -> &str {
+    fn path(&self) -> &Name {
         match self {
             Named::File(f) => &f.path,
             Named::Dir(p) => p,
@@ -142,7 +145,7 @@ pub struct SftpAudit {
     pending: HashMap<u32, Pending>,
     files: HashMap<Vec<u8>, OpenFile>,
     /// Directory handles an OPENDIR was answered with, and the path it named.
-    dirs: HashMap<Vec<u8>, String>,
+    dirs: HashMap<Vec<u8>, Name>,
     /// Handles with a CLOSE awaiting its answer: they name no file any more (the target
     /// may give the same handle to the next OPEN), so nothing may be sent through them.
     closing: std::collections::HashSet<Vec<u8>>,
@@ -215,7 +218,7 @@ impl SftpAudit {
                 }
                 Named::Dir(path) => Pending::Change {
                     op: "write",
-                    path: path.to_owned(),
+                    path: path.clone(),
                     target: None,
                     detail: Some(format!("{} bytes at offset {offset}", data.len())),
                     partial: false,
@@ -241,20 +244,20 @@ impl SftpAudit {
             Request::Symlink { link, target, .. } => change("symlink", link, Some(target)),
             Request::Extended { name, args, .. } if req.is_write() => match (name.as_str(), args) {
                 ("posix-rename@openssh.com", ExtArgs::Paths(p)) => {
-                    change("rename", p.first().map_or("", String::as_str), p.get(1))
+                    change("rename", p.first().unwrap_or(&Name::default()), p.get(1))
                 }
                 ("hardlink@openssh.com", ExtArgs::Paths(p)) => {
-                    change("hardlink", p.first().map_or("", String::as_str), p.get(1))
+                    change("hardlink", p.first().unwrap_or(&Name::default()), p.get(1))
                 }
                 (_, ExtArgs::Setstat { path, attrs }) => setting("lsetstat", path, attrs),
                 // fsync only flushes; a handle the gateway does not know is the target's
                 // to refuse.
                 (_, ExtArgs::Handle(handle)) => {
                     let path = match self.files.get(handle) {
-                        Some(f) => f.path.as_str(),
-                        None => self.dirs.get(handle).map_or("", String::as_str),
+                        Some(f) => f.path.clone(),
+                        None => self.dirs.get(handle).cloned().unwrap_or_default(),
                     };
-                    change("fsync", path, None)
+                    change("fsync", &path, None)
                 }
                 (
                     _,
@@ -269,7 +272,7 @@ impl SftpAudit {
                     let source = self
                         .named(from, "copy from an SFTP handle that is not open")?
                         .path()
-                        .to_owned();
+                        .clone();
                     let mut dest = self.named(to, "copy to an SFTP handle that is not open")?;
                     // Bytes the gateway never sees land in the file: no hash can
                     // vouch for what was written through this handle any more.
@@ -283,12 +286,12 @@ impl SftpAudit {
                     Pending::Change {
                         op: "copy-data",
                         path: source,
-                        target: Some(dest.path().to_owned()),
+                        target: Some(dest.path().clone()),
                         detail: Some(format!("{range}, to offset {to_offset}")),
                         partial: true,
                     }
                 }
-                _ => change("extended", name, None),
+                _ => change("extended", &Name::from(name.as_str()), None),
             },
             _ => Pending::Other,
         };
@@ -370,14 +373,7 @@ impl SftpAudit {
                     return Err(SftpError::Malformed("too many open SFTP handles"));
                 }
                 self.hold(handle.len() + path.len())?;
-                out.push(Meta::SftpOp {
-                    op: "open".into(),
-                    path: path.clone(),
-                    target: None,
-                    flags: Some(pflags),
-                    detail,
-                    outcome: "ok".into(),
-                });
+                out.push(op_event("open", &path, None, Some(pflags), detail, "ok".into()));
                 let file = OpenFile {
                     path,
                     pflags,
@@ -397,14 +393,7 @@ impl SftpAudit {
                 self.dirs.insert(handle.clone(), path);
             }
             (Pending::Open { path, pflags, detail }, _) => {
-                out.push(Meta::SftpOp {
-                    op: "open".into(),
-                    path,
-                    target: None,
-                    flags: Some(pflags),
-                    detail,
-                    outcome: outcome(status),
-                });
+                out.push(op_event("open", &path, None, Some(pflags), detail, outcome(status)));
             }
             (Pending::Read { handle, offset }, Response::Data { data, .. }) => {
                 if let Some(f) = self.files.get_mut(&handle) {
@@ -430,14 +419,7 @@ impl SftpAudit {
                 if partial && outcome != "ok" {
                     outcome.push_str(" (steps before the failure may be done)");
                 }
-                out.push(Meta::SftpOp {
-                    op: op.into(),
-                    path,
-                    target,
-                    flags: None,
-                    detail,
-                    outcome,
-                });
+                out.push(op_event(op, &path, target.as_ref(), None, detail, outcome));
             }
             _ => {}
         }
@@ -452,10 +434,33 @@ impl SftpAudit {
     }
 }
 
-fn change(op: &'static str, path: &str, target: Option<&String>) -> Pending {
+/// The event of an operation the target answered, its paths exact (see [`Name`]).
+fn op_event(
+    op: &str,
+    path: &Name,
+    target: Option<&Name>,
+    flags: Option<u32>,
+    detail: Option<String>,
+    outcome: String,
+) -> Meta {
+    let (path, path_hex) = path.recorded();
+    let (target, target_hex) = target.map(Name::recorded).unzip();
+    Meta::SftpOp {
+        op: op.into(),
+        path,
+        path_hex,
+        target,
+        target_hex: target_hex.flatten(),
+        flags,
+        detail,
+        outcome,
+    }
+}
+
+fn change(op: &'static str, path: &Name, target: Option<&Name>) -> Pending {
     Pending::Change {
         op,
-        path: path.to_owned(),
+        path: path.clone(),
         target: target.cloned(),
         detail: None,
         partial: false,
@@ -463,7 +468,7 @@ fn change(op: &'static str, path: &str, target: Option<&String>) -> Pending {
 }
 
 /// A change that sets `attrs` on `path`, each attribute in turn.
-fn setting(op: &'static str, path: &str, attrs: &Attrs) -> Pending {
+fn setting(op: &'static str, path: &Name, attrs: &Attrs) -> Pending {
     let steps = [
         attrs.size.is_some(),
         attrs.owner.is_some(),
@@ -472,7 +477,7 @@ fn setting(op: &'static str, path: &str, attrs: &Attrs) -> Pending {
     ];
     Pending::Change {
         op,
-        path: path.to_owned(),
+        path: path.clone(),
         target: None,
         detail: (!attrs.is_empty()).then(|| attrs.to_string()),
         partial: steps.iter().filter(|s| **s).count() > 1,
@@ -556,6 +561,7 @@ mod tests {
             ev,
             vec![Meta::SftpFile {
                 path: "/tmp/f".into(),
+                path_hex: None,
                 flags: FXF_WRITE | FXF_CREAT | FXF_TRUNC,
                 bytes_read: 0,
                 bytes_written: 11,
@@ -690,7 +696,7 @@ mod tests {
             id += 1;
             let open = Request::Open {
                 id,
-                path: long.clone(),
+                path: long.clone().into(),
                 pflags: crate::sftp::FXF_READ,
                 attrs: Attrs::default(),
             };
@@ -853,7 +859,7 @@ mod tests {
     fn opened(a: &mut SftpAudit, id: u32, name: &str, pflags: u32) {
         a.request(&Request::Open {
             id,
-            path: format!("/srv/{name}"),
+            path: format!("/srv/{name}").into(),
             pflags,
             attrs: Attrs::default(),
         })
@@ -1220,5 +1226,82 @@ mod tests {
             a.response(&Response::Handle { id, handle: b"new".to_vec() }),
             Err(SftpError::Malformed(m)) if m.contains("too many")
         ));
+    }
+
+    /// Names are bytes: one that is not UTF-8 is recorded with its exact bytes beside
+    /// its text, so that two names differing only in such bytes stay apart, from the
+    /// wire (the parser) to the events.
+    #[test]
+    fn paths_that_are_not_utf8_are_recorded_exactly() {
+        let packet = |kind: u8, id: u32, fields: &[&[u8]], tail: &[u8]| {
+            let mut body = vec![kind];
+            body.extend_from_slice(&id.to_be_bytes());
+            for f in fields {
+                body.extend_from_slice(&(f.len() as u32).to_be_bytes());
+                body.extend_from_slice(f);
+            }
+            body.extend_from_slice(tail);
+            let mut p = (body.len() as u32).to_be_bytes().to_vec();
+            p.extend_from_slice(&body);
+            crate::sftp::parse_request(&p).unwrap()
+        };
+        let mut a = SftpAudit::default();
+        // OPEN "/srv/caf\xe9" for writing, no attributes; then four bytes and CLOSE.
+        let mut flags = (FXF_WRITE | FXF_CREAT).to_be_bytes().to_vec();
+        flags.extend_from_slice(&0u32.to_be_bytes());
+        a.request(&packet(3, 1, &[b"/srv/caf\xe9"], &flags)).unwrap();
+        let ev = a
+            .response(&Response::Handle {
+                id: 1,
+                handle: b"h".to_vec(),
+            })
+            .unwrap();
+        assert!(
+            matches!(&ev[..], [Meta::SftpOp { op, path, path_hex: Some(h), target: None, target_hex: None, .. }]
+                if op == "open" && path == "/srv/caf\u{fffd}" && h == "2f7372762f636166e9"),
+            "{ev:?}"
+        );
+        a.request(&Request::Write {
+            id: 2,
+            handle: b"h".to_vec(),
+            offset: 0,
+            data: b"data".to_vec(),
+        })
+        .unwrap();
+        a.request(&Request::Close {
+            id: 3,
+            handle: b"h".to_vec(),
+        })
+        .unwrap();
+        let ev = a.response(&status(3)).unwrap();
+        assert!(
+            matches!(&ev[..], [Meta::SftpFile { path_hex: Some(h), bytes_written: 4, .. }] if h == "2f7372762f636166e9"),
+            "{ev:?}"
+        );
+        // RENAME "a\xff" -> "a\xfe": the texts are the same, the bytes are not.
+        a.request(&packet(18, 4, &[b"a\xff", b"a\xfe"], b"")).unwrap();
+        let ev = a.response(&status(4)).unwrap();
+        let [Meta::SftpOp {
+            path,
+            path_hex,
+            target,
+            target_hex,
+            ..
+        }] = &ev[..]
+        else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(path, target.as_ref().unwrap());
+        assert_eq!(
+            (path_hex.as_deref(), target_hex.as_deref()),
+            (Some("61ff"), Some("61fe"))
+        );
+        // A UTF-8 name carries no bytes, and is written as before.
+        a.request(&packet(13, 5, &["/srv/été".as_bytes()], b"")).unwrap();
+        let ev = a.response(&status(5)).unwrap();
+        assert_eq!(
+            serde_json::to_string(&ev[0]).unwrap(),
+            r#"{"event":"sftp_op","op":"remove","path":"/srv/été","target":null,"flags":null,"outcome":"ok"}"#
+        );
     }
 }

@@ -2615,6 +2615,124 @@ fn terminal_requests_and_command_bytes_are_recorded_exactly() {
     assert!(summary.contains("[not UTF-8; bytes: 7072696e746620276361"), "{summary}");
 }
 
+/// File names are bytes: names that are not UTF-8, moved by real sftp and legacy scp,
+/// land on the target as sent and are recorded exactly (their text could not tell
+/// `caf\xe9` from `caf\xff`), and auditors see and can search those bytes.
+#[test]
+fn file_names_that_are_not_utf8_are_recorded_exactly() {
+    use std::os::unix::ffi::OsStrExt;
+    let w = World::new("rawnames");
+    let d = w.d().to_owned();
+    let remote_dir = format!("/home/{DEPLOY}/herse-rawnames-{}", std::process::id());
+    ok(ssh(&w.alice).args([
+        "-l",
+        DEPLOY,
+        "web1",
+        &format!("rm -rf {remote_dir}; mkdir -p {remote_dir}"),
+    ]));
+    let local = |name: &[u8], body: &str| {
+        let p = d.join(std::ffi::OsStr::from_bytes(name));
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    // sftp: put, then rename to a name whose text is the same.
+    let put = local(b"caf\xe9.txt", "sent by sftp\n");
+    let mut batch = format!("cd {remote_dir}\nput ").into_bytes();
+    batch.extend_from_slice(put.as_os_str().as_bytes());
+    batch.extend_from_slice(b" caf\xe9.txt\nrename caf\xe9.txt caf\xff.txt\n");
+    std::fs::write(d.join("batch"), &batch).unwrap();
+    ok(client("sftp")
+        .arg("-F")
+        .arg(&w.alice)
+        .arg("-b")
+        .arg(d.join("batch"))
+        .arg(format!("{DEPLOY}@web1")));
+    // legacy scp: the file's name travels in the protocol's C record.
+    let sent = local(b"r\xfe.bin", "sent by scp\n");
+    ok(client("scp")
+        .arg("-O")
+        .arg("-F")
+        .arg(&w.alice)
+        .arg(&sent)
+        .arg(format!("{DEPLOY}@web1:{remote_dir}/")));
+    let listing = run(ssh(&w.alice).args(["-l", DEPLOY, "web1", &format!("ls {remote_dir}")])).stdout;
+    assert_eq!(
+        listing,
+        b"caf\xff.txt\nr\xfe.bin\n",
+        "{}",
+        String::from_utf8_lossy(&listing)
+    );
+    wait_sessions_ended(&w);
+
+    let exact = |text: &str, hex: &Option<String>| session_recordings::Name::from_recorded(text, hex.as_deref());
+    let want = |name: &[u8]| {
+        let mut p = format!("{remote_dir}/").into_bytes();
+        p.extend_from_slice(name);
+        session_recordings::Name::new(p)
+    };
+    let all: Vec<(String, Meta)> = recordings(&w)
+        .into_iter()
+        .flat_map(|(h, ev)| {
+            ev.into_iter()
+                .filter_map(move |e| Some((h.session_id.clone(), e.meta()?.clone())))
+        })
+        .collect();
+    let file = all.iter().find_map(|(id, m)| match m {
+        Meta::SftpFile {
+            path,
+            path_hex,
+            bytes_written: 13,
+            ..
+        } => Some((id, exact(path, path_hex))),
+        _ => None,
+    });
+    let (sftp_session, file) = file.expect("the put's file summary");
+    assert_eq!(file, want(b"caf\xe9.txt"));
+    let rename = all.iter().find_map(|(_, m)| match m {
+        Meta::SftpOp {
+            op,
+            path,
+            path_hex,
+            target: Some(t),
+            target_hex,
+            outcome,
+            ..
+        } if op == "rename" => Some((exact(path, path_hex), exact(t, target_hex), outcome.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        rename,
+        Some((want(b"caf\xe9.txt"), want(b"caf\xff.txt"), "ok".to_owned()))
+    );
+    let transfer = all.iter().find_map(|(id, m)| match m {
+        Meta::FileTransfer {
+            path,
+            path_hex,
+            bytes: 12,
+            ..
+        } => Some((id, exact(path, path_hex))),
+        _ => None,
+    });
+    let (scp_session, transfer) = transfer.expect("the scp upload's transfer");
+    assert_eq!(transfer, want(b"r\xfe.bin"));
+
+    // People see the bytes beside the text; a search by them finds the session.
+    let summary = ok(w.gw.ctl().args(["recordings", "show", sftp_session]));
+    let renamed = hex::encode(want(b"caf\xff.txt").as_bytes());
+    assert!(
+        summary.contains(&format!("[not UTF-8; bytes: {renamed}] -> ok")),
+        "{summary}"
+    );
+    let summary = ok(w.gw.ctl().args(["recordings", "show", scp_session]));
+    assert!(
+        summary.contains(&hex::encode(want(b"r\xfe.bin").as_bytes())),
+        "{summary}"
+    );
+    let found: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(w.gw.ctl().args(["recordings", "search", &renamed, "--json"]))).unwrap();
+    assert!(found.iter().any(|f| f["session"] == sftp_session.as_str()), "{found:?}");
+}
+
 #[test]
 fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
     let w = World::new("raw");
