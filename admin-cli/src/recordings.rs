@@ -1150,6 +1150,9 @@ fn transcript(events: &[Event]) -> String {
                         None => format!("[killed by {signal}]"),
                     }),
                     Meta::Denied { request, reason } => Some(format!("[denied: {request}: {reason}]")),
+                    Meta::Undelivered { reason } => {
+                        Some(format!("[the client's last input did not reach the target: {reason}]"))
+                    }
                     Meta::SftpOp { .. } => Some(format!("[sftp {}]", sftp_op_words(meta))),
                     Meta::FileTransfer { .. } => Some(format!("[{}]", transfer_words(meta))),
                     Meta::Untracked { protocol, reason } => Some(format!("[{protocol} no longer followed: {reason}]")),

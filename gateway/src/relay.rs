@@ -270,8 +270,15 @@ async fn run(
                 Ok(false) => break,
                 // The target closed the connection: what it sent before that (the tail of
                 // the output, an exit status) is still being passed on by `outbound`,
-                // which ends the channel once it has.
-                Err(RelayError::Ssh(_)) if s.upstream().is_closed() => std::future::pending::<()>().await,
+                // which ends the channel once it has. What the client sent last was
+                // recorded before it was sent; the recording says it never arrived.
+                Err(RelayError::Ssh(_)) if s.upstream().is_closed() => {
+                    let gone = Meta::Undelivered {
+                        reason: "the target had closed its connection".into(),
+                    };
+                    s.recorder().meta(id, &gone)?;
+                    std::future::pending::<()>().await
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -253,6 +253,13 @@ pub enum Meta {
         protocol: String,
         reason: String,
     },
+    /// What the client sent last on this channel (the data or request recorded just
+    /// before in that direction) did not all reach the target: it had closed its
+    /// connection. Nothing more from the client is forwarded on the channel; the
+    /// target's last output still is.
+    Undelivered {
+        reason: String,
+    },
     /// A request refused by policy; nothing of it reached the target.
     Denied {
         request: String,

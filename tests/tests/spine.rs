@@ -2491,6 +2491,9 @@ fn output_sent_before_the_target_closed_reaches_the_client() {
         // cost it the output either.
         tokio::time::sleep(Duration::from_secs(3)).await;
         ch.data(&b"typed after the target died\n"[..]).await.unwrap();
+        // Still not reading: the client's loop sends the input before it takes any
+        // output (it may otherwise take the output first and see the channel closed).
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let mut got = 0;
         let mut said = Vec::new();
         let ended = tokio::time::timeout(Duration::from_secs(20), async {
@@ -2543,6 +2546,30 @@ fn output_sent_before_the_target_closed_reaches_the_client() {
         })
         .sum();
     assert_eq!(output, 3_000_000, "the recording holds what the client got");
+    // The input the client typed then is recorded, and so is that it never arrived.
+    let typed = events
+        .iter()
+        .position(|e| matches!(e, Event::Data { data, .. } if data == b"typed after the target died\n"))
+        .expect("the late input is recorded");
+    let next = events[typed + 1..].iter().find(|e| {
+        matches!(
+            e,
+            Event::Meta {
+                meta: Meta::Undelivered { .. },
+                ..
+            }
+        ) || matches!(
+            e,
+            Event::Data {
+                direction: session_recordings::DataDirection::Input,
+                ..
+            }
+        )
+    });
+    assert!(
+        matches!(next, Some(Event::Meta { meta: Meta::Undelivered { reason }, .. }) if reason.contains("closed")),
+        "{next:?}"
+    );
 }
 
 #[test]
