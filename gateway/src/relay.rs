@@ -450,6 +450,8 @@ async fn sftp_inbound(chan: &Chan<'_>, framer: &mut Framer, data: &[u8]) -> Resu
         .map_err(|e| RelayError::Channel(format!("client sent {e}")))?
     {
         let req = sftp::parse_request(&packet).map_err(|e| RelayError::Channel(format!("client sent {e}")))?;
+        // One message may carry many packets, each with its events.
+        recording_room(chan.s).await?;
         match chan.s.authorized().check_sftp(req.access()) {
             Ok(()) => {
                 if let Some(a) = chan.sftp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
@@ -487,6 +489,7 @@ async fn sftp_outbound(chan: &Chan<'_>, framer: &mut Framer, data: &[u8]) -> Res
         .map_err(|e| RelayError::Channel(format!("target sent {e}")))?
     {
         let resp = sftp::parse_response(&packet).map_err(|e| RelayError::Channel(format!("target sent {e}")))?;
+        recording_room(chan.s).await?;
         let events = match chan.sftp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             Some(a) => a.response(&resp).map_err(|e| RelayError::Channel(e.to_string()))?,
             None => Vec::new(),
@@ -496,6 +499,17 @@ async fn sftp_outbound(chan: &Chan<'_>, framer: &mut Framer, data: &[u8]) -> Res
         }
         let _g = chan.front_lock.lock().await;
         chan.front.data_bytes(packet).await?;
+    }
+    Ok(())
+}
+
+/// Wait while the session's recording is behind: off this thread, which other
+/// connections share, so that a slow or hung store holds up only this session (and
+/// fails it after the stall limit). Called before each message's records, and before
+/// each SFTP packet's.
+async fn recording_room(s: &TargetSession) -> Result<(), RelayError> {
+    while s.recorder().backlogged() {
+        crate::session::off_thread(s.recorder(), |r| r.await_room()).await?;
     }
     Ok(())
 }
@@ -511,6 +525,7 @@ async fn client_to_target(
     if s.is_ended() {
         return Err(RelayError::Ended);
     }
+    recording_room(s).await?;
     let rec = s.recorder();
     if let Some(Err(reason)) = judge(s, &msg) {
         let request = request_name(&msg);
@@ -682,6 +697,7 @@ async fn target_to_client(
     front_handle: &server::Handle,
 ) -> Result<bool, RelayError> {
     let (s, id, front) = (chan.s, chan.id, chan.front);
+    recording_room(s).await?;
     let rec = s.recorder();
     match msg {
         ChannelMsg::Data { data } => {

@@ -1,10 +1,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use ed25519_dalek::{Signer, SigningKey};
 
@@ -52,6 +52,17 @@ pub trait Recorder: Send + Sync {
     }
     /// Any other event.
     fn meta(&self, channel: u32, meta: &Meta) -> Result<(), RecordError>;
+    /// Whether the recording is behind, so that the next call may wait for it. A caller
+    /// on a thread that serves other work too (an async runtime's) should then wait in
+    /// [`Recorder::await_room`] off that thread before it records more.
+    fn backlogged(&self) -> bool {
+        false
+    }
+    /// Block until the recording is no longer behind, at most the recorder's stall
+    /// limit ([`RecordError::Stalled`] past it).
+    fn await_room(&self) -> Result<(), RecordError> {
+        Ok(())
+    }
     /// Write buffered events and, when due, a signed checkpoint synced to disk. May wait
     /// for the disk: call it off the relay's thread. Recording goes on meanwhile.
     fn flush(&self) -> Result<(), RecordError>;
@@ -86,10 +97,63 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(10);
 /// batch rather than per packet (which cost the relay 0.2-0.3 CPU-s per GiB here).
 const BATCH_BYTES: usize = 256 << 10;
 const BATCH_RECORDS: usize = 64;
-/// Batches queued for the thread: with the batch being filled, this bounds what a
-/// session's recorder holds in memory beside its frame and staging buffers (about
-/// 1.3 MiB of relayed packets).
+/// Batches queued for the thread beyond which the recording is [`Recorder::backlogged`]:
+/// callers that can wait elsewhere do so before they record more, and a call that
+/// finds [`HARD_QUEUE`] batches queued waits for the thread itself (at most the stall
+/// limit). With the batch being filled, this bounds what a session's recorder holds in
+/// memory beside its frame and staging buffers (about 1.3 MiB of relayed packets when
+/// its callers wait, 2.3 MiB at most).
 const QUEUE: usize = 4;
+const HARD_QUEUE: usize = 2 * QUEUE;
+
+/// How many batches wait for the recording's thread, and a way to wait for fewer. The
+/// queue itself is unbounded, so that no caller ever waits holding the queue's lock
+/// (and with it every other caller, the relay's thread among them): callers wait here
+/// first, without it.
+#[derive(Default)]
+struct Backlog {
+    /// Batches queued, and whether the thread is gone (nothing is worth waiting for).
+    state: Mutex<(usize, bool)>,
+    taken: Condvar,
+}
+
+impl Backlog {
+    fn queued(&self) -> usize {
+        locked(&self.state).0
+    }
+
+    fn add(&self) {
+        locked(&self.state).0 += 1;
+    }
+
+    /// The thread took a batch.
+    fn took(&self) {
+        let mut st = locked(&self.state);
+        st.0 = st.0.saturating_sub(1);
+        self.taken.notify_all();
+    }
+
+    /// The thread stopped: whoever waits goes on (and finds the recording ended).
+    fn close(&self) {
+        locked(&self.state).1 = true;
+        self.taken.notify_all();
+    }
+
+    /// Wait until fewer than `limit` batches are queued, or the thread is gone; false
+    /// if `timeout` passed first.
+    fn wait_below(&self, limit: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = locked(&self.state);
+        while st.0 >= limit && !st.1 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = self.taken.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+}
 
 /// A call's records, stamped.
 struct Record {
@@ -180,6 +244,7 @@ struct Worker {
     clock: Arc<Clock>,
     st: State,
     status: Arc<Mutex<Status>>,
+    backlog: Arc<Backlog>,
 }
 
 /// Writes a signed, hash-chained recording to a file it creates (never overwrites).
@@ -202,6 +267,7 @@ pub struct FileRecorder {
     hash_here: bool,
     tx: Mutex<Queue>,
     status: Arc<Mutex<Status>>,
+    backlog: Arc<Backlog>,
 }
 
 /// The callers' side of the thread's queue.
@@ -303,6 +369,7 @@ impl FileRecorder {
         let header_hash = format::encode_frame(&mut out, &[0u8; 32], FRAME_HEADER, 0, &header_json);
         let clock = Arc::new(clock);
         let status = Arc::new(Mutex::new(Status::Open));
+        let backlog = Arc::new(Backlog::default());
         let hash_here = data_key.is_none();
         let mut worker = Worker {
             session_id: header.session_id.clone(),
@@ -321,6 +388,7 @@ impl FileRecorder {
                 index: Vec::new(),
             },
             status: status.clone(),
+            backlog: backlog.clone(),
         };
         worker.sign_frame(FRAME_CHECKPOINT);
         let mut sink = Sink::new(file, path);
@@ -335,7 +403,7 @@ impl FileRecorder {
             .map_err(create_err)?;
         index.write_all(format::INDEX_MAGIC).map_err(create_err)?;
         worker.st.index_file = Some(index);
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let (tx, rx) = crossbeam_channel::unbounded();
         std::thread::Builder::new()
             .name("herse-rec".into())
             .stack_size(256 << 10)
@@ -353,6 +421,7 @@ impl FileRecorder {
                 bytes: 0,
             }),
             status,
+            backlog,
         })
     }
 
@@ -383,12 +452,24 @@ impl FileRecorder {
         RecordError::Stalled(self.stall)
     }
 
-    /// Queue `cmd`, waiting at most the stall limit for room.
+    /// Queue `cmd` (the queue never blocks; [`Backlog`] bounds it).
     fn send(&self, tx: &Sender<Cmd>, cmd: Cmd) -> Result<(), RecordError> {
-        match tx.send_timeout(cmd, self.stall) {
-            Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => Err(self.stalled()),
-            Err(SendTimeoutError::Disconnected(_)) => Err(self.ended().unwrap_or(RecordError::Stopped)),
+        let records = matches!(cmd, Cmd::Records(_));
+        tx.send(cmd).map_err(|_| self.ended().unwrap_or(RecordError::Stopped))?;
+        if records {
+            self.backlog.add();
+        }
+        Ok(())
+    }
+
+    /// Wait, at most the stall limit, until fewer than `limit` batches are queued.
+    fn room_below(&self, limit: usize) -> Result<(), RecordError> {
+        if !self.backlog.wait_below(limit, self.stall) {
+            return Err(self.stalled());
+        }
+        match self.ended() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -440,6 +521,10 @@ impl FileRecorder {
         if let Some(e) = self.ended() {
             return Err(e);
         }
+        // A caller that did not wait in `await_room` waits here, without the lock.
+        if self.backlog.queued() >= HARD_QUEUE {
+            self.room_below(HARD_QUEUE)?;
+        }
         // The stamp and the place in the queue are taken under one lock, so records
         // keep their order in time, and none lands after the seal.
         let mut q = locked(&self.tx);
@@ -474,6 +559,11 @@ impl Worker {
     /// Serve the recording's callers until it is sealed, stopped, or dropped (its
     /// callers gone: the file then ends unsealed and reads as truncated).
     fn run(mut self, rx: Receiver<Cmd>) {
+        self.serve(rx);
+        self.backlog.close();
+    }
+
+    fn serve(&mut self, rx: Receiver<Cmd>) {
         for cmd in rx {
             if matches!(*locked(&self.status), Status::Stopped(_)) {
                 // A caller's sync failed: nothing more is written. (After a stall, what
@@ -482,6 +572,7 @@ impl Worker {
             }
             match cmd {
                 Cmd::Records(batch) => {
+                    self.backlog.took();
                     for Record { kind, channel, t, data } in batch {
                         let r = match data {
                             Pieces::One(p) => self.push(kind, channel, t, std::iter::once(p.payload())),
@@ -699,6 +790,14 @@ impl Recorder for FileRecorder {
     fn meta(&self, channel: u32, meta: &Meta) -> Result<(), RecordError> {
         let json = serde_json::to_vec(meta)?;
         self.record(kind::META, channel, &json)
+    }
+
+    fn backlogged(&self) -> bool {
+        self.backlog.queued() >= QUEUE
+    }
+
+    fn await_room(&self) -> Result<(), RecordError> {
+        self.room_below(QUEUE)
     }
 
     fn flush(&self) -> Result<(), RecordError> {

@@ -751,6 +751,41 @@ fn a_store_that_stops_answering_fails_the_calls_within_the_stall_limit() {
     assert!(v.events > 1, "the records queued before the stall were written");
 }
 
+/// A caller that can wait elsewhere (the relay, on a thread other connections share)
+/// is told the recording is behind before any call would block, and waits in
+/// `await_room` instead: there for at most the stall limit. Recording calls up to then
+/// return at once.
+#[test]
+fn a_recording_that_falls_behind_says_so_before_any_call_blocks() {
+    let fs = Frozen::new("behind");
+    let path = fs.mount.join("r.herserec");
+    let limit = std::time::Duration::from_millis(700);
+    let rec = FileRecorder::create(&path, &header(), key())
+        .unwrap()
+        .with_stall_limit(limit);
+    fs.freeze(true);
+    let packet = bytes::Bytes::from(vec![b'x'; 32 * 1024]);
+    let mut calls = 0;
+    let waited = loop {
+        if rec.backlogged() {
+            // The thread may still take a batch before it blocks on the store.
+            let t = std::time::Instant::now();
+            match rec.await_room() {
+                Ok(()) => {}
+                Err(RecordError::Stalled(l)) if l == limit => break t.elapsed(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let t = std::time::Instant::now();
+        rec.data_shared(1, DataDirection::Output, packet.clone()).unwrap();
+        assert!(t.elapsed() < limit / 2, "a call waited {:?}", t.elapsed());
+        calls += 1;
+        assert!(calls < 1000, "never behind");
+    };
+    assert!(waited >= limit && waited < limit * 3, "{waited:?}");
+    fs.freeze(false);
+}
+
 #[test]
 fn records_from_many_threads_keep_their_order_and_none_lands_after_the_seal() {
     let path = tmp("threads");

@@ -2064,6 +2064,87 @@ fn a_recording_store_that_hangs_ends_its_sessions_and_refuses_new_ones() {
     assert!(audit.contains("did not answer within 3s"), "{audit}");
 }
 
+/// Every connection thread serves several connections. A session whose recording falls
+/// behind (its store hung) waits for it off that thread, so the other connections there
+/// go on: killed, they are cut at once, long before the stall limit.
+#[test]
+fn a_session_waiting_for_its_recording_holds_up_no_other_connection() {
+    let w = World::with_config("hangshare", "[recordings]\nstall_timeout = \"30s\"\n", "");
+    let store = Freezable::mount(&w.gw.data().join("recordings"), &w.dir.0.join("recordings.img"));
+    let session = |cmd: &str| {
+        ssh(&w.alice)
+            .args(["-l", DEPLOY, "web1", cmd])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let live = |n: usize| {
+        let start = Instant::now();
+        loop {
+            let rows = json_rows(&ok(w.gw.ctl().args(["sessions", "list", "--json"])));
+            if rows.len() == n {
+                break rows;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{} sessions of {n}",
+                rows.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Output as fast as the client takes it. (The first login proves the second
+    // factor; the role remembers it for the others.)
+    let mut bulk = session("cat /dev/zero");
+    let bulk_id = live(1)[0]["id"].as_str().unwrap().to_owned();
+    // The gateway has a connection thread per core and gives each connection to the
+    // one with the fewest: with one idle session fewer than twice the threads, at
+    // least one idle session shares the bulk session's thread.
+    let threads = std::thread::available_parallelism().unwrap().get();
+    let mut idle: Vec<_> = (0..2 * threads - 1).map(|_| session("sleep 120")).collect();
+    let ids: Vec<String> = live(2 * threads)
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .filter(|id| *id != bulk_id)
+        .collect();
+
+    store.freeze(true);
+    // The bulk session's recording falls behind within milliseconds.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut slowest = Duration::ZERO;
+    for (n, id) in ids.iter().enumerate() {
+        let t = Instant::now();
+        let kill =
+            w.gw.ctl()
+                .args(["sessions", "kill", id])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+        // Which client is whose does not matter: each kill cuts one more.
+        loop {
+            if idle
+                .iter_mut()
+                .map(|c| c.try_wait().unwrap().is_some())
+                .filter(|e| *e)
+                .count()
+                > n
+            {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "a killed session was not cut");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        slowest = slowest.max(t.elapsed());
+        assert!(kill.wait_with_output().unwrap().status.success());
+    }
+    eprintln!("killed idle sessions cut within {slowest:?} while the bulk session waited for its store");
+    assert!(slowest < Duration::from_secs(3), "{slowest:?}");
+    store.freeze(false);
+    let _ = bulk.kill();
+    let _ = bulk.wait();
+}
+
 #[test]
 fn sessions_watch_follows_a_live_session_read_only() {
     let w = World::new("watch");
