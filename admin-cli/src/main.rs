@@ -126,7 +126,9 @@ fn main() -> ExitCode {
     match rt.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hersectl: {}", e.message);
+            // Messages quote recordings, the database and the gateway's answers: nothing
+            // in them may act on the terminal.
+            eprintln!("hersectl: {}", output::clean_lines(&e.message));
             ExitCode::from(e.code)
         }
     }

@@ -407,7 +407,7 @@ pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
             let row = source.row(id).await?;
             let key = source.audit_key(None).await?;
             let path = source.file(&row).await?;
-            play_file(&path, &key, *speed, *at, *skip_idle)
+            play_file(&path, &key, &row, *speed, *at, *skip_idle)
         }
         RecordingsCmd::Search {
             text,
@@ -424,7 +424,7 @@ pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
             };
             let r: SearchResult = parse(execute(cli, &Call::RecordingsSearch(q)).await?)?;
             for s in &r.skipped {
-                eprintln!("hersectl: {}: {}", s.session, s.error);
+                eprintln!("hersectl: {}: {}", output::clean(&s.session), output::clean(&s.error));
             }
             let found = r.hits;
             if *play {
@@ -436,7 +436,7 @@ pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
                 let row = source.row(&first.session).await?;
                 let key = source.audit_key(None).await?;
                 let path = source.file(&row).await?;
-                return play_file(&path, &key, 1.0, (first.at_seconds - 2.0).max(0.0), false);
+                return play_file(&path, &key, &row, 1.0, (first.at_seconds - 2.0).max(0.0), false);
             }
             output::table(json, &found, &["SESSION", "USER", "TARGET", "AT", "MATCH"], |h| {
                 vec![
@@ -494,7 +494,7 @@ pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
             let row = source.row(id).await?;
             let key = source.audit_key(None).await?;
             let path = source.file(&row).await?;
-            let (header, events) = verified_events(&path, &key, 0)?;
+            let (header, events) = verified_events(&path, &key, &row, 0)?;
             let text = match format {
                 ExportFormat::Asciicast => asciicast(&header, &events),
                 ExportFormat::Text => transcript(&events),
@@ -1270,12 +1270,13 @@ pub async fn watch(cli: &Cli, id: &str, from_start: bool) -> Result<(), Failure>
         let mut reader = RecordingReader::new(tail, Some(key)).map_err(failed)?;
         unlock(&mut reader).map_err(failed)?;
         let mut out = std::io::stdout().lock();
+        let h = reader.header();
         eprintln!(
             "herse: watching session {} ({}@{}, user {}), read-only; Ctrl-C to stop",
-            reader.header().session_id,
-            reader.header().login,
-            reader.header().target,
-            reader.header().user
+            output::clean(&h.session_id),
+            output::clean(&h.login),
+            output::clean(&h.target),
+            output::clean(&h.user)
         );
         while let Some(e) = reader.next_event().map_err(failed)? {
             match e {
@@ -1326,7 +1327,7 @@ pub async fn watch(cli: &Cli, id: &str, from_start: bool) -> Result<(), Failure>
             }
         }
     };
-    eprintln!("\r\nherse: session ended: {reason}");
+    eprintln!("\r\nherse: session ended: {}", output::clean(&reason));
     Ok(())
 }
 
@@ -1347,41 +1348,77 @@ fn parse_when(s: &str) -> Result<i64, Failure> {
 
 /// The events of a recording from time `at_micros` on (through the seek index), read
 /// with the audit key: every checkpoint and the seal are checked as they are read, so
-/// nothing of a recording that fails verification is shown or exported. An unsealed
-/// recording is read to its end, with a warning for what follows its last checkpoint.
+/// nothing of a recording that fails verification is shown or exported. Only what a
+/// checkpoint or the seal vouches for is returned: the tail of a recording cut short is
+/// left out, with a warning (`show` lists it apart). A signed recording of another
+/// session (copied over this one's file) is refused, as `show` and `verify` refuse it.
+/// A seek index that does not lead into the recording where it says is ignored: the
+/// recording is then read from the start.
 fn verified_events(
     path: &Path,
     key: &VerifyingKey,
+    row: &SessionRow,
     at_micros: u64,
 ) -> Result<(session_recordings::Header, Vec<Event>), Failure> {
-    let mut r = if at_micros == 0 {
-        RecordingReader::open_verified(path, key)
-    } else {
-        RecordingReader::open_at_verified(path, at_micros, key)
-    }
-    .map_err(|e| failed(format!("{}: {e}", path.display())))?;
-    unlock(&mut r).map_err(|e| failed(format!("{}: {e}", path.display())))?;
-    let (header, events, truncated) = r.events().map_err(|e| {
+    let read = |at: u64| {
+        let mut r = if at == 0 {
+            RecordingReader::open_verified(path, key)
+        } else {
+            RecordingReader::open_at_verified(path, at, key)
+        }?;
+        unlock(&mut r)?;
+        r.events_and_verdict()
+    };
+    let read = match read(at_micros) {
+        Err(e) if at_micros > 0 => {
+            eprintln!(
+                "hersectl: reading {} from the seek point failed ({}); reading it from the start",
+                path.display(),
+                output::clean(&e.to_string())
+            );
+            read(0)
+        }
+        r => r,
+    };
+    let (verified, mut events) = read.map_err(|e| {
         failed(format!(
             "recording {} does not verify, so it is not shown: {e} (see `hersectl recordings verify`)",
             path.display()
         ))
     })?;
-    if truncated {
-        eprintln!(
-            "hersectl: recording {} is not sealed (the session is live, or was cut short): \
-             what follows its last checkpoint is not authenticated",
-            header.session_id
-        );
+    if let Some(what) = not_its_session(&verified.header, row) {
+        return Err(failed(format!(
+            "recording {} is not the session's recording (its {what} differs from the session's), \
+             so it is not shown (see `hersectl recordings verify`)",
+            path.display()
+        )));
     }
-    Ok((header, events))
+    let vouched = usize::try_from(verified.authenticated_events).unwrap_or(usize::MAX);
+    if events.len() > vouched {
+        eprintln!(
+            "hersectl: recording of session {} is not sealed (the session is live, or was cut \
+             short): the {} events after its last checkpoint are not authenticated and are left \
+             out (`hersectl recordings show` lists them apart)",
+            row.id,
+            events.len() - vouched
+        );
+        events.truncate(vouched);
+    }
+    Ok((verified.header, events))
 }
 
-fn play_file(path: &Path, key: &VerifyingKey, speed: f64, at: f64, skip_idle: bool) -> Result<(), Failure> {
+fn play_file(
+    path: &Path,
+    key: &VerifyingKey,
+    row: &SessionRow,
+    speed: f64,
+    at: f64,
+    skip_idle: bool,
+) -> Result<(), Failure> {
     let at_micros = (at.max(0.0) * 1e6) as u64;
     // Starting later: jump through the seek index instead of decoding from the start
     // (the player can then seek back only to the frame it started from).
-    let (_, events) = verified_events(path, key, at_micros)?;
+    let (_, events) = verified_events(path, key, row, at_micros)?;
     let timeline = crate::play::Timeline::from_events(&events);
     crate::play::play(
         &timeline,

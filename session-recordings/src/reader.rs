@@ -79,6 +79,9 @@ pub struct RecordingReader<R> {
     events: u64,
     events_at_checkpoint: u64,
     data_key: Option<crate::crypt::DataKey>,
+    /// After a jump through the seek index: the time its entry claims for the first
+    /// event of the frame it landed on, checked against that frame's real first event.
+    landing_claim: Option<u64>,
 }
 
 impl RecordingReader<BufReader<std::fs::File>> {
@@ -96,7 +99,10 @@ impl RecordingReader<BufReader<std::fs::File>> {
     /// [`Self::open_at`], checking every checkpoint and the seal from there on against
     /// `key`. The seek index is not trusted: an entry that does not lead into the signed
     /// chain (a wrong offset, frame number or previous hash) makes the read fail at that
-    /// frame or at the next checkpoint, at most a checkpoint interval later.
+    /// frame or at the next checkpoint, at most a checkpoint interval later; one that
+    /// leads into it at a later frame than it claims (skipping what came between) fails
+    /// at the first EVENTS frame, whose first event is not at the time the entry says.
+    /// The header is not tied to the chain after a jump: read from the start for that.
     pub fn open_at_verified(path: &Path, t_micros: u64, key: &VerifyingKey) -> Result<Self, ReadError> {
         Self::seek_to(Self::open_verified(path, key)?, path, t_micros)
     }
@@ -116,6 +122,7 @@ impl RecordingReader<BufReader<std::fs::File>> {
                 r.offset = e.offset;
                 r.seq = e.seq;
                 r.prev = e.prev;
+                r.landing_claim = Some(e.first_t);
             }
         }
         Ok(r)
@@ -165,6 +172,7 @@ impl<R: Read> RecordingReader<R> {
             events: 0,
             events_at_checkpoint: 0,
             data_key: None,
+            landing_claim: None,
         };
         let f = r.next_frame()?.ok_or(ReadError::NoHeader)?;
         if f.kind != FRAME_HEADER {
@@ -342,6 +350,18 @@ impl<R: Read> RecordingReader<R> {
             let t_micros = u64::from_be_bytes(b[1..9].try_into().unwrap_or_default());
             let channel = u32::from_be_bytes(b[9..13].try_into().unwrap_or_default());
             let len = u32::from_be_bytes(b[13..17].try_into().unwrap_or_default()) as usize;
+            if let Some(claim) = self.landing_claim.take() {
+                if claim != t_micros {
+                    return Err(self.corrupt(
+                        f.seq,
+                        f.offset,
+                        format!(
+                            "the seek index does not match the recording: its entry puts this frame's \
+                             first event at {claim} us, the frame has it at {t_micros} us"
+                        ),
+                    ));
+                }
+            }
             let Some(data) = b.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len) else {
                 return Err(self.corrupt(f.seq, f.offset, "event record longer than its frame"));
             };

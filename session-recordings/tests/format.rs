@@ -590,8 +590,26 @@ fn the_seek_index_jumps_near_a_time_and_cannot_forge_data() {
     let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
     let r = RecordingReader::open_at_verified(&path, middle, &other).unwrap();
     assert!(matches!(r.events(), Err(ReadError::BadSignature { .. })));
-    // A forged index entry breaks the chain instead of yielding data.
+    // An entry for a later frame, with its real position and chain hash but an earlier
+    // time, would skip what came between in silence: the frame's real first event
+    // gives it away.
     let idx_path = session_recordings::format::index_path(&path);
+    let real = std::fs::read(&idx_path).unwrap();
+    let later = real[8..]
+        .chunks(56)
+        .find(|e| u64::from_be_bytes(e[16..24].try_into().unwrap()) > middle + 20_000)
+        .expect("a frame well after the middle");
+    let mut forged = real[..8].to_vec();
+    forged.extend_from_slice(&later[..16]);
+    forged.extend_from_slice(&0u64.to_be_bytes());
+    forged.extend_from_slice(&later[24..]);
+    std::fs::write(&idx_path, &forged).unwrap();
+    let r = RecordingReader::open_at_verified(&path, middle, &key().verifying_key()).unwrap();
+    assert!(r.offset() > 1_000_000, "the forged entry was followed");
+    let err = r.events().unwrap_err().to_string();
+    assert!(err.contains("seek index does not match"), "{err}");
+    std::fs::write(&idx_path, &real).unwrap();
+    // A forged index entry breaks the chain instead of yielding data.
     let mut idx = std::fs::read(&idx_path).unwrap();
     let last = idx.len() - 32;
     idx[last] ^= 1;

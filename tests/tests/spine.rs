@@ -1689,12 +1689,77 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
         "{}",
         text(&v.stdout)
     );
-    let shown = run(w.gw.ctl().args(["recordings", "show", middle]));
-    assert_eq!(shown.status.code(), Some(1), "{}", text(&shown.stdout));
+    // Nor is it shown, exported or played as this session's.
+    for args in [
+        &["recordings", "show", middle.as_str()][..],
+        &["recordings", "export", middle.as_str(), "--format", "text"][..],
+        &["recordings", "play", middle.as_str(), "--speed", "100"][..],
+    ] {
+        let out = run(w.gw.ctl().args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out.stdout));
+        assert!(text(&out.stdout).is_empty(), "{args:?}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stderr).contains("not the session's recording"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    // A recording made up without the key: this session's header, then an EVENTS frame,
+    // hash-chained, with no checkpoint. Nothing of it is exported or played.
+    use session_recordings::format as f;
+    let forge = |header: &[u8], output: &[u8]| {
+        let mut file = session_recordings::MAGIC.to_vec();
+        file.extend_from_slice(&session_recordings::VERSION.to_be_bytes());
+        let prev = f::encode_frame(&mut file, &[0u8; 32], f::FRAME_HEADER, 0, header);
+        let mut payload = Vec::new();
+        f::encode_record(&mut payload, 2, 1_000, 0, output);
+        let chain = f::ChainHash::of_version(session_recordings::VERSION).unwrap();
+        let hash = f::events_frame_hash(chain, &prev, 1, &payload).unwrap();
+        file.extend_from_slice(&f::frame_head(f::FRAME_EVENTS, 1, payload.len()));
+        file.extend_from_slice(&payload);
+        file.extend_from_slice(&hash);
+        file
+    };
+    let real_header = serde_json::to_value(
+        session_recordings::RecordingReader::new(&bytes[..], None)
+            .unwrap()
+            .header(),
+    )
+    .unwrap();
+    std::fs::write(
+        &path,
+        forge(&serde_json::to_vec(&real_header).unwrap(), b"forged output\n"),
+    )
+    .unwrap();
+    for args in [
+        &["recordings", "export", middle.as_str(), "--format", "text"][..],
+        &["recordings", "play", middle.as_str(), "--speed", "100"][..],
+    ] {
+        let out = run(w.gw.ctl().args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out.stdout));
+        assert!(!text(&out.stdout).contains("forged"), "{args:?}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stderr).contains("no checkpoint"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // Its errors quote the file: whatever terminal escapes it holds are written out, not
+    // sent to the auditor's terminal (an unknown header field named like an OSC 52
+    // clipboard write).
+    let mut odd = real_header.clone();
+    odd["\u{1b}]52;c;aGk=\u{7}"] = 1.into();
+    std::fs::write(&path, forge(&serde_json::to_vec(&odd).unwrap(), b"x")).unwrap();
+    let out = run(w
+        .gw
+        .ctl()
+        .args(["recordings", "export", middle.as_str(), "--format", "text"]));
+    assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&shown.stderr).contains("not the session's recording"),
-        "{}",
-        text(&shown.stderr)
+        text(&out.stderr).contains("unknown field") && !text(&out.stderr).contains('\u{1b}'),
+        "{:?}",
+        text(&out.stderr)
     );
     std::fs::write(&path, &bytes).unwrap();
 
@@ -1729,6 +1794,14 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     let (code, out) = verify_all();
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("truncated"), "{out}");
+    // Its export holds only what a checkpoint vouches for: not the events written after
+    // the last one (this short session's output and end: its only checkpoint is the
+    // one after the header), which it says it left out.
+    let out = run(w.gw.ctl().args(["recordings", "export", &ids[0], "--format", "text"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("run 1"), "{}", text(&out.stdout));
+    assert!(!text(&out.stdout).contains("[session ended"), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("are left out"), "{}", text(&out.stderr));
     std::fs::write(&newest, &newest_bytes).unwrap();
     sql(&format!("UPDATE sessions SET ended_at = 1 WHERE id = '{}'", ids[0]));
     assert_eq!(verify_all().0, Some(0));
