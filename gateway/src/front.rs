@@ -87,6 +87,9 @@ pub struct FrontHandler {
     refused_channels: u32,
     /// The key proven by the last public-key step, checked again when the session opens.
     key: Option<PublicKey>,
+    /// An inner login (a ProxyJump hop) counted among its user's pending hops until it
+    /// authenticates.
+    pending_hop: Option<crate::pending::Pending>,
 }
 
 /// Channel opens refused by policy on one connection before the gateway closes it: a
@@ -157,6 +160,7 @@ impl FrontHandler {
             limit_audited: AtomicBool::new(false),
             refused_channels: 0,
             key: None,
+            pending_hop: None,
             gw,
             origin,
             mode,
@@ -922,6 +926,7 @@ impl server::Handler for FrontHandler {
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         self.authenticated.store(true, Ordering::Release);
+        self.pending_hop = None;
         if let AuthState::Target(s) = &self.state {
             s.set_front(session.handle());
         }
@@ -1066,6 +1071,15 @@ impl server::Handler for FrontHandler {
                     self.channel_refused(session).await;
                     return Ok(());
                 };
+                let Some(pending) = self.gw.pending_hops.enter(user.as_str()) else {
+                    reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+                    let limit = self.gw.pending_hops.limit();
+                    self.audit_limit(format!(
+                        "ProxyJump hop to {target} refused: {limit} hops of this user are waiting for their login"
+                    ))
+                    .await;
+                    return Ok(());
+                };
                 let Some((slot, reply)) = self.channel_slot(reply).await else {
                     return Ok(());
                 };
@@ -1089,7 +1103,8 @@ impl server::Handler for FrontHandler {
                     }
                 };
                 reply.accept().await;
-                let inner = FrontHandler::new(self.gw.clone(), self.origin.clone(), Mode::Inner { user, target });
+                let mut inner = FrontHandler::new(self.gw.clone(), self.origin.clone(), Mode::Inner { user, target });
+                inner.pending_hop = Some(pending);
                 let tasks = self.gw.tasks.clone();
                 tasks.spawn(async move {
                     let _slots = (slot, connection);

@@ -34,6 +34,9 @@ pub struct Gateway {
     pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
     /// One permit per SSH connection, accepted or inner (a ProxyJump hop): `ssh.max_connections`.
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    /// ProxyJump hops whose inner login has not authenticated yet, per user (each holds
+    /// a connection permit): [`MAX_PENDING_HOPS`] at most.
+    pub(crate) pending_hops: Arc<crate::pending::PendingLogins>,
     /// Which recordings each reader fetched lately, so that a download is audited once
     /// per read, not per chunk.
     pub(crate) recording_reads: RecentReads,
@@ -42,6 +45,12 @@ pub struct Gateway {
     /// Signs the audit log's head, from this node's witness of the chain.
     pub checkpoints: crate::audit_log::Checkpointer,
 }
+
+/// ProxyJump hops a user may have waiting for their inner login at once, on all of
+/// their connections. A client jumping through the gateway opens one and logs in at
+/// once; without a cap, the hops of a workstation's connections (64 connections, each
+/// with `ssh.max_sessions` hops) could hold every connection permit, with a key alone.
+pub const MAX_PENDING_HOPS: usize = 4;
 
 impl Gateway {
     pub fn new(
@@ -60,6 +69,7 @@ impl Gateway {
         let witness = crate::audit_log::Witness::in_dir(&config.data_dir);
         Arc::new(Gateway {
             connections,
+            pending_hops: crate::pending::PendingLogins::new(MAX_PENDING_HOPS),
             node: config.node.clone(),
             config,
             policy: ArcSwap::from_pointee(policy),

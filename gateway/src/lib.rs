@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod mfa;
 pub mod origin;
 pub mod peer_endpoints;
+pub mod pending;
 pub mod policy;
 pub mod recordings_query;
 pub mod relay;
