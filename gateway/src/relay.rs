@@ -536,7 +536,6 @@ async fn client_to_target(
                 reason: reason.clone(),
             },
         )?;
-        tracing::info!(session = %s.id(), request, reason, "request denied");
         s.audit_denied(&request, &reason).await;
         if matches!(
             msg,

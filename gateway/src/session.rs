@@ -334,9 +334,14 @@ impl TargetSession {
         *self.front.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     }
 
-    /// Audit a request refused on this session (up to [`AUDITED_DENIALS`] of them).
+    /// Audit and log a request refused on this session (up to [`AUDITED_DENIALS`] of
+    /// them: a client can repeat a refused request as fast as it likes, and neither the
+    /// audit trail nor the log may grow with it).
     pub async fn audit_denied(&self, request: &str, reason: &str) {
         let n = self.denials.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= AUDITED_DENIALS {
+            tracing::info!(session = %self.id, request, reason, "request denied");
+        }
         let detail = match n.cmp(&AUDITED_DENIALS) {
             std::cmp::Ordering::Less => format!("{request}: {reason}"),
             std::cmp::Ordering::Equal => format!(

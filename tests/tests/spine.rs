@@ -1539,6 +1539,14 @@ fn read_only_sftp_refuses_writes_and_allows_reads() {
             .any(|e| e["kind"] == "session.end" && detail(e).contains(&format!("({flood} requests refused)"))),
         "the end event counts the refusals"
     );
+    // The log is bounded the same way: a client repeating a refused request cannot
+    // flood it either.
+    let log = std::fs::read_to_string(w.gw.dir.join("herse.log")).unwrap();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("request denied") && l.contains("flood"))
+        .count();
+    assert_eq!(logged, 20, "herse::session::AUDITED_DENIALS");
 }
 
 fn recording_ids(w: &World) -> Vec<String> {
@@ -2914,6 +2922,37 @@ fn file_names_that_are_not_utf8_are_recorded_exactly() {
     assert!(found.iter().any(|f| f["session"] == sftp_session.as_str()), "{found:?}");
 }
 
+/// A refused request that leaves the channel open (X11, here) can be repeated as fast
+/// as the client likes: every one is recorded, but the audit trail and the log keep
+/// only the first 20 (herse::session::AUDITED_DENIALS).
+#[test]
+fn repeated_refused_requests_do_not_flood_the_log() {
+    let w = World::new("x11flood");
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = raw_login(w.gw.port, key, &w.alice_totp).await;
+        let mut ch = h.channel_open_session().await.unwrap();
+        for _ in 0..60 {
+            ch.request_x11(false, false, "MIT-MAGIC-COOKIE-1", "00", 0)
+                .await
+                .unwrap();
+        }
+        ch.exec(true, "true").await.unwrap();
+        while ch.wait().await.is_some() {}
+    });
+    wait_sessions_ended(&w);
+    let recorded = recordings(&w)
+        .into_iter()
+        .flat_map(|(_, ev)| ev)
+        .filter(|e| matches!(e, Event::Meta { meta: Meta::Denied { request, .. }, .. } if request.contains("x11")))
+        .count();
+    assert_eq!(recorded, 60, "every refusal is recorded");
+    let log = std::fs::read_to_string(w.gw.dir.join("herse.log")).unwrap();
+    let logged = log.lines().filter(|l| l.contains("request denied")).count();
+    assert_eq!(logged, 20, "the log keeps the audited refusals only");
+}
+
 #[test]
 fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
     let w = World::new("raw");
@@ -3164,6 +3203,83 @@ fn a_connection_that_keeps_being_refused_is_closed() {
 /// Channels per connection stop at `ssh.max_sessions`, like OpenSSH's MaxSessions, and a
 /// ProxyJump hop counts against `ssh.max_connections` like an accepted connection: an
 /// authenticated user cannot open upstream sessions without bound over one connection.
+/// ProxyJump hops waiting for their inner login each hold a connection permit: a user
+/// may have four waiting, on all of their connections, so that a key alone cannot hold
+/// the gateway's permits (64 tunnel connections a workstation, ten hops each, are more
+/// than the default 512). Other users are not held up, and a hop that logs in gives its
+/// place back.
+#[test]
+fn a_users_hops_waiting_for_their_login_are_capped_across_connections() {
+    let w = World::new("pendinghops");
+    let shortage = |r: Result<(), russh::Error>| {
+        matches!(
+            r,
+            Err(russh::Error::ChannelOpenFailure(
+                russh::ChannelOpenFailure::ResourceShortage
+            ))
+        )
+    };
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let bob_key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("bob"), None).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let jump = raw_login_as(w.gw.port, key.clone(), &w.alice_totp, "alice").await;
+        let hop = || jump.channel_open_direct_tcpip("web1", 22, "127.0.0.1", 5000);
+        let mut waiting = Vec::new();
+        for _ in 0..4 {
+            waiting.push(hop().await.expect("a hop under the cap"));
+        }
+        assert!(shortage(hop().await.map(drop)), "a fifth waiting hop was served");
+        // The cap is the user's, not the connection's.
+        let other = raw_login_as(w.gw.port, key.clone(), &w.alice_totp, "alice").await;
+        assert!(
+            shortage(
+                other
+                    .channel_open_direct_tcpip("web1", 22, "127.0.0.1", 5000)
+                    .await
+                    .map(drop)
+            ),
+            "her other connection got a fifth waiting hop"
+        );
+        // Bob is not held up by her hops.
+        let bob = raw_login_as(w.gw.port, bob_key, &w.bob_totp, "bob").await;
+        bob.channel_open_direct_tcpip("web1", 22, "127.0.0.1", 5000)
+            .await
+            .expect("another user's hop");
+        // One of her hops logs in: it waits no more, and a new hop is served.
+        let mut inner = russh::client::connect_stream(
+            std::sync::Arc::new(russh::client::Config::default()),
+            waiting.pop().unwrap().into_stream(),
+            AcceptAny,
+        )
+        .await
+        .unwrap();
+        let auth = inner
+            .authenticate_publickey(DEPLOY, russh::keys::PrivateKeyWithHashAlg::new(key.clone(), None))
+            .await
+            .unwrap();
+        if !auth.success() {
+            inner
+                .authenticate_keyboard_interactive_start(DEPLOY, None)
+                .await
+                .unwrap();
+            let r = inner
+                .authenticate_keyboard_interactive_respond(vec![totp_next(&w.alice_totp)])
+                .await
+                .unwrap();
+            assert!(
+                matches!(r, russh::client::KeyboardInteractiveAuthResponse::Success),
+                "{r:?}"
+            );
+        }
+        let ch = inner.channel_open_session().await.unwrap();
+        ch.exec(true, "true").await.unwrap();
+        hop().await.expect("the place of the hop that logged in");
+        assert!(shortage(hop().await.map(drop)), "the cap held after the login");
+        drop(waiting);
+    });
+}
+
 #[test]
 fn channels_per_connection_and_proxyjump_hops_are_bounded() {
     let w = World::with_ssh(
