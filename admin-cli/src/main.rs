@@ -12,6 +12,7 @@ mod output;
 mod play;
 mod recordings;
 mod remote;
+mod term_filter;
 mod workstations;
 
 use std::path::PathBuf;

@@ -9,6 +9,7 @@ use crossterm::terminal;
 use session_recordings::{DataDirection, Event, Meta};
 
 use crate::commands::Failure;
+use crate::term_filter::TerminalFilter;
 
 /// The terminal channel of a recording and its size: the channel with a pty, else the
 /// first with output (an 80x24 xterm).
@@ -37,7 +38,8 @@ pub fn terminal_channel(events: &[Event]) -> (u32, String, u32, u32) {
     })
 }
 
-/// The output of one channel, in time order.
+/// The output of one channel, in time order, as it may reach the auditor's terminal
+/// (through [`TerminalFilter`]: what draws, not what acts on the terminal).
 pub struct Timeline {
     pub frames: Vec<(u64, Vec<u8>)>,
     pub duration: u64,
@@ -47,6 +49,7 @@ impl Timeline {
     /// The terminal channel: the one with a pty, else the first with output.
     pub fn from_events(events: &[Event]) -> Timeline {
         let (channel, ..) = terminal_channel(events);
+        let mut filter = TerminalFilter::default();
         let frames = events
             .iter()
             .filter_map(|e| match e {
@@ -55,7 +58,11 @@ impl Timeline {
                     channel: c,
                     direction: DataDirection::Output | DataDirection::Stderr,
                     data,
-                } if *c == channel => Some((*t_micros, data.clone())),
+                } if *c == channel => {
+                    let mut shown = Vec::with_capacity(data.len());
+                    filter.feed(data, &mut shown);
+                    Some((*t_micros, shown))
+                }
                 _ => None,
             })
             .collect();

@@ -1270,6 +1270,8 @@ pub async fn watch(cli: &Cli, id: &str, from_start: bool) -> Result<(), Failure>
         let mut reader = RecordingReader::new(tail, Some(key)).map_err(failed)?;
         unlock(&mut reader).map_err(failed)?;
         let mut out = std::io::stdout().lock();
+        let mut filter = crate::term_filter::TerminalFilter::default();
+        let mut shown = Vec::new();
         let h = reader.header();
         eprintln!(
             "herse: watching session {} ({}@{}, user {}), read-only; Ctrl-C to stop",
@@ -1285,7 +1287,9 @@ pub async fn watch(cli: &Cli, id: &str, from_start: bool) -> Result<(), Failure>
                     data,
                     ..
                 } if from_start || reader.offset() > join_at => {
-                    out.write_all(&data)?;
+                    shown.clear();
+                    filter.feed(&data, &mut shown);
+                    out.write_all(&shown)?;
                     out.flush()?;
                 }
                 Event::Meta {

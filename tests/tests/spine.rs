@@ -1836,6 +1836,39 @@ fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     );
 }
 
+/// A session's output that would act on the auditor's terminal beyond drawing (write
+/// their clipboard, ask for a report the terminal answers as typed input) is kept in
+/// the recording, byte for byte, and left out when the session is played.
+#[test]
+fn playing_a_recording_does_not_let_it_act_on_the_auditors_terminal() {
+    let w = World::new("playfilter");
+    let printed = "printf 'before\\033]52;c;cm0gLXJmIH4K\\007\\033[6n\\033[21t\\033[1;32mafter\\033[0m\\n'";
+    let out = run(ssh(&w.alice).args(["-tt", "-l", DEPLOY, "web1", printed]));
+    assert!(text(&out.stdout).contains("after"), "{}", text(&out.stderr));
+    wait_sessions_ended(&w);
+    let id = recording_ids(&w).remove(0);
+    let played = run(w.gw.ctl().args(["recordings", "play", &id, "--speed", "100"]));
+    assert!(played.status.success(), "{}", text(&played.stderr));
+    let shown = &played.stdout;
+    let has = |needle: &[u8]| shown.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"before") && has(b"\x1b[1;32mafter\x1b[0m"), "{:?}", text(shown));
+    assert!(
+        !has(b"\x1b]52") && !has(b"\x1b[6n") && !has(b"\x1b[21t"),
+        "{:?}",
+        text(shown)
+    );
+    // The recording holds them: the JSON export has every byte.
+    let json = ok(w.gw.ctl().args(["recordings", "export", &id, "--format", "json"]));
+    let bytes: Vec<u8> = json
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["data"].as_str().map(str::to_owned))
+        .flat_map(|d| d.into_bytes())
+        .collect();
+    let raw = String::from_utf8_lossy(&bytes);
+    assert!(raw.contains("\u{1b}]52;c;cm0gLXJmIH4K\u{7}"), "{json}");
+}
+
 #[test]
 fn sigkill_during_a_transfer_leaves_a_truncated_recording_that_replays() {
     let w = World::new("sigkill");
