@@ -505,7 +505,7 @@ impl FrontHandler {
         else {
             return Ok(false);
         };
-        if crate::session::over_connection_limit(&self.gw, user, &authorized)
+        if crate::session::over_connection_limit(&self.gw, user, &authorized, false)
             .await
             .map_err(unavailable)?
             .is_some()

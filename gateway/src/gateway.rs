@@ -37,6 +37,9 @@ pub struct Gateway {
     /// ProxyJump hops whose inner login has not authenticated yet, per user (each holds
     /// a connection permit): [`MAX_PENDING_HOPS`] at most.
     pub(crate) pending_hops: Arc<crate::pending::PendingLogins>,
+    /// Sessions starting on this node, per user: between the limit check and the row
+    /// that then counts (a recording and an upstream login apart), they count too.
+    pub(crate) starting: Arc<crate::pending::PendingLogins>,
     /// Which recordings each reader fetched lately, so that a download is audited once
     /// per read, not per chunk.
     pub(crate) recording_reads: RecentReads,
@@ -70,6 +73,7 @@ impl Gateway {
         Arc::new(Gateway {
             connections,
             pending_hops: crate::pending::PendingLogins::new(MAX_PENDING_HOPS),
+            starting: crate::pending::PendingLogins::new(usize::MAX),
             node: config.node.clone(),
             config,
             policy: ArcSwap::from_pointee(policy),

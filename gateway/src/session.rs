@@ -151,7 +151,11 @@ impl TargetSession {
         };
         // Checked first so a user at the limit costs no recording and no upstream
         // connection; checked again, atomically, when the session's row is written.
-        if let Some(denial) = over_connection_limit(gw, user, &authorized)
+        // Logins of the user starting on this node meanwhile count (their rows do not
+        // exist yet): a burst of logins at once costs no more recordings and upstream
+        // logins than the limit allows.
+        let starting = gw.starting.enter(user.as_str());
+        if let Some(denial) = over_connection_limit(gw, user, &authorized, true)
             .await
             .map_err(|e| StartError::Store(e.to_string()))?
         {
@@ -268,6 +272,8 @@ impl TargetSession {
                 .await
                 .map(|ok| (!ok).then_some(limit)),
         };
+        // The row counts from now on (or the session is refused).
+        drop(starting);
         let refusal = match written {
             Ok(None) => None,
             Ok(Some(limit)) => Some((
@@ -415,17 +421,21 @@ impl TargetSession {
 }
 
 /// The refusal of one more session for `user` if they already have as many open (on
-/// every node) as `authorized`'s roles allow. Not atomic: the session's row is checked
-/// again when written.
+/// every node, and starting on this one) as `authorized`'s roles allow. Not atomic:
+/// the session's row is checked again when written. `starting_here`: the login asking
+/// is one of those starting.
 pub async fn over_connection_limit(
     gw: &Gateway,
     user: &UserName,
     authorized: &Authorized,
+    starting_here: bool,
 ) -> Result<Option<Denial>, StoreError> {
     let Some(limit) = authorized.connection_limit() else {
         return Ok(None);
     };
-    let open = gw.store.live_sessions_of(user.as_str()).await?;
+    let rows = gw.store.live_sessions_of(user.as_str()).await?;
+    let starting = gw.starting.count(user.as_str()) as u64;
+    let open = rows + starting.saturating_sub(u64::from(starting_here));
     Ok((open >= u64::from(limit.max)).then(|| limit.refusal(user, open)))
 }
 

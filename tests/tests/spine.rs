@@ -3440,6 +3440,67 @@ fn channels_per_connection_and_proxyjump_hops_are_bounded() {
     assert_eq!(audit.matches("hop to web1 refused").count(), 1, "{audit}");
 }
 
+/// Logins started all at once are held to `max_connections` before any of them costs a
+/// recording or an upstream login: those beyond the limit are refused at once, not
+/// after the gateway has recorded and logged in for them.
+#[test]
+fn a_burst_of_logins_costs_no_more_recordings_than_max_connections_allows() {
+    let w = World::new("maxburst");
+    let policy_path = w.d().join("policy.toml");
+    let policy = std::fs::read_to_string(&policy_path).unwrap();
+    let limited = policy.replacen("[roles.db-exec]\n", "[roles.db-exec]\nmax_connections = 2\n", 1);
+    assert_ne!(limited, policy);
+    std::fs::write(&policy_path, &limited).unwrap();
+    w.gw.signal("HUP");
+    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = rt.block_on(async {
+        // The second factor, once: the role remembers it for the burst.
+        let first = raw_login(w.gw.port, key.clone(), &w.alice_totp).await;
+        first
+            .disconnect(russh::Disconnect::ByApplication, "", "")
+            .await
+            .unwrap();
+        drop(first);
+        let user = format!("alice+{DEPLOY}+web1");
+        let port = w.gw.port;
+        let logins = (0..8).map(|_| {
+            let (key, user) = (key.clone(), user.clone());
+            tokio::spawn(async move {
+                let mut h = raw_connect(port).await.unwrap();
+                let auth = h
+                    .authenticate_publickey(&user, russh::keys::PrivateKeyWithHashAlg::new(key, None))
+                    .await
+                    .unwrap();
+                auth.success().then_some(h)
+            })
+        });
+        let mut held = Vec::new();
+        for l in logins.collect::<Vec<_>>() {
+            if let Some(h) = l.await.unwrap() {
+                held.push(h);
+            }
+        }
+        let started = held.len();
+        for h in held {
+            let _ = h.disconnect(russh::Disconnect::ByApplication, "", "").await;
+        }
+        started
+    });
+    assert!(
+        started <= 2,
+        "{started} sessions started at once with max_connections = 2"
+    );
+    assert!(started >= 1, "none of the burst was served");
+    wait_sessions_ended(&w);
+    let files = std::fs::read_dir(w.gw.data().join("recordings"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "herserec"))
+        .count();
+    assert_eq!(files, 1 + started, "recordings made for logins that were then refused");
+}
+
 /// A role's `max_connections` caps the target sessions its holder has open at once
 /// (Teleport's role option of that name): the lowest among all the user's roles applies,
 /// the refusal says why and is audited, and a session that ends frees its place.
