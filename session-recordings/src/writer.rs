@@ -454,10 +454,16 @@ impl FileRecorder {
 
     /// Queue `cmd` (the queue never blocks; [`Backlog`] bounds it).
     fn send(&self, tx: &Sender<Cmd>, cmd: Cmd) -> Result<(), RecordError> {
+        // Counted before it is sent: the thread may take it (and count it out) at once.
         let records = matches!(cmd, Cmd::Records(_));
-        tx.send(cmd).map_err(|_| self.ended().unwrap_or(RecordError::Stopped))?;
         if records {
             self.backlog.add();
+        }
+        if tx.send(cmd).is_err() {
+            if records {
+                self.backlog.took();
+            }
+            return Err(self.ended().unwrap_or(RecordError::Stopped));
         }
         Ok(())
     }
