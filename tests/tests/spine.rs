@@ -2085,18 +2085,31 @@ fn exits_within(child: &mut std::process::Child, limit: Duration) -> String {
     err
 }
 
+/// A gateway with `stall_timeout` whose recording store can be frozen, and a way to
+/// start alice's sessions on web1 in the background (stderr kept for the reason).
+fn freezable_world(name: &str, stall_timeout: &str) -> (World, Freezable) {
+    let w = World::with_config(
+        name,
+        &format!("[recordings]\nstall_timeout = \"{stall_timeout}\"\n"),
+        "",
+    );
+    let store = Freezable::mount(&w.gw.data().join("recordings"), &w.dir.0.join("recordings.img"));
+    (w, store)
+}
+
+fn background_session(w: &World, cmd: &str) -> std::process::Child {
+    ssh(&w.alice)
+        .args(["-l", DEPLOY, "web1", cmd])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_recording_store_that_hangs_ends_its_sessions_and_refuses_new_ones() {
-    let w = World::with_config("hang", "[recordings]\nstall_timeout = \"3s\"\n", "");
-    let store = Freezable::mount(&w.gw.data().join("recordings"), &w.dir.0.join("recordings.img"));
-    let session = |cmd: &str| {
-        ssh(&w.alice)
-            .args(["-l", DEPLOY, "web1", cmd])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let (w, store) = freezable_world("hang", "3s");
+    let session = |cmd: &str| background_session(&w, cmd);
     // One after the other: the first proves the second factor, the role remembers it.
     let mut busy = session("i=0; while [ $i -lt 1200 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done");
     let mut idle = None;
@@ -2183,16 +2196,8 @@ fn a_recording_store_that_hangs_ends_its_sessions_and_refuses_new_ones() {
 /// go on: killed, they are cut at once, long before the stall limit.
 #[test]
 fn a_session_waiting_for_its_recording_holds_up_no_other_connection() {
-    let w = World::with_config("hangshare", "[recordings]\nstall_timeout = \"30s\"\n", "");
-    let store = Freezable::mount(&w.gw.data().join("recordings"), &w.dir.0.join("recordings.img"));
-    let session = |cmd: &str| {
-        ssh(&w.alice)
-            .args(["-l", DEPLOY, "web1", cmd])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let (w, store) = freezable_world("hangshare", "30s");
+    let session = |cmd: &str| background_session(&w, cmd);
     let live = |n: usize| {
         let start = Instant::now();
         loop {
