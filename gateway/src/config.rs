@@ -704,7 +704,11 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<GatewayConfig, Diagnostics> {
-        let dir = std::env::temp_dir().join(format!("herse-cfg-{}-{}", std::process::id(), text.len()));
+        // A directory per call: tests run in parallel, and two configs of the same
+        // length once shared one (and one test removed it under the other).
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("herse-cfg-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("herse.toml");
         std::fs::write(&p, text).unwrap();
