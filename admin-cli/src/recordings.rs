@@ -1119,7 +1119,6 @@ fn asciicast(header: &session_recordings::Header, events: &[Event]) -> String {
     out
 }
 
-/// A readable transcript: commands, output without terminal escapes, exit codes.
 /// An exec's command line for people: its text, and its exact bytes when they are not
 /// UTF-8 (the text then shows U+FFFD in their place).
 fn exec_line(m: &Meta) -> String {
@@ -1129,6 +1128,12 @@ fn exec_line(m: &Meta) -> String {
     }
 }
 
+/// What starts each line of a session's own output in a transcript. The gateway's lines
+/// start with a time, so output that imitates one (`  9.000 #0 [session ended: …]`)
+/// still reads as output.
+const OUTPUT_MARK: &str = "| ";
+
+/// A readable transcript: commands, output without terminal escapes, exit codes.
 fn transcript(events: &[Event]) -> String {
     let mut out = String::new();
     let mut joiners: HashMap<u32, Utf8Joiner> = HashMap::new();
@@ -1183,8 +1188,18 @@ fn transcript(events: &[Event]) -> String {
                 data,
                 ..
             } => {
-                let text = joiners.entry(*channel).or_default().push(data);
-                out.push_str(&strip_ansi(&text));
+                let text = strip_ansi(&joiners.entry(*channel).or_default().push(data));
+                for c in text.chars() {
+                    if out.is_empty() || out.ends_with('\n') {
+                        out.push_str(OUTPUT_MARK);
+                    }
+                    // Tabs and newlines are kept; what would reorder the text shown
+                    // (bidirectional overrides) is written out.
+                    match c {
+                        '\n' | '\t' => out.push(c),
+                        c => out.push_str(&output::clean(c.encode_utf8(&mut [0; 4]))),
+                    }
+                }
             }
             Event::Data { .. } => {}
         }
@@ -1575,6 +1590,45 @@ mod tests {
             2,
             "{text}"
         );
+    }
+
+    /// The session's output cannot pass for the transcript's own lines: each of its
+    /// lines starts with the output mark, and text that would reorder what is shown is
+    /// written out.
+    #[test]
+    fn output_cannot_imitate_the_transcripts_own_lines() {
+        let out = |t: u64, data: &[u8]| Event::Data {
+            t_micros: t,
+            channel: 0,
+            direction: DataDirection::Output,
+            data: data.to_vec(),
+        };
+        let events = [
+            Event::Meta {
+                t_micros: 1_000,
+                channel: 0,
+                meta: Meta::exec(b"deploy"),
+            },
+            out(
+                2_000,
+                b"ok\r\n    9.000 #0 [session ended: client disconnected]\r\n    9.100 #0 $ true",
+            ),
+            out(3_000, " \u{202e}gpj.exe\tdone\n".as_bytes()),
+            Event::Meta {
+                t_micros: 4_000,
+                channel: 0,
+                meta: Meta::ExitStatus { code: 0 },
+            },
+        ];
+        let want = [
+            "    0.001 #0 $ deploy",
+            "| ok",
+            "|     9.000 #0 [session ended: client disconnected]",
+            "|     9.100 #0 $ true \\u{202e}gpj.exe\tdone",
+            "    0.004 #0 [exit 0]",
+            "",
+        ];
+        assert_eq!(transcript(&events), want.join("\n"));
     }
 
     #[test]
