@@ -12,7 +12,7 @@
 //! a public key must be verified for the very user name being logged in, and
 //! keyboard-interactive is only ever used to show a refusal, never to accept.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,8 +83,9 @@ pub struct FrontHandler {
     /// Whether a refusal at that limit was audited already: once per connection, so a
     /// client retrying in a loop cannot flood the audit trail.
     limit_audited: AtomicBool,
-    /// Channel opens refused on this connection (see [`MAX_REFUSED_CHANNELS`]).
-    refused_channels: u32,
+    /// Channel opens refused on this connection (see [`MAX_REFUSED_CHANNELS`]), and
+    /// the logins its ProxyJump hops were refused: shared with the hops' handlers.
+    refused_channels: Arc<AtomicU32>,
     /// The key proven by the last public-key step, checked again when the session opens.
     key: Option<PublicKey>,
     /// An inner login (a ProxyJump hop) counted among its user's pending hops until it
@@ -158,7 +159,7 @@ impl FrontHandler {
             authenticated: Arc::new(AtomicBool::new(false)),
             channels: Arc::new(Semaphore::new(gw.config.max_sessions)),
             limit_audited: AtomicBool::new(false),
-            refused_channels: 0,
+            refused_channels: Arc::new(AtomicU32::new(0)),
             key: None,
             pending_hop: None,
             gw,
@@ -203,8 +204,7 @@ impl FrontHandler {
     /// Count a channel open refused by policy (after it was audited); at
     /// [`MAX_REFUSED_CHANNELS`], audit that and close the connection.
     async fn channel_refused(&mut self, session: &mut Session) {
-        self.refused_channels += 1;
-        if self.refused_channels < MAX_REFUSED_CHANNELS {
+        if self.refused_channels.fetch_add(1, Ordering::Relaxed) + 1 < MAX_REFUSED_CHANNELS {
             return;
         }
         let mut event = AuditEvent::new(
@@ -541,7 +541,14 @@ impl FrontHandler {
                 self.state = AuthState::Target(s);
                 Auth::Accept
             }
-            Err(e) => self.refuse(ssh_user, format!("herse: {e}")),
+            Err(e) => {
+                // A hop's refused login (audited) counts towards its jump connection's
+                // refusals, like a refused channel: hops are cheap to open again.
+                if matches!(self.mode, Mode::Inner { .. }) {
+                    self.refused_channels.fetch_add(1, Ordering::Relaxed);
+                }
+                self.refuse(ssh_user, format!("herse: {e}"))
+            }
         }
     }
 
@@ -1050,6 +1057,13 @@ impl server::Handler for FrontHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         match &self.state {
+            // Past the connection's refusals (its hops' refused logins among them).
+            AuthState::Jump { .. } if self.refused_channels.load(Ordering::Relaxed) >= MAX_REFUSED_CHANNELS => {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                self.channel_refused(session).await;
+            }
             AuthState::Jump { user } => {
                 let user = user.clone();
                 let known = TargetName::parse(host)
@@ -1105,6 +1119,7 @@ impl server::Handler for FrontHandler {
                 reply.accept().await;
                 let mut inner = FrontHandler::new(self.gw.clone(), self.origin.clone(), Mode::Inner { user, target });
                 inner.pending_hop = Some(pending);
+                inner.refused_channels = self.refused_channels.clone();
                 let tasks = self.gw.tasks.clone();
                 tasks.spawn(async move {
                     let _slots = (slot, connection);

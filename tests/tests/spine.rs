@@ -3318,6 +3318,62 @@ fn a_users_hops_waiting_for_their_login_are_capped_across_connections() {
     });
 }
 
+/// A hop whose login the policy refuses is audited, and counts towards its jump
+/// connection's refusals like a refused channel: after 16 the connection is closed,
+/// so one connection cannot write refusals into the audit trail for as long as it likes.
+#[test]
+fn refused_hop_logins_count_towards_the_jump_connections_refusals() {
+    let w = World::new("hoprefusals");
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(async {
+        let jump = raw_login_as(w.gw.port, key.clone(), &w.alice_totp, "alice").await;
+        let mut refused = 0;
+        for _ in 0..40 {
+            let Ok(hop) = jump.channel_open_direct_tcpip("web1", 22, "127.0.0.1", 5000).await else {
+                break;
+            };
+            let mut inner = russh::client::connect_stream(
+                std::sync::Arc::new(russh::client::Config::default()),
+                hop.into_stream(),
+                AcceptAny,
+            )
+            .await
+            .unwrap();
+            let auth = inner
+                .authenticate_publickey("root", russh::keys::PrivateKeyWithHashAlg::new(key.clone(), None))
+                .await
+                .unwrap();
+            assert!(!auth.success(), "root is not a login alice may use on web1");
+            refused += 1;
+            let _ = inner.disconnect(russh::Disconnect::ByApplication, "", "").await;
+        }
+        assert!(
+            jump.is_closed()
+                || jump
+                    .channel_open_direct_tcpip("web1", 22, "127.0.0.1", 5000)
+                    .await
+                    .is_err()
+        );
+        refused
+    });
+    assert_eq!(refused, 16, "hop logins refused before the connection was closed");
+    let audit = ok(w.gw.ctl().args(["audit", "list", "--json", "--limit", "500"]));
+    let events = json_lines(&audit);
+    let denied = events
+        .iter()
+        .filter(|e| e["kind"] == "access.denied" && e["detail"].as_str().unwrap_or("").contains("root@web1"))
+        .count();
+    assert_eq!(denied, 16, "{audit}");
+    assert!(
+        events.iter().any(|e| e["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("connection closed after 16 refused")),
+        "{audit}"
+    );
+}
+
 #[test]
 fn channels_per_connection_and_proxyjump_hops_are_bounded() {
     let w = World::with_ssh(
