@@ -36,6 +36,10 @@ enum State {
 #[derive(Debug, Default)]
 pub struct TerminalFilter {
     state: State,
+    /// Continuation bytes still due to the UTF-8 character being passed on. A byte of
+    /// 0x80..=0x9F that no character is due is a raw C1 control (a terminal in an 8-bit
+    /// locale acts on it) and is dropped.
+    continuation: u8,
 }
 
 impl TerminalFilter {
@@ -48,11 +52,31 @@ impl TerminalFilter {
 
     fn byte(&mut self, b: u8, out: &mut Vec<u8>) {
         match std::mem::take(&mut self.state) {
-            State::Ground => match b {
-                0x1b => self.state = State::Esc,
-                0xc2 => self.state = State::C2,
-                _ => out.push(b),
-            },
+            State::Ground => {
+                let due = std::mem::take(&mut self.continuation);
+                match b {
+                    0x80..=0xbf if due > 0 => {
+                        self.continuation = due - 1;
+                        out.push(b);
+                    }
+                    0x80..=0x9f => {}
+                    0x1b => self.state = State::Esc,
+                    0xc2 => self.state = State::C2,
+                    0xc3..=0xdf => {
+                        self.continuation = 1;
+                        out.push(b);
+                    }
+                    0xe0..=0xef => {
+                        self.continuation = 2;
+                        out.push(b);
+                    }
+                    0xf0..=0xf4 => {
+                        self.continuation = 3;
+                        out.push(b);
+                    }
+                    _ => out.push(b),
+                }
+            }
             State::Esc => match b {
                 b'[' => self.state = State::Csi(vec![0x1b, b'[']),
                 b']' | b'P' | b'X' | b'^' | b'_' => self.state = State::Str,
@@ -68,6 +92,7 @@ impl TerminalFilter {
                 0x80..=0x9f => {}
                 _ => {
                     out.push(0xc2);
+                    self.continuation = 1;
                     self.byte(b, out);
                 }
             },
@@ -161,6 +186,13 @@ mod tests {
             "ESC before a C1 control"
         );
         assert_eq!(filtered(&["\u{a9} \x1b(B".as_bytes()]), "\u{a9} \x1b(B".as_bytes());
+        // Raw C1 bytes (an 8-bit terminal's CSI and OSC) are dropped; the same bytes
+        // inside UTF-8 characters are not.
+        assert_eq!(filtered(&[b"a\x9b6n\x9d0;t\x07b"]), b"a6n0;t\x07b");
+        let text = "\u{100}\u{800}\u{10000}\u{1b}[0m caf\u{e9}".as_bytes();
+        for cut in 0..text.len() {
+            assert_eq!(filtered(&[&text[..cut], &text[cut..]]), text, "cut at {cut}");
+        }
     }
 
     #[test]
