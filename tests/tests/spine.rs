@@ -2562,6 +2562,11 @@ impl russh::client::Handler for AcceptAny {
     }
 }
 
+/// A test user's private key, for raw clients.
+fn key_of(w: &World, user: &str) -> std::sync::Arc<russh::keys::PrivateKey> {
+    std::sync::Arc::new(russh::keys::load_secret_key(w.d().join(user), None).unwrap())
+}
+
 /// Log in as alice+hdeploy+web1 with a raw client: public key, then the TOTP code when
 /// the gateway asks for it (not when a recent proof covers the login).
 async fn raw_login(
@@ -2634,7 +2639,7 @@ fn an_ending_session_starts_nothing_more() {
     // session's channels a moment to say why. A client that opens channels in that
     // moment must not get one more command run on the target.
     let w = World::new("endingsession");
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let key = key_of(&w, "alice");
     let markers: Vec<PathBuf> = (0..5)
         .map(|n| PathBuf::from(format!("/tmp/herse-after-kill-{}-{n}", std::process::id())))
         .collect();
@@ -2678,7 +2683,7 @@ fn output_sent_before_the_target_closed_reaches_the_client() {
     // What the gateway already holds is the client's, as an OpenSSH jump host would
     // deliver it: the session ends once it is passed on, not when the target is seen gone.
     let w = World::new("targetgone");
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let key = key_of(&w, "alice");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let h = raw_login(w.gw.port, key.clone(), &w.alice_totp).await;
@@ -2777,7 +2782,7 @@ fn terminal_requests_and_command_bytes_are_recorded_exactly() {
     // What the target was asked for is what the recording holds: the terminal's pixel
     // sizes and modes, and a command line that is not UTF-8, byte for byte.
     let w = World::new("exactbytes");
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let key = key_of(&w, "alice");
     let command = b"printf 'caf\xe9-%s' ok; echo \xff >/dev/null".to_vec();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -2966,7 +2971,7 @@ fn file_names_that_are_not_utf8_are_recorded_exactly() {
 #[test]
 fn repeated_refused_requests_do_not_flood_the_log() {
     let w = World::new("x11flood");
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let key = key_of(&w, "alice");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let h = raw_login(w.gw.port, key, &w.alice_totp).await;
@@ -2994,7 +2999,7 @@ fn repeated_refused_requests_do_not_flood_the_log() {
 #[test]
 fn a_session_channel_carries_one_judged_command_and_no_data_before_it() {
     let w = World::new("raw");
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let key = key_of(&w, "alice");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // Data before any command: the channel is ended with a reason, nothing runs.
@@ -3024,7 +3029,7 @@ fn a_key_removed_while_the_second_factor_is_asked_opens_nothing() {
     let bob: serde_json::Value =
         serde_json::from_str(&ok(w.gw.ctl().args(["users", "show", "bob", "--json"]))).unwrap();
     let fp = bob["keys"][0]["fingerprint"].as_str().unwrap().to_owned();
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("bob"), None).unwrap());
+    let key = key_of(&w, "bob");
     let user = format!("bob+{OPS}+web1");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let answer = rt.block_on(async {
@@ -3104,7 +3109,7 @@ fn a_write_only_sftp_role_cannot_read() {
     let dropped = format!("{home}/herse-wo-new-{}.txt", std::process::id());
     std::fs::write(&secret, "secret\n").unwrap();
     ok(Command::new("chown").arg(format!("{OPS}:{OPS}")).arg(&secret));
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("bob"), None).unwrap());
+    let key = key_of(&w, "bob");
     let open = |id: u32, path: &str, pflags: u32| {
         let mut b = id.to_be_bytes().to_vec();
         sftp_string(&mut b, path.as_bytes());
@@ -3199,7 +3204,7 @@ fn ssh_ciphers_limit_what_clients_negotiate() {
 #[test]
 fn a_connection_that_keeps_being_refused_is_closed() {
     let w = World::new("refusals");
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let key = key_of(&w, "alice");
     let limit: u32 = 16; // herse::front::MAX_REFUSED_CHANNELS
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -3257,8 +3262,8 @@ fn a_users_hops_waiting_for_their_login_are_capped_across_connections() {
             ))
         )
     };
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
-    let bob_key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("bob"), None).unwrap());
+    let key = key_of(&w, "alice");
+    let bob_key = key_of(&w, "bob");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let jump = raw_login_as(w.gw.port, key.clone(), &w.alice_totp, "alice").await;
@@ -3324,7 +3329,7 @@ fn a_users_hops_waiting_for_their_login_are_capped_across_connections() {
 #[test]
 fn refused_hop_logins_count_towards_the_jump_connections_refusals() {
     let w = World::new("hoprefusals");
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let key = key_of(&w, "alice");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let refused = rt.block_on(async {
         let jump = raw_login_as(w.gw.port, key.clone(), &w.alice_totp, "alice").await;
@@ -3388,7 +3393,7 @@ fn channels_per_connection_and_proxyjump_hops_are_bounded() {
             ))
         )
     };
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let key = key_of(&w, "alice");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // Single hop: three channels at once, not four; a closed one frees its slot.
@@ -3514,7 +3519,7 @@ fn a_burst_of_logins_costs_no_more_recordings_than_max_connections_allows() {
     std::fs::write(&policy_path, &limited).unwrap();
     w.gw.signal("HUP");
     w.gw.wait_line("policy reloaded", Duration::from_secs(10));
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let key = key_of(&w, "alice");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let started = rt.block_on(async {
         // The second factor, once: the role remembers it for the burst.
@@ -4111,7 +4116,7 @@ fn channels_a_target_opens_towards_the_gateway_are_refused() {
     w.gw.signal("HUP");
     w.gw.wait_line("policy reloaded", Duration::from_secs(10));
 
-    let key = std::sync::Arc::new(russh::keys::load_secret_key(w.d().join("alice"), None).unwrap());
+    let key = key_of(&w, "alice");
     let (out, status) = rt.block_on(async {
         let h = raw_login_as(w.gw.port, key, &w.alice_totp, &format!("alice+{DEPLOY}+hostile1")).await;
         let mut ch = h.channel_open_session().await.unwrap();
