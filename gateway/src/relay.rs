@@ -169,6 +169,9 @@ struct Chan<'a> {
     /// before it (so nothing reaches the target outside a judged command).
     is_session: bool,
     started: std::sync::atomic::AtomicBool,
+    /// Set once the client asked for a terminal: the target's output then does not count
+    /// as activity for the idle timeout (`TargetSession::touch_output`).
+    terminal: std::sync::atomic::AtomicBool,
     /// Requests forwarded with want-reply whose answer from the target is still due
     /// (answers come in order). The client had its answer already (see `front`'s request
     /// handlers), so a refusal is acted on here: a refused shell, exec or subsystem ends
@@ -210,6 +213,10 @@ impl Chan<'_> {
     /// The request the target's success or failure answers; `None` if none was due.
     fn answered(&self) -> Option<Due> {
         self.replies_due.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    fn on_terminal(&self) -> bool {
+        self.terminal.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn sftp_active(&self) -> bool {
@@ -259,6 +266,7 @@ async fn run(
         bytes_out: std::sync::atomic::AtomicU64::new(0),
         is_session,
         started: std::sync::atomic::AtomicBool::new(false),
+        terminal: std::sync::atomic::AtomicBool::new(false),
         replies_due: Default::default(),
     };
 
@@ -611,6 +619,7 @@ async fn client_to_target(
                     modes: terminal_modes.iter().map(|&(op, v)| (op as u8, v)).collect(),
                 },
             )?;
+            chan.terminal.store(true, std::sync::atomic::Ordering::Relaxed);
             up.request_pty(
                 chan.want_reply(Due::Terminal),
                 &term,
@@ -663,6 +672,7 @@ async fn client_to_target(
             pix_width,
             pix_height,
         } => {
+            s.touch();
             rec.meta(
                 id,
                 &Meta::Resize {
@@ -700,7 +710,7 @@ async fn target_to_client(
     let rec = s.recorder();
     match msg {
         ChannelMsg::Data { data } => {
-            s.touch_output();
+            s.touch_output(chan.on_terminal());
             chan.bytes_out
                 .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             rec.data_shared(id, DataDirection::Output, data.clone())?;
@@ -713,7 +723,7 @@ async fn target_to_client(
             }
         }
         ChannelMsg::ExtendedData { data, ext } => {
-            s.touch_output();
+            s.touch_output(chan.on_terminal());
             rec.data_shared(id, DataDirection::Stderr, data.clone())?;
             front.extended_data_bytes(ext, data).await?;
         }
@@ -758,6 +768,7 @@ async fn target_to_client(
             Some(Due::Terminal) => {
                 // As OpenSSH does ("PTY allocation request failed"): the command runs
                 // without a terminal, and the user is told why.
+                chan.terminal.store(false, std::sync::atomic::Ordering::Relaxed);
                 let reason = format!("target {} refused a terminal", s.authorized().target().name);
                 rec.meta(
                     id,

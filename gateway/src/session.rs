@@ -64,7 +64,9 @@ pub struct TargetSession {
     end_reason: Mutex<Option<String>>,
     front: Mutex<Option<server::Handle>>,
     started: Instant,
-    /// Milliseconds since `started` of the last byte in either direction.
+    /// Milliseconds since `started` of the last activity, for the idle timeout: what the
+    /// client sends (input, a resize), and what the target sends on a channel without a
+    /// terminal (a transfer, a non-interactive command's output).
     last_activity_ms: AtomicU64,
     /// The last time the relays took something the target sent (ms since `started`).
     last_output_ms: AtomicU64,
@@ -374,17 +376,22 @@ impl TargetSession {
         let _ = write.await;
     }
 
-    /// Note traffic (for the idle timeout).
+    /// Note the client's activity (for the idle timeout).
     pub fn touch(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Note traffic from the target (activity, and progress once the target is gone):
-    /// one clock read per packet, as `touch`.
-    pub fn touch_output(&self) {
+    /// Note traffic from the target (progress once the target is gone): one clock read
+    /// per packet, as `touch`. Output to a terminal is not activity: an unattended
+    /// terminal running `top` or `tail -f` is idle, as in Teleport's client idle timeout
+    /// (and PCI DSS's idle re-authentication). Output elsewhere is: a download by scp,
+    /// sftp or rsync, or a long job's log read by a script, has nobody typing.
+    pub fn touch_output(&self, to_terminal: bool) {
         let ms = self.started.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
+        if !to_terminal {
+            self.last_activity_ms.store(ms, Ordering::Relaxed);
+        }
         self.last_output_ms.store(ms, Ordering::Relaxed);
     }
 

@@ -1208,6 +1208,101 @@ fn sighup_reload_keeps_old_policy_when_broken_and_sessions_kill() {
     assert!(err.contains("killed by local:"), "client was told why: {err}");
 }
 
+/// Start alice's session on web1 running `cmd`, under a terminal (`-tt`) or not, with its
+/// stdin kept open (and written to only by the test) and its stdout drained by a thread.
+fn idle_probe(w: &World, terminal: bool, cmd: &str) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    let mut c = ssh(&w.alice);
+    if terminal {
+        c.arg("-tt");
+    }
+    let mut child = c
+        .args(["-l", DEPLOY, "web1", cmd])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    (child, reader)
+}
+
+#[test]
+fn the_idle_timeout_counts_the_clients_activity_not_a_terminals_output() {
+    // An unattended terminal that the target keeps writing to is idle (as Teleport's
+    // client idle timeout has it); a transfer or a command's output without a terminal
+    // is activity; keystrokes are.
+    let w = World::new("idletimeout");
+    let policy_path = w.d().join("policy.toml");
+    let good = std::fs::read_to_string(&policy_path).unwrap();
+    std::fs::write(
+        &policy_path,
+        good.replace("idle_timeout = \"10m\"", "idle_timeout = \"3s\""),
+    )
+    .unwrap();
+    w.gw.signal("HUP");
+    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    // The first login proves the second factor; the role remembers it for the others.
+    ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", "true"]));
+    wait_sessions_ended(&w);
+
+    let (mut top, top_out) = idle_probe(&w, true, "while :; do echo tick; sleep 0.3; done");
+    let (mut job, job_out) = idle_probe(
+        &w,
+        false,
+        "sleep 1; for i in $(seq 1 25); do echo line$i; sleep 0.3; done",
+    );
+    let (mut typed, typed_out) = idle_probe(&w, true, "cat");
+    let (mut silent, _silent_out) = idle_probe(&w, false, "sleep 60");
+    let start = Instant::now();
+    while json_rows(&ok(w.gw.ctl().args(["sessions", "list", "--json"]))).len() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the four sessions did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let start = Instant::now();
+    // Keystrokes every 600 ms for 7 s (past two idle timeouts) keep the terminal alive.
+    let stdin = typed.stdin.as_mut().unwrap();
+    while start.elapsed() < Duration::from_secs(7) {
+        stdin.write_all(b"key\n").unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    assert!(
+        typed.try_wait().unwrap().is_none(),
+        "a session being typed into was cut"
+    );
+    // The terminal's output alone did not keep it alive.
+    let err = exits_within(&mut top, Duration::from_secs(3));
+    assert!(err.contains("idle timeout"), "{err}");
+    assert!(top_out.join().unwrap().contains("tick"));
+    let err = exits_within(&mut silent, Duration::from_secs(3));
+    assert!(err.contains("idle timeout"), "{err}");
+    // Output without a terminal kept the job's session alive to its end (8.5 s).
+    let status = loop {
+        if let Some(st) = job.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the job did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    job.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "the job's session was cut: {err}");
+    assert!(job_out.join().unwrap().contains("line25"));
+    // Once the typing stops, the typed-into terminal goes idle as well.
+    let err = exits_within(&mut typed, Duration::from_secs(8));
+    assert!(err.contains("idle timeout"), "{err}");
+    assert!(typed_out.join().unwrap().contains("key"));
+    let audit = ok(w.gw.ctl().args(["audit", "list", "--json"]));
+    assert_eq!(audit.matches("\"detail\":\"idle timeout\"").count(), 3, "{audit}");
+}
+
 #[test]
 fn suspension_cuts_live_sessions_and_blocks_logins() {
     let w = World::new("suspend");
