@@ -6,6 +6,7 @@
 
 mod audit;
 mod commands;
+mod export;
 mod grants;
 mod mfa;
 mod output;

@@ -14,28 +14,45 @@ use crate::term_filter::TerminalFilter;
 /// The terminal channel of a recording and its size: the channel with a pty, else the
 /// first with output (an 80x24 xterm).
 pub fn terminal_channel(events: &[Event]) -> (u32, String, u32, u32) {
-    let pty = events.iter().find_map(|e| match e {
-        Event::Meta {
-            channel,
-            meta: Meta::Pty { term, cols, rows, .. },
-            ..
-        } => Some((*channel, term.clone(), *cols, *rows)),
-        _ => None,
-    });
-    pty.unwrap_or_else(|| {
-        let ch = events
-            .iter()
-            .find_map(|e| match e {
-                Event::Data {
-                    channel,
-                    direction: DataDirection::Output,
-                    ..
-                } => Some(*channel),
-                _ => None,
-            })
-            .unwrap_or(0);
-        (ch, "xterm".into(), 80, 24)
-    })
+    let mut finder = TerminalFinder::default();
+    for e in events {
+        finder.see(e);
+        if finder.pty.is_some() {
+            break;
+        }
+    }
+    finder.found()
+}
+
+/// Finds the terminal channel among events seen one at a time: the first with a pty
+/// (its terminal type and size), else the first with output (at 80×24).
+#[derive(Default)]
+pub struct TerminalFinder {
+    pty: Option<(u32, String, u32, u32)>,
+    output: Option<u32>,
+}
+
+impl TerminalFinder {
+    pub fn see(&mut self, e: &Event) {
+        match e {
+            Event::Meta {
+                channel,
+                meta: Meta::Pty { term, cols, rows, .. },
+                ..
+            } if self.pty.is_none() => self.pty = Some((*channel, term.clone(), *cols, *rows)),
+            Event::Data {
+                channel,
+                direction: DataDirection::Output,
+                ..
+            } if self.output.is_none() => self.output = Some(*channel),
+            _ => {}
+        }
+    }
+
+    pub fn found(self) -> (u32, String, u32, u32) {
+        self.pty
+            .unwrap_or_else(|| (self.output.unwrap_or(0), "xterm".into(), 80, 24))
+    }
 }
 
 /// The output of one channel, in time order, as it may reach the auditor's terminal

@@ -13,7 +13,7 @@ use clap::{Subcommand, ValueEnum};
 use ed25519_dalek::VerifyingKey;
 use herse::control::Call;
 use herse::ident::SessionId;
-use herse::recordings_query::{strip_ansi, RecordingFilter, SearchQuery, SearchResult};
+use herse::recordings_query::{RecordingFilter, SearchQuery, SearchResult};
 use herse::store::{SessionCursor, SessionRow, Store};
 use session_recordings::{shown, Completeness, DataDirection, Event, Meta, RecordingReader};
 
@@ -142,7 +142,18 @@ fn unlock<R: std::io::Read>(reader: &mut RecordingReader<R>) -> Result<(), sessi
     reader.unlock(&ids)
 }
 
-fn failed(e: impl std::fmt::Display) -> Failure {
+/// A recording opened to be read with its signatures checked, and unlocked when it is
+/// encrypted (with the identities given by `--identity`).
+pub(crate) fn open_recording(
+    path: &Path,
+    key: &VerifyingKey,
+) -> Result<RecordingReader<impl std::io::Read>, session_recordings::ReadError> {
+    let mut r = RecordingReader::open_verified(path, key)?;
+    unlock(&mut r)?;
+    Ok(r)
+}
+
+pub(crate) fn failed(e: impl std::fmt::Display) -> Failure {
     Failure {
         code: 1,
         message: e.to_string(),
@@ -494,17 +505,7 @@ pub async fn run(cli: &Cli, cmd: &RecordingsCmd) -> Result<(), Failure> {
             let row = source.row(id).await?;
             let key = source.audit_key(None).await?;
             let path = source.file(&row).await?;
-            let (header, events) = verified_events(&path, &key, &row, 0)?;
-            let text = match format {
-                ExportFormat::Asciicast => asciicast(&header, &events),
-                ExportFormat::Text => transcript(&events),
-                ExportFormat::Json => json_lines(&events),
-            };
-            match output {
-                Some(p) => std::fs::write(p, text)?,
-                None => std::io::stdout().write_all(text.as_bytes())?,
-            }
-            Ok(())
+            crate::export::export(&path, &key, &row, *format, output.as_deref())
         }
     }
 }
@@ -712,7 +713,7 @@ fn summarise(events: &[Event]) -> Summary {
 }
 
 /// `setstat /srv/x (mode 0640) -> ok`. Empty for any other event.
-fn sftp_op_words(meta: &Meta) -> String {
+pub(crate) fn sftp_op_words(meta: &Meta) -> String {
     let Meta::SftpOp {
         op,
         path,
@@ -740,7 +741,7 @@ fn sftp_op_words(meta: &Meta) -> String {
 /// `scp upload /srv/new (sent as f.txt): 12 B, mode 0644`, or
 /// `scp upload directory /srv/d, mode 0755, mtime 2020-01-01T00:00:00Z, atime …` (under
 /// `scp -p`). Empty for any other event.
-fn transfer_words(meta: &Meta) -> String {
+pub(crate) fn transfer_words(meta: &Meta) -> String {
     let Meta::FileTransfer {
         protocol,
         upload,
@@ -1055,7 +1056,7 @@ async fn verify(
 /// The first field in which a recording's signed header and its session row disagree: a
 /// valid recording of another session (a file copied over this one, a row pointed at
 /// another file), or a row whose who and where were edited.
-fn not_its_session(h: &session_recordings::Header, row: &SessionRow) -> Option<&'static str> {
+pub(crate) fn not_its_session(h: &session_recordings::Header, row: &SessionRow) -> Option<&'static str> {
     let fields = [
         ("session id", h.session_id == row.id),
         ("user", h.user == row.user),
@@ -1069,56 +1070,6 @@ fn not_its_session(h: &session_recordings::Header, row: &SessionRow) -> Option<&
     fields.into_iter().find(|(_, same)| !same).map(|(what, _)| what)
 }
 
-/// Assemble UTF-8 text from byte chunks that may split a character.
-#[derive(Default)]
-struct Utf8Joiner {
-    carry: Vec<u8>,
-}
-
-impl Utf8Joiner {
-    fn push(&mut self, data: &[u8]) -> String {
-        self.carry.extend_from_slice(data);
-        let valid_up_to = match std::str::from_utf8(&self.carry) {
-            Ok(_) => self.carry.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => self.carry.len(),
-        };
-        let rest = self.carry.split_off(valid_up_to);
-        let text = String::from_utf8_lossy(&self.carry).into_owned();
-        self.carry = rest;
-        text
-    }
-}
-
-/// asciicast v2 of the first terminal channel (the one with a pty, else the first with output).
-fn asciicast(header: &session_recordings::Header, events: &[Event]) -> String {
-    let (channel, term, cols, rows) = crate::play::terminal_channel(events);
-    let head = serde_json::json!({
-        "version": 2, "width": cols, "height": rows, "timestamp": header.started_at_micros / 1_000_000,
-        "env": {"TERM": term}, "title": format!("{}@{} via Herse ({})", header.login, header.target, header.user),
-    });
-    let mut out = format!("{head}\n");
-    let mut joiner = Utf8Joiner::default();
-    for e in events {
-        if let Event::Data {
-            t_micros,
-            channel: ch,
-            direction: DataDirection::Output | DataDirection::Stderr,
-            data,
-        } = e
-        {
-            if *ch == channel {
-                let text = joiner.push(data);
-                if !text.is_empty() {
-                    out.push_str(&serde_json::json!([*t_micros as f64 / 1e6, "o", text]).to_string());
-                    out.push('\n');
-                }
-            }
-        }
-    }
-    out
-}
-
 /// An exec's command line for people: its text, and its exact bytes when they are not
 /// UTF-8 (the text then shows U+FFFD in their place).
 fn exec_line(m: &Meta) -> String {
@@ -1126,112 +1077,6 @@ fn exec_line(m: &Meta) -> String {
         Meta::Exec { command, command_hex } => shown(command, command_hex.as_deref()),
         _ => String::new(),
     }
-}
-
-/// What starts each line of a session's own output in a transcript. The gateway's lines
-/// start with a time, so output that imitates one (`  9.000 #0 [session ended: …]`)
-/// still reads as output.
-const OUTPUT_MARK: &str = "| ";
-
-/// A readable transcript: commands, output without terminal escapes, exit codes.
-fn transcript(events: &[Event]) -> String {
-    let mut out = String::new();
-    let mut joiners: HashMap<u32, Utf8Joiner> = HashMap::new();
-    for e in events {
-        match e {
-            Event::Meta {
-                t_micros,
-                channel,
-                meta,
-            } => {
-                let t = *t_micros as f64 / 1e6;
-                let line = match meta {
-                    m @ Meta::Exec { .. } => Some(format!("$ {}", exec_line(m))),
-                    Meta::Shell => Some("[shell]".into()),
-                    Meta::Subsystem { name } => Some(format!("[subsystem {name}]")),
-                    Meta::ExitStatus { code } => Some(format!("[exit {code}]")),
-                    Meta::ExitSignal { signal, message, .. } => Some(match message {
-                        Some(m) => format!("[killed by {signal}: {m}]"),
-                        None => format!("[killed by {signal}]"),
-                    }),
-                    Meta::Denied { request, reason } => Some(format!("[denied: {request}: {reason}]")),
-                    Meta::Undelivered { reason } => {
-                        Some(format!("[the client's last input did not reach the target: {reason}]"))
-                    }
-                    Meta::SftpOp { .. } => Some(format!("[sftp {}]", sftp_op_words(meta))),
-                    Meta::FileTransfer { .. } => Some(format!("[{}]", transfer_words(meta))),
-                    Meta::Untracked { protocol, reason } => Some(format!("[{protocol} no longer followed: {reason}]")),
-                    Meta::SftpFile {
-                        path,
-                        path_hex,
-                        bytes_read,
-                        bytes_written,
-                        ..
-                    } => Some(format!(
-                        "[sftp file {}: read {bytes_read} B, written {bytes_written} B]",
-                        shown(path, path_hex.as_deref())
-                    )),
-                    Meta::End { reason } => Some(format!("[session ended: {reason}]")),
-                    Meta::Unrecognised => Some("[an event of a type this hersectl does not know]".to_owned()),
-                    _ => None,
-                };
-                if let Some(l) = line {
-                    if !out.is_empty() && !out.ends_with('\n') {
-                        out.push('\n');
-                    }
-                    out.push_str(&format!("{t:>9.3} #{channel} {}\n", output::clean(&l)));
-                }
-            }
-            Event::Data {
-                channel,
-                direction: DataDirection::Output | DataDirection::Stderr,
-                data,
-                ..
-            } => {
-                let text = strip_ansi(&joiners.entry(*channel).or_default().push(data));
-                for c in text.chars() {
-                    if out.is_empty() || out.ends_with('\n') {
-                        out.push_str(OUTPUT_MARK);
-                    }
-                    // Tabs and newlines are kept; what would reorder the text shown
-                    // (bidirectional overrides) is written out.
-                    match c {
-                        '\n' | '\t' => out.push(c),
-                        c => out.push_str(&output::clean(c.encode_utf8(&mut [0; 4]))),
-                    }
-                }
-            }
-            Event::Data { .. } => {}
-        }
-    }
-    out
-}
-
-fn json_lines(events: &[Event]) -> String {
-    let mut out = String::new();
-    for e in events {
-        let v = match e {
-            Event::Data {
-                t_micros,
-                channel,
-                direction,
-                data,
-            } => serde_json::json!({
-                "t": *t_micros as f64 / 1e6, "channel": channel, "type": direction, "bytes": data.len(),
-                "data": String::from_utf8_lossy(data),
-            }),
-            Event::Meta {
-                t_micros,
-                channel,
-                meta,
-            } => serde_json::json!({
-                "t": *t_micros as f64 / 1e6, "channel": channel, "type": "meta", "meta": meta,
-            }),
-        };
-        out.push_str(&v.to_string());
-        out.push('\n');
-    }
-    out
 }
 
 /// How often remote `sessions watch` asks the gateway for new bytes.
@@ -1452,6 +1297,8 @@ fn play_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::{transcript, Utf8Joiner};
+    use herse::recordings_query::strip_ansi;
 
     fn row(started_at: i64, id: &str) -> SessionRow {
         SessionRow {

@@ -1651,6 +1651,46 @@ fn recording_ids(w: &World) -> Vec<String> {
 }
 
 #[test]
+fn exporting_a_large_recording_takes_memory_that_does_not_grow_with_it() {
+    // 64 MiB of terminal output: an export that held the events (or its output) in
+    // memory would need more than that (140 MiB of RSS before it streamed, 19 after).
+    let w = World::new("bigexport");
+    let out = run(ssh(&w.alice).args([
+        "-l",
+        DEPLOY,
+        "web1",
+        "yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz | head -c 67108864",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 67_108_864);
+    wait_sessions_ended(&w);
+    let id = recording_ids(&w).pop().unwrap();
+    for format in ["json", "asciicast", "text"] {
+        let file = w.d().join(format!("big.{format}"));
+        let mut c = Command::new("/usr/bin/time");
+        c.args(["-f", "maxrss-kib %M"])
+            .arg(bin("hersectl"))
+            .arg("-c")
+            .arg(&w.gw.config)
+            .args(["recordings", "export", &id, "--format", format, "-o"])
+            .arg(&file);
+        let done = run(&mut c);
+        let err = text(&done.stderr);
+        assert!(done.status.success(), "{err}");
+        let rss: u64 = err
+            .lines()
+            .find_map(|l| l.strip_prefix("maxrss-kib "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no max RSS in {err}"));
+        let size = std::fs::metadata(&file).unwrap().len();
+        eprintln!("export --format {format}: {size} bytes written, max RSS {rss} KiB");
+        assert!(size >= 67_108_864, "{format}: only {size} bytes");
+        assert!(rss < 48 * 1024, "{format}: export took {rss} KiB");
+        std::fs::remove_file(&file).unwrap();
+    }
+}
+
+#[test]
 fn recordings_verify_detect_tampering_and_gaps_and_export_plays() {
     let w = World::new("recverify");
     // A terminal session with a recognisable output, then two exec sessions.

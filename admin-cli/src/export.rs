@@ -1,0 +1,378 @@
+//! `hersectl recordings export`: a verified recording as asciicast v2, a transcript or
+//! JSON lines, in memory that does not grow with the recording.
+//!
+//! A recording is read more than once instead of held: the first read verifies it to
+//! its end (and learns how many events a checkpoint vouches for), asciicast reads those
+//! events again to pick the terminal channel its header describes, and the last read
+//! writes them out and then reads on to the end, checking that the file verifies as it
+//! did the first time (the same signed header, at least as many vouched events). A file
+//! changed between the reads fails the export; its output file is never left behind.
+
+use std::collections::HashMap;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use ed25519_dalek::VerifyingKey;
+use herse::recordings_query::strip_ansi;
+use herse::store::SessionRow;
+use session_recordings::{shown, DataDirection, Event, Meta};
+
+use crate::commands::Failure;
+use crate::output;
+use crate::play::TerminalFinder;
+use crate::recordings::{failed, not_its_session, open_recording, sftp_op_words, transfer_words, ExportFormat};
+
+/// Export the recording at `path` of session `row` to `to` (a file, written whole or not
+/// at all) or to standard output.
+pub fn export(
+    path: &Path,
+    key: &VerifyingKey,
+    row: &SessionRow,
+    format: ExportFormat,
+    to: Option<&Path>,
+) -> Result<(), Failure> {
+    let does_not_verify = |e: &dyn std::fmt::Display| {
+        failed(format!(
+            "recording {} does not verify, so it is not exported: {e} (see `hersectl recordings verify`)",
+            path.display()
+        ))
+    };
+    // First read: the verdict.
+    let first = open_recording(path, key)
+        .and_then(|r| r.verify())
+        .map_err(|e| does_not_verify(&e))?;
+    if let Some(what) = not_its_session(&first.header, row) {
+        return Err(failed(format!(
+            "recording {} is not the session's recording (its {what} differs from the session's), \
+             so it is not exported (see `hersectl recordings verify`)",
+            path.display()
+        )));
+    }
+    let vouched = first.authenticated_events;
+    if first.events > vouched {
+        eprintln!(
+            "hersectl: recording of session {} is not sealed (the session is live, or was cut \
+             short): the {} events after its last checkpoint are not authenticated and are left \
+             out (`hersectl recordings show` lists them apart)",
+            row.id,
+            first.events - vouched
+        );
+    }
+    let mut exporter = match format {
+        ExportFormat::Asciicast => {
+            let mut finder = TerminalFinder::default();
+            let mut r = open_recording(path, key).map_err(|e| does_not_verify(&e))?;
+            for _ in 0..vouched {
+                match r.next_event().map_err(|e| does_not_verify(&e))? {
+                    Some(e) => finder.see(&e),
+                    None => return Err(does_not_verify(&"it ends before the events read the first time")),
+                }
+            }
+            Exporter::Asciicast(Asciicast::new(&first.header, finder.found()))
+        }
+        ExportFormat::Text => Exporter::Text(Transcript::default()),
+        ExportFormat::Json => Exporter::Json,
+    };
+
+    // Last read: write, then check the rest as the first read did.
+    let mut write = |out: &mut dyn Write| -> Result<(), Failure> {
+        let mut r = open_recording(path, key).map_err(|e| does_not_verify(&e))?;
+        exporter.start(out)?;
+        for _ in 0..vouched {
+            match r.next_event().map_err(|e| does_not_verify(&e))? {
+                Some(e) => exporter.event(&e, out)?,
+                None => return Err(does_not_verify(&"it ends before the events read the first time")),
+            }
+        }
+        out.flush()?;
+        let last = r.verify().map_err(|e| does_not_verify(&e))?;
+        if last.header_hash != first.header_hash || last.authenticated_events < vouched {
+            return Err(does_not_verify(&"the file changed while it was being exported"));
+        }
+        Ok(())
+    };
+    match to {
+        Some(p) => write_whole(p, write),
+        None => {
+            let stdout = io::stdout();
+            let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+            write(&mut out)
+        }
+    }
+}
+
+/// Write `p` through a temporary file beside it, renamed over `p` only once `write`
+/// succeeded: an export that fails leaves no partial file that could pass for whole.
+/// What is not a regular file (`/dev/stdout`, a pipe) is written to as it is.
+fn write_whole(p: &Path, write: impl FnOnce(&mut dyn Write) -> Result<(), Failure>) -> Result<(), Failure> {
+    if std::fs::metadata(p).is_ok_and(|m| !m.is_file()) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .map_err(|e| failed(format!("cannot write {}: {e}", p.display())))?;
+        let mut out = BufWriter::with_capacity(1 << 16, file);
+        return write(&mut out).and_then(|()| Ok(out.flush()?));
+    }
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = p
+        .file_name()
+        .ok_or_else(|| failed(format!("{} is not a file name", p.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.partial", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| failed(format!("cannot create {}: {e}", tmp.display())))?;
+    let mut out = BufWriter::with_capacity(1 << 16, file);
+    let done = write(&mut out).and_then(|()| {
+        let file = out.into_inner().map_err(|e| failed(e.into_error()))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, p).map_err(|e| failed(format!("cannot write {}: {e}", p.display())))
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
+
+enum Exporter {
+    Asciicast(Asciicast),
+    Text(Transcript),
+    Json,
+}
+
+impl Exporter {
+    fn start(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        match self {
+            Exporter::Asciicast(a) => writeln!(out, "{}", a.head),
+            Exporter::Text(_) | Exporter::Json => Ok(()),
+        }
+    }
+
+    fn event(&mut self, e: &Event, out: &mut dyn Write) -> io::Result<()> {
+        match self {
+            Exporter::Asciicast(a) => a.event(e, out),
+            Exporter::Text(t) => t.event(e, out),
+            Exporter::Json => json_line(e, out),
+        }
+    }
+}
+
+/// Assemble UTF-8 text from byte chunks that may split a character.
+#[derive(Default)]
+pub struct Utf8Joiner {
+    carry: Vec<u8>,
+}
+
+impl Utf8Joiner {
+    pub fn push(&mut self, data: &[u8]) -> String {
+        self.carry.extend_from_slice(data);
+        let valid_up_to = match std::str::from_utf8(&self.carry) {
+            Ok(_) => self.carry.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => self.carry.len(),
+        };
+        let rest = self.carry.split_off(valid_up_to);
+        let text = String::from_utf8_lossy(&self.carry).into_owned();
+        self.carry = rest;
+        text
+    }
+}
+
+/// asciicast v2 of the terminal channel (the one with a pty, else the first with output).
+struct Asciicast {
+    head: serde_json::Value,
+    channel: u32,
+    joiner: Utf8Joiner,
+}
+
+impl Asciicast {
+    fn new(header: &session_recordings::Header, (channel, term, cols, rows): (u32, String, u32, u32)) -> Self {
+        let head = serde_json::json!({
+            "version": 2, "width": cols, "height": rows, "timestamp": header.started_at_micros / 1_000_000,
+            "env": {"TERM": term}, "title": format!("{}@{} via Herse ({})", header.login, header.target, header.user),
+        });
+        Asciicast {
+            head,
+            channel,
+            joiner: Utf8Joiner::default(),
+        }
+    }
+
+    fn event(&mut self, e: &Event, out: &mut dyn Write) -> io::Result<()> {
+        if let Event::Data {
+            t_micros,
+            channel,
+            direction: DataDirection::Output | DataDirection::Stderr,
+            data,
+        } = e
+        {
+            if *channel == self.channel {
+                let text = self.joiner.push(data);
+                if !text.is_empty() {
+                    writeln!(out, "{}", serde_json::json!([*t_micros as f64 / 1e6, "o", text]))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What starts each line of a session's own output in a transcript. The gateway's lines
+/// start with a time, so output that imitates one (`  9.000 #0 [session ended: …]`)
+/// still reads as output.
+const OUTPUT_MARK: &str = "| ";
+
+/// A readable transcript: commands, output without terminal escapes, exit codes.
+#[derive(Default)]
+struct Transcript {
+    joiners: HashMap<u32, Utf8Joiner>,
+    /// Something was written, and the last of it was not a newline.
+    mid_line: bool,
+}
+
+impl Transcript {
+    fn event(&mut self, e: &Event, out: &mut dyn Write) -> io::Result<()> {
+        match e {
+            Event::Meta {
+                t_micros,
+                channel,
+                meta,
+            } => {
+                if let Some(l) = meta_line(meta) {
+                    if self.mid_line {
+                        out.write_all(b"\n")?;
+                    }
+                    let t = *t_micros as f64 / 1e6;
+                    writeln!(out, "{t:>9.3} #{channel} {}", output::clean(&l))?;
+                    self.mid_line = false;
+                }
+            }
+            Event::Data {
+                channel,
+                direction: DataDirection::Output | DataDirection::Stderr,
+                data,
+                ..
+            } => {
+                let text = strip_ansi(&self.joiners.entry(*channel).or_default().push(data));
+                let mut line = String::with_capacity(text.len() + 8);
+                for c in text.chars() {
+                    if !self.mid_line {
+                        line.push_str(OUTPUT_MARK);
+                        self.mid_line = true;
+                    }
+                    // Tabs and newlines are kept; what would reorder the text shown
+                    // (bidirectional overrides) is written out.
+                    match c {
+                        '\n' => {
+                            line.push('\n');
+                            self.mid_line = false;
+                        }
+                        '\t' => line.push('\t'),
+                        c => line.push_str(&output::clean(c.encode_utf8(&mut [0; 4]))),
+                    }
+                }
+                out.write_all(line.as_bytes())?;
+            }
+            Event::Data { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// A transcript line for a meta event, `None` for those it leaves out.
+fn meta_line(meta: &Meta) -> Option<String> {
+    Some(match meta {
+        Meta::Exec { command, command_hex } => format!("$ {}", shown(command, command_hex.as_deref())),
+        Meta::Shell => "[shell]".into(),
+        Meta::Subsystem { name } => format!("[subsystem {name}]"),
+        Meta::ExitStatus { code } => format!("[exit {code}]"),
+        Meta::ExitSignal { signal, message, .. } => match message {
+            Some(m) => format!("[killed by {signal}: {m}]"),
+            None => format!("[killed by {signal}]"),
+        },
+        Meta::Denied { request, reason } => format!("[denied: {request}: {reason}]"),
+        Meta::Undelivered { reason } => format!("[the client's last input did not reach the target: {reason}]"),
+        Meta::SftpOp { .. } => format!("[sftp {}]", sftp_op_words(meta)),
+        Meta::FileTransfer { .. } => format!("[{}]", transfer_words(meta)),
+        Meta::Untracked { protocol, reason } => format!("[{protocol} no longer followed: {reason}]"),
+        Meta::SftpFile {
+            path,
+            path_hex,
+            bytes_read,
+            bytes_written,
+            ..
+        } => format!(
+            "[sftp file {}: read {bytes_read} B, written {bytes_written} B]",
+            shown(path, path_hex.as_deref())
+        ),
+        Meta::End { reason } => format!("[session ended: {reason}]"),
+        Meta::Unrecognised => "[an event of a type this hersectl does not know]".to_owned(),
+        _ => return None,
+    })
+}
+
+fn json_line(e: &Event, out: &mut dyn Write) -> io::Result<()> {
+    let v = match e {
+        Event::Data {
+            t_micros,
+            channel,
+            direction,
+            data,
+        } => serde_json::json!({
+            "t": *t_micros as f64 / 1e6, "channel": channel, "type": direction, "bytes": data.len(),
+            "data": String::from_utf8_lossy(data),
+        }),
+        Event::Meta {
+            t_micros,
+            channel,
+            meta,
+        } => serde_json::json!({
+            "t": *t_micros as f64 / 1e6, "channel": channel, "type": "meta", "meta": meta,
+        }),
+    };
+    writeln!(out, "{v}")
+}
+
+/// The transcript of `events`, whole (for tests).
+#[cfg(test)]
+pub fn transcript(events: &[Event]) -> String {
+    let mut t = Transcript::default();
+    let mut out = Vec::new();
+    for e in events {
+        t.event(e, &mut out).unwrap();
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn a_failed_export_leaves_no_file_and_a_good_one_replaces_it_whole() {
+        let dir = std::env::temp_dir().join(format!("hersectl-export-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("out.cast");
+        let r = write_whole(&p, |out| {
+            out.write_all(b"half")?;
+            Err(failed("broken"))
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "a partial file was left");
+        assert!(write_whole(&p, |out| Ok(out.write_all(b"whole")?)).is_ok());
+        assert_eq!(std::fs::read(&p).unwrap(), b"whole");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // Not a regular file: written to, not replaced.
+        assert!(write_whole(Path::new("/dev/null"), |out| Ok(out.write_all(b"gone")?)).is_ok());
+        assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
