@@ -1,12 +1,9 @@
 //! `hersectl recordings export`: a verified recording as asciicast v2, a transcript or
 //! JSON lines, in memory that does not grow with the recording.
 //!
-//! A recording is read more than once instead of held: the first read verifies it to
-//! its end (and learns how many events a checkpoint vouches for), asciicast reads those
-//! events again to pick the terminal channel its header describes, and the last read
-//! writes them out and then reads on to the end, checking that the file verifies as it
-//! did the first time (the same signed header, at least as many vouched events). A file
-//! changed between the reads fails the export; its output file is never left behind.
+//! The recording is read more than once instead of held ([`Checked`]): once to verify
+//! it, once more for asciicast to pick the terminal channel its header describes, and
+//! once to write the vouched events. An export that fails leaves no output file behind.
 
 use std::collections::HashMap;
 use std::io::{self, BufWriter, Write};
@@ -20,7 +17,8 @@ use session_recordings::{shown, DataDirection, Event, Meta};
 use crate::commands::Failure;
 use crate::output;
 use crate::play::TerminalFinder;
-use crate::recordings::{failed, not_its_session, open_recording, sftp_op_words, transfer_words, ExportFormat};
+use crate::recordings::{failed, sftp_op_words, transfer_words, ExportFormat};
+use crate::reread::Checked;
 
 /// Export the recording at `path` of session `row` to `to` (a file, written whole or not
 /// at all) or to standard output.
@@ -31,24 +29,9 @@ pub fn export(
     format: ExportFormat,
     to: Option<&Path>,
 ) -> Result<(), Failure> {
-    let does_not_verify = |e: &dyn std::fmt::Display| {
-        failed(format!(
-            "recording {} does not verify, so it is not exported: {e} (see `hersectl recordings verify`)",
-            path.display()
-        ))
-    };
-    // First read: the verdict.
-    let first = open_recording(path, key)
-        .and_then(|r| r.verify())
-        .map_err(|e| does_not_verify(&e))?;
-    if let Some(what) = not_its_session(&first.header, row) {
-        return Err(failed(format!(
-            "recording {} is not the session's recording (its {what} differs from the session's), \
-             so it is not exported (see `hersectl recordings verify`)",
-            path.display()
-        )));
-    }
-    let vouched = first.authenticated_events;
+    let checked = Checked::first_read(path, key, row, "exported")?;
+    let first = &checked.verified;
+    let vouched = checked.vouched();
     if first.events > vouched {
         eprintln!(
             "hersectl: recording of session {} is not sealed (the session is live, or was cut \
@@ -61,35 +44,19 @@ pub fn export(
     let mut exporter = match format {
         ExportFormat::Asciicast => {
             let mut finder = TerminalFinder::default();
-            let mut r = open_recording(path, key).map_err(|e| does_not_verify(&e))?;
-            for _ in 0..vouched {
-                match r.next_event().map_err(|e| does_not_verify(&e))? {
-                    Some(e) => finder.see(&e),
-                    None => return Err(does_not_verify(&"it ends before the events read the first time")),
-                }
-            }
+            checked.read_again(true, |e, _| {
+                finder.see(e);
+                Ok(())
+            })?;
             Exporter::Asciicast(Asciicast::new(&first.header, finder.found()))
         }
         ExportFormat::Text => Exporter::Text(Transcript::default()),
         ExportFormat::Json => Exporter::Json,
     };
-
-    // Last read: write, then check the rest as the first read did.
     let mut write = |out: &mut dyn Write| -> Result<(), Failure> {
-        let mut r = open_recording(path, key).map_err(|e| does_not_verify(&e))?;
         exporter.start(out)?;
-        for _ in 0..vouched {
-            match r.next_event().map_err(|e| does_not_verify(&e))? {
-                Some(e) => exporter.event(&e, out)?,
-                None => return Err(does_not_verify(&"it ends before the events read the first time")),
-            }
-        }
-        out.flush()?;
-        let last = r.verify().map_err(|e| does_not_verify(&e))?;
-        if last.header_hash != first.header_hash || last.authenticated_events < vouched {
-            return Err(does_not_verify(&"the file changed while it was being exported"));
-        }
-        Ok(())
+        checked.read_again(true, |e, _| Ok(exporter.event(e, out)?))?;
+        Ok(out.flush()?)
     };
     match to {
         Some(p) => write_whole(p, write),

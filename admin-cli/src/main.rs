@@ -13,6 +13,7 @@ mod output;
 mod play;
 mod recordings;
 mod remote;
+mod reread;
 mod term_filter;
 mod workstations;
 

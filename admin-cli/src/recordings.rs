@@ -514,35 +514,21 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
     let row = source.row(id).await?;
     let key = source.audit_key(public_key).await?;
     let path = source.file(&row).await?;
-    // One read, with the key: nothing of a recording that fails verification is
-    // summarised as if it were the session's (as `play` and `export` refuse it).
-    let (verified, events) = RecordingReader::open_verified(&path, &key)
-        .and_then(|mut r| {
-            unlock(&mut r)?;
-            r.events_and_verdict()
-        })
-        .map_err(|e| {
-            failed(format!(
-                "recording {} does not verify, so it is not shown: {e} (see `hersectl recordings verify`)",
-                path.display()
-            ))
-        })?;
+    // Read with the key, whole, before anything is summarised: nothing of a recording
+    // that fails verification, or is another session's, is shown as if it were this
+    // session's (as `play` and `export` refuse it). Then read again, one event at a time.
+    let checked = crate::reread::Checked::first_read(&path, &key, &row, "shown")?;
+    let verified = &checked.verified;
     let header = &verified.header;
-    // Signed, but another session's (copied over this one's file): not this session.
-    if let Some(what) = not_its_session(header, &row) {
-        return Err(failed(format!(
-            "recording {} is not the session's recording (its {what} differs from the session's), \
-             so it is not shown (see `hersectl recordings verify`)",
-            path.display()
-        )));
-    }
     // In a recording cut short, what follows its last checkpoint was read but nothing
     // signed vouches for it: summarised apart, never mixed into the session's account.
-    let split = usize::try_from(verified.authenticated_events)
-        .unwrap_or(usize::MAX)
-        .min(events.len());
-    let (vouched, tail) = events.split_at(split);
+    let (mut vouched, mut tail) = (Summary::default(), Summary::default());
+    checked.read_again(false, |e, is_vouched| {
+        if is_vouched { &mut vouched } else { &mut tail }.add(e);
+        Ok(())
+    })?;
     let Summary {
+        events,
         execs,
         sftp,
         files,
@@ -550,8 +536,8 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
         recorded_end,
         bytes,
         unrecognised,
-    } = summarise(vouched);
-    let unauthenticated = tail_summary(tail);
+    } = vouched;
+    let unauthenticated = tail_summary(&tail);
     let status = completeness(&verified.completeness);
     let mut summary = serde_json::json!({
         "session": header.session_id, "user": header.user, "client": header.client_addr, "workstation": header.workstation,
@@ -559,7 +545,7 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
         "role": header.role, "grant": header.grant, "decision": header.decision,
         "started": output::time(header.started_at_micros as i64), "ended": row.ended_at.map(output::time), "end_reason": row.end_reason,
         "recorded_end_reason": recorded_end,
-        "verification": status, "events": vouched.len(), "bytes": bytes, "execs": execs, "sftp": sftp, "files": files, "denied": denied,
+        "verification": status, "events": events, "bytes": bytes, "execs": execs, "sftp": sftp, "files": files, "denied": denied,
         "unauthenticated_tail": unauthenticated,
         "file": row.recording,
     });
@@ -592,13 +578,12 @@ async fn show(source: &Source, json: bool, id: &str, public_key: Option<&str>) -
 }
 
 /// `show`'s account of the events after a cut-short recording's last checkpoint, if any.
-fn tail_summary(tail: &[Event]) -> Option<serde_json::Value> {
-    if tail.is_empty() {
+fn tail_summary(t: &Summary) -> Option<serde_json::Value> {
+    if t.events == 0 {
         return None;
     }
-    let t = summarise(tail);
     let mut v = serde_json::json!({
-        "events": tail.len(), "execs": t.execs, "sftp": t.sftp, "files": t.files, "denied": t.denied,
+        "events": t.events, "execs": t.execs, "sftp": t.sftp, "files": t.files, "denied": t.denied,
         "recorded_end_reason": t.recorded_end, "bytes": t.bytes,
     });
     if t.unrecognised > 0 {
@@ -607,8 +592,10 @@ fn tail_summary(tail: &[Event]) -> Option<serde_json::Value> {
     Some(v)
 }
 
-/// What `show` lists of a run of events.
+/// What `show` lists of a run of events, taken one event at a time.
+#[derive(Default)]
 struct Summary {
+    events: u64,
     execs: Vec<String>,
     sftp: Vec<String>,
     /// Files moved by legacy scp.
@@ -620,30 +607,33 @@ struct Summary {
     unrecognised: usize,
 }
 
+#[cfg(test)]
 fn summarise(events: &[Event]) -> Summary {
-    let mut execs = Vec::new();
-    let mut sftp = Vec::new();
-    let mut files = Vec::new();
-    let mut denied = Vec::new();
-    let mut recorded_end = None;
-    let mut bytes = HashMap::<&'static str, u64>::new();
-    let mut unrecognised = 0;
+    let mut s = Summary::default();
     for e in events {
+        s.add(e);
+    }
+    s
+}
+
+impl Summary {
+    fn add(&mut self, e: &Event) {
+        self.events += 1;
         match e {
             Event::Meta {
                 meta: Meta::Unrecognised,
                 ..
-            } => unrecognised += 1,
+            } => self.unrecognised += 1,
             // The reason sealed into the recording, which the session row may not hold
             // (a row closed by another node, or after the database came back).
             Event::Meta {
                 meta: Meta::End { reason },
                 ..
-            } => recorded_end = Some(reason.clone()),
+            } => self.recorded_end = Some(reason.clone()),
             Event::Meta {
                 meta: m @ Meta::Exec { .. },
                 ..
-            } => execs.push(exec_line(m)),
+            } => self.execs.push(exec_line(m)),
             Event::Meta {
                 meta:
                     Meta::SftpFile {
@@ -656,7 +646,7 @@ fn summarise(events: &[Event]) -> Summary {
                         ..
                     },
                 ..
-            } => sftp.push(format!(
+            } => self.sftp.push(format!(
                 "{}: read {bytes_read} B{}, written {bytes_written} B{}",
                 shown(path, path_hex.as_deref()),
                 sha256_read
@@ -671,11 +661,11 @@ fn summarise(events: &[Event]) -> Summary {
             Event::Meta {
                 meta: meta @ Meta::SftpOp { op, detail, .. },
                 ..
-            } if op != "open" || detail.is_some() => sftp.push(sftp_op_words(meta)),
+            } if op != "open" || detail.is_some() => self.sftp.push(sftp_op_words(meta)),
             Event::Meta {
                 meta: meta @ Meta::FileTransfer { sha256, .. },
                 ..
-            } => files.push(format!(
+            } => self.files.push(format!(
                 "{}{}",
                 transfer_words(meta),
                 sha256.as_ref().map(|h| format!(" (sha256 {h})")).unwrap_or_default()
@@ -683,32 +673,23 @@ fn summarise(events: &[Event]) -> Summary {
             Event::Meta {
                 meta: Meta::Untracked { protocol, reason },
                 ..
-            } => files.push(format!(
+            } => self.files.push(format!(
                 "{protocol}: files after this point are not listed (their bytes are recorded): {reason}"
             )),
             Event::Meta {
                 meta: Meta::Denied { request, reason },
                 ..
-            } => denied.push(format!("{request}: {reason}")),
+            } => self.denied.push(format!("{request}: {reason}")),
             Event::Data { direction, data, .. } => {
                 let k = match direction {
                     DataDirection::Input => "input",
                     DataDirection::Output => "output",
                     DataDirection::Stderr => "stderr",
                 };
-                *bytes.entry(k).or_default() += data.len() as u64;
+                *self.bytes.entry(k).or_default() += data.len() as u64;
             }
             _ => {}
         }
-    }
-    Summary {
-        execs,
-        sftp,
-        files,
-        denied,
-        recorded_end,
-        bytes,
-        unrecognised,
     }
 }
 
@@ -1419,11 +1400,14 @@ mod tests {
         );
         assert_eq!(s.unrecognised, 2);
         // The same events after the last checkpoint: counted there too.
-        let tail = tail_summary(&events).unwrap();
+        let tail = tail_summary(&summarise(&events)).unwrap();
         assert_eq!(tail["unrecognised_events"], 2);
         assert_eq!(tail["events"], 5);
-        assert!(tail_summary(&events[..2]).unwrap().get("unrecognised_events").is_none());
-        assert!(tail_summary(&[]).is_none());
+        assert!(tail_summary(&summarise(&events[..2]))
+            .unwrap()
+            .get("unrecognised_events")
+            .is_none());
+        assert!(tail_summary(&summarise(&[])).is_none());
         let text = transcript(&events);
         assert!(
             text.contains("[scp upload /srv/d/su: 5 B, mode 4755, mtime 1970-01-02T00:00:00Z]"),

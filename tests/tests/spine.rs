@@ -1650,10 +1650,30 @@ fn recording_ids(w: &World) -> Vec<String> {
     rows.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect()
 }
 
+/// Run hersectl under GNU time: its output, and its peak RSS in KiB.
+fn ctl_peak_rss(w: &World, args: &[&str]) -> (std::process::Output, u64) {
+    let mut c = Command::new("/usr/bin/time");
+    c.args(["-f", "maxrss-kib %M"])
+        .arg(bin("hersectl"))
+        .arg("-c")
+        .arg(&w.gw.config)
+        .args(args);
+    let done = run(&mut c);
+    let err = text(&done.stderr);
+    assert!(done.status.success(), "{err}");
+    let rss = err
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss-kib "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no max RSS in {err}"));
+    (done, rss)
+}
+
 #[test]
-fn exporting_a_large_recording_takes_memory_that_does_not_grow_with_it() {
-    // 64 MiB of terminal output: an export that held the events (or its output) in
-    // memory would need more than that (140 MiB of RSS before it streamed, 19 after).
+fn showing_and_exporting_a_large_recording_take_memory_that_does_not_grow_with_it() {
+    // 64 MiB of terminal output: an export or a `show` that held the events (or the
+    // export's text) in memory would need more than that (140 MiB of RSS before they
+    // streamed, 19 after).
     let w = World::new("bigexport");
     let out = run(ssh(&w.alice).args([
         "-l",
@@ -1667,27 +1687,34 @@ fn exporting_a_large_recording_takes_memory_that_does_not_grow_with_it() {
     let id = recording_ids(&w).pop().unwrap();
     for format in ["json", "asciicast", "text"] {
         let file = w.d().join(format!("big.{format}"));
-        let mut c = Command::new("/usr/bin/time");
-        c.args(["-f", "maxrss-kib %M"])
-            .arg(bin("hersectl"))
-            .arg("-c")
-            .arg(&w.gw.config)
-            .args(["recordings", "export", &id, "--format", format, "-o"])
-            .arg(&file);
-        let done = run(&mut c);
-        let err = text(&done.stderr);
-        assert!(done.status.success(), "{err}");
-        let rss: u64 = err
-            .lines()
-            .find_map(|l| l.strip_prefix("maxrss-kib "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no max RSS in {err}"));
+        let (_, rss) = ctl_peak_rss(
+            &w,
+            &[
+                "recordings",
+                "export",
+                &id,
+                "--format",
+                format,
+                "-o",
+                file.to_str().unwrap(),
+            ],
+        );
         let size = std::fs::metadata(&file).unwrap().len();
         eprintln!("export --format {format}: {size} bytes written, max RSS {rss} KiB");
         assert!(size >= 67_108_864, "{format}: only {size} bytes");
         assert!(rss < 48 * 1024, "{format}: export took {rss} KiB");
         std::fs::remove_file(&file).unwrap();
     }
+    // `show` sums the same events up the same way.
+    let (done, rss) = ctl_peak_rss(&w, &["recordings", "show", &id, "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    eprintln!("show: max RSS {rss} KiB");
+    assert_eq!(shown["bytes"]["output"], 67_108_864, "{shown}");
+    assert!(
+        shown["verification"].as_str().unwrap().starts_with("complete"),
+        "{shown}"
+    );
+    assert!(rss < 48 * 1024, "show took {rss} KiB");
 }
 
 #[test]
