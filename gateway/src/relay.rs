@@ -18,7 +18,7 @@ use session_recordings::sftp::{self, Framer};
 use session_recordings::sftp_audit::SftpAudit;
 
 use crate::policy::Request;
-use crate::session::TargetSession;
+use crate::session::{TargetSession, TELL_CLIENT};
 
 type FrontChannel = Channel<server::Msg>;
 type UpChannel = Channel<russh::client::Msg>;
@@ -331,7 +331,7 @@ async fn run(
         _ = s.cancelled() => {
             if is_session {
                 // Best effort: the client may not be reading.
-                let _ = tokio::time::timeout(Duration::from_millis(500), chan.fail(&format!("session ended: {}", s.reason()))).await;
+                let _ = tokio::time::timeout(TELL_CLIENT, chan.fail(&format!("session ended: {}", s.reason()))).await;
                 told_client = true;
             }
         }
@@ -347,7 +347,7 @@ async fn run(
                 s.end(e.to_string());
                 if is_session {
                     let message = format!("session ended: {}", s.reason());
-                    let _ = tokio::time::timeout(Duration::from_millis(500), chan.fail(&message)).await;
+                    let _ = tokio::time::timeout(TELL_CLIENT, chan.fail(&message)).await;
                     told_client = true;
                 }
             }

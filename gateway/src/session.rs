@@ -92,6 +92,11 @@ pub const AUDITED_DENIALS: u32 = 20;
 /// anything on before the session ends with what they still hold.
 const TARGET_GONE_DRAIN: Duration = Duration::from_secs(5);
 
+/// How long an ending session's channels have to tell the client why, before the
+/// connection is cut. The relays wait as long to hand the message over: it may queue
+/// behind a busy channel's output on a loaded host, and the cut bounds the wait anyway.
+pub const TELL_CLIENT: Duration = Duration::from_secs(1);
+
 /// Counts a relayed channel while it lives.
 pub struct ChannelGuard(Arc<TargetSession>);
 
@@ -725,7 +730,7 @@ async fn supervise(gw: Arc<Gateway>, s: Arc<TargetSession>) {
     // Give the relays a moment to write the reason to the client's terminals.
     let drained = s.channels_done.notified();
     if s.open_channels.load(Ordering::Acquire) > 0 {
-        let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
+        let _ = tokio::time::timeout(TELL_CLIENT, drained).await;
     }
     let front = s.front.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(front) = front {
