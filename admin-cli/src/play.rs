@@ -11,19 +11,6 @@ use session_recordings::{DataDirection, Event, Meta};
 use crate::commands::Failure;
 use crate::term_filter::TerminalFilter;
 
-/// The terminal channel of a recording and its size: the channel with a pty, else the
-/// first with output (an 80x24 xterm).
-pub fn terminal_channel(events: &[Event]) -> (u32, String, u32, u32) {
-    let mut finder = TerminalFinder::default();
-    for e in events {
-        finder.see(e);
-        if finder.pty.is_some() {
-            break;
-        }
-    }
-    finder.found()
-}
-
 /// Finds the terminal channel among events seen one at a time: the first with a pty
 /// (its terminal type and size), else the first with output (at 80×24).
 #[derive(Default)]
@@ -62,29 +49,47 @@ pub struct Timeline {
     pub duration: u64,
 }
 
-impl Timeline {
-    /// The terminal channel: the one with a pty, else the first with output.
-    pub fn from_events(events: &[Event]) -> Timeline {
-        let (channel, ..) = terminal_channel(events);
-        let mut filter = TerminalFilter::default();
-        let frames = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Data {
-                    t_micros,
-                    channel: c,
-                    direction: DataDirection::Output | DataDirection::Stderr,
-                    data,
-                } if *c == channel => {
-                    let mut shown = Vec::with_capacity(data.len());
-                    filter.feed(data, &mut shown);
-                    Some((*t_micros, shown))
-                }
-                _ => None,
-            })
-            .collect();
-        let duration = events.last().map(|e| e.t_micros()).unwrap_or(0);
-        Timeline { frames, duration }
+/// A [`Timeline`] of one channel, from events taken one at a time: only that channel's
+/// output is kept.
+pub struct TimelineBuilder {
+    channel: u32,
+    filter: TerminalFilter,
+    frames: Vec<(u64, Vec<u8>)>,
+    last_t: u64,
+}
+
+impl TimelineBuilder {
+    pub fn new(channel: u32) -> Self {
+        TimelineBuilder {
+            channel,
+            filter: TerminalFilter::default(),
+            frames: Vec::new(),
+            last_t: 0,
+        }
+    }
+
+    pub fn add(&mut self, e: &Event) {
+        self.last_t = e.t_micros();
+        if let Event::Data {
+            t_micros,
+            channel,
+            direction: DataDirection::Output | DataDirection::Stderr,
+            data,
+        } = e
+        {
+            if *channel == self.channel {
+                let mut shown = Vec::with_capacity(data.len());
+                self.filter.feed(data, &mut shown);
+                self.frames.push((*t_micros, shown));
+            }
+        }
+    }
+
+    pub fn build(self) -> Timeline {
+        Timeline {
+            frames: self.frames,
+            duration: self.last_t,
+        }
     }
 }
 

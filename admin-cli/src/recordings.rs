@@ -144,11 +144,17 @@ fn unlock<R: std::io::Read>(reader: &mut RecordingReader<R>) -> Result<(), sessi
 
 /// A recording opened to be read with its signatures checked, and unlocked when it is
 /// encrypted (with the identities given by `--identity`).
+/// From `at_micros` on (through the seek index), when it is not 0.
 pub(crate) fn open_recording(
     path: &Path,
     key: &VerifyingKey,
-) -> Result<RecordingReader<impl std::io::Read>, session_recordings::ReadError> {
-    let mut r = RecordingReader::open_verified(path, key)?;
+    at_micros: u64,
+) -> Result<RecordingReader<impl std::io::Read + std::io::Seek>, session_recordings::ReadError> {
+    let mut r = if at_micros == 0 {
+        RecordingReader::open_verified(path, key)?
+    } else {
+        RecordingReader::open_at_verified(path, at_micros, key)?
+    };
     unlock(&mut r)?;
     Ok(r)
 }
@@ -1191,67 +1197,6 @@ fn parse_when(s: &str) -> Result<i64, Failure> {
         .unwrap_or(0))
 }
 
-/// The events of a recording from time `at_micros` on (through the seek index), read
-/// with the audit key: every checkpoint and the seal are checked as they are read, so
-/// nothing of a recording that fails verification is shown or exported. Only what a
-/// checkpoint or the seal vouches for is returned: the tail of a recording cut short is
-/// left out, with a warning (`show` lists it apart). A signed recording of another
-/// session (copied over this one's file) is refused, as `show` and `verify` refuse it.
-/// A seek index that does not lead into the recording where it says is ignored: the
-/// recording is then read from the start.
-fn verified_events(
-    path: &Path,
-    key: &VerifyingKey,
-    row: &SessionRow,
-    at_micros: u64,
-) -> Result<(session_recordings::Header, Vec<Event>), Failure> {
-    let read = |at: u64| {
-        let mut r = if at == 0 {
-            RecordingReader::open_verified(path, key)
-        } else {
-            RecordingReader::open_at_verified(path, at, key)
-        }?;
-        unlock(&mut r)?;
-        r.events_and_verdict()
-    };
-    let read = match read(at_micros) {
-        Err(e) if at_micros > 0 => {
-            eprintln!(
-                "hersectl: reading {} from the seek point failed ({}); reading it from the start",
-                path.display(),
-                output::clean(&e.to_string())
-            );
-            read(0)
-        }
-        r => r,
-    };
-    let (verified, mut events) = read.map_err(|e| {
-        failed(format!(
-            "recording {} does not verify, so it is not shown: {e} (see `hersectl recordings verify`)",
-            path.display()
-        ))
-    })?;
-    if let Some(what) = not_its_session(&verified.header, row) {
-        return Err(failed(format!(
-            "recording {} is not the session's recording (its {what} differs from the session's), \
-             so it is not shown (see `hersectl recordings verify`)",
-            path.display()
-        )));
-    }
-    let vouched = usize::try_from(verified.authenticated_events).unwrap_or(usize::MAX);
-    if events.len() > vouched {
-        eprintln!(
-            "hersectl: recording of session {} is not sealed (the session is live, or was cut \
-             short): the {} events after its last checkpoint are not authenticated and are left \
-             out (`hersectl recordings show` lists them apart)",
-            row.id,
-            events.len() - vouched
-        );
-        events.truncate(vouched);
-    }
-    Ok((verified.header, events))
-}
-
 fn play_file(
     path: &Path,
     key: &VerifyingKey,
@@ -1262,14 +1207,35 @@ fn play_file(
 ) -> Result<(), Failure> {
     let at_micros = (at.max(0.0) * 1e6) as u64;
     // Starting later: jump through the seek index instead of decoding from the start
-    // (the player can then seek back only to the frame it started from).
-    let (_, events) = verified_events(path, key, row, at_micros)?;
-    let timeline = crate::play::Timeline::from_events(&events);
+    // (the player can then seek back only to the frame it started from). Only the
+    // terminal channel's output is kept: one read verifies, one finds the channel, one
+    // takes its output.
+    let checked = crate::reread::Checked::first_read_at(path, key, row, "shown", at_micros)?;
+    let verified = &checked.verified;
+    if verified.events > checked.vouched() {
+        eprintln!(
+            "hersectl: recording of session {} is not sealed (the session is live, or was cut \
+             short): the {} events after its last checkpoint are not authenticated and are left \
+             out (`hersectl recordings show` lists them apart)",
+            row.id,
+            verified.events - checked.vouched()
+        );
+    }
+    let mut finder = crate::play::TerminalFinder::default();
+    checked.read_again(true, |e, _| {
+        finder.see(e);
+        Ok(())
+    })?;
+    let mut timeline = crate::play::TimelineBuilder::new(finder.found().0);
+    checked.read_again(true, |e, _| {
+        timeline.add(e);
+        Ok(())
+    })?;
     crate::play::play(
-        &timeline,
+        &timeline.build(),
         &crate::play::PlayOptions {
             speed,
-            at_micros: (at.max(0.0) * 1e6) as u64,
+            at_micros,
             max_idle: skip_idle.then_some(std::time::Duration::from_secs(1)),
         },
     )

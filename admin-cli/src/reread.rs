@@ -14,6 +14,7 @@ use herse::store::SessionRow;
 use session_recordings::{Event, Verified};
 
 use crate::commands::Failure;
+use crate::output;
 use crate::recordings::{failed, not_its_session, open_recording};
 
 /// A recording that verified whole and is the session's own.
@@ -22,6 +23,10 @@ pub struct Checked<'a> {
     key: &'a VerifyingKey,
     /// What the command does with it, for messages ("shown", "exported").
     done: &'static str,
+    /// Where the reads start: a time to seek to (0: the start), and the file offset the
+    /// first read landed on, where each later read must land too.
+    at_micros: u64,
+    start: u64,
     pub verified: Verified,
 }
 
@@ -34,13 +39,45 @@ impl<'a> Checked<'a> {
         row: &SessionRow,
         done: &'static str,
     ) -> Result<Checked<'a>, Failure> {
-        let verified = open_recording(path, key)
-            .and_then(|r| r.verify())
-            .map_err(|e| does_not_verify(path, done, &e))?;
+        Self::first_read_at(path, key, row, done, 0)
+    }
+
+    /// [`Self::first_read`] from `at_micros` on, through the seek index (then the events
+    /// before the landing point are not read, and the header is not tied to the chain:
+    /// the session check holds the header to the row all the same). An index that does
+    /// not lead into the recording where it says is not trusted: the recording is then
+    /// read from the start.
+    pub fn first_read_at(
+        path: &'a Path,
+        key: &'a VerifyingKey,
+        row: &SessionRow,
+        done: &'static str,
+        at_micros: u64,
+    ) -> Result<Checked<'a>, Failure> {
+        let read = |at: u64| {
+            let r = open_recording(path, key, at)?;
+            let start = r.offset();
+            Ok::<_, session_recordings::ReadError>((r.verify()?, start))
+        };
+        let (verified, start, at_micros) = match read(at_micros) {
+            Ok((v, start)) => (v, start, at_micros),
+            Err(e) if at_micros > 0 => {
+                eprintln!(
+                    "hersectl: reading {} from the seek point failed ({}); reading it from the start",
+                    path.display(),
+                    output::clean(&e.to_string())
+                );
+                let (v, start) = read(0).map_err(|e| does_not_verify(path, done, &e))?;
+                (v, start, 0)
+            }
+            Err(e) => return Err(does_not_verify(path, done, &e)),
+        };
         let c = Checked {
             path,
             key,
             done,
+            at_micros,
+            start,
             verified,
         };
         if let Some(what) = not_its_session(&c.verified.header, row) {
@@ -67,7 +104,10 @@ impl<'a> Checked<'a> {
         mut each: impl FnMut(&Event, bool) -> Result<(), Failure>,
     ) -> Result<(), Failure> {
         let vouched = self.vouched();
-        let mut r = open_recording(self.path, self.key).map_err(|e| self.does_not_verify(&e))?;
+        let mut r = open_recording(self.path, self.key, self.at_micros).map_err(|e| self.does_not_verify(&e))?;
+        if r.offset() != self.start {
+            return Err(self.does_not_verify(&"the seek index changed while it was being read"));
+        }
         let mut n = 0u64;
         while !(only_vouched && n == vouched) {
             match r.next_event().map_err(|e| self.does_not_verify(&e))? {

@@ -1670,8 +1670,8 @@ fn ctl_peak_rss(w: &World, args: &[&str]) -> (std::process::Output, u64) {
 }
 
 #[test]
-fn showing_and_exporting_a_large_recording_take_memory_that_does_not_grow_with_it() {
-    // 64 MiB of terminal output: an export or a `show` that held the events (or the
+fn reading_a_large_recording_takes_memory_that_does_not_grow_with_it() {
+    // 64 MiB of output: an export, a `show` or a `play` that held the events (or the
     // export's text) in memory would need more than that (140 MiB of RSS before they
     // streamed, 19 after).
     let w = World::new("bigexport");
@@ -1715,6 +1715,37 @@ fn showing_and_exporting_a_large_recording_take_memory_that_does_not_grow_with_i
         "{shown}"
     );
     assert!(rss < 48 * 1024, "show took {rss} KiB");
+
+    // `play` keeps the terminal's output, not the other channels' bulk: a session with a
+    // terminal that prints a line and a channel that moves 64 MiB beside it.
+    let key = key_of(&w, "alice");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = raw_login(w.gw.port, key, &w.alice_totp).await;
+        let mut term = h.channel_open_session().await.unwrap();
+        term.request_pty(false, "xterm", 80, 24, 0, 0, &[]).await.unwrap();
+        term.exec(true, "echo on-the-terminal; sleep 1").await.unwrap();
+        let mut bulk = h.channel_open_session().await.unwrap();
+        bulk.exec(true, "head -c 67108864 /dev/zero").await.unwrap();
+        let mut moved = 0;
+        while let Some(m) = bulk.wait().await {
+            if let russh::ChannelMsg::Data { data } = m {
+                moved += data.len();
+            }
+        }
+        assert_eq!(moved, 67_108_864);
+        while term.wait().await.is_some() {}
+    });
+    drop(rt);
+    wait_sessions_ended(&w);
+    let id = recording_ids(&w)
+        .into_iter()
+        .find(|r| *r != id)
+        .expect("the second session's recording");
+    let (done, rss) = ctl_peak_rss(&w, &["recordings", "play", &id, "--speed", "100"]);
+    eprintln!("play: max RSS {rss} KiB");
+    assert!(text(&done.stdout).contains("on-the-terminal"), "{}", text(&done.stdout));
+    assert!(rss < 48 * 1024, "play took {rss} KiB");
 }
 
 #[test]
