@@ -68,17 +68,29 @@ pub fn export(
     }
 }
 
-/// Write `p` through a temporary file beside it, renamed over `p` only once `write`
-/// succeeded: an export that fails leaves no partial file that could pass for whole.
-/// What is not a regular file (`/dev/stdout`, a pipe) is written to as it is.
+/// Write the export to `p`. A new file is written as a temporary file beside it (mode
+/// 0600: a recording holds what was typed), renamed to `p` only once `write` succeeded,
+/// so an export that fails leaves no partial file that could pass for whole. A path that
+/// exists (a file, a link, `/dev/stdout`, a pipe) is written through, as before, keeping
+/// its owner, mode and links; if the export fails, a regular file there is emptied.
 fn write_whole(p: &Path, write: impl FnOnce(&mut dyn Write) -> Result<(), Failure>) -> Result<(), Failure> {
-    if std::fs::metadata(p).is_ok_and(|m| !m.is_file()) {
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::symlink_metadata(p).is_ok() {
         let file = std::fs::OpenOptions::new()
             .write(true)
+            .create(true)
+            .truncate(true)
             .open(p)
             .map_err(|e| failed(format!("cannot write {}: {e}", p.display())))?;
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
         let mut out = BufWriter::with_capacity(1 << 16, file);
-        return write(&mut out).and_then(|()| Ok(out.flush()?));
+        let done = write(&mut out).and_then(|()| Ok(out.flush()?));
+        if done.is_err() && regular {
+            if let Ok(file) = out.into_inner() {
+                let _ = file.set_len(0);
+            }
+        }
+        return done;
     }
     let dir = match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -94,17 +106,22 @@ fn write_whole(p: &Path, write: impl FnOnce(&mut dyn Write) -> Result<(), Failur
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&tmp)
         .map_err(|e| failed(format!("cannot create {}: {e}", tmp.display())))?;
     let mut out = BufWriter::with_capacity(1 << 16, file);
     let done = write(&mut out).and_then(|()| {
         let file = out.into_inner().map_err(|e| failed(e.into_error()))?;
         file.sync_all()?;
-        std::fs::rename(&tmp, p).map_err(|e| failed(format!("cannot write {}: {e}", p.display())))
+        // Not over a file that appeared meanwhile: a link fails where a rename would
+        // replace it (a file system without links gets the rename).
+        match std::fs::hard_link(&tmp, p) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => std::fs::rename(&tmp, p),
+            r => r,
+        }
+        .map_err(|e| failed(format!("cannot write {}: {e}", p.display())))
     });
-    if done.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let _ = std::fs::remove_file(&tmp);
     done
 }
 
@@ -324,7 +341,8 @@ mod tests {
     use std::os::unix::fs::FileTypeExt;
 
     #[test]
-    fn a_failed_export_leaves_no_file_and_a_good_one_replaces_it_whole() {
+    fn a_failed_export_leaves_no_file_and_an_existing_one_is_written_through() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("hersectl-export-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("out.cast");
@@ -336,7 +354,23 @@ mod tests {
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "a partial file was left");
         assert!(write_whole(&p, |out| Ok(out.write_all(b"whole")?)).is_ok());
         assert_eq!(std::fs::read(&p).unwrap(), b"whole");
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // An existing file keeps its mode; through a link, the link stays a link.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.join("latest.cast");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(write_whole(&link, |out| Ok(out.write_all(b"again")?)).is_ok());
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&p).unwrap(), b"again");
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
+        // A failed export into an existing file leaves it empty, not half written.
+        let r = write_whole(&p, |out| {
+            out.write_all(b"half")?;
+            Err(failed("broken"))
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"");
         // Not a regular file: written to, not replaced.
         assert!(write_whole(Path::new("/dev/null"), |out| Ok(out.write_all(b"gone")?)).is_ok());
         assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());

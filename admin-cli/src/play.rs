@@ -36,6 +36,10 @@ impl TerminalFinder {
         }
     }
 
+    pub fn has_pty(&self) -> bool {
+        self.pty.is_some()
+    }
+
     pub fn found(self) -> (u32, String, u32, u32) {
         self.pty
             .unwrap_or_else(|| (self.output.unwrap_or(0), "xterm".into(), 80, 24))

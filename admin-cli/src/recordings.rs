@@ -159,6 +159,21 @@ pub(crate) fn open_recording(
     Ok(r)
 }
 
+/// As [`open_recording`], landing on the index entry an earlier read landed on (from the
+/// start: `None`).
+pub(crate) fn reopen_recording(
+    path: &Path,
+    key: &VerifyingKey,
+    landed_on: Option<session_recordings::format::IndexEntry>,
+) -> Result<RecordingReader<impl std::io::Read + std::io::Seek>, session_recordings::ReadError> {
+    let mut r = match landed_on {
+        None => RecordingReader::open_verified(path, key)?,
+        Some(e) => RecordingReader::open_at_entry_verified(path, e, key)?,
+    };
+    unlock(&mut r)?;
+    Ok(r)
+}
+
 pub(crate) fn failed(e: impl std::fmt::Display) -> Failure {
     Failure {
         code: 1,
@@ -1222,10 +1237,20 @@ fn play_file(
         );
     }
     let mut finder = crate::play::TerminalFinder::default();
-    checked.read_again(true, |e, _| {
-        finder.see(e);
-        Ok(())
-    })?;
+    // From a seek point, the terminal's request is usually before it: look for it from
+    // the start, up to there.
+    if let Some(landing) = checked.landing_time() {
+        checked.scan_from_start(|e| {
+            finder.see(e);
+            !finder.has_pty() && e.t_micros() < landing
+        })?;
+    }
+    if !finder.has_pty() {
+        checked.read_again(true, |e, _| {
+            finder.see(e);
+            Ok(())
+        })?;
+    }
     let mut timeline = crate::play::TimelineBuilder::new(finder.found().0);
     checked.read_again(true, |e, _| {
         timeline.add(e);

@@ -15,7 +15,7 @@ use session_recordings::{Event, Verified};
 
 use crate::commands::Failure;
 use crate::output;
-use crate::recordings::{failed, not_its_session, open_recording};
+use crate::recordings::{failed, not_its_session, open_recording, reopen_recording};
 
 /// A recording that verified whole and is the session's own.
 pub struct Checked<'a> {
@@ -23,9 +23,9 @@ pub struct Checked<'a> {
     key: &'a VerifyingKey,
     /// What the command does with it, for messages ("shown", "exported").
     done: &'static str,
-    /// Where the reads start: a time to seek to (0: the start), and the file offset the
-    /// first read landed on, where each later read must land too.
-    at_micros: u64,
+    /// Where the reads start: the index entry the first read landed on (`None`: the
+    /// start), and the file offset there, where each later read must land too.
+    landed_on: Option<session_recordings::format::IndexEntry>,
     start: u64,
     pub verified: Verified,
 }
@@ -56,19 +56,18 @@ impl<'a> Checked<'a> {
     ) -> Result<Checked<'a>, Failure> {
         let read = |at: u64| {
             let r = open_recording(path, key, at)?;
-            let start = r.offset();
-            Ok::<_, session_recordings::ReadError>((r.verify()?, start))
+            let (start, landed_on) = (r.offset(), r.landed_on());
+            Ok::<_, session_recordings::ReadError>((r.verify()?, start, landed_on))
         };
-        let (verified, start, at_micros) = match read(at_micros) {
-            Ok((v, start)) => (v, start, at_micros),
+        let (verified, start, landed_on) = match read(at_micros) {
+            Ok(first) => first,
             Err(e) if at_micros > 0 => {
                 eprintln!(
                     "hersectl: reading {} from the seek point failed ({}); reading it from the start",
                     path.display(),
                     output::clean(&e.to_string())
                 );
-                let (v, start) = read(0).map_err(|e| does_not_verify(path, done, &e))?;
-                (v, start, 0)
+                read(0).map_err(|e| does_not_verify(path, done, &e))?
             }
             Err(e) => return Err(does_not_verify(path, done, &e)),
         };
@@ -76,7 +75,7 @@ impl<'a> Checked<'a> {
             path,
             key,
             done,
-            at_micros,
+            landed_on,
             start,
             verified,
         };
@@ -104,9 +103,9 @@ impl<'a> Checked<'a> {
         mut each: impl FnMut(&Event, bool) -> Result<(), Failure>,
     ) -> Result<(), Failure> {
         let vouched = self.vouched();
-        let mut r = open_recording(self.path, self.key, self.at_micros).map_err(|e| self.does_not_verify(&e))?;
+        let mut r = reopen_recording(self.path, self.key, self.landed_on).map_err(|e| self.does_not_verify(&e))?;
         if r.offset() != self.start {
-            return Err(self.does_not_verify(&"the seek index changed while it was being read"));
+            return Err(self.does_not_verify(&"it changed while it was being read"));
         }
         let mut n = 0u64;
         while !(only_vouched && n == vouched) {
@@ -122,6 +121,36 @@ impl<'a> Checked<'a> {
         let again = r.verify().map_err(|e| self.does_not_verify(&e))?;
         if again.header_hash != self.verified.header_hash || again.authenticated_events < vouched {
             return Err(self.does_not_verify(&"the file changed while it was being read"));
+        }
+        Ok(())
+    }
+
+    /// When the first read started at a seek point: the time its index entry claims.
+    pub fn landing_time(&self) -> Option<u64> {
+        self.landed_on.map(|e| e.first_t)
+    }
+
+    /// Read from the start, handing events to `each` until it says stop, then on until a
+    /// checkpoint vouches for the last one handed over: what a read from a seek point
+    /// needs to know of what came before it (a terminal requested earlier), in no more
+    /// than that and one checkpoint interval.
+    pub fn scan_from_start(&self, mut each: impl FnMut(&Event) -> bool) -> Result<(), Failure> {
+        let mut r = reopen_recording(self.path, self.key, None).map_err(|e| self.does_not_verify(&e))?;
+        let mut handed = 0u64;
+        while let Some(e) = r.next_event().map_err(|e| self.does_not_verify(&e))? {
+            handed += 1;
+            if !each(&e) {
+                break;
+            }
+        }
+        // (The checkpoint after the last events is read on the way to the end.)
+        while r.vouched_events() < handed {
+            if r.next_event().map_err(|e| self.does_not_verify(&e))?.is_none() {
+                break;
+            }
+        }
+        if r.vouched_events() < handed {
+            return Err(self.does_not_verify(&"no checkpoint vouches for its first events"));
         }
         Ok(())
     }

@@ -170,8 +170,10 @@ struct Chan<'a> {
     is_session: bool,
     started: std::sync::atomic::AtomicBool,
     /// Set once the client asked for a terminal: the target's output then does not count
-    /// as activity for the idle timeout (`TargetSession::touch_output`).
+    /// as activity for the idle timeout (`TargetSession::touch_output`). Cleared if the
+    /// target refuses it, unless it granted one before (`terminal_granted`).
     terminal: std::sync::atomic::AtomicBool,
+    terminal_granted: std::sync::atomic::AtomicBool,
     /// Requests forwarded with want-reply whose answer from the target is still due
     /// (answers come in order). The client had its answer already (see `front`'s request
     /// handlers), so a refusal is acted on here: a refused shell, exec or subsystem ends
@@ -267,6 +269,7 @@ async fn run(
         is_session,
         started: std::sync::atomic::AtomicBool::new(false),
         terminal: std::sync::atomic::AtomicBool::new(false),
+        terminal_granted: std::sync::atomic::AtomicBool::new(false),
         replies_due: Default::default(),
     };
 
@@ -756,7 +759,9 @@ async fn target_to_client(
                 .await;
         }
         ChannelMsg::Success => {
-            chan.answered();
+            if let Some(Due::Terminal) = chan.answered() {
+                chan.terminal_granted.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         ChannelMsg::Failure => match chan.answered() {
             Some(Due::Start(what)) => {
@@ -768,7 +773,10 @@ async fn target_to_client(
             Some(Due::Terminal) => {
                 // As OpenSSH does ("PTY allocation request failed"): the command runs
                 // without a terminal, and the user is told why.
-                chan.terminal.store(false, std::sync::atomic::Ordering::Relaxed);
+                // A second request refused does not take away the terminal granted first.
+                if !chan.terminal_granted.load(std::sync::atomic::Ordering::Relaxed) {
+                    chan.terminal.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
                 let reason = format!("target {} refused a terminal", s.authorized().target().name);
                 rec.meta(
                     id,

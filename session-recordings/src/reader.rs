@@ -82,6 +82,8 @@ pub struct RecordingReader<R> {
     /// After a jump through the seek index: the time its entry claims for the first
     /// event of the frame it landed on, checked against that frame's real first event.
     landing_claim: Option<u64>,
+    /// The index entry a seek landed on.
+    landed_on: Option<format::IndexEntry>,
 }
 
 impl RecordingReader<BufReader<std::fs::File>> {
@@ -107,8 +109,7 @@ impl RecordingReader<BufReader<std::fs::File>> {
         Self::seek_to(Self::open_verified(path, key)?, path, t_micros)
     }
 
-    fn seek_to(mut r: Self, path: &Path, t_micros: u64) -> Result<Self, ReadError> {
-        use std::io::{Seek, SeekFrom};
+    fn seek_to(r: Self, path: &Path, t_micros: u64) -> Result<Self, ReadError> {
         let Ok(bytes) = std::fs::read(format::index_path(path)) else {
             return Ok(r);
         };
@@ -116,14 +117,32 @@ impl RecordingReader<BufReader<std::fs::File>> {
             return Ok(r);
         };
         let i = entries.partition_point(|e| e.first_t <= t_micros);
-        if let Some(e) = i.checked_sub(1).map(|i| entries[i]) {
-            if e.offset > r.offset && e.seq >= r.seq {
-                r.input.seek(SeekFrom::Start(e.offset))?;
-                r.offset = e.offset;
-                r.seq = e.seq;
-                r.prev = e.prev;
-                r.landing_claim = Some(e.first_t);
-            }
+        match i.checked_sub(1).map(|i| entries[i]) {
+            Some(e) => Self::land(r, e),
+            None => Ok(r),
+        }
+    }
+
+    /// [`Self::open_at_verified`] landing on `entry` (one [`Self::landed_on`] gave), not
+    /// on what the index says now: a later read of a recording that is still growing
+    /// starts where the first did. The entry is as untrusted as the index it came from.
+    pub fn open_at_entry_verified(
+        path: &Path,
+        entry: format::IndexEntry,
+        key: &VerifyingKey,
+    ) -> Result<Self, ReadError> {
+        Self::land(Self::open_verified(path, key)?, entry)
+    }
+
+    fn land(mut r: Self, e: format::IndexEntry) -> Result<Self, ReadError> {
+        use std::io::{Seek, SeekFrom};
+        if e.offset > r.offset && e.seq >= r.seq {
+            r.input.seek(SeekFrom::Start(e.offset))?;
+            r.offset = e.offset;
+            r.seq = e.seq;
+            r.prev = e.prev;
+            r.landing_claim = Some(e.first_t);
+            r.landed_on = Some(e);
         }
         Ok(r)
     }
@@ -173,6 +192,7 @@ impl<R: Read> RecordingReader<R> {
             events_at_checkpoint: 0,
             data_key: None,
             landing_claim: None,
+            landed_on: None,
         };
         let f = r.next_frame()?.ok_or(ReadError::NoHeader)?;
         if f.kind != FRAME_HEADER {
@@ -215,6 +235,16 @@ impl<R: Read> RecordingReader<R> {
     /// Bytes of the file consumed so far.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// How many of the events read so far a verified checkpoint (or the seal) covers.
+    pub fn vouched_events(&self) -> u64 {
+        self.events_at_checkpoint
+    }
+
+    /// The index entry this reader jumped to, if it did.
+    pub fn landed_on(&self) -> Option<format::IndexEntry> {
+        self.landed_on
     }
 
     /// True once the end of the file was reached without a seal.

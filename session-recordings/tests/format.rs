@@ -587,6 +587,17 @@ fn the_seek_index_jumps_near_a_time_and_cannot_forge_data() {
     let r = RecordingReader::open_at_verified(&path, middle, &key().verifying_key()).unwrap();
     let (_, events, truncated) = r.events().unwrap();
     assert!(!truncated && events.len() == n, "{} events", events.len());
+    // A second read lands on the entry the first landed on, whatever the index says by
+    // then (a recording still growing gains entries between two reads).
+    let r = RecordingReader::open_at_verified(&path, middle, &key().verifying_key()).unwrap();
+    let (landed, offset) = (r.landed_on().expect("it jumped"), r.offset());
+    let r = RecordingReader::open_at_entry_verified(&path, landed, &key().verifying_key()).unwrap();
+    assert_eq!((r.landed_on(), r.offset()), (Some(landed), offset));
+    assert_eq!(r.events().unwrap().1.len(), n);
+    assert!(RecordingReader::open_verified(&path, &key().verifying_key())
+        .unwrap()
+        .landed_on()
+        .is_none());
     let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
     let r = RecordingReader::open_at_verified(&path, middle, &other).unwrap();
     assert!(matches!(r.events(), Err(ReadError::BadSignature { .. })));

@@ -1746,6 +1746,11 @@ fn reading_a_large_recording_takes_memory_that_does_not_grow_with_it() {
     eprintln!("play: max RSS {rss} KiB");
     assert!(text(&done.stdout).contains("on-the-terminal"), "{}", text(&done.stdout));
     assert!(rss < 48 * 1024, "play took {rss} KiB");
+    // From a seek point past the terminal's request (in the bulk's frames), the player
+    // still finds the terminal, not the bulk channel.
+    let (_, rss) = ctl_peak_rss(&w, &["recordings", "play", &id, "--speed", "100", "--at", "0.4"]);
+    eprintln!("play --at 0.4: max RSS {rss} KiB");
+    assert!(rss < 48 * 1024, "play --at took {rss} KiB");
 }
 
 #[test]
