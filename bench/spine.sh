@@ -10,7 +10,9 @@
 # (jump sshd or herse) and the target sshd, read from /proc (utime+stime of the process
 # trees), because wall time on a shared 2-core machine is noisy.
 #
-# Usage: bench/spine.sh [--cipher chacha20-poly1305@openssh.com] [--size-mib 1024] [--setups 30]
+# Usage: bench/spine.sh [--cipher chacha20-poly1305@openssh.com] [--size-mib 1024] [--setups 30] [--download]
+# --download moves the data the other way: the target's `head -c` into the client's
+# /dev/null (the target's output, through the gateway's upstream window).
 # --cipher default sets no cipher anywhere: what stock OpenSSH gets (chacha20 from the
 # client; Herse picks its own upstream cipher, AES-GCM on AES hardware).
 # HERSE_BENCH_PERF=FILE also records a perf profile of the gateway during the single-hop
@@ -21,12 +23,14 @@ cd "$(dirname "$0")/.."
 CIPHER=chacha20-poly1305@openssh.com
 SIZE_MIB=1024
 SETUPS=30
+DOWNLOAD=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --cipher) CIPHER=$2; shift 2;;
     --size-mib) SIZE_MIB=$2; shift 2;;
     --setups) SETUPS=$2; shift 2;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0;;
+    --download) DOWNLOAD=1; shift;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0;;
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
@@ -193,7 +197,11 @@ for path in $PATHS; do
   fi
   s=$(date +%s%N)
   /usr/bin/time -f '%U %S' -o "$W/client.time" \
-    bash -c "head -c ${SIZE_MIB}M /dev/zero | ssh -F '$W/ssh_config' '$dest' 'cat > /dev/null'"
+    bash -c "$(if [ "$DOWNLOAD" = 1 ]; then
+      echo "ssh -F '$W/ssh_config' '$dest' 'head -c ${SIZE_MIB}M /dev/zero' > /dev/null"
+    else
+      echo "head -c ${SIZE_MIB}M /dev/zero | ssh -F '$W/ssh_config' '$dest' 'cat > /dev/null'"
+    fi)"
   e=$(date +%s%N)
   [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
   sleep 0.5
