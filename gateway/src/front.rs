@@ -88,9 +88,9 @@ pub struct FrontHandler {
     refused_channels: Arc<AtomicU32>,
     /// The key proven by the last public-key step, checked again when the session opens.
     key: Option<PublicKey>,
-    /// An inner login (a ProxyJump hop) counted among its user's pending hops until it
-    /// authenticates.
-    pending_hop: Option<crate::pending::Pending>,
+    /// A login counted until it authenticates: an inner one (a ProxyJump hop) among its
+    /// user's pending hops, an accepted one among its workstation's startups.
+    pending_login: Option<crate::pending::Pending>,
 }
 
 /// Channel opens refused by policy on one connection before the gateway closes it: a
@@ -153,6 +153,12 @@ impl FrontHandler {
         FrontHandler::new(gw, origin, Mode::Outer)
     }
 
+    /// Count this connection among `pending`'s logins until it authenticates.
+    pub fn counted(mut self, pending: crate::pending::Pending) -> Self {
+        self.pending_login = Some(pending);
+        self
+    }
+
     /// A fresh connection's handler: nothing authenticated, no channel open.
     fn new(gw: Arc<Gateway>, origin: Origin, mode: Mode) -> Self {
         FrontHandler {
@@ -161,7 +167,7 @@ impl FrontHandler {
             limit_audited: AtomicBool::new(false),
             refused_channels: Arc::new(AtomicU32::new(0)),
             key: None,
-            pending_hop: None,
+            pending_login: None,
             gw,
             origin,
             mode,
@@ -933,7 +939,7 @@ impl server::Handler for FrontHandler {
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         self.authenticated.store(true, Ordering::Release);
-        self.pending_hop = None;
+        self.pending_login = None;
         if let AuthState::Target(s) = &self.state {
             s.set_front(session.handle());
         }
@@ -1118,7 +1124,7 @@ impl server::Handler for FrontHandler {
                 };
                 reply.accept().await;
                 let mut inner = FrontHandler::new(self.gw.clone(), self.origin.clone(), Mode::Inner { user, target });
-                inner.pending_hop = Some(pending);
+                inner.pending_login = Some(pending);
                 inner.refused_channels = self.refused_channels.clone();
                 let tasks = self.gw.tasks.clone();
                 tasks.spawn(async move {

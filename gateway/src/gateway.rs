@@ -37,6 +37,9 @@ pub struct Gateway {
     /// ProxyJump hops whose inner login has not authenticated yet, per user (each holds
     /// a connection permit): [`MAX_PENDING_HOPS`] at most.
     pub(crate) pending_hops: Arc<crate::pending::PendingLogins>,
+    /// Connections from each workstation whose login has not authenticated yet (each
+    /// holds a connection permit): [`MAX_STARTUPS_PER_WORKSTATION`] at most.
+    pub(crate) workstation_startups: Arc<crate::pending::PendingLogins>,
     /// Sessions starting on this node, per user: between the limit check and the row
     /// that then counts (a recording and an upstream login apart), they count too.
     pub(crate) starting: Arc<crate::pending::PendingLogins>,
@@ -54,6 +57,13 @@ pub struct Gateway {
 /// once; without a cap, the hops of a workstation's connections (64 connections, each
 /// with `ssh.max_sessions` hops) could hold every connection permit, with a key alone.
 pub const MAX_PENDING_HOPS: usize = 4;
+
+/// Logins under way (connected, not yet authenticated) from one workstation, as
+/// OpenSSH's `MaxStartups` but per workstation: a workstation that opens connections
+/// and never logs in holds at most this many of `ssh.max_connections`, so it cannot
+/// lock the other workstations out. Room for a burst of parallel logins (Ansible's
+/// default is 5 at once).
+pub const MAX_STARTUPS_PER_WORKSTATION: usize = 16;
 
 impl Gateway {
     pub fn new(
@@ -73,6 +83,7 @@ impl Gateway {
         Arc::new(Gateway {
             connections,
             pending_hops: crate::pending::PendingLogins::new(MAX_PENDING_HOPS),
+            workstation_startups: crate::pending::PendingLogins::new(MAX_STARTUPS_PER_WORKSTATION),
             starting: crate::pending::PendingLogins::new(usize::MAX),
             node: config.node.clone(),
             config,

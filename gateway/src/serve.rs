@@ -327,6 +327,16 @@ async fn tunnel_accept_loop(
                 continue;
             }
         }
+        // Counted until it authenticates: a workstation holds at most a few of the
+        // permits with logins it never finishes (`MAX_STARTUPS_PER_WORKSTATION`).
+        let Some(starting) = gw.workstation_startups.enter(accepted.workstation.as_str()) else {
+            tracing::warn!(
+                workstation = %accepted.workstation,
+                limit = gw.workstation_startups.limit(),
+                "too many logins under way from this workstation; refusing connection"
+            );
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(remote = %accepted.remote, "connection limit reached; refusing connection");
             continue;
@@ -337,7 +347,8 @@ async fn tunnel_accept_loop(
             let _permit = permit;
             let span =
                 tracing::info_span!("connection", client.addr = %origin.addr, workstation = %accepted.workstation);
-            serve_connection(gw2, accepted.stream, origin, config)
+            let handler = FrontHandler::outer(gw2, origin).counted(starting);
+            crate::front::serve_ssh(config, accepted.stream, handler)
                 .instrument(span)
                 .await;
         });

@@ -8,7 +8,7 @@
 //!  ws2 (bob)   10.210.2.2 ──┘  tunnel 10.77/24 └── 10.211.2.2 db  (sshd)
 //! ```
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -564,6 +564,64 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
         took < Duration::from_secs(5),
         "reconnecting after a restart took {took:?}"
     );
+
+    // 8b. A workstation that opens connections and never logs in holds at most 16 of
+    //     the gateway's connection permits (each workstation has its own 16: see
+    //     `pending`'s unit tests): the 17th is refused at once, and closing them gives
+    //     the places back.
+    let script = r#"
+import socket, sys, time
+def conn():
+    return socket.create_connection(("10.77.0.1", 22), timeout=5)
+def banner():
+    s = conn()
+    try:
+        d = s.recv(64)
+    except OSError:
+        d = b""
+    s.close()
+    return d[:7].decode(errors="replace") or "-"
+held = []
+for _ in range(16):
+    s = conn()
+    s.sendall(b"SSH-2.0-never-logs-in\r\n")
+    held.append(s)
+time.sleep(1)
+print("full", banner(), flush=True)
+sys.stdin.readline()
+for s in held:
+    s.close()
+time.sleep(1)
+print("freed", banner(), flush=True)
+"#;
+    let mut holder = net
+        .ws2
+        .command("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "full -",
+        "a 17th login under way from one workstation is refused"
+    );
+    holder.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    said.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "freed SSH-2.0",
+        "places come back once those connections close"
+    );
+    assert!(holder.wait().unwrap().success());
+    let out = run(ssh(&net.ws2, &bob).args(["-l", DEPLOY, "web1", "echo logged-in-again"]));
+    assert_eq!(text(&out.stdout).trim(), "logged-in-again", "{}", text(&out.stderr));
 
     // 9. A workstation that leaves connections half closed (the gateway dropped them,
     //    its own side never closes and answers keep-alives) cannot make the gateway
