@@ -97,10 +97,15 @@ impl fmt::Debug for Name {
 }
 
 /// A recorded value for people: its text, followed by its exact bytes when the text is
-/// lossy (`cat caf� [not UTF-8; bytes: 636166e9]`).
+/// lossy (`cat caf� [not UTF-8; bytes: 636166e9]`). Text that could pass for that (it
+/// holds U+FFFD, or the marker's words) says what it is at its end: `[UTF-8; bytes: …]`.
+/// The last bracket is always the gateway's, never the value's.
 pub fn shown(text: &str, hex: Option<&str>) -> String {
     match hex {
         Some(h) => format!("{text} [not UTF-8; bytes: {h}]"),
+        None if text.contains('\u{fffd}') || text.contains("UTF-8; bytes: ") => {
+            format!("{text} [UTF-8; bytes: {}]", hex::encode(text))
+        }
         None => text.to_owned(),
     }
 }
@@ -108,6 +113,22 @@ pub fn shown(text: &str, hex: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_utf8_value_cannot_pass_for_one_that_is_not() {
+        // A real name that is not UTF-8: its lossy text holds U+FFFD.
+        let real = shown("x\u{fffd}", Some("78ff"));
+        assert_eq!(real, "x\u{fffd} [not UTF-8; bytes: 78ff]");
+        // A UTF-8 name made to look like it: the gateway's own marker comes last.
+        let forged = shown(&real, None);
+        assert_ne!(forged, real);
+        assert!(
+            forged.ends_with(&format!("[UTF-8; bytes: {}]", hex::encode(&real))),
+            "{forged}"
+        );
+        assert!(shown("plain [not UTF-8; bytes: 41]", None).contains("[UTF-8; bytes: "));
+        assert_eq!(shown("/srv/été", None), "/srv/été");
+    }
 
     #[test]
     fn only_names_that_are_not_utf8_carry_their_bytes() {
