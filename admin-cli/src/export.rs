@@ -190,18 +190,10 @@ impl Asciicast {
     }
 
     fn event(&mut self, e: &Event, out: &mut dyn Write) -> io::Result<()> {
-        if let Event::Data {
-            t_micros,
-            channel,
-            direction: DataDirection::Output | DataDirection::Stderr,
-            data,
-        } = e
-        {
-            if *channel == self.channel {
-                let text = self.joiner.push(data);
-                if !text.is_empty() {
-                    writeln!(out, "{}", serde_json::json!([*t_micros as f64 / 1e6, "o", text]))?;
-                }
+        if let Some((t_micros, data)) = e.output_on(self.channel) {
+            let text = self.joiner.push(data);
+            if !text.is_empty() {
+                writeln!(out, "{}", serde_json::json!([t_micros as f64 / 1e6, "o", text]))?;
             }
         }
         Ok(())

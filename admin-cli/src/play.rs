@@ -74,18 +74,10 @@ impl TimelineBuilder {
 
     pub fn add(&mut self, e: &Event) {
         self.last_t = e.t_micros();
-        if let Event::Data {
-            t_micros,
-            channel,
-            direction: DataDirection::Output | DataDirection::Stderr,
-            data,
-        } = e
-        {
-            if *channel == self.channel {
-                let mut shown = Vec::with_capacity(data.len());
-                self.filter.feed(data, &mut shown);
-                self.frames.push((*t_micros, shown));
-            }
+        if let Some((t_micros, data)) = e.output_on(self.channel) {
+            let mut shown = Vec::with_capacity(data.len());
+            self.filter.feed(data, &mut shown);
+            self.frames.push((t_micros, shown));
         }
     }
 

@@ -300,6 +300,20 @@ impl Event {
         }
     }
 
+    /// What the target wrote to `channel` (output or stderr), with its time: what a
+    /// player or an export of that channel's terminal takes.
+    pub fn output_on(&self, channel: u32) -> Option<(u64, &[u8])> {
+        match self {
+            Event::Data {
+                t_micros,
+                channel: c,
+                direction: DataDirection::Output | DataDirection::Stderr,
+                data,
+            } if *c == channel => Some((*t_micros, data)),
+            _ => None,
+        }
+    }
+
     /// The event's `Meta`, if it is one.
     pub fn meta(&self) -> Option<&Meta> {
         match self {

@@ -94,6 +94,22 @@ fn enrol(gw: &Gateway, d: &Path, name: &str, owner: &str, iface: &str) -> PathBu
     p
 }
 
+/// Python for a workstation's probes of the gateway's SSH port: `conn()` opens a
+/// connection, `banner()` says what a fresh one hears first ("-": nothing, refused).
+const PROBE_PY: &str = r#"
+import socket, sys, time
+def conn():
+    return socket.create_connection(("10.77.0.1", 22), timeout=5)
+def banner():
+    s = conn()
+    try:
+        d = s.recv(64)
+    except OSError:
+        d = b""
+    s.close()
+    return d[:7].decode(errors="replace") or "-"
+"#;
+
 fn iface(tag: &str) -> String {
     // Interface names are global to wireguard-go's control sockets: keep them unique.
     format!("h{tag}{}", std::process::id() % 100_000)
@@ -569,18 +585,8 @@ fn workstations_reach_targets_only_through_the_tunnel_bound_to_their_owner() {
     //     the gateway's connection permits (each workstation has its own 16: see
     //     `pending`'s unit tests): the 17th is refused at once, and closing them gives
     //     the places back.
-    let script = r#"
-import socket, sys, time
-def conn():
-    return socket.create_connection(("10.77.0.1", 22), timeout=5)
-def banner():
-    s = conn()
-    try:
-        d = s.recv(64)
-    except OSError:
-        d = b""
-    s.close()
-    return d[:7].decode(errors="replace") or "-"
+    let script = PROBE_PY.to_owned()
+        + r#"
 held = []
 for _ in range(16):
     s = conn()
@@ -597,7 +603,7 @@ print("freed", banner(), flush=True)
     let mut holder = net
         .ws2
         .command("python3")
-        .args(["-c", script])
+        .args(["-c", &script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -627,18 +633,8 @@ print("freed", banner(), flush=True)
     //    its own side never closes and answers keep-alives) cannot make the gateway
     //    hold their buffers without bound: closing connections count against its 64,
     //    and are reset after 20 s.
-    let script = r#"
-import socket, time
-def conn():
-    return socket.create_connection(("10.77.0.1", 22), timeout=5)
-def banner():
-    s = conn()
-    try:
-        d = s.recv(64)
-    except OSError:
-        d = b""
-    s.close()
-    return d[:7].decode(errors="replace") or "-"
+    let script = PROBE_PY.to_owned()
+        + r#"
 held = []
 for _ in range(64):
     s = conn()
@@ -650,7 +646,7 @@ print("capped", banner(), flush=True)
 time.sleep(22)
 print("after", banner(), flush=True)
 "#;
-    let out = run(net.ws2.command("python3").args(["-c", script]));
+    let out = run(net.ws2.command("python3").args(["-c", &script]));
     let said = text(&out.stdout);
     assert!(out.status.success(), "{said}{}", text(&out.stderr));
     assert!(
