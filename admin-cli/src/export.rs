@@ -76,19 +76,21 @@ pub fn export(
 fn write_whole(p: &Path, write: impl FnOnce(&mut dyn Write) -> Result<(), Failure>) -> Result<(), Failure> {
     use std::os::unix::fs::OpenOptionsExt;
     if std::fs::symlink_metadata(p).is_ok() {
+        // (Created here only if it went away since, or is a dangling link: 0600 then.)
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(p)
             .map_err(|e| failed(format!("cannot write {}: {e}", p.display())))?;
         let regular = file.metadata().is_ok_and(|m| m.is_file());
         let mut out = BufWriter::with_capacity(1 << 16, file);
         let done = write(&mut out).and_then(|()| Ok(out.flush()?));
         if done.is_err() && regular {
-            if let Ok(file) = out.into_inner() {
-                let _ = file.set_len(0);
-            }
+            // Without flushing again: what failed to be written stays unwritten.
+            let (file, _) = out.into_parts();
+            let _ = file.set_len(0);
         }
         return done;
     }

@@ -1238,9 +1238,11 @@ fn play_file(
     }
     let mut finder = crate::play::TerminalFinder::default();
     // From a seek point, the terminal's request is usually before it: look for it from
-    // the start, up to there.
+    // the start, up to there (within the first 64 MiB: a terminal is asked for as its
+    // channel opens, and a session without one should not cost a read of the whole file;
+    // past that, the first channel with output after the seek point plays).
     if let Some(landing) = checked.landing_time() {
-        checked.scan_from_start(|e| {
+        checked.scan_from_start(64 << 20, |e| {
             finder.see(e);
             !finder.has_pty() && e.t_micros() < landing
         })?;

@@ -130,14 +130,20 @@ impl<'a> Checked<'a> {
         self.landed_on.map(|e| e.first_t)
     }
 
-    /// Read from the start, handing events to `each` until it says stop, then on until a
-    /// checkpoint vouches for the last one handed over: what a read from a seek point
-    /// needs to know of what came before it (a terminal requested earlier), in no more
-    /// than that and one checkpoint interval.
-    pub fn scan_from_start(&self, mut each: impl FnMut(&Event) -> bool) -> Result<(), Failure> {
+    /// Read from the start, handing events to `each` until it says stop or `limit` bytes
+    /// of the file were read, then on until a checkpoint vouches for the last one handed
+    /// over: what a read from a seek point needs to know of what came before it (a
+    /// terminal requested earlier), in no more than that and one checkpoint interval.
+    pub fn scan_from_start(&self, limit: u64, mut each: impl FnMut(&Event) -> bool) -> Result<(), Failure> {
         let mut r = reopen_recording(self.path, self.key, None).map_err(|e| self.does_not_verify(&e))?;
+        if r.header_hash() != self.verified.header_hash {
+            return Err(self.does_not_verify(&"it changed while it was being read"));
+        }
         let mut handed = 0u64;
-        while let Some(e) = r.next_event().map_err(|e| self.does_not_verify(&e))? {
+        while r.offset() < limit {
+            let Some(e) = r.next_event().map_err(|e| self.does_not_verify(&e))? else {
+                break;
+            };
             handed += 1;
             if !each(&e) {
                 break;

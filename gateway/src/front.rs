@@ -88,9 +88,14 @@ pub struct FrontHandler {
     refused_channels: Arc<AtomicU32>,
     /// The key proven by the last public-key step, checked again when the session opens.
     key: Option<PublicKey>,
-    /// A login counted until it authenticates: an inner one (a ProxyJump hop) among its
-    /// user's pending hops, an accepted one among its workstation's startups.
+    /// An inner login (a ProxyJump hop) counted among its user's pending hops until it
+    /// authenticates.
     pending_login: Option<crate::pending::Pending>,
+    /// An accepted connection counted among its workstation's logins under way until the
+    /// login is done: at its authentication, or for a ProxyJump connection (whose key
+    /// alone authenticates it; the second factor comes at the hop) once a hop's inner
+    /// login has authenticated. Shared with the connection's hops.
+    startup: Arc<std::sync::Mutex<Option<crate::pending::Pending>>>,
 }
 
 /// Channel opens refused by policy on one connection before the gateway closes it: a
@@ -153,10 +158,18 @@ impl FrontHandler {
         FrontHandler::new(gw, origin, Mode::Outer)
     }
 
-    /// Count this connection among `pending`'s logins until it authenticates.
-    pub fn counted(mut self, pending: crate::pending::Pending) -> Self {
-        self.pending_login = Some(pending);
+    /// Count this connection among its workstation's logins under way (`pending`) until
+    /// its login is done (see `startup`).
+    pub fn counted(self, pending: crate::pending::Pending) -> Self {
+        *self.startup.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
         self
+    }
+
+    /// The login is done: the connection no longer counts among its workstation's logins
+    /// under way.
+    fn login_done(&self) {
+        let done = self.startup.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(done);
     }
 
     /// A fresh connection's handler: nothing authenticated, no channel open.
@@ -168,6 +181,7 @@ impl FrontHandler {
             refused_channels: Arc::new(AtomicU32::new(0)),
             key: None,
             pending_login: None,
+            startup: Default::default(),
             gw,
             origin,
             mode,
@@ -940,6 +954,10 @@ impl server::Handler for FrontHandler {
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         self.authenticated.store(true, Ordering::Release);
         self.pending_login = None;
+        // A ProxyJump connection's login is done at its first hop's.
+        if !matches!(self.state, AuthState::Jump { .. }) {
+            self.login_done();
+        }
         if let AuthState::Target(s) = &self.state {
             s.set_front(session.handle());
         }
@@ -1125,6 +1143,7 @@ impl server::Handler for FrontHandler {
                 reply.accept().await;
                 let mut inner = FrontHandler::new(self.gw.clone(), self.origin.clone(), Mode::Inner { user, target });
                 inner.pending_login = Some(pending);
+                inner.startup = self.startup.clone();
                 inner.refused_channels = self.refused_channels.clone();
                 let tasks = self.gw.tasks.clone();
                 tasks.spawn(async move {

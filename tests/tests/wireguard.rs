@@ -628,6 +628,68 @@ print("freed", banner(), flush=True)
     assert!(holder.wait().unwrap().success());
     let out = run(ssh(&net.ws2, &bob).args(["-l", DEPLOY, "web1", "echo logged-in-again"]));
     assert_eq!(text(&out.stdout).trim(), "logged-in-again", "{}", text(&out.stderr));
+    // A ProxyJump login is accepted on its key alone (the second factor comes at the
+    // hop), so it counts until a hop has logged in: 16 `ssh -N gw` that never open one
+    // hold the workstation's places as well.
+    let logins = || {
+        ok(ctl().args([
+            "audit",
+            "list",
+            "--kind",
+            "login.success",
+            "--user",
+            "bob",
+            "--limit",
+            "100000",
+            "--json",
+        ]))
+        .lines()
+        .count()
+    };
+    let before = logins();
+    let mut idle_jumps: Vec<_> = (0..16)
+        .map(|_| {
+            ssh(&net.ws2, &bob)
+                .args(["-N", "gw"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let probe = |what: &str| {
+        let out = run(net
+            .ws2
+            .command("python3")
+            .args(["-c", &(PROBE_PY.to_owned() + "print(banner())")]));
+        assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+        text(&out.stdout).trim().to_owned()
+    };
+    let t0 = Instant::now();
+    while logins() < before + 16 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "16 ProxyJump logins did not log in"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        probe("once the jumps logged in"),
+        "-",
+        "logged-in ProxyJump connections without a hop still count"
+    );
+    for c in &mut idle_jumps {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let t0 = Instant::now();
+    while probe("after the jumps left") != "SSH-2.0" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the idle jumps' places did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // 9. A workstation that leaves connections half closed (the gateway dropped them,
     //    its own side never closes and answers keep-alives) cannot make the gateway
