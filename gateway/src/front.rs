@@ -525,7 +525,7 @@ impl FrontHandler {
         else {
             return Ok(false);
         };
-        if crate::session::over_connection_limit(&self.gw, user, &authorized, false)
+        if crate::session::over_connection_limit(&self.gw, user, &authorized)
             .await
             .map_err(unavailable)?
             .is_some()

@@ -43,6 +43,9 @@ pub struct Gateway {
     /// Sessions starting on this node, per user: between the limit check and the row
     /// that then counts (a recording and an upstream login apart), they count too.
     pub(crate) starting: Arc<crate::pending::PendingLogins>,
+    /// Held while a starting session checks the user's connection limit and joins
+    /// `starting`, so that concurrent logins count each other in turn.
+    pub(crate) start_checks: tokio::sync::Mutex<()>,
     /// Which recordings each reader fetched lately, so that a download is audited once
     /// per read, not per chunk.
     pub(crate) recording_reads: RecentReads,
@@ -85,6 +88,7 @@ impl Gateway {
             pending_hops: crate::pending::PendingLogins::new(MAX_PENDING_HOPS),
             workstation_startups: crate::pending::PendingLogins::new(MAX_STARTUPS_PER_WORKSTATION),
             starting: crate::pending::PendingLogins::new(usize::MAX),
+            start_checks: tokio::sync::Mutex::new(()),
             node: config.node.clone(),
             config,
             policy: ArcSwap::from_pointee(policy),

@@ -160,12 +160,18 @@ impl TargetSession {
         // connection; checked again, atomically, when the session's row is written.
         // Logins of the user starting on this node meanwhile count (their rows do not
         // exist yet): a burst of logins at once costs no more recordings and upstream
-        // logins than the limit allows.
-        let starting = gw.starting.enter(user.as_str());
-        if let Some(denial) = over_connection_limit(gw, user, &authorized, true)
-            .await
-            .map_err(|e| StartError::Store(e.to_string()))?
-        {
+        // logins than the limit allows. One check at a time on this node, each counting
+        // the logins that passed before it: a burst gets in up to the limit (counting
+        // each other at once, all of it could be refused).
+        let (over, starting) = {
+            let _turn = gw.start_checks.lock().await;
+            let over = over_connection_limit(gw, user, &authorized)
+                .await
+                .map_err(|e| StartError::Store(e.to_string()))?;
+            let starting = over.is_none().then(|| gw.starting.enter(user.as_str())).flatten();
+            (over, starting)
+        };
+        if let Some(denial) = over {
             return Err(denied(gw, user, target, login, origin, denial).await);
         }
         if login_by.factor == SecondFactor::Remembered {
@@ -433,21 +439,19 @@ impl TargetSession {
 }
 
 /// The refusal of one more session for `user` if they already have as many open (on
-/// every node, and starting on this one) as `authorized`'s roles allow. Not atomic:
-/// the session's row is checked again when written. `starting_here`: the login asking
-/// is one of those starting.
+/// every node, and starting on this one) as `authorized`'s roles allow. Not atomic
+/// across nodes: the session's row is checked again when written.
 pub async fn over_connection_limit(
     gw: &Gateway,
     user: &UserName,
     authorized: &Authorized,
-    starting_here: bool,
 ) -> Result<Option<Denial>, StoreError> {
     let Some(limit) = authorized.connection_limit() else {
         return Ok(None);
     };
     let rows = gw.store.live_sessions_of(user.as_str()).await?;
     let starting = gw.starting.count(user.as_str()) as u64;
-    let open = rows + starting.saturating_sub(u64::from(starting_here));
+    let open = rows + starting;
     Ok((open >= u64::from(limit.max)).then(|| limit.refusal(user, open)))
 }
 
