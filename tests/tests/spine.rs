@@ -294,6 +294,13 @@ fn ssh(cfg: &Path) -> Command {
     c
 }
 
+/// Replace the gateway's policy with `text` and wait until a SIGHUP has loaded it.
+fn reload_policy(w: &World, text: &str) {
+    std::fs::write(w.d().join("policy.toml"), text).unwrap();
+    w.gw.signal("HUP");
+    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+}
+
 /// Sessions end (and their recordings are sealed) just after their clients leave.
 fn wait_sessions_ended(w: &World) {
     let start = Instant::now();
@@ -1239,13 +1246,7 @@ fn the_idle_timeout_counts_the_clients_activity_not_a_terminals_output() {
     let w = World::new("idletimeout");
     let policy_path = w.d().join("policy.toml");
     let good = std::fs::read_to_string(&policy_path).unwrap();
-    std::fs::write(
-        &policy_path,
-        good.replace("idle_timeout = \"10m\"", "idle_timeout = \"3s\""),
-    )
-    .unwrap();
-    w.gw.signal("HUP");
-    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    reload_policy(&w, &good.replace("idle_timeout = \"10m\"", "idle_timeout = \"3s\""));
     // The first login proves the second factor; the role remembers it for the others.
     ok(ssh(&w.alice).args(["-l", DEPLOY, "web1", "true"]));
     wait_sessions_ended(&w);
@@ -1411,9 +1412,7 @@ fn a_request_the_target_refuses_ends_the_channel_with_the_reason() {
         "\n[tiers.web.targets.web-bare]\naddress = \"127.0.0.1\"\nport = {}\nhost_keys = [\"{}\"]\n",
         bare.port, bare.host_key_pub
     ));
-    std::fs::write(&policy_path, policy).unwrap();
-    w.gw.signal("HUP");
-    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    reload_policy(&w, &policy);
     let host_ca = std::fs::read_to_string(d.join("data/host_ca.pub")).unwrap();
     let mut known = std::fs::read_to_string(d.join("known_hosts")).unwrap();
     known.push_str(&format!("@cert-authority web-bare {}\n", host_ca.trim()));
@@ -2702,9 +2701,7 @@ fn recordings_of_an_encrypting_tier_need_an_auditor_identity() {
         w.web.port,
         w.web.host_key_pub
     ));
-    std::fs::write(&policy_path, policy).unwrap();
-    w.gw.signal("HUP");
-    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    reload_policy(&w, &policy);
     ok(w.gw.ctl().args(["roles", "bind", "alice", "vault-exec"]));
     let out = run(ssh(&w.alice).args(["-J", "gw", "-l", DEPLOY, "vault1", "echo top-secret-$((40+2))"]));
     assert_eq!(text(&out.stdout).trim(), "top-secret-42", "{}", text(&out.stderr));
@@ -3714,9 +3711,7 @@ fn a_burst_of_logins_costs_no_more_recordings_than_max_connections_allows() {
     let policy = std::fs::read_to_string(&policy_path).unwrap();
     let limited = policy.replacen("[roles.db-exec]\n", "[roles.db-exec]\nmax_connections = 2\n", 1);
     assert_ne!(limited, policy);
-    std::fs::write(&policy_path, &limited).unwrap();
-    w.gw.signal("HUP");
-    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    reload_policy(&w, &limited);
     let key = key_of(&w, "alice");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let started = rt.block_on(async {
@@ -3777,9 +3772,7 @@ fn a_roles_max_connections_caps_a_users_open_sessions() {
     // cover web1.
     let limited = policy.replacen("[roles.db-exec]\n", "[roles.db-exec]\nmax_connections = 2\n", 1);
     assert_ne!(limited, policy);
-    std::fs::write(&policy_path, &limited).unwrap();
-    w.gw.signal("HUP");
-    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    reload_policy(&w, &limited);
 
     let live = |n: usize| {
         let start = Instant::now();
@@ -3821,9 +3814,7 @@ fn a_roles_max_connections_caps_a_users_open_sessions() {
     let forgetful = std::fs::read_to_string(&policy_path)
         .unwrap()
         .replace("mfa_remember = \"1h\"\n", "");
-    std::fs::write(&policy_path, forgetful).unwrap();
-    w.gw.signal("HUP");
-    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    reload_policy(&w, &forgetful);
     let askpass_state = w.d().join("askpass.state.alice");
     let steps_used = || std::fs::read_to_string(&askpass_state).unwrap();
     let before = steps_used();
@@ -3871,9 +3862,7 @@ fn a_roles_max_connections_caps_a_users_open_sessions() {
     // Ending one session frees its place. (The proof is remembered again: a third TOTP
     // code within one 30 s step would make the askpass program wait for the next step,
     // past the gateway's auth_timeout.)
-    std::fs::write(&policy_path, &limited).unwrap();
-    w.gw.signal("HUP");
-    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    reload_policy(&w, &limited);
     let id = rows[0]["id"].as_str().unwrap().to_owned();
     ok(w.gw.ctl().args(["sessions", "kill", &id]));
     live(1);
@@ -4306,13 +4295,10 @@ fn channels_a_target_opens_towards_the_gateway_are_refused() {
         "[tiers.web.targets.hostile1]\naddress = \"127.0.0.1\"\nport = {port}\nhost_keys = [\"{}\"]\n\n",
         host_pub.trim()
     );
-    std::fs::write(
-        &policy_path,
-        policy.replacen("[tiers.db.targets.db1]", &format!("{hostile}[tiers.db.targets.db1]"), 1),
-    )
-    .unwrap();
-    w.gw.signal("HUP");
-    w.gw.wait_line("policy reloaded", Duration::from_secs(10));
+    reload_policy(
+        &w,
+        &policy.replacen("[tiers.db.targets.db1]", &format!("{hostile}[tiers.db.targets.db1]"), 1),
+    );
 
     let key = key_of(&w, "alice");
     let (out, status) = rt.block_on(async {
